@@ -1,0 +1,95 @@
+"""The kernel bank: the polymorphic configurations RaMP chooses among.
+
+A bank is plain data (configurations and the occupancy each achieves) so the core can
+reason about it without importing any kernel. Kernel families build banks with their
+own valid configuration spaces; banks of several families concatenate, which is how
+RaMP chooses across families (Triton, CuTe, ``torch._grouped_mm``) per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ramp.config import KernelConfig
+from ramp.errors import InputError
+
+
+@dataclass(frozen=True)
+class KernelBank:
+    """Ordered configurations plus the CTAs per SM each one runs at (its occupancy).
+
+    Occupancy is an assumption recorded with a profile: it fixes how many CTAs one wave
+    holds (``num_sms * occupancy``), the unit the wave cost model counts in.
+    """
+
+    configs: tuple[KernelConfig, ...]
+    occupancy: tuple[int, ...]
+    _index: dict[KernelConfig, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.configs) == 0:
+            raise InputError("KernelBank needs at least one configuration")
+        if len(self.occupancy) != len(self.configs):
+            raise InputError(
+                f"KernelBank: {len(self.occupancy)} occupancies for {len(self.configs)} configs"
+            )
+        if any(int(o) < 1 for o in self.occupancy):
+            raise InputError("KernelBank: occupancy must be >= 1 CTA per SM")
+        index = {cfg: i for i, cfg in enumerate(self.configs)}
+        if len(index) != len(self.configs):
+            raise InputError("KernelBank: duplicate configurations")
+        object.__setattr__(self, "_index", index)
+
+    @classmethod
+    def build(cls, configs: Iterable[KernelConfig], occupancy: Sequence[int] | int = 1
+              ) -> KernelBank:
+        configs = tuple(configs)
+        occ = (occupancy,) * len(configs) if isinstance(occupancy, int) else tuple(occupancy)
+        return cls(configs, tuple(int(o) for o in occ))
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def index(self, config: KernelConfig) -> int:
+        try:
+            return self._index[config]
+        except KeyError:
+            raise InputError(f"configuration {config.name} is not in this bank") from None
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.configs]
+
+    @property
+    def families(self) -> list[str]:
+        return sorted({c.family for c in self.configs})
+
+    def occupancy_array(self) -> np.ndarray:
+        return np.asarray(self.occupancy, dtype=np.int64)
+
+    def subset(self, indices: Sequence[int]) -> KernelBank:
+        return KernelBank(tuple(self.configs[i] for i in indices),
+                          tuple(self.occupancy[i] for i in indices))
+
+    def __add__(self, other: KernelBank) -> KernelBank:
+        return KernelBank(self.configs + other.configs, self.occupancy + other.occupancy)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [dict(c.to_dict(), occupancy=o) for c, o in zip(self.configs, self.occupancy, strict=False)]
+
+    @classmethod
+    def from_list(cls, items: Sequence[dict[str, Any]], where: str = "configs") -> KernelBank:
+        if not isinstance(items, list):
+            raise InputError(f"{where}: expected a list of configurations")
+        configs, occ = [], []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InputError(f"{where}[{i}]: expected a mapping")
+            item = dict(item)
+            occ.append(item.pop("occupancy", 1))
+            configs.append(KernelConfig.from_dict(item, where=f"{where}[{i}]"))
+        return cls(tuple(configs), tuple(int(o) for o in occ))

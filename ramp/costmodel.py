@@ -1,0 +1,205 @@
+"""The wave cost model: at most four non-negative parameters per configuration.
+
+For configuration ``c`` and histogram ``h`` the predicted time (microseconds) is
+
+    t_c(h) = sum_f  p[c, f] * feature_f(c, h)
+
+over at most four grid-geometry features (see ``ramp.geometry.FEATURE_NAMES``); the
+default set is
+
+    launch          1                      fixed cost of a call
+    waves           ceil(tiles / slots)    critical-path waves: quantised, so tails cost
+    active_experts  #{e : h[e] > 0}        distinct expert weights streamed from HBM
+    tile_waves      tiles / slots          average work per CTA slot (throughput)
+
+Parameters are fitted per configuration with non-negative least squares on relative
+error, so each keeps a physical meaning (microseconds per launch, per wave, per expert,
+per wave of tile work) and a fitted model never predicts a negative time. This follows
+the Stream-K CTA-level model (Osama et al., 2023), over wave features instead of
+fix-up peers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ramp.bank import KernelBank
+from ramp.errors import InputError
+from ramp.geometry import FEATURE_NAMES, GeometryPlan
+from ramp.problem import MoEProblem
+
+if TYPE_CHECKING:
+    from ramp.hardware import GPUSpec
+
+DEFAULT_FEATURES = ("launch", "waves", "active_experts", "tile_waves")
+MAX_FEATURES = 4
+ANALYTIC_LAUNCH_US = 4.0  # launch + prologue of a graph-replayed kernel, measured order
+
+
+@dataclass(frozen=True)
+class FitStats:
+    """Quality of one configuration's fit on its own samples."""
+
+    samples: int
+    r2: float
+    mape: float  # mean |pred - time| / time
+
+    def to_dict(self) -> dict[str, float]:
+        return {"samples": self.samples, "r2": self.r2, "mape": self.mape}
+
+
+@dataclass
+class WaveCostModel:
+    """Per-configuration linear model over grid features; plain data, fit/predict API."""
+
+    bank: KernelBank
+    problem: MoEProblem
+    num_sms: int
+    params: np.ndarray                      # [C, F] microseconds per unit of feature
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    fit_stats: list[FitStats | None] = field(default_factory=list)
+    _plan: GeometryPlan = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.features) <= MAX_FEATURES:
+            raise InputError(f"a wave cost model has 1..{MAX_FEATURES} features, "
+                             f"got {len(self.features)}")
+        unknown = [f for f in self.features if f not in FEATURE_NAMES]
+        if unknown:
+            raise InputError(f"unknown feature(s) {unknown}; known: {FEATURE_NAMES}")
+        self.params = np.asarray(self.params, dtype=np.float64)
+        if self.params.shape != (len(self.bank), len(self.features)):
+            raise InputError(f"params shape {self.params.shape} != "
+                             f"({len(self.bank)}, {len(self.features)})")
+        if np.any(self.params < 0) or not np.all(np.isfinite(self.params)):
+            raise InputError("cost-model parameters must be finite and non-negative")
+        self._plan = GeometryPlan(self.bank, self.problem, self.num_sms)
+
+    @property
+    def configs(self):
+        return self.bank.configs
+
+    @property
+    def plan(self) -> GeometryPlan:
+        return self._plan
+
+    def predict(self, hists: np.ndarray) -> np.ndarray:
+        """Predicted microseconds: [H, C] for histograms [H, E]; [C] for one histogram."""
+        arr = np.asarray(hists)
+        geo = self._plan.geometry(arr)
+        times = np.einsum("hcf,cf->hc", geo.features(self.features), self.params)
+        return times[0] if arr.ndim == 1 else times
+
+    @classmethod
+    def fit(
+        cls,
+        bank: KernelBank,
+        problem: MoEProblem,
+        num_sms: int,
+        hists: np.ndarray,
+        times: np.ndarray,
+        features: Sequence[str] = DEFAULT_FEATURES,
+    ) -> WaveCostModel:
+        """Fit every configuration by NNLS on relative error.
+
+        ``hists`` [H, E]; ``times`` [H, C] microseconds with NaN where a configuration was
+        not measured. A configuration with fewer samples than features cannot be fitted
+        and is an error: drop it from the bank first.
+        """
+        from scipy.optimize import nnls
+
+        features = tuple(features)
+        hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
+        times = np.asarray(times, dtype=np.float64)
+        if times.shape != (hists.shape[0], len(bank)):
+            raise InputError(f"times shape {times.shape} != (histograms {hists.shape[0]}, "
+                             f"configs {len(bank)})")
+        plan = GeometryPlan(bank, problem, num_sms)
+        feats = plan.geometry(hists).features(features)  # [H, C, F]
+        params = np.zeros((len(bank), len(features)))
+        stats: list[FitStats | None] = []
+        for c in range(len(bank)):
+            ok = np.isfinite(times[:, c]) & (times[:, c] > 0)
+            if ok.sum() < len(features):
+                raise InputError(f"config {bank.configs[c].name}: {int(ok.sum())} valid "
+                                 f"samples, need >= {len(features)} to fit")
+            x, y = feats[ok, c, :], times[ok, c]
+            params[c], _ = nnls(x / y[:, None], np.ones_like(y))
+            stats.append(_fit_stats(x @ params[c], y))
+        return cls(bank, problem, num_sms, params, features, stats)
+
+    @classmethod
+    def analytic(cls, bank: KernelBank, problem: MoEProblem, gpu: GPUSpec) -> WaveCostModel:
+        """A model from hardware constants alone, for a GPU nobody has profiled.
+
+        launch = a typical launch cost; each wave costs one tile's FLOPs at the per-slot
+        share of peak tensor throughput; each active expert costs its weight bytes at HBM
+        bandwidth. Coarse (no measured efficiency), but it orders configurations by the
+        same geometry the fitted model uses, which is what a what-if study needs.
+        """
+        peak = gpu.peak_bf16_flops if problem.dtype_bytes >= 2 else gpu.peak_fp8_flops
+        if peak <= 0 or gpu.hbm_bandwidth <= 0:
+            raise InputError(f"GPU {gpu.name} lacks peak FLOP/s or bandwidth constants")
+        occ = bank.occupancy_array()
+        params = np.zeros((len(bank), len(DEFAULT_FEATURES)))
+        expert_us = problem.expert_weight_bytes / gpu.hbm_bandwidth * 1e6
+        for c, cfg in enumerate(bank.configs):
+            tile_flops = 2.0 * cfg.block_m * cfg.block_n * problem.k / cfg.split_k
+            slot_flops = peak / (gpu.sms * occ[c])
+            params[c] = (ANALYTIC_LAUNCH_US, tile_flops / slot_flops * 1e6, expert_us, 0.0)
+        return cls(bank, problem, gpu.sms, params, DEFAULT_FEATURES, [None] * len(bank))
+
+    @classmethod
+    def concat(cls, models: Sequence[WaveCostModel]) -> WaveCostModel:
+        """One model over the union of several banks (e.g. several kernel families)."""
+        first = models[0]
+        for m in models[1:]:
+            if (m.problem, m.num_sms, m.features) != (first.problem, first.num_sms,
+                                                      first.features):
+                raise InputError("can only concatenate models of one problem, GPU and "
+                                 "feature set")
+        bank = models[0].bank
+        for m in models[1:]:
+            bank = bank + m.bank
+        return cls(bank, first.problem, first.num_sms,
+                   np.concatenate([m.params for m in models]), first.features,
+                   [s for m in models for s in (m.fit_stats or [None] * len(m.bank))])
+
+    def to_dict(self) -> dict[str, Any]:
+        stats = self.fit_stats or [None] * len(self.bank)
+        configs = []
+        for item, p, s in zip(self.bank.to_list(), self.params, stats, strict=False):
+            item["params"] = [float(v) for v in p]
+            item["fit"] = s.to_dict() if s is not None else None
+            configs.append(item)
+        return {"num_sms": self.num_sms, "features": list(self.features), "configs": configs}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], problem: MoEProblem,
+                  where: str = "model") -> WaveCostModel:
+        try:
+            items = [dict(c) for c in data["configs"]]
+            params = [c.pop("params") for c in items]
+            fits = [c.pop("fit", None) for c in items]
+            bank = KernelBank.from_list(items, where=f"{where}.configs")
+            stats = [FitStats(int(f["samples"]), float(f["r2"]), float(f["mape"]))
+                     if f else None for f in fits]
+            return cls(bank, problem, int(data["num_sms"]), np.array(params, dtype=float),
+                       tuple(data["features"]), stats)
+        except KeyError as exc:
+            raise InputError(f"{where}: missing field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise InputError(f"{where}: {exc}") from None
+            raise InputError(f"{where}: malformed ({exc})") from None
+
+
+def _fit_stats(pred: np.ndarray, y: np.ndarray) -> FitStats:
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    ss_res = float(np.sum((y - pred) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return FitStats(int(y.size), r2, float(np.mean(np.abs(pred - y) / y)))

@@ -1,0 +1,170 @@
+"""Dispatchers: which configuration of the bank runs this call.
+
+All share one interface (``choose`` for one call on the hot path, ``choose_batch`` for
+evaluation and simulation) so that evaluation, the simulator and the engine adapters
+can swap policies:
+
+- ``StaticDispatcher``: one configuration per batch-size bucket, tuned on uniform
+  routing. This is what vLLM and SGLang do with their JSON tables (nearest key wins).
+- ``RampDispatcher``: argmin of the wave cost model on the live histogram.
+- ``OracleDispatcher``: argmin of measured times (exhaustive search); the regret floor.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+
+from ramp.costmodel import WaveCostModel
+from ramp.errors import InputError
+
+
+class Dispatcher(ABC):
+    """Chooses a configuration index of a bank for an expert histogram."""
+
+    name: str = "dispatcher"
+
+    @abstractmethod
+    def choose(self, hist: np.ndarray) -> int:
+        """Index of the configuration to run for one histogram [E]."""
+
+    def choose_batch(self, hists: np.ndarray) -> np.ndarray:
+        """Indices for histograms [H, E]; subclasses vectorise this."""
+        return np.array([self.choose(h) for h in np.atleast_2d(hists)], dtype=np.int64)
+
+
+class RampDispatcher(Dispatcher):
+    """Argmin of the cost model on the runtime histogram, with a small signature cache.
+
+    The single-call path avoids building geometry objects: it touches the histogram once
+    per distinct block_m of the bank and then works on length-C vectors, so its host cost
+    stays in the tens of microseconds at E=256, C>=200 (see docs/perf/dispatcher.md).
+    Decode steps repeat histograms often (same experts, same counts), hence the cache.
+    """
+
+    name = "ramp"
+
+    def __init__(self, model: WaveCostModel, cache_size: int = 4096) -> None:
+        self.model = model
+        plan = model.plan
+        self._bm_m1 = (plan.distinct_bm - 1)[:, None]
+        self._bm = plan.distinct_bm[:, None]
+        self._bm_index = plan.bm_index
+        self._tpr = plan.tiles_per_row_tile
+        self._slots = plan.slots
+        self._inv_slots = 1.0 / plan.slots
+        p = model.params
+        # Fold the constant feature into a per-config intercept; keep the rest as columns.
+        self._intercept = np.zeros(len(model.bank))
+        self._terms: list[tuple[str, np.ndarray]] = []
+        for f, name in enumerate(model.features):
+            if name == "launch":
+                self._intercept += p[:, f]
+            else:
+                self._terms.append((name, p[:, f].copy()))
+        self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self._cache_size = cache_size
+
+    def predict_one(self, hist: np.ndarray) -> np.ndarray:
+        """Predicted microseconds of every configuration for one histogram [E] (int64)."""
+        row_tiles = ((hist + self._bm_m1) // self._bm).sum(axis=1)
+        tiles = row_tiles[self._bm_index] * self._tpr
+        t = self._intercept.copy()
+        for name, coef in self._terms:
+            if name == "waves":
+                t += coef * -(-tiles // self._slots)
+            elif name == "tile_waves":
+                t += coef * (tiles * self._inv_slots)
+            elif name == "active_experts":
+                t += coef * float(np.count_nonzero(hist))
+            else:  # rarer features take the general path
+                geo = self.model.plan.geometry(hist[None, :])
+                t += coef * geo.feature(name)[0]
+        return t
+
+    def choose(self, hist: np.ndarray) -> int:
+        hist = np.asarray(hist, dtype=np.int64)
+        key = hist.tobytes()
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        choice = int(np.argmin(self.predict_one(hist)))
+        self._cache[key] = choice
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return choice
+
+    def choose_batch(self, hists: np.ndarray) -> np.ndarray:
+        return np.argmin(self.model.predict(np.atleast_2d(hists)), axis=1)
+
+
+class StaticDispatcher(Dispatcher):
+    """Batch-size-only choice: ``table[nearest bucket to T] -> config index``.
+
+    ``T`` is recovered from the histogram as ``sum(h) / top_k``; the nearest-key rule is
+    the one vLLM applies to its tuned JSON tables.
+    """
+
+    name = "static"
+
+    def __init__(self, table: Mapping[int, int], top_k: int, num_configs: int) -> None:
+        if not table:
+            raise InputError("StaticDispatcher needs a non-empty {tokens: config} table")
+        bad = [v for v in table.values() if not 0 <= int(v) < num_configs]
+        if bad:
+            raise InputError(f"static table names config index {bad[0]} outside the bank "
+                             f"of {num_configs}")
+        self.table = {int(k): int(v) for k, v in table.items()}
+        self._keys = np.array(sorted(self.table), dtype=np.int64)
+        self._values = np.array([self.table[k] for k in self._keys], dtype=np.int64)
+        self.top_k = top_k
+
+    def choose_tokens(self, tokens: np.ndarray | int) -> np.ndarray | int:
+        t = np.asarray(tokens)
+        idx = np.abs(self._keys[None, :] - t.reshape(-1, 1)).argmin(axis=1)
+        out = self._values[idx]
+        return int(out[0]) if t.ndim == 0 else out
+
+    def choose(self, hist: np.ndarray) -> int:
+        return self.choose_tokens(int(np.sum(hist)) // self.top_k)
+
+    def choose_batch(self, hists: np.ndarray) -> np.ndarray:
+        return self.choose_tokens(np.atleast_2d(hists).sum(axis=1) // self.top_k)
+
+    @classmethod
+    def tune(cls, uniform_times: Mapping[int, np.ndarray], top_k: int) -> StaticDispatcher:
+        """Best configuration per batch size from times measured (or predicted) on
+        uniform routing: ``{tokens: [samples, C] times}`` -> argmin of the mean time."""
+        table = {}
+        num_configs = 0
+        for tokens, times in uniform_times.items():
+            times = np.atleast_2d(np.asarray(times, dtype=np.float64))
+            num_configs = times.shape[1]
+            table[int(tokens)] = int(np.argmin(np.nanmean(times, axis=0)))
+        return cls(table, top_k, num_configs)
+
+
+class OracleDispatcher(Dispatcher):
+    """Exhaustive search: the measured-fastest configuration of each known histogram."""
+
+    name = "oracle"
+
+    def __init__(self, hists: np.ndarray, times: np.ndarray) -> None:
+        hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
+        times = np.asarray(times, dtype=np.float64)
+        if times.shape[0] != hists.shape[0]:
+            raise InputError("OracleDispatcher: one row of times per histogram")
+        best = np.nanargmin(np.where(np.isfinite(times), times, np.inf), axis=1)
+        self._best = {h.tobytes(): int(b) for h, b in zip(hists, best, strict=False)}
+
+    def choose(self, hist: np.ndarray) -> int:
+        key = np.asarray(hist, dtype=np.int64).tobytes()
+        if key not in self._best:
+            raise InputError("OracleDispatcher: this histogram was never measured")
+        return self._best[key]
+
+
+POLICIES = ("static", "ramp", "oracle")

@@ -1,0 +1,138 @@
+"""The profile store: fitted cost models as versioned plain data with provenance.
+
+A profile is keyed by GPU + problem shape + kernel-family version. Measured profiles are
+shipped as package data (``ramp/data/profiles``) so a fresh install works without a GPU.
+Loading checks the key: a profile measured on another GPU, for another shape or an older
+family version is refused with an error that names both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ramp.costmodel import WaveCostModel
+from ramp.dispatch import Dispatcher, RampDispatcher, StaticDispatcher
+from ramp.errors import InputError, ProfileMismatchError
+from ramp.problem import MoEProblem
+
+SCHEMA = "ramp-profile/1"
+
+
+@dataclass
+class Profile:
+    """A fitted wave cost model for one (GPU, problem, kernel family) and its metadata."""
+
+    gpu: str                      # hardware catalog key, e.g. "H100-SXM"
+    problem: MoEProblem
+    family: str                   # "triton", or "triton+grouped_mm" for a mixed bank
+    family_version: str
+    model: WaveCostModel
+    static_table: dict[int, int]  # tokens bucket -> config index, tuned on uniform routing
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.gpu}/{self.problem.key}/{self.family}@{self.family_version}"
+
+    def dispatcher(self, policy: str) -> Dispatcher:
+        """A dispatcher of this profile's bank: ``"static"`` or ``"ramp"``."""
+        if policy == "ramp":
+            return RampDispatcher(self.model)
+        if policy == "static":
+            return StaticDispatcher(self.static_table, self.problem.top_k, len(self.model.bank))
+        raise InputError(f"unknown policy {policy!r}: a profile serves 'static' or 'ramp' "
+                         "('oracle' needs measured times)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "gpu": self.gpu,
+            "problem": self.problem.to_dict(),
+            "family": self.family,
+            "family_version": self.family_version,
+            "static_table": {str(k): v for k, v in sorted(self.static_table.items())},
+            "provenance": self.provenance,
+            "model": self.model.to_dict(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Profile:
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: a profile is a JSON object")
+        if data.get("schema") != SCHEMA:
+            raise InputError(f"{where}: field 'schema' is {data.get('schema')!r}, this RaMP "
+                             f"reads {SCHEMA!r}")
+        for name in ("gpu", "problem", "family", "family_version", "model", "static_table"):
+            if name not in data:
+                raise InputError(f"{where}: missing field {name!r}")
+        problem = MoEProblem.from_dict(data["problem"], where=f"{where}: problem")
+        model = WaveCostModel.from_dict(data["model"], problem, where=f"{where}: model")
+        try:
+            table = {int(k): int(v) for k, v in data["static_table"].items()}
+        except (AttributeError, TypeError, ValueError):
+            raise InputError(f"{where}: field 'static_table' must map tokens to a config "
+                             "index") from None
+        bad = [v for v in table.values() if not 0 <= v < len(model.bank)]
+        if bad:
+            raise InputError(f"{where}: static_table names config {bad[0]}, bank has "
+                             f"{len(model.bank)}")
+        return cls(str(data["gpu"]), problem, str(data["family"]),
+                   str(data["family_version"]), model, table, dict(data.get("provenance", {})))
+
+
+def load_profile(
+    path: str | Path,
+    expect_gpu: str | None = None,
+    expect_problem: MoEProblem | None = None,
+    expect_family_version: str | None = None,
+) -> Profile:
+    """Read a profile and check it was measured for what the caller will run."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read profile ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    profile = Profile.from_dict(data, where=str(path))
+    if expect_gpu is not None and profile.gpu != expect_gpu:
+        raise ProfileMismatchError(f"{path}: measured on {profile.gpu}, this GPU is "
+                                   f"{expect_gpu}; profile it with `ramp profile`")
+    if expect_problem is not None and profile.problem != expect_problem:
+        raise ProfileMismatchError(f"{path}: profile is for {profile.problem.key}, the call is "
+                                   f"{expect_problem.key}")
+    if expect_family_version is not None and profile.family_version != expect_family_version:
+        raise ProfileMismatchError(f"{path}: family version {profile.family_version}, kernels "
+                                   f"installed are version {expect_family_version}")
+    return profile
+
+
+def embedded_profile_paths() -> list[Path]:
+    """Profiles shipped with the package (measured on real GPUs, see provenance)."""
+    root = resources.files("ramp") / "data" / "profiles"
+    if not root.is_dir():
+        return []
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def find_profile(gpu: str, problem: MoEProblem, family: str | None = None) -> Profile | None:
+    """The embedded profile for this GPU and problem (and family, if given), or None."""
+    for path in embedded_profile_paths():
+        profile = load_profile(path)
+        if profile.gpu == gpu and profile.problem == problem and (
+            family is None or profile.family == family
+        ):
+            return profile
+    return None

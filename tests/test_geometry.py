@@ -1,0 +1,66 @@
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ramp.bank import KernelBank
+from ramp.config import KernelConfig
+from ramp.geometry import FEATURE_NAMES, grid_geometry
+from ramp.problem import MoEProblem
+
+
+def test_hand_computed_case():
+    # E=4, N=256, block 64x128 -> 2 column tiles; h = [0, 1, 64, 65]
+    # row tiles = 0 + 1 + 1 + 2 = 4; tiles = 8; 3 SMs x occupancy 2 = 6 slots
+    problem = MoEProblem(4, 256, 128, 1)
+    bank = KernelBank.build([KernelConfig("t", 64, 128, 32)], occupancy=2)
+    geo = grid_geometry(bank, problem, num_sms=3, hists=np.array([0, 1, 64, 65]))
+    assert geo.tiles.tolist() == [[8]]
+    assert geo.slots.tolist() == [6]
+    assert geo.waves.tolist() == [[2]]
+    assert np.allclose(geo.tile_waves, 8 / 6)
+    assert np.allclose(geo.last_wave_fill, 2 / 6)
+    assert geo.padded_rows.tolist() == [[256]]
+    assert geo.active_experts.tolist() == [3]
+    assert geo.rows.tolist() == [130]
+
+
+def test_split_k_multiplies_tiles():
+    problem = MoEProblem(2, 128, 1024, 1)
+    bank = KernelBank.build([KernelConfig("t", 16, 128, 64, split_k=4)])
+    geo = grid_geometry(bank, problem, num_sms=132, hists=np.array([[3, 0]]))
+    assert geo.tiles.tolist() == [[4]]
+
+
+def test_empty_histogram_has_no_waves(bank, problem):
+    geo = grid_geometry(bank, problem, 132, np.zeros((1, problem.num_experts), dtype=int))
+    assert np.all(geo.tiles == 0) and np.all(geo.waves == 0)
+    assert np.all(geo.last_wave_fill == 0)
+
+
+def test_features_shape(bank, problem, rng):
+    hists = rng.integers(0, 30, size=(5, problem.num_experts))
+    feats = grid_geometry(bank, problem, 132, hists).features(FEATURE_NAMES)
+    assert feats.shape == (5, len(bank), len(FEATURE_NAMES))
+    assert np.all(np.isfinite(feats))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hist=st.lists(st.integers(0, 5000), min_size=6, max_size=6),
+    bm=st.sampled_from([16, 32, 64, 128]),
+    bn=st.sampled_from([32, 64, 128, 256]),
+    occ=st.integers(1, 4),
+    sms=st.integers(1, 200),
+)
+def test_geometry_invariants(hist, bm, bn, occ, sms):
+    problem = MoEProblem(6, 1000, 512, 2)
+    bank = KernelBank.build([KernelConfig("t", bm, bn, 64)], occupancy=occ)
+    geo = grid_geometry(bank, problem, sms, np.array(hist))
+    tiles, slots, waves = int(geo.tiles[0, 0]), int(geo.slots[0]), int(geo.waves[0, 0])
+    rows = sum(hist)
+    # Padding never loses rows and wastes less than one tile per active expert.
+    assert rows <= geo.padded_rows[0, 0] < rows + bm * max(1, geo.active_experts[0])
+    # Waves are the ceiling of tile waves; the last wave is partially or fully filled.
+    assert (waves - 1) * slots < tiles <= waves * slots or tiles == waves == 0
+    assert 0 <= geo.last_wave_fill[0, 0] <= 1
+    assert geo.tile_waves[0, 0] <= waves
