@@ -1,5 +1,7 @@
 """Shared fixtures: small banks and problems that tests can reason about by hand."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,12 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+# Without a GPU, Triton kernels run in its CPU interpreter; it must be chosen before
+# Triton is first imported by any test module.
+if not _cuda_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

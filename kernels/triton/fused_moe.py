@@ -1,0 +1,125 @@
+"""Host side of the Triton fused-MoE family: routing, one GEMM, the whole layer.
+
+Every function takes engine-style tensors (vLLM's fused_moe layout) and launches with
+grids that depend only on T and the configuration, so a call never reads device data
+on the host and can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+from ramp.kernels.triton.moe_gemm import moe_gemm_kernel, moe_route_kernel
+
+from ramp.config import KernelConfig
+
+ROUTE_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Device-side routing of one call: the histogram and the expert-sorted slots."""
+
+    counts: torch.Tensor        # [E] int32, the expert histogram h
+    sorted_slots: torch.Tensor  # [T*k] int32, flat (token*k + j) slots sorted by expert
+    topk_weights: torch.Tensor  # [T*k] float32, flat routing weights
+    num_tokens: int
+    top_k: int
+    num_experts: int
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def route(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) -> Routing:
+    """Count and counting-sort the token-expert slots on the GPU (one launch, no sync)."""
+    tokens, top_k = topk_ids.shape
+    flat = topk_ids.reshape(-1).to(torch.int32)
+    dev = topk_ids.device
+    counts = torch.empty(num_experts, dtype=torch.int32, device=dev)
+    cursor = torch.empty(num_experts, dtype=torch.int32, device=dev)
+    sorted_slots = torch.empty(flat.numel(), dtype=torch.int32, device=dev)
+    moe_route_kernel[(1,)](flat, counts, cursor, sorted_slots, flat.numel(), E=num_experts,
+                           E_POW2=_pow2(num_experts), BLOCK=ROUTE_BLOCK)
+    return Routing(counts, sorted_slots, topk_weights.reshape(-1).float(), tokens, top_k,
+                   num_experts)
+
+
+def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
+    """Upper bound on sum_e ceil(h[e]/block_m) given only M = T*k rows: at most
+    min(E, M) experts are active and each wastes under one tile of padding."""
+    active = min(num_experts, rows)
+    return (rows + active * (block_m - 1)) // block_m
+
+
+def moe_gemm(
+    a: torch.Tensor,
+    w: torch.Tensor,
+    routing: Routing,
+    cfg: KernelConfig,
+    out: torch.Tensor,
+    *,
+    gemm: str,
+    num_sms: int,
+    occupancy: int = 1,
+) -> torch.Tensor:
+    """One grouped GEMM of the layer.
+
+    ``gemm="w13"``: a = hidden states [T, K] gathered by token, w = [E, 2I, K], out =
+    [T*k, I] in expert-sorted order, SiLU(gate)*up fused. ``gemm="w2"``: a = that
+    intermediate [T*k, I], w = [E, hidden, I], out = [T*k, hidden] scattered back to
+    slot order and scaled by the routing weight (the top-k sum happens after).
+    """
+    silu = gemm == "w13"
+    n, k = w.shape[1], w.shape[2]
+    rows = routing.sorted_slots.numel()
+    out_cols = n // 2 if silu else n
+    out_n = cfg.block_n // 2 if silu else cfg.block_n
+    tiles = max_row_tiles(rows, routing.num_experts, cfg.block_m) * triton.cdiv(out_cols, out_n)
+    grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
+    if grid == 0:
+        return out
+    moe_gemm_kernel[(grid,)](
+        a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights,
+        n, k, a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2),
+        out.stride(0), out.stride(1),
+        E=routing.num_experts, E_POW2=_pow2(routing.num_experts), TOP_K=routing.top_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        PERSISTENT=cfg.persistent, GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu,
+        EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def fused_moe(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    cfg13: KernelConfig,
+    cfg2: KernelConfig,
+    *,
+    num_sms: int | None = None,
+) -> torch.Tensor:
+    """The MoE layer: out[t] = sum_j w[t,j] * W2[e_tj] (SiLU(G[e_tj] x_t) * U[e_tj] x_t)."""
+    tokens, _ = hidden.shape
+    num_experts, two_i, _ = w13.shape
+    if num_sms is None:
+        num_sms = _num_sms(hidden.device)
+    routing = route(topk_ids, topk_weights, num_experts)
+    rows = tokens * topk_ids.shape[1]
+    inter = torch.empty(rows, two_i // 2, dtype=hidden.dtype, device=hidden.device)
+    moe_gemm(hidden, w13, routing, cfg13, inter, gemm="w13", num_sms=num_sms)
+    slots = torch.empty(rows, w2.shape[1], dtype=hidden.dtype, device=hidden.device)
+    moe_gemm(inter, w2, routing, cfg2, slots, gemm="w2", num_sms=num_sms)
+    return slots.view(tokens, topk_ids.shape[1], -1).sum(dim=1)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the Triton interpreter: any small positive grid bound works

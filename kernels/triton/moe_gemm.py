@@ -1,0 +1,168 @@
+"""Triton kernels of the fused-MoE layer: routing and one grouped GEMM for both projections.
+
+No host sync anywhere: the routing kernel counts the histogram and permutes token-expert
+rows on the GPU, and every GEMM CTA derives its tile schedule from the device-side counts
+itself (a cumulative sum over E in registers), so the launch grid depends only on T and
+the configuration, never on the histogram. That keeps every call capturable in a CUDA
+graph and lets the sync-free dispatcher choose among configurations on the device.
+
+Layouts follow vLLM's fused_moe: hidden states [T, K]; topk_ids / topk_weights [T, k];
+stacked expert weights [E, N, K] (w13: N = 2I, gate rows then up rows; w2: N = hidden).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def moe_route_kernel(
+    topk_ids_ptr, counts_ptr, cursor_ptr, sorted_slots_ptr, num_slots,
+    E: tl.constexpr, E_POW2: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One CTA: histogram of expert ids, exclusive offsets, then a counting-sort scatter.
+
+    ``sorted_slots[p]`` is the flat (token * top_k + j) slot routed to position ``p``;
+    positions of expert ``e`` are ``offsets[e] .. offsets[e] + counts[e]``. Order within
+    an expert is whatever the atomics give: it changes no result, each row is independent.
+    """
+    experts = tl.arange(0, E_POW2)
+    counts = tl.zeros([E_POW2], dtype=tl.int32)
+    for start in range(0, num_slots, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ids = tl.load(topk_ids_ptr + offs, mask=offs < num_slots, other=E_POW2)
+        counts += tl.histogram(ids, E_POW2)
+    tl.store(counts_ptr + experts, counts, mask=experts < E)
+    tl.store(cursor_ptr + experts, tl.cumsum(counts, 0) - counts, mask=experts < E)
+    tl.debug_barrier()
+    for start in range(0, num_slots, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        valid = offs < num_slots
+        ids = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
+        pos = tl.atomic_add(cursor_ptr + ids, 1, mask=valid)
+        tl.store(sorted_slots_ptr + pos, offs, mask=valid)
+
+
+@triton.jit
+def _tile_schedule(counts_ptr, BLOCK_M: tl.constexpr, E: tl.constexpr, E_POW2: tl.constexpr):
+    """Per-expert counts, row offsets and inclusive row-tile cumsum, all in registers."""
+    experts = tl.arange(0, E_POW2)
+    counts = tl.load(counts_ptr + experts, mask=experts < E, other=0)
+    row_offsets = tl.cumsum(counts, 0) - counts
+    tiles_cum = tl.cumsum((counts + BLOCK_M - 1) // BLOCK_M, 0)
+    return experts, counts, row_offsets, tiles_cum
+
+
+@triton.jit
+def _pick(vec, experts, e):
+    """vec[e] for a register vector and a run-time scalar index."""
+    return tl.sum(tl.where(experts == e, vec, 0), 0)
+
+
+@triton.jit
+def _gemm_tile(
+    tile, num_m_tiles, n_tiles,
+    experts, counts, row_offsets, tiles_cum,
+    a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GATHER_A: tl.constexpr,
+    SCATTER_C: tl.constexpr, SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    # Grouped raster: GROUP_M row tiles share each weight tile while it is in L2.
+    width = GROUP_M * n_tiles
+    first_m = (tile // width) * GROUP_M
+    group = tl.minimum(num_m_tiles - first_m, GROUP_M)
+    m_tile = first_m + (tile % width) % group
+    n_tile = (tile % width) // group
+
+    # Which expert owns this row tile, and where its rows start.
+    expert = tl.sum((tiles_cum <= m_tile).to(tl.int32), 0)
+    count = _pick(counts, experts, expert)
+    first_tile = _pick(tiles_cum, experts, expert) - (count + BLOCK_M - 1) // BLOCK_M
+    local = (m_tile - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = local < count
+    pos = _pick(row_offsets, experts, expert) + local  # row in expert-sorted order
+
+    if GATHER_A or SCATTER_C:
+        slot = tl.load(sorted_slots_ptr + pos, mask=row_ok, other=0)
+    a_rows = slot // TOP_K if GATHER_A else pos
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    # w13 computes BLOCK_N//2 gate and the matching up columns: the fused SiLU*mul needs both.
+    OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
+    offs_n = n_tile * OUT_N + tl.arange(0, OUT_N)
+    out_cols = N // 2 if SILU_MUL else N
+    n_ok = offs_n < out_cols
+    b_base = b_ptr + expert.to(tl.int64) * stride_be + offs_k[:, None] * stride_bk
+    b_ptrs = b_base + offs_n[None, :] * stride_bn
+    acc = tl.zeros([BLOCK_M, OUT_N], dtype=tl.float32)
+    if SILU_MUL:
+        up_ptrs = b_ptrs + out_cols * stride_bn
+        acc_up = tl.zeros([BLOCK_M, OUT_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = offs_k < K - k0
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc)
+        if SILU_MUL:
+            if EVEN_K:
+                u = tl.load(up_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                u = tl.load(up_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc_up = tl.dot(a, u, acc_up)
+            up_ptrs += BLOCK_K * stride_bk
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    if SILU_MUL:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    if SCATTER_C:
+        acc = acc * tl.load(topk_weights_ptr + slot, mask=row_ok, other=0.0)[:, None]
+        c_rows = slot
+    else:
+        c_rows = pos
+    c_ptrs = c_ptr + c_rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def moe_gemm_kernel(
+    a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    E: tl.constexpr, E_POW2: tl.constexpr, TOP_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr,
+    GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr, SILU_MUL: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    """Grouped GEMM over expert-sorted rows: C[rows of e] = A[rows of e] @ W[e]^T.
+
+    One-tile-per-CTA (grid = an upper bound on tiles from T; surplus CTAs exit) or
+    persistent (grid <= one wave; CTAs stride over tiles).
+    """
+    experts, counts, row_offsets, tiles_cum = _tile_schedule(counts_ptr, BLOCK_M, E, E_POW2)
+    num_m_tiles = tl.max(tiles_cum, 0)
+    out_cols = N // 2 if SILU_MUL else N
+    OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
+    n_tiles = tl.cdiv(out_cols, OUT_N)
+    num_tiles = num_m_tiles * n_tiles
+    if PERSISTENT:
+        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            _gemm_tile(tile, num_m_tiles, n_tiles, experts, counts, row_offsets, tiles_cum,
+                       a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+                       N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                       stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                       GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+    else:
+        tile = tl.program_id(0)
+        if tile < num_tiles:
+            _gemm_tile(tile, num_m_tiles, n_tiles, experts, counts, row_offsets, tiles_cum,
+                       a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+                       N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                       stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                       GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
