@@ -1,0 +1,79 @@
+"""Hardware catalog: lookups by catalog key and torch device name, ridge points."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ramp.errors import InputError
+from ramp.hardware import GPUS, GPUSpec, detect_gpu, get_gpu, ridge_point
+
+REQUIRED = ("A100-40GB", "A100-80GB", "H100-SXM", "H100-PCIe", "H200", "B200", "L40S",
+            "RTX-4090", "MI300X")
+
+
+def test_catalog_has_required_gpus_with_sane_numbers() -> None:
+    for name in REQUIRED:
+        gpu = GPUS[name]
+        assert gpu.name == name
+        assert gpu.sms > 0 and gpu.hbm_bandwidth > 1e11 and gpu.peak_bf16_flops > 1e14
+        assert gpu.smem_per_sm >= 64 * 1024 and gpu.l2_bytes > 0 and gpu.hbm_bytes > 1e10
+        assert gpu.source
+    assert GPUS["A100-80GB"].peak_fp8_flops == 0  # no fp8 tensor cores on Ampere
+
+
+@pytest.mark.parametrize(
+    ("device_name", "key"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100-SXM"),
+        ("NVIDIA H100 PCIe", "H100-PCIe"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA A100-SXM4-80GB", "A100-80GB"),
+        ("NVIDIA A100-SXM4-40GB", "A100-40GB"),
+        ("NVIDIA GeForce RTX 4090", "RTX-4090"),
+        ("NVIDIA L40S", "L40S"),
+        ("NVIDIA B200", "B200"),
+        ("AMD Instinct MI300X", "MI300X"),
+        ("h100-sxm", "H100-SXM"),
+        ("H100_SXM", "H100-SXM"),
+        ("mi300x", "MI300X"),
+    ],
+)
+def test_get_gpu_accepts_keys_and_device_names(device_name: str, key: str) -> None:
+    assert get_gpu(device_name).name == key
+
+
+@pytest.mark.parametrize("name", ["NVIDIA H100 NVL", "Tesla V100", "", "A100-PCIE-40GB"])
+def test_unknown_gpu_lists_known_names(name: str) -> None:
+    with pytest.raises(InputError, match=r"known: .*H100-SXM"):
+        get_gpu(name)
+
+
+def test_ridge_point_h100() -> None:
+    gpu = get_gpu("H100-SXM")
+    assert ridge_point(gpu, 2) == pytest.approx(989.4e12 / 3.35e12)
+    assert ridge_point(gpu, 1) == pytest.approx(2 * ridge_point(gpu, 2), rel=1e-3)
+
+
+def test_ridge_point_bad_inputs() -> None:
+    with pytest.raises(InputError, match=r"fp8|float8"):
+        ridge_point(get_gpu("A100-80GB"), 1)
+    with pytest.raises(InputError, match="dtype_bytes"):
+        ridge_point(get_gpu("H100-SXM"), 4)
+    blank = dataclasses.replace(get_gpu("H100-SXM"), hbm_bandwidth=0.0)
+    with pytest.raises(InputError, match="hbm_bandwidth"):
+        ridge_point(blank, 2)
+
+
+def test_peak_flops_by_dtype() -> None:
+    gpu = get_gpu("H200")
+    assert gpu.peak_flops("bfloat16") == gpu.peak_bf16_flops
+    with pytest.raises(InputError, match="float32"):
+        gpu.peak_flops("float32")
+    assert gpu.arch_number == 90 and get_gpu("MI300X").arch_number == 0
+
+
+def test_detect_gpu_returns_spec_or_none() -> None:
+    gpu = detect_gpu()
+    assert gpu is None or isinstance(gpu, GPUSpec)
