@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 import triton
-from ramp.kernels.triton.moe_gemm import moe_gemm_kernel, moe_route_kernel
 
 from ramp.config import KernelConfig
+from ramp.kernels.triton.moe_gemm import moe_gemm_kernel, moe_route_kernel
 
 ROUTE_BLOCK = 1024
 
@@ -55,6 +55,26 @@ def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
     return (rows + active * (block_m - 1)) // block_m
 
 
+def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
+    """Grid, positional and keyword arguments of ``moe_gemm_kernel`` for one call."""
+    silu = gemm == "w13"
+    n, k = w.shape[1], w.shape[2]
+    out_cols, out_n = (n // 2, cfg.block_n // 2) if silu else (n, cfg.block_n)
+    rows = routing.sorted_slots.numel()
+    tiles = max_row_tiles(rows, routing.num_experts, cfg.block_m) * triton.cdiv(out_cols, out_n)
+    grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
+    args = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights,
+            n, k, a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2),
+            out.stride(0), out.stride(1))
+    kwargs = dict(
+        E=routing.num_experts, E_POW2=_pow2(routing.num_experts), TOP_K=routing.top_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        PERSISTENT=cfg.persistent, GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu,
+        EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return grid, args, kwargs
+
+
 def moe_gemm(
     a: torch.Tensor,
     w: torch.Tensor,
@@ -72,26 +92,19 @@ def moe_gemm(
     [T*k, I] in expert-sorted order, SiLU(gate)*up fused. ``gemm="w2"``: a = that
     intermediate [T*k, I], w = [E, hidden, I], out = [T*k, hidden] scattered back to
     slot order and scaled by the routing weight (the top-k sum happens after).
+    ``occupancy`` (CTAs per SM) sizes a persistent grid: one wave of CTAs.
     """
-    silu = gemm == "w13"
-    n, k = w.shape[1], w.shape[2]
-    rows = routing.sorted_slots.numel()
-    out_cols = n // 2 if silu else n
-    out_n = cfg.block_n // 2 if silu else cfg.block_n
-    tiles = max_row_tiles(rows, routing.num_experts, cfg.block_m) * triton.cdiv(out_cols, out_n)
-    grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
-    if grid == 0:
-        return out
-    moe_gemm_kernel[(grid,)](
-        a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights,
-        n, k, a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2),
-        out.stride(0), out.stride(1),
-        E=routing.num_experts, E_POW2=_pow2(routing.num_experts), TOP_K=routing.top_k,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        PERSISTENT=cfg.persistent, GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu,
-        EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    grid, args, kwargs = _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy)
+    if grid > 0:
+        moe_gemm_kernel[(grid,)](*args, **kwargs)
     return out
+
+
+def compile_gemm(a, w, routing, cfg, out, *, gemm: str, num_sms: int):
+    """Compile (without running) and return Triton's compiled kernel: its register and
+    shared-memory use give the occupancy the profiler records."""
+    grid, args, kwargs = _launch(a, w, routing, cfg, out, gemm, num_sms, 1)
+    return moe_gemm_kernel.warmup(*args, grid=(max(grid, 1),), **kwargs)
 
 
 def fused_moe(

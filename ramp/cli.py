@@ -1,0 +1,169 @@
+"""The ``ramp`` command: profile a GPU, inspect profiles, explain choices, regions.
+
+Bad input ends with a one-line error naming the file/field, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ramp.errors import RampError
+
+GEMM_CHOICE = click.Choice(["w13", "w2"])
+
+
+class _Group(click.Group):
+    """Turns RaMP's own errors into a clean message and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RampError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="ramp")
+def main() -> None:
+    """RaMP: routing-aware choice of MoE GEMM kernel configurations."""
+
+
+@main.command()
+@click.option("--gpu", default="H100-SXM", show_default=True, help="hardware catalog name")
+@click.option("--model", "model_name", default="qwen3-30b-a3b", show_default=True)
+@click.option("--gemm", type=GEMM_CHOICE, default="w13", show_default=True)
+@click.option("--tp", default=1, show_default=True)
+@click.option("--ep", default=1, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG heat map")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the cells")
+def regions(gpu, model_name, gemm, tp, ep, plot, json_out) -> None:
+    """Which optimisation wins where, predicted from hardware constants alone."""
+    from ramp.hardware import get_gpu
+    from ramp.models import get_model
+    from ramp.regions import analyze_regions, plot_regions
+
+    spec = get_gpu(gpu)
+    problem = get_model(model_name).problem(gemm, tp=tp, ep=ep)
+    report = analyze_regions(spec, problem)
+    click.echo(report.format_table())
+    if plot:
+        click.echo(f"wrote {plot_regions(report, plot)}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@main.command("profile-info")
+@click.argument("profile_path", type=click.Path(dir_okay=False))
+def profile_info(profile_path) -> None:
+    """Summarise a profile: key, provenance, fit quality, static table."""
+    from ramp.profile import load_profile
+
+    p = load_profile(profile_path)
+    stats = [s for s in p.model.fit_stats if s is not None]
+    click.echo(f"profile   {p.key}")
+    click.echo(f"configs   {len(p.model.bank)} ({', '.join(p.model.bank.families)}), "
+               f"features {', '.join(p.model.features)}")
+    if stats:
+        r2 = np.array([s.r2 for s in stats])
+        mape = np.array([s.mape for s in stats])
+        click.echo(f"fit       median R^2 {np.median(r2):.4f} (min {r2.min():.4f}), "
+                   f"median MAPE {100 * np.median(mape):.2f}% (max {100 * mape.max():.2f}%)")
+    for key in ("device", "driver", "torch", "triton", "date", "profiling_seconds", "command"):
+        if key in p.provenance:
+            click.echo(f"{key:<9} {p.provenance[key]}")
+    table = ", ".join(f"{t}:{p.model.bank.configs[i].name}" for t, i in
+                      sorted(p.static_table.items()))
+    click.echo(f"static    {table}")
+
+
+@main.command()
+@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--hist", "hist_spec", required=True,
+              help="'zipf:s=1.2,tokens=64,seed=3', 'uniform:tokens=1' or counts '3,0,5,...'")
+@click.option("--top", default=5, show_default=True, help="configurations to list")
+def explain(profile_path, hist_spec, top) -> None:
+    """Show the features, predicted times and the choice for one histogram."""
+    from ramp.histograms import parse_histogram_spec, skew_stats
+    from ramp.profile import load_profile
+
+    p = load_profile(profile_path)
+    hist = parse_histogram_spec(hist_spec, p.problem.num_experts, p.problem.top_k)
+    model = p.model
+    pred = model.predict(hist)
+    geo = model.plan.geometry(hist)
+    stats = skew_stats(hist)
+    tokens = int(hist.sum()) // p.problem.top_k
+    click.echo(f"problem {p.problem.key}  T={tokens}  active experts "
+               f"{int(stats['active_experts'])}  max/mean load {stats['max_over_mean']:.2f}")
+    static = p.dispatcher("static").choose(hist)
+    order = np.argsort(pred)
+    click.echo(f"{'config':<34} {'pred us':>9} {'tiles':>6} {'waves':>5} {'fill':>5}")
+    for rank, c in enumerate(order[:top]):
+        mark = " <- ramp" if rank == 0 else ""
+        mark += " <- static" if c == static else ""
+        click.echo(f"{model.bank.configs[c].name:<34} {pred[c]:9.1f} {int(geo.tiles[0, c]):6d} "
+                   f"{int(geo.waves[0, c]):5d} {geo.last_wave_fill[0, c]:5.2f}{mark}")
+    if static not in order[:top]:
+        click.echo(f"static choice {model.bank.configs[static].name}: {pred[static]:.1f} us "
+                   f"predicted, {pred[static] / pred[order[0]]:.3f}x the ramp choice")
+    best = order[0]
+    terms = ", ".join(f"{f}={v:.2f}*{x:.3g}" for f, v, x in zip(
+        model.features, model.params[best], geo.features(model.features)[0, best]))
+    click.echo(f"why: {model.bank.configs[best].name} = {terms}")
+
+
+@main.command()
+@click.option("--model", "model_name", required=True, help="model catalog name")
+@click.option("--gemm", type=GEMM_CHOICE, required=True)
+@click.option("--tp", default=1, show_default=True)
+@click.option("--ep", default=1, show_default=True)
+@click.option("--budget", default=600.0, show_default=True, help="seconds of timing")
+@click.option("--out", "out_dir", default="profiles", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--tokens", default=None, help="comma list (default 1..8192, powers of 2)")
+@click.option("--routings", default=None, help="';'-separated specs, e.g. 'uniform;zipf:s=1.0'")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, no_progress):
+    """Time every Triton configuration on sampled histograms, fit, write the profile.
+
+    Resumable: measurements are checkpointed after each histogram in OUT; rerunning the
+    same command continues where it stopped. Needs a CUDA GPU.
+    """
+    from ramp.hardware import detect_gpu
+    from ramp.models import get_model
+    from ramp.profiler import SamplePlan, fit_profile, measure
+
+    gpu = detect_gpu()
+    if gpu is None:
+        raise click.ClickException("no CUDA GPU visible: profiling times kernels on a GPU")
+    from ramp.kernels.triton import triton_configs
+    from ramp.kernels.triton.timer import TritonTimer
+
+    problem = get_model(model_name).problem(gemm, tp=tp, ep=ep)
+    plan = SamplePlan(seed=seed)
+    if tokens:
+        plan = SamplePlan(tuple(int(t) for t in tokens.split(",")), plan.routings, seed)
+    if routings:
+        plan = SamplePlan(plan.tokens, tuple(routings.split(";")), seed)
+    hists, labels = plan.histograms(problem)
+    timer = TritonTimer(problem, triton_configs())
+    if timer.dropped:
+        click.echo(f"dropped {len(timer.dropped)} configurations that do not compile")
+    out = Path(out_dir)
+    stem = f"{gpu.name}_{problem.key}_{timer.family}"
+    meas = measure(timer, gpu.name, problem, hists, labels, budget_s=budget,
+                   checkpoint=out / f"{stem}.measurements.json", progress=not no_progress)
+    meas.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
+    meas.provenance["max_verify_error"] = max(timer.verify_errors.values(), default=None)
+    prof = fit_profile(meas, gpu.sms)
+    path = prof.save(out / f"{stem}.json")
+    click.echo(f"wrote {path} ({len(meas.labels)} histograms x {len(timer.bank)} configs, "
+               f"{meas.provenance['profiling_seconds']} s)")
