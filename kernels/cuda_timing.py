@@ -52,3 +52,42 @@ def time_graph(
     del graph
     samples.sort()
     return samples[len(samples) // 2]
+
+
+def read_bandwidth(gib: float = 4.0, replays: int = 10) -> float:
+    """Read-only HBM bandwidth in bytes/s: the floor for weight-streaming decode GEMMs.
+
+    A reduction over a buffer far larger than L2 reads every byte once and writes almost
+    nothing; a copy would count writes too and understate what a GEMM can read.
+    """
+    x = torch.rand(int(gib * 2**30) // 2, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty((), device="cuda", dtype=torch.float32)
+    torch.sum(x, dtype=torch.float32, out=out)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(replays):
+        start.record()
+        torch.sum(x, dtype=torch.float32, out=out)
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e-3)
+    samples.sort()
+    return x.numel() * x.element_size() / samples[len(samples) // 2]
+
+
+def matmul_flops(size: int = 8192, replays: int = 10) -> float:
+    """Dense bf16 matmul FLOP/s on random data: the compute ceiling for prefill GEMMs."""
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(replays):
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e-3)
+    samples.sort()
+    return 2.0 * size**3 / samples[len(samples) // 2]

@@ -105,3 +105,45 @@ def test_every_row_is_written(gemm):
     out = torch.full((rows, cols), float("nan"), dtype=dtype, device=DEVICE)
     moe_gemm(a, w, routing, cfg, out, gemm=gemm, num_sms=2)
     assert not torch.isnan(out).any()
+
+
+def test_route_many_slots_matches_bincount():
+    """More slots than one routing block, a power-of-two expert count (no spare bin)."""
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**31))
+    ids = torch.rand(600, 128, generator=gen).topk(8, dim=1).indices.to(DEVICE)
+    routing = route(ids, torch.ones(600, 8, device=DEVICE), num_experts=128)
+    expected = torch.bincount(ids.reshape(-1).cpu(), minlength=128)
+    assert routing.counts.cpu().tolist() == expected.tolist()
+    slots = routing.sorted_slots.cpu().long()
+    assert torch.equal(torch.sort(slots).values, torch.arange(ids.numel()))
+
+
+@pytest.mark.parametrize("gemm", ["w13", "w2"])
+def test_polymorphic_kernel_follows_device_side_model(gemm):
+    """The sync-free kernel runs the branch its on-GPU cost model picks, and is correct."""
+    from ramp.kernels.triton.poly import PolyGemm
+
+    dtype = torch.float16
+    x, w13, w2, ids, weights = make_inputs(19, top_k=2, dtype=dtype, seed=11, **SIZES)
+    routing = route(ids, weights, SIZES["experts"])
+    rows = ids.numel()
+    branches = [KernelConfig("triton", 16, 32, 32, persistent=True, variant="poly"),
+                KernelConfig("triton", 32, 64, 32, persistent=True, variant="poly")]
+    if gemm == "w13":
+        a, w, cols = x, w13, SIZES["inter"]
+    else:
+        a, w, cols = torch.randn(rows, SIZES["inter"], device=DEVICE).to(dtype), w2, \
+            SIZES["hidden"]
+    outputs = []
+    for cheap in (0, 1):  # make branch `cheap` the model's argmin through its intercept
+        params = np.zeros((2, 4))
+        params[1 - cheap] = [100.0, 1.0, 1.0, 1.0]
+        poly = PolyGemm(branches, params)
+        out = torch.full((rows, cols), float("nan"), dtype=dtype, device=DEVICE)
+        choice = torch.full((1,), -1, dtype=torch.int32, device=DEVICE)
+        poly(a, w, routing, out, gemm=gemm, num_sms=2, choice=choice)
+        assert int(choice.item()) == cheap
+        assert not torch.isnan(out).any()
+        outputs.append(out)
+    # Both branches compute the same function (row order is the routing's in both).
+    assert rel_err(outputs[0], outputs[1].float().cpu()) < 1e-2

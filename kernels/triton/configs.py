@@ -17,7 +17,7 @@ FAMILY = "triton"
 FAMILY_VERSION = "1"
 
 BLOCK_M = (16, 32, 64, 128)
-BLOCK_N = (64, 128, 256)
+BLOCK_N = (32, 64, 128, 256)  # 32 only with thin row tiles: many CTAs for decode
 BLOCK_K = (64, 128)
 WARPS_STAGES = ((4, 3), (4, 4), (8, 3), (8, 4))
 GROUP_M = 8
@@ -36,6 +36,8 @@ def triton_configs(smem_limit: int = H100_SMEM_PER_BLOCK, dtype_bytes: int = 2
     ):
         cfg = KernelConfig(FAMILY, bm, bn, bk, warps, stages, persistent=persistent,
                            group_m=GROUP_M)
+        if bn == 32 and bm > 32:
+            continue
         if cfg.smem_bytes(dtype_bytes) <= smem_limit:
             out.append(cfg)
     return out

@@ -31,8 +31,11 @@ def moe_route_kernel(
     counts = tl.zeros([E_POW2], dtype=tl.int32)
     for start in range(0, num_slots, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        ids = tl.load(topk_ids_ptr + offs, mask=offs < num_slots, other=E_POW2)
+        # Masked lanes count as expert 0 (a histogram bin must be in range); undone below.
+        ids = tl.load(topk_ids_ptr + offs, mask=offs < num_slots, other=0)
         counts += tl.histogram(ids, E_POW2)
+    padding = tl.cdiv(num_slots, BLOCK) * BLOCK - num_slots
+    counts -= tl.where(experts == 0, padding, 0)
     tl.store(counts_ptr + experts, counts, mask=experts < E)
     tl.store(cursor_ptr + experts, tl.cumsum(counts, 0) - counts, mask=experts < E)
     tl.debug_barrier()
@@ -145,24 +148,120 @@ def moe_gemm_kernel(
     One-tile-per-CTA (grid = an upper bound on tiles from T; surplus CTAs exit) or
     persistent (grid <= one wave; CTAs stride over tiles).
     """
+    if PERSISTENT:
+        _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+                          N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                          stride_cm, stride_cn, E, E_POW2, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K,
+                          GROUP_M, GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+    else:
+        experts, counts, row_offsets, tiles_cum = _tile_schedule(counts_ptr, BLOCK_M, E,
+                                                                 E_POW2)
+        num_m_tiles = tl.max(tiles_cum, 0)
+        OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
+        n_tiles = tl.cdiv(N // 2 if SILU_MUL else N, OUT_N)
+        tile = tl.program_id(0)
+        if tile < num_m_tiles * n_tiles:
+            _gemm_tile(tile, num_m_tiles, n_tiles, experts, counts, row_offsets, tiles_cum,
+                       a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+                       N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                       stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                       GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+
+
+@triton.jit
+def _branch_time(counts, active, slots, params_ptr, b: tl.constexpr, out_cols,
+                 BLOCK_M: tl.constexpr, OUT_N: tl.constexpr):
+    """The wave cost model of branch ``b``: launch + waves + active experts + tile waves."""
+    tiles = tl.sum((counts + BLOCK_M - 1) // BLOCK_M, 0) * tl.cdiv(out_cols, OUT_N)
+    waves = tl.cdiv(tiles, slots)
+    p = params_ptr + 4 * b
+    return (tl.load(p) + tl.load(p + 1) * waves.to(tl.float32)
+            + tl.load(p + 2) * active.to(tl.float32)
+            + tl.load(p + 3) * (tiles.to(tl.float32) / slots))
+
+
+@triton.jit
+def _persistent_tiles(
+    a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    E: tl.constexpr, E_POW2: tl.constexpr, TOP_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr,
+    SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
+):
     experts, counts, row_offsets, tiles_cum = _tile_schedule(counts_ptr, BLOCK_M, E, E_POW2)
     num_m_tiles = tl.max(tiles_cum, 0)
-    out_cols = N // 2 if SILU_MUL else N
     OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
-    n_tiles = tl.cdiv(out_cols, OUT_N)
-    num_tiles = num_m_tiles * n_tiles
-    if PERSISTENT:
-        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-            _gemm_tile(tile, num_m_tiles, n_tiles, experts, counts, row_offsets, tiles_cum,
-                       a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
-                       N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
-                       stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                       GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+    n_tiles = tl.cdiv(N // 2 if SILU_MUL else N, OUT_N)
+    for tile in range(tl.program_id(0), num_m_tiles * n_tiles, tl.num_programs(0)):
+        _gemm_tile(tile, num_m_tiles, n_tiles, experts, counts, row_offsets, tiles_cum,
+                   a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+                   N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                   stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                   GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+
+
+@triton.jit
+def moe_gemm_poly_kernel(
+    a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+    params_ptr, choice_ptr, force,
+    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    E: tl.constexpr, E_POW2: tl.constexpr, TOP_K: tl.constexpr, NUM_BRANCHES: tl.constexpr,
+    BM0: tl.constexpr, BN0: tl.constexpr, BK0: tl.constexpr,
+    BM1: tl.constexpr, BN1: tl.constexpr, BK1: tl.constexpr,
+    BM2: tl.constexpr, BN2: tl.constexpr, BK2: tl.constexpr,
+    BM3: tl.constexpr, BN3: tl.constexpr, BK3: tl.constexpr,
+    GROUP_M: tl.constexpr, GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr,
+    SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """Megakernel polymorphism: one persistent launch, up to four tile configurations.
+
+    Every CTA reads the device-side histogram, evaluates the fitted wave cost model of
+    each branch (``params`` [NUM_BRANCHES, 4] on the GPU) and runs the argmin branch, so
+    the choice follows the live routing with no host sync and no relaunch; the launch is
+    CUDA-graph capturable. All CTAs compute the same choice from the same data. ``force``
+    >= 0 pins a branch (profiling each branch with the same launch).
+    """
+    experts = tl.arange(0, E_POW2)
+    counts = tl.load(counts_ptr + experts, mask=experts < E, other=0)
+    active = tl.sum((counts > 0).to(tl.int32), 0)
+    slots = tl.num_programs(0)
+    out_cols = N // 2 if SILU_MUL else N
+    HALF: tl.constexpr = 2 if SILU_MUL else 1
+    choice = force
+    if force < 0:
+        best = _branch_time(counts, active, slots, params_ptr, 0, out_cols, BM0, BN0 // HALF)
+        choice = 0
+        if NUM_BRANCHES > 1:
+            t = _branch_time(counts, active, slots, params_ptr, 1, out_cols, BM1, BN1 // HALF)
+            choice = tl.where(t < best, 1, choice)
+            best = tl.minimum(t, best)
+        if NUM_BRANCHES > 2:
+            t = _branch_time(counts, active, slots, params_ptr, 2, out_cols, BM2, BN2 // HALF)
+            choice = tl.where(t < best, 2, choice)
+            best = tl.minimum(t, best)
+        if NUM_BRANCHES > 3:
+            t = _branch_time(counts, active, slots, params_ptr, 3, out_cols, BM3, BN3 // HALF)
+            choice = tl.where(t < best, 3, choice)
+    if tl.program_id(0) == 0:
+        tl.store(choice_ptr, choice)
+    if choice == 0:
+        _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+                          N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                          stride_cm, stride_cn, E, E_POW2, TOP_K, BM0, BN0, BK0, GROUP_M,
+                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+    elif choice == 1:
+        _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+                          N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                          stride_cm, stride_cn, E, E_POW2, TOP_K, BM1, BN1, BK1, GROUP_M,
+                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+    elif choice == 2:
+        _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+                          N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                          stride_cm, stride_cn, E, E_POW2, TOP_K, BM2, BN2, BK2, GROUP_M,
+                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
     else:
-        tile = tl.program_id(0)
-        if tile < num_tiles:
-            _gemm_tile(tile, num_m_tiles, n_tiles, experts, counts, row_offsets, tiles_cum,
-                       a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
-                       N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
-                       stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                       GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+        _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+                          N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                          stride_cm, stride_cn, E, E_POW2, TOP_K, BM3, BN3, BK3, GROUP_M,
+                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)

@@ -1,0 +1,124 @@
+"""One GPU call per model shape: profile, held-out exhaustive timings, baselines.
+
+    source bench/device_env.sh
+    python3 bench/run_gpu.py --model qwen3-30b-a3b --gemm w13 --out $OUT
+
+Writes into --out: the fitted profile, the training and held-out measurements (every
+configuration on every histogram) and the baselines on the held-out histograms
+(``torch._grouped_mm``; vLLM's own fused_moe kernel with its shipped H100 config when
+an uncommitted ``.vllm_ref/`` runner is present). Regret and speedups are computed from
+these files on any machine by ``python bench/evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ramp.hardware import detect_gpu
+from ramp.models import get_model
+from ramp.profiler import SamplePlan, fit_profile, measure
+
+HOLDOUT = SamplePlan(
+    tokens=(1, 3, 12, 48, 192, 768, 3072),
+    routings=("uniform", "zipf:s=0.8", "zipf:s=1.2", "zipf:s=1.6", "hot:hot_fraction=0.3"),
+    seed=7,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--gemm", choices=["w13", "w2"], required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget", type=float, default=240.0, help="training timing budget (s)")
+    ap.add_argument("--skip-holdout", action="store_true")
+    args = ap.parse_args()
+
+    from ramp.kernels.grouped_mm import GroupedMMTimer
+    from ramp.kernels.triton import triton_configs
+    from ramp.kernels.triton.timer import TritonTimer
+
+    gpu = detect_gpu()
+    problem = get_model(args.model).problem(args.gemm)
+    out = Path(args.out)
+    stem = f"{gpu.name}_{problem.key}"
+    command = "python3 " + " ".join(sys.argv)
+    t0 = time.monotonic()
+    timer = TritonTimer(problem, triton_configs())
+    compile_s = time.monotonic() - t0
+    print(f"compiled+verified {len(timer.bank)} configs in {compile_s:.1f} s; "
+          f"max rel err {max(timer.verify_errors.values()):.2e}; dropped {timer.dropped}")
+
+    hists, labels = SamplePlan().histograms(problem)
+    train = measure(timer, gpu.name, problem, hists, labels, budget_s=args.budget,
+                    checkpoint=out / f"{stem}_triton.train.json")
+    train.provenance.update(command=command, compile_and_verify_seconds=round(compile_s, 1),
+                            max_verify_error=max(timer.verify_errors.values()))
+    train.save(out / f"{stem}_triton.train.json")
+    profile = fit_profile(train, gpu.sms)
+    profile.provenance["profiling_wall_seconds"] = round(time.monotonic() - t0, 1)
+    profile.save(out / f"{stem}_triton.profile.json")
+    print(f"profiled in {time.monotonic() - t0:.1f} s wall")
+    if args.skip_holdout:
+        return
+
+    hists, labels = HOLDOUT.histograms(problem)
+    hold = measure(timer, gpu.name, problem, hists, labels)
+    hold.provenance["command"] = command
+    hold.save(out / f"{stem}_triton.holdout.json")
+    run_sync_free(train, hists, labels, out, stem, command)
+
+    from ramp.kernels.cuda_timing import matmul_flops, read_bandwidth
+
+    gmm = GroupedMMTimer(problem)
+    baselines: dict = {"labels": labels, "command": command,
+                       "read_bandwidth_bytes_per_s": read_bandwidth(),
+                       "matmul_flops": matmul_flops(),
+                       "grouped_mm_rel_err": gmm.verify(hists[len(hists) // 2])}
+    baselines["grouped_mm_us"] = [float(np.nanmin(gmm.time_all(h))) for h in hists]
+    try:
+        from bench.vllm_baseline import vllm_times
+    except ImportError as exc:
+        baselines["vllm"] = f"not run: {exc}"
+    else:
+        baselines["vllm"] = vllm_times(problem, hists)
+    (out / f"{stem}_baselines.json").write_text(json.dumps(baselines, indent=1) + "\n")
+    print(f"done in {time.monotonic() - t0:.1f} s")
+
+
+def run_sync_free(train, hists, labels, out: Path, stem: str, command: str) -> None:
+    """Pick the polymorphic kernel's branches from the training measurements, profile
+    each branch (forced), fit, then time the self-selecting launch on held-out calls."""
+    from ramp.kernels.triton.poly import PolyGemm, PolyTimer
+    from ramp.polymorphism import select_branches
+
+    chosen = select_branches(train.bank, train.times)
+    branches = [train.bank.configs[i] for i in chosen.indices]
+    print(f"sync-free branches {[c.name for c in branches]}, "
+          f"training oracle-mix regret {chosen.mean_regret:.4f}")
+    timer = PolyTimer(train.problem, branches)
+    poly_train = measure(timer, train.gpu, train.problem, train.hists, train.labels)
+    poly_train.provenance["command"] = command
+    poly_train.save(out / f"{stem}_poly.train.json")
+    profile = fit_profile(poly_train, timer.num_sms)
+    profile.save(out / f"{stem}_poly.profile.json")
+    poly = PolyGemm.from_model(profile.model)
+    rows = []
+    for hist, label in zip(hists, labels):
+        forced = timer.time_all(hist)
+        auto_us, choice = timer.time_auto(poly, hist)
+        rows.append({"label": label, "auto_us": auto_us, "choice": choice,
+                     "forced_us": forced.tolist()})
+    (out / f"{stem}_poly.holdout.json").write_text(json.dumps({
+        "command": command, "branches": [c.to_dict() for c in profile.model.bank.configs],
+        "occupancy": profile.model.bank.occupancy[0], "calls": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

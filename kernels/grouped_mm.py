@@ -1,0 +1,92 @@
+"""``torch._grouped_mm`` as an external, black-box kernel family.
+
+PyTorch (>= 2.8) runs a CUTLASS pointer-array grouped GEMM for bf16 on sm90 with no host
+sync: rows sorted by expert, ``offs`` the cumulative row count per expert (on the GPU).
+RaMP does not see inside it. PyTorch's source (aten/src/ATen/native/cuda/GroupMM.cu)
+documents two sm90 instantiations, both with a 2x1 cluster: a ping-pong 64x128x128 tile
+when the *average* rows per expert or N is at most 128, else a cooperative 128x256x64
+tile. The family registers those two configurations; each call's time belongs to the
+one PyTorch's rule picks, so the wave cost model (fed only grid geometry) fits it like
+any other family and RaMP can choose between it and its own families per call.
+
+Timed as the GEMM alone on already expert-sorted rows: no gather, no SiLU*mul, no
+weighting. That favours it against the Triton family, whose w13 time includes all three.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ramp.bank import KernelBank
+from ramp.config import KernelConfig
+from ramp.kernels.cuda_timing import time_graph
+from ramp.kernels.workload import make_call, make_weights
+from ramp.problem import MoEProblem
+
+FAMILY = "grouped_mm"
+FAMILY_VERSION = f"torch-{torch.__version__.split('+')[0]}"
+WEIGHT_COPIES = 4
+PINGPONG = KernelConfig(FAMILY, 64, 128, 128, num_warps=8, persistent=True, cluster_m=2,
+                       variant="pingpong")
+COOPERATIVE = KernelConfig(FAMILY, 128, 256, 64, num_warps=12, persistent=True, cluster_m=2,
+                           variant="cooperative")
+
+
+def pytorch_tile_choice(rows: int, num_experts: int, n: int) -> int:
+    """Index (0 ping-pong, 1 cooperative) of the tile PyTorch picks: its rule looks at
+    the average rows per expert, not at the histogram."""
+    return 0 if rows // num_experts <= 128 or n <= 128 else 1
+
+
+def grouped_mm(a_sorted: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[M, K] expert-sorted rows x w[E, N, K] -> [M, N]; ``counts`` [E] on the GPU."""
+    offs = torch.cumsum(counts, 0, dtype=torch.int32)
+    return torch._grouped_mm(a_sorted, w.transpose(1, 2), offs=offs)
+
+
+class GroupedMMTimer:
+    """Implements ``ramp.profiler.Timer`` for the one-configuration grouped_mm family."""
+
+    family = FAMILY
+    family_version = FAMILY_VERSION
+
+    def __init__(self, problem: MoEProblem, seed: int = 0) -> None:
+        self.problem = problem
+        self.bank = KernelBank.build([PINGPONG, COOPERATIVE], occupancy=1)
+        self.weights = make_weights(problem, WEIGHT_COPIES, seed=seed)
+        self.seed = seed
+
+    def inputs(self, hist: np.ndarray):
+        call = make_call(self.problem, self.weights, hist, seed=self.seed)
+        rows = int(np.sum(hist))
+        gen = torch.Generator(device="cuda").manual_seed(self.seed + 2)
+        a_sorted = torch.randn(rows, self.problem.k, device="cuda", generator=gen).to(
+            self.weights[0].dtype)
+        counts = torch.as_tensor(hist, device="cuda", dtype=torch.int32)
+        return call, a_sorted, counts
+
+    def verify(self, hist: np.ndarray) -> float:
+        """Relative error vs float32 per-expert matmuls."""
+        _, a, counts = self.inputs(hist)
+        out = grouped_mm(a, self.weights[0], counts)
+        ref = torch.cat([a[s:s + n].float() @ self.weights[0][e].float().T for e, (s, n) in
+                         enumerate(zip(np.cumsum(hist) - hist, hist)) if n > 0])
+        return float((out.float() - ref).norm() / ref.norm())
+
+    def time_all(self, hist: np.ndarray) -> np.ndarray:
+        """The call's time, in the slot of the tile PyTorch ran (the other stays NaN)."""
+        _, a, counts = self.inputs(hist)
+        times = np.full(2, np.nan)
+        chosen = pytorch_tile_choice(int(np.sum(hist)), self.problem.num_experts,
+                                     self.problem.n)
+        times[chosen] = time_graph(
+            lambda i: grouped_mm(a, self.weights[i % WEIGHT_COPIES], counts))
+        return times
+
+    def device_info(self) -> dict[str, Any]:
+        from ramp.kernels.triton.timer import device_info
+
+        return device_info()

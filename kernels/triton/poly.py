@@ -1,0 +1,154 @@
+"""The sync-free path: one persistent launch that picks its tile shape on the GPU.
+
+``PolyGemm`` wraps ``moe_gemm_poly_kernel``: up to four tile configurations sharing one
+launch (warps, stages, a one-wave persistent grid), and the fitted wave cost model of
+each branch as a device tensor. The host launches it with a grid that depends only on
+the GPU, so the call is CUDA-graph capturable and never reads the histogram.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ramp.bank import KernelBank
+from ramp.config import KernelConfig
+from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
+from ramp.errors import InputError
+from ramp.kernels.cuda_timing import time_graph
+from ramp.kernels.triton.fused_moe import Routing, _pow2, route
+from ramp.kernels.triton.moe_gemm import moe_gemm_poly_kernel
+from ramp.kernels.triton.timer import WEIGHT_COPIES, device_info, occupancy_of
+from ramp.kernels.workload import make_call, make_weights
+from ramp.problem import MoEProblem
+
+MAX_BRANCHES = 4
+
+
+def poly_configs(branches: Sequence[KernelConfig]) -> list[KernelConfig]:
+    """The branches as configurations of the polymorphic kernel (a family of its own)."""
+    return [dataclasses.replace(c, variant="poly", persistent=True) for c in branches]
+
+
+class PolyGemm:
+    """A compiled-on-first-use polymorphic GEMM for one problem."""
+
+    def __init__(self, branches: Sequence[KernelConfig], params: np.ndarray | None = None,
+                 *, occupancy: int = 1) -> None:
+        if not 1 <= len(branches) <= MAX_BRANCHES:
+            raise InputError(f"a polymorphic kernel has 1..{MAX_BRANCHES} branches")
+        launch = {(c.num_warps, c.num_stages, c.group_m) for c in branches}
+        if len(launch) != 1:
+            raise InputError("branches must share num_warps, num_stages and group_m: "
+                             f"got {sorted(launch)}")
+        self.branches = tuple(branches)
+        self.occupancy = occupancy
+        self._params_host = np.zeros((len(branches), 4)) if params is None else params
+        self._params: torch.Tensor | None = None
+
+    @classmethod
+    def from_model(cls, model: WaveCostModel) -> PolyGemm:
+        if model.features != DEFAULT_FEATURES:
+            raise InputError(f"the device-side model evaluates {DEFAULT_FEATURES}")
+        occ = set(model.bank.occupancy)
+        return cls(model.bank.configs, model.params, occupancy=min(occ))
+
+    def _launch(self, a, w, routing: Routing, out, gemm: str, num_sms: int, force: int,
+                choice: torch.Tensor):
+        if self._params is None or self._params.device != a.device:
+            self._params = torch.as_tensor(self._params_host, dtype=torch.float32,
+                                           device=a.device).contiguous()
+        silu = gemm == "w13"
+        n, k = w.shape[1], w.shape[2]
+        padded = list(self.branches) + [self.branches[0]] * (MAX_BRANCHES - len(self.branches))
+        tiles = {f"{p}{i}": getattr(c, f"block_{p[1].lower()}") for i, c in enumerate(padded)
+                 for p in ("BM", "BN", "BK")}
+        first = self.branches[0]
+        args = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights,
+                self._params, choice, force, n, k, a.stride(0), a.stride(1), w.stride(0),
+                w.stride(1), w.stride(2), out.stride(0), out.stride(1))
+        kwargs = dict(E=routing.num_experts, E_POW2=_pow2(routing.num_experts),
+                      TOP_K=routing.top_k, NUM_BRANCHES=len(self.branches), **tiles,
+                      GROUP_M=first.group_m, GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu,
+                      EVEN_K=all(k % c.block_k == 0 for c in self.branches),
+                      num_warps=first.num_warps, num_stages=first.num_stages)
+        return (num_sms * self.occupancy,), args, kwargs
+
+    def __call__(self, a, w, routing: Routing, out, *, gemm: str, num_sms: int,
+                 force: int = -1, choice: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the branch the device-side model picks (or ``force``); the picked branch
+        index is written to ``choice`` (an int32 device scalar) when given."""
+        if choice is None:
+            choice = torch.empty(1, dtype=torch.int32, device=a.device)
+        grid, args, kwargs = self._launch(a, w, routing, out, gemm, num_sms, force, choice)
+        moe_gemm_poly_kernel[grid](*args, **kwargs)
+        return out
+
+    def compile(self, a, w, routing, out, *, gemm: str, num_sms: int) -> Any:
+        choice = torch.empty(1, dtype=torch.int32, device=a.device)
+        grid, args, kwargs = self._launch(a, w, routing, out, gemm, num_sms, 0, choice)
+        kernel = moe_gemm_poly_kernel.warmup(*args, grid=grid, **kwargs)
+        kernel._init_handles()
+        return kernel
+
+
+class PolyTimer:
+    """``ramp.profiler.Timer`` for the branches of one polymorphic kernel (each forced)."""
+
+    family = "triton-poly"
+
+    def __init__(self, problem: MoEProblem, branches: Sequence[KernelConfig],
+                 seed: int = 0) -> None:
+        from ramp.kernels.triton.configs import FAMILY_VERSION
+
+        self.family_version = FAMILY_VERSION
+        self.problem = problem
+        props = torch.cuda.get_device_properties(0)
+        self.num_sms = props.multi_processor_count
+        self.weights = make_weights(problem, WEIGHT_COPIES, seed=seed)
+        self.seed = seed
+        configs = poly_configs(branches)
+        poly = PolyGemm(configs)
+        call = make_call(problem, self.weights, _probe_hist(problem), seed=seed)
+        routing = route(call.topk_ids, call.topk_weights, problem.num_experts)
+        kernel = poly.compile(call.activations, self.weights[0], routing, call.out,
+                              gemm=problem.gemm, num_sms=self.num_sms)
+        occ = occupancy_of(kernel.n_regs, kernel.metadata.shared, configs[0].num_warps,
+                           getattr(props, "shared_memory_per_multiprocessor", 228 * 1024))
+        self.bank = KernelBank.build(configs, occ)
+        self.poly = PolyGemm(configs, occupancy=occ)
+
+    def time_all(self, hist: np.ndarray) -> np.ndarray:
+        call, routing = self._call(hist)
+        return np.array([self._time(call, routing, b) for b in range(len(self.bank))])
+
+    def time_auto(self, poly: PolyGemm, hist: np.ndarray) -> tuple[float, int]:
+        """Time of the self-selecting launch and the branch it chose."""
+        call, routing = self._call(hist)
+        choice = torch.empty(1, dtype=torch.int32, device="cuda")
+        t = time_graph(lambda i: poly(call.activations, self.weights[i % WEIGHT_COPIES],
+                                      routing, call.out, gemm=self.problem.gemm,
+                                      num_sms=self.num_sms, choice=choice))
+        return t, int(choice.item())
+
+    def _call(self, hist):
+        call = make_call(self.problem, self.weights, hist, seed=self.seed)
+        return call, route(call.topk_ids, call.topk_weights, self.problem.num_experts)
+
+    def _time(self, call, routing, branch: int) -> float:
+        return time_graph(lambda i: self.poly(call.activations, self.weights[i % WEIGHT_COPIES],
+                                              routing, call.out, gemm=self.problem.gemm,
+                                              num_sms=self.num_sms, force=branch))
+
+    def device_info(self) -> dict[str, Any]:
+        return device_info()
+
+
+def _probe_hist(problem: MoEProblem) -> np.ndarray:
+    from ramp.histograms import sample_histograms
+
+    return sample_histograms("uniform", problem.num_experts, 64, problem.top_k)[0]
