@@ -59,7 +59,8 @@ def main() -> None:
     train = measure(timer, gpu.name, problem, hists, labels, budget_s=args.budget,
                     checkpoint=out / f"{stem}_triton.train.json")
     train.provenance.update(command=command, compile_and_verify_seconds=round(compile_s, 1),
-                            max_verify_error=max(timer.verify_errors.values()))
+                            max_verify_error=max(timer.verify_errors.values()),
+                            dropped_configs=timer.dropped)
     train.save(out / f"{stem}_triton.train.json")
     profile = fit_profile(train, gpu.sms)
     profile.provenance["profiling_wall_seconds"] = round(time.monotonic() - t0, 1)

@@ -61,13 +61,12 @@ def read_bandwidth(gib: float = 4.0, replays: int = 10) -> float:
     nothing; a copy would count writes too and understate what a GEMM can read.
     """
     x = torch.rand(int(gib * 2**30) // 2, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty((), device="cuda", dtype=torch.float32)
-    torch.sum(x, dtype=torch.float32, out=out)
+    x.sum(dtype=torch.float32)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     samples = []
     for _ in range(replays):
         start.record()
-        torch.sum(x, dtype=torch.float32, out=out)
+        x.sum(dtype=torch.float32)
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) * 1e-3)

@@ -55,8 +55,8 @@ def make_weights(problem: MoEProblem, copies: int, device: str = "cuda",
     dtype = TORCH_DTYPES[problem.dtype]
     scale = problem.k ** -0.5
     return [
-        (torch.randn(problem.num_experts, problem.n, problem.k, device=device, generator=gen,
-                     dtype=torch.float32) * scale).to(dtype)
+        torch.randn(problem.num_experts, problem.n, problem.k, device=device, generator=gen,
+                    dtype=dtype).mul_(scale)
         for _ in range(copies)
     ]
 

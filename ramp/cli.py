@@ -101,7 +101,7 @@ def explain(profile_path, hist_spec, top) -> None:
     stats = skew_stats(hist)
     tokens = int(hist.sum()) // p.problem.top_k
     click.echo(f"problem {p.problem.key}  T={tokens}  active experts "
-               f"{int(stats['active_experts'])}  max/mean load {stats['max_over_mean']:.2f}")
+               f"{int(stats['active_experts'])}  max/mean load {stats['max_mean_ratio']:.2f}")
     static = p.dispatcher("static").choose(hist)
     order = np.argsort(pred)
     click.echo(f"{'config':<34} {'pred us':>9} {'tiles':>6} {'waves':>5} {'fill':>5}")
@@ -156,13 +156,15 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, n
     hists, labels = plan.histograms(problem)
     timer = TritonTimer(problem, triton_configs())
     if timer.dropped:
-        click.echo(f"dropped {len(timer.dropped)} configurations that do not compile")
+        click.echo(f"dropped {len(timer.dropped)} configurations that do not compile or "
+                   f"verify: {timer.dropped}")
     out = Path(out_dir)
     stem = f"{gpu.name}_{problem.key}_{timer.family}"
     meas = measure(timer, gpu.name, problem, hists, labels, budget_s=budget,
                    checkpoint=out / f"{stem}.measurements.json", progress=not no_progress)
     meas.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
     meas.provenance["max_verify_error"] = max(timer.verify_errors.values(), default=None)
+    meas.provenance["dropped_configs"] = timer.dropped
     prof = fit_profile(meas, gpu.sms)
     path = prof.save(out / f"{stem}.json")
     click.echo(f"wrote {path} ({len(meas.labels)} histograms x {len(timer.bank)} configs, "

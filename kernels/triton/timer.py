@@ -7,6 +7,7 @@ serially costs minutes of GPU-machine time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -42,9 +43,17 @@ def occupancy_of(n_regs: int, shared: int, num_warps: int, smem_per_sm: int) -> 
 
 
 def _probe_call(problem: MoEProblem, seed: int = 0):
-    """A small workload that compiles the same specialisation as every real call."""
+    """A small workload that compiles the same specialisation as every real call.
+
+    Triton specialises integer arguments only on divisibility by 16 (and == 1), so a
+    256x256 weight per expert compiles the kernel the full shape runs, as long as the
+    EVEN_K constexpr agrees (it does when K is a multiple of 128, as in every catalog
+    model); compile workers then need megabytes, not a copy of the full weights each.
+    """
     from ramp.histograms import sample_histograms
 
+    if problem.k % 128 == 0:
+        problem = dataclasses.replace(problem, n=256, k=256)
     hist = sample_histograms("uniform", problem.num_experts, PROBE_TOKENS, problem.top_k,
                              seed=seed)[0]
     weights = make_weights(problem, 1, seed=seed)
@@ -100,7 +109,7 @@ class TritonTimer:
         self.verify_errors = self.verify() if verify else {}
 
     def _compile_all(self, configs: list[KernelConfig], workers: int | None) -> list[dict]:
-        workers = workers or max(1, min(16, (os.cpu_count() or 2) - 1))
+        workers = workers or max(1, min(12, (os.cpu_count() or 2) - 1))
         chunks = [configs[i::workers] for i in range(workers)]
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_compile_chunk, self.problem.to_dict(),
@@ -112,8 +121,9 @@ class TritonTimer:
         return [by_name[c.name] for c in configs]
 
     def verify(self, tokens: int = 77) -> dict[str, float]:
-        """Relative error of every configuration vs float32, on fresh random inputs with
-        poisoned outputs. Raises if any configuration is wrong or leaves a row unwritten."""
+        """Relative error of every configuration vs float32 on fresh random inputs with
+        poisoned outputs. A configuration that is wrong or leaves a row unwritten is
+        removed from the bank (and listed in ``dropped``): it is never timed or chosen."""
         from ramp.histograms import sample_histograms
 
         hist = sample_histograms("zipf", self.problem.num_experts, tokens, self.problem.top_k,
@@ -121,17 +131,21 @@ class TritonTimer:
         call = make_call(self.problem, self.weights, hist, seed=self.seed + 99)
         routing = route(call.topk_ids, call.topk_weights, self.problem.num_experts)
         ref = reference_gemm(self.problem, call, routing)
-        errors = {}
-        for cfg, occ in zip(self.bank.configs, self.bank.occupancy):
+        errors, keep = {}, []
+        for i, (cfg, occ) in enumerate(zip(self.bank.configs, self.bank.occupancy)):
             call.out.fill_(float("nan"))
             moe_gemm(call.activations, call.weights[0], routing, cfg, call.out,
                      gemm=self.problem.gemm, num_sms=self.num_sms, occupancy=occ)
             if torch.isnan(call.out).any():
-                raise AssertionError(f"{cfg.name}: rows left unwritten")
+                self.dropped[cfg.name] = "rows left unwritten"
+                continue
             err = float((call.out.float() - ref).norm() / ref.norm())
             if not err < 2e-2:
-                raise AssertionError(f"{cfg.name}: relative error {err:.3g} vs float32")
+                self.dropped[cfg.name] = f"relative error {err:.3g} vs float32"
+                continue
             errors[cfg.name] = err
+            keep.append(i)
+        self.bank = self.bank.subset(keep)
         return errors
 
     def time_all(self, hist: np.ndarray) -> np.ndarray:
