@@ -38,9 +38,21 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=240.0, help="training timing budget (s)")
     ap.add_argument("--skip-holdout", action="store_true")
+    ap.add_argument("--side-by-side", metavar="PROFILE",
+                    help="only re-time RaMP, static, vLLM and grouped_mm on the held-out "
+                         "calls, with this fitted profile")
     args = ap.parse_args()
+    if args.side_by_side:
+        from ramp.profile import load_profile
 
-    from ramp.kernels.grouped_mm import GroupedMMTimer
+        profile = load_profile(args.side_by_side)
+        hists, labels = HOLDOUT.histograms(profile.problem)
+        out = Path(args.out)
+        side_by_side(profile, hists, labels,
+                     out / f"{profile.gpu}_{profile.problem.key}_baselines.json",
+                     "python3 " + " ".join(sys.argv))
+        return
+
     from ramp.kernels.triton import triton_configs
     from ramp.kernels.triton.timer import TritonTimer
 
@@ -75,22 +87,43 @@ def main() -> None:
     hold.save(out / f"{stem}_triton.holdout.json")
     run_sync_free(train, hists, labels, out, stem, command)
 
-    from ramp.kernels.cuda_timing import matmul_flops, read_bandwidth
+    side_by_side(profile, hists, labels, out / f"{stem}_baselines.json", command)
+    print(f"done in {time.monotonic() - t0:.1f} s")
 
+
+def side_by_side(profile, hists, labels, path: Path, command: str) -> None:
+    """In one process and loop: RaMP's and static dispatch's choices, vLLM's kernel with
+    its shipped config, torch._grouped_mm, and the machine's measured ceilings."""
+    from ramp.kernels.cuda_timing import matmul_flops, read_bandwidth
+    from ramp.kernels.grouped_mm import GroupedMMTimer
+    from ramp.kernels.triton.timer import TritonTimer
+
+    problem = profile.problem
+    ramp_idx = profile.dispatcher("ramp").choose_batch(hists)
+    static_idx = profile.dispatcher("static").choose_batch(hists)
+    used = sorted({*ramp_idx.tolist(), *static_idx.tolist()})
+    timer = TritonTimer(problem, [profile.model.bank.configs[i] for i in used])
+    col = {cfg: c for c, cfg in enumerate(timer.bank.configs)}
     gmm = GroupedMMTimer(problem)
-    baselines: dict = {"labels": labels, "command": command,
-                       "read_bandwidth_bytes_per_s": read_bandwidth(),
-                       "matmul_flops": matmul_flops(),
-                       "grouped_mm_rel_err": gmm.verify(hists[len(hists) // 2])}
-    baselines["grouped_mm_us"] = [float(np.nanmin(gmm.time_all(h))) for h in hists]
+    result: dict = {
+        "labels": labels, "command": command, "profile": profile.key,
+        "device": timer.device_info(),
+        "read_bandwidth_bytes_per_s": read_bandwidth(), "matmul_flops": matmul_flops(),
+        "grouped_mm_rel_err": gmm.verify(hists[len(hists) // 2]),
+        "ramp_us": [], "static_us": [], "grouped_mm_us": [],
+    }
+    for hist, r, s in zip(hists, ramp_idx, static_idx):
+        times = timer.time_all(hist)
+        result["ramp_us"].append(float(times[col[profile.model.bank.configs[r]]]))
+        result["static_us"].append(float(times[col[profile.model.bank.configs[s]]]))
+        result["grouped_mm_us"].append(float(np.nanmin(gmm.time_all(hist))))
     try:
         from bench.vllm_baseline import vllm_times
     except ImportError as exc:
-        baselines["vllm"] = f"not run: {exc}"
+        result["vllm"] = f"not run: {exc}"
     else:
-        baselines["vllm"] = vllm_times(problem, hists)
-    (out / f"{stem}_baselines.json").write_text(json.dumps(baselines, indent=1) + "\n")
-    print(f"done in {time.monotonic() - t0:.1f} s")
+        result["vllm"] = vllm_times(problem, hists)
+    path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def run_sync_free(train, hists, labels, out: Path, stem: str, command: str) -> None:

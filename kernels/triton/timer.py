@@ -183,10 +183,13 @@ def reference_gemm(problem: MoEProblem, call, routing) -> torch.Tensor:
             u = x[rows] @ w[e, half:].T
             out[rows] = torch.nn.functional.silu(g) * u
         return out[routing.sorted_slots.long()]
-    scale = call.topk_weights.reshape(-1, 1).float()
+    # w2 reads its input in expert-sorted order (as w13 wrote it) and scatters to slots.
+    slots = routing.sorted_slots.long()
+    expert_at = ids[slots]
+    scale = call.topk_weights.reshape(-1).float()[slots, None]
     for e in torch.unique(ids).tolist():
-        rows = ids == e
-        out[rows] = (acts[rows] @ w[e].T) * scale[rows]
+        pos = torch.nonzero(expert_at == e).flatten()
+        out[slots[pos]] = (acts[pos] @ w[e].T) * scale[pos]
     return out
 
 
