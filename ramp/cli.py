@@ -169,3 +169,45 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, n
     path = prof.save(out / f"{stem}.json")
     click.echo(f"wrote {path} ({len(meas.labels)} histograms x {len(timer.bank)} configs, "
                f"{meas.provenance['profiling_seconds']} s)")
+
+
+@main.command()
+@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--holdout", required=True, type=click.Path(dir_okay=False),
+              help="exhaustive measurements on held-out histograms")
+@click.option("--baselines", type=click.Path(dir_okay=False),
+              help="side-by-side baselines (vLLM, torch._grouped_mm) and ceilings")
+@click.option("--sync-free", "sync_free", type=click.Path(dir_okay=False),
+              help="held-out timings of the polymorphic sync-free kernel")
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of every call")
+def evaluate(profile_path, holdout, baselines, sync_free, out, plot) -> None:
+    """Regret vs exhaustive search, speedup over static dispatch and the baselines."""
+    from ramp.evaluation import evaluate_profile, evaluate_sync_free, plot_evaluation, write_result
+    from ramp.profile import load_profile
+    from ramp.profiler import Measurements
+
+    base = json.loads(Path(baselines).read_text()) if baselines else None
+    result = evaluate_profile(load_profile(profile_path), Measurements.load(holdout), base)
+    if sync_free:
+        result["sync_free"] = evaluate_sync_free(json.loads(Path(sync_free).read_text()),
+                                                 result)
+    result["command"] = " ".join(["ramp", *sys.argv[1:]])
+    write_result(result, out)
+    ramp, static = result["regret"]["ramp"], result["regret"]["static"]
+    click.echo(f"{result['profile']}: {ramp['calls']} held-out calls")
+    click.echo(f"  RaMP   regret mean {100 * ramp['mean_regret']:.2f}%  p95 "
+               f"{100 * ramp['p95_regret']:.2f}%  max {100 * ramp['max_regret']:.2f}%  "
+               f"top-1 {100 * ramp['top1_accuracy']:.0f}%")
+    click.echo(f"  static regret mean {100 * static['mean_regret']:.2f}%  p95 "
+               f"{100 * static['p95_regret']:.2f}%")
+    for key, value in result["summary"].items():
+        if value is not None:
+            click.echo(f"  {key:<36} {value:.3f}")
+    for key, value in result.get("sync_free", {}).items():
+        if isinstance(value, float):
+            click.echo(f"  sync-free {key:<36} {value:.4f}")
+    if plot:
+        click.echo(f"wrote {out} and {plot_evaluation(result, plot)}")
+    else:
+        click.echo(f"wrote {out}")

@@ -122,25 +122,29 @@ def plot_evaluation(result: dict[str, Any], path: str | Path) -> Path:
 
     calls = result["calls"]
     kinds = sorted({routing_of(c["label"]) for c in calls})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(4.2 * len(kinds), 6.6), sharey="row",
+                             sharex=True, squeeze=False)
     series = [("oracle_us", "oracle (exhaustive)", "k--"), ("ramp_us", "RaMP", "C0o-"),
               ("static_us", "static (uniform-tuned)", "C1s-"),
               ("vllm_static_us", "vLLM static", "C3^-"),
               ("grouped_mm_us", "torch._grouped_mm", "C2d-"), ("floor_us", "floor", "C7:")]
-    for ax, kind in zip(axes[0], kinds):
+    for col, kind in enumerate(kinds):
         rows = sorted((c for c in calls if routing_of(c["label"]) == kind),
                       key=lambda c: c["tokens"])
         t = [c["tokens"] for c in rows]
+        oracle = np.array([c["oracle_us"] for c in rows])
         for key, name, style in series:
-            y = [c[key] for c in rows]
+            y = np.array([c[key] for c in rows])
             if np.isfinite(y).any():
-                ax.plot(t, y, style, label=name, ms=4)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(kind)
-        ax.set_xlabel("tokens per step")
-        ax.grid(alpha=0.3)
+                axes[0][col].plot(t, y, style, label=name, ms=4)
+                axes[1][col].plot(t, y / oracle, style, ms=4)
+        axes[0][col].set_yscale("log")
+        axes[0][col].set_title(kind)
+        axes[1][col].set_xlabel("tokens per step")
+        for ax in axes[:, col]:
+            ax.set_xscale("log", base=2)
+            ax.grid(alpha=0.3)
+    axes[1][0].set_ylabel("time / oracle")
     axes[0][0].set_ylabel("microseconds")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"{result['gpu']} {result['problem']['gemm']} "
@@ -158,3 +162,27 @@ def write_result(result: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, default=float) + "\n")
     return path
+
+
+def evaluate_sync_free(poly: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The sync-free kernel on the same held-out calls: its overhead over the same branch
+    forced, and its cost over host-dispatched RaMP on the full bank and over the oracle."""
+    calls = {c["label"]: c for c in result["calls"]}
+    rows = [r for r in poly["calls"] if r["label"] in calls]
+    if not rows:
+        raise InputError("sync-free results share no held-out call with the evaluation")
+    auto = np.array([r["auto_us"] for r in rows])
+    forced_same = np.array([r["forced_us"][r["choice"]] for r in rows])
+    forced_best = np.array([min(r["forced_us"]) for r in rows])
+    host = np.array([calls[r["label"]]["ramp_us"] for r in rows])
+    oracle = np.array([calls[r["label"]]["oracle_us"] for r in rows])
+    return {
+        "branches": [b.get("block_m") and f"m{b['block_m']}n{b['block_n']}k{b['block_k']}"
+                     f"-w{b['num_warps']}s{b['num_stages']}" for b in poly["branches"]],
+        "calls": len(rows),
+        "overhead_vs_forced_same_branch_mean": float(np.mean(auto / forced_same - 1)),
+        "in_kernel_choice_regret_mean": float(np.mean(auto / forced_best - 1)),
+        "vs_host_dispatched_ramp_geomean": _geomean(auto / host),
+        "regret_vs_full_bank_oracle_mean": float(np.mean(auto / oracle - 1)),
+        "command": poly.get("command"),
+    }
