@@ -52,37 +52,39 @@ class RampDispatcher(Dispatcher):
         plan = model.plan
         self._bm_m1 = (plan.distinct_bm - 1)[:, None]
         self._bm = plan.distinct_bm[:, None]
+        # ceil(h / bm) as a shift when every block_m is a power of two (integer division
+        # is the slowest numpy operation on this path).
+        pow2 = all(int(b) & (int(b) - 1) == 0 for b in plan.distinct_bm)
+        self._bm_shift = np.log2(plan.distinct_bm).astype(np.int64)[:, None] if pow2 else None
         self._bm_index = plan.bm_index
-        self._tpr = plan.tiles_per_row_tile
-        self._slots = plan.slots
-        self._inv_slots = 1.0 / plan.slots
-        p = model.params
-        # Fold the constant feature into a per-config intercept; keep the rest as columns.
-        self._intercept = np.zeros(len(model.bank))
-        self._terms: list[tuple[str, np.ndarray]] = []
-        for f, name in enumerate(model.features):
-            if name == "launch":
-                self._intercept += p[:, f]
-            else:
-                self._terms.append((name, p[:, f].copy()))
+        self._tpr = plan.tiles_per_row_tile.astype(np.float64)
+        self._slots = plan.slots.astype(np.float64)
+        # Fold every feature that is linear in (1, active, tiles) into three coefficient
+        # vectors, so one call is about a dozen numpy operations on length-C vectors.
+        p = dict(zip(model.features, model.params.T))
+        zero = np.zeros(len(model.bank))
+        self._intercept = p.get("launch", zero)
+        self._per_active = p.get("active_experts", zero)
+        self._per_tile = p.get("tile_waves", zero) / self._slots
+        self._per_wave = p.get("waves", zero)
+        self._other = [(n, c) for n, c in p.items()
+                       if n not in ("launch", "active_experts", "tile_waves", "waves")]
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size
 
     def predict_one(self, hist: np.ndarray) -> np.ndarray:
         """Predicted microseconds of every configuration for one histogram [E] (int64)."""
-        row_tiles = ((hist + self._bm_m1) // self._bm).sum(axis=1)
+        padded = hist + self._bm_m1
+        if self._bm_shift is not None:
+            row_tiles = (padded >> self._bm_shift).sum(axis=1)
+        else:
+            row_tiles = (padded // self._bm).sum(axis=1)
         tiles = row_tiles[self._bm_index] * self._tpr
-        t = self._intercept.copy()
-        for name, coef in self._terms:
-            if name == "waves":
-                t += coef * -(-tiles // self._slots)
-            elif name == "tile_waves":
-                t += coef * (tiles * self._inv_slots)
-            elif name == "active_experts":
-                t += coef * float(np.count_nonzero(hist))
-            else:  # rarer features take the general path
-                geo = self.model.plan.geometry(hist[None, :])
-                t += coef * geo.feature(name)[0]
+        t = self._intercept + self._per_active * float(np.count_nonzero(hist))
+        t += self._per_tile * tiles
+        t += self._per_wave * np.ceil(tiles / self._slots)  # exact: integers in float64
+        for name, coef in self._other:  # rarer features take the general path
+            t += coef * self.model.plan.geometry(hist[None, :]).feature(name)[0]
         return t
 
     def choose(self, hist: np.ndarray) -> int:
