@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=240.0, help="training timing budget (s)")
     ap.add_argument("--skip-holdout", action="store_true")
+    ap.add_argument("--grouped-mm", action="store_true",
+                    help="only profile torch._grouped_mm (training and held-out calls)")
     ap.add_argument("--side-by-side", metavar="PROFILE",
                     help="only re-time RaMP, static, vLLM and grouped_mm on the held-out "
                          "calls, with this fitted profile")
@@ -61,6 +63,16 @@ def main() -> None:
     out = Path(args.out)
     stem = f"{gpu.name}_{problem.key}"
     command = "python3 " + " ".join(sys.argv)
+    if args.grouped_mm:
+        from ramp.kernels.grouped_mm import GroupedMMTimer
+
+        timer = GroupedMMTimer(problem)
+        for name, plan in (("train", SamplePlan()), ("holdout", HOLDOUT)):
+            hists, labels = plan.histograms(problem)
+            meas = measure(timer, gpu.name, problem, hists, labels)
+            meas.provenance["command"] = command
+            meas.save(out / f"{stem}_grouped_mm.{name}.json")
+        return
     t0 = time.monotonic()
     timer = TritonTimer(problem, triton_configs())
     compile_s = time.monotonic() - t0

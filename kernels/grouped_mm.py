@@ -35,10 +35,24 @@ COOPERATIVE = KernelConfig(FAMILY, 128, 256, 64, num_warps=12, persistent=True, 
                            variant="cooperative")
 
 
+SMALL_ROWS = 128  # PyTorch's threshold on rows per expert (integer average) and on N
+
+
+def grouped_mm_bank(problem: MoEProblem) -> KernelBank:
+    """The two tiles, each applicable on its side of PyTorch's threshold.
+
+    PyTorch compares the integer average ``rows // E`` with 128, i.e. mean rows < 129.
+    """
+    if problem.n <= SMALL_ROWS:
+        return KernelBank.build([PINGPONG], applies=[(0.0, np.inf)])
+    edge = SMALL_ROWS + 1 - 1e-9
+    return KernelBank.build([PINGPONG, COOPERATIVE], applies=[(0.0, edge), (edge, np.inf)])
+
+
 def pytorch_tile_choice(rows: int, num_experts: int, n: int) -> int:
     """Index (0 ping-pong, 1 cooperative) of the tile PyTorch picks: its rule looks at
     the average rows per expert, not at the histogram."""
-    return 0 if rows // num_experts <= 128 or n <= 128 else 1
+    return 0 if rows // num_experts <= SMALL_ROWS or n <= SMALL_ROWS else 1
 
 
 def grouped_mm(a_sorted: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -55,7 +69,7 @@ class GroupedMMTimer:
 
     def __init__(self, problem: MoEProblem, seed: int = 0) -> None:
         self.problem = problem
-        self.bank = KernelBank.build([PINGPONG, COOPERATIVE], occupancy=1)
+        self.bank = grouped_mm_bank(problem)
         self.weights = make_weights(problem, WEIGHT_COPIES, seed=seed)
         self.seed = seed
 
@@ -79,7 +93,7 @@ class GroupedMMTimer:
     def time_all(self, hist: np.ndarray) -> np.ndarray:
         """The call's time, in the slot of the tile PyTorch ran (the other stays NaN)."""
         _, a, counts = self.inputs(hist)
-        times = np.full(2, np.nan)
+        times = np.full(len(self.bank), np.nan)
         chosen = pytorch_tile_choice(int(np.sum(hist)), self.problem.num_experts,
                                      self.problem.n)
         times[chosen] = time_graph(

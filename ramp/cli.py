@@ -179,16 +179,21 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, n
               help="side-by-side baselines (vLLM, torch._grouped_mm) and ceilings")
 @click.option("--sync-free", "sync_free", type=click.Path(dir_okay=False),
               help="held-out timings of the polymorphic sync-free kernel")
+@click.option("--with-family", "families", multiple=True, nargs=2,
+              type=click.Path(dir_okay=False), metavar="PROFILE HOLDOUT",
+              help="another kernel family RaMP may choose per call (repeatable)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of every call")
-def evaluate(profile_path, holdout, baselines, sync_free, out, plot) -> None:
+def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -> None:
     """Regret vs exhaustive search, speedup over static dispatch and the baselines."""
     from ramp.evaluation import evaluate_profile, evaluate_sync_free, plot_evaluation, write_result
     from ramp.profile import load_profile
     from ramp.profiler import Measurements
 
     base = json.loads(Path(baselines).read_text()) if baselines else None
-    result = evaluate_profile(load_profile(profile_path), Measurements.load(holdout), base)
+    extra = [(load_profile(p), Measurements.load(h)) for p, h in families]
+    result = evaluate_profile(load_profile(profile_path), Measurements.load(holdout), base,
+                              extra)
     if sync_free:
         result["sync_free"] = evaluate_sync_free(json.loads(Path(sync_free).read_text()),
                                                  result)

@@ -88,10 +88,14 @@ class WaveCostModel:
         return self._plan
 
     def predict(self, hists: np.ndarray) -> np.ndarray:
-        """Predicted microseconds: [H, C] for histograms [H, E]; [C] for one histogram."""
+        """Predicted microseconds: [H, C] for histograms [H, E]; [C] for one histogram.
+        A configuration that cannot run on a histogram (see KernelBank.applies) is inf."""
         arr = np.asarray(hists)
         geo = self._plan.geometry(arr)
         times = np.einsum("hcf,cf->hc", geo.features(self.features), self.params)
+        runnable = self.bank.runnable(np.atleast_2d(arr))
+        if runnable is not None:
+            times = np.where(runnable, times, np.inf)
         return times[0] if arr.ndim == 1 else times
 
     @classmethod
@@ -172,7 +176,7 @@ class WaveCostModel:
     def to_dict(self) -> dict[str, Any]:
         stats = self.fit_stats or [None] * len(self.bank)
         configs = []
-        for item, p, s in zip(self.bank.to_list(), self.params, stats, strict=False):
+        for item, p, s in zip(self.bank.to_list(), self.params, stats):
             item["params"] = [float(v) for v in p]
             item["fit"] = s.to_dict() if s is not None else None
             configs.append(item)

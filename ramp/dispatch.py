@@ -69,6 +69,7 @@ class RampDispatcher(Dispatcher):
         self._per_wave = p.get("waves", zero)
         self._other = [(n, c) for n, c in p.items()
                        if n not in ("launch", "active_experts", "tile_waves", "waves")]
+        self._windows = np.array(model.bank.applies).T if model.bank.applies else None
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size
 
@@ -85,6 +86,9 @@ class RampDispatcher(Dispatcher):
         t += self._per_wave * np.ceil(tiles / self._slots)  # exact: integers in float64
         for name, coef in self._other:  # rarer features take the general path
             t += coef * self.model.plan.geometry(hist[None, :]).feature(name)[0]
+        if self._windows is not None:
+            mean_rows = hist.sum() / hist.size
+            t[(mean_rows <= self._windows[0]) | (mean_rows > self._windows[1])] = np.inf
         return t
 
     def choose(self, hist: np.ndarray) -> int:
@@ -145,7 +149,11 @@ class StaticDispatcher(Dispatcher):
         for tokens, times in uniform_times.items():
             times = np.atleast_2d(np.asarray(times, dtype=np.float64))
             num_configs = times.shape[1]
-            table[int(tokens)] = int(np.argmin(np.nanmean(times, axis=0)))
+            # Unmeasured configurations (all NaN for this size) can never be the pick.
+            counts = np.isfinite(times).sum(axis=0)
+            sums = np.where(np.isfinite(times), times, 0.0).sum(axis=0)
+            mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+            table[int(tokens)] = int(np.argmin(mean))
         return cls(table, top_k, num_configs)
 
 
@@ -160,7 +168,7 @@ class OracleDispatcher(Dispatcher):
         if times.shape[0] != hists.shape[0]:
             raise InputError("OracleDispatcher: one row of times per histogram")
         best = np.nanargmin(np.where(np.isfinite(times), times, np.inf), axis=1)
-        self._best = {h.tobytes(): int(b) for h, b in zip(hists, best, strict=False)}
+        self._best = {h.tobytes(): int(b) for h, b in zip(hists, best)}
 
     def choose(self, hist: np.ndarray) -> int:
         key = np.asarray(hist, dtype=np.int64).tobytes()

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ramp.dispatch import OracleDispatcher
+from ramp.costmodel import WaveCostModel
+from ramp.dispatch import OracleDispatcher, RampDispatcher
 from ramp.errors import InputError
 from ramp.profile import Profile
 from ramp.profiler import Measurements
@@ -48,16 +49,32 @@ def floor_us(meas: Measurements, ceilings: Ceilings) -> np.ndarray:
                       2.0 * rows * p.n * p.k / ceilings.matmul_flops) * 1e6
 
 
-def evaluate_profile(profile: Profile, holdout: Measurements,
-                     baselines: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Regret of RaMP and of static dispatch on held-out calls, speedups, baselines."""
+def _aligned_times(profile: Profile, holdout: Measurements) -> np.ndarray:
+    """Held-out times [H, C] in the column order of the profile's bank."""
     if holdout.problem != profile.problem or holdout.gpu != profile.gpu:
         raise InputError(f"held-out measurements are for {holdout.gpu}/{holdout.problem.key}, "
                          f"the profile for {profile.gpu}/{profile.problem.key}")
-    cols = np.array([holdout.bank.index(c) for c in profile.model.bank.configs])
-    times = holdout.times[:, cols]
+    return holdout.times[:, [holdout.bank.index(c) for c in profile.model.bank.configs]]
+
+
+def evaluate_profile(profile: Profile, holdout: Measurements,
+                     baselines: dict[str, Any] | None = None,
+                     extra: list[tuple[Profile, Measurements]] = ()) -> dict[str, Any]:
+    """Regret of RaMP and of static dispatch on held-out calls, speedups, baselines.
+
+    ``extra`` adds other kernel families (their profile and held-out measurements on the
+    same calls): RaMP then chooses across all families per call, while static dispatch
+    stays the primary family's batch-size table, as in an engine.
+    """
+    times = _aligned_times(profile, holdout)
+    model = profile.model
+    for other, other_holdout in extra:
+        if other_holdout.labels != holdout.labels:
+            raise InputError(f"{other.key}: held-out calls differ from the primary family's")
+        times = np.hstack([times, _aligned_times(other, other_holdout)])
+        model = WaveCostModel.concat([model, other.model])
     hists = holdout.hists
-    ramp, static = profile.dispatcher("ramp"), profile.dispatcher("static")
+    ramp, static = RampDispatcher(model), profile.dispatcher("static")
     oracle = OracleDispatcher(hists, times)
     skewed = ~holdout.is_uniform()
     reports = {
@@ -81,7 +98,7 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
     if "read_bandwidth_bytes_per_s" in base and "matmul_flops" in base:
         ceilings = Ceilings(base["read_bandwidth_bytes_per_s"], base["matmul_flops"])
     floors = floor_us(holdout, ceilings) if ceilings else np.full(len(hists), np.nan)
-    ramp_names = [profile.model.bank.configs[i].name for i in ramp.choose_batch(hists)]
+    ramp_names = [model.bank.configs[i].name for i in ramp.choose_batch(hists)]
     for i, label in enumerate(holdout.labels):
         calls.append({
             "label": label, "tokens": int(holdout.tokens[i]),
@@ -107,6 +124,7 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
                                                                   t_ramp[decode]))
     return {
         "gpu": profile.gpu, "problem": profile.problem.to_dict(), "profile": profile.key,
+        "families": model.bank.families, "extra_profiles": [p.key for p, _ in extra],
         "profile_provenance": profile.provenance, "holdout_provenance": holdout.provenance,
         "baselines_command": base.get("command"), "vllm": vllm,
         "regret": reports, "summary": summary, "calls": calls,

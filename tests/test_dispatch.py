@@ -76,3 +76,28 @@ def test_evaluate_rejects_unmeasured_choice(model, hists):
     times[:, 0] = 1.0
     with pytest.raises(InputError, match="not measured"):
         evaluate(StaticDispatcher({1: 1}, 2, times.shape[1]), hists, times)
+
+
+def test_black_box_windows_are_respected(problem, rng):
+    """A black-box family runs one documented tile per mean-rows window: the model gives
+    inf outside it and no dispatcher may pick it there."""
+    from ramp.bank import KernelBank
+    from ramp.config import KernelConfig
+
+    small = KernelConfig("bb", 64, 128, 128, variant="small")
+    large = KernelConfig("bb", 128, 256, 64, variant="large")
+    bank = KernelBank.build([small, large], applies=[(0, 4), (4, np.inf)])
+    assert KernelBank.from_list(bank.to_list()) == bank
+    # The large tile is made very cheap: it must still lose where it cannot run.
+    model = WaveCostModel(bank, problem, 4, np.array([[10.0, 1, 1, 1], [0.0, 0, 0, 0]]))
+    few = np.array([2, 2, 0, 0, 0, 0, 0, 0])          # mean rows 0.5 -> small only
+    many = np.full(problem.num_experts, 40)           # mean rows 40 -> large only
+    assert np.isinf(model.predict(few)[1]) and np.isinf(model.predict(many)[0])
+    ramp = RampDispatcher(model)
+    assert ramp.choose(few) == 0 and ramp.choose(many) == 1
+    assert ramp.choose_batch(np.stack([few, many])).tolist() == [0, 1]
+
+
+def test_static_tune_never_picks_unmeasured():
+    times = np.array([[np.nan, 5.0], [np.nan, 6.0]])
+    assert StaticDispatcher.tune({8: times}, top_k=2).table == {8: 1}
