@@ -1,0 +1,211 @@
+"""Step time of one forward pass of the simulated replica, from a batch's composition.
+
+    step = overhead + dense GEMMs + attention + collectives + routed-expert GEMMs
+
+- dense GEMMs (attention projections, router, shared experts, dense layers, LM head):
+  one roofline over the step, ``max(FLOPs / peak, weight bytes / HBM bandwidth)``;
+- attention: a roofline over (query, context) token pairs and KV bytes read;
+- collectives: TP all-reduces (ring, ``2(G-1)/G`` of the bytes per GPU) after attention
+  and after the MLP of every layer; EP all-to-all dispatch and combine per MoE layer;
+- routed experts: the wave cost model of w13 and w2 on every MoE layer's histogram of the
+  step under the run's dispatch policy; under EP each GPU runs the GEMMs of its expert
+  shard and the layer waits for the slowest GPU.
+
+A *layout* is one parallel arrangement of the ``G`` GPUs of a replica: ``tp`` (attention
+and experts tensor-parallel) or ``ep`` (attention data-parallel, experts
+expert-parallel, as in DeepSeek/SGLang DP-attention deployments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ramp.errors import InputError
+from ramp.hardware import GPUSpec
+from ramp.models import MoEModel
+from ramp.problem import DTYPE_BYTES
+from ramp.sim.moe import GemmCost, resolve_gemm
+from ramp.sim.routing import RoutingPool
+
+LAYOUTS = ("tp", "ep")
+EXACT_TOKENS = 256  # steps up to this many tokens get their own routing and cost
+
+
+def token_bucket(tokens: int) -> int:
+    """``tokens`` itself up to EXACT_TOKENS, above it the nearest of 32 geometric
+    buckets per octave (<= 1.6% away): large steps' MoE time is the bucket's, scaled
+    linearly, which bounds the distinct histograms a long run must cost."""
+    if tokens <= EXACT_TOKENS:
+        return tokens
+    step = 1 << (tokens.bit_length() - 6)
+    return (tokens + step // 2) // step * step
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Knobs that tie the model to a real engine (docs/sim.md says how to fit them).
+
+    Defaults: the efficiencies are the H100 measurements of DESIGN.md (bf16 matmul at
+    795 of 989 TFLOP/s; copy at 3.0 of 3.35 TB/s); the overheads are typical of a
+    CUDA-graph decode step of vLLM V1 (scheduler, sampling, launch) and of the per-layer
+    small kernels (norms, rotary, router top-k, MoE align/permute).
+    """
+
+    flops_efficiency: float = 0.8
+    bandwidth_efficiency: float = 0.9
+    interconnect_efficiency: float = 0.8
+    step_overhead_us: float = 1500.0
+    layer_overhead_us: float = 20.0
+    collective_latency_us: float = 10.0
+    moe_scale: float = 1.0  # multiplies cost-model times (profile kernels vs the engine's)
+    gpu_memory_utilization: float = 0.9
+
+    def __post_init__(self) -> None:
+        for name in ("flops_efficiency", "bandwidth_efficiency", "interconnect_efficiency",
+                     "gpu_memory_utilization"):
+            if not 0 < getattr(self, name) <= 1:
+                raise InputError(f"calibration.{name} must be in (0, 1]")
+        for name in ("step_overhead_us", "layer_overhead_us", "collective_latency_us"):
+            if getattr(self, name) < 0:
+                raise InputError(f"calibration.{name} must be >= 0")
+        if self.moe_scale <= 0:
+            raise InputError("calibration.moe_scale must be > 0")
+
+
+def kv_bytes_per_token(model: MoEModel) -> int:
+    """KV-cache bytes one token occupies over all layers (MLA keeps the compressed latent)."""
+    width = (model.kv_lora_rank + model.qk_rope_head_dim if model.is_mla
+             else 2 * model.num_kv_heads * model.head_dim)
+    return model.layers * width * DTYPE_BYTES[model.dtype]
+
+
+@dataclass
+class Layout:
+    """Per-GPU constants of one parallel layout, precomputed once."""
+
+    name: str
+    gpus: int
+    flops_per_token: float       # dense FLOPs per token per GPU
+    weight_bytes: float          # dense weight bytes streamed per step per GPU
+    attn_flops_per_pair: float   # attention FLOPs per (query, context) pair per GPU
+    kv_read_per_token: float     # KV bytes read per context token per GPU
+    comm_bytes_per_token: float  # collective bytes per step token per GPU
+    collectives: int             # collectives per step (latency)
+    kv_capacity: int             # KV-cache capacity of the replica, tokens
+    gemms: tuple[GemmCost, GemmCost]
+
+    @property
+    def moe_source(self) -> str:
+        return "; ".join(f"{g.profile.problem.gemm}: {g.source}" for g in self.gemms)
+
+
+def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: Sequence[str],
+                 cal: Calibration, profiles: Sequence[str | Path] = ()) -> Layout:
+    """Constants of layout ``name`` ("tp" or "ep") of ``model`` on ``gpus`` x ``gpu``."""
+    if name not in LAYOUTS:
+        raise InputError(f"layout {name!r} not in {LAYOUTS}")
+    if gpus < 1:
+        raise InputError(f"gpus must be >= 1, got {gpus}")
+    tp, ep = (gpus, 1) if name == "tp" else (1, gpus)
+    dtype = DTYPE_BYTES[model.dtype]
+    dense = model.dense_weight_bytes()
+    embed = model.hidden * model.vocab_size * dtype
+    routed = model.routed_expert_bytes()
+    v_dim = model.v_head_dim or model.head_dim
+    attn_pair = 2.0 * model.num_attention_heads * (model.head_dim + v_dim) * model.layers
+    kvb = kv_bytes_per_token(model)
+    act = model.hidden * dtype
+    if name == "tp":  # everything sharded G ways; all-reduce after attention and MLP
+        weights_per_gpu = (dense + embed + routed) / gpus
+        streamed = dense / gpus
+        comm = 2 * model.layers * act * 2 * (gpus - 1) / gpus
+        collectives = 2 * model.layers if gpus > 1 else 0
+    else:  # attention data-parallel (replicated), experts sharded; all-to-all per MoE layer
+        weights_per_gpu = dense + embed + routed / gpus
+        streamed = dense
+        comm = model.moe_layers * 2 * model.top_k * act * (gpus - 1) / gpus / gpus
+        collectives = 2 * model.moe_layers if gpus > 1 else 0
+    free = gpu.hbm_bytes * cal.gpu_memory_utilization - weights_per_gpu
+    if free <= 0:
+        raise InputError(f"{model.name} does not fit on {gpus} x {gpu.name} in layout {name}: "
+                         f"{weights_per_gpu / 1e9:.1f} GB of weights per GPU, "
+                         f"{gpu.hbm_bytes * cal.gpu_memory_utilization / 1e9:.1f} GB usable; "
+                         "use more GPUs")
+    w13, w2 = (resolve_gemm(gpu, model.problem(g, tp=tp, ep=ep), policies, profiles)
+               for g in ("w13", "w2"))
+    return Layout(name, gpus, 2.0 * model.dense_params() / gpus, streamed,
+                  attn_pair / gpus, kvb / gpus, comm, collectives,
+                  int(gpus * free // kvb), (w13, w2))
+
+
+class StepCoster:
+    """Step times of one replica; MoE costs cached per (layout, token bucket, phase,
+    sample) for all policies at once, so runs of several policies share the work.
+    Steps above EXACT_TOKENS vary less from step to step (more tokens average the
+    routing out) and use a quarter of the pool's routing samples."""
+
+    def __init__(self, gpu: GPUSpec, model: MoEModel, pool: RoutingPool, cal: Calibration,
+                 layouts: dict[str, Layout]) -> None:
+        self.model = model
+        self.pool = pool
+        self.samples = pool.samples
+        self.cal = cal
+        self.layouts = layouts
+        self._peak = gpu.peak_flops(model.dtype) * cal.flops_efficiency
+        self._bw = gpu.hbm_bandwidth * cal.bandwidth_efficiency
+        self._link = gpu.interconnect_bandwidth * cal.interconnect_efficiency
+        self._fixed = (cal.step_overhead_us + model.layers * cal.layer_overhead_us) * 1e-6
+        self._moe: dict[tuple[str, int, int, int], dict[str, float]] = {}
+
+    def moe_seconds(self, layout: Layout, tokens: int, phase_class: int,
+                    sample: int) -> dict[str, float]:
+        """Routed-expert GEMM time of a whole step per policy, seconds."""
+        bucket = token_bucket(tokens)
+        if bucket != tokens:
+            sample %= max(1, self.pool.samples // 4)
+        key = (layout.name, bucket, phase_class, sample)
+        hit = self._moe.get(key)
+        if hit is None:
+            hit = self._moe[key] = self._moe_uncached(layout, bucket, phase_class, sample)
+        if bucket == tokens:
+            return hit
+        return {p: t * tokens / bucket for p, t in hit.items()}
+
+    def _moe_uncached(self, layout: Layout, tokens: int, phase_class: int,
+                      sample: int) -> dict[str, float]:
+        hists = self.pool.hists(tokens, phase_class, sample)
+        layers, shards = hists.shape[0], layout.gpus if layout.name == "ep" else 1
+        local = hists.reshape(layers * shards, -1)
+        total: dict[str, np.ndarray] = {}
+        for gemm in layout.gemms:
+            for policy, us in gemm.costs(local).items():
+                total[policy] = total.get(policy, 0.0) + us
+        scale = 1e-6 * self.cal.moe_scale
+        return {p: float(us.reshape(layers, shards).max(axis=1).sum() * scale)
+                for p, us in total.items()}
+
+    def dense_seconds(self, layout: Layout, tokens: int, pairs: float,
+                      context: float) -> float:
+        """Everything but the routed experts and fixed overheads, seconds.
+
+        ``pairs``: attention (query, context) token pairs of the step; ``context``: KV
+        tokens read (decode contexts plus prefill prefixes).
+        """
+        gemm = max(tokens * layout.flops_per_token / self._peak, layout.weight_bytes / self._bw)
+        attn = max(pairs * layout.attn_flops_per_pair / self._peak,
+                   context * layout.kv_read_per_token / self._bw)
+        comm = 0.0
+        if layout.collectives:
+            comm = (tokens * layout.comm_bytes_per_token / self._link
+                    + layout.collectives * self.cal.collective_latency_us * 1e-6)
+        return gemm + attn + comm
+
+    def step_seconds(self, layout: Layout, policy: str, tokens: int, pairs: float,
+                     context: float, phase_class: int, sample: int) -> tuple[float, float]:
+        """(step time, MoE part) in seconds."""
+        moe = self.moe_seconds(layout, tokens, phase_class, sample)[policy]
+        return self._fixed + self.dense_seconds(layout, tokens, pairs, context) + moe, moe

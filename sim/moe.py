@@ -1,0 +1,101 @@
+"""MoE GEMM cost under a dispatch policy: the wave cost model of a profile (measured, or
+analytic from hardware constants when no profile matches the simulated GPU and shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ramp.costmodel import WaveCostModel
+from ramp.dispatch import Dispatcher, StaticDispatcher
+from ramp.errors import InputError, ProfileMismatchError
+from ramp.hardware import GPUSpec
+from ramp.problem import MoEProblem
+from ramp.profile import Profile, embedded_profile_paths, find_profile, load_profile
+from ramp.sim.routing import rebatch
+
+SIM_POLICIES = ("static", "ramp")
+
+
+@dataclass
+class GemmCost:
+    """One grouped GEMM (w13 or w2) of the simulated shard: cost model + policies."""
+
+    profile: Profile
+    dispatchers: dict[str, Dispatcher]
+    source: str  # where the cost model comes from, shown in every report
+
+    def costs(self, hists: np.ndarray) -> dict[str, np.ndarray]:
+        """Microseconds per histogram [H, E] under every policy, from one prediction.
+
+        ``ramp`` is the argmin of this same model, so its cost is the row minimum: the
+        simulator predicts what RaMP gains *if the model is right* (the model is the
+        simulator's ground truth; measured regret is reported by ``ramp evaluate``).
+        """
+        pred = self.profile.model.predict(hists)
+        rows = np.arange(len(hists))
+        out = {}
+        for name, dispatcher in self.dispatchers.items():
+            out[name] = (pred.min(axis=1) if name == "ramp"
+                         else pred[rows, dispatcher.choose_batch(hists)])
+        return out
+
+
+def _analytic_profile(gpu: GPUSpec, problem: MoEProblem) -> Profile:
+    """A profile from hardware constants, over the bank of an embedded profile of the
+    Triton family (or the family's default bank); static dispatch tuned on uniform
+    routing predicted by the same model, as an offline tuner would do."""
+    from ramp.profiler import PROFILE_TOKENS
+
+    bank, family, version = None, "triton", "analytic"
+    for path in embedded_profile_paths():
+        embedded = load_profile(path)
+        if embedded.family == family:
+            bank, version = embedded.model.bank, embedded.family_version
+            break
+    if bank is None:
+        from ramp.kernels.triton.configs import FAMILY_VERSION, triton_bank
+
+        bank, version = triton_bank(problem.dtype_bytes), FAMILY_VERSION
+    model = WaveCostModel.analytic(bank, problem, gpu)
+    rng = np.random.default_rng(0)
+    uniform = np.full((1, problem.num_experts), problem.top_k / problem.num_experts)
+    by_tokens = {}
+    for t in PROFILE_TOKENS:
+        hists = np.concatenate([rebatch(uniform, 1, t, problem.top_k, rng) for _ in range(4)])
+        by_tokens[t] = model.predict(hists)
+    static = StaticDispatcher.tune(by_tokens, problem.top_k)
+    return Profile(gpu.name, problem, family, version, model, static.table,
+                   {"analytic": True, "bank_configs": len(bank)})
+
+
+def resolve_gemm(gpu: GPUSpec, problem: MoEProblem, policies: Sequence[str],
+                 profile_paths: Sequence[str | Path] = ()) -> GemmCost:
+    """The cost model for ``problem`` on ``gpu``: a user profile, else an embedded one,
+    else the analytic model (the ``source`` field says which)."""
+    unknown = [p for p in policies if p not in SIM_POLICIES]
+    if unknown:
+        raise InputError(f"policy {unknown[0]!r}: the simulator runs {SIM_POLICIES} (an "
+                         "oracle needs measured times; under the model it equals ramp)")
+    profile, source = None, ""
+    for path in profile_paths:
+        candidate = load_profile(path)
+        if candidate.problem != problem:
+            continue
+        if candidate.gpu != gpu.name:
+            raise ProfileMismatchError(f"{path}: measured on {candidate.gpu}, the simulated "
+                                       f"GPU is {gpu.name}; drop --profile to use the "
+                                       "analytic model")
+        profile, source = candidate, f"profile {path}"
+        break
+    if profile is None:
+        profile = find_profile(gpu.name, problem)
+        source = f"embedded profile {profile.key}" if profile else ""
+    if profile is None:
+        profile = _analytic_profile(gpu, problem)
+        source = (f"analytic model (no profile for {gpu.name} {problem.key}; "
+                  f"{profile.provenance['bank_configs']} {profile.family} configs)")
+    return GemmCost(profile, {p: profile.dispatcher(p) for p in policies}, source)

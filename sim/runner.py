@@ -1,0 +1,152 @@
+"""One simulation study: a routing source, a workload, a replica, and one run per policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ramp.errors import InputError
+from ramp.hardware import get_gpu
+from ramp.models import MoEModel, get_model
+from ramp.sim.costs import Calibration, Layout, StepCoster, build_layout
+from ramp.sim.engine import EngineConfig, RunResult, SwitchConfig, simulate
+from ramp.sim.metrics import SLO, format_table, speedup, summarize
+from ramp.sim.routing import RoutingPool
+from ramp.sim.workload import resolve_path
+from ramp.trace import Arrival, TraceHeader, TraceReader
+
+GPU_COUNTS = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate. ``model=None`` takes the routing trace's model; ``gpus=None``
+    the fewest GPUs (1, 2, 4, 8, 16) the model fits on in every layout ``mode`` uses."""
+
+    gpu: str = "H100-SXM"
+    model: str | None = None
+    gpus: int | None = None
+    mode: str = "tp"
+    policies: tuple[str, ...] = ("static", "ramp")
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    calibration: Calibration = field(default_factory=Calibration)
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    slo: SLO = field(default_factory=SLO)
+    profiles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise InputError("at least one policy")
+        if len(set(self.policies)) != len(self.policies):
+            raise InputError(f"policies repeated: {self.policies}")
+
+
+@dataclass
+class Report:
+    """Summaries of every run, the RaMP-vs-static speedup, and where costs came from."""
+
+    config: dict[str, Any]
+    moe_source: str
+    summaries: list[dict[str, Any]]
+    speedup: dict[str, float] | None
+    runs: list[RunResult] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "moe_cost_source": self.moe_source,
+                "runs": self.summaries, "ramp_vs_static": self.speedup}
+
+    def format(self) -> str:
+        lines = [f"{self.config['model']} on {self.config['gpus']} x {self.config['gpu']}, "
+                 f"{self.summaries[0]['requests']} requests, KV cache "
+                 f"{self.summaries[0]['kv_capacity_tokens']} tokens",
+                 f"MoE cost: {self.moe_source}", "", format_table(self.summaries)]
+        if self.speedup:
+            s = self.speedup
+            lines += ["", "RaMP vs static (> 1 is better): "
+                      f"TPOT {s['tpot_mean']:.3f}x, TTFT p50 {s['ttft_p50']:.3f}x, "
+                      f"end-to-end latency {s['e2e_mean']:.3f}x, throughput "
+                      f"{s['throughput']:.3f}x, goodput {s['goodput']:.3f}x, GPU busy time "
+                      f"{s['busy_time']:.3f}x, MoE GEMM time {s['moe_time']:.3f}x"]
+        return "\n".join(lines)
+
+
+def load_pool(trace: str | Path, seed: int = 0, samples: int = 16,
+              strict: bool = True) -> RoutingPool:
+    """Routing pool from a trace file (or the name of a shipped one)."""
+    with TraceReader(resolve_path(trace, "trace"), strict=strict) as reader:
+        return RoutingPool(reader.header, iter(reader), seed=seed, samples=samples)
+
+
+def synthetic_pool(model: MoEModel, preset: str | None = None, seed: int = 0,
+                   samples: int = 16, steps: int = 48, decode_tokens: int = 64,
+                   prefill_tokens: int = 1024) -> RoutingPool:
+    """Routing pool generated for ``model`` (for what-if models nobody recorded)."""
+    from ramp.traces.generators import (
+        default_preset,
+        generate_steps,
+        get_preset,
+        serving_schedule,
+        synthetic_header,
+    )
+
+    stats = get_preset(preset) if preset else default_preset(model)
+    tokens, phases = serving_schedule(steps * 2 // 3, decode_tokens, steps - steps * 2 // 3,
+                                      prefill_tokens)
+    return RoutingPool(synthetic_header(model, stats, seed),
+                       generate_steps(model, stats, tokens, phases, seed), seed=seed,
+                       samples=samples)
+
+
+def resolve_model(name: str | None, header: TraceHeader) -> MoEModel:
+    """The simulated model: ``name`` or the trace's, with the routing shape checked."""
+    model = get_model(name or header.model)
+    trace_shape = (header.moe_layers, header.num_experts, header.top_k)
+    if (model.moe_layers, model.num_experts, model.top_k) != trace_shape:
+        raise InputError(f"model {model.name} routes (moe_layers, experts, top_k) = "
+                         f"{(model.moe_layers, model.num_experts, model.top_k)}, the trace "
+                         f"has {trace_shape}; pick a matching model or a synthetic routing")
+    return model
+
+
+def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, Layout]]:
+    """GPU count and layouts of the replica (both TP and EP for mode ``switch``)."""
+    gpu = get_gpu(config.gpu)
+    names = ("tp", "ep") if config.mode == "switch" else (config.mode,)
+    counts = (config.gpus,) if config.gpus else GPU_COUNTS
+    last: InputError | None = None
+    for gpus in counts:
+        try:
+            return gpus, {n: build_layout(n, gpu, model, gpus, config.policies,
+                                          config.calibration, config.profiles) for n in names}
+        except InputError as exc:
+            last = exc
+            if config.gpus:
+                raise
+    raise InputError(f"{model.name} does not fit on up to {GPU_COUNTS[-1]} x {gpu.name}: "
+                     f"{last}")
+
+
+def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
+              progress: bool = False) -> Report:
+    """Simulate ``arrivals`` once per policy and compare them."""
+    model = resolve_model(config.model, pool.header)
+    gpus, layouts = build_layouts(config, model)
+    coster = StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts)
+    runs = [simulate(arrivals, coster, policy, config.engine, config.mode, config.switch,
+                     progress) for policy in config.policies]
+    summaries = [summarize(r, config.slo) for r in runs]
+    by_policy = {s["policy"]: s for s in summaries}
+    gain = (speedup(by_policy["static"], by_policy["ramp"])
+            if {"static", "ramp"} <= set(by_policy) else None)
+    described = {
+        "gpu": get_gpu(config.gpu).name, "model": model.name, "gpus": gpus,
+        "mode": config.mode, "policies": list(config.policies), "seed": pool.seed,
+        "routing_samples": pool.samples, "routing_source": pool.header.source,
+        "routing_steps": pool.steps, "engine": asdict(config.engine),
+        "calibration": asdict(config.calibration), "switch": asdict(config.switch),
+        "slo": asdict(config.slo),
+    }
+    source = " | ".join(f"{name}: {lay.moe_source}" for name, lay in layouts.items())
+    return Report(described, source, summaries, gain, runs)

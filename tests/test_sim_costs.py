@@ -1,0 +1,124 @@
+"""Re-batching of recorded routing, step costs, and the end-to-end study on real costs."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ramp.errors import InputError
+from ramp.hardware import get_gpu
+from ramp.models import get_model
+from ramp.sim import (
+    Calibration,
+    SimConfig,
+    StepCoster,
+    SyntheticWorkload,
+    build_layout,
+    rebatch,
+    run_study,
+    simulate,
+    synthetic_pool,
+)
+from ramp.sim.costs import token_bucket
+from ramp.sim.metrics import request_latencies
+from ramp.sim.routing import DECODE, PREFILL, RoutingPool
+from ramp.trace import Arrival, TraceHeader, TraceStep
+
+OLMOE = get_model("olmoe-1b-7b")
+
+
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.integers(1, 3000), source=st.integers(1, 500), seed=st.integers(0, 10**6))
+def test_rebatch_keeps_histogram_invariants(tokens, source, seed):
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.choice(16, size=(source, 4), p=None).ravel(),
+                                   minlength=16) for _ in range(3)])
+    counts = np.minimum(counts, source)
+    counts = counts * 4 * source // np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    hists = rebatch(counts, source, tokens, 4, rng)
+    assert np.all(hists.sum(axis=1) == tokens * 4)
+    assert np.all((hists >= 0) & (hists <= tokens))
+
+
+def test_rebatch_preserves_expected_load():
+    rng = np.random.default_rng(0)
+    pi = np.array([[0.9, 0.5, 0.3, 0.2, 0.1] + [0.0] * 3])
+    counts = np.rint(pi * 1000).astype(np.int64)
+    mean = np.mean([rebatch(counts, 1000, 64, 2, rng)[0] for _ in range(400)], axis=0)
+    np.testing.assert_allclose(mean, 64 * pi[0], atol=1.0)
+
+
+def _header(e=8, k=2, layers=2):
+    return TraceHeader(model="toy", layers=layers, moe_layers=layers, num_experts=e, top_k=k,
+                       hidden=8, moe_intermediate=8)
+
+
+def test_pool_exact_replay_sub_batch_and_determinism():
+    rng = np.random.default_rng(1)
+    ids = np.stack([np.stack([rng.choice(8, 2, replace=False) for _ in range(10)])
+                    for _ in range(2)])
+    hists = np.stack([np.bincount(i.ravel(), minlength=8) for i in ids])
+    steps = [TraceStep(0, "decode", 10, hists, topk_ids=ids),
+             TraceStep(1, "prefill", 10, hists)]
+    pool = RoutingPool(_header(), steps, seed=3, samples=1)
+    np.testing.assert_array_equal(pool.hists(10, DECODE, 0), hists)  # exact replay
+    sub = pool.hists(4, DECODE, 0)  # a sub-batch of recorded tokens
+    assert np.all(sub <= hists) and np.all(sub.sum(axis=1) == 8)
+    np.testing.assert_array_equal(sub, pool.hists(4, DECODE, 0))  # deterministic
+    big = pool.hists(35, PREFILL, 0)
+    assert np.all(big.sum(axis=1) == 70)
+
+
+def test_token_bucket():
+    assert [token_bucket(t) for t in (1, 256)] == [1, 256]
+    for t in (257, 1000, 5000, 8191, 40000):
+        assert abs(token_bucket(t) - t) / t <= 1 / 64
+
+
+@pytest.fixture(scope="module")
+def coster():
+    gpu = get_gpu("H100-SXM")
+    layouts = {n: build_layout(n, gpu, OLMOE, 2, ("static", "ramp"), Calibration())
+               for n in ("tp", "ep")}
+    return StepCoster(gpu, OLMOE, synthetic_pool(OLMOE, steps=12, prefill_tokens=256),
+                      Calibration(), layouts)
+
+
+def test_layout_constants(coster):
+    tp, ep = coster.layouts["tp"], coster.layouts["ep"]
+    assert ep.weight_bytes == 2 * tp.weight_bytes  # DP attention replicates dense weights
+    assert tp.collectives == 2 * OLMOE.layers and ep.collectives == 2 * OLMOE.moe_layers
+    assert "analytic" in tp.moe_source or "profile" in tp.moe_source
+    with pytest.raises(InputError, match="does not fit"):
+        build_layout("tp", get_gpu("RTX-4090"), get_model("mixtral-8x7b"), 1, ("ramp",),
+                     Calibration())
+
+
+def test_ramp_never_costs_more_than_static(coster):
+    for layout in coster.layouts.values():
+        for tokens in (1, 7, 64, 300, 2048):
+            moe = coster.moe_seconds(layout, tokens, DECODE, 0)
+            assert 0 < moe["ramp"] <= moe["static"]
+
+
+def test_single_request_matches_step_costs(coster):
+    run = simulate([Arrival(0.0, 200, 4)], coster, "ramp")
+    layout = coster.layouts["tp"]
+    prefill = coster.step_seconds(layout, "ramp", 200, 200 * 201 / 2, 0, PREFILL, 0)[0]
+    decode = [coster.step_seconds(layout, "ramp", 1, 201 + i, 200 + i, DECODE, i + 1)[0]
+              for i in range(3)]
+    lat = request_latencies(run)
+    assert lat["ttft"][0] == pytest.approx(prefill)
+    assert lat["tpot"][0] == pytest.approx(np.mean(decode))
+
+
+def test_study_reports_speedup_and_is_deterministic():
+    pool = synthetic_pool(OLMOE, steps=12, prefill_tokens=256)
+    arrivals = SyntheticWorkload(rate=20, requests=60).arrivals(1)
+    config = SimConfig(model="olmoe-1b-7b", gpu="H100-SXM")
+    first, again = run_study(config, pool, arrivals), run_study(config, pool, arrivals)
+    assert first.summaries == again.summaries
+    assert first.speedup["moe_time"] >= 1.0
+    assert first.summaries[0]["served"] == 60
+    text = first.format()
+    assert "RaMP vs static" in text and "MoE cost" in text
