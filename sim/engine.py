@@ -73,8 +73,9 @@ class EngineConfig:
 @dataclass(frozen=True)
 class SwitchConfig:
     """When the ``switch`` mode moves between layouts: to EP at ``up`` requests in the
-    system or more, back to TP at ``down`` or fewer. ``up=None``: the decode batch size
-    at which EP steps become faster than TP steps (``crossover``); ``down=None``: up/2."""
+    system (running + waiting) or more, back to TP at ``down`` or fewer. ``up=None``: the
+    decode batch at which EP steps become faster than TP steps (``crossover``, searched
+    up to max_batched_tokens); ``down=None``: up/2."""
 
     cost_s: float = 0.3
     up: int | None = None
@@ -303,15 +304,15 @@ class _Engine:
             self.ctx_sum += req.target
 
 
-def crossover(coster: StepCosts, policy: str, max_seqs: int, context: int = 1024) -> int | None:
-    """Smallest decode batch at which an EP step is faster than a TP step (None: never).
-
-    Decode steps dominate serving time, so this is where a load-driven TP/EP switch
-    should move to EP; ``context`` is the assumed mean context length.
+def crossover(coster: StepCosts, policy: str, limit: int, context: int = 1024) -> int | None:
+    """Smallest decode batch (up to ``limit``) at which an EP step is faster than a TP
+    step, or None. Used as the requests-in-system threshold of the ``switch`` mode: below
+    it every request can decode in a TP batch that is faster; above ``max_seqs`` it is
+    reached only while a queue builds up. ``context``: assumed mean context length.
     """
     tp, ep = coster.layouts["tp"], coster.layouts["ep"]
     batch = 1
-    while batch <= max_seqs:
+    while batch <= limit:
         pairs = float(batch * (context + 1))
         t_tp = coster.step_seconds(tp, policy, batch, pairs, batch * context, DECODE, 0)[0]
         t_ep = coster.step_seconds(ep, policy, batch, pairs, batch * context, DECODE, 0)[0]
@@ -333,7 +334,8 @@ def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
         raise InputError(f"mode {mode!r} needs layout(s) {sorted(missing)}")
     thresholds: tuple[int | None, int | None] = (None, None)
     if mode == "switch":
-        up = switch.up if switch.up is not None else crossover(coster, policy, config.max_seqs)
+        up = (switch.up if switch.up is not None
+              else crossover(coster, policy, config.max_batched_tokens))
         down = switch.down if switch.down is not None else (None if up is None else up // 2)
         thresholds = (up, down)
     layouts = {name: coster.layouts[name] for name in needed}
