@@ -39,10 +39,12 @@ class _Group:
 
 
 class RoutingPool:
-    """Recorded (or generated) steps held in memory, re-batched on demand."""
+    """Recorded (or generated) steps held in memory, re-batched on demand. Only the first
+    ``max_steps`` steps of a trace are read: routing statistics, not the trace's length,
+    are what the simulator needs, and memory stays bounded (steps x layers x experts)."""
 
     def __init__(self, header: TraceHeader, steps: Iterable[TraceStep], seed: int = 0,
-                 samples: int = 16, max_steps: int = 4096) -> None:
+                 samples: int = 16, max_steps: int = 1024) -> None:
         if samples < 1:
             raise InputError(f"routing samples must be >= 1, got {samples}")
         self.header = header
