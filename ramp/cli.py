@@ -216,3 +216,21 @@ def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -
         click.echo(f"wrote {out} and {plot_evaluation(result, plot)}")
     else:
         click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("measurements", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+def fit(measurements, out) -> None:
+    """Fit a profile from a measurements file (e.g. a black-box family's timings)."""
+    from ramp.profiler import Measurements, fit_profile
+
+    meas = Measurements.load(measurements)
+    sms = meas.provenance.get("sms")
+    if not sms:
+        raise click.ClickException(f"{measurements}: provenance has no 'sms' (GPU SM count)")
+    profile = fit_profile(meas, int(sms))
+    profile.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
+    stats = [s for s in profile.model.fit_stats if s is not None]
+    click.echo(f"wrote {profile.save(out)}: {len(stats)} configs, median MAPE "
+               f"{100 * float(np.median([s.mape for s in stats])):.2f}%")

@@ -92,8 +92,10 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
     vllm = base.get("vllm")
     vllm_us = np.asarray([v["us"] for v in vllm], dtype=float) if isinstance(vllm, list) \
         else np.full(len(hists), np.nan)
-    # Baseline ratios use RaMP's choice re-timed in the same run as the baselines.
-    t_ramp_sbs = np.asarray(base.get("ramp_us", t_ramp), dtype=float)
+    # Baseline ratios use RaMP's choice re-timed in the same run as the baselines; a
+    # cross-family choice was not re-timed there, so it uses its held-out measurement.
+    same_run = "ramp_us" in base and not extra
+    t_ramp_sbs = np.asarray(base["ramp_us"], dtype=float) if same_run else t_ramp
     ceilings = None
     if "read_bandwidth_bytes_per_s" in base and "matmul_flops" in base:
         ceilings = Ceilings(base["read_bandwidth_bytes_per_s"], base["matmul_flops"])
@@ -114,6 +116,7 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
         "ramp_over_static_geomean_skewed": _geomean((t_static / t_ramp)[skewed]),
         "ramp_over_grouped_mm_geomean": _geomean(gmm / t_ramp_sbs),
         "ramp_over_vllm_static_geomean": _geomean(vllm_us / t_ramp_sbs),
+        "baseline_ratios_same_run": same_run,
         "worst_ramp_vs_best_baseline": float(np.nanmax(
             t_ramp_sbs / np.fmin(gmm, vllm_us))) if np.isfinite(np.fmin(gmm, vllm_us)).any()
         else None,

@@ -127,8 +127,13 @@ def embedded_profile_paths() -> list[Path]:
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".json"))
 
 
-def find_profile(gpu: str, problem: MoEProblem, family: str | None = None) -> Profile | None:
-    """The embedded profile for this GPU and problem (and family, if given), or None."""
+def find_profile(gpu: str, problem: MoEProblem, family: str | None = "triton"
+                 ) -> Profile | None:
+    """The embedded profile of ``family`` for this GPU and problem, or None.
+
+    Families shipped: "triton" (the host-dispatched bank), "triton-poly" (the sync-free
+    kernel's branches), "grouped_mm" (torch._grouped_mm as a black box); None: any.
+    """
     for path in embedded_profile_paths():
         profile = load_profile(path)
         if profile.gpu == gpu and profile.problem == problem and (
