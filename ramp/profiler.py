@@ -26,7 +26,10 @@ from ramp.problem import MoEProblem
 from ramp.profile import Profile
 
 MEASUREMENTS_SCHEMA = "ramp-measurements/1"
-PROFILE_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Powers of two plus their geometric midpoints (round(2^(k+1/2))): the wave features jump
+# between powers of two, and a model fitted on powers alone interpolates badly there.
+PROFILE_TOKENS = tuple(sorted({2**k for k in range(14)} |
+                              {round(2 ** (k + 0.5)) for k in range(2, 13)}))
 PROFILE_ROUTINGS = ("uniform", "zipf:s=1.0", "zipf:s=1.5", "hot:hot_fraction=0.4")
 
 
