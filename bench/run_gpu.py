@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=240.0, help="training timing budget (s)")
     ap.add_argument("--skip-holdout", action="store_true")
+    ap.add_argument("--skip-sync-free", action="store_true")
     ap.add_argument("--grouped-mm", action="store_true",
                     help="only profile torch._grouped_mm (training and held-out calls)")
     ap.add_argument("--side-by-side", metavar="PROFILE",
@@ -97,7 +98,8 @@ def main() -> None:
     hold = measure(timer, gpu.name, problem, hists, labels)
     hold.provenance["command"] = command
     hold.save(out / f"{stem}_triton.holdout.json")
-    run_sync_free(train, hists, labels, out, stem, command)
+    if not args.skip_sync_free:
+        run_sync_free(train, hists, labels, out, stem, command)
 
     side_by_side(profile, hists, labels, out / f"{stem}_baselines.json", command)
     print(f"done in {time.monotonic() - t0:.1f} s")
