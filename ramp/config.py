@@ -7,10 +7,11 @@ persistence, occupancy), so the same cost model serves any kernel family.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ramp.errors import InputError
+from ramp.plaindata import from_mapping
 
 
 @dataclass(frozen=True, order=True)
@@ -74,15 +75,4 @@ class KernelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> KernelConfig:
-        if not isinstance(data, dict):
-            raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InputError(f"{where}: unknown field(s) {sorted(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise InputError(f"{where}: {exc}") from None
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
+        return from_mapping(cls, data, where)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ramp.errors import InputError
+from ramp.plaindata import from_mapping
 
 GEMMS = ("w13", "w2")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float32": 4}
@@ -73,19 +74,7 @@ class MoEProblem:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "problem") -> MoEProblem:
-        expected = {"num_experts", "n", "k", "top_k", "dtype", "gemm"}
-        if not isinstance(data, dict):
-            raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
-        missing = expected - set(data) - {"dtype", "gemm"}
-        if missing:
-            raise InputError(f"{where}: missing field(s) {sorted(missing)}")
-        unknown = set(data) - expected
-        if unknown:
-            raise InputError(f"{where}: unknown field(s) {sorted(unknown)}")
-        try:
-            return cls(**data)
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
+        return from_mapping(cls, data, where)
 
 
 def validate_histogram(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import itertools
 import multiprocessing
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from ramp.errors import InputError
 from ramp.models import get_model
+from ramp.plaindata import from_mapping
 from ramp.sim.costs import Calibration
 from ramp.sim.engine import EngineConfig, SwitchConfig
 from ramp.sim.metrics import SLO
@@ -42,22 +42,6 @@ from ramp.trace import Arrival
 SECTIONS = ("name", "seed", "routing", "workload", "base", "sweep")
 _NESTED = {"engine": EngineConfig, "calibration": Calibration, "switch": SwitchConfig,
            "slo": SLO}
-
-
-def from_mapping(cls: type, data: Any, where: str) -> Any:
-    """``cls(**data)`` for a dataclass, with unknown keys and bad values as InputError."""
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise InputError(f"{where}: {exc}") from None
-    except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
 
 
 def sim_config(base: dict[str, Any], where: str) -> SimConfig:

@@ -69,7 +69,7 @@ def test_whatif_sweep_over_processes(tmp_path):
     scenario["sweep"] = {"engine.max_sequences": [4]}
     path.write_text(yaml.safe_dump(scenario))
     res = CliRunner().invoke(main, ["whatif", str(path), "--jobs", "1"])
-    assert "unknown key(s) ['max_sequences']" in res.output
+    assert "unknown field(s) ['max_sequences']" in res.output
 
 
 def test_shipped_scenarios_parse():
