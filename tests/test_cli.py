@@ -1,0 +1,67 @@
+"""The ``ramp`` command as a user runs it: outputs, files, and one-line errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ramp.cli import main
+from ramp.profile import embedded_profile_paths
+
+PROFILE = str(next(p for p in embedded_profile_paths() if "w13-E128" in p.name
+                   and p.name.endswith("_triton.json")))
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_regions_table_plot_and_json(tmp_path):
+    res = run("regions", "--gpu", "H100-SXM", "--model", "qwen3-30b-a3b",
+              "--plot", str(tmp_path / "r.png"), "--json", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    assert "H100-SXM" in res.output and "Legend" in res.output
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "r.json").read_text())["cells"]
+
+
+def test_profile_info_and_explain():
+    res = run("profile-info", PROFILE)
+    assert res.exit_code == 0, res.output
+    assert "196 (triton)" in res.output and "NVIDIA H100" in res.output
+    res = run("explain", "--profile", PROFILE, "--hist", "zipf:s=1.2,tokens=64,seed=3")
+    assert res.exit_code == 0, res.output
+    assert "<- ramp" in res.output and "why:" in res.output
+
+
+@pytest.mark.parametrize("args,match", [
+    (["regions", "--gpu", "Z80"], "unknown GPU"),
+    (["explain", "--profile", PROFILE, "--hist", "zipf:s=1.2"], "missing tokens"),
+    (["explain", "--profile", PROFILE, "--hist", "1,2,3"], "length 3"),
+    (["profile-info", "/nonexistent.json"], "cannot read profile"),
+])
+def test_bad_input_is_one_line_no_traceback(args, match):
+    res = run(*args)
+    assert res.exit_code == 2
+    assert match in res.output
+    assert "Traceback" not in res.output
+
+
+def test_evaluate_and_fit_reproduce_results(tmp_path):
+    raw = RESULTS / "raw" / "H100-SXM_w13-E128-N1536-K2048-top8-bfloat16"
+    out = tmp_path / "e.json"
+    res = run("evaluate", "--profile", f"{raw}_triton.profile.json",
+              "--holdout", f"{raw}_triton.holdout.json",
+              "--baselines", f"{raw}_baselines.json", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    shipped = json.loads(
+        (RESULTS / "H100-SXM_w13-E128-N1536-K2048-top8-bfloat16.json").read_text())
+    assert result["regret"] == shipped["regret"]
+    res = run("fit", f"{raw}_grouped_mm.train.json", "--out", str(tmp_path / "g.json"))
+    assert res.exit_code == 0, res.output
+    assert "2 configs" in res.output
