@@ -31,10 +31,10 @@ def test_round_trip(profile, tmp_path, rng):
 
 def test_mismatches_are_refused_naming_both_sides(profile, tmp_path):
     path = profile.save(tmp_path / "p.json")
-    with pytest.raises(ProfileMismatchError, match="measured on H100-SXM.*A100-80GB"):
+    with pytest.raises(ProfileMismatchError, match=r"measured on H100-SXM.*A100-80GB"):
         load_profile(path, expect_gpu="A100-80GB")
     other = MoEProblem(8, 1024, 256, 2)
-    with pytest.raises(ProfileMismatchError, match="w13-E8-N512.*w13-E8-N1024"):
+    with pytest.raises(ProfileMismatchError, match=r"w13-E8-N512.*w13-E8-N1024"):
         load_profile(path, expect_problem=other)
     with pytest.raises(ProfileMismatchError, match="family version 1"):
         load_profile(path, expect_family_version="2")
