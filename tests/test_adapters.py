@@ -1,0 +1,504 @@
+"""Engine adapters on the CPU: record path, dispatch path, fallbacks, hooks, dump converter.
+
+Kernels run in Triton's interpreter (fp16, tiny shapes; conftest sets TRITON_INTERPRET).
+vLLM and SGLang are not installable next to this CPU torch (both pin CUDA torch builds),
+so their hooks are exercised through stand-ins with the engines' exact signatures, and
+checked against the engines' real sources when ``RAMP_TEST_VLLM_SOURCE`` /
+``RAMP_TEST_SGLANG_SOURCE`` name an unpacked wheel, or against the installed engines.
+"""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from ramp.adapters import sglang as sglang_adapter  # noqa: E402
+from ramp.adapters import vllm as vllm_adapter  # noqa: E402
+from ramp.adapters.recorder import TraceRecorder, trace_header  # noqa: E402
+from ramp.adapters.runtime import RampConfig, RampMoERuntime  # noqa: E402
+from ramp.adapters.sglang_dump import convert_sglang_dump  # noqa: E402
+from ramp.bank import KernelBank  # noqa: E402
+from ramp.config import KernelConfig  # noqa: E402
+from ramp.costmodel import WaveCostModel  # noqa: E402
+from ramp.errors import InputError  # noqa: E402
+from ramp.kernels.triton.configs import FAMILY_VERSION  # noqa: E402
+from ramp.problem import MoEProblem  # noqa: E402
+from ramp.profile import Profile  # noqa: E402
+from ramp.trace import read_header, read_steps  # noqa: E402
+
+HIDDEN, INTER, EXPERTS, TOP_K = 64, 32, 8, 2
+
+
+def make_layer(tokens: int, seed: int, dtype=torch.float16):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, HIDDEN, generator=gen).to(dtype)
+    w13 = (torch.randn(EXPERTS, 2 * INTER, HIDDEN, generator=gen) / HIDDEN**0.5).to(dtype)
+    w2 = (torch.randn(EXPERTS, HIDDEN, INTER, generator=gen) / INTER**0.5).to(dtype)
+    weights, ids = torch.topk(torch.randn(tokens, EXPERTS, generator=gen).softmax(-1), TOP_K)
+    return x, w13, w2, ids.to(torch.int32), weights
+
+
+def reference(x, w13, w2, ids, weights):
+    """float32 loop over token-expert slots: the definition of the layer."""
+    out = torch.zeros(x.shape[0], w2.shape[1])
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            e = int(ids[t, j])
+            gate, up = w13[e, :INTER].float() @ x[t].float(), w13[e, INTER:].float() @ x[t].float()
+            out[t] += weights[t, j] * (w2[e].float() @ (torch.nn.functional.silu(gate) * up))
+    return out
+
+
+class Engine:
+    """The engine side of a call: its own implementation, counting how often it ran."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        return "engine result"
+
+
+def save_profiles(directory: Path, dtype: str = "float16", gpu: str = "H100-SXM",
+                  family_version: str = FAMILY_VERSION, block_k: int = 32) -> None:
+    """Hand-built sync-free profiles (two branches, made-up fitted parameters) for the
+    tiny layer: what `ramp profile` writes, small enough for the interpreter."""
+    branches = [KernelConfig("triton", 16, 32, block_k, persistent=True, variant="poly"),
+                KernelConfig("triton", 32, 64, block_k, persistent=True, variant="poly")]
+    bank = KernelBank.build(branches, 1)
+    for gemm, n, k in (("w13", 2 * INTER, HIDDEN), ("w2", HIDDEN, INTER)):
+        problem = MoEProblem(EXPERTS, n, k, TOP_K, dtype, gemm)
+        model = WaveCostModel(bank, problem, 2, np.array([[4.0, 1.0, 0.5, 2.0],
+                                                          [4.0, 3.0, 0.5, 1.0]]))
+        Profile(gpu, problem, "triton-poly", family_version, model, {1: 0}).save(
+            directory / f"{gpu}_{problem.key}_poly.json")
+
+
+# --- configuration ---------------------------------------------------------------------
+
+def test_config_from_env_and_export(monkeypatch):
+    monkeypatch.setenv("RAMP_MODE", "record")
+    monkeypatch.setenv("RAMP_RING_STEPS", "64")
+    config = RampConfig.from_env(trace_path="t.jsonl")
+    assert (config.mode, config.ring_steps, config.trace_path) == ("record", 64, "t.jsonl")
+    assert RampConfig.from_env(mode="dispatch").mode == "dispatch"  # arguments win
+    RampConfig(mode="dispatch", profile_dir="/p").export()
+    assert os.environ["RAMP_MODE"] == "dispatch"
+    assert os.environ["RAMP_PROFILE_DIR"] == "/p"
+    with pytest.raises(InputError, match="RAMP_MODE"):
+        RampConfig.from_env(mode="fast")
+    monkeypatch.setenv("RAMP_RING_STEPS", "many")
+    with pytest.raises(InputError, match="RAMP_RING_STEPS='many'"):
+        RampConfig.from_env()
+
+
+# --- record ----------------------------------------------------------------------------
+
+def run_steps(runtime_or_recorder, steps: int, layers: int, seed: int) -> list[np.ndarray]:
+    """Forward passes of a fake model: ``layers`` MoE layers per step. Returns the true
+    [layers, experts] histograms of every step (the first pass included)."""
+    gen = torch.Generator().manual_seed(seed)
+    truth = []
+    for _ in range(steps):
+        tokens = int(torch.randint(1, 24, (1,), generator=gen))
+        hists = []
+        for layer in range(layers):
+            ids = torch.rand(tokens, EXPERTS, generator=gen).topk(TOP_K, dim=1).indices
+            ids = ids.to(torch.int32)
+            if isinstance(runtime_or_recorder, TraceRecorder):
+                runtime_or_recorder.observe(("layer", layer), ids, num_experts=EXPERTS,
+                                            hidden=HIDDEN, intermediate=INTER,
+                                            dtype=torch.float16)
+            else:
+                x, w13, w2, _, weights = LAYERS[layer]
+                out = runtime_or_recorder.fused_moe(x[:tokens], w13, w2, ids,
+                                                    weights[:tokens], ENGINE)
+                assert out == "engine result"
+            hists.append(np.bincount(ids.reshape(-1).numpy(), minlength=EXPERTS))
+        truth.append(np.stack(hists))
+    return truth
+
+
+LAYERS = [make_layer(24, seed) for seed in range(3)]
+ENGINE = Engine()
+
+
+def test_record_end_to_end(tmp_path):
+    """Every step after the first (layer-discovery) pass lands in a readable trace with
+    the exact per-layer histograms; the engine's kernel runs for every call."""
+    config = RampConfig(mode="record", trace_path=str(tmp_path / "t.rank{rank}.jsonl"),
+                        poll_seconds=0.01, ring_steps=64)
+    runtime = RampMoERuntime(config, engine="test-engine", engine_version="1")
+    calls = ENGINE.calls
+    truth = run_steps(runtime, steps=20, layers=3, seed=1)
+    runtime.close()
+    assert ENGINE.calls - calls == 60
+    path = tmp_path / "t.rank0.jsonl"
+    header = read_header(path)
+    assert (header.moe_layers, header.num_experts, header.top_k, header.hidden,
+            header.moe_intermediate, header.dtype) == (3, EXPERTS, TOP_K, HIDDEN, INTER,
+                                                       "float16")
+    assert (header.source, header.engine, header.engine_version) == ("recorded",
+                                                                      "test-engine", "1")
+    steps = list(read_steps(path))
+    assert [s.step for s in steps] == list(range(19))
+    for step in steps:
+        assert np.array_equal(step.hists, truth[step.step + 1])
+        assert step.tokens * TOP_K == truth[step.step + 1][0].sum()
+    stats = runtime.recorder.stats
+    assert (stats.recorded, stats.dropped, stats.invalid) == (19, 0, 0)
+
+
+def test_record_ring_overflow_drops_and_counts(tmp_path):
+    """No poll for 30 steps with a ring of 10: the forward pass never waits, the oldest
+    steps are counted as dropped and the newest ones are written intact."""
+    recorder = TraceRecorder(str(tmp_path / "t.jsonl"), ring_steps=10, start_thread=False)
+    truth = run_steps(recorder, steps=31, layers=2, seed=2)  # pass 1 finds the layers
+    recorder.poll()
+    recorder.close()
+    steps = list(read_steps(tmp_path / "t.jsonl"))
+    assert recorder.stats.dropped == 24 and recorder.stats.recorded == 6
+    assert [s.step for s in steps] == list(range(24, 30))
+    for step in steps:
+        assert np.array_equal(step.hists, truth[step.step + 1])
+
+
+def test_record_never_blocks_on_a_stuck_writer(tmp_path):
+    """The trace file is locked by another process-like holder, so the writer thread
+    blocks in its append; forward passes go on, and what the ring could not hold is
+    dropped and counted, not waited for."""
+    path = tmp_path / "t.jsonl"
+    recorder = TraceRecorder(str(path), ring_steps=10, poll_seconds=0.001)
+    truth = run_steps(recorder, steps=3, layers=2, seed=3)
+    with open(path, "rb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (truth.extend(
+            run_steps(recorder, steps=40, layers=2, seed=4)), done.set()))
+        worker.start()
+        assert done.wait(timeout=30), "the forward pass waited for the trace writer"
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    worker.join()
+    recorder.close()
+    stats = recorder.stats
+    # At most the steps before the lock, one chunk in flight and one ring after it.
+    assert stats.dropped >= 40 - 2 * (10 - 4) and stats.recorded + stats.dropped == 42
+    for step in read_steps(path):
+        assert np.array_equal(step.hists, truth[step.step + 1])
+
+
+def test_trace_header_names_the_catalog_model():
+    """A recorded shape of Qwen3-30B-A3B under TP=2 is named after the catalog model,
+    with its full intermediate size; an unknown shape keeps what was seen."""
+    header = trace_header(48, 128, 8, 2048, 384, torch.bfloat16, "/models/Qwen3-30B-A3B",
+                          "vllm", "0.33.0")
+    assert (header.model, header.layers, header.moe_intermediate, header.tp) == (
+        "qwen3-30b-a3b", 48, 768, 2)
+    other = trace_header(5, 16, 2, 256, 64, torch.int8, None, "", "")
+    assert (other.model, other.layers, other.dtype) == ("unknown", 5, "bfloat16")
+    assert other.meta["activation_dtype"] == "int8"
+
+
+# --- dispatch: numerics ----------------------------------------------------------------
+
+def dispatch_runtime(tmp_path, **config) -> RampMoERuntime:
+    save_profiles(tmp_path)
+    return RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                     gpu="H100-SXM", **config))
+
+
+def test_dispatch_matches_float32_reference(tmp_path, caplog):
+    """RaMP's path (on-GPU routing, two polymorphic GEMMs, top-k sum) computes the layer;
+    the engine's kernel does not run."""
+    runtime = dispatch_runtime(tmp_path)
+    engine = Engine()
+    x, w13, w2, ids, weights = make_layer(13, seed=5)
+    out = torch.full((13, HIDDEN), float("nan"), dtype=torch.float16)
+    with caplog.at_level(logging.INFO, logger="ramp.adapters"):
+        result = runtime.fused_moe(x, w13, w2, ids, weights, engine, out=out, scale=2.0)
+    assert result is out and engine.calls == 0
+    ref = 2.0 * reference(x, w13, w2, ids, weights)
+    assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
+    assert "RaMP dispatch active for H100-SXM/w13-E8-N64-K64-top2-float16" in caplog.text
+
+
+def test_vllm_hook_runs_ramp_or_the_original(tmp_path):
+    """The wrapper around TritonExperts.apply: RaMP writes `output` and the hook returns
+    None as vLLM's apply does; a call RaMP does not run goes to the original."""
+
+    class TritonExperts:  # vLLM's signature (0.33.0), the engine's body replaced
+        def apply(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation,
+                  global_num_experts, expert_map, a1q_scale, a2_scale, workspace13,
+                  workspace2, expert_tokens_meta, apply_router_weight_on_input):
+            output.fill_(7.0)
+
+    runtime = dispatch_runtime(tmp_path)
+    apply = vllm_adapter._wrap(TritonExperts, TritonExperts.apply, runtime)
+    x, w13, w2, ids, weights = make_layer(9, seed=6)
+    call = dict(hidden_states=x, w1=w13, w2=w2, topk_weights=weights, topk_ids=ids,
+                activation="silu", global_num_experts=-1, expert_map=None, a1q_scale=None,
+                a2_scale=None, workspace13=None, workspace2=None, expert_tokens_meta=None,
+                apply_router_weight_on_input=False)
+    out = torch.zeros(9, HIDDEN, dtype=torch.float16)
+    assert apply(TritonExperts(), output=out, **call) is None
+    ref = reference(x, w13, w2, ids, weights)
+    assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
+    call["activation"] = "gelu"
+    assert apply(TritonExperts(), out, *call.values()) is None  # positional binding too
+    assert torch.all(out == 7.0)
+
+
+def test_sglang_hook_runs_ramp_in_place(tmp_path):
+    """The wrapper around SGLang's fused_experts: in-place runner configs get the result
+    in hidden_states, routed scaling applied; a quantized call goes to the original."""
+    from collections import namedtuple
+    from dataclasses import dataclass
+
+    TopK = namedtuple("StandardTopKOutput", "topk_weights topk_ids router_logits")
+
+    @dataclass
+    class MoeRunnerConfig:  # the fields SGLang 0.5.23 has that the adapter reads
+        num_experts: int = EXPERTS
+        num_local_experts: int = EXPERTS
+        layer_id: int = 0
+        activation: str = "silu"
+        is_gated: bool = True
+        inplace: bool = True
+        routed_scaling_factor: float | None = 0.5
+
+    def fused_experts(hidden_states, w1, w2, topk_output, moe_runner_config, b1=None,
+                      b2=None, use_fp8_w8a8=False, w1_scale=None, a1_q=None):
+        return "original"
+
+    runtime = dispatch_runtime(tmp_path)
+    wrapped = sglang_adapter._wrap(fused_experts, runtime)
+    x, w13, w2, ids, weights = make_layer(11, seed=7)
+    ref = 0.5 * reference(x, w13, w2, ids, weights)
+    result = wrapped(x, w13, w2, TopK(weights, ids, None), MoeRunnerConfig())
+    assert result is x
+    assert float((x.float() - ref).norm() / ref.norm()) < 1e-2
+    assert wrapped(x, w13, w2, TopK(weights, ids, None), MoeRunnerConfig(),
+                   use_fp8_w8a8=True) == "original"
+    assert wrapped(x, w13, w2, TopK(weights, ids, None),
+                   MoeRunnerConfig(num_local_experts=4)) == "original"
+
+
+# --- dispatch: every failure falls back, logged once -----------------------------------
+
+def fallbacks(runtime, caplog, tokens=5, **changes):
+    """Call twice; return how often the engine ran and the fallback log lines."""
+    x, w13, w2, ids, weights = make_layer(tokens, seed=8)
+    args = dict(hidden_states=x, w13=w13, w2=w2, topk_ids=ids, topk_weights=weights)
+    kwargs = {k: changes.pop(k) for k in ("unsupported", "global_num_experts")
+              if k in changes}
+    args.update(changes)
+    engine = Engine()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ramp.adapters"):
+        for _ in range(2):
+            assert runtime.fused_moe(fallback=engine, **args, **kwargs) == "engine result"
+    return engine.calls, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("changes,reason", [
+    (dict(unsupported="vLLM quantized weights"), "vLLM quantized weights"),
+    (dict(hidden_states=torch.zeros(5, HIDDEN)), "activation dtype torch.float32"),
+    (dict(w13=torch.zeros(EXPERTS, 2 * INTER, HIDDEN, dtype=torch.int8)),
+     "quantized or mixed-dtype weights"),
+    (dict(w2=torch.zeros(EXPERTS, HIDDEN, INTER + 1, dtype=torch.float16)),
+     "are not a gated MoE layer"),
+    (dict(global_num_experts=4 * EXPERTS), "expert parallelism (8 local of 32 experts)"),
+])
+def test_unsupported_calls_fall_back_once(tmp_path, caplog, changes, reason):
+    calls, lines = fallbacks(dispatch_runtime(tmp_path), caplog, **changes)
+    assert calls == 2
+    assert len(lines) == 1 and reason in lines[0]
+
+
+def test_missing_profile_gpu_and_directory_fall_back(tmp_path, caplog):
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM"))
+    _, lines = fallbacks(runtime, caplog)
+    assert lines == ["RaMP falls back to the engine kernel: no triton-poly profile for "
+                     "H100-SXM w13-E8-N64-K64-top2-float16 embedded: run `ramp profile` "
+                     "for this GPU and shape"]
+    _, lines = fallbacks(RampMoERuntime(RampConfig(mode="dispatch")), caplog)
+    assert len(lines) == 1 and "no CUDA GPU for tensors on cpu" in lines[0]
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM",
+                                        profile_dir=str(tmp_path / "absent")))
+    _, lines = fallbacks(runtime, caplog)
+    assert len(lines) == 1 and "does not exist" in lines[0]
+
+
+def test_stale_profile_and_import_error_fall_back(tmp_path, caplog, monkeypatch):
+    save_profiles(tmp_path, family_version="0")
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM",
+                                        profile_dir=str(tmp_path)))
+    _, lines = fallbacks(runtime, caplog)
+    assert len(lines) == 1 and "kernel family version 0" in lines[0]
+    monkeypatch.setitem(sys.modules, "ramp.kernels.triton.poly", None)  # as if no triton
+    (tmp_path / "ok").mkdir()
+    _, lines = fallbacks(dispatch_runtime(tmp_path / "ok"), caplog)
+    assert len(lines) == 1 and "RaMP setup failed (ModuleNotFoundError" in lines[0]
+
+
+def test_kernel_failure_falls_back_and_is_not_retried(tmp_path, caplog):
+    """A profile whose tiles cannot compile (block_k 24 is no power of two): the first
+    call fails inside Triton, falls back, and the shape stays on the engine kernel."""
+    save_profiles(tmp_path, block_k=24)
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM",
+                                        profile_dir=str(tmp_path)))
+    calls, lines = fallbacks(runtime, caplog)
+    assert calls == 2
+    assert len(lines) == 1 and "RaMP kernels failed" in lines[0]
+
+
+def test_off_mode_only_runs_the_engine(tmp_path):
+    engine = Engine()
+    x, w13, w2, ids, weights = make_layer(3, seed=9)
+    runtime = RampMoERuntime(RampConfig(mode="off"))
+    assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
+    assert engine.calls == 1 and runtime.recorder is None
+
+
+# --- hook points in the real engines ---------------------------------------------------
+
+def test_signature_checks():
+    assert vllm_adapter.signature_problem(list(vllm_adapter.APPLY_PARAMETERS)) is None
+    changed = [*vllm_adapter.APPLY_PARAMETERS[:-1], "apply_router_weight_on_input", "x"]
+    assert "unknown ['x']" in vllm_adapter.signature_problem(changed)
+
+    def new_required(hidden_states, w1, w2, topk_output, moe_runner_config, mystery):
+        pass
+
+    def new_optional(hidden_states, w1, w2, topk_output, moe_runner_config, mystery=1):
+        pass
+
+    import inspect
+    assert "['mystery']" in sglang_adapter.signature_problem(
+        inspect.signature(new_required).parameters)
+    assert sglang_adapter.signature_problem(inspect.signature(new_optional).parameters) is None
+
+
+def source_parameters(root: str, module: str, qualname: str) -> list[str]:
+    """Parameter names of a function or method, read from an engine's source tree."""
+    tree = ast.parse((Path(root) / (module.replace(".", "/") + ".py")).read_text())
+    scope: list[ast.stmt] = tree.body
+    for part in qualname.split("."):
+        node = next(n for n in scope if getattr(n, "name", None) == part)
+        scope = getattr(node, "body", [])
+    return [a.arg for a in node.args.args + node.args.kwonlyargs]
+
+
+@pytest.mark.skipif(not os.environ.get("RAMP_TEST_VLLM_SOURCE"),
+                    reason="set RAMP_TEST_VLLM_SOURCE to an unpacked vLLM wheel")
+def test_vllm_source_has_the_hook_point():
+    params = source_parameters(os.environ["RAMP_TEST_VLLM_SOURCE"],
+                               vllm_adapter.HOOK_MODULES[0], "TritonExperts.apply")
+    assert vllm_adapter.signature_problem(params) is None
+
+
+@pytest.mark.skipif(not os.environ.get("RAMP_TEST_SGLANG_SOURCE"),
+                    reason="set RAMP_TEST_SGLANG_SOURCE to an unpacked SGLang wheel")
+def test_sglang_source_has_the_hook_point():
+    root = os.environ["RAMP_TEST_SGLANG_SOURCE"]
+    params = source_parameters(root, sglang_adapter.HOOK_MODULES[0], "fused_experts")
+    assert all(p in params for p in sglang_adapter.REQUIRED)
+    assert set(params) - set(sglang_adapter.REQUIRED) <= set(sglang_adapter.NEUTRAL)
+    runner = (Path(root) / "sglang/srt/layers/moe/moe_runner/triton.py").read_text()
+    assert "moe_runner.triton_utils.fused_moe import (\n            fused_experts," in runner
+
+
+def test_vllm_hook_installs_on_the_installed_engine():
+    pytest.importorskip("vllm", reason="vLLM pins a CUDA torch build; not installed here")
+    cls = vllm_adapter.find_hook_class()
+    original = cls.apply
+    vllm_adapter.enable(mode="off")
+    try:
+        assert cls.apply is not original and cls.apply.__wrapped__ is original
+    finally:
+        vllm_adapter.disable()
+    assert cls.apply is original
+
+
+def test_sglang_hook_installs_on_the_installed_engine():
+    pytest.importorskip("sglang", reason="SGLang pins a CUDA torch build; not installed here")
+    module, original = sglang_adapter.find_hook()
+    sglang_adapter.enable(mode="off")
+    try:
+        assert module.fused_experts.__wrapped__ is original
+    finally:
+        sglang_adapter.disable()
+    assert module.fused_experts is original
+
+
+# --- SGLang expert-distribution dumps --------------------------------------------------
+
+def qwen_counts(rng, tokens: int, dense_rows: int = 0) -> np.ndarray:
+    """[layers, 128] counts of a Qwen3-30B-A3B step (48 MoE layers, top-8)."""
+    ids = np.stack([rng.permuted(np.tile(np.arange(128), (tokens, 1)), axis=1)[:, :8]
+                    for _ in range(48)])
+    counts = np.stack([np.bincount(layer.ravel(), minlength=128) for layer in ids])
+    return np.concatenate([np.zeros((dense_rows, 128), np.int64), counts]), ids
+
+
+def test_sglang_stat_dump(tmp_path, rng):
+    """stat mode: ring slots never used are dropped, counts summed over 2 identical TP
+    ranks are divided back, rows of dense layers are recognised."""
+    steps = [qwen_counts(rng, t, dense_rows=1)[0] for t in (3, 17)]
+    buffer = np.stack([steps[0], np.zeros_like(steps[0]), steps[1]]) * 2
+    torch.save({"rank": 0, "logical_count": torch.tensor(buffer, dtype=torch.int32),
+                "average_utilization_rate_over_window": None}, tmp_path / "stat.pt")
+    summary = convert_sglang_dump([tmp_path / "stat.pt"], tmp_path / "t.jsonl",
+                                  "qwen3-30b-a3b", replicas=2)
+    assert (summary.mode, summary.steps, summary.empty) == ("stat", 2, 1)
+    got = list(read_steps(tmp_path / "t.jsonl"))
+    assert [s.tokens for s in got] == [3, 17] and {s.phase for s in got} == {"mixed"}
+    assert np.array_equal(got[1].hists, steps[1][1:])
+    with pytest.raises(InputError, match="replicas=3"):
+        convert_sglang_dump([tmp_path / "stat.pt"], tmp_path / "u.jsonl", "qwen3-30b-a3b",
+                            replicas=3)
+
+
+def test_sglang_per_token_dumps_of_two_ranks(tmp_path, rng):
+    """per_token mode, two ranks: physical ids of a redundant expert (physical 128 is a
+    replica of logical 5) map back to logical experts; identical records of a pass are
+    TP replicas taken once, different ones DP-attention shares summed."""
+    mapping = np.tile(np.append(np.arange(128), 5), (48, 1))
+    counts_a, ids_a = qwen_counts(rng, 4)
+    counts_b, _ = qwen_counts(rng, 6)
+    physical = np.append(counts_a, np.zeros((48, 1), np.int64), axis=1)
+    moved = physical.copy()           # some of expert 5's rows went to its replica
+    moved[:, 5], moved[:, 128] = 0, physical[:, 5]
+    ids_phys = np.where(ids_a == 5, 128, ids_a)
+
+    def record(pass_id, rank, count, mode, ids=ids_phys):
+        return {"forward_pass_id": pass_id, "rank": rank, "gatherer_key": "primary",
+                "global_physical_count": torch.tensor(count), "forward_mode": mode,
+                "input_ids": [0] * ids.shape[1], "topk_ids_of_layer": torch.tensor(ids)}
+
+    other = np.append(counts_b, np.zeros((48, 1), np.int64), axis=1)
+    for rank in (0, 1):
+        records = [record(7, rank, moved, 2), record(8, rank, physical if rank else other, 1)]
+        torch.save({"records": records, "last_physical_to_logical_map": torch.tensor(mapping)},
+                   tmp_path / f"r{rank}.pt")
+    summary = convert_sglang_dump([tmp_path / "r0.pt", tmp_path / "r1.pt"],
+                                  tmp_path / "t.jsonl", "Qwen/Qwen3-30B-A3B")
+    assert (summary.mode, summary.steps) == ("per_token", 2)
+    decode, prefill = read_steps(tmp_path / "t.jsonl")
+    assert (decode.phase, decode.tokens, prefill.phase, prefill.tokens) == (
+        "decode", 4, "prefill", 10)
+    assert np.array_equal(decode.hists, counts_a)
+    assert np.array_equal(decode.topk_ids, ids_a)
+    assert np.array_equal(prefill.hists, counts_a + counts_b) and prefill.topk_ids is None
