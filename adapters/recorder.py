@@ -2,10 +2,10 @@
 
 Engines replay decode steps from CUDA graphs, and a replay runs no Python: a recorder
 that copies each histogram to the host from the forward pass would see only eager
-steps. So the forward pass only launches one single-CTA Triton kernel per MoE layer
-(captured into the graph like any other kernel) that adds the layer's expert histogram
-into a device-side ring of steps, ``ring[step % R, layer, expert]``; a device counter
-says how many steps have started. A background thread copies finished steps to pinned
+steps. So the forward pass only launches a small Triton kernel per MoE layer (captured
+into the graph like any other kernel) that adds the layer's expert histogram into a
+device-side ring of steps, ``ring[step % R, layer, expert]``, and one more per step that
+opens the step's slot; a device counter says how many steps have started. A background thread copies finished steps to pinned
 host memory on its own stream, waits on a CUDA event, and appends them to a
 ``trace.jsonl`` with ``ramp.trace.TraceWriter``.
 
@@ -18,7 +18,9 @@ mode any event wait by another thread invalidates a graph being captured.
 Layers are numbered by first call order: the recorder watches one forward pass, and
 when the first layer's key comes round again it knows the layer count, allocates the
 ring and starts recording. Steps that ran before the engine's last CUDA-graph capture
-(profiling and warm-up passes on dummy inputs) are left out of the trace.
+(profiling and warm-up passes on dummy inputs) are left out of the trace: engines
+capture at start-up, so finished steps are held back until no capture has been seen for
+``hold_seconds``, and only then written (or dropped as warm-up).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import ctypes
 import logging
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,42 +49,43 @@ from ramp.trace import TraceHeader, TraceStep, TraceWriter
 logger = logging.getLogger("ramp.adapters")
 
 BLOCK = 1024
+ITERS = 4             # ids per counting CTA: ITERS * BLOCK
 CHUNK_STEPS = 64      # steps per host copy: bounds the pinned staging buffer
 SAFETY_STEPS = 4      # never read a slot the writer is this close to reusing
+MAX_HELD = 1024       # steps held back at most (about 2.5 MB per 100 steps at 48 x 128)
 _RELAXED = 2          # cudaStreamCaptureModeRelaxed
 
 
 @triton.jit
-def _record_kernel(ids_ptr, n, ring_ptr, stepno_ptr, cursor_ptr, layer, R, LE,
-                   E: tl.constexpr, E_POW2: tl.constexpr, FIRST: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """One CTA: add this layer's expert histogram into the ring slot of the current step.
-
-    The first MoE layer of a step opens a slot: stamps it with the step number, zeroes
-    it and advances the step counter. Ids outside ``[0, E)`` (padding, experts of other
-    ranks) land in a spare bin and are not counted.
-    """
+def _open_step_kernel(ring_ptr, stepno_ptr, cursor_ptr, R, LE, BLOCK: tl.constexpr):
+    """One CTA, before the first MoE layer of a step: stamp the step's ring slot with the
+    step number, zero it, then advance the step counter."""
     cur = tl.load(cursor_ptr)
-    if FIRST:
-        slot = cur % R
-        tl.store(stepno_ptr + slot, cur)
-        for start in range(0, LE, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            tl.store(ring_ptr + slot * LE + offs, tl.zeros([BLOCK], dtype=tl.int32),
-                     mask=offs < LE)
-        tl.debug_barrier()
-        tl.store(cursor_ptr, cur + 1)
-    else:
-        slot = (cur + R - 1) % R
+    slot = cur % R
+    tl.store(stepno_ptr + slot, cur)
+    for start in range(0, LE, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        tl.store(ring_ptr + slot * LE + offs, tl.zeros([BLOCK], dtype=tl.int32),
+                 mask=offs < LE)
+    tl.debug_barrier()
+    tl.store(cursor_ptr, cur + 1)
+
+
+@triton.jit
+def _count_kernel(ids_ptr, n, ring_ptr, cursor_ptr, layer, R, LE, E: tl.constexpr,
+                  E_POW2: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    """Add this layer's expert histogram into the current step's slot: each CTA counts
+    ``ITERS * BLOCK`` ids in registers and adds its counts atomically. Ids outside
+    ``[0, E)`` (padding, experts of other ranks) land in a spare bin, not counted."""
+    slot = (tl.load(cursor_ptr) + R - 1) % R
     experts = tl.arange(0, E_POW2)
     counts = tl.zeros([E_POW2], dtype=tl.int32)
-    for start in range(0, n, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
+    for it in range(ITERS):
+        offs = (tl.program_id(0) * ITERS + it) * BLOCK + tl.arange(0, BLOCK)
         ids = tl.load(ids_ptr + offs, mask=offs < n, other=E).to(tl.int32)
         counts += tl.histogram(tl.where((ids >= 0) & (ids < E), ids, E), E_POW2)
-    row = ring_ptr + slot * LE + layer * E + experts
-    old = tl.load(row, mask=experts < E, other=0)
-    tl.store(row, old + counts, mask=experts < E)
+    tl.atomic_add(ring_ptr + slot * LE + layer * E + experts, counts,
+                  mask=(experts < E) & (counts > 0))
 
 
 @dataclass
@@ -154,13 +159,14 @@ class TraceRecorder:
     """
 
     def __init__(self, path: str, *, ring_steps: int = 256, poll_seconds: float = 0.05,
-                 model: str | None = None, engine: str = "", engine_version: str = "",
-                 start_thread: bool = True) -> None:
+                 hold_seconds: float = 30.0, model: str | None = None, engine: str = "",
+                 engine_version: str = "", start_thread: bool = True) -> None:
         if ring_steps <= 2 * SAFETY_STEPS:
             raise InputError(f"ring_steps must be > {2 * SAFETY_STEPS}, got {ring_steps}")
         self.path_template = path
         self.ring_steps = ring_steps
         self.poll_seconds = poll_seconds
+        self.hold_seconds = hold_seconds
         self.model = model
         self.engine = engine
         self.engine_version = engine_version
@@ -175,6 +181,8 @@ class TraceRecorder:
         self._ring: torch.Tensor | None = None
         self._host_steps = 0     # steps the host launched eagerly (not under capture)
         self._keep_from = 0      # first step after the last capture: dummy passes before
+        self._quiet_since = 0.0  # when recording started or the last capture was seen
+        self._held: deque[tuple[int, np.ndarray]] = deque()
         self._next = 0           # next step number the poller will read
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -186,35 +194,55 @@ class TraceRecorder:
 
     def observe(self, key: Hashable, topk_ids: torch.Tensor, *, num_experts: int,
                 hidden: int, intermediate: int, dtype: torch.dtype) -> None:
-        """Count ``topk_ids`` [T, k] into the current step's slot for layer ``key``."""
-        if self._failed is not None:
+        """Count ``topk_ids`` [T, k] into the current step's slot for layer ``key``.
+
+        Runs on every MoE layer of every eager step, so it does as little as it can in
+        Python (graph replays do not run it at all)."""
+        layer = self._layers.get(key) if self._ring is not None else None
+        if layer is None or self._failed is not None:
+            if self._failed is None:
+                self._first_pass(key, topk_ids, num_experts, hidden, intermediate, dtype)
             return
-        capturing = topk_ids.is_cuda and torch.cuda.is_current_stream_capturing()
-        if self._ring is None and not self._discover(key, topk_ids, capturing, num_experts,
-                                                     hidden, intermediate, dtype):
+        if topk_ids.shape[1] != self._top_k or topk_ids.device != self._device:
+            self._warn_once(f"record: a call on {topk_ids.device} with top-k "
+                            f"{topk_ids.shape[1]} does not match the recording "
+                            f"({self._device}, top-k {self._top_k}); not recorded")
             return
-        layer = self._layers.get(key)
-        if layer is None:
+        if layer == 0:
+            self._open_step(topk_ids.is_cuda and torch.cuda.is_current_stream_capturing())
+        ids = topk_ids.view(-1) if topk_ids.is_contiguous() else topk_ids.reshape(-1)
+        n = ids.numel()
+        launch = self._launches.get(n)
+        if launch is None:
+            # Small steps get a block that fits them: masked lanes all hit the spare bin.
+            block = min(BLOCK, triton.next_power_of_2(max(n, 1)))
+            iters = min(ITERS, triton.cdiv(max(n, 1), block))
+            launch = self._launches[n] = ((max(1, triton.cdiv(n, block * iters)),),
+                                          dict(BLOCK=block, ITERS=iters, **self._constants))
+        _count_kernel[launch[0]](ids, n, self._ring, self._cursor, layer, self.ring_steps,
+                                 self._slot_size, **launch[1])
+
+    def _open_step(self, capturing: bool) -> None:
+        if capturing:  # engines capture at start-up: every step so far was a warm-up
+            self._keep_from = self._host_steps
+            self._quiet_since = time.monotonic()
+        else:
+            self._host_steps += 1
+        _open_step_kernel[(1,)](self._ring, self._stepno, self._cursor, self.ring_steps,
+                                self._slot_size, BLOCK=BLOCK)
+
+    def _first_pass(self, key: Hashable, topk_ids: torch.Tensor, num_experts: int,
+                    hidden: int, intermediate: int, dtype: torch.dtype) -> None:
+        """Before recording starts, learn the layers; after, warn about a new one."""
+        if self._ring is not None:
             self._warn_once(f"record: MoE layer {key!r} was not seen in the first forward "
                             "pass; it is not recorded")
             return
-        assert self._ring is not None
-        if topk_ids.device != self._ring.device or topk_ids.shape[1] != self._top_k:
-            self._warn_once(f"record: a call on {topk_ids.device} with top-k "
-                            f"{topk_ids.shape[1]} does not match the recording "
-                            f"({self._ring.device}, top-k {self._top_k}); not recorded")
-            return
-        first = layer == 0
-        if first and capturing:
-            self._keep_from = self._host_steps
-        elif first:
-            self._host_steps += 1
-        ids = topk_ids.reshape(-1)
-        num_layers, num_exp = self._ring.shape[1:]
-        _record_kernel[(1,)](ids, ids.numel(), self._ring, self._stepno, self._cursor, layer,
-                             self.ring_steps, num_layers * num_exp, E=num_exp,
-                             E_POW2=triton.next_power_of_2(num_exp + 1), FIRST=first,
-                             BLOCK=BLOCK)
+        capturing = topk_ids.is_cuda and torch.cuda.is_current_stream_capturing()
+        if self._discover(key, topk_ids, capturing, num_experts, hidden, intermediate,
+                          dtype):
+            self.observe(key, topk_ids, num_experts=num_experts, hidden=hidden,
+                         intermediate=intermediate, dtype=dtype)
 
     def _discover(self, key: Hashable, topk_ids: torch.Tensor, capturing: bool,
                   num_experts: int, hidden: int, intermediate: int,
@@ -244,6 +272,10 @@ class TraceRecorder:
         pin = device.type == "cuda"
         self._ring = torch.zeros((ring, layers, num_experts), dtype=torch.int32,
                                  device=device)
+        self._device = device
+        self._slot_size = layers * num_experts
+        self._constants = dict(E=num_experts, E_POW2=triton.next_power_of_2(num_experts + 1))
+        self._launches: dict[int, tuple[tuple[int], dict[str, int]]] = {}
         self._stepno = torch.full((ring,), -1, dtype=torch.int64, device=device)
         self._cursor = torch.zeros(1, dtype=torch.int64, device=device)
         chunk = min(CHUNK_STEPS, ring)
@@ -253,6 +285,7 @@ class TraceRecorder:
         self._stage_cursor = torch.empty(1, dtype=torch.int64, pin_memory=pin)
         self._stream = torch.cuda.Stream(device) if pin else None
         self._event = torch.cuda.Event() if pin else None
+        self._quiet_since = time.monotonic()
         logger.info("RaMP record: %d MoE layers x %d experts (top-%d) -> %s",
                     layers, num_experts, self._top_k, self.path)
         if self.start_thread:
@@ -304,6 +337,7 @@ class TraceRecorder:
                 self._next = oldest
             while self._next < done:
                 self._read_chunk(self._next, min(done, self._next + len(self._stage)))
+            self._release(final)
 
     def _read_chunk(self, first: int, end: int) -> None:
         count, ring = end - first, self.ring_steps
@@ -321,8 +355,19 @@ class TraceRecorder:
             elif int(self._stage_stepno[i]) != step or after - step > ring - SAFETY_STEPS:
                 self.stats.dropped += 1
             else:
-                self._append(step, self._stage[i].numpy().astype(np.int64))
+                self._held.append((step, self._stage[i].numpy().copy()))
         self._next = end
+
+    def _release(self, final: bool) -> None:
+        """Write held steps once start-up is over (no capture for ``hold_seconds``),
+        leaving out those that ran before the last capture."""
+        settled = final or time.monotonic() - self._quiet_since >= self.hold_seconds
+        while self._held and (settled or len(self._held) > MAX_HELD):
+            step, hists = self._held.popleft()
+            if step < self._keep_from:
+                self.stats.warmup += 1
+            else:
+                self._append(step, hists.astype(np.int64))
 
     def _append(self, step: int, hists: np.ndarray) -> None:
         sums = hists.sum(axis=1)

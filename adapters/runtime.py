@@ -50,6 +50,7 @@ ENV = {
     "model": "RAMP_MODEL",
     "ring_steps": "RAMP_RING_STEPS",
     "poll_seconds": "RAMP_POLL_SECONDS",
+    "hold_seconds": "RAMP_HOLD_SECONDS",
 }
 
 
@@ -65,6 +66,7 @@ class RampConfig:
     model: str | None = None        # record: model name for the trace header
     ring_steps: int = 256           # record: device ring size in steps
     poll_seconds: float = 0.05      # record: how often the writer thread looks
+    hold_seconds: float = 30.0      # record: quiet time after the last graph capture
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -136,7 +138,8 @@ class RampMoERuntime:
 
             self.recorder = TraceRecorder(
                 config.trace_path, ring_steps=config.ring_steps,
-                poll_seconds=config.poll_seconds, model=config.model, engine=engine,
+                poll_seconds=config.poll_seconds, hold_seconds=config.hold_seconds,
+                model=config.model, engine=engine,
                 engine_version=engine_version)
             atexit.register(self.close)
 

@@ -183,7 +183,7 @@ def test_record_never_blocks_on_a_stuck_writer(tmp_path):
     blocks in its append; forward passes go on, and what the ring could not hold is
     dropped and counted, not waited for."""
     path = tmp_path / "t.jsonl"
-    recorder = TraceRecorder(str(path), ring_steps=10, poll_seconds=0.001)
+    recorder = TraceRecorder(str(path), ring_steps=10, poll_seconds=0.001, hold_seconds=0)
     truth = run_steps(recorder, steps=3, layers=2, seed=3)
     with open(path, "rb") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX)
@@ -200,6 +200,27 @@ def test_record_never_blocks_on_a_stuck_writer(tmp_path):
     assert stats.dropped >= 40 - 2 * (10 - 4) and stats.recorded + stats.dropped == 42
     for step in read_steps(path):
         assert np.array_equal(step.hists, truth[step.step + 1])
+
+
+def test_record_large_steps_count_across_ctas(tmp_path):
+    """Prefill-sized steps (more ids than one counting CTA takes) are counted right, and
+    ids outside the expert range (padding tokens, other ranks' experts) are not counted."""
+    recorder = TraceRecorder(str(tmp_path / "t.jsonl"), start_thread=False)
+    gen = torch.Generator().manual_seed(4)
+    truth = []
+    for tokens in (3, 2600, 4100, 5):
+        ids = torch.rand(tokens, EXPERTS, generator=gen).topk(TOP_K, dim=1).indices
+        ids[::7] = -1
+        ids[1::7] = EXPERTS
+        recorder.observe("layer", ids.to(torch.int32).to(DEVICE), num_experts=EXPERTS,
+                         hidden=HIDDEN, intermediate=INTER, dtype=torch.float16)
+        valid = ids[(ids >= 0) & (ids < EXPERTS)].numpy()
+        truth.append((len(valid) // TOP_K, np.bincount(valid, minlength=EXPERTS)))
+    recorder.close()
+    steps = list(read_steps(tmp_path / "t.jsonl"))
+    assert [s.step for s in steps] == [0, 1, 2]
+    for step, (tokens, hist) in zip(steps, truth[1:]):
+        assert step.tokens == tokens and np.array_equal(step.hists[0], hist)
 
 
 def test_trace_header_names_the_catalog_model():
