@@ -285,6 +285,8 @@ class TraceRecorder:
         self._stage_cursor = torch.empty(1, dtype=torch.int64, pin_memory=pin)
         self._stream = torch.cuda.Stream(device) if pin else None
         self._event = torch.cuda.Event() if pin else None
+        if self._stream is not None:  # the poller's copies come after the zero-filling
+            self._stream.wait_stream(torch.cuda.current_stream(device))
         self._quiet_since = time.monotonic()
         logger.info("RaMP record: %d MoE layers x %d experts (top-%d) -> %s",
                     layers, num_experts, self._top_k, self.path)
@@ -376,9 +378,11 @@ class TraceRecorder:
             return  # an empty pass (e.g. an idle expert-parallel rank)
         if np.any(sums != rows) or rows % self._top_k or hists.max() > rows // self._top_k:
             self.stats.invalid += 1
-            self._warn_once(f"record: step {step} has per-layer sums {sorted(set(sums))}, "
-                            f"not one multiple of top-k {self._top_k}; such steps are "
-                            "left out")
+            if self.stats.invalid == 1:
+                logger.warning("RaMP record: step %d has per-layer sums %s, not one "
+                               "multiple of top-k %d (rank-local expert ids?); such steps "
+                               "are left out and counted", step, sorted(set(sums.tolist())),
+                               self._top_k)
             return
         self._writer.append(TraceStep(step=step, phase="mixed", tokens=rows // self._top_k,
                                       hists=hists))

@@ -27,13 +27,17 @@ import os
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from ramp.errors import InputError, ProfileMismatchError, RampError
 from ramp.problem import MoEProblem
 from ramp.profile import Profile, find_profile, load_profile
+
+if TYPE_CHECKING:
+    from ramp.adapters.recorder import TraceRecorder
+    from ramp.kernels.triton.poly import PolyGemm
 
 logger = logging.getLogger("ramp.adapters")
 
@@ -114,8 +118,8 @@ class _Plan:
     (first calls compile kernels and upload cost-model parameters, which a CUDA-graph
     capture must not see)."""
 
-    w13: Any   # PolyGemm
-    w2: Any    # PolyGemm
+    w13: PolyGemm
+    w2: PolyGemm
     num_sms: int
     key: str
     warm: bool = False
@@ -132,7 +136,7 @@ class RampMoERuntime:
         self._plans: dict[tuple[Any, ...], _Plan | str] = {}
         self._dir_profiles: list[Profile] | None = None
         self._logged: set[str] = set()
-        self.recorder = None
+        self.recorder: TraceRecorder | None = None
         if config.mode == "record":
             from ramp.adapters.recorder import TraceRecorder
 
@@ -182,9 +186,8 @@ class RampMoERuntime:
                                  global_num_experts > 0 else w13.shape[0]),
                     hidden=hidden_states.shape[-1], intermediate=w2.shape[2],
                     dtype=hidden_states.dtype)
-            except Exception as exc:
-                self.log_fallback(f"record failed, recording stops "
-                               f"({type(exc).__name__}: {exc})")
+            except Exception as exc:  # recording stops; serving goes on
+                logger.error("RaMP record stopped: %s: %s", type(exc).__name__, exc)
                 self.recorder = None
             return fallback()
         if self.mode != "dispatch":

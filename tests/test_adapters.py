@@ -26,7 +26,7 @@ pytest.importorskip("triton")
 from ramp.adapters import sglang as sglang_adapter  # noqa: E402
 from ramp.adapters import vllm as vllm_adapter  # noqa: E402
 from ramp.adapters.recorder import TraceRecorder, trace_header  # noqa: E402
-from ramp.adapters.runtime import RampConfig, RampMoERuntime  # noqa: E402
+from ramp.adapters.runtime import ENV, RampConfig, RampMoERuntime  # noqa: E402
 from ramp.adapters.sglang_dump import convert_sglang_dump  # noqa: E402
 from ramp.bank import KernelBank  # noqa: E402
 from ramp.config import KernelConfig  # noqa: E402
@@ -92,6 +92,8 @@ def save_profiles(directory: Path, dtype: str = "float16", gpu: str = "H100-SXM"
 # --- configuration ---------------------------------------------------------------------
 
 def test_config_from_env_and_export(monkeypatch):
+    for name in ENV.values():  # restored after the test: export() writes them
+        monkeypatch.setenv(name, "")
     monkeypatch.setenv("RAMP_MODE", "record")
     monkeypatch.setenv("RAMP_RING_STEPS", "64")
     config = RampConfig.from_env(trace_path="t.jsonl")
@@ -221,6 +223,20 @@ def test_record_large_steps_count_across_ctas(tmp_path):
     assert [s.step for s in steps] == [0, 1, 2]
     for step, (tokens, hist) in zip(steps, truth[1:]):
         assert step.tokens == tokens and np.array_equal(step.hists[0], hist)
+
+
+def test_record_leaves_out_inconsistent_steps(tmp_path):
+    """Rank-local ids (-1 for experts elsewhere) make layers disagree on the row count:
+    such steps are counted as invalid, not written."""
+    recorder = TraceRecorder(str(tmp_path / "t.jsonl"), start_thread=False)
+    ids = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=DEVICE)
+    for local in (ids, ids, torch.where(ids < 2, ids, -1), ids):
+        for layer, layer_ids in (("a", ids), ("b", local)):
+            recorder.observe(layer, layer_ids, num_experts=EXPERTS, hidden=HIDDEN,
+                             intermediate=INTER, dtype=torch.float16)
+    recorder.close()
+    assert (recorder.stats.recorded, recorder.stats.invalid) == (2, 1)
+    assert [s.step for s in read_steps(tmp_path / "t.jsonl")] == [0, 2]
 
 
 def test_trace_header_names_the_catalog_model():
