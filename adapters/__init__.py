@@ -4,7 +4,6 @@
   ``record``, ``dispatch``; fallback to the engine's kernel on any RaMP failure).
 - ``ramp.adapters.recorder``: routing traces recorded on the GPU, CUDA-graph safe.
 - ``ramp.adapters.vllm``, ``ramp.adapters.sglang``: the hooks into each engine.
-- ``ramp.adapters.sglang_dump``: SGLang's expert-distribution dumps as RaMP traces.
 
 Nothing is imported here, so ``import ramp.adapters`` pulls in neither torch nor an
 engine; see docs/adapters.md.

@@ -219,19 +219,18 @@ def azure(csv_path, out):
 
 
 @trace.command()
-@click.argument("dump", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dumps", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--model", "model_name", required=True, help="Catalog model of the dump.")
-def sglang(dump, out, model_name):
-    """Convert an SGLang expert-distribution 'stat' dump (.pt, needs torch) to a trace."""
-    from ramp.models import get_model
-    from ramp.trace import TraceHeader, write_trace
-    from ramp.traces.converters import read_sglang_dump, sglang_stat_steps
+@click.option("--replicas", default=1, show_default=True,
+              help="TP ranks that all counted the same tokens (stat dumps are summed)")
+def sglang(dumps, out, model_name, replicas):
+    """Convert SGLang expert-distribution dumps (stat, per_pass or per_token .pt files,
+    one per rank; needs torch) to a trace."""
+    from ramp.traces.sglang_dump import convert_sglang_dump
 
-    header = TraceHeader.from_model(get_model(model_name), source="converted:sglang",
-                                    engine="sglang")
-    write_trace(out, header, sglang_stat_steps(read_sglang_dump(dump), header))
-    click.echo(f"wrote {out}")
+    summary = convert_sglang_dump(dumps, out, model_name, replicas=replicas)
+    click.echo(f"wrote {out}: {summary.steps} steps from {summary.mode} dumps")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,13 @@ import pytest
 
 from ramp.errors import InputError
 from ramp.models import get_model
-from ramp.trace import TraceHeader, read_arrivals, read_header, read_steps, write_trace
+from ramp.trace import read_arrivals, read_header, read_steps, write_trace
 from ramp.traces import (
     PRESETS,
     generate_steps,
     read_azure_csv,
     routing_summary,
     serving_schedule,
-    sglang_stat_steps,
     synthetic_header,
 )
 from ramp.traces.generators import RoutingStats
@@ -65,19 +64,6 @@ def test_azure_csv(tmp_path):
     path.write_text("time,prompt\n")
     with pytest.raises(InputError, match="missing column"):
         list(read_azure_csv(path))
-
-
-def test_sglang_stat_dump_to_steps():
-    header = TraceHeader(model="toy", layers=3, moe_layers=2, num_experts=4, top_k=2,
-                         hidden=8, moe_intermediate=8)
-    counts = np.zeros((3, 3, 4), dtype=np.int32)  # [steps, layers (first dense), experts]
-    counts[0, 1:] = [[2, 1, 1, 0], [1, 1, 1, 1]]
-    counts[2, 1:] = [[4, 4, 0, 0], [2, 2, 2, 2]]  # step 1: unused buffer slot
-    steps = list(sglang_stat_steps(counts, header))
-    assert [(s.step, s.tokens, s.phase) for s in steps] == [(0, 2, "mixed"), (1, 4, "mixed")]
-    counts[0, 2, 0] += 1
-    with pytest.raises(InputError, match=r"logical_count\[0\]"):
-        list(sglang_stat_steps(counts, header))
 
 
 def test_shipped_traces_are_valid():

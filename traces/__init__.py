@@ -2,9 +2,10 @@
 
 Installed as ``ramp.traces``. Trace I/O itself (reader, writer, validation) lives in the
 core, ``ramp.trace``, so engine adapters can record traces without this package.
+``ramp.traces.sglang_dump`` converts SGLang's expert-distribution dumps (needs torch).
 """
 
-from ramp.traces.converters import read_azure_csv, read_sglang_dump, sglang_stat_steps
+from ramp.traces.converters import read_azure_csv
 from ramp.traces.generators import (
     PRESETS,
     RoutingStats,
@@ -23,9 +24,7 @@ __all__ = [
     "generate_steps",
     "get_preset",
     "read_azure_csv",
-    "read_sglang_dump",
     "routing_summary",
     "serving_schedule",
-    "sglang_stat_steps",
     "synthetic_header",
 ]
