@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ramp.errors import InputError
@@ -25,3 +27,18 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
         raise InputError(f"{where}: {exc}") from None
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; unreadable or malformed files raise InputError naming the
+    file, and for bad JSON the line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})"
+                         ) from None

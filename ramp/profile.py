@@ -17,6 +17,7 @@ from typing import Any
 from ramp.costmodel import WaveCostModel
 from ramp.dispatch import Dispatcher, RampDispatcher, StaticDispatcher
 from ramp.errors import InputError, ProfileMismatchError
+from ramp.plaindata import read_json
 from ramp.problem import MoEProblem
 
 SCHEMA = "ramp-profile/1"
@@ -98,14 +99,7 @@ def load_profile(
 ) -> Profile:
     """Read a profile and check it was measured for what the caller will run."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read profile ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    data = read_json(path, "profile")
     profile = Profile.from_dict(data, where=str(path))
     if expect_gpu is not None and profile.gpu != expect_gpu:
         raise ProfileMismatchError(f"{path}: measured on {profile.gpu}, this GPU is "

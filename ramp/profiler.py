@@ -22,6 +22,7 @@ from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
 from ramp.dispatch import StaticDispatcher
 from ramp.errors import InputError
 from ramp.histograms import parse_histogram_spec
+from ramp.plaindata import read_json
 from ramp.problem import MoEProblem
 from ramp.profile import Profile
 
@@ -135,12 +136,7 @@ class Measurements:
     @classmethod
     def load(cls, path: str | Path) -> Measurements:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read measurements ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        data = read_json(path, "measurements")
         if not isinstance(data, dict) or data.get("schema") != MEASUREMENTS_SCHEMA:
             raise InputError(f"{path}: not a {MEASUREMENTS_SCHEMA} file")
         try:
