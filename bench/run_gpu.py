@@ -164,7 +164,7 @@ def run_sync_free(train, hists, labels, out: Path, stem: str, command: str) -> N
         rows.append({"label": label, "auto_us": auto_us, "choice": choice,
                      "forced_us": forced.tolist()})
     (out / f"{stem}_poly.holdout.json").write_text(json.dumps({
-        "command": command, "branches": [c.to_dict() for c in profile.model.bank.configs],
+        "command": command, "gpu": train.gpu, "device": timer.device_info(), "branches": [c.to_dict() for c in profile.model.bank.configs],
         "occupancy": profile.model.bank.occupancy[0], "calls": rows}, indent=1) + "\n")
 
 
