@@ -130,9 +130,13 @@ def explain(profile_path, hist_spec, top) -> None:
 @click.option("--tokens", default=None, help="comma list (default 1..8192, powers of 2)")
 @click.option("--routings", default=None, help="';'-separated specs, e.g. 'uniform;zipf:s=1.0'")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--family", type=click.Choice(["triton", "grouped_mm"]), default="triton",
+              show_default=True, help="kernel family (grouped_mm: torch's, as a black box)")
 @click.option("--no-progress", is_flag=True)
-def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, no_progress):
-    """Time every Triton configuration on sampled histograms, fit, write the profile.
+def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, family,
+            no_progress):
+    """Time every configuration of a kernel family on sampled histograms, fit, write
+    the profile.
 
     Resumable: measurements are checkpointed after each histogram in OUT; rerunning the
     same command continues where it stopped. Needs a CUDA GPU.
@@ -144,9 +148,6 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, n
     gpu = detect_gpu()
     if gpu is None:
         raise click.ClickException("no CUDA GPU visible: profiling times kernels on a GPU")
-    from ramp.kernels.triton import triton_configs
-    from ramp.kernels.triton.timer import TritonTimer
-
     problem = get_model(model_name).problem(gemm, tp=tp, ep=ep)
     plan = SamplePlan(seed=seed)
     if tokens:
@@ -154,17 +155,26 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, n
     if routings:
         plan = SamplePlan(plan.tokens, tuple(routings.split(";")), seed)
     hists, labels = plan.histograms(problem)
-    timer = TritonTimer(problem, triton_configs())
-    if timer.dropped:
-        click.echo(f"dropped {len(timer.dropped)} configurations that do not compile or "
-                   f"verify: {timer.dropped}")
+    if family == "grouped_mm":
+        from ramp.kernels.grouped_mm import GroupedMMTimer
+
+        timer = GroupedMMTimer(problem)
+    else:
+        from ramp.kernels.triton import triton_configs
+        from ramp.kernels.triton.timer import TritonTimer
+
+        timer = TritonTimer(problem, triton_configs())
+        if timer.dropped:
+            click.echo(f"dropped {len(timer.dropped)} configurations that do not compile or "
+                       f"verify: {timer.dropped}")
     out = Path(out_dir)
     stem = f"{gpu.name}_{problem.key}_{timer.family}"
     meas = measure(timer, gpu.name, problem, hists, labels, budget_s=budget,
                    checkpoint=out / f"{stem}.measurements.json", progress=not no_progress)
     meas.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
-    meas.provenance["max_verify_error"] = max(timer.verify_errors.values(), default=None)
-    meas.provenance["dropped_configs"] = timer.dropped
+    if family == "triton":
+        meas.provenance["max_verify_error"] = max(timer.verify_errors.values(), default=None)
+        meas.provenance["dropped_configs"] = timer.dropped
     prof = fit_profile(meas, gpu.sms)
     path = prof.save(out / f"{stem}.json")
     click.echo(f"wrote {path} ({len(meas.labels)} histograms x {len(timer.bank)} configs, "
