@@ -206,7 +206,7 @@ def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -
                               extra)
     if sync_free:
         result["sync_free"] = evaluate_sync_free(json.loads(Path(sync_free).read_text()),
-                                                 result)
+                                                 result, Measurements.load(holdout))
     result["command"] = " ".join(["ramp", *sys.argv[1:]])
     write_result(result, out)
     ramp, static = result["regret"]["ramp"], result["regret"]["static"]
