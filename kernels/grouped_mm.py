@@ -23,7 +23,7 @@ import torch
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.kernels.cuda_timing import time_graph
-from ramp.kernels.workload import make_call, make_weights
+from ramp.kernels.workload import make_weights
 from ramp.problem import MoEProblem
 
 FAMILY = "grouped_mm"
@@ -62,7 +62,7 @@ def grouped_mm(a_sorted: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) ->
 
 
 class GroupedMMTimer:
-    """Implements ``ramp.profiler.Timer`` for the one-configuration grouped_mm family."""
+    """Implements ``ramp.profiler.Timer`` for the grouped_mm family (its two tiles)."""
 
     family = FAMILY
     family_version = FAMILY_VERSION
@@ -73,18 +73,18 @@ class GroupedMMTimer:
         self.weights = make_weights(problem, WEIGHT_COPIES, seed=seed)
         self.seed = seed
 
-    def inputs(self, hist: np.ndarray):
-        call = make_call(self.problem, self.weights, hist, seed=self.seed)
+    def inputs(self, hist: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert-sorted rows [sum(h), K] and the device-side counts of one call."""
         rows = int(np.sum(hist))
         gen = torch.Generator(device="cuda").manual_seed(self.seed + 2)
         a_sorted = torch.randn(rows, self.problem.k, device="cuda", generator=gen).to(
             self.weights[0].dtype)
         counts = torch.as_tensor(hist, device="cuda", dtype=torch.int32)
-        return call, a_sorted, counts
+        return a_sorted, counts
 
     def verify(self, hist: np.ndarray) -> float:
         """Relative error vs float32 per-expert matmuls."""
-        _, a, counts = self.inputs(hist)
+        a, counts = self.inputs(hist)
         out = grouped_mm(a, self.weights[0], counts)
         ref = torch.cat([a[s:s + n].float() @ self.weights[0][e].float().T for e, (s, n) in
                          enumerate(zip(np.cumsum(hist) - hist, hist)) if n > 0])
@@ -92,7 +92,7 @@ class GroupedMMTimer:
 
     def time_all(self, hist: np.ndarray) -> np.ndarray:
         """The call's time, in the slot of the tile PyTorch ran (the other stays NaN)."""
-        _, a, counts = self.inputs(hist)
+        a, counts = self.inputs(hist)
         times = np.full(len(self.bank), np.nan)
         chosen = pytorch_tile_choice(int(np.sum(hist)), self.problem.num_experts,
                                      self.problem.n)
