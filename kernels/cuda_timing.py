@@ -9,7 +9,10 @@ different weight copies and the L2 cache never serves a repeated expert for free
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
+from importlib import metadata
+from typing import Any
 
 import torch
 
@@ -95,3 +98,30 @@ def matmul_flops(size: int = 8192, replays: int = 10) -> float:
         samples.append(start.elapsed_time(end) * 1e-3)
     samples.sort()
     return 2.0 * size**3 / samples[len(samples) // 2]
+
+
+def device_info() -> dict[str, Any]:
+    """Provenance of a timing: the GPU, its driver and the library versions."""
+    props = torch.cuda.get_device_properties(0)
+    try:
+        triton_version = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        triton_version = None
+    return {
+        "device": props.name,
+        "sms": props.multi_processor_count,
+        "l2_bytes": getattr(props, "L2_cache_size", None),
+        "driver": _driver_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+    }
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

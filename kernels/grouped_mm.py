@@ -22,7 +22,7 @@ import torch
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
-from ramp.kernels.cuda_timing import time_graph
+from ramp.kernels.cuda_timing import device_info, time_graph
 from ramp.kernels.workload import make_weights
 from ramp.problem import MoEProblem
 
@@ -101,6 +101,4 @@ class GroupedMMTimer:
         return times
 
     def device_info(self) -> dict[str, Any]:
-        from ramp.kernels.triton.timer import device_info
-
         return device_info()

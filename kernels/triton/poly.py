@@ -19,10 +19,10 @@ from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
 from ramp.errors import InputError
-from ramp.kernels.cuda_timing import time_graph
+from ramp.kernels.cuda_timing import device_info, time_graph
 from ramp.kernels.triton.fused_moe import Routing, _pow2, route
 from ramp.kernels.triton.moe_gemm import moe_gemm_poly_kernel
-from ramp.kernels.triton.timer import WEIGHT_COPIES, device_info, occupancy_of
+from ramp.kernels.triton.timer import WEIGHT_COPIES, occupancy_of
 from ramp.kernels.workload import make_call, make_weights
 from ramp.problem import MoEProblem
 

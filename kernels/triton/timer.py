@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import triton
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.errors import InputError
-from ramp.kernels.cuda_timing import time_graph
+from ramp.kernels.cuda_timing import device_info, time_graph
 from ramp.kernels.triton.configs import FAMILY, FAMILY_VERSION
 from ramp.kernels.triton.fused_moe import compile_gemm, moe_gemm, route
 from ramp.kernels.workload import make_call, make_weights
@@ -191,27 +190,3 @@ def reference_gemm(problem: MoEProblem, call, routing) -> torch.Tensor:
         pos = torch.nonzero(expert_at == e).flatten()
         out[slots[pos]] = (acts[pos] @ w[e].T) * scale[pos]
     return out
-
-
-def device_info() -> dict[str, Any]:
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "device": props.name,
-        "sms": props.multi_processor_count,
-        "l2_bytes": getattr(props, "L2_cache_size", None),
-        "driver": _driver_version(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-    }
-
-
-def _driver_version() -> str | None:
-    try:
-        import subprocess
-
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
