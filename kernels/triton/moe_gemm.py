@@ -58,6 +58,16 @@ def _tile_schedule(counts_ptr, BLOCK_M: tl.constexpr, E: tl.constexpr, E_POW2: t
 
 
 @triton.jit
+def _grid_tiles(counts_ptr, N, E: tl.constexpr, E_POW2: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SILU_MUL: tl.constexpr):
+    """The schedule plus the grid's shape: row tiles and column tiles of this call."""
+    experts, counts, row_offsets, tiles_cum = _tile_schedule(counts_ptr, BLOCK_M, E, E_POW2)
+    OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
+    n_tiles = tl.cdiv(N // 2 if SILU_MUL else N, OUT_N)
+    return experts, counts, row_offsets, tiles_cum, tl.max(tiles_cum, 0), n_tiles
+
+
+@triton.jit
 def _pick(vec, experts, e):
     """vec[e] for a register vector and a run-time scalar index."""
     return tl.sum(tl.where(experts == e, vec, 0), 0)
@@ -154,11 +164,8 @@ def moe_gemm_kernel(
                           stride_cm, stride_cn, E, E_POW2, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K,
                           GROUP_M, GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
     else:
-        experts, counts, row_offsets, tiles_cum = _tile_schedule(counts_ptr, BLOCK_M, E,
-                                                                 E_POW2)
-        num_m_tiles = tl.max(tiles_cum, 0)
-        OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
-        n_tiles = tl.cdiv(N // 2 if SILU_MUL else N, OUT_N)
+        experts, counts, row_offsets, tiles_cum, num_m_tiles, n_tiles = _grid_tiles(
+            counts_ptr, N, E, E_POW2, BLOCK_M, BLOCK_N, SILU_MUL)
         tile = tl.program_id(0)
         if tile < num_m_tiles * n_tiles:
             _gemm_tile(tile, num_m_tiles, n_tiles, experts, counts, row_offsets, tiles_cum,
@@ -189,10 +196,8 @@ def _persistent_tiles(
     GROUP_M: tl.constexpr, GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr,
     SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    experts, counts, row_offsets, tiles_cum = _tile_schedule(counts_ptr, BLOCK_M, E, E_POW2)
-    num_m_tiles = tl.max(tiles_cum, 0)
-    OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
-    n_tiles = tl.cdiv(N // 2 if SILU_MUL else N, OUT_N)
+    experts, counts, row_offsets, tiles_cum, num_m_tiles, n_tiles = _grid_tiles(
+        counts_ptr, N, E, E_POW2, BLOCK_M, BLOCK_N, SILU_MUL)
     for tile in range(tl.program_id(0), num_m_tiles * n_tiles, tl.num_programs(0)):
         _gemm_tile(tile, num_m_tiles, n_tiles, experts, counts, row_offsets, tiles_cum,
                    a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
