@@ -69,10 +69,6 @@ class KernelBank:
             raise InputError(f"configuration {config.name} is not in this bank") from None
 
     @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.configs]
-
-    @property
     def families(self) -> list[str]:
         return sorted({c.family for c in self.configs})
 

@@ -175,6 +175,3 @@ class OracleDispatcher(Dispatcher):
         if key not in self._best:
             raise InputError("OracleDispatcher: this histogram was never measured")
         return self._best[key]
-
-
-POLICIES = ("static", "ramp", "oracle")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ramp.config import KernelConfig
 from ramp.costmodel import WaveCostModel
 from ramp.dispatch import OracleDispatcher, RampDispatcher
 from ramp.errors import InputError
@@ -198,8 +199,6 @@ def evaluate_sync_free(poly: dict[str, Any], result: dict[str, Any],
     forced_same = np.array([r["forced_us"][r["choice"]] for r in rows])
     standalone = None
     if holdout is not None:
-        from ramp.config import KernelConfig
-
         index = {lab: i for i, lab in enumerate(holdout.labels)}
         plain = [holdout.bank.index(KernelConfig.from_dict(dict(b, variant="")))
                  for b in poly["branches"]]
