@@ -55,24 +55,33 @@ def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
     return (rows + active * (block_m - 1)) // block_m
 
 
+def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
+               ) -> tuple[tuple, tuple, dict]:
+    """What every MoE GEMM kernel of this family takes, in its argument order: the
+    buffers, the sizes and strides, and the constexprs fixed by the call and launch
+    (the one-configuration and the polymorphic kernels both build on this)."""
+    silu = gemm == "w13"
+    buffers = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights)
+    sizes = (w.shape[1], w.shape[2], a.stride(0), a.stride(1), w.stride(0), w.stride(1),
+             w.stride(2), out.stride(0), out.stride(1))
+    constexprs = dict(E=routing.num_experts, E_POW2=_pow2(routing.num_experts),
+                      TOP_K=routing.top_k, GROUP_M=cfg.group_m, GATHER_A=silu,
+                      SCATTER_C=not silu, SILU_MUL=silu, num_warps=cfg.num_warps,
+                      num_stages=cfg.num_stages)
+    return buffers, sizes, constexprs
+
+
 def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
     """Grid, positional and keyword arguments of ``moe_gemm_kernel`` for one call."""
-    silu = gemm == "w13"
     n, k = w.shape[1], w.shape[2]
-    out_cols, out_n = (n // 2, cfg.block_n // 2) if silu else (n, cfg.block_n)
+    out_cols, out_n = (n // 2, cfg.block_n // 2) if gemm == "w13" else (n, cfg.block_n)
     rows = routing.sorted_slots.numel()
     tiles = max_row_tiles(rows, routing.num_experts, cfg.block_m) * triton.cdiv(out_cols, out_n)
     grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
-    args = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights,
-            n, k, a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2),
-            out.stride(0), out.stride(1))
-    kwargs = dict(
-        E=routing.num_experts, E_POW2=_pow2(routing.num_experts), TOP_K=routing.top_k,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        PERSISTENT=cfg.persistent, GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu,
-        EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    return grid, args, kwargs
+    buffers, sizes, constexprs = launch_abi(a, w, routing, out, gemm, cfg)
+    kwargs = dict(constexprs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                  PERSISTENT=cfg.persistent, EVEN_K=k % cfg.block_k == 0)
+    return grid, (*buffers, *sizes), kwargs
 
 
 def moe_gemm(

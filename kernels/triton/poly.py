@@ -20,7 +20,7 @@ from ramp.config import KernelConfig
 from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
 from ramp.errors import InputError
 from ramp.kernels.cuda_timing import device_info, time_graph
-from ramp.kernels.triton.fused_moe import Routing, _pow2, route
+from ramp.kernels.triton.fused_moe import Routing, launch_abi, route
 from ramp.kernels.triton.moe_gemm import moe_gemm_poly_kernel
 from ramp.kernels.triton.timer import WEIGHT_COPIES, occupancy_of
 from ramp.kernels.workload import make_call, make_weights
@@ -62,20 +62,13 @@ class PolyGemm:
         if self._params is None or self._params.device != a.device:
             self._params = torch.as_tensor(self._params_host, dtype=torch.float32,
                                            device=a.device).contiguous()
-        silu = gemm == "w13"
-        n, k = w.shape[1], w.shape[2]
         padded = list(self.branches) + [self.branches[0]] * (MAX_BRANCHES - len(self.branches))
         tiles = {f"{p}{i}": getattr(c, f"block_{p[1].lower()}") for i, c in enumerate(padded)
                  for p in ("BM", "BN", "BK")}
-        first = self.branches[0]
-        args = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights,
-                self._params, choice, force, n, k, a.stride(0), a.stride(1), w.stride(0),
-                w.stride(1), w.stride(2), out.stride(0), out.stride(1))
-        kwargs = dict(E=routing.num_experts, E_POW2=_pow2(routing.num_experts),
-                      TOP_K=routing.top_k, NUM_BRANCHES=len(self.branches), **tiles,
-                      GROUP_M=first.group_m, GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu,
-                      EVEN_K=all(k % c.block_k == 0 for c in self.branches),
-                      num_warps=first.num_warps, num_stages=first.num_stages)
+        buffers, sizes, constexprs = launch_abi(a, w, routing, out, gemm, self.branches[0])
+        args = (*buffers, self._params, choice, force, *sizes)
+        kwargs = dict(constexprs, NUM_BRANCHES=len(self.branches), **tiles,
+                      EVEN_K=all(w.shape[2] % c.block_k == 0 for c in self.branches))
         return (num_sms * self.occupancy,), args, kwargs
 
     def __call__(self, a, w, routing: Routing, out, *, gemm: str, num_sms: int,
