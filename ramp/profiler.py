@@ -106,12 +106,6 @@ class Measurements:
     def tokens(self) -> np.ndarray:
         return self.hists.sum(axis=1) // self.problem.top_k
 
-    def select(self, rows: np.ndarray) -> Measurements:
-        return Measurements(self.gpu, self.problem, self.bank, self.family, self.family_version,
-                            self.hists[rows], [self.labels[i] for i in np.flatnonzero(rows)]
-                            if rows.dtype == bool else [self.labels[i] for i in rows],
-                            self.times[rows], self.provenance)
-
     def is_uniform(self) -> np.ndarray:
         return np.array([lab.startswith("uniform") for lab in self.labels])
 
