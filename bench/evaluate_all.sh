@@ -20,3 +20,17 @@ for profile in bench/results/raw/*_triton.profile.json; do
     ramp evaluate "${args[@]}" --with-family "${gmm}.profile.json" "${gmm}.holdout.json"
   fi
 done
+# The CuTe family: its own regret/speedups with the same-run side-by-side (Triton's RaMP,
+# grouped_mm, vLLM, floors), then RaMP choosing per call across all three families.
+for profile in bench/results/raw/*_cute.profile.json; do
+  stem=${profile%_cute.profile.json}
+  name=$(basename "$stem")
+  args=(--profile "$profile" --holdout "${stem}_cute.holdout.json")
+  [ -f "${stem}_cute_baselines.json" ] && args+=(--baselines "${stem}_cute_baselines.json")
+  ramp evaluate "${args[@]}" --out "bench/results/${name}_cute.json" \
+    --plot "bench/results/${name}_cute.png"
+  ramp evaluate --profile "${stem}_triton.profile.json" --holdout "${stem}_triton.holdout.json" \
+    --with-family "$profile" "${stem}_cute.holdout.json" \
+    --with-family "${stem}_grouped_mm.profile.json" "${stem}_grouped_mm.holdout.json" \
+    --out "bench/results/${name}_all.json" --plot "bench/results/${name}_all.png"
+done

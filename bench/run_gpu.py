@@ -2,6 +2,8 @@
 
     source bench/device_env.sh
     python3 bench/run_gpu.py --model qwen3-30b-a3b --gemm w13 --out $OUT
+    python3 bench/run_gpu.py --family cute --model qwen3-30b-a3b mixtral-8x7b --gemm w13 \
+        --out $OUT     # several models in one process share the CuTe compilations
 
 Writes into --out: the fitted profile, the training and held-out measurements (every
 configuration on every histogram) and the baselines on the held-out histograms
@@ -33,8 +35,9 @@ HOLDOUT = SamplePlan(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", required=True, nargs="+")
     ap.add_argument("--gemm", choices=["w13", "w2"], required=True)
+    ap.add_argument("--family", choices=["triton", "cute"], default="triton")
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=240.0, help="training timing budget (s)")
     ap.add_argument("--skip-holdout", action="store_true")
@@ -56,11 +59,25 @@ def main() -> None:
                      "python3 " + " ".join(sys.argv))
         return
 
+    for model in args.model:
+        profile_shape(args, get_model(model).problem(args.gemm))
+
+
+def make_timer(family: str, problem, configs=None):
+    """The family's profiling timer over ``configs`` (default: its whole space)."""
+    if family == "cute":
+        from ramp.kernels.cute.configs import cute_configs
+        from ramp.kernels.cute.timer import CuteTimer
+
+        return CuteTimer(problem, configs or cute_configs(), progress=False)
     from ramp.kernels.triton import triton_configs
     from ramp.kernels.triton.timer import TritonTimer
 
+    return TritonTimer(problem, configs or triton_configs())
+
+
+def profile_shape(args, problem) -> None:
     gpu = detect_gpu()
-    problem = get_model(args.model).problem(args.gemm)
     out = Path(args.out)
     stem = f"{gpu.name}_{problem.key}"
     command = "python3 " + " ".join(sys.argv)
@@ -74,22 +91,26 @@ def main() -> None:
             meas.provenance["command"] = command
             meas.save(out / f"{stem}_grouped_mm.{name}.json")
         return
+    family = args.family
     t0 = time.monotonic()
-    timer = TritonTimer(problem, triton_configs())
+    timer = make_timer(family, problem)
     compile_s = time.monotonic() - t0
-    print(f"compiled+verified {len(timer.bank)} configs in {compile_s:.1f} s; "
-          f"max rel err {max(timer.verify_errors.values()):.2e}; dropped {timer.dropped}")
+    print(f"{problem.key}: compiled+verified {len(timer.bank)} {family} configs in "
+          f"{compile_s:.1f} s; max rel err {max(timer.verify_errors.values()):.2e}; "
+          f"dropped {timer.dropped}")
 
     hists, labels = SamplePlan().histograms(problem)
     train = measure(timer, gpu.name, problem, hists, labels, budget_s=args.budget,
-                    checkpoint=out / f"{stem}_triton.train.json")
+                    checkpoint=out / f"{stem}_{family}.train.json")
     train.provenance.update(command=command, compile_and_verify_seconds=round(compile_s, 1),
                             max_verify_error=max(timer.verify_errors.values()),
                             dropped_configs=timer.dropped)
-    train.save(out / f"{stem}_triton.train.json")
+    if family == "cute":
+        train.provenance["compile_seconds"] = timer.compile_seconds
+    train.save(out / f"{stem}_{family}.train.json")
     profile = fit_profile(train, gpu.sms)
     profile.provenance["profiling_wall_seconds"] = round(time.monotonic() - t0, 1)
-    profile.save(out / f"{stem}_triton.profile.json")
+    profile.save(out / f"{stem}_{family}.profile.json")
     print(f"profiled in {time.monotonic() - t0:.1f} s wall")
     if args.skip_holdout:
         return
@@ -97,11 +118,12 @@ def main() -> None:
     hists, labels = HOLDOUT.histograms(problem)
     hold = measure(timer, gpu.name, problem, hists, labels)
     hold.provenance["command"] = command
-    hold.save(out / f"{stem}_triton.holdout.json")
-    if not args.skip_sync_free:
+    hold.save(out / f"{stem}_{family}.holdout.json")
+    if family == "triton" and not args.skip_sync_free:
         run_sync_free(train, hists, labels, out, stem, command)
 
-    side_by_side(profile, hists, labels, out / f"{stem}_baselines.json", command)
+    suffix = "" if family == "triton" else f"_{family}"
+    side_by_side(profile, hists, labels, out / f"{stem}{suffix}_baselines.json", command)
     print(f"done in {time.monotonic() - t0:.1f} s")
 
 
@@ -110,26 +132,40 @@ def side_by_side(profile, hists, labels, path: Path, command: str) -> None:
     its shipped config, torch._grouped_mm, and the machine's measured ceilings."""
     from ramp.kernels.cuda_timing import matmul_flops, read_bandwidth
     from ramp.kernels.grouped_mm import GroupedMMTimer
-    from ramp.kernels.triton.timer import TritonTimer
 
     problem = profile.problem
-    ramp_idx = profile.dispatcher("ramp").choose_batch(hists)
-    static_idx = profile.dispatcher("static").choose_batch(hists)
-    used = sorted({*ramp_idx.tolist(), *static_idx.tolist()})
-    timer = TritonTimer(problem, [profile.model.bank.configs[i] for i in used])
-    col = {cfg: c for c, cfg in enumerate(timer.bank.configs)}
+    choices = {"": profile}
+    if profile.family != "triton":  # the Triton family's RaMP, in the same loop
+        from ramp.profile import find_profile
+
+        choices["triton_"] = find_profile(profile.gpu, problem, family="triton")
+    picks, timers = {}, {}
+    for prefix, prof in choices.items():
+        ramp_idx = prof.dispatcher("ramp").choose_batch(hists)
+        static_idx = prof.dispatcher("static").choose_batch(hists)
+        used = sorted({*ramp_idx.tolist(), *static_idx.tolist()})
+        timers[prefix] = make_timer(prof.family, problem,
+                                    [prof.model.bank.configs[i] for i in used])
+        col = {cfg: c for c, cfg in enumerate(timers[prefix].bank.configs)}
+        picks[prefix] = [(col[prof.model.bank.configs[r]], col[prof.model.bank.configs[s]])
+                         for r, s in zip(ramp_idx, static_idx)]
     gmm = GroupedMMTimer(problem)
     result: dict = {
         "labels": labels, "command": command, "profile": profile.key,
-        "device": timer.device_info(),
+        "device": gmm.device_info(),
         "read_bandwidth_bytes_per_s": read_bandwidth(), "matmul_flops": matmul_flops(),
         "grouped_mm_rel_err": gmm.verify(hists[len(hists) // 2]),
-        "ramp_us": [], "static_us": [], "grouped_mm_us": [],
+        "grouped_mm_us": [],
     }
-    for hist, r, s in zip(hists, ramp_idx, static_idx):
-        times = timer.time_all(hist)
-        result["ramp_us"].append(float(times[col[profile.model.bank.configs[r]]]))
-        result["static_us"].append(float(times[col[profile.model.bank.configs[s]]]))
+    for prefix, prof in choices.items():
+        result.update({f"{prefix}ramp_us": [], f"{prefix}static_us": []})
+        result[f"{prefix}profile"] = prof.key
+    for i, hist in enumerate(hists):
+        for prefix, timer in timers.items():
+            times = timer.time_all(hist)
+            r, s = picks[prefix][i]
+            result[f"{prefix}ramp_us"].append(float(times[r]))
+            result[f"{prefix}static_us"].append(float(times[s]))
         result["grouped_mm_us"].append(float(np.nanmin(gmm.time_all(hist))))
     try:
         from bench.vllm_baseline import vllm_times

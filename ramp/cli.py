@@ -130,8 +130,10 @@ def explain(profile_path, hist_spec, top) -> None:
 @click.option("--tokens", default=None, help="comma list (default 1..8192, powers of 2)")
 @click.option("--routings", default=None, help="';'-separated specs, e.g. 'uniform;zipf:s=1.0'")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--family", type=click.Choice(["triton", "grouped_mm"]), default="triton",
-              show_default=True, help="kernel family (grouped_mm: torch's, as a black box)")
+@click.option("--family", type=click.Choice(["triton", "cute", "grouped_mm"]),
+              default="triton", show_default=True,
+              help="kernel family (cute: needs nvidia-cutlass-dsl and sm90; grouped_mm: "
+                   "torch's, as a black box)")
 @click.option("--no-progress", is_flag=True)
 def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, family,
             no_progress):
@@ -159,22 +161,29 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
         from ramp.kernels.grouped_mm import GroupedMMTimer
 
         timer = GroupedMMTimer(problem)
+    elif family == "cute":
+        from ramp.kernels.cute.configs import cute_configs
+        from ramp.kernels.cute.timer import CuteTimer
+
+        timer = CuteTimer(problem, cute_configs(), progress=not no_progress)
     else:
         from ramp.kernels.triton import triton_configs
         from ramp.kernels.triton.timer import TritonTimer
 
         timer = TritonTimer(problem, triton_configs())
-        if timer.dropped:
-            click.echo(f"dropped {len(timer.dropped)} configurations that do not compile or "
-                       f"verify: {timer.dropped}")
+    if family != "grouped_mm" and timer.dropped:
+        click.echo(f"dropped {len(timer.dropped)} configurations that do not compile or "
+                   f"verify: {timer.dropped}")
     out = Path(out_dir)
     stem = f"{gpu.name}_{problem.key}_{timer.family}"
     meas = measure(timer, gpu.name, problem, hists, labels, budget_s=budget,
                    checkpoint=out / f"{stem}.measurements.json", progress=not no_progress)
     meas.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
-    if family == "triton":
+    if family != "grouped_mm":
         meas.provenance["max_verify_error"] = max(timer.verify_errors.values(), default=None)
         meas.provenance["dropped_configs"] = timer.dropped
+    if family == "cute":
+        meas.provenance["compile_seconds"] = timer.compile_seconds
     prof = fit_profile(meas, gpu.sms)
     path = prof.save(out / f"{stem}.json")
     click.echo(f"wrote {path} ({len(meas.labels)} histograms x {len(timer.bank)} configs, "

@@ -21,6 +21,7 @@ from ramp.profile import Profile
 from ramp.profiler import Measurements
 from ramp.regret import chosen_times, evaluate
 
+PREFILL_TOKENS = 768  # held-out calls at least this large count as prefill
 
 @dataclass(frozen=True)
 class Ceilings:
@@ -101,6 +102,10 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
     if "read_bandwidth_bytes_per_s" in base and "matmul_flops" in base:
         ceilings = Ceilings(base["read_bandwidth_bytes_per_s"], base["matmul_flops"])
     floors = floor_us(holdout, ceilings) if ceilings else np.full(len(hists), np.nan)
+    # Another family's RaMP and static choices, re-timed in the same loop (CuTe runs).
+    nan = [np.nan] * len(hists)
+    t_triton = np.asarray(base.get("triton_ramp_us", nan), dtype=float)
+    t_triton_static = np.asarray(base.get("triton_static_us", nan), dtype=float)
     ramp_names = [model.bank.configs[i].name for i in ramp.choose_batch(hists)]
     for i, label in enumerate(holdout.labels):
         calls.append({
@@ -110,7 +115,8 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
             "static_us": float(t_static[i]), "oracle_us": float(t_oracle[i]),
             "ramp_side_by_side_us": float(t_ramp_sbs[i]),
             "grouped_mm_us": float(gmm[i]), "vllm_static_us": float(vllm_us[i]),
-            "floor_us": float(floors[i]),
+            "triton_ramp_us": float(t_triton[i]),
+            "triton_static_us": float(t_triton_static[i]), "floor_us": float(floors[i]),
         })
     summary = {
         "ramp_over_static_geomean": _geomean(t_static / t_ramp),
@@ -122,10 +128,19 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
             t_ramp_sbs / np.fmin(gmm, vllm_us))) if np.isfinite(np.fmin(gmm, vllm_us)).any()
         else None,
     }
-    decode = holdout.tokens <= 64
+    decode, prefill = holdout.tokens <= 64, holdout.tokens >= PREFILL_TOKENS
+    if np.isfinite(t_triton).any():
+        summary["ramp_over_triton_ramp_geomean"] = _geomean(t_triton / t_ramp_sbs)
+        for name, rows in (("decode", decode), ("prefill", prefill)):
+            summary[f"ramp_over_triton_ramp_geomean_{name}"] = _geomean(
+                (t_triton / t_ramp_sbs)[rows])
+        summary["ramp_over_grouped_mm_geomean_prefill"] = _geomean((gmm / t_ramp_sbs)[prefill])
     if ceilings and decode.any():
         summary["hbm_floor_fraction_decode_mean"] = float(np.mean(floors[decode] /
                                                                   t_ramp[decode]))
+    if ceilings and prefill.any():
+        summary["floor_fraction_prefill_mean"] = float(np.mean(floors[prefill] /
+                                                               t_ramp[prefill]))
     return {
         "gpu": profile.gpu, "problem": profile.problem.to_dict(), "profile": profile.key,
         "families": model.bank.families, "extra_profiles": [p.key for p, _ in extra],
@@ -149,7 +164,8 @@ def plot_evaluation(result: dict[str, Any], path: str | Path) -> Path:
     series = [("oracle_us", "oracle (exhaustive)", "k--"), ("ramp_us", "RaMP", "C0o-"),
               ("static_us", "static (uniform-tuned)", "C1s-"),
               ("vllm_static_us", "vLLM static", "C3^-"),
-              ("grouped_mm_us", "torch._grouped_mm", "C2d-"), ("floor_us", "floor", "C7:")]
+              ("grouped_mm_us", "torch._grouped_mm", "C2d-"),
+              ("triton_ramp_us", "Triton family, RaMP", "C4v-"), ("floor_us", "floor", "C7:")]
     for col, kind in enumerate(kinds):
         rows = sorted((c for c in calls if routing_of(c["label"]) == kind),
                       key=lambda c: c["tokens"])

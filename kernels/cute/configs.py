@@ -1,0 +1,85 @@
+"""The CuTe family's configuration space (pure data: no cutlass import, so CI enumerates it).
+
+A configuration fixes the CTA tile (``block_m`` rows of one expert, ``block_n`` weight
+rows: for w13 half gate, half up; ``block_k`` 64, one 128-byte swizzle atom), the TMA
+pipeline depth, the consumer schedule and the raster order of tiles inside an expert:
+
+* ``1wg``: one producer warp(group) + one consumer warpgroup (64 or 128 rows);
+* ``coop``: one producer + two cooperative consumer warpgroups of 64 rows each;
+* raster ``m`` / ``n`` / ``g4``: row blocks fastest, column blocks fastest, or row blocks
+  fastest within bands of 4 (see ``moe_gemm.MoEGemmSm90``).
+
+Every kernel is persistent (one wave of CTAs, occupancy 1: the pipeline takes most of
+shared memory). Thread-block clusters with TMA multicast are not in the space: in a
+ragged grouped GEMM two CTAs of a cluster share an operand only when they work on the
+same expert, which decode-sized calls (one row block per expert) never do.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from ramp.bank import KernelBank
+from ramp.config import KernelConfig
+from ramp.errors import InputError
+
+FAMILY = "cute"
+# Bump when the kernel changes in a way that invalidates measured profiles.
+FAMILY_VERSION = "1"
+
+BLOCK_M = (64, 128)
+BLOCK_N = (64, 128, 256)
+BLOCK_K = 64
+STAGES = (2, 3, 4, 5, 6, 8)  # 8: deep TMA queues for weight-streaming decode
+SCHEDULES = {"1wg": 1, "coop": 2}  # consumer warpgroups
+RASTERS = ("m", "n", "g4")
+H100_SMEM_PER_BLOCK = 227 * 1024
+EPI_PAD = 8          # must match moe_gemm.EPI_PAD
+MAX_EXPERTS = 256    # experts per GPU: the kernel's tile tables live in shared memory
+TABLES_AND_BARRIERS = 2 * (MAX_EXPERTS + 1) * 4 + 1024
+MAX_ACC_REGS = 128   # fp32 accumulator registers per consumer thread (232 allotted)
+
+
+def smem_bytes(cfg: KernelConfig, dtype_bytes: int = 2) -> int:
+    """Operand pipeline + staged epilogue tile + tile tables and barriers."""
+    return (cfg.smem_bytes(dtype_bytes) + cfg.block_m * (cfg.block_n + EPI_PAD) * dtype_bytes
+            + TABLES_AND_BARRIERS)
+
+
+def consumer_warpgroups(cfg: KernelConfig) -> int:
+    return cfg.num_warps // 4 - 1
+
+
+def check_shapes(cfg: KernelConfig, gemm: str, n: int, k: int, num_experts: int = 1) -> None:
+    """Raise if ``cfg`` cannot run a GEMM with weights [E, n, k] (tiles must divide)."""
+    if num_experts > MAX_EXPERTS:
+        raise InputError(f"the CuTe kernels take at most {MAX_EXPERTS} experts per GPU, "
+                         f"got {num_experts}")
+    out_cols, out_n = (n // 2, cfg.block_n // 2) if gemm == "w13" else (n, cfg.block_n)
+    if out_cols % out_n or k % cfg.block_k:
+        raise InputError(f"{cfg.name} needs output columns divisible by {out_n} and K by "
+                         f"{cfg.block_k}; got {out_cols} and {k}")
+
+
+def cute_configs(smem_limit: int = H100_SMEM_PER_BLOCK, dtype_bytes: int = 2
+                 ) -> list[KernelConfig]:
+    """Every configuration whose shared memory and accumulator registers fit."""
+    out = []
+    for bm, bn, stages, (schedule, wgs), raster in itertools.product(
+        BLOCK_M, BLOCK_N, STAGES, SCHEDULES.items(), RASTERS
+    ):
+        if bm // 64 < wgs:  # a consumer warpgroup owns at least 64 rows
+            continue
+        if bm * bn // (128 * wgs) > MAX_ACC_REGS:
+            continue
+        cfg = KernelConfig(FAMILY, bm, bn, BLOCK_K, num_warps=4 * (1 + wgs),
+                           num_stages=stages, persistent=True, variant=f"{schedule}-{raster}")
+        if smem_bytes(cfg, dtype_bytes) <= smem_limit:
+            out.append(cfg)
+    return out
+
+
+def cute_bank(dtype_bytes: int = 2) -> KernelBank:
+    """The default bank: every configuration at occupancy 1 (one persistent wave)."""
+    configs = cute_configs(dtype_bytes=dtype_bytes)
+    return KernelBank.build(configs, [1] * len(configs))

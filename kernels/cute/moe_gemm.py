@@ -1,0 +1,346 @@
+"""Persistent, warp-specialised wgmma grouped GEMM over ragged expert groups (sm90, CuTe DSL).
+
+One kernel serves both MoE GEMMs. Rows arrive sorted by expert (``a`` is [M, K] with the
+rows of expert e at ``[row_start(e), row_start(e) + counts[e])``); weights are [E, N, K].
+Each CTA's warp 0 turns the device-side ``counts`` into per-expert first-tile and
+first-row tables in shared memory (a warp scan); every role then maps a linear tile
+index to (expert, row block, column block) by binary search. The grid depends only on
+the launch (a persistent wave): routing changes need neither a host sync nor a
+recompilation.
+
+Roles inside a CTA (threads ``128 * (1 + consumer warpgroups)``):
+
+* warp 0 (producer) issues TMA loads of the A row block (coordinates shifted to the
+  expert's first row; rows past the expert belong to the next one and are never
+  stored, rows past M are zero-filled by TMA) and of the expert's B tile into a
+  ``stages``-deep mbarrier pipeline;
+* one or two consumer warpgroups run wgmma from shared memory (two: "cooperative",
+  each owns 64 rows of a 128-row tile) and the epilogue.
+
+The epilogue stages the bf16 accumulator tile in (padded, conflict-free) shared memory,
+then every consumer thread stores 16-byte row segments with a row predicate:
+
+* ``silu_mul`` (w13): the tile's B rows are the gate rows ``[n, n + BN/2)`` and the up
+  rows ``[N/2 + n, ...)`` loaded by two TMA copies; the store writes SiLU(gate) * up to
+  the expert-sorted intermediate;
+* ``scatter`` (w2): each row is scaled by its routing weight and written to its
+  token-slot row ``slots[row]`` (the top-k sum happens after, as in the Triton family).
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils as utils
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass.cute.nvgpu import cpasync, warpgroup
+
+from ramp.kernels.cute.configs import EPI_PAD, MAX_EXPERTS
+
+THREADS_PER_WG = 128
+PRODUCER_REGS = 40
+CONSUMER_REGS = 232
+VEC = 8  # bf16 elements per 16-byte store
+EXPERTS_PER_LANE = MAX_EXPERTS // 32
+
+
+class MoEGemmSm90:
+    """Compile-time shape of one configuration; ``__call__`` is the ``cute.jit`` host entry.
+
+    ``raster``: order of a tile's (row block, column block) inside one expert: ``"m"``
+    (row blocks fastest: consecutive CTAs share a weight tile), ``"n"`` (column blocks
+    fastest: they share the activation rows), or ``"g<G>"`` (row blocks fastest within
+    bands of G, Triton's grouped ordering).
+    """
+
+    def __init__(self, block_m: int, block_n: int, stages: int, consumer_wgs: int,
+                 raster: str, silu_mul: bool) -> None:
+        self.block_m, self.block_n, self.block_k = block_m, block_n, 64
+        self.stages = stages
+        self.consumer_wgs = consumer_wgs
+        self.raster = raster
+        self.silu_mul = silu_mul
+        self.halves = 2 if silu_mul else 1
+        self.out_n = block_n // self.halves
+        self.threads = THREADS_PER_WG * (1 + consumer_wgs)
+        self.consumer_threads = THREADS_PER_WG * consumer_wgs
+        self.epi_barrier = pipeline.NamedBarrier(barrier_id=1,
+                                                 num_threads=self.consumer_threads)
+
+    @cute.jit
+    def __call__(self, mA: cute.Tensor, mB: cute.Tensor, mOut: cute.Tensor,
+                 mCounts: cute.Tensor, mSlots: cute.Tensor, mWeights: cute.Tensor,
+                 num_ctas: cutlass.Int32, stream):
+        bm, bn, bk = self.block_m, self.block_n, self.block_k
+        ab_dtype = mA.element_type
+        a_layout = utils.LayoutEnum.from_tensor(mA)
+        b_layout = utils.LayoutEnum.from_tensor(mB)
+        tiled_mma = sm90_utils.make_trivial_tiled_mma(
+            ab_dtype, ab_dtype, a_layout.sm90_mma_major_mode(), b_layout.sm90_mma_major_mode(),
+            cutlass.Float32, (self.consumer_wgs, 1, 1), tiler_mn=(64, bn))
+        tile_mnk = (bm, bn, bk)
+        sa_layout = sm90_utils.make_smem_layout_a(a_layout, tile_mnk, ab_dtype, self.stages)
+        sb_layout = sm90_utils.make_smem_layout_b(b_layout, tile_mnk, ab_dtype, self.stages)
+        # One TMA box of B is one half (w13) or the whole (w2) column tile.
+        sb_box = cute.slice_(sm90_utils.make_smem_layout_b(
+            b_layout, (bm, self.out_n, bk), ab_dtype, 1), (None, None, 0))
+        tma_a, tma_mA = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileG2SOp(), mA, cute.slice_(sa_layout, (None, None, 0)),
+            (bm, bk))
+        tma_b, tma_mB = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileG2SOp(), mB, sb_box, (self.out_n, bk))
+        sc_layout = cute.make_layout((bm, bn), stride=(bn + EPI_PAD, 1))
+
+        @cute.struct
+        class SharedStorage:
+            barriers: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
+            tile_start: cute.struct.MemRange[cutlass.Int32, MAX_EXPERTS + 1]
+            row_start: cute.struct.MemRange[cutlass.Int32, MAX_EXPERTS + 1]
+            sA: cute.struct.Align[cute.struct.MemRange[ab_dtype, cute.cosize(sa_layout)], 1024]
+            sB: cute.struct.Align[cute.struct.MemRange[ab_dtype, cute.cosize(sb_layout)], 1024]
+            sC: cute.struct.Align[cute.struct.MemRange[ab_dtype, cute.cosize(sc_layout)], 128]
+
+        self.shared_storage = SharedStorage
+        self.kernel(tma_a, tma_mA, tma_b, tma_mB, mOut, mCounts, mSlots, mWeights, tiled_mma,
+                    sa_layout, sb_layout, sc_layout).launch(
+            grid=[num_ctas, 1, 1], block=[self.threads, 1, 1], cluster=(1, 1, 1),
+            min_blocks_per_mp=1, stream=stream)
+
+    @cute.jit
+    def build_tables(self, mCounts: cute.Tensor, tile_start: cute.Tensor,
+                     row_start: cute.Tensor, n_tiles: cutlass.Int32):
+        """Warp 0: per expert, its first tile and first row (exclusive prefix sums of
+        tiles and rows; entry MAX_EXPERTS holds the totals), into shared memory.
+
+        Each lane owns EXPERTS_PER_LANE consecutive experts (independent loads), then
+        a 5-step shuffle scan: no thread walks the experts one dependent load at a time.
+        """
+        lane = cute.arch.lane_idx()
+        counts = cute.make_rmem_tensor((EXPERTS_PER_LANE,), cutlass.Int32)
+        tiles = cutlass.Int32(0)
+        rows = cutlass.Int32(0)
+        for j in cutlass.range_constexpr(EXPERTS_PER_LANE):
+            e = lane * EXPERTS_PER_LANE + j
+            counts[j] = cutlass.Int32(0)
+            if e < cute.size(mCounts):
+                counts[j] = mCounts[e]
+            rows = rows + counts[j]
+            tiles = tiles + (counts[j] + self.block_m - 1) // self.block_m * n_tiles
+        tiles_incl, rows_incl = tiles, rows
+        for step in cutlass.range_constexpr(5):
+            # shfl.up clamps at lane 0 (c = 0), not at the idx/down default of 31.
+            up_tiles = cute.arch.shuffle_sync_up(tiles_incl, 1 << step, mask_and_clamp=0)
+            up_rows = cute.arch.shuffle_sync_up(rows_incl, 1 << step, mask_and_clamp=0)
+            if lane >= (1 << step):
+                tiles_incl = tiles_incl + up_tiles
+                rows_incl = rows_incl + up_rows
+        tile, row = tiles_incl - tiles, rows_incl - rows
+        for j in cutlass.range_constexpr(EXPERTS_PER_LANE):
+            e = lane * EXPERTS_PER_LANE + j
+            tile_start[e] = tile
+            row_start[e] = row
+            tile = tile + (counts[j] + self.block_m - 1) // self.block_m * n_tiles
+            row = row + counts[j]
+        if lane == 31:
+            tile_start[MAX_EXPERTS] = tile
+            row_start[MAX_EXPERTS] = row
+
+    @cute.jit
+    def find_tile(self, t: cutlass.Int32, tile_start: cute.Tensor, row_start: cute.Tensor,
+                  n_tiles: cutlass.Int32):
+        """Tile ``t`` -> (expert's first row, expert's rows, row block, column block):
+        a binary search for the last expert whose first tile is <= t."""
+        lo = cutlass.Int32(0)
+        hi = cutlass.Int32(MAX_EXPERTS)
+        for _ in cutlass.range_constexpr(MAX_EXPERTS.bit_length() - 1):
+            mid = (lo + hi) // 2
+            if tile_start[mid] <= t:
+                lo = mid
+            else:
+                hi = mid
+        first_row = row_start[lo]
+        count = row_start[lo + 1] - first_row
+        m_blk, n_blk = self.tile_coords(t - tile_start[lo], count, n_tiles)
+        return lo, first_row, count, m_blk, n_blk
+
+    @cute.jit
+    def tile_coords(self, local: cutlass.Int32, count: cutlass.Int32, n_tiles: cutlass.Int32):
+        """(row block, column block) of the expert's ``local``-th tile in raster order."""
+        m_tiles = (count + self.block_m - 1) // self.block_m
+        m_blk, n_blk = local % m_tiles, local // m_tiles
+        if cutlass.const_expr(self.raster == "n"):
+            m_blk, n_blk = local // n_tiles, local % n_tiles
+        if cutlass.const_expr(self.raster.startswith("g")):
+            group = int(self.raster[1:])
+            band = local // (group * n_tiles)
+            first = band * group
+            height = m_tiles - first
+            if height > group:
+                height = cutlass.Int32(group)
+            rest = local - band * group * n_tiles
+            m_blk, n_blk = first + rest % height, rest // height
+        return m_blk, n_blk
+
+    @cute.kernel
+    def kernel(self, tma_a: cute.CopyAtom, mA: cute.Tensor, tma_b: cute.CopyAtom,
+               mB: cute.Tensor, mOut: cute.Tensor, mCounts: cute.Tensor, mSlots: cute.Tensor,
+               mWeights: cute.Tensor, tiled_mma: cute.TiledMma, sa_layout: cute.ComposedLayout,
+               sb_layout: cute.ComposedLayout, sc_layout: cute.Layout):
+        bm, bk = self.block_m, self.block_k
+        tidx, _, _ = cute.arch.thread_idx()
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        cta, _, _ = cute.arch.block_idx()
+        grid, _, _ = cute.arch.grid_dim()
+        if warp == 0:
+            cpasync.prefetch_descriptor(tma_a)
+            cpasync.prefetch_descriptor(tma_b)
+
+        smem = cutlass.utils.SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        dtype = mOut.element_type  # A, B and the output share it (mA is TMA coordinates)
+        tx_bytes = (cute.size_in_bytes(dtype, cute.slice_(sa_layout, (None, None, 0)))
+                    + cute.size_in_bytes(dtype, cute.slice_(sb_layout, (None, None, 0))))
+        pipe = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.barriers.data_ptr(), num_stages=self.stages,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread,
+                                                     self.consumer_wgs * 4),
+            tx_count=tx_bytes, cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)), defer_sync=True)
+        pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1), is_relaxed=True)
+
+        sA = storage.sA.get_tensor(sa_layout.outer, swizzle=sa_layout.inner)
+        sB = storage.sB.get_tensor(sb_layout.outer, swizzle=sb_layout.inner)
+        sC = storage.sC.get_tensor(sc_layout)
+
+        out_cols = cute.size(mOut, mode=[1])
+        n_tiles = out_cols // self.out_n
+        k_tiles = cute.size(mA, mode=[1]) // bk
+        # B boxes: (out_n, bk, column box, k block, expert); the up half of w13 sits
+        # n_tiles boxes after its gate half.
+        gB = cute.local_tile(mB, (self.out_n, bk), (None, None, None))
+        sB_boxes = cute.group_modes(cute.flat_divide(sB, (self.out_n, bk)), 0, 2)
+        tBsB, tBgB = cpasync.tma_partition(tma_b, 0, cute.make_layout(1), sB_boxes,
+                                           cute.group_modes(gB, 0, 2))
+        sTileStart = storage.tile_start.get_tensor(cute.make_layout(MAX_EXPERTS + 1))
+        sRowStart = storage.row_start.get_tensor(cute.make_layout(MAX_EXPERTS + 1))
+        if warp == 0:
+            self.build_tables(mCounts, sTileStart, sRowStart, n_tiles)
+        # Also the CTA barrier after which every role reads the tables.
+        pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1))
+
+        t = cta
+        total = sTileStart[MAX_EXPERTS]
+
+        if warp < 4:
+            cute.arch.warpgroup_reg_dealloc(PRODUCER_REGS)
+        if warp == 0:
+            state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer,
+                                                 self.stages)
+            while t < total:
+                e, first_row, _, m_blk, n_blk = self.find_tile(
+                    t, sTileStart, sRowStart, n_tiles)
+                gA = cute.local_tile(cute.domain_offset((first_row, 0), mA), (bm, bk),
+                                     (m_blk, None))
+                tAsA, tAgA = cpasync.tma_partition(
+                    tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2),
+                    cute.group_modes(gA, 0, 2))
+                for k in range(k_tiles):
+                    pipe.producer_acquire(state)
+                    bar = pipe.producer_get_barrier(state)
+                    cute.copy(tma_a, tAgA[(None, k)], tAsA[(None, state.index)],
+                              tma_bar_ptr=bar)
+                    for h in cutlass.range_constexpr(self.halves):
+                        cute.copy(tma_b, tBgB[(None, n_blk + h * n_tiles, k, e)],
+                                  tBsB[(None, h, 0, state.index)], tma_bar_ptr=bar)
+                    pipe.producer_commit(state)
+                    state.advance()
+                t = t + grid
+            pipe.producer_tail(state)
+
+        if warp >= 4:
+            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
+            ctid = tidx - THREADS_PER_WG
+            thr_mma = tiled_mma.get_slice(ctid)
+            tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
+            tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
+            acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((bm, self.block_n)),
+                                        cutlass.Float32)
+            k_blocks = cute.size(tCrA, mode=[2])
+            r2s = cute.make_tiled_copy_S(
+                sm90_utils.get_smem_store_op(utils.LayoutEnum.ROW_MAJOR, dtype,
+                                             cutlass.Float32),
+                cute.make_tiled_copy_C_atom(
+                    cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), dtype),
+                    tiled_mma))
+            thr_r2s = r2s.get_slice(ctid)
+            tRS_sC = thr_r2s.partition_D(sC)
+            tRS_acc = r2s.retile(acc)
+            # Per 64-row MMA block, the retiled accumulator and the smem-store partition
+            # hold the same values in the same flat order; across blocks they do not.
+            m_reps = cute.size(tRS_acc, mode=[1])
+            tRS_f32 = cute.make_rmem_tensor(thr_r2s.partition_S(sC)[(None, 0, None)].shape,
+                                            cutlass.Float32)
+            tRS_out = cute.make_rmem_tensor(tRS_f32.shape, dtype)
+            read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+            release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer,
+                                                   self.stages)
+            while t < total:
+                e, first_row, count, m_blk, n_blk = self.find_tile(
+                    t, sTileStart, sRowStart, n_tiles)
+                acc.fill(0.0)
+                tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
+                warpgroup.fence()
+                for k in range(k_tiles):
+                    pipe.consumer_wait(read)
+                    for kb in cutlass.range_constexpr(k_blocks):
+                        coord = (None, None, kb, read.index)
+                        cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
+                    warpgroup.commit_group()
+                    read.advance()
+                    # Keep one wgmma batch in flight; free the stage before it.
+                    if k > 0:
+                        warpgroup.wait_group(1)
+                        pipe.consumer_release(release)
+                        release.advance()
+                warpgroup.wait_group(0)
+                pipe.consumer_release(release)
+                release.advance()
+
+                for m in cutlass.range_constexpr(m_reps):
+                    acc_m = tRS_acc[(None, m, None)]
+                    for v in cutlass.range(cute.size(tRS_f32), unroll_full=True):
+                        tRS_f32[v] = acc_m[v]
+                    tRS_out.store(tRS_f32.load().to(dtype))
+                    cute.copy(r2s, tRS_out, tRS_sC[(None, m, None)])
+                self.epi_barrier.arrive_and_wait()
+                self.store_tile(sC, mOut, mSlots, mWeights, ctid,
+                                count - m_blk * bm, first_row + m_blk * bm,
+                                n_blk * self.out_n)
+                self.epi_barrier.arrive_and_wait()
+                t = t + grid
+
+    @cute.jit
+    def store_tile(self, sC: cute.Tensor, mOut: cute.Tensor, mSlots: cute.Tensor,
+                   mWeights: cute.Tensor, ctid: cutlass.Int32, rows: cutlass.Int32,
+                   first_row: cutlass.Int32, first_col: cutlass.Int32):
+        """Staged tile -> global, 16 bytes per thread and step, rows past the expert
+        skipped: SiLU(gate) * up (w13), or routing-weight scaled rows scattered to their
+        token slots (w2)."""
+        per_row = self.out_n // VEC
+        rows_per_step = self.consumer_threads // per_row
+        col = (ctid % per_row) * VEC
+        for step in cutlass.range_constexpr(self.block_m // rows_per_step):
+            r = step * rows_per_step + ctid // per_row
+            if r < rows:
+                src = cute.local_tile(sC, (1, VEC), (r, col // VEC)).load().to(cutlass.Float32)
+                dst_row = first_row + r
+                if cutlass.const_expr(self.silu_mul):
+                    up = cute.local_tile(sC, (1, VEC), (r, (col + self.out_n) // VEC))
+                    up = up.load().to(cutlass.Float32)
+                    src = src / (1.0 + cute.math.exp(-src, fastmath=True)) * up
+                else:
+                    dst_row = mSlots[first_row + r]
+                    src = src * mWeights[dst_row]
+                dst = cute.local_tile(mOut, (1, VEC), (dst_row, (first_col + col) // VEC))
+                dst.store(src.to(mOut.element_type))

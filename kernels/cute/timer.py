@@ -1,0 +1,46 @@
+"""Profiling the CuTe family on a GPU: compile (timed), verify, time.
+
+Implements ``ramp.profiler.Timer`` through ``BankTimer``. Compilation is serial and in
+process: nvidia-cutlass-dsl 4.3 cannot hand a compiled kernel to another process, and
+with every shape dynamic one compilation per configuration and GEMM serves all calls.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from ramp.bank import KernelBank
+from ramp.config import KernelConfig
+from ramp.errors import InputError
+from ramp.kernels.bank_timer import BankTimer, probe_call
+from ramp.kernels.cute.configs import FAMILY, FAMILY_VERSION
+from ramp.kernels.cute.launch import check_shapes, compiled_gemm, gather_rows, moe_gemm
+from ramp.problem import MoEProblem
+
+
+class CuteTimer(BankTimer):
+    """Times every configuration of the CuTe bank for one problem on this GPU."""
+
+    family = FAMILY
+    family_version = FAMILY_VERSION
+
+    def __init__(self, problem: MoEProblem, configs: list[KernelConfig], *, seed: int = 0,
+                 verify: bool = True, progress: bool = True) -> None:
+        if not torch.cuda.is_available():
+            raise InputError("profiling needs a CUDA GPU: none is visible to torch")
+        call, routing = probe_call(problem)
+        a = gather_rows(call.activations, routing) if problem.gemm == "w13" else call.activations
+        kept, dropped, self.compile_seconds = [], {}, {}
+        for cfg in tqdm(configs, desc=f"compile {FAMILY} {problem.gemm}", disable=not progress):
+            try:
+                check_shapes(cfg, problem.gemm, problem.n, problem.k, problem.num_experts)
+                compiled = compiled_gemm(cfg, problem.gemm, a, call.weights[0], routing, call.out)
+            except Exception as exc:  # an invalid configuration is dropped, not fatal
+                dropped[cfg.name] = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            self.compile_seconds[cfg.name] = round(compiled.seconds, 3)
+            kept.append(cfg)
+        num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+        super().__init__(problem, KernelBank.build(kept, [1] * len(kept)), moe_gemm,
+                         num_sms=num_sms, seed=seed, verify=verify, dropped=dropped)

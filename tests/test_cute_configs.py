@@ -1,0 +1,54 @@
+"""The CuTe family's configuration space (pure data, no GPU or cutlass needed)."""
+
+import pytest
+
+from ramp.errors import InputError
+from ramp.kernels.cute.configs import (
+    H100_SMEM_PER_BLOCK,
+    MAX_ACC_REGS,
+    check_shapes,
+    consumer_warpgroups,
+    cute_bank,
+    cute_configs,
+    smem_bytes,
+)
+from ramp.models import get_model
+
+
+def test_at_least_100_valid_configurations_with_unique_names():
+    configs = cute_configs()
+    assert len(configs) >= 100
+    assert len({c.name for c in configs}) == len(configs)
+    assert len(cute_bank()) == len(configs)
+
+
+def test_every_configuration_fits_shared_memory_and_registers():
+    for cfg in cute_configs():
+        wgs = consumer_warpgroups(cfg)
+        assert smem_bytes(cfg) <= H100_SMEM_PER_BLOCK
+        assert cfg.block_m >= 64 * wgs
+        assert cfg.block_m * cfg.block_n // (128 * wgs) <= MAX_ACC_REGS
+        assert cfg.persistent and cfg.block_k == 64
+
+
+def test_space_covers_each_dimension():
+    configs = cute_configs()
+    assert {c.block_m for c in configs} == {64, 128}
+    assert {c.block_n for c in configs} == {64, 128, 256}
+    assert {c.variant.split("-")[0] for c in configs} == {"1wg", "coop"}
+    assert {c.variant.split("-")[1] for c in configs} == {"m", "n", "g4"}
+    assert len({c.num_stages for c in configs}) >= 4
+
+
+@pytest.mark.parametrize("model", ["qwen3-30b-a3b", "mixtral-8x7b"])
+def test_every_configuration_runs_the_catalog_shapes(model):
+    for gemm in ("w13", "w2"):
+        p = get_model(model).problem(gemm)
+        for cfg in cute_configs():
+            check_shapes(cfg, gemm, p.n, p.k)
+
+
+def test_shapes_that_do_not_tile_are_refused_with_the_reason():
+    cfg = cute_configs()[0]
+    with pytest.raises(InputError, match="divisible"):
+        check_shapes(cfg, "w2", 100, 256)
