@@ -30,7 +30,7 @@ for profile in bench/results/raw/*_cute.profile.json; do
   ramp evaluate "${args[@]}" --out "bench/results/${name}_cute.json" \
     --plot "bench/results/${name}_cute.png"
   ramp evaluate --profile "${stem}_triton.profile.json" --holdout "${stem}_triton.holdout.json" \
-    --with-family "$profile" "${stem}_cute.holdout.json" \
+    --baselines "${stem}_baselines.json" --with-family "$profile" "${stem}_cute.holdout.json" \
     --with-family "${stem}_grouped_mm.profile.json" "${stem}_grouped_mm.holdout.json" \
     --out "bench/results/${name}_all.json" --plot "bench/results/${name}_all.png"
 done

@@ -10,6 +10,7 @@ different weight copies and the L2 cache never serves a repeated expert for free
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -103,19 +104,25 @@ def matmul_flops(size: int = 8192, replays: int = 10) -> float:
 def device_info() -> dict[str, Any]:
     """Provenance of a timing: the GPU, its driver and the library versions."""
     props = torch.cuda.get_device_properties(0)
-    try:
-        triton_version = metadata.version("triton")
-    except metadata.PackageNotFoundError:
-        triton_version = None
     return {
         "device": props.name,
         "sms": props.multi_processor_count,
         "l2_bytes": getattr(props, "L2_cache_size", None),
         "driver": _driver_version(),
         "torch": torch.__version__,
-        "triton": triton_version,
+        "triton": _version("triton", "triton"),
+        # The CuTe family's runs carry the DSL without pip metadata: ask the module too.
+        "nvidia_cutlass_dsl": _version("nvidia-cutlass-dsl", "cutlass"),
         "cuda": torch.version.cuda,
     }
+
+
+def _version(distribution: str, module: str) -> str | None:
+    """Installed version of ``distribution``, else ``module.__version__`` if imported."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return getattr(sys.modules.get(module), "__version__", None)
 
 
 def _driver_version() -> str | None:

@@ -126,7 +126,8 @@ def find_profile(gpu: str, problem: MoEProblem, family: str | None = "triton"
     """The embedded profile of ``family`` for this GPU and problem, or None.
 
     Families shipped: "triton" (the host-dispatched bank), "triton-poly" (the sync-free
-    kernel's branches), "grouped_mm" (torch._grouped_mm as a black box); None: any.
+    kernel's branches), "cute" (the CuTe DSL sm90 bank), "grouped_mm" (torch._grouped_mm
+    as a black box); None: any.
     """
     for path in embedded_profile_paths():
         profile = load_profile(path)

@@ -4,12 +4,15 @@ import pytest
 
 from ramp.errors import InputError
 from ramp.kernels.cute.configs import (
+    EPI_PAD,
     H100_SMEM_PER_BLOCK,
     MAX_ACC_REGS,
+    TABLES_AND_BARRIERS,
     check_shapes,
     consumer_warpgroups,
     cute_bank,
     cute_configs,
+    epilogue_cols,
     smem_bytes,
 )
 from ramp.models import get_model
@@ -38,6 +41,8 @@ def test_space_covers_each_dimension():
     assert {c.variant.split("-")[0] for c in configs} == {"1wg", "coop"}
     assert {c.variant.split("-")[1] for c in configs} == {"m", "n", "g4"}
     assert len({c.num_stages for c in configs}) >= 4
+    clustered = [c for c in configs if c.cluster_m == 2]
+    assert clustered and all(c.block_m == 128 for c in clustered)
 
 
 @pytest.mark.parametrize("model", ["qwen3-30b-a3b", "mixtral-8x7b"])
@@ -52,3 +57,15 @@ def test_shapes_that_do_not_tile_are_refused_with_the_reason():
     cfg = cute_configs()[0]
     with pytest.raises(InputError, match="divisible"):
         check_shapes(cfg, "w2", 100, 256)
+
+
+def test_epilogue_stages_the_whole_tile_unless_that_costs_pipeline_stages():
+    for cfg in cute_configs():
+        whole_tile = (cfg.smem_bytes(2) + cfg.block_m * (cfg.block_n + EPI_PAD) * 2
+                      + TABLES_AND_BARRIERS)
+        for gemm, halves in (("w13", 2), ("w2", 1)):
+            cols, out_n = epilogue_cols(cfg, gemm), cfg.block_n // halves
+            assert out_n % cols == 0 and cols % 16 == 0
+            assert (cols == out_n) == (whole_tile <= H100_SMEM_PER_BLOCK)
+    deep = [c for c in cute_configs() if epilogue_cols(c, "w2") < c.block_n]
+    assert deep and all(c.num_stages >= 4 for c in deep)

@@ -66,10 +66,10 @@ def check(cfg: KernelConfig, gemm: str, kind: str, seed: int) -> float:
 
 
 def representatives() -> list[KernelConfig]:
-    """One configuration per (tile, schedule) and every raster once."""
+    """One configuration per (tile, schedule, cluster) and every raster once."""
     seen, out = set(), []
     for cfg in cute_configs():
-        key = (cfg.block_m, cfg.block_n, cfg.variant.split("-")[0])
+        key = (cfg.block_m, cfg.block_n, cfg.variant.split("-")[0], cfg.cluster_m)
         raster_key = ("raster", cfg.variant.split("-")[1])
         for k in (key, raster_key):
             if k not in seen:

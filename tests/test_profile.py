@@ -76,4 +76,5 @@ def test_embedded_profiles_load_and_are_found():
     problem = get_model("qwen3-30b-a3b").problem("w13")
     assert find_profile("H100-SXM", problem).family == "triton"
     assert find_profile("H100-SXM", problem, family="grouped_mm").family == "grouped_mm"
+    assert find_profile("H100-SXM", problem, family="cute").family == "cute"
     assert find_profile("B200", problem) is None

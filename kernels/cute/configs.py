@@ -10,13 +10,16 @@ pipeline depth, the consumer schedule and the raster order of tiles inside an ex
   fastest within bands of 4 (see ``moe_gemm.MoEGemmSm90``).
 
 Every kernel is persistent (one wave of CTAs, occupancy 1: the pipeline takes most of
-shared memory). Thread-block clusters with TMA multicast are not in the space: in a
-ragged grouped GEMM two CTAs of a cluster share an operand only when they work on the
-same expert, which decode-sized calls (one row block per expert) never do.
+shared memory). The 128-row tiles with raster ``m`` also come as 2x1 thread-block
+clusters (``cluster_m=2``): the two CTAs take consecutive row blocks of one expert and
+TMA-multicast the shared weight tile, halving its L2 traffic. That pays for prefill; at
+decode (one row block per expert) the second CTA of a cluster only pads, which is why
+both forms stay in the bank and RaMP chooses per call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from ramp.bank import KernelBank
@@ -30,20 +33,39 @@ FAMILY_VERSION = "1"
 BLOCK_M = (64, 128)
 BLOCK_N = (64, 128, 256)
 BLOCK_K = 64
-STAGES = (2, 3, 4, 5, 6, 8)  # 8: deep TMA queues for weight-streaming decode
+STAGES = (3, 4, 5, 6, 8)  # 2 was never within 1% of the best on any H100 call; 8: decode
 SCHEDULES = {"1wg": 1, "coop": 2}  # consumer warpgroups
 RASTERS = ("m", "n", "g4")
 H100_SMEM_PER_BLOCK = 227 * 1024
-EPI_PAD = 8          # must match moe_gemm.EPI_PAD
+EPI_PAD = 8          # bf16 elements of padding per staged row: conflict-free stmatrix
+EPI_COLS = 32        # output columns the epilogue stages at a time
 MAX_EXPERTS = 256    # experts per GPU: the kernel's tile tables live in shared memory
 TABLES_AND_BARRIERS = 2 * (MAX_EXPERTS + 1) * 4 + 1024
 MAX_ACC_REGS = 128   # fp32 accumulator registers per consumer thread (232 allotted)
 
 
-def smem_bytes(cfg: KernelConfig, dtype_bytes: int = 2) -> int:
-    """Operand pipeline + staged epilogue tile + tile tables and barriers."""
-    return (cfg.smem_bytes(dtype_bytes) + cfg.block_m * (cfg.block_n + EPI_PAD) * dtype_bytes
+def _smem(cfg: KernelConfig, staged_cols: int, dtype_bytes: int) -> int:
+    return (cfg.smem_bytes(dtype_bytes) + cfg.block_m * (staged_cols + EPI_PAD) * dtype_bytes
             + TABLES_AND_BARRIERS)
+
+
+def epilogue_cols(cfg: KernelConfig, gemm: str, smem_limit: int = H100_SMEM_PER_BLOCK,
+                  dtype_bytes: int = 2) -> int:
+    """Output columns the epilogue stages per step: the whole tile (one staging step, two
+    barriers) when it fits beside the pipeline, else 2 * EPI_COLS staged columns at a
+    time (w13: EPI_COLS outputs and their up columns), which frees shared memory for a
+    deeper pipeline."""
+    halves = 2 if gemm == "w13" else 1
+    if _smem(cfg, cfg.block_n, dtype_bytes) <= smem_limit:
+        return cfg.block_n // halves
+    return min(2 * EPI_COLS, cfg.block_n) // halves
+
+
+def smem_bytes(cfg: KernelConfig, dtype_bytes: int = 2) -> int:
+    """Operand pipeline + epilogue staging (as ``epilogue_cols`` sizes it for w13, the
+    larger of the two GEMMs) + tile tables and barriers."""
+    staged = 2 * epilogue_cols(cfg, "w13", dtype_bytes=dtype_bytes)
+    return _smem(cfg, min(staged, cfg.block_n), dtype_bytes)
 
 
 def consumer_warpgroups(cfg: KernelConfig) -> int:
@@ -76,6 +98,8 @@ def cute_configs(smem_limit: int = H100_SMEM_PER_BLOCK, dtype_bytes: int = 2
                            num_stages=stages, persistent=True, variant=f"{schedule}-{raster}")
         if smem_bytes(cfg, dtype_bytes) <= smem_limit:
             out.append(cfg)
+            if bm == 128 and raster == "m":  # prefill tiles, also as 2-CTA clusters
+                out.append(dataclasses.replace(cfg, cluster_m=2))
     return out
 
 

@@ -9,17 +9,19 @@ CUDA graphs.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
+import cutlass.utils
 import torch
 from cutlass.cute.runtime import from_dlpack
 
 from ramp.config import KernelConfig
-from ramp.kernels.cute.configs import check_shapes, consumer_warpgroups
+from ramp.kernels.cute.configs import check_shapes, consumer_warpgroups, epilogue_cols
 from ramp.kernels.cute.moe_gemm import MoEGemmSm90
 from ramp.kernels.triton.fused_moe import Routing, max_row_tiles
 
@@ -60,12 +62,19 @@ def compiled_gemm(cfg: KernelConfig, gemm: str, a_sorted, w, routing: Routing, o
     key = (cfg, gemm, a_sorted.dtype)
     if key not in _CACHE:
         op = MoEGemmSm90(cfg.block_m, cfg.block_n, cfg.num_stages, consumer_warpgroups(cfg),
-                         cfg.variant.split("-")[-1], silu_mul=gemm == "w13")
+                         cfg.variant.split("-")[-1], silu_mul=gemm == "w13",
+                         cluster_m=cfg.cluster_m, epi_cols=epilogue_cols(cfg, gemm))
         start = time.perf_counter()
         fn = cute.compile(op, *_operands(a_sorted, w, routing, out), cutlass.Int32(1),
                           cuda.CUstream(torch.cuda.current_stream().cuda_stream))
         _CACHE[key] = Compiled(fn, time.perf_counter() - start)
     return _CACHE[key]
+
+
+@functools.cache
+def max_active_clusters(cluster_size: int) -> int:
+    """Clusters of ``cluster_size`` CTAs (one per SM) the GPU runs at once."""
+    return cutlass.utils.HardwareInfo().get_max_active_clusters(cluster_size)
 
 
 def gather_rows(hidden: torch.Tensor, routing: Routing) -> torch.Tensor:
@@ -84,9 +93,15 @@ def moe_gemm(a: torch.Tensor, w: torch.Tensor, routing: Routing, cfg: KernelConf
     check_shapes(cfg, gemm, n, k, routing.num_experts)
     a_sorted = gather_rows(a, routing) if gemm == "w13" else a
     out_cols, out_n = (n // 2, cfg.block_n // 2) if gemm == "w13" else (n, cfg.block_n)
-    tiles = max_row_tiles(routing.sorted_slots.numel(), routing.num_experts, cfg.block_m) * (
-        out_cols // out_n)
-    grid = min(tiles, num_sms * occupancy)
+    # Upper bound on CTA tiles (a cluster pads each expert to whole row units), so
+    # that small calls launch no idle CTAs; the grid is a whole number of clusters.
+    units = max_row_tiles(routing.sorted_slots.numel(), routing.num_experts,
+                          cfg.block_m * cfg.cluster_m)
+    tiles = units * cfg.cluster_m * (out_cols // out_n)
+    slots = num_sms * occupancy
+    if cfg.cluster_m > 1:  # GPCs may not fit num_sms / cluster_m clusters at once
+        slots = min(slots, max_active_clusters(cfg.cluster_m) * cfg.cluster_m)
+    grid = min(tiles, slots) // cfg.cluster_m * cfg.cluster_m
     if grid > 0:
         kernel = compiled_gemm(cfg, gemm, a_sorted, w, routing, out).fn
         kernel(*_operands(a_sorted, w, routing, out), cutlass.Int32(grid),

@@ -55,14 +55,21 @@ class MoEGemmSm90:
     """
 
     def __init__(self, block_m: int, block_n: int, stages: int, consumer_wgs: int,
-                 raster: str, silu_mul: bool) -> None:
+                 raster: str, silu_mul: bool, cluster_m: int = 1, epi_cols: int = 0) -> None:
         self.block_m, self.block_n, self.block_k = block_m, block_n, 64
+        # A cluster of cluster_m CTAs works on cluster_m consecutive row blocks of one
+        # expert and one column block: each CTA loads 1/cluster_m of the weight tile and
+        # TMA multicasts it to all, so the weights cross L2 once per cluster.
+        self.cluster_m = cluster_m
+        self.rows_per_unit = block_m * cluster_m
         self.stages = stages
         self.consumer_wgs = consumer_wgs
         self.raster = raster
         self.silu_mul = silu_mul
         self.halves = 2 if silu_mul else 1
         self.out_n = block_n // self.halves
+        # Output columns staged per epilogue step (configs.epilogue_cols); 0: all.
+        self.epi_cols = epi_cols or self.out_n
         self.threads = THREADS_PER_WG * (1 + consumer_wgs)
         self.consumer_threads = THREADS_PER_WG * consumer_wgs
         self.epi_barrier = pipeline.NamedBarrier(barrier_id=1,
@@ -89,8 +96,13 @@ class MoEGemmSm90:
             cpasync.CopyBulkTensorTileG2SOp(), mA, cute.slice_(sa_layout, (None, None, 0)),
             (bm, bk))
         tma_b, tma_mB = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileG2SOp(), mB, sb_box, (self.out_n, bk))
-        sc_layout = cute.make_layout((bm, bn), stride=(bn + EPI_PAD, 1))
+            cpasync.CopyBulkTensorTileG2SMulticastOp() if self.cluster_m > 1
+            else cpasync.CopyBulkTensorTileG2SOp(), mB, sb_box, (self.out_n, bk),
+            num_multicast=self.cluster_m)
+        # The epilogue stages epi_cols output columns at a time (and, for w13, their up
+        # columns beside them): (rows, halves * epi_cols) plus padding per row.
+        sc_layout = cute.make_layout((bm, self.halves * self.epi_cols),
+                                     stride=(self.halves * self.epi_cols + EPI_PAD, 1))
 
         @cute.struct
         class SharedStorage:
@@ -104,7 +116,7 @@ class MoEGemmSm90:
         self.shared_storage = SharedStorage
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, mOut, mCounts, mSlots, mWeights, tiled_mma,
                     sa_layout, sb_layout, sc_layout).launch(
-            grid=[num_ctas, 1, 1], block=[self.threads, 1, 1], cluster=(1, 1, 1),
+            grid=[num_ctas, 1, 1], block=[self.threads, 1, 1], cluster=(self.cluster_m, 1, 1),
             min_blocks_per_mp=1, stream=stream)
 
     @cute.jit
@@ -126,7 +138,7 @@ class MoEGemmSm90:
             if e < cute.size(mCounts):
                 counts[j] = mCounts[e]
             rows = rows + counts[j]
-            tiles = tiles + (counts[j] + self.block_m - 1) // self.block_m * n_tiles
+            tiles = tiles + (counts[j] + self.rows_per_unit - 1) // self.rows_per_unit * n_tiles
         tiles_incl, rows_incl = tiles, rows
         for step in cutlass.range_constexpr(5):
             # shfl.up clamps at lane 0 (c = 0), not at the idx/down default of 31.
@@ -140,7 +152,7 @@ class MoEGemmSm90:
             e = lane * EXPERTS_PER_LANE + j
             tile_start[e] = tile
             row_start[e] = row
-            tile = tile + (counts[j] + self.block_m - 1) // self.block_m * n_tiles
+            tile = tile + (counts[j] + self.rows_per_unit - 1) // self.rows_per_unit * n_tiles
             row = row + counts[j]
         if lane == 31:
             tile_start[MAX_EXPERTS] = tile
@@ -149,7 +161,7 @@ class MoEGemmSm90:
     @cute.jit
     def find_tile(self, t: cutlass.Int32, tile_start: cute.Tensor, row_start: cute.Tensor,
                   n_tiles: cutlass.Int32):
-        """Tile ``t`` -> (expert's first row, expert's rows, row block, column block):
+        """Tile ``t`` -> (expert's first row, expert's rows, row unit, column block):
         a binary search for the last expert whose first tile is <= t."""
         lo = cutlass.Int32(0)
         hi = cutlass.Int32(MAX_EXPERTS)
@@ -166,8 +178,9 @@ class MoEGemmSm90:
 
     @cute.jit
     def tile_coords(self, local: cutlass.Int32, count: cutlass.Int32, n_tiles: cutlass.Int32):
-        """(row block, column block) of the expert's ``local``-th tile in raster order."""
-        m_tiles = (count + self.block_m - 1) // self.block_m
+        """(row unit, column block) of the expert's ``local``-th tile in raster order
+        (a row unit is ``cluster_m`` row blocks, one per CTA of the cluster)."""
+        m_tiles = (count + self.rows_per_unit - 1) // self.rows_per_unit
         m_blk, n_blk = local % m_tiles, local // m_tiles
         if cutlass.const_expr(self.raster == "n"):
             m_blk, n_blk = local // n_tiles, local % n_tiles
@@ -192,6 +205,10 @@ class MoEGemmSm90:
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         cta, _, _ = cute.arch.block_idx()
         grid, _, _ = cute.arch.grid_dim()
+        cluster_shape = (self.cluster_m, 1)
+        rank = cutlass.Int32(0)
+        if cutlass.const_expr(self.cluster_m > 1):
+            rank = cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster())
         if warp == 0:
             cpasync.prefetch_descriptor(tma_a)
             cpasync.prefetch_descriptor(tma_b)
@@ -204,14 +221,23 @@ class MoEGemmSm90:
         pipe = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.barriers.data_ptr(), num_stages=self.stages,
             producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+            # A stage is free once every consumer warp of every CTA it multicast to is done.
             consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread,
-                                                     self.consumer_wgs * 4),
-            tx_count=tx_bytes, cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)), defer_sync=True)
-        pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1), is_relaxed=True)
+                                                     self.consumer_wgs * 4 * self.cluster_m),
+            tx_count=tx_bytes, cta_layout_vmnk=cute.make_layout((1, self.cluster_m, 1, 1)),
+            defer_sync=True)
+        pipeline.pipeline_init_arrive(cluster_shape_mn=cluster_shape, is_relaxed=True)
 
         sA = storage.sA.get_tensor(sa_layout.outer, swizzle=sa_layout.inner)
         sB = storage.sB.get_tensor(sb_layout.outer, swizzle=sb_layout.inner)
         sC = storage.sC.get_tensor(sc_layout)
+        # The whole (bm, bn) accumulator tile viewed onto the staging buffer: column
+        # c = within + epi_cols * chunk + out_n * half lands at (half * epi_cols + within),
+        # whatever its chunk, so a partition of the full tile addresses any chunk.
+        pitch = self.halves * self.epi_cols + EPI_PAD
+        sC_tile = cute.make_tensor(sC.iterator, cute.make_layout(
+            (bm, ((self.epi_cols, self.out_n // self.epi_cols), self.halves)),
+            stride=(pitch, ((1, 0), self.epi_cols))))
 
         out_cols = cute.size(mOut, mode=[1])
         n_tiles = out_cols // self.out_n
@@ -220,16 +246,19 @@ class MoEGemmSm90:
         # n_tiles boxes after its gate half.
         gB = cute.local_tile(mB, (self.out_n, bk), (None, None, None))
         sB_boxes = cute.group_modes(cute.flat_divide(sB, (self.out_n, bk)), 0, 2)
-        tBsB, tBgB = cpasync.tma_partition(tma_b, 0, cute.make_layout(1), sB_boxes,
-                                           cute.group_modes(gB, 0, 2))
+        tBsB, tBgB = cpasync.tma_partition(tma_b, rank, cute.make_layout(self.cluster_m),
+                                           sB_boxes, cute.group_modes(gB, 0, 2))
+        mcast = cutlass.Int16((1 << self.cluster_m) - 1)  # every CTA of the cluster
         sTileStart = storage.tile_start.get_tensor(cute.make_layout(MAX_EXPERTS + 1))
         sRowStart = storage.row_start.get_tensor(cute.make_layout(MAX_EXPERTS + 1))
         if warp == 0:
             self.build_tables(mCounts, sTileStart, sRowStart, n_tiles)
-        # Also the CTA barrier after which every role reads the tables.
-        pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1))
+        cute.arch.sync_threads()  # the tables, for every role
+        pipeline.pipeline_init_wait(cluster_shape_mn=cluster_shape)
 
-        t = cta
+        # Work units (tiles, or cluster tiles) go round-robin over the clusters.
+        t = cta // self.cluster_m
+        step = grid // self.cluster_m
         total = sTileStart[MAX_EXPERTS]
 
         if warp < 4:
@@ -238,8 +267,9 @@ class MoEGemmSm90:
             state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer,
                                                  self.stages)
             while t < total:
-                e, first_row, _, m_blk, n_blk = self.find_tile(
+                e, first_row, _, m_unit, n_blk = self.find_tile(
                     t, sTileStart, sRowStart, n_tiles)
+                m_blk = m_unit * self.cluster_m + rank
                 gA = cute.local_tile(cute.domain_offset((first_row, 0), mA), (bm, bk),
                                      (m_blk, None))
                 tAsA, tAgA = cpasync.tma_partition(
@@ -251,11 +281,16 @@ class MoEGemmSm90:
                     cute.copy(tma_a, tAgA[(None, k)], tAsA[(None, state.index)],
                               tma_bar_ptr=bar)
                     for h in cutlass.range_constexpr(self.halves):
-                        cute.copy(tma_b, tBgB[(None, n_blk + h * n_tiles, k, e)],
-                                  tBsB[(None, h, 0, state.index)], tma_bar_ptr=bar)
+                        if cutlass.const_expr(self.cluster_m > 1):
+                            cute.copy(tma_b, tBgB[(None, n_blk + h * n_tiles, k, e)],
+                                      tBsB[(None, h, 0, state.index)], tma_bar_ptr=bar,
+                                      mcast_mask=mcast)
+                        else:
+                            cute.copy(tma_b, tBgB[(None, n_blk + h * n_tiles, k, e)],
+                                      tBsB[(None, h, 0, state.index)], tma_bar_ptr=bar)
                     pipe.producer_commit(state)
                     state.advance()
-                t = t + grid
+                t = t + step
             pipe.producer_tail(state)
 
         if warp >= 4:
@@ -274,20 +309,22 @@ class MoEGemmSm90:
                     cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), dtype),
                     tiled_mma))
             thr_r2s = r2s.get_slice(ctid)
-            tRS_sC = thr_r2s.partition_D(sC)
+            tRS_sC = thr_r2s.partition_D(sC_tile)
             tRS_acc = r2s.retile(acc)
-            # Per 64-row MMA block, the retiled accumulator and the smem-store partition
-            # hold the same values in the same flat order; across blocks they do not.
+            # Per 64-row MMA block and 16-column group n, the retiled accumulator holds
+            # values [8n, 8n + 8) in the order the smem-store partition (m, n) takes them.
             m_reps = cute.size(tRS_acc, mode=[1])
-            tRS_f32 = cute.make_rmem_tensor(thr_r2s.partition_S(sC)[(None, 0, None)].shape,
+            tRS_f32 = cute.make_rmem_tensor(thr_r2s.partition_S(sC_tile)[(None, 0, 0)].shape,
                                             cutlass.Float32)
+            per_group = cute.size(tRS_f32)
             tRS_out = cute.make_rmem_tensor(tRS_f32.shape, dtype)
             read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
             release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer,
                                                    self.stages)
             while t < total:
-                e, first_row, count, m_blk, n_blk = self.find_tile(
+                e, first_row, count, m_unit, n_blk = self.find_tile(
                     t, sTileStart, sRowStart, n_tiles)
+                m_blk = m_unit * self.cluster_m + rank
                 acc.fill(0.0)
                 tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
                 warpgroup.fence()
@@ -307,18 +344,22 @@ class MoEGemmSm90:
                 pipe.consumer_release(release)
                 release.advance()
 
-                for m in cutlass.range_constexpr(m_reps):
-                    acc_m = tRS_acc[(None, m, None)]
-                    for v in cutlass.range(cute.size(tRS_f32), unroll_full=True):
-                        tRS_f32[v] = acc_m[v]
-                    tRS_out.store(tRS_f32.load().to(dtype))
-                    cute.copy(r2s, tRS_out, tRS_sC[(None, m, None)])
-                self.epi_barrier.arrive_and_wait()
-                self.store_tile(sC, mOut, mSlots, mWeights, ctid,
-                                count - m_blk * bm, first_row + m_blk * bm,
-                                n_blk * self.out_n)
-                self.epi_barrier.arrive_and_wait()
-                t = t + grid
+                for chunk in cutlass.range_constexpr(self.out_n // self.epi_cols):
+                    for m in cutlass.range_constexpr(m_reps):
+                        acc_m = tRS_acc[(None, m, None)]
+                        for h in cutlass.range_constexpr(self.halves):
+                            for g in cutlass.range_constexpr(self.epi_cols // 16):
+                                n = (h * self.out_n + chunk * self.epi_cols) // 16 + g
+                                for v in cutlass.range_constexpr(per_group):
+                                    tRS_f32[v] = acc_m[n * per_group + v]
+                                tRS_out.store(tRS_f32.load().to(dtype))
+                                cute.copy(r2s, tRS_out, tRS_sC[(None, m, n)])
+                    self.epi_barrier.arrive_and_wait()
+                    self.store_tile(sC, mOut, mSlots, mWeights, ctid,
+                                    count - m_blk * bm, first_row + m_blk * bm,
+                                    n_blk * self.out_n + chunk * self.epi_cols)
+                    self.epi_barrier.arrive_and_wait()
+                t = t + step
 
     @cute.jit
     def store_tile(self, sC: cute.Tensor, mOut: cute.Tensor, mSlots: cute.Tensor,
@@ -327,7 +368,7 @@ class MoEGemmSm90:
         """Staged tile -> global, 16 bytes per thread and step, rows past the expert
         skipped: SiLU(gate) * up (w13), or routing-weight scaled rows scattered to their
         token slots (w2)."""
-        per_row = self.out_n // VEC
+        per_row = self.epi_cols // VEC
         rows_per_step = self.consumer_threads // per_row
         col = (ctid % per_row) * VEC
         for step in cutlass.range_constexpr(self.block_m // rows_per_step):
@@ -336,7 +377,7 @@ class MoEGemmSm90:
                 src = cute.local_tile(sC, (1, VEC), (r, col // VEC)).load().to(cutlass.Float32)
                 dst_row = first_row + r
                 if cutlass.const_expr(self.silu_mul):
-                    up = cute.local_tile(sC, (1, VEC), (r, (col + self.out_n) // VEC))
+                    up = cute.local_tile(sC, (1, VEC), (r, (col + self.epi_cols) // VEC))
                     up = up.load().to(cutlass.Float32)
                     src = src / (1.0 + cute.math.exp(-src, fastmath=True)) * up
                 else:
