@@ -66,6 +66,11 @@ class KernelConfig:
             parts.append(self.variant)
         return "-".join(parts)
 
+    def output_tiling(self, gemm: str, n: int) -> tuple[int, int]:
+        """(output columns, output columns per tile) of a GEMM with N = ``n``: w13's
+        fused SiLU(gate)*up halves both (a tile holds gate and up columns)."""
+        return (n // 2, self.block_n // 2) if gemm == "w13" else (n, self.block_n)
+
     def smem_bytes(self, dtype_bytes: int) -> int:
         """Shared memory of the operand pipeline: ``stages * (A tile + B tile)``."""
         return self.num_stages * (self.block_m + self.block_n) * self.block_k * dtype_bytes

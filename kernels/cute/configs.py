@@ -77,7 +77,7 @@ def check_shapes(cfg: KernelConfig, gemm: str, n: int, k: int, num_experts: int 
     if num_experts > MAX_EXPERTS:
         raise InputError(f"the CuTe kernels take at most {MAX_EXPERTS} experts per GPU, "
                          f"got {num_experts}")
-    out_cols, out_n = (n // 2, cfg.block_n // 2) if gemm == "w13" else (n, cfg.block_n)
+    out_cols, out_n = cfg.output_tiling(gemm, n)
     if out_cols % out_n or k % cfg.block_k:
         raise InputError(f"{cfg.name} needs output columns divisible by {out_n} and K by "
                          f"{cfg.block_k}; got {out_cols} and {k}")

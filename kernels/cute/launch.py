@@ -25,8 +25,6 @@ from ramp.kernels.cute.configs import check_shapes, consumer_warpgroups, epilogu
 from ramp.kernels.cute.moe_gemm import MoEGemmSm90
 from ramp.kernels.triton.fused_moe import Routing, max_row_tiles
 
-_TORCH_TO_CUTLASS = {torch.bfloat16: cutlass.BFloat16, torch.float16: cutlass.Float16}
-
 
 @dataclass
 class Compiled:
@@ -92,7 +90,7 @@ def moe_gemm(a: torch.Tensor, w: torch.Tensor, routing: Routing, cfg: KernelConf
     n, k = w.shape[1], w.shape[2]
     check_shapes(cfg, gemm, n, k, routing.num_experts)
     a_sorted = gather_rows(a, routing) if gemm == "w13" else a
-    out_cols, out_n = (n // 2, cfg.block_n // 2) if gemm == "w13" else (n, cfg.block_n)
+    out_cols, out_n = cfg.output_tiling(gemm, n)
     # Upper bound on CTA tiles (a cluster pads each expert to whole row units), so
     # that small calls launch no idle CTAs; the grid is a whole number of clusters.
     units = max_row_tiles(routing.sorted_slots.numel(), routing.num_experts,

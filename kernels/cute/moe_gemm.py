@@ -160,9 +160,10 @@ class MoEGemmSm90:
 
     @cute.jit
     def find_tile(self, t: cutlass.Int32, tile_start: cute.Tensor, row_start: cute.Tensor,
-                  n_tiles: cutlass.Int32):
-        """Tile ``t`` -> (expert's first row, expert's rows, row unit, column block):
-        a binary search for the last expert whose first tile is <= t."""
+                  n_tiles: cutlass.Int32, rank: cutlass.Int32):
+        """Work unit ``t`` -> (expert, its first row, its rows, this CTA's row block,
+        column block): a binary search for the last expert whose first tile is <= t;
+        CTA ``rank`` of a cluster takes the unit's ``rank``-th row block."""
         lo = cutlass.Int32(0)
         hi = cutlass.Int32(MAX_EXPERTS)
         for _ in cutlass.range_constexpr(MAX_EXPERTS.bit_length() - 1):
@@ -173,8 +174,8 @@ class MoEGemmSm90:
                 hi = mid
         first_row = row_start[lo]
         count = row_start[lo + 1] - first_row
-        m_blk, n_blk = self.tile_coords(t - tile_start[lo], count, n_tiles)
-        return lo, first_row, count, m_blk, n_blk
+        m_unit, n_blk = self.tile_coords(t - tile_start[lo], count, n_tiles)
+        return lo, first_row, count, m_unit * self.cluster_m + rank, n_blk
 
     @cute.jit
     def tile_coords(self, local: cutlass.Int32, count: cutlass.Int32, n_tiles: cutlass.Int32):
@@ -267,9 +268,8 @@ class MoEGemmSm90:
             state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer,
                                                  self.stages)
             while t < total:
-                e, first_row, _, m_unit, n_blk = self.find_tile(
-                    t, sTileStart, sRowStart, n_tiles)
-                m_blk = m_unit * self.cluster_m + rank
+                e, first_row, _, m_blk, n_blk = self.find_tile(
+                    t, sTileStart, sRowStart, n_tiles, rank)
                 gA = cute.local_tile(cute.domain_offset((first_row, 0), mA), (bm, bk),
                                      (m_blk, None))
                 tAsA, tAgA = cpasync.tma_partition(
@@ -322,9 +322,8 @@ class MoEGemmSm90:
             release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer,
                                                    self.stages)
             while t < total:
-                e, first_row, count, m_unit, n_blk = self.find_tile(
-                    t, sTileStart, sRowStart, n_tiles)
-                m_blk = m_unit * self.cluster_m + rank
+                e, first_row, count, m_blk, n_blk = self.find_tile(
+                    t, sTileStart, sRowStart, n_tiles, rank)
                 acc.fill(0.0)
                 tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
                 warpgroup.fence()

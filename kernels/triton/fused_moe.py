@@ -74,7 +74,7 @@ def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
 def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
     """Grid, positional and keyword arguments of ``moe_gemm_kernel`` for one call."""
     n, k = w.shape[1], w.shape[2]
-    out_cols, out_n = (n // 2, cfg.block_n // 2) if gemm == "w13" else (n, cfg.block_n)
+    out_cols, out_n = cfg.output_tiling(gemm, n)
     rows = routing.sorted_slots.numel()
     tiles = max_row_tiles(rows, routing.num_experts, cfg.block_m) * triton.cdiv(out_cols, out_n)
     grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
