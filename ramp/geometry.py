@@ -60,6 +60,13 @@ class GridGeometry:
         return np.stack([self.feature(n) for n in names], axis=-1)
 
 
+
+def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
+    """Upper bound on sum_e ceil(h[e]/block_m) given only M = T*k rows: at most
+    min(E, M) experts are active and each wastes under one tile of padding."""
+    active = min(num_experts, rows)
+    return (rows + active * (block_m - 1)) // block_m
+
 class GeometryPlan:
     """Per-bank constants precomputed once so that geometry costs a few numpy calls.
 

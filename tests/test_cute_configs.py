@@ -1,6 +1,9 @@
 """The CuTe family's configuration space (pure data, no GPU or cutlass needed)."""
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ramp.errors import InputError
 from ramp.kernels.cute.configs import (
@@ -13,6 +16,7 @@ from ramp.kernels.cute.configs import (
     cute_bank,
     cute_configs,
     epilogue_cols,
+    launch_grid,
     smem_bytes,
 )
 from ramp.models import get_model
@@ -69,3 +73,26 @@ def test_epilogue_stages_the_whole_tile_unless_that_costs_pipeline_stages():
             assert (cols == out_n) == (whole_tile <= H100_SMEM_PER_BLOCK)
     deep = [c for c in cute_configs() if epilogue_cols(c, "w2") < c.block_n]
     assert deep and all(c.num_stages >= 4 for c in deep)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 64), st.integers(1, 256), st.integers(1, 8), st.integers(1, 300),
+       st.sampled_from(["w13", "w2"]), st.integers(0, 10_000))
+def test_launch_grid_covers_every_tile_in_whole_clusters(experts, tokens, top_k, slots,
+                                                         gemm, seed):
+    """The grid, sized from T alone, is at least min(slots, the histogram's tiles) for any
+    routing (persistent CTAs loop over the rest) and a whole number of clusters."""
+    top_k = min(top_k, experts)
+    rng = np.random.default_rng(seed)
+    hist = np.zeros(experts, int)
+    for _ in range(tokens):
+        hist[rng.choice(experts, top_k, replace=False)] += 1
+    n = 1024
+    for cfg in cute_configs()[::7]:
+        grid = launch_grid(cfg, gemm, n, tokens * top_k, experts, slots)
+        unit = cfg.block_m * cfg.cluster_m
+        out_cols, out_n = cfg.output_tiling(gemm, n)
+        tiles = int((-(-hist // unit)).sum()) * cfg.cluster_m * (out_cols // out_n)
+        assert grid % cfg.cluster_m == 0
+        assert grid <= slots
+        assert grid >= min(tiles, slots // cfg.cluster_m * cfg.cluster_m)

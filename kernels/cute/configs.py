@@ -25,6 +25,7 @@ import itertools
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.errors import InputError
+from ramp.geometry import max_row_tiles
 
 FAMILY = "cute"
 # Bump when the kernel changes in a way that invalidates measured profiles.
@@ -81,6 +82,17 @@ def check_shapes(cfg: KernelConfig, gemm: str, n: int, k: int, num_experts: int 
     if out_cols % out_n or k % cfg.block_k:
         raise InputError(f"{cfg.name} needs output columns divisible by {out_n} and K by "
                          f"{cfg.block_k}; got {out_cols} and {k}")
+
+
+def launch_grid(cfg: KernelConfig, gemm: str, n: int, rows: int, num_experts: int,
+                slots: int) -> int:
+    """CTAs a call launches: one persistent wave of ``slots`` CTAs at most, no more than
+    the call can have tiles (bounded from T alone: no histogram on the host), and a
+    whole number of clusters. A cluster pads each expert to whole row units."""
+    out_cols, out_n = cfg.output_tiling(gemm, n)
+    units = max_row_tiles(rows, num_experts, cfg.block_m * cfg.cluster_m)
+    tiles = units * cfg.cluster_m * (out_cols // out_n)
+    return min(tiles, slots) // cfg.cluster_m * cfg.cluster_m
 
 
 def cute_configs(smem_limit: int = H100_SMEM_PER_BLOCK, dtype_bytes: int = 2

@@ -21,9 +21,14 @@ import torch
 from cutlass.cute.runtime import from_dlpack
 
 from ramp.config import KernelConfig
-from ramp.kernels.cute.configs import check_shapes, consumer_warpgroups, epilogue_cols
+from ramp.kernels.cute.configs import (
+    check_shapes,
+    consumer_warpgroups,
+    epilogue_cols,
+    launch_grid,
+)
 from ramp.kernels.cute.moe_gemm import MoEGemmSm90
-from ramp.kernels.triton.fused_moe import Routing, max_row_tiles
+from ramp.kernels.triton.fused_moe import Routing
 
 
 @dataclass
@@ -90,16 +95,10 @@ def moe_gemm(a: torch.Tensor, w: torch.Tensor, routing: Routing, cfg: KernelConf
     n, k = w.shape[1], w.shape[2]
     check_shapes(cfg, gemm, n, k, routing.num_experts)
     a_sorted = gather_rows(a, routing) if gemm == "w13" else a
-    out_cols, out_n = cfg.output_tiling(gemm, n)
-    # Upper bound on CTA tiles (a cluster pads each expert to whole row units), so
-    # that small calls launch no idle CTAs; the grid is a whole number of clusters.
-    units = max_row_tiles(routing.sorted_slots.numel(), routing.num_experts,
-                          cfg.block_m * cfg.cluster_m)
-    tiles = units * cfg.cluster_m * (out_cols // out_n)
     slots = num_sms * occupancy
     if cfg.cluster_m > 1:  # GPCs may not fit num_sms / cluster_m clusters at once
         slots = min(slots, max_active_clusters(cfg.cluster_m) * cfg.cluster_m)
-    grid = min(tiles, slots) // cfg.cluster_m * cfg.cluster_m
+    grid = launch_grid(cfg, gemm, n, routing.sorted_slots.numel(), routing.num_experts, slots)
     if grid > 0:
         kernel = compiled_gemm(cfg, gemm, a_sorted, w, routing, out).fn
         kernel(*_operands(a_sorted, w, routing, out), cutlass.Int32(grid),

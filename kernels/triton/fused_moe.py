@@ -13,6 +13,7 @@ import torch
 import triton
 
 from ramp.config import KernelConfig
+from ramp.geometry import max_row_tiles
 from ramp.kernels.triton.moe_gemm import moe_gemm_kernel, moe_route_kernel
 
 ROUTE_BLOCK = 1024
@@ -46,13 +47,6 @@ def route(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) 
                            E_POW2=_pow2(num_experts), BLOCK=ROUTE_BLOCK)
     return Routing(counts, sorted_slots, topk_weights.reshape(-1).float(), tokens, top_k,
                    num_experts)
-
-
-def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
-    """Upper bound on sum_e ceil(h[e]/block_m) given only M = T*k rows: at most
-    min(E, M) experts are active and each wastes under one tile of padding."""
-    active = min(num_experts, rows)
-    return (rows + active * (block_m - 1)) // block_m
 
 
 def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
