@@ -11,13 +11,18 @@ from ramp.kernels.cute.configs import (
     H100_SMEM_PER_BLOCK,
     MAX_ACC_REGS,
     TABLES_AND_BARRIERS,
+    THIN_BLOCK_M,
+    accumulator_regs,
     check_shapes,
     consumer_warpgroups,
     cute_bank,
     cute_configs,
     epilogue_cols,
     launch_grid,
+    raster,
+    schedule,
     smem_bytes,
+    staging_buffers,
 )
 from ramp.models import get_model
 
@@ -33,20 +38,29 @@ def test_every_configuration_fits_shared_memory_and_registers():
     for cfg in cute_configs():
         wgs = consumer_warpgroups(cfg)
         assert smem_bytes(cfg) <= H100_SMEM_PER_BLOCK
-        assert cfg.block_m >= 64 * wgs
-        assert cfg.block_m * cfg.block_n // (128 * wgs) <= MAX_ACC_REGS
+        if schedule(cfg) == "coop":  # each warpgroup owns 64 rows of the tile
+            assert cfg.block_m == 64 * wgs
+        # a pingpong warpgroup holds a whole tile: twice a cooperative one's registers
+        per_thread = cfg.block_m * cfg.block_n // (128 * (wgs if schedule(cfg) == "coop" else 1))
+        assert accumulator_regs(cfg) == per_thread <= MAX_ACC_REGS
+        assert staging_buffers(cfg) == (2 if schedule(cfg) == "pingpong" else 1)
         assert cfg.persistent and cfg.block_k == 64
 
 
 def test_space_covers_each_dimension():
     configs = cute_configs()
-    assert {c.block_m for c in configs} == {64, 128}
+    assert {c.block_m for c in configs} == {64, 128, *THIN_BLOCK_M}
     assert {c.block_n for c in configs} == {64, 128, 256}
-    assert {c.variant.split("-")[0] for c in configs} == {"1wg", "coop"}
-    assert {c.variant.split("-")[1] for c in configs} == {"m", "n", "g4"}
+    assert {schedule(c) for c in configs} == {"1wg", "coop", "pingpong", "swap"}
+    assert {raster(c) for c in configs} == {"m", "n", "g4"}
     assert len({c.num_stages for c in configs}) >= 4
     clustered = [c for c in configs if c.cluster_m == 2]
     assert clustered and all(c.block_m == 128 for c in clustered)
+    thin = [c for c in configs if c.block_m < 64]
+    assert thin and all(schedule(c) == "swap" and consumer_warpgroups(c) == 1 for c in thin)
+    assert {c.block_m for c in thin} == set(THIN_BLOCK_M)
+    pingpong = [c for c in configs if schedule(c) == "pingpong"]
+    assert {(c.block_m, c.block_n) for c in pingpong} >= {(64, 128), (64, 256), (128, 128)}
 
 
 @pytest.mark.parametrize("model", ["qwen3-30b-a3b", "mixtral-8x7b"])
@@ -65,8 +79,8 @@ def test_shapes_that_do_not_tile_are_refused_with_the_reason():
 
 def test_epilogue_stages_the_whole_tile_unless_that_costs_pipeline_stages():
     for cfg in cute_configs():
-        whole_tile = (cfg.smem_bytes(2) + cfg.block_m * (cfg.block_n + EPI_PAD) * 2
-                      + TABLES_AND_BARRIERS)
+        whole_tile = (cfg.smem_bytes(2) + TABLES_AND_BARRIERS
+                      + staging_buffers(cfg) * cfg.block_m * (cfg.block_n + EPI_PAD) * 2)
         for gemm, halves in (("w13", 2), ("w2", 1)):
             cols, out_n = epilogue_cols(cfg, gemm), cfg.block_n // halves
             assert out_n % cols == 0 and cols % 16 == 0

@@ -2,7 +2,8 @@
 
 Every case draws fresh random inputs through the profiler's own workload builder,
 poisons the output with NaN, compares with a float32 reference and checks every row
-was written: ragged, empty and hot experts, T=1, both GEMMs, every schedule and raster.
+was written: ragged, empty and hot experts, T=1, both GEMMs, every tile, schedule
+(1wg, cooperative, pingpong, swap-AB thin tiles), cluster and raster.
 """
 
 import numpy as np
@@ -15,7 +16,12 @@ pytest.importorskip("cutlass")
 
 from ramp.config import KernelConfig  # noqa: E402
 from ramp.kernels.bank_timer import reference_gemm  # noqa: E402
-from ramp.kernels.cute.configs import cute_configs  # noqa: E402
+from ramp.kernels.cute.configs import (  # noqa: E402
+    cute_configs,
+    epilogue_cols,
+    raster,
+    schedule,
+)
 from ramp.kernels.cute.launch import moe_gemm  # noqa: E402
 from ramp.kernels.triton.fused_moe import route  # noqa: E402
 from ramp.kernels.workload import make_call, make_weights  # noqa: E402
@@ -66,12 +72,15 @@ def check(cfg: KernelConfig, gemm: str, kind: str, seed: int) -> float:
 
 
 def representatives() -> list[KernelConfig]:
-    """One configuration per (tile, schedule, cluster) and every raster once."""
+    """One configuration per (tile, schedule, cluster), every (schedule, raster) and
+    every schedule with a chunked epilogue once."""
     seen, out = set(), []
     for cfg in cute_configs():
-        key = (cfg.block_m, cfg.block_n, cfg.variant.split("-")[0], cfg.cluster_m)
-        raster_key = ("raster", cfg.variant.split("-")[1])
-        for k in (key, raster_key):
+        keys = [(cfg.block_m, cfg.block_n, schedule(cfg), cfg.cluster_m),
+                ("raster", schedule(cfg), raster(cfg))]
+        if epilogue_cols(cfg, "w2") < cfg.block_n:
+            keys.append(("chunked", schedule(cfg)))
+        for k in keys:
             if k not in seen:
                 seen.add(k)
                 out.append(cfg)

@@ -6,6 +6,13 @@ pipeline depth, the consumer schedule and the raster order of tiles inside an ex
 
 * ``1wg``: one producer warp(group) + one consumer warpgroup (64 or 128 rows);
 * ``coop``: one producer + two cooperative consumer warpgroups of 64 rows each;
+* ``pingpong``: one producer + two consumer warpgroups that take alternate tiles, each
+  a whole tile, so one's epilogue overlaps the other's mainloop (each has its own
+  epilogue staging buffer);
+* ``swap``: the thin-expert tiles (``block_m`` 16/32 token rows) for decode: the
+  GEMM runs transposed (weights on wgmma's 64-row M side, tokens on its N side), so a
+  one-token expert costs neither 64 rows of MMA nor 64 rows of activation traffic; one
+  consumer warpgroup, raster ``m``;
 * raster ``m`` / ``n`` / ``g4``: row blocks fastest, column blocks fastest, or row blocks
   fastest within bands of 4 (see ``moe_gemm.MoEGemmSm90``).
 
@@ -29,13 +36,18 @@ from ramp.geometry import max_row_tiles
 
 FAMILY = "cute"
 # Bump when the kernel changes in a way that invalidates measured profiles.
-FAMILY_VERSION = "1"
+FAMILY_VERSION = "2"  # 2: pingpong and swap-AB thin tiles
 
 BLOCK_M = (64, 128)
+# Swap-AB tiles (token rows on wgmma's N side). N=8 is valid PTX, but nvidia-cutlass-dsl
+# 4.3.5 rejects its accumulator layout in cute.gemm ("invalid layout of A/B/D").
+THIN_BLOCK_M = (16, 32)
 BLOCK_N = (64, 128, 256)
 BLOCK_K = 64
 STAGES = (3, 4, 5, 6, 8)  # 2 was never within 1% of the best on any H100 call; 8: decode
-SCHEDULES = {"1wg": 1, "coop": 2}  # consumer warpgroups
+THIN_STAGES = (4, 6, 8, 12)  # thin tiles are small: deep pipelines keep HBM busy
+SCHEDULES = {"1wg": 1, "coop": 2, "pingpong": 2}  # consumer warpgroups
+SWAP = "swap"
 RASTERS = ("m", "n", "g4")
 H100_SMEM_PER_BLOCK = 227 * 1024
 EPI_PAD = 8          # bf16 elements of padding per staged row: conflict-free stmatrix
@@ -45,9 +57,37 @@ TABLES_AND_BARRIERS = 2 * (MAX_EXPERTS + 1) * 4 + 1024
 MAX_ACC_REGS = 128   # fp32 accumulator registers per consumer thread (232 allotted)
 
 
+def schedule(cfg: KernelConfig) -> str:
+    """``1wg``, ``coop``, ``pingpong`` or ``swap`` (the variant's first part)."""
+    return cfg.variant.split("-")[0]
+
+
+def raster(cfg: KernelConfig) -> str:
+    return cfg.variant.split("-")[-1]
+
+
+def consumer_warpgroups(cfg: KernelConfig) -> int:
+    return cfg.num_warps // 4 - 1
+
+
+def tile_warpgroups(cfg: KernelConfig) -> int:
+    """Consumer warpgroups that share one tile's accumulator (two only when cooperative)."""
+    return consumer_warpgroups(cfg) if schedule(cfg) == "coop" else 1
+
+
+def staging_buffers(cfg: KernelConfig) -> int:
+    """Epilogue staging buffers: one per pingpong warpgroup, else one."""
+    return consumer_warpgroups(cfg) if schedule(cfg) == "pingpong" else 1
+
+
+def accumulator_regs(cfg: KernelConfig) -> int:
+    """fp32 accumulator registers per consumer thread."""
+    return cfg.block_m * cfg.block_n // (128 * tile_warpgroups(cfg))
+
+
 def _smem(cfg: KernelConfig, staged_cols: int, dtype_bytes: int) -> int:
-    return (cfg.smem_bytes(dtype_bytes) + cfg.block_m * (staged_cols + EPI_PAD) * dtype_bytes
-            + TABLES_AND_BARRIERS)
+    staging = cfg.block_m * (staged_cols + EPI_PAD) * dtype_bytes * staging_buffers(cfg)
+    return cfg.smem_bytes(dtype_bytes) + staging + TABLES_AND_BARRIERS
 
 
 def epilogue_cols(cfg: KernelConfig, gemm: str, smem_limit: int = H100_SMEM_PER_BLOCK,
@@ -55,9 +95,9 @@ def epilogue_cols(cfg: KernelConfig, gemm: str, smem_limit: int = H100_SMEM_PER_
     """Output columns the epilogue stages per step: the whole tile (one staging step, two
     barriers) when it fits beside the pipeline, else 2 * EPI_COLS staged columns at a
     time (w13: EPI_COLS outputs and their up columns), which frees shared memory for a
-    deeper pipeline."""
+    deeper pipeline. Thin (swap) tiles always stage the whole tile: it is small."""
     halves = 2 if gemm == "w13" else 1
-    if _smem(cfg, cfg.block_n, dtype_bytes) <= smem_limit:
+    if schedule(cfg) == SWAP or _smem(cfg, cfg.block_n, dtype_bytes) <= smem_limit:
         return cfg.block_n // halves
     return min(2 * EPI_COLS, cfg.block_n) // halves
 
@@ -67,10 +107,6 @@ def smem_bytes(cfg: KernelConfig, dtype_bytes: int = 2) -> int:
     larger of the two GEMMs) + tile tables and barriers."""
     staged = 2 * epilogue_cols(cfg, "w13", dtype_bytes=dtype_bytes)
     return _smem(cfg, min(staged, cfg.block_n), dtype_bytes)
-
-
-def consumer_warpgroups(cfg: KernelConfig) -> int:
-    return cfg.num_warps // 4 - 1
 
 
 def check_shapes(cfg: KernelConfig, gemm: str, n: int, k: int, num_experts: int = 1) -> None:
@@ -95,23 +131,35 @@ def launch_grid(cfg: KernelConfig, gemm: str, n: int, rows: int, num_experts: in
     return min(tiles, slots) // cfg.cluster_m * cfg.cluster_m
 
 
+def _config(bm: int, bn: int, stages: int, sched: str, wgs: int, rast: str) -> KernelConfig:
+    return KernelConfig(FAMILY, bm, bn, BLOCK_K, num_warps=4 * (1 + wgs), num_stages=stages,
+                        persistent=True, variant=f"{sched}-{rast}")
+
+
 def cute_configs(smem_limit: int = H100_SMEM_PER_BLOCK, dtype_bytes: int = 2
                  ) -> list[KernelConfig]:
     """Every configuration whose shared memory and accumulator registers fit."""
+    def fits(cfg: KernelConfig) -> bool:
+        return (accumulator_regs(cfg) <= MAX_ACC_REGS
+                and smem_bytes(cfg, dtype_bytes) <= smem_limit)
+
     out = []
-    for bm, bn, stages, (schedule, wgs), raster in itertools.product(
+    for bm, bn, stages, (sched, wgs), rast in itertools.product(
         BLOCK_M, BLOCK_N, STAGES, SCHEDULES.items(), RASTERS
     ):
-        if bm // 64 < wgs:  # a consumer warpgroup owns at least 64 rows
+        if sched == "coop" and bm // 64 < wgs:  # a coop warpgroup owns 64 rows or more
             continue
-        if bm * bn // (128 * wgs) > MAX_ACC_REGS:
+        if sched == "pingpong" and (bn < 128 or rast == "g4"):  # compute-bound tiles only
             continue
-        cfg = KernelConfig(FAMILY, bm, bn, BLOCK_K, num_warps=4 * (1 + wgs),
-                           num_stages=stages, persistent=True, variant=f"{schedule}-{raster}")
-        if smem_bytes(cfg, dtype_bytes) <= smem_limit:
+        cfg = _config(bm, bn, stages, sched, wgs, rast)
+        if fits(cfg):
             out.append(cfg)
-            if bm == 128 and raster == "m":  # prefill tiles, also as 2-CTA clusters
+            if bm == 128 and rast == "m" and sched != "pingpong":  # prefill: 2-CTA clusters
                 out.append(dataclasses.replace(cfg, cluster_m=2))
+    for bm, bn, stages in itertools.product(THIN_BLOCK_M, BLOCK_N, THIN_STAGES):
+        cfg = _config(bm, bn, stages, SWAP, 1, "m")
+        if fits(cfg):
+            out.append(cfg)
     return out
 
 

@@ -1,7 +1,8 @@
 """Host side of the CuTe family: compile configurations lazily, launch one MoE GEMM.
 
-Compiled kernels are cached for the life of the process (nvidia-cutlass-dsl 4.3 keeps no
-on-disk cache); every shape is dynamic, so one compilation per (configuration, GEMM,
+Compiled kernels are cached for the life of the process (nvidia-cutlass-dsl 4.3's file
+cache is keyed by the traced IR, so it would not skip the tracing that dominates compile
+time); every shape is dynamic, so one compilation per (configuration, GEMM,
 dtype) serves every token count, routing and model. Launches read nothing back from
 the GPU: the grid is a persistent wave sized from T alone, so calls can be captured in
 CUDA graphs.
@@ -23,9 +24,10 @@ from cutlass.cute.runtime import from_dlpack
 from ramp.config import KernelConfig
 from ramp.kernels.cute.configs import (
     check_shapes,
-    consumer_warpgroups,
     epilogue_cols,
     launch_grid,
+    raster,
+    schedule,
 )
 from ramp.kernels.cute.moe_gemm import MoEGemmSm90
 from ramp.kernels.triton.fused_moe import Routing
@@ -64,14 +66,20 @@ def compiled_gemm(cfg: KernelConfig, gemm: str, a_sorted, w, routing: Routing, o
     """The compiled kernel of ``cfg`` for this GEMM and dtype (compiled on first use)."""
     key = (cfg, gemm, a_sorted.dtype)
     if key not in _CACHE:
-        op = MoEGemmSm90(cfg.block_m, cfg.block_n, cfg.num_stages, consumer_warpgroups(cfg),
-                         cfg.variant.split("-")[-1], silu_mul=gemm == "w13",
-                         cluster_m=cfg.cluster_m, epi_cols=epilogue_cols(cfg, gemm))
         start = time.perf_counter()
-        fn = cute.compile(op, *_operands(a_sorted, w, routing, out), cutlass.Int32(1),
+        fn = compile_gemm(cfg, gemm, a_sorted, w, routing, out,
                           cuda.CUstream(torch.cuda.current_stream().cuda_stream))
         _CACHE[key] = Compiled(fn, time.perf_counter() - start)
     return _CACHE[key]
+
+
+def compile_gemm(cfg: KernelConfig, gemm: str, a_sorted, w, routing: Routing, out, stream):
+    """Compile (uncached) ``cfg``'s kernel for these operands' dtypes. Runs without a GPU
+    when ``CUTE_DSL_ARCH`` names the target (bench/compile_cute.py)."""
+    op = MoEGemmSm90(cfg.block_m, cfg.block_n, cfg.num_stages, schedule(cfg), raster(cfg),
+                     silu_mul=gemm == "w13", cluster_m=cfg.cluster_m,
+                     epi_cols=epilogue_cols(cfg, gemm))
+    return cute.compile(op, *_operands(a_sorted, w, routing, out), cutlass.Int32(1), stream)
 
 
 @functools.cache

@@ -14,8 +14,18 @@ Roles inside a CTA (threads ``128 * (1 + consumer warpgroups)``):
   expert's first row; rows past the expert belong to the next one and are never
   stored, rows past M are zero-filled by TMA) and of the expert's B tile into a
   ``stages``-deep mbarrier pipeline;
-* one or two consumer warpgroups run wgmma from shared memory (two: "cooperative",
-  each owns 64 rows of a 128-row tile) and the epilogue.
+* one or two consumer warpgroups run wgmma from shared memory and the epilogue: two
+  "cooperative" warpgroups each own 64 rows of one 128-row tile; two "pingpong"
+  warpgroups take alternate tiles of the CTA, each a whole tile with its own
+  accumulators and staging buffer. The producer streams the tiles' operands in order,
+  so the second warpgroup's mainloop starts as the first one's ends and runs while the
+  first one is in its epilogue.
+
+Thin-expert ("swap") tiles compute the transposed product, out^T = W . A^T: the weight
+tile sits on wgmma's M side (64 rows per instruction) and ``block_m`` token rows (16 or
+32) on its N side, so a decode call with one or two tokens per expert issues no
+64-row MMA and loads no 64-row activation tile. The epilogue transposes through
+shared memory, so both tile kinds share the stores below.
 
 The epilogue stages the bf16 accumulator tile in (padded, conflict-free) shared memory,
 then every consumer thread stores 16-byte row segments with a row predicate:
@@ -54,7 +64,7 @@ class MoEGemmSm90:
     bands of G, Triton's grouped ordering).
     """
 
-    def __init__(self, block_m: int, block_n: int, stages: int, consumer_wgs: int,
+    def __init__(self, block_m: int, block_n: int, stages: int, schedule: str,
                  raster: str, silu_mul: bool, cluster_m: int = 1, epi_cols: int = 0) -> None:
         self.block_m, self.block_n, self.block_k = block_m, block_n, 64
         # A cluster of cluster_m CTAs works on cluster_m consecutive row blocks of one
@@ -63,17 +73,20 @@ class MoEGemmSm90:
         self.cluster_m = cluster_m
         self.rows_per_unit = block_m * cluster_m
         self.stages = stages
-        self.consumer_wgs = consumer_wgs
+        self.swap_ab = schedule == "swap"
+        self.pingpong = schedule == "pingpong"
+        self.consumer_wgs = 2 if schedule in ("coop", "pingpong") else 1
+        # Warpgroups that share one tile (its accumulator, staging buffer, barrier).
+        self.tile_wgs = 2 if schedule == "coop" else 1
+        self.teams = self.consumer_wgs // self.tile_wgs
         self.raster = raster
         self.silu_mul = silu_mul
         self.halves = 2 if silu_mul else 1
         self.out_n = block_n // self.halves
         # Output columns staged per epilogue step (configs.epilogue_cols); 0: all.
         self.epi_cols = epi_cols or self.out_n
-        self.threads = THREADS_PER_WG * (1 + consumer_wgs)
-        self.consumer_threads = THREADS_PER_WG * consumer_wgs
-        self.epi_barrier = pipeline.NamedBarrier(barrier_id=1,
-                                                 num_threads=self.consumer_threads)
+        self.threads = THREADS_PER_WG * (1 + self.consumer_wgs)
+        self.tile_threads = THREADS_PER_WG * self.tile_wgs
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mB: cute.Tensor, mOut: cute.Tensor,
@@ -83,9 +96,15 @@ class MoEGemmSm90:
         ab_dtype = mA.element_type
         a_layout = utils.LayoutEnum.from_tensor(mA)
         b_layout = utils.LayoutEnum.from_tensor(mB)
-        tiled_mma = sm90_utils.make_trivial_tiled_mma(
-            ab_dtype, ab_dtype, a_layout.sm90_mma_major_mode(), b_layout.sm90_mma_major_mode(),
-            cutlass.Float32, (self.consumer_wgs, 1, 1), tiler_mn=(64, bn))
+        if cutlass.const_expr(self.swap_ab):  # weights on M, tokens on N
+            tiled_mma = sm90_utils.make_trivial_tiled_mma(
+                ab_dtype, ab_dtype, b_layout.sm90_mma_major_mode(),
+                a_layout.sm90_mma_major_mode(), cutlass.Float32, (1, 1, 1), tiler_mn=(64, bm))
+        else:
+            tiled_mma = sm90_utils.make_trivial_tiled_mma(
+                ab_dtype, ab_dtype, a_layout.sm90_mma_major_mode(),
+                b_layout.sm90_mma_major_mode(), cutlass.Float32, (self.tile_wgs, 1, 1),
+                tiler_mn=(64, bn))
         tile_mnk = (bm, bn, bk)
         sa_layout = sm90_utils.make_smem_layout_a(a_layout, tile_mnk, ab_dtype, self.stages)
         sb_layout = sm90_utils.make_smem_layout_b(b_layout, tile_mnk, ab_dtype, self.stages)
@@ -100,13 +119,16 @@ class MoEGemmSm90:
             else cpasync.CopyBulkTensorTileG2SOp(), mB, sb_box, (self.out_n, bk),
             num_multicast=self.cluster_m)
         # The epilogue stages epi_cols output columns at a time (and, for w13, their up
-        # columns beside them): (rows, halves * epi_cols) plus padding per row.
-        sc_layout = cute.make_layout((bm, self.halves * self.epi_cols),
-                                     stride=(self.halves * self.epi_cols + EPI_PAD, 1))
+        # columns beside them): (rows, halves * epi_cols) plus padding per row; one
+        # buffer per team of warpgroups that works on its own tiles.
+        pitch = self.halves * self.epi_cols + EPI_PAD
+        sc_layout = cute.make_layout((bm, self.halves * self.epi_cols, self.teams),
+                                     stride=(pitch, 1, bm * pitch))
 
         @cute.struct
         class SharedStorage:
             barriers: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
+            turns: cute.struct.MemRange[cutlass.Int64, 2]  # pingpong mainloop order
             tile_start: cute.struct.MemRange[cutlass.Int32, MAX_EXPERTS + 1]
             row_start: cute.struct.MemRange[cutlass.Int32, MAX_EXPERTS + 1]
             sA: cute.struct.Align[cute.struct.MemRange[ab_dtype, cute.cosize(sa_layout)], 1024]
@@ -222,23 +244,17 @@ class MoEGemmSm90:
         pipe = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.barriers.data_ptr(), num_stages=self.stages,
             producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-            # A stage is free once every consumer warp of every CTA it multicast to is done.
+            # A stage is free once every consumer warp of its tile in every CTA it was
+            # multicast to is done.
             consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread,
-                                                     self.consumer_wgs * 4 * self.cluster_m),
+                                                     self.tile_wgs * 4 * self.cluster_m),
             tx_count=tx_bytes, cta_layout_vmnk=cute.make_layout((1, self.cluster_m, 1, 1)),
             defer_sync=True)
         pipeline.pipeline_init_arrive(cluster_shape_mn=cluster_shape, is_relaxed=True)
 
         sA = storage.sA.get_tensor(sa_layout.outer, swizzle=sa_layout.inner)
         sB = storage.sB.get_tensor(sb_layout.outer, swizzle=sb_layout.inner)
-        sC = storage.sC.get_tensor(sc_layout)
-        # The whole (bm, bn) accumulator tile viewed onto the staging buffer: column
-        # c = within + epi_cols * chunk + out_n * half lands at (half * epi_cols + within),
-        # whatever its chunk, so a partition of the full tile addresses any chunk.
-        pitch = self.halves * self.epi_cols + EPI_PAD
-        sC_tile = cute.make_tensor(sC.iterator, cute.make_layout(
-            (bm, ((self.epi_cols, self.out_n // self.epi_cols), self.halves)),
-            stride=(pitch, ((1, 0), self.epi_cols))))
+        sC_teams = storage.sC.get_tensor(sc_layout)
 
         out_cols = cute.size(mOut, mode=[1])
         n_tiles = out_cols // self.out_n
@@ -254,11 +270,18 @@ class MoEGemmSm90:
         sRowStart = storage.row_start.get_tensor(cute.make_layout(MAX_EXPERTS + 1))
         if warp == 0:
             self.build_tables(mCounts, sTileStart, sRowStart, n_tiles)
-        cute.arch.sync_threads()  # the tables, for every role
+        turns = storage.turns.data_ptr()
+        if cutlass.const_expr(self.pingpong):  # noqa: SIM102 (compile-time, then runtime)
+            if tidx == 32:  # warp 1: each turn barrier completes when a whole team arrives
+                for w in cutlass.range_constexpr(2):
+                    cute.arch.mbarrier_init(turns + w, self.tile_threads)
+                cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()  # the tables and barriers, for every role
         pipeline.pipeline_init_wait(cluster_shape_mn=cluster_shape)
 
-        # Work units (tiles, or cluster tiles) go round-robin over the clusters.
-        t = cta // self.cluster_m
+        # Work units (tiles, or cluster tiles) go round-robin over the clusters; the
+        # CTA's j-th unit is first + j * step and fills pipeline stages from j * k_tiles.
+        first = cta // self.cluster_m
         step = grid // self.cluster_m
         total = sTileStart[MAX_EXPERTS]
 
@@ -267,6 +290,7 @@ class MoEGemmSm90:
         if warp == 0:
             state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer,
                                                  self.stages)
+            t = first
             while t < total:
                 e, first_row, _, m_blk, n_blk = self.find_tile(
                     t, sTileStart, sRowStart, n_tiles, rank)
@@ -295,35 +319,33 @@ class MoEGemmSm90:
 
         if warp >= 4:
             cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
-            ctid = tidx - THREADS_PER_WG
+            # A team (one or two warpgroups) works on every teams-th unit of the CTA.
+            team = cutlass.Int32(0)
+            if cutlass.const_expr(self.teams > 1):
+                team = (warp - 4) // 4
+            ctid = tidx - THREADS_PER_WG - team * self.tile_threads
+            sC = sC_teams[(None, None, team)]
             thr_mma = tiled_mma.get_slice(ctid)
-            tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
-            tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
-            acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((bm, self.block_n)),
-                                        cutlass.Float32)
-            k_blocks = cute.size(tCrA, mode=[2])
-            r2s = cute.make_tiled_copy_S(
-                sm90_utils.get_smem_store_op(utils.LayoutEnum.ROW_MAJOR, dtype,
-                                             cutlass.Float32),
-                cute.make_tiled_copy_C_atom(
-                    cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), dtype),
-                    tiled_mma))
-            thr_r2s = r2s.get_slice(ctid)
-            tRS_sC = thr_r2s.partition_D(sC_tile)
-            tRS_acc = r2s.retile(acc)
-            # Per 64-row MMA block and 16-column group n, the retiled accumulator holds
-            # values [8n, 8n + 8) in the order the smem-store partition (m, n) takes them.
-            m_reps = cute.size(tRS_acc, mode=[1])
-            tRS_f32 = cute.make_rmem_tensor(thr_r2s.partition_S(sC_tile)[(None, 0, 0)].shape,
+            if cutlass.const_expr(self.swap_ab):  # weights are wgmma's A, tokens its B
+                tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sB))
+                tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sA))
+                acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((self.block_n, bm)),
                                             cutlass.Float32)
-            per_group = cute.size(tRS_f32)
-            tRS_out = cute.make_rmem_tensor(tRS_f32.shape, dtype)
-            read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-            release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer,
-                                                   self.stages)
+            else:
+                tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
+                tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
+                acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((bm, self.block_n)),
+                                            cutlass.Float32)
+            k_blocks = cute.size(tCrA, mode=[2])
+            j = team
+            t = first + j * step
             while t < total:
                 e, first_row, count, m_blk, n_blk = self.find_tile(
                     t, sTileStart, sRowStart, n_tiles, rank)
+                read = self.pipeline_state(j * k_tiles)
+                release = self.pipeline_state(j * k_tiles)
+                if cutlass.const_expr(self.pingpong):
+                    self.wait_turn(turns, team, j)
                 acc.fill(0.0)
                 tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
                 warpgroup.fence()
@@ -339,26 +361,94 @@ class MoEGemmSm90:
                         warpgroup.wait_group(1)
                         pipe.consumer_release(release)
                         release.advance()
+                if cutlass.const_expr(self.pingpong):  # every wait of this tile passed
+                    cute.arch.mbarrier_arrive(turns + (1 - team))
                 warpgroup.wait_group(0)
                 pipe.consumer_release(release)
-                release.advance()
 
                 for chunk in cutlass.range_constexpr(self.out_n // self.epi_cols):
-                    for m in cutlass.range_constexpr(m_reps):
-                        acc_m = tRS_acc[(None, m, None)]
-                        for h in cutlass.range_constexpr(self.halves):
-                            for g in cutlass.range_constexpr(self.epi_cols // 16):
-                                n = (h * self.out_n + chunk * self.epi_cols) // 16 + g
-                                for v in cutlass.range_constexpr(per_group):
-                                    tRS_f32[v] = acc_m[n * per_group + v]
-                                tRS_out.store(tRS_f32.load().to(dtype))
-                                cute.copy(r2s, tRS_out, tRS_sC[(None, m, n)])
-                    self.epi_barrier.arrive_and_wait()
+                    if cutlass.const_expr(self.swap_ab):
+                        self.stage_transposed(acc, sC, thr_mma)
+                    else:
+                        self.stage_chunk(acc, sC, tiled_mma, ctid, chunk)
+                    self.sync_team(team)
                     self.store_tile(sC, mOut, mSlots, mWeights, ctid,
                                     count - m_blk * bm, first_row + m_blk * bm,
                                     n_blk * self.out_n + chunk * self.epi_cols)
-                    self.epi_barrier.arrive_and_wait()
-                t = t + step
+                    self.sync_team(team)
+                j = j + self.teams
+                t = first + j * step
+
+    @cute.jit
+    def wait_turn(self, turns: cute.Pointer, team: cutlass.Int32, j: cutlass.Int32):
+        """Pingpong: a team's mainloop starts once the other team's previous mainloop has
+        waited on all its stages. Besides keeping the two mainloops from sharing the
+        tensor cores, this keeps a team's stage waits at most one barrier phase ahead:
+        it skips the other team's stages, and parity waits cannot tell phases two apart.
+        Team ``team``'s n-th tile (j = team + 2n) waits for completion n - 1 + team of
+        its turn barrier, which the other team arrives on after each mainloop."""
+        completion = (j - team) // 2 - 1 + team
+        if completion >= 0:
+            cute.arch.mbarrier_wait(turns + team, completion % 2)
+
+    def pipeline_state(self, count: cutlass.Int32) -> pipeline.PipelineState:
+        """The consumer's pipeline position after ``count`` stages."""
+        return pipeline.PipelineState(self.stages, count, count % self.stages,
+                                      (count // self.stages) % 2)
+
+    @cute.jit
+    def sync_team(self, team: cutlass.Int32):
+        """Barrier over the warpgroups of one tile (named barrier 1 + team)."""
+        cute.arch.barrier(barrier_id=1 + team, number_of_threads=self.tile_threads)
+
+    @cute.jit
+    def stage_chunk(self, acc: cute.Tensor, sC: cute.Tensor, tiled_mma: cute.TiledMma,
+                    ctid: cutlass.Int32, chunk: cutlass.Constexpr):
+        """Accumulator columns of epilogue step ``chunk`` (and, for w13, their up columns)
+        -> bf16 in the staging buffer, by stmatrix."""
+        bm = self.block_m
+        dtype = sC.element_type
+        # The whole (bm, bn) accumulator tile viewed onto the staging buffer: column
+        # c = within + epi_cols * chunk + out_n * half lands at (half * epi_cols + within),
+        # whatever its chunk, so a partition of the full tile addresses any chunk.
+        pitch = self.halves * self.epi_cols + EPI_PAD
+        sC_tile = cute.make_tensor(sC.iterator, cute.make_layout(
+            (bm, ((self.epi_cols, self.out_n // self.epi_cols), self.halves)),
+            stride=(pitch, ((1, 0), self.epi_cols))))
+        r2s = cute.make_tiled_copy_S(
+            sm90_utils.get_smem_store_op(utils.LayoutEnum.ROW_MAJOR, dtype, cutlass.Float32),
+            cute.make_tiled_copy_C_atom(
+                cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), dtype),
+                tiled_mma))
+        thr_r2s = r2s.get_slice(ctid)
+        tRS_sC = thr_r2s.partition_D(sC_tile)
+        tRS_acc = r2s.retile(acc)
+        # Per 64-row MMA block and 16-column group n, the retiled accumulator holds
+        # values [8n, 8n + 8) in the order the smem-store partition (m, n) takes them.
+        tRS_f32 = cute.make_rmem_tensor(thr_r2s.partition_S(sC_tile)[(None, 0, 0)].shape,
+                                        cutlass.Float32)
+        per_group = cute.size(tRS_f32)
+        tRS_out = cute.make_rmem_tensor(tRS_f32.shape, dtype)
+        for m in cutlass.range_constexpr(cute.size(tRS_acc, mode=[1])):
+            acc_m = tRS_acc[(None, m, None)]
+            for h in cutlass.range_constexpr(self.halves):
+                for g in cutlass.range_constexpr(self.epi_cols // 16):
+                    n = (h * self.out_n + chunk * self.epi_cols) // 16 + g
+                    for v in cutlass.range_constexpr(per_group):
+                        tRS_f32[v] = acc_m[n * per_group + v]
+                    tRS_out.store(tRS_f32.load().to(dtype))
+                    cute.copy(r2s, tRS_out, tRS_sC[(None, m, n)])
+
+    @cute.jit
+    def stage_transposed(self, acc: cute.Tensor, sC: cute.Tensor, thr_mma: cute.ThrMma):
+        """Swap-AB accumulator (weight row w, token r) -> staging buffer (r, w): token
+        rows, output columns (w13: gate columns, then up), as ``stage_chunk`` leaves it."""
+        pitch = self.halves * self.epi_cols + EPI_PAD
+        sC_t = cute.make_tensor(sC.iterator, cute.make_layout((self.block_n, self.block_m),
+                                                              stride=(1, pitch)))
+        staged = cute.make_rmem_tensor(acc.shape, sC.element_type)
+        staged.store(acc.load().to(sC.element_type))
+        cute.autovec_copy(staged, thr_mma.partition_C(sC_t))
 
     @cute.jit
     def store_tile(self, sC: cute.Tensor, mOut: cute.Tensor, mSlots: cute.Tensor,
@@ -368,9 +458,11 @@ class MoEGemmSm90:
         skipped: SiLU(gate) * up (w13), or routing-weight scaled rows scattered to their
         token slots (w2)."""
         per_row = self.epi_cols // VEC
-        rows_per_step = self.consumer_threads // per_row
+        rows_per_step = self.tile_threads // per_row
         col = (ctid % per_row) * VEC
-        for step in cutlass.range_constexpr(self.block_m // rows_per_step):
+        if rows > self.block_m:  # the rows of this tile (thin tiles have fewer than threads)
+            rows = cutlass.Int32(self.block_m)
+        for step in cutlass.range_constexpr((self.block_m + rows_per_step - 1) // rows_per_step):
             r = step * rows_per_step + ctid // per_row
             if r < rows:
                 src = cute.local_tile(sC, (1, VEC), (r, col // VEC)).load().to(cutlass.Float32)
