@@ -67,9 +67,10 @@ def make_timer(family: str, problem, configs=None):
     """The family's profiling timer over ``configs`` (default: its whole space)."""
     if family == "cute":
         from ramp.kernels.cute.configs import cute_configs
-        from ramp.kernels.cute.timer import CuteTimer
+        from ramp.kernels.cute.timer import cute_timer, default_jobs
 
-        return CuteTimer(problem, configs or cute_configs(), progress=False)
+        return cute_timer(problem, configs or cute_configs(), jobs=default_jobs(),
+                          progress=False)
     from ramp.kernels.triton import triton_configs
     from ramp.kernels.triton.timer import TritonTimer
 
@@ -122,6 +123,7 @@ def profile_shape(args, problem) -> None:
     if family == "triton" and not args.skip_sync_free:
         run_sync_free(train, hists, labels, out, stem, command)
 
+    timer.close()  # the side-by-side builds its own timers
     suffix = "" if family == "triton" else f"_{family}"
     side_by_side(profile, hists, labels, out / f"{stem}{suffix}_baselines.json", command)
     print(f"done in {time.monotonic() - t0:.1f} s")
@@ -167,6 +169,8 @@ def side_by_side(profile, hists, labels, path: Path, command: str) -> None:
             result[f"{prefix}ramp_us"].append(float(times[r]))
             result[f"{prefix}static_us"].append(float(times[s]))
         result["grouped_mm_us"].append(float(np.nanmin(gmm.time_all(hist))))
+    for timer in timers.values():
+        timer.close()
     try:
         from bench.vllm_baseline import vllm_times
     except ImportError as exc:

@@ -111,6 +111,11 @@ class BankTimer:
     def device_info(self) -> dict[str, Any]:
         return device_info()
 
+    def close(self) -> None:
+        """Free the weights (GPU memory) once this timer's measurements are done."""
+        self.weights = None
+        torch.cuda.empty_cache()
+
 
 def reference_gemm(problem: MoEProblem, call, routing) -> torch.Tensor:
     """float32 result of one GEMM for ``call``, in the layout the kernel writes (w13:

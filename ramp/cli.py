@@ -134,9 +134,12 @@ def explain(profile_path, hist_spec, top) -> None:
               default="triton", show_default=True,
               help="kernel family (cute: needs nvidia-cutlass-dsl and sm90; grouped_mm: "
                    "torch's, as a black box)")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="cute: processes that compile the bank at once (default: half the "
+                   "cores, at most 6)")
 @click.option("--no-progress", is_flag=True)
 def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, family,
-            no_progress):
+            jobs, no_progress):
     """Time every configuration of a kernel family on sampled histograms, fit, write
     the profile.
 
@@ -163,9 +166,10 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
         timer = GroupedMMTimer(problem)
     elif family == "cute":
         from ramp.kernels.cute.configs import cute_configs
-        from ramp.kernels.cute.timer import CuteTimer
+        from ramp.kernels.cute.timer import cute_timer, default_jobs
 
-        timer = CuteTimer(problem, cute_configs(), progress=not no_progress)
+        timer = cute_timer(problem, cute_configs(), jobs=jobs or default_jobs(),
+                           progress=not no_progress)
     else:
         from ramp.kernels.triton import triton_configs
         from ramp.kernels.triton.timer import TritonTimer

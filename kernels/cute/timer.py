@@ -1,11 +1,15 @@
 """Profiling the CuTe family on a GPU: compile (timed), verify, time.
 
-Implements ``ramp.profiler.Timer`` through ``BankTimer``. Compilation is serial and in
-process: nvidia-cutlass-dsl 4.3 cannot hand a compiled kernel to another process, and
-with every shape dynamic one compilation per configuration and GEMM serves all calls.
+Implements ``ramp.profiler.Timer`` through ``BankTimer``. nvidia-cutlass-dsl 4.3 cannot
+hand a compiled kernel to another process, so a ``CuteTimer`` compiles serially in its
+own process (with every shape dynamic, one compilation per configuration and GEMM
+serves all calls); ``cute_timer`` spreads the bank over several such processes
+(``ramp.kernels.sharded_timer``) when compile time matters.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from tqdm import tqdm
@@ -16,6 +20,7 @@ from ramp.errors import InputError
 from ramp.kernels.bank_timer import BankTimer, probe_call
 from ramp.kernels.cute.configs import FAMILY, FAMILY_VERSION
 from ramp.kernels.cute.launch import check_shapes, compiled_gemm, gather_rows, moe_gemm
+from ramp.kernels.sharded_timer import ShardedTimer
 from ramp.problem import MoEProblem
 
 
@@ -44,3 +49,20 @@ class CuteTimer(BankTimer):
         num_sms = torch.cuda.get_device_properties(0).multi_processor_count
         super().__init__(problem, KernelBank.build(kept, [1] * len(kept)), moe_gemm,
                          num_sms=num_sms, seed=seed, verify=verify, dropped=dropped)
+
+
+def default_jobs() -> int:
+    """Worker processes for profiling: half the cores (tracing is CPU-bound), at most 4
+    (each holds its own copies of the weights on the GPU: 7.5 GB for Mixtral's w13)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def cute_timer(problem: MoEProblem, configs: list[KernelConfig], *, jobs: int = 1,
+               progress: bool = True, **options) -> CuteTimer | ShardedTimer:
+    """A timer over ``configs``: in this process (``jobs`` 1), else over ``jobs`` worker
+    processes that compile at the same time (silently) and keep their kernels for later
+    timers."""
+    if jobs == 1:
+        return CuteTimer(problem, configs, progress=progress, **options)
+    return ShardedTimer("ramp.kernels.cute.timer:CuteTimer", problem, configs, jobs=jobs,
+                        progress=False, **options)
