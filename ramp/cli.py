@@ -136,7 +136,7 @@ def explain(profile_path, hist_spec, top) -> None:
                    "torch's, as a black box)")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="cute: processes that compile the bank at once (default: half the "
-                   "cores, at most 6)")
+                   "cores, at most 4)")
 @click.option("--no-progress", is_flag=True)
 def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, family,
             jobs, no_progress):
