@@ -46,7 +46,7 @@ import cutlass.utils as utils
 import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
-from ramp.kernels.cute.configs import EPI_PAD, MAX_EXPERTS
+from ramp.kernels.cute.configs import EPI_PAD, MAX_EXPERTS, SCHEDULES, SWAP
 
 THREADS_PER_WG = 128
 PRODUCER_REGS = 40
@@ -73,9 +73,9 @@ class MoEGemmSm90:
         self.cluster_m = cluster_m
         self.rows_per_unit = block_m * cluster_m
         self.stages = stages
-        self.swap_ab = schedule == "swap"
+        self.swap_ab = schedule == SWAP
         self.pingpong = schedule == "pingpong"
-        self.consumer_wgs = 2 if schedule in ("coop", "pingpong") else 1
+        self.consumer_wgs = 1 if self.swap_ab else SCHEDULES[schedule]
         # Warpgroups that share one tile (its accumulator, staging buffer, barrier).
         self.tile_wgs = 2 if schedule == "coop" else 1
         self.teams = self.consumer_wgs // self.tile_wgs
