@@ -94,12 +94,18 @@ class _Pool:
                 load[self.owner[cfg]] += 1
         return [self.owner[c] for c in configs]
 
-    def ask(self, worker: int, op: str, handle: int, payload: Any = None) -> Any:
+    def send(self, worker: int, op: str, handle: int, payload: Any = None) -> None:
         self.conns[worker].send((op, handle, payload))
+
+    def receive(self, worker: int) -> Any:
         status, reply = self.conns[worker].recv()
         if status == "error":
             raise RuntimeError(f"timer worker {worker} failed:\n{reply}")
         return reply
+
+    def ask(self, worker: int, op: str, handle: int, payload: Any = None) -> Any:
+        self.send(worker, op, handle, payload)
+        return self.receive(worker)
 
     def stop(self) -> None:
         for conn, proc in zip(self.conns, self.procs):
@@ -124,8 +130,8 @@ class ShardedTimer:
     """Implements ``ramp.profiler.Timer`` over ``jobs`` worker processes.
 
     ``factory`` names the family timer as ``"module:Class"``; it is called in each worker
-    as ``Class(problem, configs, **options)`` and must be a ``BankTimer`` (with ``close``). The bank keeps
-    the order of ``configs`` (less what a worker dropped)."""
+    as ``Class(problem, configs, **options)`` and must be a ``BankTimer`` (with ``close``).
+    The bank keeps the order of ``configs`` (less what a worker dropped)."""
 
     def __init__(self, factory: str, problem: MoEProblem, configs: list[KernelConfig], *,
                  jobs: int, **options: Any) -> None:
@@ -140,14 +146,17 @@ class ShardedTimer:
         workers = self._pool.assign(configs)
         shares = {w: [c for c, cw in zip(configs, workers) if cw == w] for w in set(workers)}
         for w, share in shares.items():  # all workers build at once
-            self._pool.conns[w].send(("build", self._handle, {
+            self._pool.send(w, "build", self._handle, {
                 "problem": problem.to_dict(), "configs": [c.to_dict() for c in share],
-                "options": options}))
-        replies = {w: self._pool.conns[w].recv() for w in shares}
-        for w, (status, reply) in replies.items():
-            if status == "error":
-                raise RuntimeError(f"timer worker {w} failed:\n{reply}")
-        built = {w: reply for w, (_, reply) in replies.items()}
+                "options": options})
+        built, failures = {}, []
+        for w in shares:  # read every reply before raising, so the pipes stay in step
+            try:
+                built[w] = self._pool.receive(w)
+            except RuntimeError as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
         self.dropped: dict[str, str] = {}
         self.verify_errors: dict[str, float] = {}
         self.compile_seconds: dict[str, float] = {}
@@ -163,9 +172,10 @@ class ShardedTimer:
         self.num_sms = first["num_sms"] if first else 0
         order = [c for c in configs if c in kept]
         self.bank = KernelBank.build(order, [kept[c] for c in order])
-        # Worker -> (its configurations' columns in the bank, in its own bank order).
-        self._columns = {w: [order.index(KernelConfig.from_dict(d))
-                             for d in built[w]["configs"]] for w in built}
+        column = {c: i for i, c in enumerate(order)}
+        # Worker -> its configurations' columns in the bank, in its own bank order.
+        self._columns = {w: [column[KernelConfig.from_dict(d)] for d in reply["configs"]]
+                         for w, reply in built.items()}
 
     def time_all(self, hist: np.ndarray) -> np.ndarray:
         times = np.full(len(self.bank), np.nan)
