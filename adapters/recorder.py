@@ -57,12 +57,17 @@ _RELAXED = 2          # cudaStreamCaptureModeRelaxed
 
 
 @triton.jit
-def _open_step_kernel(ring_ptr, stepno_ptr, cursor_ptr, R, LE, BLOCK: tl.constexpr):
+def _open_step_kernel(ring_ptr, stepno_ptr, stamp_ptr, cursor_ptr, R, LE,
+                      BLOCK: tl.constexpr, CLOCK: tl.constexpr):
     """One CTA, before the first MoE layer of a step: stamp the step's ring slot with the
-    step number, zero it, then advance the step counter."""
+    step number (and the GPU's nanosecond clock), zero it, then advance the counter."""
     cur = tl.load(cursor_ptr)
     slot = cur % R
     tl.store(stepno_ptr + slot, cur)
+    if CLOCK:
+        now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [],
+                                        dtype=tl.int64, is_pure=False, pack=1)
+        tl.store(stamp_ptr + slot, now)
     for start in range(0, LE, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         tl.store(ring_ptr + slot * LE + offs, tl.zeros([BLOCK], dtype=tl.int32),
@@ -182,7 +187,7 @@ class TraceRecorder:
         self._host_steps = 0     # steps the host launched eagerly (not under capture)
         self._keep_from = 0      # first step after the last capture: dummy passes before
         self._quiet_since = 0.0  # when recording started or the last capture was seen
-        self._held: deque[tuple[int, np.ndarray]] = deque()
+        self._held: deque[tuple[int, np.ndarray, float | None]] = deque()
         self._next = 0           # next step number the poller will read
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -228,8 +233,9 @@ class TraceRecorder:
             self._quiet_since = time.monotonic()
         else:
             self._host_steps += 1
-        _open_step_kernel[(1,)](self._ring, self._stepno, self._cursor, self.ring_steps,
-                                self._slot_size, BLOCK=BLOCK)
+        _open_step_kernel[(1,)](self._ring, self._stepno, self._stamp, self._cursor,
+                                self.ring_steps, self._slot_size, BLOCK=BLOCK,
+                                CLOCK=self._ring.is_cuda)
 
     def _first_pass(self, key: Hashable, topk_ids: torch.Tensor, num_experts: int,
                     hidden: int, intermediate: int, dtype: torch.dtype) -> None:
@@ -270,19 +276,25 @@ class TraceRecorder:
         self.path = Path(self.path_template.format(rank=_rank(), pid=os.getpid()))
         self._writer = TraceWriter(self.path, self.header)
         pin = device.type == "cuda"
-        self._ring = torch.zeros((ring, layers, num_experts), dtype=torch.int32,
-                                 device=device)
         self._device = device
         self._slot_size = layers * num_experts
         self._constants = dict(E=num_experts, E_POW2=triton.next_power_of_2(num_experts + 1))
         self._launches: dict[int, tuple[tuple[int], dict[str, int]]] = {}
-        self._stepno = torch.full((ring,), -1, dtype=torch.int64, device=device)
-        self._cursor = torch.zeros(1, dtype=torch.int64, device=device)
         chunk = min(CHUNK_STEPS, ring)
-        self._stage = torch.empty((chunk, layers, num_experts), dtype=torch.int32,
-                                  pin_memory=pin)
-        self._stage_stepno = torch.empty(chunk, dtype=torch.int64, pin_memory=pin)
-        self._stage_cursor = torch.empty(1, dtype=torch.int64, pin_memory=pin)
+        # Engines run the forward pass (where this is called) in inference mode, whose
+        # tensors may not be written outside it: the poller thread writes the staging
+        # buffers, so every buffer is allocated as an ordinary tensor.
+        with torch.inference_mode(False):
+            self._ring = torch.zeros((ring, layers, num_experts), dtype=torch.int32,
+                                     device=device)
+            self._stepno = torch.full((ring,), -1, dtype=torch.int64, device=device)
+            self._stamp = torch.zeros(ring, dtype=torch.int64, device=device)
+            self._cursor = torch.zeros(1, dtype=torch.int64, device=device)
+            self._stage = torch.empty((chunk, layers, num_experts), dtype=torch.int32,
+                                      pin_memory=pin)
+            self._stage_stepno = torch.empty(chunk, dtype=torch.int64, pin_memory=pin)
+            self._stage_stamp = torch.empty(chunk + 1, dtype=torch.int64, pin_memory=pin)
+            self._stage_cursor = torch.empty(1, dtype=torch.int64, pin_memory=pin)
         self._stream = torch.cuda.Stream(device) if pin else None
         self._event = torch.cuda.Event() if pin else None
         if self._stream is not None:  # the poller's copies come after the zero-filling
@@ -338,18 +350,17 @@ class TraceRecorder:
                 self.stats.dropped += oldest - self._next
                 self._next = oldest
             while self._next < done:
-                self._read_chunk(self._next, min(done, self._next + len(self._stage)))
+                self._read_chunk(self._next, min(done, self._next + len(self._stage)), cursor)
             self._release(final)
 
-    def _read_chunk(self, first: int, end: int) -> None:
+    def _read_chunk(self, first: int, end: int, cursor: int) -> None:
         count, ring = end - first, self.ring_steps
-        lo = first % ring
-        head = min(count, ring - lo)  # slots lo.. wrap around to 0
-        self._copy(self._stage[:head], self._ring[lo:lo + head])
-        self._copy(self._stage_stepno[:head], self._stepno[lo:lo + head])
-        if head < count:
-            self._copy(self._stage[head:count], self._ring[:count - head])
-            self._copy(self._stage_stepno[head:count], self._stepno[:count - head])
+        self._copy_slots(self._stage, self._ring, first, count)
+        self._copy_slots(self._stage_stepno, self._stepno, first, count)
+        # Clock stamps of these steps and of the one after (a step lasts until the next
+        # one opens); the last started step has no successor yet.
+        stamps = min(count + 1, cursor - first)
+        self._copy_slots(self._stage_stamp, self._stamp, first, stamps)
         after = self._read_cursor()  # waits for the copies above too (same stream)
         for i, step in enumerate(range(first, end)):
             if step < self._keep_from:
@@ -357,21 +368,33 @@ class TraceRecorder:
             elif int(self._stage_stepno[i]) != step or after - step > ring - SAFETY_STEPS:
                 self.stats.dropped += 1
             else:
-                self._held.append((step, self._stage[i].numpy().copy()))
+                ns = (int(self._stage_stamp[i + 1]) - int(self._stage_stamp[i])
+                      if i + 1 < stamps and self._ring.is_cuda else 0)
+                self._held.append((step, self._stage[i].numpy().copy(),
+                                   ns / 1e6 if ns > 0 else None))
         self._next = end
+
+    def _copy_slots(self, dst: torch.Tensor, src: torch.Tensor, first: int, count: int
+                    ) -> None:
+        """``dst[:count]`` = ring slots of steps ``first .. first+count-1`` (wrapping)."""
+        lo = first % self.ring_steps
+        head = min(count, self.ring_steps - lo)
+        self._copy(dst[:head], src[lo:lo + head])
+        if head < count:
+            self._copy(dst[head:count], src[:count - head])
 
     def _release(self, final: bool) -> None:
         """Write held steps once start-up is over (no capture for ``hold_seconds``),
         leaving out those that ran before the last capture."""
         settled = final or time.monotonic() - self._quiet_since >= self.hold_seconds
         while self._held and (settled or len(self._held) > MAX_HELD):
-            step, hists = self._held.popleft()
+            step, hists, step_ms = self._held.popleft()
             if step < self._keep_from:
                 self.stats.warmup += 1
             else:
-                self._append(step, hists.astype(np.int64))
+                self._append(step, hists.astype(np.int64), step_ms)
 
-    def _append(self, step: int, hists: np.ndarray) -> None:
+    def _append(self, step: int, hists: np.ndarray, step_ms: float | None = None) -> None:
         sums = hists.sum(axis=1)
         rows = int(sums[0])
         if rows == 0 and not hists.any():
@@ -385,7 +408,7 @@ class TraceRecorder:
                                self._top_k)
             return
         self._writer.append(TraceStep(step=step, phase="mixed", tokens=rows // self._top_k,
-                                      hists=hists))
+                                      hists=hists, step_ms=step_ms))
         self.stats.recorded += 1
 
     def close(self) -> None:

