@@ -40,7 +40,11 @@ def main() -> None:
     ap.add_argument("--family", choices=["triton", "cute"], default="triton")
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=240.0, help="training timing budget (s)")
-    ap.add_argument("--skip-holdout", action="store_true")
+    ap.add_argument("--skip-holdout", action="store_true",
+                    help="profiles only (the sync-free branches too): no held-out timings, "
+                         "no side-by-side")
+    ap.add_argument("--routings", default=None,
+                    help="training routings, ';'-separated (default: the profiler's)")
     ap.add_argument("--skip-sync-free", action="store_true")
     ap.add_argument("--grouped-mm", action="store_true",
                     help="only profile torch._grouped_mm (training and held-out calls)")
@@ -100,7 +104,8 @@ def profile_shape(args, problem) -> None:
           f"{compile_s:.1f} s; max rel err {max(timer.verify_errors.values()):.2e}; "
           f"dropped {timer.dropped}")
 
-    hists, labels = SamplePlan().histograms(problem)
+    plan = SamplePlan(routings=tuple(args.routings.split(";"))) if args.routings else SamplePlan()
+    hists, labels = plan.histograms(problem)
     train = measure(timer, gpu.name, problem, hists, labels, budget_s=args.budget,
                     checkpoint=out / f"{stem}_{family}.train.json")
     train.provenance.update(command=command, compile_and_verify_seconds=round(compile_s, 1),
@@ -113,6 +118,9 @@ def profile_shape(args, problem) -> None:
     profile.provenance["profiling_wall_seconds"] = round(time.monotonic() - t0, 1)
     profile.save(out / f"{stem}_{family}.profile.json")
     print(f"profiled in {time.monotonic() - t0:.1f} s wall")
+    sync_free = family == "triton" and not args.skip_sync_free
+    if sync_free:
+        poly_timer, poly_profile = fit_sync_free(train, out, stem, command)
     if args.skip_holdout:
         return
 
@@ -120,8 +128,8 @@ def profile_shape(args, problem) -> None:
     hold = measure(timer, gpu.name, problem, hists, labels)
     hold.provenance["command"] = command
     hold.save(out / f"{stem}_{family}.holdout.json")
-    if family == "triton" and not args.skip_sync_free:
-        run_sync_free(train, hists, labels, out, stem, command)
+    if sync_free:
+        time_sync_free(poly_timer, poly_profile, hists, labels, out, stem, command)
 
     timer.close()  # the side-by-side builds its own timers
     suffix = "" if family == "triton" else f"_{family}"
@@ -180,10 +188,10 @@ def side_by_side(profile, hists, labels, path: Path, command: str) -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def run_sync_free(train, hists, labels, out: Path, stem: str, command: str) -> None:
+def fit_sync_free(train, out: Path, stem: str, command: str):
     """Pick the polymorphic kernel's branches from the training measurements, profile
-    each branch (forced), fit, then time the self-selecting launch on held-out calls."""
-    from ramp.kernels.triton.poly import PolyGemm, PolyTimer
+    each branch (forced) on the same histograms, fit: the sync-free profile."""
+    from ramp.kernels.triton.poly import PolyTimer
     from ramp.polymorphism import select_branches
 
     chosen = select_branches(train.bank, train.times)
@@ -196,6 +204,13 @@ def run_sync_free(train, hists, labels, out: Path, stem: str, command: str) -> N
     poly_train.save(out / f"{stem}_poly.train.json")
     profile = fit_profile(poly_train, timer.num_sms)
     profile.save(out / f"{stem}_poly.profile.json")
+    return timer, profile
+
+
+def time_sync_free(timer, profile, hists, labels, out: Path, stem: str, command: str) -> None:
+    """Time the self-selecting launch (and every branch forced) on held-out calls."""
+    from ramp.kernels.triton.poly import PolyGemm
+
     poly = PolyGemm.from_model(profile.model)
     rows = []
     for hist, label in zip(hists, labels):
@@ -204,7 +219,8 @@ def run_sync_free(train, hists, labels, out: Path, stem: str, command: str) -> N
         rows.append({"label": label, "auto_us": auto_us, "choice": choice,
                      "forced_us": forced.tolist()})
     (out / f"{stem}_poly.holdout.json").write_text(json.dumps({
-        "command": command, "gpu": train.gpu, "device": timer.device_info(), "branches": [c.to_dict() for c in profile.model.bank.configs],
+        "command": command, "gpu": profile.gpu, "device": timer.device_info(),
+        "branches": [c.to_dict() for c in profile.model.bank.configs],
         "occupancy": profile.model.bank.occupancy[0], "calls": rows}, indent=1) + "\n")
 
 

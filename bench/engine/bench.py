@@ -1,0 +1,449 @@
+"""End-to-end serving benchmark: a real vLLM with RaMP off and on, alternating.
+
+    python3 bench/engine/bench.py --model qwen3-30b-a3b --out $OUT [--concurrent]
+
+One engine process per RaMP mode (``RAMP_MODE`` is read when vLLM's worker loads the
+plugin, so a mode cannot change inside an engine). The coordinator starts a worker per
+mode and sends it workloads one at a time over stdin; the worker runs them on vLLM's
+async engine (dummy weights, token-id prompts, greedy, ``ignore_eos``) and writes one JSON
+result per run. With ``--concurrent`` both engines are alive at once (each with half the
+GPU memory) and every repeat alternates off/dispatch; otherwise the modes run one after
+the other (``--blocks`` splits the repeats into alternating engine starts).
+
+Workloads: ``prefill-heavy`` (256 prompts x 1024 in / 128 out), ``decode-heavy``
+(256 x 128 / 512), ``online`` (requests of the shipped Azure conversation trace, at its
+arrival times compressed by ``--time-scale``, lengths capped), ``match`` (16 prompts x
+32 greedy tokens: the token ids of both modes are compared), ``record-cost`` is
+measured by running ``--modes off,record``.
+
+Writes ``H200_<model>_<workload>.json`` per workload into ``--out`` with ``device``,
+``engine``, ``command``, ``runs`` (per repeat: ``ramp_mode``, ``total_tok_per_s``,
+``out_tok_per_s``, ``elapsed_s`` and for online runs TTFT/TPOT p50/p99), ``ratio``
+(median of the second mode / median of ``off``), ``ramp_calls``, ``ramp_fallbacks``,
+``tokens_match``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+MARK = "RAMP-BENCH "
+ARRIVALS = ROOT / "ramp" / "data" / "traces" / "azure-conv-2023.arrivals.jsonl"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    prompts: int
+    input_len: int
+    output_len: int
+
+
+OFFLINE = {w.name: w for w in (Workload("prefill-heavy", 256, 1024, 128),
+                               Workload("decode-heavy", 256, 128, 512),
+                               Workload("match", 16, 256, 32))}
+
+
+# --- worker: one engine, one RaMP mode ---------------------------------------------------
+
+def engine_args(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        model=str(HERE / "models" / model), load_format="dummy", skip_tokenizer_init=True,
+        dtype="bfloat16", max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        gpu_memory_utilization=args.gpu_memory_utilization, seed=0,
+        enable_prefix_caching=False, disable_log_stats=True)
+    if model.startswith("deepseek"):
+        kwargs["attention_backend"] = "TRITON_MLA"
+    elif args.attention_backend:
+        kwargs["attention_backend"] = args.attention_backend
+    if args.max_num_batched_tokens:
+        kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
+    return kwargs
+
+
+def prompts_for(vocab: int, count: int, length: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, length).tolist() for _ in range(count)]
+
+
+def online_requests(count: int, time_scale: float, max_in: int, max_out: int
+                    ) -> list[tuple[float, int, int]]:
+    """(arrival s, prompt tokens, output tokens) of the first ``count`` requests of the
+    shipped Azure conversation trace, arrivals divided by ``time_scale``."""
+    rows = []
+    with ARRIVALS.open() as f:
+        for line in f:
+            d = json.loads(line)
+            if "time" not in d:
+                continue  # the header
+            rows.append((d["time"] / time_scale, min(int(d["prompt"]), max_in),
+                         min(int(d["output"]), max_out)))
+            if len(rows) == count:
+                break
+    t0 = rows[0][0]
+    return [(t - t0, p, o) for t, p, o in rows]
+
+
+async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]],
+                       seed: int, want_tokens: bool) -> dict[str, Any]:
+    """Submit each request at its arrival time; per request: first-token and finish
+    times, output tokens (and their ids and logprobs when ``want_tokens``)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    results: list[dict[str, Any]] = [{} for _ in requests]
+
+    async def one(i: int, arrival: float, n_in: int, n_out: int) -> None:
+        delay = arrival - (time.perf_counter() - start)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        ids = rng_prompts[i]
+        params = SamplingParams(max_tokens=n_out, temperature=0.0, ignore_eos=True,
+                                logprobs=1 if want_tokens else None)
+        sent = time.perf_counter()
+        first = None
+        final = None
+        async for out in engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                                         request_id=f"r{seed}-{i}"):
+            if first is None and out.outputs and len(out.outputs[0].token_ids) > 0:
+                first = time.perf_counter()
+            final = out
+        done = time.perf_counter()
+        comp = final.outputs[0]
+        r = {"arrival": arrival, "sent": sent - start, "first": (first or done) - start,
+             "done": done - start, "prompt": len(ids), "output": len(comp.token_ids)}
+        if want_tokens:
+            r["token_ids"] = list(comp.token_ids)
+            r["logprobs"] = [float(lp[tok].logprob) for tok, lp in
+                             zip(comp.token_ids, comp.logprobs or [])]
+        results[i] = r
+
+    rng_prompts = [rng.integers(0, vocab, n_in).tolist() for _, n_in, _ in requests]
+    await asyncio.gather(*(one(i, *req) for i, req in enumerate(requests)))
+    elapsed = time.perf_counter() - start
+    return {"elapsed_s": elapsed, "requests": results}
+
+
+def summarize(raw: dict[str, Any], online: bool) -> dict[str, Any]:
+    reqs = raw["requests"]
+    n_in = sum(r["prompt"] for r in reqs)
+    n_out = sum(r["output"] for r in reqs)
+    out: dict[str, Any] = {"elapsed_s": round(raw["elapsed_s"], 3),
+                           "total_tok_per_s": (n_in + n_out) / raw["elapsed_s"],
+                           "out_tok_per_s": n_out / raw["elapsed_s"],
+                           "prompt_tokens": n_in, "output_tokens": n_out}
+    if online:
+        ttft = np.array([r["first"] - r["arrival"] for r in reqs]) * 1e3
+        tpot = np.array([(r["done"] - r["first"]) / (r["output"] - 1) for r in reqs
+                         if r["output"] > 1]) * 1e3
+        for name, values in (("ttft_ms", ttft), ("tpot_ms", tpot)):
+            out[f"{name}_p50"] = float(np.percentile(values, 50))
+            out[f"{name}_p99"] = float(np.percentile(values, 99))
+        out["request_rate"] = len(reqs) / max(reqs[-1]["arrival"], 1e-9)
+    return out
+
+
+async def worker_main(args: argparse.Namespace) -> None:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    vocab = json.loads((HERE / "models" / args.model / "config.json").read_text())["vocab_size"]
+    t0 = time.perf_counter()
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(args.model, args)))
+    sched = engine.vllm_config.scheduler_config
+    comp = engine.vllm_config.compilation_config
+    info = {"event": "ready", "start_s": round(time.perf_counter() - t0, 1),
+            "max_num_seqs": sched.max_num_seqs,
+            "max_num_batched_tokens": sched.max_num_batched_tokens,
+            "cudagraph_capture_sizes": list(getattr(comp, "cudagraph_capture_sizes", []) or []),
+            "engine_args": engine_args(args.model, args)}
+    print(MARK + json.dumps(info), flush=True)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        cmd = json.loads(line)
+        if cmd["workload"] == "quit":
+            break
+        name, seed = cmd["workload"], cmd["seed"]
+        if name == "online":
+            reqs = online_requests(args.online_requests, args.time_scale, args.online_max_in,
+                                   args.online_max_out)
+        else:
+            w = OFFLINE[name]
+            reqs = [(0.0, w.input_len, w.output_len)] * w.prompts
+        raw = await run_requests(engine, vocab, reqs, seed, want_tokens=name == "match")
+        result = summarize(raw, online=name == "online")
+        if name == "match":
+            result["sequences"] = [{"token_ids": r["token_ids"], "logprobs": r["logprobs"]}
+                                   for r in raw["requests"]]
+        print(MARK + json.dumps({"event": "result", "workload": name, **result}), flush=True)
+    engine.shutdown()
+
+
+# --- coordinator -------------------------------------------------------------------------
+
+class Worker:
+    """One engine process in one RaMP mode, driven over stdin, read over stdout."""
+
+    def __init__(self, mode: str, args: argparse.Namespace, util: float, stats_dir: Path
+                 ) -> None:
+        self.mode = mode
+        env = dict(os.environ, RAMP_MODE=mode,
+                   RAMP_STATS=str(stats_dir / f"{mode}.{{pid}}.json"),
+                   RAMP_TRACE=str(stats_dir / f"trace.{mode}.rank{{rank}}.jsonl"),
+                   RAMP_MODEL=args.model, RAMP_HOLD_SECONDS="5")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--model", args.model,
+               "--gpu-memory-utilization", str(util), *args.passthrough]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+        self.info = self._wait("ready")
+
+    def _wait(self, event: str) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                msg = json.loads(line[len(MARK):])
+                if msg.get("event") == event:
+                    return msg
+            elif any(k in line for k in ("Error", "error", "RaMP", "Traceback", "WARNING")):
+                print(f"[{self.mode}] {line}", end="", flush=True)
+        raise RuntimeError(f"{self.mode} engine exited (code {self.proc.wait()}) before "
+                           f"'{event}'")
+
+    def run(self, workload: str, seed: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"workload": workload, "seed": seed}) + "\n")
+        self.proc.stdin.flush()
+        result = self._wait("result")
+        result["ramp_mode"] = self.mode
+        return result
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"workload": "quit"}) + "\n")
+            self.proc.stdin.flush()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the engine's shutdown lines (RaMP's summary)
+            if "RaMP" in line or "Traceback" in line:
+                print(f"[{self.mode}] {line}", end="", flush=True)
+
+
+def read_stats(stats_dir: Path, mode: str) -> dict[str, Any]:
+    """Sum of the RAMP_STATS files the mode's engine processes wrote."""
+    total: dict[str, Any] = {"eager": {}, "captured": {}, "fallbacks": {}, "files": 0}
+    for path in sorted(stats_dir.glob(f"{mode}.*.json")):
+        d = json.loads(path.read_text())
+        total["files"] += 1
+        for kind in ("eager", "captured"):
+            for shape, per in d[kind].items():
+                dst = total[kind].setdefault(shape, {})
+                for p, n in per.items():
+                    dst[p] = dst.get(p, 0) + n
+        for reason, n in d["fallbacks"].items():
+            total["fallbacks"][reason] = total["fallbacks"].get(reason, 0) + n
+    return total
+
+
+def compare_tokens(a: list[dict], b: list[dict], tol: float) -> dict[str, Any]:
+    """Greedy sequences of two modes: equal, or where they first differ, and whether
+    the first-step logprobs agree within ``tol``."""
+    first_diff = []
+    for x, y in zip(a, b):
+        diff = next((i for i, (s, t) in enumerate(zip(x["token_ids"], y["token_ids"]))
+                     if s != t), None)
+        first_diff.append(diff)
+    step0 = [abs(x["logprobs"][0] - y["logprobs"][0]) for x, y in zip(a, b)
+             if x["logprobs"] and y["logprobs"]]
+    return {"tokens_match": all(d is None for d in first_diff),
+            "first_divergence": first_diff,
+            "sequences_equal": sum(d is None for d in first_diff), "sequences": len(a),
+            "step0_logprob_max_abs_diff": max(step0) if step0 else None,
+            "step0_logprob_tolerance": tol,
+            "step0_logprobs_agree": bool(step0) and max(step0) <= tol}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        args = parser(worker=True).parse_args(sys.argv[2:])
+        asyncio.run(worker_main(args))
+        return
+    args = parser(worker=False).parse_args()
+    args.passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                        if k in PASSTHROUGH and v is not None]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stats_dir = Path(args.stats_dir or out / f"stats-{args.model}")
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    for old in stats_dir.glob("*.json"):
+        old.unlink()
+    modes = args.modes.split(",")
+    workloads = args.workloads.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {w: [] for w in workloads}
+    matches: dict[str, list[dict]] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    t0 = time.monotonic()
+
+    def run_block(workers: dict[str, Worker], repeats: range) -> None:
+        for mode, w in workers.items():
+            if mode not in matches:
+                matches[mode] = w.run("match", seed=12345)["sequences"]
+        for r in repeats:
+            for wl in workloads:
+                order = list(workers) if r % 2 == 0 else list(workers)[::-1]
+                for mode in order:
+                    res = workers[mode].run(wl, seed=1000 * r + 7)
+                    res["repeat"] = r
+                    runs[wl].append(res)
+                    print(f"{args.model} {wl:<14} {mode:<8} rep {r}: "
+                          f"{res['total_tok_per_s']:9.0f} tok/s total "
+                          f"({time.monotonic() - t0:.0f} s)", flush=True)
+
+    if args.concurrent:
+        workers = {}
+        for m in modes:
+            workers[m] = Worker(m, args, args.gpu_memory_utilization / len(modes), stats_dir)
+            infos[m] = workers[m].info
+        try:
+            run_block(workers, range(args.repeats))
+        finally:
+            for w in workers.values():
+                w.stop()
+    else:
+        per_block = -(-args.repeats // args.blocks)
+        for b in range(args.blocks):
+            reps = range(b * per_block, min(args.repeats, (b + 1) * per_block))
+            for m in (modes if b % 2 == 0 else modes[::-1]):
+                w = Worker(m, args, args.gpu_memory_utilization, stats_dir)
+                infos.setdefault(m, w.info)
+                try:
+                    run_block({m: w}, reps)
+                finally:
+                    w.stop()
+    write_results(args, out, modes, runs, matches, infos, stats_dir)
+
+
+def write_results(args, out: Path, modes, runs, matches, infos, stats_dir: Path) -> None:
+    from importlib.metadata import version
+
+    from ramp.kernels.cuda_timing import device_info
+
+    device = device_info()
+    engine = {"name": "vllm", "version": version("vllm")}
+    base = modes[0]
+    other = "dispatch" if "dispatch" in modes else modes[-1]
+    stats = {m: read_stats(stats_dir, m) for m in modes}
+    token_check = (compare_tokens(matches[base], matches[other], args.logprob_tol)
+                   if base in matches and other in matches else None)
+    gpu = "H200" if "H200" in device["device"] else device["device"].replace(" ", "_")
+    for wl, rows in runs.items():
+        med = {m: float(np.median([r["total_tok_per_s"] for r in rows if r["ramp_mode"] == m]))
+               for m in modes}
+        spread = {m: [float(min(r["total_tok_per_s"] for r in rows if r["ramp_mode"] == m)),
+                      float(max(r["total_tok_per_s"] for r in rows if r["ramp_mode"] == m))]
+                  for m in modes}
+        served = stats[other]
+        result = {
+            "model": args.model, "workload": workload_spec(wl, args, infos[base]),
+            "device": device, "engine": engine,
+            "command": "python3 bench/engine/bench.py " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "modes": modes, "concurrent": bool(args.concurrent),
+            "engine_config": infos[base],
+            "runs": rows, "median_total_tok_per_s": med, "range_total_tok_per_s": spread,
+            "ratio": med[other] / med[base],
+            "ratios": {m: med[m] / med[base] for m in modes[1:]},
+            "ramp_calls": {"eager": served["eager"], "captured": served["captured"]},
+            "ramp_fallbacks": served["fallbacks"],
+            "tokens_match": token_check["tokens_match"] if token_check else None,
+            "token_check": token_check,
+        }
+        if wl == "online":
+            for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
+                result[f"median_{key}"] = {m: float(np.median(
+                    [r[key] for r in rows if r["ramp_mode"] == m])) for m in modes}
+        path = out / f"{gpu}_{args.model}_{wl}.json"
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {path}: ratio {result['ratio']:.3f} ({other}/{base}), tokens_match "
+              f"{result['tokens_match']}", flush=True)
+
+
+def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": name, "max_num_seqs": info.get("max_num_seqs"),
+                            "max_num_batched_tokens": info.get("max_num_batched_tokens")}
+    if name == "online":
+        reqs = online_requests(args.online_requests, args.time_scale, args.online_max_in,
+                               args.online_max_out)
+        spec.update(num_prompts=len(reqs), time_scale=args.time_scale,
+                    source=str(ARRIVALS.relative_to(ROOT)),
+                    max_input_len=args.online_max_in, max_output_len=args.online_max_out,
+                    arrivals=[round(t, 4) for t, _, _ in reqs],
+                    input_lens=[p for _, p, _ in reqs], output_lens=[o for _, _, o in reqs])
+    else:
+        w = OFFLINE[name]
+        spec.update(num_prompts=w.prompts, input_len=w.input_len, output_len=w.output_len,
+                    arrivals=None)
+    return spec
+
+
+PASSTHROUGH = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
+               "online_requests", "time_scale", "online_max_in", "online_max_out")
+
+
+def parser(worker: bool) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, choices=sorted(
+        p.name for p in (HERE / "models").iterdir() if p.is_dir()))
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None)
+    ap.add_argument("--attention-backend", default=None,
+                    help="FLASH_ATTN (GQA, needs the FA3 extension) or TRITON_ATTN; "
+                         "DeepSeek always TRITON_MLA")
+    ap.add_argument("--online-requests", type=int, default=200)
+    ap.add_argument("--time-scale", type=float, default=2.0,
+                    help="online: arrival times of the Azure trace divided by this")
+    ap.add_argument("--online-max-in", type=int, default=2048)
+    ap.add_argument("--online-max-out", type=int, default=256)
+    if worker:
+        return ap
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--modes", default="off,dispatch",
+                    help="first is the baseline; ratio = dispatch (else the last) / first; "
+                         "add record to measure recording's cost")
+    ap.add_argument("--workloads", default="prefill-heavy,decode-heavy,online")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--blocks", type=int, default=1,
+                    help="engine starts per mode, alternating (sequential mode)")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="both engines alive at once, half the memory each")
+    ap.add_argument("--stats-dir", default=None)
+    ap.add_argument("--logprob-tol", type=float, default=0.05)
+    return ap
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+# Source on the GPU machine (bash): unpacks the carried vLLM pack once per machine,
+# installs this project (its vllm.general_plugins entry point makes every vLLM process
+# load RaMP) into /tmp/ramp-site, and exports the offline-engine environment.
+#   call 1: carry [".carry/vllm/vllm-slim.tar.xz", ".carry/vllm/deps"]
+#   call 2: carry [".carry/vllm/vllm-fa3.tar.xz"]  (FLASH_ATTN for GQA models)
+# Files carried into ignored folders stay on the machine while it is warm (30 s between
+# calls), and so does /tmp/site: a cold machine needs call 1 again.
+site=/tmp/site
+mkdir -p "$site"
+if [ -f .carry/vllm/vllm-slim.tar.xz ] && [ ! -f "$site/vllm/__init__.py" ]; then
+  tar xJf .carry/vllm/vllm-slim.tar.xz -C "$site"
+fi
+if [ -f .carry/vllm/vllm-fa3.tar.xz ] && [ ! -f "$site/vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so" ]; then
+  tar xJf .carry/vllm/vllm-fa3.tar.xz -C "$site"
+fi
+if [ -d .carry/vllm/deps ] && [ ! -f "$site/.deps-installed" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .carry/vllm/deps/*.whl &&
+    touch "$site/.deps-installed"
+fi
+[ -f "$site/vllm/__init__.py" ] || echo "env.sh: no vLLM in $site (carry .carry/vllm first)" >&2
+rm -rf /tmp/ramp-site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+  --target /tmp/ramp-site . >/tmp/ramp-install.log 2>&1 || cat /tmp/ramp-install.log >&2
+rm -rf build
+export PYTHONPATH="/tmp/ramp-site:$site${PYTHONPATH:+:$PYTHONPATH}"
+export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+       VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0

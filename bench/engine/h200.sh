@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The H200 runs behind the engine results, one stage per device call (each < 10 min):
+#   bash bench/engine/h200.sh profiles MODEL...   Triton + sync-free profiles, layer plans
+#   bash bench/engine/h200.sh engine MODEL [bench.py options]
+# Profiles and plans go to /tmp/ramp-profiles on the GPU machine (RAMP_PROFILE_DIR for the
+# engine stage, which must follow while the machine is warm) and, packed, to $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source bench/engine/env.sh
+prof=/tmp/ramp-profiles
+mkdir -p "$prof" "$OUT"
+stage=$1; shift
+case $stage in
+  profiles)
+    for model in "$@"; do
+      for gemm in w13 w2; do
+        python3 bench/run_gpu.py --model "$model" --gemm "$gemm" --skip-holdout \
+          --budget "${BUDGET:-50}" --routings "uniform;zipf:s=1.2" --out "$prof" 2>&1 |
+          grep -v "^WARNING" | tee -a "$OUT/profiles.log"
+      done
+      python3 -m ramp.adapters.plan --model "$model" --profile-dir "$prof" --out "$prof" \
+        --details "$prof/details" 2>&1 | grep -v "^WARNING" | tee -a "$OUT/profiles.log"
+    done
+    tar czf "$OUT/profiles.tar.gz" -C "$prof" . ;;
+  engine)
+    model=$1; shift
+    RAMP_PROFILE_DIR=$prof python3 bench/engine/bench.py --model "$model" --out "$OUT" \
+      --stats-dir "/tmp/ramp-stats-$model" "$@" 2>&1 | tee "$OUT/engine-$model.log"
+    for f in /tmp/ramp-stats-"$model"/trace.*.jsonl; do
+      [ -f "$f" ] && gzip -c "$f" > "$OUT/$(basename "$f").gz"
+    done ;;
+  *) echo "h200.sh: unknown stage $stage" >&2; exit 2 ;;
+esac
