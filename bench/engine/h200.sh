@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The H200 runs behind the engine results, one stage per device call (each < 10 min):
 #   bash bench/engine/h200.sh profiles MODEL...   Triton + sync-free profiles, layer plans
+#   bash bench/engine/h200.sh plans MODEL...      layer plans only (profiles already there)
 #   bash bench/engine/h200.sh engine MODEL [bench.py options]
 # Profiles and plans go to /tmp/ramp-profiles on the GPU machine (RAMP_PROFILE_DIR for the
 # engine stage, which must follow while the machine is warm) and, packed, to $OUT.
@@ -18,8 +19,14 @@ case $stage in
           --budget "${BUDGET:-50}" --routings "uniform;zipf:s=1.2" --out "$prof" 2>&1 |
           grep -v "^WARNING" | tee -a "$OUT/profiles.log"
       done
-      python3 -m ramp.adapters.plan --model "$model" --profile-dir "$prof" --out "$prof" \
-        --details "$prof/details" 2>&1 | grep -v "^WARNING" | tee -a "$OUT/profiles.log"
+    done
+    ;&
+  plans)
+    [ "$stage" = plans ] || set -- "$@"
+    for model in "$@"; do  # from /tmp: the checkout's ramp/ would shadow the installed one
+      (cd /tmp && python3 -m ramp.adapters.plan --model "$model" --profile-dir "$prof" \
+        --out "$prof" --details "$prof/details") 2>&1 | grep -v "^WARNING" |
+        tee -a "$OUT/profiles.log"
     done
     tar czf "$OUT/profiles.tar.gz" -C "$prof" . ;;
   engine)
