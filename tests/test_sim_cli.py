@@ -38,7 +38,7 @@ def test_errors_are_one_line(tmp_path):
     bad = tmp_path / "t.jsonl"
     bad.write_text('{"format": "nope"}\n')
     res = CliRunner().invoke(main, ["replay", str(bad)])
-    assert res.exit_code == 1 and "t.jsonl:1: field 'format'" in res.output
+    assert res.exit_code == 2 and "t.jsonl:1: field 'format'" in res.output
     res = CliRunner().invoke(main, ["replay", "no-such-trace"])
     assert "no such file and no shipped trace" in res.output
     res = CliRunner().invoke(main, ["replay", "qwen3-30b-a3b", "--model", "mixtral-8x7b",
