@@ -277,5 +277,5 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     """A comma list of positive ints (ASCII digits), or BadParameter naming ``option``."""
     parts = [p.strip() for p in text.split(",")]
     if not all(p.isascii() and p.isdigit() and len(p) <= 9 and int(p) > 0 for p in parts):
-        raise click.BadParameter(f"{text!r} is not a comma list of ints > 0", param_hint=option)
+        raise click.BadParameter(f"{text!r} is not a comma list of ints > 0", param_hint=f"'{option}'")
     return tuple(int(p) for p in parts)

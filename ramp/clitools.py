@@ -54,6 +54,20 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+def _bad_path(message: str, option: str) -> click.BadParameter:
+    return click.BadParameter(message, param_hint=f"'{option}'")
+
+
+def _make_dir(directory: Path, option: str) -> None:
+    """``mkdir -p``, naming the ancestor in the way when one is not a directory."""
+    for ancestor in (directory, *directory.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise _bad_path(f"{ancestor} is not a directory", option)
+            break
+    directory.mkdir(parents=True, exist_ok=True)
+
+
 def check_output_file(path: str | None, option: str) -> None:
     """Fail now, naming ``option``, when ``path`` cannot be written: its directory is
     created (as the write would) and a file is opened there and removed again."""
@@ -62,8 +76,8 @@ def check_output_file(path: str | None, option: str) -> None:
     target = Path(path)
     try:
         if target.is_dir():
-            raise click.BadParameter(f"{path} is a directory", param_hint=option)
-        target.parent.mkdir(parents=True, exist_ok=True)
+            raise _bad_path(f"{path} is a directory", option)
+        _make_dir(target.parent, option)
         if target.exists():
             with target.open("a"):
                 pass
@@ -72,8 +86,7 @@ def check_output_file(path: str | None, option: str) -> None:
                 pass
             target.unlink()
     except OSError as exc:
-        raise click.BadParameter(f"cannot write {path} ({exc.strerror})",
-                                 param_hint=option) from None
+        raise _bad_path(f"cannot write {path} ({exc.strerror})", option) from None
 
 
 def check_output_dir(path: str | None, option: str) -> None:
@@ -82,10 +95,9 @@ def check_output_dir(path: str | None, option: str) -> None:
         return
     probe = Path(path) / f".ramp-write-check-{os.getpid()}"
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        _make_dir(Path(path), option)
         with probe.open("x"):
             pass
         probe.unlink()
     except OSError as exc:
-        raise click.BadParameter(f"cannot write into {path} ({exc.strerror})",
-                                 param_hint=option) from None
+        raise _bad_path(f"cannot write into {path} ({exc.strerror})", option) from None

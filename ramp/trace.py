@@ -258,7 +258,8 @@ _TAIL_CHUNK = 1 << 20  # bytes read at a time when searching back for a line bre
 class _Lines:
     """The lines of a (possibly gzip-compressed) text file as ``(number, text, complete)``:
     ``complete`` is False only for a last line with no newline. Bytes that are not UTF-8
-    and a corrupt gzip stream raise InputError naming ``file:line``."""
+    in a complete line and a corrupt gzip stream raise InputError naming ``file:line``;
+    an incomplete last line that is not UTF-8 (cut inside a character) has text None."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
@@ -273,7 +274,7 @@ class _Lines:
         self._file: IO[bytes] = gzip.GzipFile(fileobj=raw) if self.gzipped else raw
         self._raw = raw
 
-    def next(self) -> tuple[int, str, bool] | None:
+    def next(self) -> tuple[int, str | None, bool] | None:
         """The next line, or None at the end of the file."""
         try:
             data = self._file.readline()
@@ -283,8 +284,14 @@ class _Lines:
         if not data:
             return None
         self.lineno += 1
-        text = decode_utf8(data, str(self.path), f"{self.what} line", self.lineno)
-        return self.lineno, text, text.endswith("\n")
+        complete = data.endswith(b"\n")
+        try:
+            text = decode_utf8(data, str(self.path), f"{self.what} line", self.lineno)
+        except InputError:
+            if complete:
+                raise
+            return self.lineno, None, False
+        return self.lineno, text, complete
 
     def close(self) -> None:
         self._file.close()
@@ -309,7 +316,7 @@ class TraceReader:
         self._lines = _Lines(self.path, "trace")
         try:
             first = self._lines.next()
-            if first is None or not first[1].strip():
+            if first is None or not (first[1] or "").strip():
                 raise InputError(f"{self.path}:1: empty trace (no header line)")
             data = parse_json(first[1], f"{self.path}:1: header")
             self.header = TraceHeader.from_dict(data, where=f"{self.path}:1")
@@ -343,9 +350,11 @@ class TraceReader:
                 if item is None:
                     break
                 lineno, line, complete = item
-                if not line.strip():
+                if line is not None and not line.strip():
                     continue
                 try:
+                    if line is None:
+                        raise InputError(f"{self.path}:{lineno}: cut inside a UTF-8 character")
                     yield parse_step(line, self.header, f"{self.path}:{lineno}")
                 except InputError as exc:
                     if not complete:  # torn by a writer that died or is busy
@@ -556,15 +565,17 @@ def read_arrivals(path: str | Path) -> Iterator[Arrival]:
     lines = _Lines(Path(path), "arrivals")
     try:
         first = lines.next()
-        header = parse_json(first[1], f"{path}:1: header") if first else None
+        header = parse_json(first[1], f"{path}:1: header") if first and first[1] else None
         if not isinstance(header, dict) or header.get("format") != ARRIVALS_FORMAT:
             raise InputError(f"{path}:1: field 'format' must be {ARRIVALS_FORMAT!r}")
         last = 0.0
         while (item := lines.next()) is not None:
             lineno, line, _ = item
+            where = f"{path}:{lineno}"
+            if line is None:
+                raise InputError(f"{where}: arrivals line is not UTF-8 text")
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             arrival = parse_arrival(parse_json(line, where), where)
             if arrival.time < last:
                 raise InputError(f"{where}: field 'time' goes backwards ({arrival.time} < "

@@ -197,7 +197,7 @@ def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps
         raise InputError(f"{out}: exists; pass --force to replace it")
     if decode_steps + prefill_steps == 0:
         raise click.BadParameter("no steps: --decode-steps and --prefill-steps are both 0",
-                                 param_hint="--decode-steps")
+                                 param_hint="'--decode-steps'")
     check_output_file(out, "OUT")
     model = get_model(model_name)
     stats = get_preset(preset) if preset else default_preset(model)

@@ -479,6 +479,27 @@ def test_missing_profile_gpu_and_directory_fall_back(tmp_path, caplog):
     assert len(lines) == 1 and "does not exist" in lines[0]
 
 
+def test_bad_files_in_profile_dir_are_skipped_once_not_fatal(tmp_path, caplog):
+    """One bad *.json beside the good profiles (not UTF-8, a TypeError-shaped field,
+    broken JSON) is skipped with one warning each; dispatch still runs every shape."""
+    save_profiles(tmp_path)
+    (tmp_path / "latin1.json").write_bytes(b'{"schema": "caf\xe9"}')
+    good = json.loads(next(tmp_path.glob("*_w13-*.json")).read_text())
+    (tmp_path / "provenance.json").write_text(json.dumps({**good, "provenance": [1]}))
+    (tmp_path / "broken.json").write_text("{")
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"))
+    x, w13, w2, ids, weights = make_layer(5, seed=8)
+    engine = Engine()
+    with caplog.at_level(logging.WARNING, logger="ramp.adapters"):
+        for _ in range(2):
+            runtime.fused_moe(x, w13, w2, ids, weights, engine)
+    assert engine.calls == 0
+    skipped = sorted(r.getMessage().split(" in the profile")[0] for r in caplog.records)
+    assert skipped == [f"RaMP skips {tmp_path / n}" for n in
+                       ("broken.json", "latin1.json", "provenance.json")]
+
+
 def test_stale_profile_and_import_error_fall_back(tmp_path, caplog, monkeypatch):
     save_profiles(tmp_path, family_version="0")
     runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM",
