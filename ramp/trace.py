@@ -21,6 +21,7 @@ Traces are written while a server runs and can grow to many GB, so:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import json
@@ -467,14 +468,20 @@ class TraceWriter:
         line = step.to_json() + "\n"
         parse_step(line, self.header, f"{self.path}: step {step.step}")
         with _Flock(self._fd):
-            self._repair_tail()
+            try:
+                self._repair_tail()
+            except OSError as exc:
+                raise RampError(f"{self.path}: cannot cut the torn last line ({exc.strerror}); "
+                                f"step {step.step} is not appended") from None
             size = os.fstat(self._fd).st_size
             try:
                 self._write(line)
             except OSError as exc:
-                os.ftruncate(self._fd, size)
+                # if this fails too, the next append (by any writer) cuts the fragment
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, size)
                 raise RampError(f"{self.path}: cannot append step {step.step} "
-                                f"({exc.strerror}); the trace is as it was") from None
+                                f"({exc.strerror}); the step is not in the trace") from None
 
     def close(self) -> None:
         os.close(self._fd)
