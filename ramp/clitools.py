@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ramp.errors import RampError
+from ramp.plaindata import os_reason
 
 
 class ErrorGroup(click.Group):
@@ -85,8 +86,8 @@ def check_output_file(path: str | None, option: str) -> None:
             with target.open("x"):
                 pass
             target.unlink()
-    except OSError as exc:
-        raise _bad_path(f"cannot write {path} ({exc.strerror})", option) from None
+    except (OSError, ValueError) as exc:
+        raise _bad_path(f"cannot write {path} ({os_reason(exc)})", option) from None
 
 
 def check_output_dir(path: str | None, option: str) -> None:
@@ -99,5 +100,5 @@ def check_output_dir(path: str | None, option: str) -> None:
         with probe.open("x"):
             pass
         probe.unlink()
-    except OSError as exc:
-        raise _bad_path(f"cannot write into {path} ({exc.strerror})", option) from None
+    except (OSError, ValueError) as exc:
+        raise _bad_path(f"cannot write into {path} ({os_reason(exc)})", option) from None

@@ -100,9 +100,15 @@ def read_text(path: str | Path, what: str) -> str:
     path = Path(path)
     try:
         data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read {what} ({os_reason(exc)})") from None
     return decode_utf8(data, str(path), what)
+
+
+def os_reason(exc: OSError | ValueError) -> str:
+    """Why a file operation failed, for a message: the OS's words, or Python's for a
+    path it refuses before asking the OS (an embedded null byte)."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def decode_utf8(data: bytes, where: str, what: str, line: int = 1) -> str:

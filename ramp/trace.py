@@ -37,7 +37,7 @@ from typing import IO, Any
 import numpy as np
 
 from ramp.errors import InputError, RampError
-from ramp.plaindata import decode_utf8, parse_json
+from ramp.plaindata import decode_utf8, os_reason, parse_json
 from ramp.problem import DTYPE_BYTES, MAX_EXPERTS, validate_histogram
 
 TRACE_FORMAT = "ramp-trace/1"
@@ -268,8 +268,8 @@ class _Lines:
         self.lineno = 0
         try:
             raw = path.open("rb")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read {what} ({os_reason(exc)})") from None
         self.gzipped = raw.read(2) == GZIP_MAGIC
         raw.seek(0)
         self._file: IO[bytes] = gzip.GzipFile(fileobj=raw) if self.gzipped else raw
@@ -401,8 +401,8 @@ class TraceWriter:
         self.header = header
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot open trace for append ({exc.strerror})"
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{self.path}: cannot open trace for append ({os_reason(exc)})"
                              ) from None
         try:
             with _Flock(self._fd):
@@ -519,8 +519,8 @@ def write_trace(path: str | Path, header: TraceHeader, steps: Iterable[TraceStep
             for step in steps:
                 writer.append(step)
         os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write trace ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot write trace ({os_reason(exc)})") from None
     finally:
         if tmp.parent.is_dir():
             tmp.unlink(missing_ok=True)

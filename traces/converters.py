@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ramp.errors import InputError
+from ramp.plaindata import os_reason
 from ramp.trace import Arrival
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -37,8 +38,8 @@ def read_azure_csv(path: str | Path) -> Iterator[Arrival]:
     path = Path(path)
     try:
         f = path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read CSV ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read CSV ({os_reason(exc)})") from None
     with f:
         try:
             yield from _azure_rows(path, csv.DictReader(f))
