@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ramp.clitools import ErrorGroup, FiniteFloat, check_output_dir, check_output_file
+from ramp.clitools import ErrorGroup, FilePath, FiniteFloat, check_output_dir, check_output_file
 from ramp.errors import InputError
 
 GEMM_CHOICE = click.Choice(["w13", "w2"])
@@ -31,8 +31,8 @@ def main() -> None:
 @click.option("--gemm", type=GEMM_CHOICE, default="w13", show_default=True)
 @click.option("--tp", type=PARALLEL, default=1, show_default=True)
 @click.option("--ep", type=PARALLEL, default=1, show_default=True)
-@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG heat map")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the cells")
+@click.option("--plot", type=FilePath(dir_okay=False), help="write a PNG heat map")
+@click.option("--json", "json_out", type=FilePath(dir_okay=False), help="write the cells")
 def regions(gpu, model_name, gemm, tp, ep, plot, json_out) -> None:
     """Which optimisation wins where, predicted from hardware constants alone."""
     check_output_file(plot, "--plot")
@@ -53,7 +53,7 @@ def regions(gpu, model_name, gemm, tp, ep, plot, json_out) -> None:
 
 
 @main.command("profile-info")
-@click.argument("profile_path", type=click.Path(dir_okay=False))
+@click.argument("profile_path", type=FilePath(dir_okay=False))
 def profile_info(profile_path) -> None:
     """Summarise a profile: key, provenance, fit quality, static table."""
     from ramp.profile import load_profile
@@ -77,7 +77,7 @@ def profile_info(profile_path) -> None:
 
 
 @main.command()
-@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--profile", "profile_path", required=True, type=FilePath(dir_okay=False))
 @click.option("--hist", "hist_spec", required=True,
               help="'zipf:s=1.2,tokens=64,seed=3', 'uniform:tokens=1' or counts '3,0,5,...'")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
@@ -121,7 +121,7 @@ def explain(profile_path, hist_spec, top) -> None:
 @click.option("--budget", type=FiniteFloat(0, low_open=True), default=600.0,
               show_default=True, help="seconds of timing")
 @click.option("--out", "out_dir", default="profiles", show_default=True,
-              type=click.Path(file_okay=False))
+              type=FilePath(file_okay=False))
 @click.option("--tokens", default=None, help="comma list (default 1..8192, powers of 2)")
 @click.option("--routings", default=None, help="';'-separated specs, e.g. 'uniform;zipf:s=1.0'")
 @click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True)
@@ -192,18 +192,18 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
 
 
 @main.command()
-@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--holdout", required=True, type=click.Path(dir_okay=False),
+@click.option("--profile", "profile_path", required=True, type=FilePath(dir_okay=False))
+@click.option("--holdout", required=True, type=FilePath(dir_okay=False),
               help="exhaustive measurements on held-out histograms")
-@click.option("--baselines", type=click.Path(dir_okay=False),
+@click.option("--baselines", type=FilePath(dir_okay=False),
               help="side-by-side baselines (vLLM, torch._grouped_mm) and ceilings")
-@click.option("--sync-free", "sync_free", type=click.Path(dir_okay=False),
+@click.option("--sync-free", "sync_free", type=FilePath(dir_okay=False),
               help="held-out timings of the polymorphic sync-free kernel")
 @click.option("--with-family", "families", multiple=True, nargs=2,
-              type=click.Path(dir_okay=False), metavar="PROFILE HOLDOUT",
+              type=FilePath(dir_okay=False), metavar="PROFILE HOLDOUT",
               help="another kernel family RaMP may choose per call (repeatable)")
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
-@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of every call")
+@click.option("--out", required=True, type=FilePath(dir_okay=False))
+@click.option("--plot", type=FilePath(dir_okay=False), help="write a PNG of every call")
 def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -> None:
     """Regret vs exhaustive search, speedup over static dispatch and the baselines."""
     from ramp.evaluation import (
@@ -254,8 +254,8 @@ def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -
 
 
 @main.command()
-@click.argument("measurements", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.argument("measurements", type=FilePath(dir_okay=False))
+@click.option("--out", required=True, type=FilePath(dir_okay=False))
 def fit(measurements, out) -> None:
     """Fit a profile from a measurements file (e.g. a black-box family's timings)."""
     from ramp.profiler import Measurements, fit_profile

@@ -28,6 +28,17 @@ class ErrorGroup(click.Group):
             sys.exit(2)
 
 
+class FilePath(click.Path):
+    """click.Path that refuses a NUL byte as a usage error (click's own check calls
+    ``os.stat``, which raises ValueError for one)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if "\x00" in os.fsdecode(value):
+            self.fail(f"{value!r} contains a NUL byte", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class FiniteFloat(click.ParamType):
     """A float option that must be finite and at least (or above) ``low``: click's FLOAT
     accepts 'nan' and 'inf', which no RaMP option means."""

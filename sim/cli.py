@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ramp.clitools import ErrorGroup, FiniteFloat, check_output_dir, check_output_file
+from ramp.clitools import ErrorGroup, FilePath, FiniteFloat, check_output_dir, check_output_file
 from ramp.errors import InputError
 from ramp.histograms import MAX_TOKENS
 from ramp.plaindata import from_mapping, read_yaml
@@ -83,14 +83,14 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
               help="Seconds per TP/EP switch (mode switch).")
 @click.option("--slo-ttft", type=POSITIVE, default=2.0, show_default=True)
 @click.option("--slo-tpot", type=POSITIVE, default=0.1, show_default=True)
-@click.option("--calibration", "calibration_path", type=click.Path(exists=True),
+@click.option("--calibration", "calibration_path", type=FilePath(exists=True),
               help="YAML of Calibration fields fitted to your engine (docs/sim.md).")
 @click.option("--samples", type=click.IntRange(1, MAX_SAMPLES), default=16, show_default=True,
               help="Routing samples per token count.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--lenient", is_flag=True, help="Skip malformed trace lines (counted).")
-@click.option("--json", "json_out", type=click.Path(), help="Write the report as JSON.")
-@click.option("--plot-dir", type=click.Path(), help="Write timeline.png and cdf.png here.")
+@click.option("--json", "json_out", type=FilePath(), help="Write the report as JSON.")
+@click.option("--plot-dir", type=FilePath(), help="Write timeline.png and cdf.png here.")
 @click.option("--no-progress", is_flag=True)
 def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean, gpu, gpus,
            model_name, mode, policies, profiles, max_batched_tokens, max_seqs,
@@ -129,10 +129,10 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
 
 
 @main.command()
-@click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
+@click.argument("scenario", type=FilePath(exists=True, dir_okay=False))
 @click.option("--jobs", type=click.IntRange(1, 1024),
               help="Worker processes (default: all cores).")
-@click.option("--json", "json_out", type=click.Path(), help="Write all results as JSON.")
+@click.option("--json", "json_out", type=FilePath(), help="Write all results as JSON.")
 @click.option("--no-progress", is_flag=True)
 def whatif(scenario, jobs, json_out, no_progress):
     """Sweep a SCENARIO YAML (GPU, model, load, parallelism) over local cores.
@@ -172,7 +172,7 @@ def trace() -> None:
 
 @trace.command()
 @click.argument("model_name")
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=FilePath(dir_okay=False))
 @click.option("--preset", help="Routing preset (default: by model granularity).")
 @click.option("--decode-steps", type=STEPS, default=40, show_default=True)
 @click.option("--decode-tokens", type=TOKENS, default=64, show_default=True)
@@ -230,8 +230,8 @@ def info(path, lenient):
 
 
 @trace.command()
-@click.argument("csv_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("csv_path", type=FilePath(exists=True, dir_okay=False))
+@click.argument("out", type=FilePath(dir_okay=False))
 def azure(csv_path, out):
     """Convert an Azure LLM inference trace CSV to a RaMP arrivals file."""
     from ramp.trace import write_arrivals
@@ -243,8 +243,8 @@ def azure(csv_path, out):
 
 
 @trace.command()
-@click.argument("dumps", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("dumps", nargs=-1, required=True, type=FilePath(exists=True, dir_okay=False))
+@click.argument("out", type=FilePath(dir_okay=False))
 @click.option("--model", "model_name", required=True, help="Catalog model of the dump.")
 @click.option("--replicas", default=1, show_default=True,
               help="TP ranks that all counted the same tokens (stat dumps are summed)")
