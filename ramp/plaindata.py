@@ -28,7 +28,7 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     given as mappings are built the same way."""
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
         raise InputError(f"{where}: unknown field(s) {sorted(map(str, unknown))}; known: "
@@ -89,8 +89,10 @@ def _shown(value: Any) -> str:
             float(value)
         except ValueError:
             return repr(value)
-        return f"the string {value!r} (quoted, or a YAML 1.1 float without a dot: " \
-               "write 1000000000000 or 1.0e+12)"
+        if "e" in value.lower():
+            return (f"the string {value!r} (YAML 1.1 reads an exponent without a dot as "
+                    "text: write 1000000000000 or 1.0e+12)")
+        return f"the string {value!r} (a number in quotes: drop the quotes)"
     return repr(value)
 
 

@@ -519,6 +519,8 @@ def write_trace(path: str | Path, header: TraceHeader, steps: Iterable[TraceStep
             for step in steps:
                 writer.append(step)
         os.replace(tmp, path)
+    except InputError:  # a step or arrival the reader would refuse
+        raise
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot write trace ({os_reason(exc)})") from None
     finally:
@@ -597,10 +599,15 @@ def write_arrivals(path: str | Path, arrivals: Iterable[Arrival], source: str,
                    meta: dict[str, Any] | None = None) -> Path:
     """Write an arrivals file; ``source`` and ``meta`` record its provenance."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": ARRIVALS_FORMAT, "source": source, "meta": meta or {}}
-    with path.open("w", encoding="utf-8") as f:
-        f.write(json.dumps(header) + "\n")
-        for arrival in arrivals:
-            f.write(arrival.to_json() + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            f.write(json.dumps(header) + "\n")
+            for arrival in arrivals:
+                f.write(arrival.to_json() + "\n")
+    except InputError:  # a step or arrival the reader would refuse
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot write arrivals ({os_reason(exc)})") from None
     return path

@@ -237,6 +237,7 @@ def azure(csv_path, out):
     from ramp.trace import write_arrivals
     from ramp.traces.converters import AZURE_PROVENANCE, read_azure_csv
 
+    check_output_file(out, "OUT")
     write_arrivals(out, read_azure_csv(csv_path), source=f"converted:azure:{Path(csv_path).name}",
                    meta=AZURE_PROVENANCE)
     click.echo(f"wrote {out}")
@@ -253,6 +254,7 @@ def sglang(dumps, out, model_name, replicas):
     one per rank; needs torch) to a trace."""
     from ramp.traces.sglang_dump import convert_sglang_dump
 
+    check_output_file(out, "OUT")
     summary = convert_sglang_dump(dumps, out, model_name, replicas=replicas)
     click.echo(f"wrote {out}: {summary.steps} steps from {summary.mode} dumps")
 

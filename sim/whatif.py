@@ -34,7 +34,7 @@ from ramp.models import get_model
 from ramp.plaindata import from_mapping, read_yaml
 from ramp.sim.routing import RoutingPool
 from ramp.sim.runner import SimConfig, load_pool, run_study, synthetic_pool
-from ramp.sim.workload import SyntheticWorkload, load_arrivals
+from ramp.sim.workload import SyntheticWorkload, check_arrival_options, load_arrivals
 from ramp.trace import Arrival
 
 SECTIONS = ("name", "seed", "routing", "workload", "base", "sweep")
@@ -57,14 +57,10 @@ def workload_spec(spec: Any, where: str) -> SyntheticWorkload | dict[str, Any]:
     if extra:
         raise InputError(f"{where}: unknown key(s) {sorted(map(str, extra))} beside "
                          "'arrivals'")
-    scale = spec.get("time_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 1e9:
-        raise InputError(f"{where}: field 'time_scale' must be a finite number > 0, got "
-                         f"{scale!r}")
-    limit = spec.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                              or limit < 1):
-        raise InputError(f"{where}: field 'limit' must be an int >= 1, got {limit!r}")
+    try:
+        check_arrival_options(spec.get("time_scale", 1.0), spec.get("limit"))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
     if not isinstance(spec["arrivals"], str):
         raise InputError(f"{where}: field 'arrivals' must be a file path or shipped name")
     return spec

@@ -121,18 +121,25 @@ def resolve_path(name: str | Path, what: str) -> Path:
 DEFAULT_ARRIVALS = "azure-conv-2023.arrivals.jsonl"
 
 
+def check_arrival_options(time_scale: Any, limit: Any) -> None:
+    """``time_scale`` a finite number > 0, ``limit`` None or an int >= 1 (they may come
+    from a YAML scenario, so their types are checked too)."""
+    if (isinstance(time_scale, bool) or not isinstance(time_scale, (int, float))
+            or not 0 < time_scale < math.inf):
+        raise InputError(f"field 'time_scale' must be a finite number > 0, got "
+                         f"{time_scale!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise InputError(f"field 'limit' must be an int >= 1, got {limit!r}")
+
+
 def load_arrivals(source: str | Path, time_scale: float = 1.0, limit: int | None = None,
                   ) -> list[Arrival]:
     """Arrivals from a RaMP arrivals file, an Azure LLM trace CSV, or a shipped name.
 
     ``time_scale`` < 1 compresses time (a faster arrival rate), > 1 stretches it.
     """
-    if (isinstance(time_scale, bool) or not isinstance(time_scale, (int, float))
-            or not 0 < time_scale < math.inf):
-        raise InputError(f"time_scale must be a finite number > 0, got {time_scale!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                              or limit < 1):
-        raise InputError(f"limit must be an int >= 1, got {limit!r}")
+    check_arrival_options(time_scale, limit)
     path = resolve_path(source, "arrivals")
     if path.suffix == ".csv":
         from ramp.traces.converters import read_azure_csv
