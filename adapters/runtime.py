@@ -519,8 +519,10 @@ def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
 
 
 def _read_profile_dir(directory: str | None) -> tuple[list[Profile], list[LayerPlan]]:
-    """Every ``*.json`` under ``directory`` that loads as a profile or a layer plan
-    (others skipped)."""
+    """Every ``*.json`` under ``directory`` that loads as a profile or a layer plan. Any
+    other file is skipped with one warning (the caller reads the directory once),
+    whatever its fault: one bad file must not turn dispatch off for the shapes the good
+    ones serve."""
     if not directory:
         return [], []
     root = Path(directory)
@@ -534,5 +536,8 @@ def _read_profile_dir(directory: str | None) -> tuple[list[Profile], list[LayerP
             else:
                 profiles.append(load_profile(path))
         except (InputError, ProfileMismatchError) as exc:
-            logger.debug("skipping %s: %s", path, exc)
+            logger.warning("RaMP skips %s in the profile directory: %s", path, exc)
+        except Exception as exc:  # a fault of RaMP's reader: still only this file
+            logger.warning("RaMP skips %s in the profile directory (%s: %s)", path,
+                           type(exc).__name__, exc)
     return profiles, plans

@@ -12,23 +12,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ramp.errors import RampError
+from ramp.clitools import ErrorGroup, FilePath, FiniteFloat, check_output_dir, check_output_file
+from ramp.errors import InputError
 
 GEMM_CHOICE = click.Choice(["w13", "w2"])
+PARALLEL = click.IntRange(1, 1024)
 
 
-class _Group(click.Group):
-    """Turns RaMP's own errors into a clean message and exit status 2."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except RampError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group)
+@click.group(cls=ErrorGroup)
 @click.version_option(package_name="ramp")
 def main() -> None:
     """RaMP: routing-aware choice of MoE GEMM kernel configurations."""
@@ -38,12 +29,14 @@ def main() -> None:
 @click.option("--gpu", default="H100-SXM", show_default=True, help="hardware catalog name")
 @click.option("--model", "model_name", default="qwen3-30b-a3b", show_default=True)
 @click.option("--gemm", type=GEMM_CHOICE, default="w13", show_default=True)
-@click.option("--tp", default=1, show_default=True)
-@click.option("--ep", default=1, show_default=True)
-@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG heat map")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the cells")
+@click.option("--tp", type=PARALLEL, default=1, show_default=True)
+@click.option("--ep", type=PARALLEL, default=1, show_default=True)
+@click.option("--plot", type=FilePath(dir_okay=False), help="write a PNG heat map")
+@click.option("--json", "json_out", type=FilePath(dir_okay=False), help="write the cells")
 def regions(gpu, model_name, gemm, tp, ep, plot, json_out) -> None:
     """Which optimisation wins where, predicted from hardware constants alone."""
+    check_output_file(plot, "--plot")
+    check_output_file(json_out, "--json")
     from ramp.hardware import get_gpu
     from ramp.models import get_model
     from ramp.regions import analyze_regions, plot_regions
@@ -60,7 +53,7 @@ def regions(gpu, model_name, gemm, tp, ep, plot, json_out) -> None:
 
 
 @main.command("profile-info")
-@click.argument("profile_path", type=click.Path(dir_okay=False))
+@click.argument("profile_path", type=FilePath(dir_okay=False))
 def profile_info(profile_path) -> None:
     """Summarise a profile: key, provenance, fit quality, static table."""
     from ramp.profile import load_profile
@@ -84,10 +77,11 @@ def profile_info(profile_path) -> None:
 
 
 @main.command()
-@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--profile", "profile_path", required=True, type=FilePath(dir_okay=False))
 @click.option("--hist", "hist_spec", required=True,
               help="'zipf:s=1.2,tokens=64,seed=3', 'uniform:tokens=1' or counts '3,0,5,...'")
-@click.option("--top", default=5, show_default=True, help="configurations to list")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="configurations to list")
 def explain(profile_path, hist_spec, top) -> None:
     """Show the features, predicted times and the choice for one histogram."""
     from ramp.histograms import parse_histogram_spec, skew_stats
@@ -122,14 +116,15 @@ def explain(profile_path, hist_spec, top) -> None:
 @main.command()
 @click.option("--model", "model_name", required=True, help="model catalog name")
 @click.option("--gemm", type=GEMM_CHOICE, required=True)
-@click.option("--tp", default=1, show_default=True)
-@click.option("--ep", default=1, show_default=True)
-@click.option("--budget", default=600.0, show_default=True, help="seconds of timing")
+@click.option("--tp", type=PARALLEL, default=1, show_default=True)
+@click.option("--ep", type=PARALLEL, default=1, show_default=True)
+@click.option("--budget", type=FiniteFloat(0, low_open=True), default=600.0,
+              show_default=True, help="seconds of timing")
 @click.option("--out", "out_dir", default="profiles", show_default=True,
-              type=click.Path(file_okay=False))
+              type=FilePath(file_okay=False))
 @click.option("--tokens", default=None, help="comma list (default 1..8192, powers of 2)")
 @click.option("--routings", default=None, help="';'-separated specs, e.g. 'uniform;zipf:s=1.0'")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True)
 @click.option("--family", type=click.Choice(["triton", "cute", "grouped_mm"]),
               default="triton", show_default=True,
               help="kernel family (cute: needs nvidia-cutlass-dsl and sm90; grouped_mm: "
@@ -150,13 +145,15 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
     from ramp.models import get_model
     from ramp.profiler import SamplePlan, fit_profile, measure
 
+    check_output_dir(out_dir, "--out")
+    token_list = _int_list(tokens, "--tokens") if tokens else None
     gpu = detect_gpu()
     if gpu is None:
         raise click.ClickException("no CUDA GPU visible: profiling times kernels on a GPU")
     problem = get_model(model_name).problem(gemm, tp=tp, ep=ep)
     plan = SamplePlan(seed=seed)
     if tokens:
-        plan = SamplePlan(tuple(int(t) for t in tokens.split(",")), plan.routings, seed)
+        plan = SamplePlan(token_list, plan.routings, seed)
     if routings:
         plan = SamplePlan(plan.tokens, tuple(routings.split(";")), seed)
     hists, labels = plan.histograms(problem)
@@ -195,31 +192,46 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
 
 
 @main.command()
-@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--holdout", required=True, type=click.Path(dir_okay=False),
+@click.option("--profile", "profile_path", required=True, type=FilePath(dir_okay=False))
+@click.option("--holdout", required=True, type=FilePath(dir_okay=False),
               help="exhaustive measurements on held-out histograms")
-@click.option("--baselines", type=click.Path(dir_okay=False),
+@click.option("--baselines", type=FilePath(dir_okay=False),
               help="side-by-side baselines (vLLM, torch._grouped_mm) and ceilings")
-@click.option("--sync-free", "sync_free", type=click.Path(dir_okay=False),
+@click.option("--sync-free", "sync_free", type=FilePath(dir_okay=False),
               help="held-out timings of the polymorphic sync-free kernel")
 @click.option("--with-family", "families", multiple=True, nargs=2,
-              type=click.Path(dir_okay=False), metavar="PROFILE HOLDOUT",
+              type=FilePath(dir_okay=False), metavar="PROFILE HOLDOUT",
               help="another kernel family RaMP may choose per call (repeatable)")
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
-@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of every call")
+@click.option("--out", required=True, type=FilePath(dir_okay=False))
+@click.option("--plot", type=FilePath(dir_okay=False), help="write a PNG of every call")
 def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -> None:
     """Regret vs exhaustive search, speedup over static dispatch and the baselines."""
-    from ramp.evaluation import evaluate_profile, evaluate_sync_free, plot_evaluation, write_result
+    from ramp.evaluation import (
+        evaluate_profile,
+        evaluate_sync_free,
+        load_baselines,
+        plot_evaluation,
+        write_result,
+    )
+    from ramp.plaindata import read_json
     from ramp.profile import load_profile
     from ramp.profiler import Measurements
 
-    base = json.loads(Path(baselines).read_text()) if baselines else None
+    check_output_file(out, "--out")
+    check_output_file(plot, "--plot")
+    held = Measurements.load(holdout)
+    base = load_baselines(baselines, len(held.labels)) if baselines else None
     extra = [(load_profile(p), Measurements.load(h)) for p, h in families]
-    result = evaluate_profile(load_profile(profile_path), Measurements.load(holdout), base,
-                              extra)
+    result = evaluate_profile(load_profile(profile_path), held, base, extra)
     if sync_free:
-        result["sync_free"] = evaluate_sync_free(json.loads(Path(sync_free).read_text()),
-                                                 result, Measurements.load(holdout))
+        poly = read_json(sync_free, "sync-free timings")
+        try:
+            result["sync_free"] = evaluate_sync_free(poly, result, held)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"{sync_free}: malformed sync-free timings "
+                             f"({type(exc).__name__}: {exc})") from None
     result["command"] = " ".join(["ramp", *sys.argv[1:]])
     write_result(result, out)
     ramp, static = result["regret"]["ramp"], result["regret"]["static"]
@@ -242,18 +254,28 @@ def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -
 
 
 @main.command()
-@click.argument("measurements", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.argument("measurements", type=FilePath(dir_okay=False))
+@click.option("--out", required=True, type=FilePath(dir_okay=False))
 def fit(measurements, out) -> None:
     """Fit a profile from a measurements file (e.g. a black-box family's timings)."""
     from ramp.profiler import Measurements, fit_profile
 
+    check_output_file(out, "--out")
     meas = Measurements.load(measurements)
     sms = meas.provenance.get("sms")
-    if not sms:
-        raise click.ClickException(f"{measurements}: provenance has no 'sms' (GPU SM count)")
-    profile = fit_profile(meas, int(sms))
+    if isinstance(sms, bool) or not isinstance(sms, int) or sms < 1:
+        raise InputError(f"{measurements}: field 'provenance.sms' (the GPU's SM count) "
+                         f"must be an int >= 1, got {sms!r}")
+    profile = fit_profile(meas, sms)
     profile.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
     stats = [s for s in profile.model.fit_stats if s is not None]
     click.echo(f"wrote {profile.save(out)}: {len(stats)} configs, median MAPE "
                f"{100 * float(np.median([s.mape for s in stats])):.2f}%")
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    """A comma list of positive ints (ASCII digits), or BadParameter naming ``option``."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 9 and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"{text!r} is not a comma list of ints > 0", param_hint=f"'{option}'")
+    return tuple(int(p) for p in parts)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 DEFAULT_FEATURES = ("launch", "waves", "active_experts", "tile_waves")
 MAX_FEATURES = 4
 ANALYTIC_LAUNCH_US = 4.0  # launch + prologue of a graph-replayed kernel, measured order
+MAX_SMS = 4096  # bound on num_sms read from a file (an H100 has 132)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,11 @@ class WaveCostModel:
     _plan: GeometryPlan = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # 0 SMs predicts inf, a negative count negative times: both only from a bad file
+        if (isinstance(self.num_sms, bool) or not isinstance(self.num_sms, (int, np.integer))
+                or not 1 <= self.num_sms <= MAX_SMS):
+            raise InputError(f"field 'num_sms' must be an int in 1..{MAX_SMS}, "
+                             f"got {self.num_sms!r}")
         if not 1 <= len(self.features) <= MAX_FEATURES:
             raise InputError(f"a wave cost model has 1..{MAX_FEATURES} features, "
                              f"got {len(self.features)}")
@@ -192,10 +198,13 @@ class WaveCostModel:
             bank = KernelBank.from_list(items, where=f"{where}.configs")
             stats = [FitStats(int(f["samples"]), float(f["r2"]), float(f["mape"]))
                      if f else None for f in fits]
-            return cls(bank, problem, int(data["num_sms"]), np.array(params, dtype=float),
+            return cls(bank, problem, data["num_sms"], np.array(params, dtype=float),
                        tuple(data["features"]), stats)
         except KeyError as exc:
             raise InputError(f"{where}: missing field {exc}") from None
+        except AttributeError:
+            raise InputError(f"{where}: must be an object with 'configs', 'num_sms' and "
+                             "'features'") from None
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InputError):
                 raise InputError(f"{where}: {exc}") from None

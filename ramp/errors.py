@@ -13,3 +13,8 @@ class InputError(RampError, ValueError):
 
 class ProfileMismatchError(RampError):
     """A profile was measured for another GPU, problem shape or kernel-family version."""
+
+
+class CapacityError(InputError):
+    """Valid input that does not fit the hardware (weights larger than GPU memory): the
+    one error for which trying more GPUs is the right response."""

@@ -59,6 +59,40 @@ def _aligned_times(profile: Profile, holdout: Measurements) -> np.ndarray:
     return holdout.times[:, [holdout.bank.index(c) for c in profile.model.bank.configs]]
 
 
+_BASELINE_SERIES = ("grouped_mm_us", "ramp_us", "triton_ramp_us", "triton_static_us")
+_BASELINE_CEILINGS = ("read_bandwidth_bytes_per_s", "matmul_flops")
+
+
+def load_baselines(path: str | Path, calls: int) -> dict[str, Any]:
+    """A baselines file (``bench/``'s side-by-side timings) checked against ``calls``
+    held-out calls: every series one number per call, ``vllm`` one ``{"us": ...}`` per
+    call, ceilings positive numbers; errors name the file and field."""
+    from ramp.plaindata import read_json
+
+    data = read_json(path, "baselines")
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: baselines are a JSON object")
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key in _BASELINE_SERIES:
+        series = data.get(key)
+        if series is not None and not (isinstance(series, list) and len(series) == calls
+                                       and all(is_number(v) for v in series)):
+            raise InputError(f"{path}: field {key!r} must list {calls} numbers (one per "
+                             "held-out call)")
+    vllm = data.get("vllm")
+    if vllm is not None and not (isinstance(vllm, list) and len(vllm) == calls and all(
+            isinstance(v, dict) and is_number(v.get("us")) for v in vllm)):
+        raise InputError(f"{path}: field 'vllm' must list {calls} objects with a number "
+                         "'us'")
+    for key in _BASELINE_CEILINGS:
+        if key in data and not (is_number(data[key]) and data[key] > 0):
+            raise InputError(f"{path}: field {key!r} must be a number > 0")
+    return data
+
+
 def evaluate_profile(profile: Profile, holdout: Measurements,
                      baselines: dict[str, Any] | None = None,
                      extra: list[tuple[Profile, Measurements]] = ()) -> dict[str, Any]:

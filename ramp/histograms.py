@@ -18,6 +18,7 @@ Kinds and their parameters:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -33,11 +34,19 @@ _PARAMS: dict[str, dict[str, float]] = {
     "dirichlet": {"alpha": 1.0},
 }
 _CHUNK_ELEMENTS = 1 << 22  # tokens x experts keys generated at once (32 MiB of float64)
+# Tokens of one sampled histogram: far above any engine's batch (vLLM's default is 8192),
+# low enough that the 'hot' sampler's tokens x experts keys fit in memory.
+MAX_TOKENS = 1 << 17
+MAX_SAMPLES = 1 << 16
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_COUNT = re.compile(r"[0-9]{1,12}", re.ASCII)
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an int >= {minimum}, got {value!r}")
+def _positive_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum
+            or (maximum is not None and value > maximum)):
+        bound = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise InputError(f"{name} must be an int {bound}, got {value!r}")
     return int(value)
 
 
@@ -121,9 +130,9 @@ def sample_topk(popularity: Any, tokens: int, top_k: int, n: int = 1,
     p = np.asarray(popularity, dtype=np.float64)
     if p.ndim != 1 or p.size == 0 or not np.isfinite(p).all() or np.any(p < 0) or p.sum() <= 0:
         raise InputError("popularity must be a non-empty vector of non-negative finite weights")
-    tokens = _positive_int("tokens", tokens, minimum=0)
+    tokens = _positive_int("tokens", tokens, minimum=0, maximum=MAX_TOKENS)
     top_k = _positive_int("top_k", top_k)
-    n = _positive_int("n", n)
+    n = _positive_int("n", n, maximum=MAX_SAMPLES)
     if top_k > p.size:
         raise InputError(f"top_k={top_k} exceeds num_experts={p.size}")
     rng = _rng(seed)
@@ -205,12 +214,13 @@ def sample_histograms(
 
     Returns int64 ``[n, num_experts]``; every row sums to ``tokens * top_k`` and no count
     exceeds ``tokens``. The same seed gives the same histograms on every machine.
-    16384 tokens x 256 experts takes well under a second per sample.
+    16384 tokens x 256 experts takes well under a second per sample; ``tokens`` is at
+    most MAX_TOKENS.
     """
     num_experts = _positive_int("num_experts", num_experts)
-    tokens = _positive_int("tokens", tokens, minimum=0)
+    tokens = _positive_int("tokens", tokens, minimum=0, maximum=MAX_TOKENS)
     top_k = _positive_int("top_k", top_k)
-    n = _positive_int("n", n)
+    n = _positive_int("n", n, maximum=MAX_SAMPLES)
     if top_k > num_experts:
         raise InputError(f"top_k={top_k} exceeds num_experts={num_experts}")
     rng = _rng(seed)
@@ -259,10 +269,10 @@ def skew_stats(hist: Any) -> dict[str, float]:
 
 
 def _parse_number(part: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
+    # ASCII only: float() also reads other scripts' digits ('٣'), which a spec never means
+    if not _NUMBER.fullmatch(text):
         raise InputError(f"histogram spec: {part!r} has a non-numeric value") from None
+    value = float(text)
     if not math.isfinite(value):
         raise InputError(f"histogram spec: {part!r} is not finite")
     return value
@@ -298,8 +308,10 @@ def parse_histogram_spec(spec: str, num_experts: int, top_k: int) -> np.ndarray:
     ints: dict[str, int] = {}
     for key in ("tokens", "seed"):
         if key in values:
-            if values[key] != int(values[key]) or values[key] < 0:
-                raise InputError(f"histogram spec: {key}={values[key]:g} must be a whole number >= 0")
+            limit = MAX_TOKENS if key == "tokens" else 2 ** 63 - 1
+            if values[key] != int(values[key]) or not 0 <= values[key] <= limit:
+                raise InputError(f"histogram spec: {key}={values[key]:g} must be a whole number "
+                                 f"in 0..{limit}")
             ints[key] = int(values.pop(key))
     hist = sample_histograms(kind, num_experts, ints["tokens"], top_k, n=1,
                              seed=ints.get("seed", 0), **values)
@@ -309,11 +321,15 @@ def parse_histogram_spec(spec: str, num_experts: int, top_k: int) -> np.ndarray:
 def _parse_counts(text: str, num_experts: int, top_k: int) -> np.ndarray:
     counts = []
     for i, part in enumerate(p.strip() for p in text.split(",")):
-        if not part.lstrip("-").isdigit():
-            raise InputError(f"histogram spec: entry {i} {part!r} is not a whole number")
+        if not _COUNT.fullmatch(part):  # ASCII digits: str.isdigit() also passes '²'
+            raise InputError(f"histogram spec: entry {i} {part!r} is not a whole number "
+                             ">= 0 of at most 12 digits")
         counts.append(int(part))
     h = validate_histogram(counts, num_experts, where="histogram spec")
     total = int(h.sum())
+    if total > MAX_TOKENS * top_k:
+        raise InputError(f"histogram spec: counts sum to {total}, more than "
+                         f"{MAX_TOKENS} tokens x top_k={top_k}")
     if total % top_k:
         raise InputError(f"histogram spec: counts sum to {total}, not a multiple of top_k={top_k}")
     if h.max(initial=0) > total // top_k:

@@ -18,6 +18,8 @@ from ramp.plaindata import from_mapping
 
 GEMMS = ("w13", "w2")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float32": 4}
+MAX_EXPERTS = 1 << 16  # bounds on a problem read from a file: far above any real model
+MAX_DIM = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -36,17 +38,20 @@ class MoEProblem:
     gemm: str = "w13"
 
     def __post_init__(self) -> None:
-        for name in ("num_experts", "n", "k", "top_k"):
+        for name, limit in (("num_experts", MAX_EXPERTS), ("n", MAX_DIM), ("k", MAX_DIM),
+                            ("top_k", MAX_EXPERTS)):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value <= 0:
-                raise InputError(f"MoEProblem.{name} must be a positive int, got {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                    or not 0 < value <= limit):
+                raise InputError(f"MoEProblem.{name} must be an int in 1..{limit}, "
+                                 f"got {value!r}")
         if self.top_k > self.num_experts:
             raise InputError(
                 f"MoEProblem.top_k={self.top_k} exceeds num_experts={self.num_experts}"
             )
-        if self.dtype not in DTYPE_BYTES:
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPE_BYTES:
             raise InputError(f"MoEProblem.dtype {self.dtype!r} not in {sorted(DTYPE_BYTES)}")
-        if self.gemm not in GEMMS:
+        if not isinstance(self.gemm, str) or self.gemm not in GEMMS:
             raise InputError(f"MoEProblem.gemm {self.gemm!r} not in {GEMMS}")
 
     @property

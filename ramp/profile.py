@@ -78,17 +78,35 @@ class Profile:
                 raise InputError(f"{where}: missing field {name!r}")
         problem = MoEProblem.from_dict(data["problem"], where=f"{where}: problem")
         model = WaveCostModel.from_dict(data["model"], problem, where=f"{where}: model")
-        try:
-            table = {int(k): int(v) for k, v in data["static_table"].items()}
-        except (AttributeError, TypeError, ValueError):
-            raise InputError(f"{where}: field 'static_table' must map tokens to a config "
-                             "index") from None
-        bad = [v for v in table.values() if not 0 <= v < len(model.bank)]
-        if bad:
-            raise InputError(f"{where}: static_table names config {bad[0]}, bank has "
-                             f"{len(model.bank)}")
-        return cls(str(data["gpu"]), problem, str(data["family"]),
-                   str(data["family_version"]), model, table, dict(data.get("provenance", {})))
+        table = _static_table(data["static_table"], len(model.bank), where)
+        for name in ("gpu", "family", "family_version"):
+            if not isinstance(data[name], str) or not data[name]:
+                raise InputError(f"{where}: field {name!r} must be a non-empty string, got "
+                                 f"{data[name]!r}")
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise InputError(f"{where}: field 'provenance' must be an object, got "
+                             f"{type(provenance).__name__}")
+        return cls(data["gpu"], problem, data["family"], data["family_version"], model,
+                   table, dict(provenance))
+
+
+def _static_table(data: Any, num_configs: int, where: str) -> dict[int, int]:
+    """A profile's ``static_table``: a non-empty map of token counts (as JSON keys) to
+    config indices of the bank."""
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{where}: field 'static_table' must be a non-empty object mapping "
+                         "tokens to a config index")
+    table = {}
+    for key, value in data.items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 9 and int(key) >= 1):
+            raise InputError(f"{where}: field 'static_table' key {key!r} is not a token "
+                             "count >= 1")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_configs:
+            raise InputError(f"{where}: static_table names config {value!r} for {key} "
+                             f"tokens, the bank has {num_configs}")
+        table[int(key)] = value
+    return table
 
 
 def load_profile(

@@ -6,33 +6,43 @@ per MoE layer, optionally the token-level top-k expert ids. traces/FORMAT.md is 
 
 Traces are written while a server runs and can grow to many GB, so:
 
-- ``TraceReader`` streams line by line and never holds more than one step;
+- ``TraceReader`` streams line by line and never holds more than one step; it reads
+  gzip-compressed traces as well, and bytes that are not UTF-8 are a malformed line;
 - ``TraceWriter`` appends whole lines with one ``write`` under an exclusive lock on an
   ``O_APPEND`` descriptor, so several writer processes and a concurrent reader never see
-  interleaved lines;
-- a torn last line (the server died mid-write, or is writing it now) is reported with a
-  ``TraceWarning`` and skipped; a malformed line anywhere else raises ``InputError``
-  naming ``file:line`` and the field, or with ``strict=False`` is skipped and counted.
+  interleaved lines. Under the same lock, before every append, a fragment left at the
+  end by a writer that died mid-line (or whose write failed part-way) is cut, or ended
+  with a newline when it is a complete step, so no append is ever glued to a fragment;
+- a torn last line (no newline at the end: the server died mid-write, or is writing it
+  now) is reported with a ``TraceWarning`` and skipped; a malformed line anywhere else,
+  the last one included when it ends with a newline, raises ``InputError`` naming
+  ``file:line`` and the field, or with ``strict=False`` is skipped and counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import gzip
 import json
+import math
 import os
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 import numpy as np
 
-from ramp.errors import InputError
-from ramp.problem import DTYPE_BYTES, validate_histogram
+from ramp.errors import InputError, RampError
+from ramp.plaindata import decode_utf8, os_reason, parse_json
+from ramp.problem import DTYPE_BYTES, MAX_EXPERTS, validate_histogram
 
 TRACE_FORMAT = "ramp-trace/1"
 PHASES = ("prefill", "decode", "mixed")
+MAX_LAYERS = 1024
 _MODEL_FIELDS = ("name", "layers", "moe_layers", "num_experts", "top_k", "hidden",
                  "moe_intermediate", "dtype")
 
@@ -75,7 +85,10 @@ class TraceHeader:
             raise InputError(f"field 'moe_layers'={self.moe_layers} exceeds layers={self.layers}")
         if self.top_k > self.num_experts:
             raise InputError(f"field 'top_k'={self.top_k} exceeds num_experts={self.num_experts}")
-        if self.dtype not in DTYPE_BYTES:
+        if self.num_experts > MAX_EXPERTS or self.moe_layers > MAX_LAYERS:
+            raise InputError(f"fields 'num_experts'={self.num_experts}, 'moe_layers'="
+                             f"{self.moe_layers}: at most {MAX_EXPERTS} and {MAX_LAYERS}")
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPE_BYTES:
             raise InputError(f"field 'dtype' {self.dtype!r} not in {sorted(DTYPE_BYTES)}")
         if not isinstance(self.model, str) or not self.model:
             raise InputError("field 'model.name' must be a non-empty string")
@@ -162,10 +175,7 @@ class TraceStep:
 
 def parse_step(text: str, header: TraceHeader, where: str) -> TraceStep:
     """Parse and validate one step line; ``where`` is ``file:line`` for error messages."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    data = parse_json(text, where)
     if not isinstance(data, dict):
         raise InputError(f"{where}: a step must be a JSON object")
     for name in ("step", "phase", "tokens", "layers"):
@@ -179,18 +189,22 @@ def parse_step(text: str, header: TraceHeader, where: str) -> TraceStep:
     if phase not in PHASES:
         raise InputError(f"{where}: field 'phase' is {phase!r}, not one of {PHASES}")
     time = data.get("time")
-    if time is not None and (isinstance(time, bool) or not isinstance(time, (int, float))
-                             or not time >= 0):
-        raise InputError(f"{where}: field 'time' must be a number >= 0, got {time!r}")
+    if time is not None and not _finite_at_least_0(time):
+        raise InputError(f"{where}: field 'time' must be a finite number >= 0, got {time!r}")
     step_ms = data.get("step_ms")
-    if step_ms is not None and (isinstance(step_ms, bool) or
-                                not isinstance(step_ms, (int, float)) or not step_ms > 0):
-        raise InputError(f"{where}: field 'step_ms' must be a number > 0, got {step_ms!r}")
+    if step_ms is not None and not (_finite_at_least_0(step_ms) and step_ms > 0):
+        raise InputError(f"{where}: field 'step_ms' must be a finite number > 0, got "
+                         f"{step_ms!r}")
     hists = _parse_hists(data["layers"], header, tokens, where)
     ids = data.get("topk_ids")
     topk = None if ids is None else _parse_topk(ids, header, tokens, hists, where)
     return TraceStep(step, phase, tokens, hists, None if time is None else float(time), topk,
                      None if step_ms is None else float(step_ms))
+
+
+def _finite_at_least_0(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and value >= 0)
 
 
 def _parse_hists(layers: Any, header: TraceHeader, tokens: int, where: str) -> np.ndarray:
@@ -238,12 +252,61 @@ def _parse_topk(ids: Any, header: TraceHeader, tokens: int, hists: np.ndarray,
     return arr.astype(np.int32)
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+_TAIL_CHUNK = 1 << 20  # bytes read at a time when searching back for a line break
+
+
+class _Lines:
+    """The lines of a (possibly gzip-compressed) text file as ``(number, text, complete)``:
+    ``complete`` is False only for a last line with no newline. Bytes that are not UTF-8
+    in a complete line and a corrupt gzip stream raise InputError naming ``file:line``;
+    an incomplete last line that is not UTF-8 (cut inside a character) has text None."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self.lineno = 0
+        try:
+            raw = path.open("rb")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read {what} ({os_reason(exc)})") from None
+        self.gzipped = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        self._file: IO[bytes] = gzip.GzipFile(fileobj=raw) if self.gzipped else raw
+        self._raw = raw
+
+    def next(self) -> tuple[int, str | None, bool] | None:
+        """The next line, or None at the end of the file."""
+        try:
+            data = self._file.readline()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{self.path}:{self.lineno + 1}: gzip stream is corrupt or "
+                             f"truncated ({exc})") from None
+        if not data:
+            return None
+        self.lineno += 1
+        complete = data.endswith(b"\n")
+        try:
+            text = decode_utf8(data, str(self.path), f"{self.what} line", self.lineno)
+        except InputError:
+            if complete:
+                raise
+            return self.lineno, None, False
+        return self.lineno, text, complete
+
+    def close(self) -> None:
+        self._file.close()
+        self._raw.close()
+
+
 class TraceReader:
-    """Stream a trace: ``header`` now, steps one at a time as you iterate.
+    """Stream a trace (plain or gzip-compressed): ``header`` now, steps one at a time as
+    you iterate.
 
     ``strict=False`` skips malformed middle lines instead of raising, counting them in
-    ``skipped`` (and warning once at the end). A torn last line is always skipped with a
-    warning and sets ``torn``. Use as a context manager, or iterate once (closes at end).
+    ``skipped`` (and warning once at the end). A torn last line (one without a newline
+    that does not parse) is always skipped with a warning and sets ``torn``. Use as a
+    context manager, or iterate once (closes at end).
     """
 
     def __init__(self, path: str | Path, strict: bool = True) -> None:
@@ -251,24 +314,20 @@ class TraceReader:
         self.strict = strict
         self.skipped = 0
         self.torn = False
+        self._lines = _Lines(self.path, "trace")
         try:
-            self._file: TextIO = self.path.open("r", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot read trace ({exc.strerror})") from None
-        first = self._file.readline()
-        if not first.strip():
-            self._file.close()
-            raise InputError(f"{self.path}:1: empty trace (no header line)")
-        try:
-            data = json.loads(first)
-        except json.JSONDecodeError as exc:
-            self._file.close()
-            raise InputError(f"{self.path}:1: header is not valid JSON ({exc.msg})") from None
-        try:
+            first = self._lines.next()
+            if first is None or not (first[1] or "").strip():
+                raise InputError(f"{self.path}:1: empty trace (no header line)")
+            data = parse_json(first[1], f"{self.path}:1: header")
             self.header = TraceHeader.from_dict(data, where=f"{self.path}:1")
         except InputError:
-            self._file.close()
+            self._lines.close()
             raise
+
+    @property
+    def gzipped(self) -> bool:
+        return self._lines.gzipped
 
     def __enter__(self) -> TraceReader:
         return self
@@ -277,21 +336,29 @@ class TraceReader:
         self.close()
 
     def close(self) -> None:
-        self._file.close()
+        self._lines.close()
 
     def __iter__(self) -> Iterator[TraceStep]:
-        lineno = 1
-        pending = self._file.readline()
         try:
-            while pending:
-                line, pending = pending, self._file.readline()
-                lineno += 1
-                if not line.strip():
+            while True:
+                try:
+                    item = self._lines.next()
+                except InputError:  # bytes that are not UTF-8: one malformed line
+                    if self.strict:
+                        raise
+                    self.skipped += 1
+                    continue
+                if item is None:
+                    break
+                lineno, line, complete = item
+                if line is not None and not line.strip():
                     continue
                 try:
+                    if line is None:
+                        raise InputError(f"{self.path}:{lineno}: cut inside a UTF-8 character")
                     yield parse_step(line, self.header, f"{self.path}:{lineno}")
                 except InputError as exc:
-                    if not pending:  # nothing after it: torn by a writer that died or is busy
+                    if not complete:  # torn by a writer that died or is busy
                         self.torn = True
                         warnings.warn(f"{exc}; torn last line skipped", TraceWarning,
                                       stacklevel=2)
@@ -321,24 +388,31 @@ class TraceWriter:
     """Append steps to a trace, safely while other processes append or read.
 
     A new (or empty) file gets ``header`` as line 1; an existing trace must have a header
-    of the same model shape. Each step is one ``write`` of a whole line under ``flock``
-    on an ``O_APPEND`` descriptor. A torn last line left by a writer that died is cut off
-    (with a warning) before the first append, so it cannot swallow the next step.
+    of the same model shape. Each step is validated with the reader's rules, then written
+    as one ``write`` of a whole line under ``flock`` on an ``O_APPEND`` descriptor. Under
+    the same lock, before each write, a fragment at the end of the file (a writer was
+    killed mid-line, or its write failed part-way) is cut with a warning, or ended with a
+    newline when it is a whole step, so it cannot swallow the next step. A write that
+    fails part-way cuts its own fragment before raising.
     """
 
     def __init__(self, path: str | Path, header: TraceHeader) -> None:
         self.path = Path(path)
         self.header = header
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot open trace for append ({exc.strerror})"
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{self.path}: cannot open trace for append ({os_reason(exc)})"
                              ) from None
-        with _Flock(self._fd):
-            if os.fstat(self._fd).st_size == 0:
-                self._write(json.dumps(header.to_dict(), separators=(",", ":")) + "\n")
-            else:
-                self._check_existing()
+        try:
+            with _Flock(self._fd):
+                if os.fstat(self._fd).st_size == 0:
+                    self._write(json.dumps(header.to_dict(), separators=(",", ":")) + "\n")
+                else:
+                    self._check_existing()
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def _write(self, text: str) -> None:
         data = text.encode()
@@ -346,33 +420,68 @@ class TraceWriter:
             data = data[os.write(self._fd, data):]
 
     def _check_existing(self) -> None:
+        if os.pread(self._fd, 2, 0) == GZIP_MAGIC:
+            raise InputError(f"{self.path}: is gzip-compressed; not appending (write to an "
+                             "uncompressed file)")
         existing = read_header(self.path)
         if existing.shape() != self.header.shape():
             raise InputError(f"{self.path}: existing trace is for {existing.model} "
                              f"(shape differs from {self.header.model}); not appending")
-        with self.path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - (1 << 20)))
-            tail = f.read()
-        if tail.endswith(b"\n"):
+        self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        """Under the lock: make the file end with a newline. A fragment after the last
+        one is cut (warned), or ended with a newline when it is a whole step; the
+        search goes back chunk by chunk, so a fragment of any length is found."""
+        size = os.fstat(self._fd).st_size
+        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
             return
-        cut = tail.rfind(b"\n")
-        if cut < 0:
-            raise InputError(f"{self.path}: last 1 MiB has no line break; not a trace")
-        keep = size - len(tail) + cut + 1
-        warnings.warn(f"{self.path}: cut a torn last line ({size - keep} bytes)", TraceWarning,
-                      stacklevel=3)
-        os.truncate(self.path, keep)
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - _TAIL_CHUNK)
+            cut = os.pread(self._fd, end - start, start).rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        if keep == 0:
+            raise InputError(f"{self.path}:1: the header line has no newline; not a trace")
+        fragment = os.pread(self._fd, size - keep, keep)
+        try:
+            parse_step(decode_utf8(fragment, str(self.path), "trace line"), self.header,
+                       str(self.path))
+        except InputError:
+            warnings.warn(f"{self.path}: cut a torn last line ({size - keep} bytes)",
+                          TraceWarning, stacklevel=3)
+            os.ftruncate(self._fd, keep)
+        else:
+            self._write("\n")
 
     def append(self, step: TraceStep) -> None:
+        """Append one step; raises InputError (and writes nothing) when the reader would
+        reject it, RampError (leaving the file as it was) when the write fails."""
         if step.hists.shape != (self.header.moe_layers, self.header.num_experts):
             raise InputError(f"step {step.step}: histograms of shape {step.hists.shape}, "
                              f"header says ({self.header.moe_layers}, "
                              f"{self.header.num_experts})")
         line = step.to_json() + "\n"
+        parse_step(line, self.header, f"{self.path}: step {step.step}")
         with _Flock(self._fd):
-            self._write(line)
+            try:
+                self._repair_tail()
+            except OSError as exc:
+                raise RampError(f"{self.path}: cannot cut the torn last line ({exc.strerror}); "
+                                f"step {step.step} is not appended") from None
+            size = os.fstat(self._fd).st_size
+            try:
+                self._write(line)
+            except OSError as exc:
+                # if this fails too, the next append (by any writer) cuts the fragment
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, size)
+                raise RampError(f"{self.path}: cannot append step {step.step} "
+                                f"({exc.strerror}); the step is not in the trace") from None
 
     def close(self) -> None:
         os.close(self._fd)
@@ -398,13 +507,25 @@ class _Flock:
 
 
 def write_trace(path: str | Path, header: TraceHeader, steps: Iterable[TraceStep]) -> Path:
-    """Write a whole trace to a new file (replacing any), e.g. a generated one."""
+    """Write a whole trace to a new file (replacing any), e.g. a generated one. The steps
+    go to a temporary file renamed over ``path`` at the end, so a step that fails
+    validation leaves an existing file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    with TraceWriter(path, header) as writer:
-        for step in steps:
-            writer.append(step)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        with TraceWriter(tmp, header) as writer:
+            for step in steps:
+                writer.append(step)
+        os.replace(tmp, path)
+    except InputError:  # a step or arrival the reader would refuse
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot write trace ({os_reason(exc)})") from None
+    finally:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -426,6 +547,9 @@ class Arrival:
                            "output": self.output}, separators=(",", ":"))
 
 
+MAX_REQUEST_TOKENS = 1 << 24  # prompt or output tokens of one request
+
+
 def parse_arrival(data: Any, where: str) -> Arrival:
     """Validate one arrival record (a mapping with time, prompt, output)."""
     if not isinstance(data, dict):
@@ -434,52 +558,56 @@ def parse_arrival(data: Any, where: str) -> Arrival:
         if name not in data:
             raise InputError(f"{where}: missing field {name!r}")
     time, prompt, output = data["time"], data["prompt"], data["output"]
-    if isinstance(time, bool) or not isinstance(time, (int, float)) or not time >= 0:
-        raise InputError(f"{where}: field 'time' must be a number >= 0, got {time!r}")
+    if not _finite_at_least_0(time):
+        raise InputError(f"{where}: field 'time' must be a finite number >= 0, got {time!r}")
     for name, value in (("prompt", prompt), ("output", output)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise InputError(f"{where}: field {name!r} must be an int > 0, got {value!r}")
+        if (isinstance(value, bool) or not isinstance(value, int)
+                or not 0 < value <= MAX_REQUEST_TOKENS):
+            raise InputError(f"{where}: field {name!r} must be an int in "
+                             f"1..{MAX_REQUEST_TOKENS}, got {value!r}")
     return Arrival(float(time), prompt, output)
 
 
 def read_arrivals(path: str | Path) -> Iterator[Arrival]:
-    """Stream an arrivals file (header line, then one arrival per line, times sorted)."""
-    path = Path(path)
+    """Stream an arrivals file (header line, then one arrival per line, times sorted;
+    plain or gzip-compressed)."""
+    lines = _Lines(Path(path), "arrivals")
     try:
-        f = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read arrivals ({exc.strerror})") from None
-    with f:
-        try:
-            header = json.loads(f.readline() or "null")
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:1: header is not valid JSON ({exc.msg})") from None
+        first = lines.next()
+        header = parse_json(first[1], f"{path}:1: header") if first and first[1] else None
         if not isinstance(header, dict) or header.get("format") != ARRIVALS_FORMAT:
             raise InputError(f"{path}:1: field 'format' must be {ARRIVALS_FORMAT!r}")
         last = 0.0
-        for lineno, line in enumerate(f, start=2):
+        while (item := lines.next()) is not None:
+            lineno, line, _ = item
+            where = f"{path}:{lineno}"
+            if line is None:
+                raise InputError(f"{where}: arrivals line is not UTF-8 text")
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
-            try:
-                arrival = parse_arrival(json.loads(line), where)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+            arrival = parse_arrival(parse_json(line, where), where)
             if arrival.time < last:
                 raise InputError(f"{where}: field 'time' goes backwards ({arrival.time} < "
                                  f"{last})")
             last = arrival.time
             yield arrival
+    finally:
+        lines.close()
 
 
 def write_arrivals(path: str | Path, arrivals: Iterable[Arrival], source: str,
                    meta: dict[str, Any] | None = None) -> Path:
     """Write an arrivals file; ``source`` and ``meta`` record its provenance."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": ARRIVALS_FORMAT, "source": source, "meta": meta or {}}
-    with path.open("w", encoding="utf-8") as f:
-        f.write(json.dumps(header) + "\n")
-        for arrival in arrivals:
-            f.write(arrival.to_json() + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            f.write(json.dumps(header) + "\n")
+            for arrival in arrivals:
+                f.write(arrival.to_json() + "\n")
+    except InputError:  # a step or arrival the reader would refuse
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot write arrivals ({os_reason(exc)})") from None
     return path

@@ -9,16 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from ramp.errors import RampError
+from ramp.clitools import ErrorGroup, FilePath, FiniteFloat, check_output_dir, check_output_file
+from ramp.errors import InputError
+from ramp.histograms import MAX_TOKENS
+from ramp.plaindata import from_mapping, read_yaml
 from ramp.sim.costs import Calibration
-from ramp.sim.engine import MODES, EngineConfig, SwitchConfig
+from ramp.sim.engine import MAX_BATCHED_TOKENS, MODES, EngineConfig, SwitchConfig
 from ramp.sim.metrics import SLO, plot_runs
-from ramp.sim.runner import SimConfig, load_pool, run_study
-from ramp.sim.whatif import format_results, from_mapping, run_scenario
+from ramp.sim.routing import MAX_SAMPLES
+from ramp.sim.runner import MAX_GPUS, SimConfig, load_pool, run_study
+from ramp.sim.whatif import format_results, run_scenario
 from ramp.sim.workload import (
     DEFAULT_ARRIVALS,
+    MAX_REQUESTS,
     LengthDist,
     SyntheticWorkload,
     embedded_names,
@@ -26,25 +30,19 @@ from ramp.sim.workload import (
     resolve_path,
 )
 
-
-class _Group(click.Group):
-    """Report RaMP errors as one line, not a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except RampError as exc:
-            raise click.ClickException(str(exc)) from None
+SEED = click.IntRange(0, 2 ** 63 - 1)
+POSITIVE = FiniteFloat(0, low_open=True)
+STEPS = click.IntRange(0, 100_000)
+TOKENS = click.IntRange(1, MAX_TOKENS)
 
 
-@click.group(cls=_Group)
+@click.group(cls=ErrorGroup)
 def main() -> None:
     """Trace-driven MoE serving simulator: what RaMP dispatch gains end to end."""
 
 
 def _write_json(path: str | None, data: dict[str, Any]) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=1, default=float) + "\n")
         click.echo(f"wrote {path}")
 
@@ -55,16 +53,18 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
               help="Request arrivals: RaMP arrivals JSONL, Azure LLM trace CSV, or a shipped "
                    "name. The default is the Azure 2023 conversation trace (1 hour, 19366 "
                    "requests).")
-@click.option("--time-scale", type=float, default=1.0, show_default=True,
+@click.option("--time-scale", type=POSITIVE, default=1.0, show_default=True,
               help="Multiply arrival times (0.5 = twice the load).")
-@click.option("--requests", type=int, help="Use only the first N arrivals.")
-@click.option("--rate", type=float,
+@click.option("--requests", type=click.IntRange(1, MAX_REQUESTS),
+              help="Use only the first N arrivals.")
+@click.option("--rate", type=POSITIVE,
               help="Instead of --arrivals: Poisson arrivals at this rate (req/s); "
                    "--requests of them (default 1000), lognormal lengths.")
-@click.option("--prompt-mean", type=float, default=1024, show_default=True)
-@click.option("--output-mean", type=float, default=256, show_default=True)
+@click.option("--prompt-mean", type=FiniteFloat(1), default=1024, show_default=True)
+@click.option("--output-mean", type=FiniteFloat(1), default=256, show_default=True)
 @click.option("--gpu", default="H100-SXM", show_default=True)
-@click.option("--gpus", type=int, help="GPUs of the replica (default: fewest that fit).")
+@click.option("--gpus", type=click.IntRange(1, MAX_GPUS),
+              help="GPUs of the replica (default: fewest that fit).")
 @click.option("--model", "model_name", help="Catalog model (default: the trace's).")
 @click.option("--mode", type=click.Choice(MODES), default="tp", show_default=True,
               help="Layout: tensor-parallel, expert-parallel (DP attention), or switching "
@@ -73,32 +73,36 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
               help="Comma-separated dispatch policies.")
 @click.option("--profile", "profiles", multiple=True,
               help="Profile JSON (repeatable); default: embedded, else analytic.")
-@click.option("--max-batched-tokens", type=int, default=8192, show_default=True)
-@click.option("--max-seqs", type=int, default=256, show_default=True)
+@click.option("--max-batched-tokens", type=click.IntRange(1, MAX_BATCHED_TOKENS),
+              default=8192, show_default=True)
+@click.option("--max-seqs", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--no-chunked-prefill", is_flag=True)
-@click.option("--kv-capacity", type=int, help="KV-cache tokens (default: from GPU memory).")
-@click.option("--switch-cost", type=float, default=0.3, show_default=True,
+@click.option("--kv-capacity", type=click.IntRange(min=1),
+              help="KV-cache tokens (default: from GPU memory).")
+@click.option("--switch-cost", type=FiniteFloat(0), default=0.3, show_default=True,
               help="Seconds per TP/EP switch (mode switch).")
-@click.option("--slo-ttft", type=float, default=2.0, show_default=True)
-@click.option("--slo-tpot", type=float, default=0.1, show_default=True)
-@click.option("--calibration", "calibration_path", type=click.Path(exists=True),
+@click.option("--slo-ttft", type=POSITIVE, default=2.0, show_default=True)
+@click.option("--slo-tpot", type=POSITIVE, default=0.1, show_default=True)
+@click.option("--calibration", "calibration_path", type=FilePath(exists=True),
               help="YAML of Calibration fields fitted to your engine (docs/sim.md).")
-@click.option("--samples", type=int, default=16, show_default=True,
+@click.option("--samples", type=click.IntRange(1, MAX_SAMPLES), default=16, show_default=True,
               help="Routing samples per token count.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--lenient", is_flag=True, help="Skip malformed trace lines (counted).")
-@click.option("--json", "json_out", type=click.Path(), help="Write the report as JSON.")
-@click.option("--plot-dir", type=click.Path(), help="Write timeline.png and cdf.png here.")
+@click.option("--json", "json_out", type=FilePath(), help="Write the report as JSON.")
+@click.option("--plot-dir", type=FilePath(), help="Write timeline.png and cdf.png here.")
 @click.option("--no-progress", is_flag=True)
 def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean, gpu, gpus,
            model_name, mode, policies, profiles, max_batched_tokens, max_seqs,
            no_chunked_prefill, kv_capacity, switch_cost, slo_ttft, slo_tpot, calibration_path,
            samples, seed, lenient, json_out, plot_dir, no_progress):
     """Replay a routing TRACE (path or shipped name) under a request workload."""
+    check_output_file(json_out, "--json")
+    check_output_dir(plot_dir, "--plot-dir")
     cal = Calibration()
     if calibration_path:
-        cal = from_mapping(Calibration, yaml.safe_load(Path(calibration_path).read_text()) or {},
-                     calibration_path)
+        cal = from_mapping(Calibration, read_yaml(calibration_path, "calibration") or {},
+                           calibration_path)
     config = SimConfig(
         gpu=gpu, model=model_name, gpus=gpus, mode=mode,
         policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
@@ -110,7 +114,7 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
     pool = load_pool(trace, seed=seed, samples=samples, strict=not lenient)
     if rate is not None:
         arrival_list = SyntheticWorkload(
-            rate=rate, requests=requests or 1000,
+            rate=rate, requests=1000 if requests is None else requests,
             prompt=LengthDist("lognormal", prompt_mean, 1.0),
             output=LengthDist("lognormal", output_mean, 1.0)).arrivals(seed)
     else:
@@ -125,15 +129,25 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
 
 
 @main.command()
-@click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
-@click.option("--jobs", type=int, help="Worker processes (default: all cores).")
-@click.option("--json", "json_out", type=click.Path(), help="Write all results as JSON.")
+@click.argument("scenario", type=FilePath(exists=True, dir_okay=False))
+@click.option("--jobs", type=click.IntRange(1, 1024),
+              help="Worker processes (default: all cores).")
+@click.option("--json", "json_out", type=FilePath(), help="Write all results as JSON.")
 @click.option("--no-progress", is_flag=True)
 def whatif(scenario, jobs, json_out, no_progress):
-    """Sweep a SCENARIO YAML (GPU, model, load, parallelism) over local cores."""
+    """Sweep a SCENARIO YAML (GPU, model, load, parallelism) over local cores.
+
+    A point that fails is reported with its point and the others still run; their
+    results are printed and written, then the command exits with status 2."""
+    check_output_file(json_out, "--json")
     results = run_scenario(scenario, jobs, progress=not no_progress and sys.stderr.isatty())
     click.echo(format_results(results))
     _write_json(json_out, results)
+    failed = [p["error"] for p in results["points"] if "error" in p]
+    if failed:
+        for message in failed:
+            click.echo(f"error: {message}", err=True)
+        sys.exit(2)
 
 
 @main.command(name="list")
@@ -158,15 +172,16 @@ def trace() -> None:
 
 @trace.command()
 @click.argument("model_name")
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=FilePath(dir_okay=False))
 @click.option("--preset", help="Routing preset (default: by model granularity).")
-@click.option("--decode-steps", type=int, default=40, show_default=True)
-@click.option("--decode-tokens", type=int, default=64, show_default=True)
-@click.option("--prefill-steps", type=int, default=16, show_default=True)
-@click.option("--prefill-tokens", type=int, default=1024, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--decode-steps", type=STEPS, default=40, show_default=True)
+@click.option("--decode-tokens", type=TOKENS, default=64, show_default=True)
+@click.option("--prefill-steps", type=STEPS, default=16, show_default=True)
+@click.option("--prefill-tokens", type=TOKENS, default=1024, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps,
-             prefill_tokens, seed):
+             prefill_tokens, seed, force):
     """Write a synthetic routing trace for a catalog MODEL_NAME."""
     from ramp.models import get_model
     from ramp.trace import write_trace
@@ -178,6 +193,12 @@ def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps
         synthetic_header,
     )
 
+    if Path(out).exists() and not force:
+        raise InputError(f"{out}: exists; pass --force to replace it")
+    if decode_steps + prefill_steps == 0:
+        raise click.BadParameter("no steps: --decode-steps and --prefill-steps are both 0",
+                                 param_hint="'--decode-steps'")
+    check_output_file(out, "OUT")
     model = get_model(model_name)
     stats = get_preset(preset) if preset else default_preset(model)
     tokens, phases = serving_schedule(decode_steps, decode_tokens, prefill_steps,
@@ -192,35 +213,39 @@ def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps
 @click.option("--lenient", is_flag=True, help="Skip malformed lines (counted).")
 def info(path, lenient):
     """Header and measured routing statistics of a trace (streamed)."""
-    from ramp.trace import TraceReader
-    from ramp.traces.generators import routing_summary
+    from ramp.trace import PHASES, TraceReader
+    from ramp.traces.generators import RoutingSummary
 
+    summary = RoutingSummary()
+    phases = dict.fromkeys(PHASES, 0)
     with TraceReader(resolve_path(path, "trace"), strict=not lenient) as reader:
-        header = reader.header
-        steps = list(reader)
-    click.echo(json.dumps(header.to_dict(), indent=1))
-    phases = {p: sum(s.phase == p for s in steps) for p in ("prefill", "decode", "mixed")}
-    click.echo(f"steps: {len(steps)} {phases}; skipped {reader.skipped}; torn {reader.torn}")
-    if steps:
-        click.echo(json.dumps(routing_summary(steps), indent=1))
+        for step in reader:  # one step in memory at a time
+            phases[step.phase] += 1
+            summary.add(step)
+    click.echo(json.dumps(reader.header.to_dict(), indent=1))
+    click.echo(f"steps: {summary.steps} {phases}; skipped {reader.skipped}; torn {reader.torn}"
+               + ("; gzip" if reader.gzipped else ""))
+    if summary.steps:
+        click.echo(json.dumps(summary.result(), indent=1))
 
 
 @trace.command()
-@click.argument("csv_path", type=click.Path(exists=True, dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("csv_path", type=FilePath(exists=True, dir_okay=False))
+@click.argument("out", type=FilePath(dir_okay=False))
 def azure(csv_path, out):
     """Convert an Azure LLM inference trace CSV to a RaMP arrivals file."""
     from ramp.trace import write_arrivals
     from ramp.traces.converters import AZURE_PROVENANCE, read_azure_csv
 
+    check_output_file(out, "OUT")
     write_arrivals(out, read_azure_csv(csv_path), source=f"converted:azure:{Path(csv_path).name}",
                    meta=AZURE_PROVENANCE)
     click.echo(f"wrote {out}")
 
 
 @trace.command()
-@click.argument("dumps", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("dumps", nargs=-1, required=True, type=FilePath(exists=True, dir_okay=False))
+@click.argument("out", type=FilePath(dir_okay=False))
 @click.option("--model", "model_name", required=True, help="Catalog model of the dump.")
 @click.option("--replicas", default=1, show_default=True,
               help="TP ranks that all counted the same tokens (stat dumps are summed)")
@@ -229,6 +254,7 @@ def sglang(dumps, out, model_name, replicas):
     one per rank; needs torch) to a trace."""
     from ramp.traces.sglang_dump import convert_sglang_dump
 
+    check_output_file(out, "OUT")
     summary = convert_sglang_dump(dumps, out, model_name, replicas=replicas)
     click.echo(f"wrote {out}: {summary.steps} steps from {summary.mode} dumps")
 

@@ -18,13 +18,14 @@ expert-parallel, as in DeepSeek/SGLang DP-attention deployments).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ramp.errors import InputError
+from ramp.errors import CapacityError, InputError
 from ramp.hardware import GPUSpec
 from ramp.models import MoEModel
 from ramp.problem import DTYPE_BYTES
@@ -65,15 +66,19 @@ class Calibration:
     gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
+        # comparisons written so that NaN fails them; inf is never a calibration
         for name in ("flops_efficiency", "bandwidth_efficiency", "interconnect_efficiency",
                      "gpu_memory_utilization"):
             if not 0 < getattr(self, name) <= 1:
-                raise InputError(f"calibration.{name} must be in (0, 1]")
+                raise InputError(f"calibration.{name} must be in (0, 1], got "
+                                 f"{getattr(self, name)}")
         for name in ("step_overhead_us", "layer_overhead_us", "collective_latency_us"):
-            if getattr(self, name) < 0:
-                raise InputError(f"calibration.{name} must be >= 0")
-        if self.moe_scale <= 0:
-            raise InputError("calibration.moe_scale must be > 0")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise InputError(f"calibration.{name} must be finite and >= 0, got "
+                                 f"{getattr(self, name)}")
+        if not 0 < self.moe_scale < math.inf:
+            raise InputError(f"calibration.moe_scale must be finite and > 0, got "
+                             f"{self.moe_scale}")
 
 
 def kv_bytes_per_token(model: MoEModel) -> int:
@@ -131,7 +136,7 @@ def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: 
         collectives = 2 * model.moe_layers if gpus > 1 else 0
     free = gpu.hbm_bytes * cal.gpu_memory_utilization - weights_per_gpu
     if free <= 0:
-        raise InputError(f"{model.name} does not fit on {gpus} x {gpu.name} in layout {name}: "
+        raise CapacityError(f"{model.name} does not fit on {gpus} x {gpu.name} in layout {name}: "
                          f"{weights_per_gpu / 1e9:.1f} GB of weights per GPU, "
                          f"{gpu.hbm_bytes * cal.gpu_memory_utilization / 1e9:.1f} GB usable; "
                          "use more GPUs")

@@ -21,6 +21,7 @@ stalling for ``SwitchConfig.cost_s`` per switch (Moebius: 215-434 ms on 8xH200).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ramp.sim.routing import DECODE, PREFILL
 from ramp.trace import Arrival
 
 MODES = ("tp", "ep", "switch")
+MAX_BATCHED_TOKENS = 1 << 20  # tokens of one scheduled step
 
 
 class StepCosts(Protocol):
@@ -61,6 +63,9 @@ class EngineConfig:
     kv_capacity: int | None = None  # KV tokens of the replica; None: from GPU memory
 
     def __post_init__(self) -> None:
+        if self.max_batched_tokens > MAX_BATCHED_TOKENS:
+            raise InputError(f"engine: max_batched_tokens={self.max_batched_tokens} above "
+                             f"{MAX_BATCHED_TOKENS}")
         if self.max_seqs < 1 or self.block_size < 1:
             raise InputError("engine: max_seqs and block_size must be >= 1")
         if self.max_batched_tokens < self.max_seqs:
@@ -82,8 +87,12 @@ class SwitchConfig:
     down: int | None = None
 
     def __post_init__(self) -> None:
-        if self.cost_s < 0:
-            raise InputError("switch: cost_s must be >= 0")
+        if not 0 <= self.cost_s < math.inf:
+            raise InputError(f"switch: cost_s must be finite and >= 0, got {self.cost_s}")
+        for name in ("up", "down"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"switch: {name} must be >= 1 request, got {value}")
         if self.up is not None and self.down is not None and self.down >= self.up:
             raise InputError("switch: down must be below up (hysteresis)")
 

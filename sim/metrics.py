@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,9 @@ class SLO:
     tpot_s: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.ttft_s <= 0 or self.tpot_s <= 0:
-            raise InputError("SLO: ttft_s and tpot_s must be > 0")
+        if not (0 < self.ttft_s < math.inf and 0 < self.tpot_s < math.inf):
+            raise InputError(f"SLO: ttft_s and tpot_s must be finite and > 0, got "
+                             f"{self.ttft_s}, {self.tpot_s}")
 
 
 def _pct(x: np.ndarray, q: float, weights: np.ndarray | None = None) -> float:

@@ -20,6 +20,16 @@ from ramp.sim.routing import rebatch
 SIM_POLICIES = ("static", "ramp")
 
 
+def installed_family_versions() -> dict[str, str]:
+    """Versions of the kernel families whose version is a constant of this RaMP (the
+    ``triton-poly`` kernel shares the Triton family's). ``grouped_mm`` is versioned by
+    the torch that ran it and is not checked."""
+    from ramp.kernels.cute.configs import FAMILY_VERSION as CUTE
+    from ramp.kernels.triton.configs import FAMILY_VERSION as TRITON
+
+    return {"triton": TRITON, "triton-poly": TRITON, "cute": CUTE}
+
+
 @dataclass
 class GemmCost:
     """One grouped GEMM (w13 or w2) of the simulated shard: cost model + policies."""
@@ -72,14 +82,19 @@ def _analytic_profile(gpu: GPUSpec, problem: MoEProblem) -> Profile:
                    {"analytic": True, "bank_configs": len(bank)})
 
 
-def resolve_gemm(gpu: GPUSpec, problem: MoEProblem, policies: Sequence[str],
-                 profile_paths: Sequence[str | Path] = ()) -> GemmCost:
-    """The cost model for ``problem`` on ``gpu``: a user profile, else an embedded one,
-    else the analytic model (the ``source`` field says which)."""
+def check_policies(policies: Sequence[str]) -> None:
+    """Every policy is one the simulator runs (exact names: 'RAMP' is not 'ramp')."""
     unknown = [p for p in policies if p not in SIM_POLICIES]
     if unknown:
         raise InputError(f"policy {unknown[0]!r}: the simulator runs {SIM_POLICIES} (an "
                          "oracle needs measured times; under the model it equals ramp)")
+
+
+def resolve_gemm(gpu: GPUSpec, problem: MoEProblem, policies: Sequence[str],
+                 profile_paths: Sequence[str | Path] = ()) -> GemmCost:
+    """The cost model for ``problem`` on ``gpu``: a user profile, else an embedded one,
+    else the analytic model (the ``source`` field says which)."""
+    check_policies(policies)
     profile, source = None, ""
     for path in profile_paths:
         candidate = load_profile(path)
@@ -89,6 +104,12 @@ def resolve_gemm(gpu: GPUSpec, problem: MoEProblem, policies: Sequence[str],
             raise ProfileMismatchError(f"{path}: measured on {candidate.gpu}, the simulated "
                                        f"GPU is {gpu.name}; drop --profile to use the "
                                        "analytic model")
+        installed = installed_family_versions().get(candidate.family)
+        if installed is not None and candidate.family_version != installed:
+            raise ProfileMismatchError(f"{path}: field 'family_version' is "
+                                       f"{candidate.family_version!r}, the {candidate.family} "
+                                       f"kernels of this RaMP are version {installed!r}; "
+                                       "profile them again")
         profile, source = candidate, f"profile {path}"
         break
     if profile is None:

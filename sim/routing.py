@@ -29,6 +29,7 @@ from ramp.errors import InputError
 from ramp.trace import TraceHeader, TraceStep
 
 PREFILL, DECODE = 0, 1  # phase classes
+MAX_SAMPLES = 1024  # routing samples per token count
 
 
 @dataclass
@@ -44,9 +45,9 @@ class RoutingPool:
     are what the simulator needs, and memory stays bounded (steps x layers x experts)."""
 
     def __init__(self, header: TraceHeader, steps: Iterable[TraceStep], seed: int = 0,
-                 samples: int = 16, max_steps: int = 1024) -> None:
-        if samples < 1:
-            raise InputError(f"routing samples must be >= 1, got {samples}")
+                 samples: int = 16, max_steps: int = 1024, where: str = "routing") -> None:
+        if not 1 <= samples <= MAX_SAMPLES:
+            raise InputError(f"routing samples must be in 1..{MAX_SAMPLES}, got {samples}")
         self.header = header
         self.top_k = header.top_k
         self.seed = seed
@@ -58,7 +59,7 @@ class RoutingPool:
             if total >= max_steps:
                 break
         if total == 0:
-            raise InputError("routing trace has no steps")
+            raise InputError(f"{where}: the routing trace has no steps")
         everything = by_class[PREFILL] + by_class[DECODE]
         self._groups = {
             cls: self._group(members or everything) for cls, members in by_class.items()

@@ -7,17 +7,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ramp.errors import InputError
+from ramp.errors import CapacityError, InputError
 from ramp.hardware import get_gpu
 from ramp.models import MoEModel, get_model
 from ramp.sim.costs import Calibration, Layout, StepCoster, build_layout
-from ramp.sim.engine import EngineConfig, RunResult, SwitchConfig, simulate
+from ramp.sim.engine import MODES, EngineConfig, RunResult, SwitchConfig, simulate
 from ramp.sim.metrics import SLO, format_table, speedup, summarize
+from ramp.sim.moe import check_policies
 from ramp.sim.routing import RoutingPool
 from ramp.sim.workload import resolve_path
 from ramp.trace import Arrival, TraceHeader, TraceReader
 
 GPU_COUNTS = (1, 2, 4, 8, 16)
+MAX_GPUS = 1024
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,12 @@ class SimConfig:
             raise InputError("at least one policy")
         if len(set(self.policies)) != len(self.policies):
             raise InputError(f"policies repeated: {self.policies}")
+        check_policies(self.policies)
+        if self.mode not in MODES:
+            raise InputError(f"mode {self.mode!r} not in {MODES}")
+        if self.gpus is not None and not 1 <= self.gpus <= MAX_GPUS:
+            raise InputError(f"gpus must be in 1..{MAX_GPUS} (leave it out for the fewest "
+                             f"that fit), got {self.gpus}")
 
 
 @dataclass
@@ -60,8 +68,10 @@ class Report:
     def format(self) -> str:
         lines = [f"{self.config['model']} on {self.config['gpus']} x {self.config['gpu']}, "
                  f"{self.summaries[0]['requests']} requests, KV cache "
-                 f"{self.summaries[0]['kv_capacity_tokens']} tokens",
-                 f"MoE cost: {self.moe_source}", "", format_table(self.summaries)]
+                 f"{self.summaries[0]['kv_capacity_tokens']} tokens"]
+        if self.config.get("gpus_chosen"):
+            lines.append(f"GPUs: {self.config['gpus_chosen']}")
+        lines += [f"MoE cost: {self.moe_source}", "", format_table(self.summaries)]
         if self.speedup:
             s = self.speedup
             lines += ["", "RaMP vs static (> 1 is better): "
@@ -75,8 +85,10 @@ class Report:
 def load_pool(trace: str | Path, seed: int = 0, samples: int = 16,
               strict: bool = True) -> RoutingPool:
     """Routing pool from a trace file (or the name of a shipped one)."""
-    with TraceReader(resolve_path(trace, "trace"), strict=strict) as reader:
-        return RoutingPool(reader.header, iter(reader), seed=seed, samples=samples)
+    path = resolve_path(trace, "trace")
+    with TraceReader(path, strict=strict) as reader:
+        return RoutingPool(reader.header, iter(reader), seed=seed, samples=samples,
+                           where=str(path))
 
 
 def synthetic_pool(model: MoEModel, preset: str | None = None, seed: int = 0,
@@ -110,29 +122,48 @@ def resolve_model(name: str | None, header: TraceHeader) -> MoEModel:
     return model
 
 
-def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, Layout]]:
-    """GPU count and layouts of the replica (both TP and EP for mode ``switch``)."""
+def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, Layout], str]:
+    """GPU count and layouts of the replica (both TP and EP for mode ``switch``), and
+    what was chosen for the user: with ``gpus=None`` the fewest GPUs whose memory holds
+    the model. Only that capacity failure moves on to more GPUs; any other error (a bad
+    profile, an unknown policy) is the user's to fix and is raised as it is."""
     gpu = get_gpu(config.gpu)
     names = ("tp", "ep") if config.mode == "switch" else (config.mode,)
-    counts = (config.gpus,) if config.gpus else GPU_COUNTS
-    last: InputError | None = None
+    counts = (config.gpus,) if config.gpus is not None else GPU_COUNTS
+    last: CapacityError | None = None
     for gpus in counts:
         try:
-            return gpus, {n: build_layout(n, gpu, model, gpus, config.policies,
-                                          config.calibration, config.profiles) for n in names}
-        except InputError as exc:
-            last = exc
-            if config.gpus:
+            layouts = {n: build_layout(n, gpu, model, gpus, config.policies,
+                                       config.calibration, config.profiles) for n in names}
+        except CapacityError as exc:
+            if config.gpus is not None:
                 raise
-    raise InputError(f"{model.name} does not fit on up to {GPU_COUNTS[-1]} x {gpu.name}: "
-                     f"{last}")
+            last = exc
+            continue
+        _check_profiles_used(config.profiles, layouts)
+        chosen = "" if config.gpus is not None else (
+            f"{gpus}, the fewest that fit (--gpus not given)"
+            + (f"; fewer do not: {last}" if last else ""))
+        return gpus, layouts, chosen
+    raise CapacityError(f"{model.name} does not fit on up to {GPU_COUNTS[-1]} x "
+                        f"{gpu.name}: {last}")
+
+
+def _check_profiles_used(profiles: Sequence[str], layouts: dict[str, Layout]) -> None:
+    """A profile the user named that matches no simulated GEMM is an error, not skipped."""
+    used = {g.source for lay in layouts.values() for g in lay.gemms}
+    shapes = sorted({g.profile.problem.key for lay in layouts.values() for g in lay.gemms})
+    for path in profiles:
+        if f"profile {path}" not in used:
+            raise InputError(f"profile {path}: matches none of the simulated GEMMs "
+                             f"({', '.join(shapes)}); drop it or profile those shapes")
 
 
 def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
               progress: bool = False) -> Report:
     """Simulate ``arrivals`` once per policy and compare them."""
     model = resolve_model(config.model, pool.header)
-    gpus, layouts = build_layouts(config, model)
+    gpus, layouts, chosen = build_layouts(config, model)
     coster = StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts)
     runs = [simulate(arrivals, coster, policy, config.engine, config.mode, config.switch,
                      progress) for policy in config.policies]
@@ -142,6 +173,7 @@ def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
             if {"static", "ramp"} <= set(by_policy) else None)
     described = {
         "gpu": get_gpu(config.gpu).name, "model": model.name, "gpus": gpus,
+        "gpus_chosen": chosen,
         "mode": config.mode, "policies": list(config.policies), "seed": pool.seed,
         "routing_samples": pool.samples, "routing_source": pool.header.source,
         "routing_steps": pool.steps, "engine": asdict(config.engine),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from ramp.errors import InputError
-from ramp.trace import Arrival, read_arrivals
+from ramp.trace import MAX_REQUEST_TOKENS, Arrival, read_arrivals
 
 LENGTH_DISTS = ("fixed", "lognormal", "uniform")
 ARRIVAL_PROCESSES = ("poisson", "gamma")
+MAX_REQUESTS = 10 ** 6  # of a synthetic workload: ~50x the shipped busy hour
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,13 @@ class LengthDist:
     def __post_init__(self) -> None:
         if self.dist not in LENGTH_DISTS:
             raise InputError(f"length dist {self.dist!r} not in {LENGTH_DISTS}")
-        if self.mean < 1 or self.cv < 0 or not 1 <= self.low <= self.high or self.max < 1:
-            raise InputError(f"length dist {self}: need mean >= 1, cv >= 0, "
-                             "1 <= low <= high, max >= 1")
+        # written so that NaN and inf fail
+        if not (1 <= self.mean <= MAX_REQUEST_TOKENS and 0 <= self.cv < math.inf
+                and 1 <= self.low <= self.high <= MAX_REQUEST_TOKENS
+                and 1 <= self.max <= MAX_REQUEST_TOKENS):
+            raise InputError(f"length dist {self}: need 1 <= mean <= {MAX_REQUEST_TOKENS}, "
+                             f"finite cv >= 0, 1 <= low <= high <= {MAX_REQUEST_TOKENS}, "
+                             f"1 <= max <= {MAX_REQUEST_TOKENS}")
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if self.dist == "fixed":
@@ -59,8 +65,12 @@ class SyntheticWorkload:
     cv: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.rate <= 0 or self.requests <= 0 or self.cv <= 0:
-            raise InputError("workload: rate, requests and cv must be positive")
+        if not (0 < self.rate < math.inf and 0 < self.cv < math.inf):
+            raise InputError(f"workload: rate and cv must be finite and > 0, got "
+                             f"{self.rate}, {self.cv}")
+        if not 1 <= self.requests <= MAX_REQUESTS:
+            raise InputError(f"workload: requests must be in 1..{MAX_REQUESTS}, got "
+                             f"{self.requests}")
         if self.process not in ARRIVAL_PROCESSES:
             raise InputError(f"workload: process {self.process!r} not in {ARRIVAL_PROCESSES}")
 
@@ -96,6 +106,8 @@ def embedded_names() -> list[str]:
 
 def resolve_path(name: str | Path, what: str) -> Path:
     """A user path, or the name of a shipped file (``ramp-sim list`` shows them)."""
+    if not isinstance(name, (str, Path)) or not str(name):
+        raise InputError(f"{what} {name!r}: expected a file path or a shipped name")
     path = Path(name)
     if path.is_file():
         return path
@@ -109,14 +121,25 @@ def resolve_path(name: str | Path, what: str) -> Path:
 DEFAULT_ARRIVALS = "azure-conv-2023.arrivals.jsonl"
 
 
+def check_arrival_options(time_scale: Any, limit: Any) -> None:
+    """``time_scale`` a finite number > 0, ``limit`` None or an int >= 1 (they may come
+    from a YAML scenario, so their types are checked too)."""
+    if (isinstance(time_scale, bool) or not isinstance(time_scale, (int, float))
+            or not 0 < time_scale < math.inf):
+        raise InputError(f"field 'time_scale' must be a finite number > 0, got "
+                         f"{time_scale!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise InputError(f"field 'limit' must be an int >= 1, got {limit!r}")
+
+
 def load_arrivals(source: str | Path, time_scale: float = 1.0, limit: int | None = None,
                   ) -> list[Arrival]:
     """Arrivals from a RaMP arrivals file, an Azure LLM trace CSV, or a shipped name.
 
     ``time_scale`` < 1 compresses time (a faster arrival rate), > 1 stretches it.
     """
-    if time_scale <= 0:
-        raise InputError(f"time_scale must be > 0, got {time_scale}")
+    check_arrival_options(time_scale, limit)
     path = resolve_path(source, "arrivals")
     if path.suffix == ".csv":
         from ramp.traces.converters import read_azure_csv

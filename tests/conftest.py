@@ -1,9 +1,13 @@
 """Shared fixtures: small banks and problems that tests can reason about by hand."""
 
 import os
+import random
+import sys
+import zlib
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
@@ -22,6 +26,36 @@ def _cuda_available() -> bool:
 # Triton is first imported by any test module.
 if not _cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# Property tests draw the same examples on every run (a failure reproduces as it is).
+settings.register_profile("ramp", derandomize=True)
+settings.load_profile("ramp")
+
+
+def _test_seed(nodeid: str) -> int:
+    return zlib.crc32(nodeid.encode())
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rngs(request):
+    """Every test starts the global RNGs (random, numpy, torch when loaded) from a seed
+    fixed by its id, so a test that draws from them is repeatable; the seed is printed
+    with a failure (see pytest_runtest_makereport)."""
+    seed = _test_seed(request.node.nodeid)
+    random.seed(seed)
+    np.random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        report.sections.append(("random seed", f"global RNGs seeded with "
+                                               f"{_test_seed(item.nodeid)} for {item.nodeid}"))
+    return report
 
 
 def pytest_collection_modifyitems(config, items):

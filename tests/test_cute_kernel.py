@@ -6,6 +6,8 @@ was written: ragged, empty and hot experts, T=1, both GEMMs, every tile, schedul
 (1wg, cooperative, pingpong, swap-AB thin tiles), cluster and raster.
 """
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -92,7 +94,7 @@ def representatives() -> list[KernelConfig]:
 @pytest.mark.parametrize("gemm", ["w13", "w2"])
 @pytest.mark.parametrize("kind", ["t1", "empty", "hot", "ragged", "large"])
 def test_matches_float32(cfg, gemm, kind):
-    assert check(cfg, gemm, kind, seed=len(kind) + hash(cfg.name) % 97) < 1e-2
+    assert check(cfg, gemm, kind, seed=len(kind) + zlib.crc32(cfg.name.encode()) % 97) < 1e-2
 
 
 def test_same_compiled_kernel_serves_any_routing():

@@ -75,5 +75,10 @@ def test_peak_flops_by_dtype() -> None:
 
 
 def test_detect_gpu_returns_spec_or_none() -> None:
+    torch = pytest.importorskip("torch")
     gpu = detect_gpu()
-    assert gpu is None or isinstance(gpu, GPUSpec)
+    if not torch.cuda.is_available():
+        assert gpu is None
+    else:
+        assert isinstance(gpu, GPUSpec)
+        assert gpu.sms == torch.cuda.get_device_properties(0).multi_processor_count

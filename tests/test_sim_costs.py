@@ -88,17 +88,36 @@ def test_layout_constants(coster):
     tp, ep = coster.layouts["tp"], coster.layouts["ep"]
     assert ep.weight_bytes == 2 * tp.weight_bytes  # DP attention replicates dense weights
     assert tp.collectives == 2 * OLMOE.layers and ep.collectives == 2 * OLMOE.moe_layers
-    assert "analytic" in tp.moe_source or "profile" in tp.moe_source
+    # no profile of OLMoE's shapes is shipped: both GEMMs use the analytic model
+    assert tp.moe_source.startswith("w13: analytic model") and "; w2: analytic" in tp.moe_source
     with pytest.raises(InputError, match="does not fit"):
         build_layout("tp", get_gpu("RTX-4090"), get_model("mixtral-8x7b"), 1, ("ramp",),
                      Calibration())
 
 
-def test_ramp_never_costs_more_than_static(coster):
+def test_policy_costs_are_the_dispatchers_choices(coster):
+    """Each policy's simulated time is the model's time of the configuration its real
+    dispatcher (RampDispatcher, the profile's static table) picks for that histogram,
+    summed over layers (EP: the slowest shard), and RaMP's choice differs from static
+    somewhere: the simulator shows what the dispatchers do, not a formula for a gain."""
+    differs = False
     for layout in coster.layouts.values():
+        shards = layout.gpus if layout.name == "ep" else 1
         for tokens in (1, 7, 64, 300, 2048):
             moe = coster.moe_seconds(layout, tokens, DECODE, 0)
-            assert 0 < moe["ramp"] <= moe["static"]
+            bucket = token_bucket(tokens)  # above EXACT_TOKENS: the bucket's cost, scaled
+            hists = coster.pool.hists(bucket, DECODE, 0)
+            local = hists.reshape(hists.shape[0] * shards, -1)
+            for policy in ("ramp", "static"):
+                total = 0.0
+                for gemm in layout.gemms:
+                    pred = gemm.profile.model.predict(local)
+                    choice = gemm.profile.dispatcher(policy).choose_batch(local)
+                    total = total + pred[np.arange(len(local)), choice]
+                expected = total.reshape(-1, shards).max(axis=1).sum() * 1e-6 * tokens / bucket
+                assert moe[policy] == pytest.approx(expected, rel=1e-9), (layout.name, tokens)
+            differs |= moe["ramp"] != moe["static"]
+    assert differs
 
 
 def test_single_request_matches_step_costs(coster):
@@ -118,7 +137,7 @@ def test_study_reports_speedup_and_is_deterministic():
     config = SimConfig(model="olmoe-1b-7b", gpu="H100-SXM")
     first, again = run_study(config, pool, arrivals), run_study(config, pool, arrivals)
     assert first.summaries == again.summaries
-    assert first.speedup["moe_time"] >= 1.0
+    assert first.speedup["moe_time"] > 1.0  # skewed routing: RaMP picks other configs
     assert first.summaries[0]["served"] == 60
     text = first.format()
     assert "RaMP vs static" in text and "MoE cost" in text

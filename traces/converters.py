@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ramp.errors import InputError
+from ramp.plaindata import os_reason
 from ramp.trace import Arrival
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -37,31 +38,41 @@ def read_azure_csv(path: str | Path) -> Iterator[Arrival]:
     path = Path(path)
     try:
         f = path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read CSV ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read CSV ({os_reason(exc)})") from None
     with f:
-        reader = csv.DictReader(f)
-        missing = [c for c in AZURE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}:1: missing column(s) {missing}; an Azure LLM trace has "
-                             f"{list(AZURE_COLUMNS)}")
-        start = last = None
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            try:
-                stamp = datetime.fromisoformat(row["TIMESTAMP"].strip()).timestamp()
-            except ValueError:
-                raise InputError(f"{where}: field 'TIMESTAMP' {row['TIMESTAMP']!r} is not "
-                                 "an ISO date-time") from None
-            start = stamp if start is None else start
-            if last is not None and stamp < last:
-                raise InputError(f"{where}: field 'TIMESTAMP' goes backwards")
-            last = stamp
-            counts = []
-            for col in AZURE_COLUMNS[1:]:
-                text = row[col].strip()
-                if not text.isdigit() or int(text) == 0:
-                    raise InputError(f"{where}: field {col!r} must be a positive int, "
-                                     f"got {text!r}")
-                counts.append(int(text))
-            yield Arrival(stamp - start, counts[0], counts[1])
+        try:
+            yield from _azure_rows(path, csv.DictReader(f))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: CSV is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                             "after the last good row)") from None
+        except csv.Error as exc:
+            raise InputError(f"{path}: malformed CSV ({exc})") from None
+
+
+def _azure_rows(path: Path, reader: csv.DictReader) -> Iterator[Arrival]:
+    """Arrivals of an Azure CSV's rows; errors name the file, row and column."""
+    missing = [c for c in AZURE_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(f"{path}:1: missing column(s) {missing}; an Azure LLM trace has "
+                         f"{list(AZURE_COLUMNS)}")
+    start = last = None
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        try:
+            stamp = datetime.fromisoformat((row["TIMESTAMP"] or "").strip()).timestamp()
+        except ValueError:
+            raise InputError(f"{where}: field 'TIMESTAMP' {row['TIMESTAMP']!r} is not "
+                             "an ISO date-time") from None
+        start = stamp if start is None else start
+        if last is not None and stamp < last:
+            raise InputError(f"{where}: field 'TIMESTAMP' goes backwards")
+        last = stamp
+        counts = []
+        for col in AZURE_COLUMNS[1:]:
+            text = (row[col] or "").strip()
+            if not (text.isascii() and text.isdigit() and len(text) <= 9 and int(text) > 0):
+                raise InputError(f"{where}: field {col!r} must be a positive int, "
+                                 f"got {text!r}")
+            counts.append(int(text))
+        yield Arrival(stamp - start, counts[0], counts[1])

@@ -19,14 +19,13 @@ experts have the highest local routing consistency (Liang et al. 2025, arXiv:250
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ramp.errors import InputError
-from ramp.histograms import sample_topk, skew_stats, zipf_popularity
+from ramp.histograms import sample_topk, zipf_popularity
 from ramp.models import MoEModel
 from ramp.trace import TraceHeader, TraceStep
 
@@ -131,7 +130,51 @@ def serving_schedule(decode_steps: int, decode_tokens: int, prefill_steps: int,
     return tokens, ["prefill" if i in prefill_at else "decode" for i in range(total)]
 
 
-def routing_summary(steps: Sequence[TraceStep]) -> dict[str, float]:
+class RoutingSummary:
+    """``routing_summary`` one step at a time: memory is one step and a few per-layer
+    sums, whatever the trace's length (``ramp-sim trace info`` streams with it)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self._ratio_sum: np.ndarray | None = None  # per layer, over steps
+        self._active_sum = 0.0
+        self._corr_sum = 0.0
+        self._corr_count = 0
+        self._previous: np.ndarray | None = None
+
+    def add(self, step: TraceStep) -> None:
+        hists = step.hists
+        totals = hists.sum(axis=1)
+        # skew_stats' max_mean_ratio per layer, vectorised (0 for an empty layer)
+        ratio = np.divide(hists.max(axis=1) * hists.shape[1], totals,
+                          out=np.zeros(len(hists)), where=totals > 0)
+        self._ratio_sum = ratio if self._ratio_sum is None else self._ratio_sum + ratio
+        self._active_sum += float(np.count_nonzero(hists, axis=1).mean() / hists.shape[1])
+        share = hists / step.tokens
+        if self._previous is not None:
+            xc = self._previous - self._previous.mean(axis=1, keepdims=True)
+            yc = share - share.mean(axis=1, keepdims=True)
+            den = np.sqrt((xc ** 2).sum(axis=1) * (yc ** 2).sum(axis=1))
+            ok = den > 0
+            self._corr_sum += float(((xc * yc).sum(axis=1)[ok] / den[ok]).sum())
+            self._corr_count += int(ok.sum())
+        self._previous = share
+        self.steps += 1
+
+    def result(self) -> dict[str, float]:
+        if self._ratio_sum is None:
+            raise InputError("routing_summary: no steps")
+        per_layer = self._ratio_sum / self.steps
+        return {
+            "max_mean_ratio": float(per_layer.mean()),
+            "active_fraction": self._active_sum / self.steps,
+            "layer_spread": float(per_layer.std()),
+            "step_correlation": (self._corr_sum / self._corr_count if self._corr_count
+                                 else float("nan")),
+        }
+
+
+def routing_summary(steps: Iterable[TraceStep]) -> dict[str, float]:
     """Measured routing statistics of steps, to compare synthetic and recorded traces.
 
     ``max_mean_ratio`` and ``active_fraction``: mean over steps and layers (see
@@ -139,20 +182,7 @@ def routing_summary(steps: Sequence[TraceStep]) -> dict[str, float]:
     mean max/mean ratio (how much layers differ); ``step_correlation``: mean Pearson
     correlation of a layer's expert loads between consecutive steps.
     """
-    if not steps:
-        raise InputError("routing_summary: no steps")
-    ratios = np.array([[skew_stats(h)["max_mean_ratio"] for h in s.hists] for s in steps])
-    active = np.array([[np.count_nonzero(h) / h.size for h in s.hists] for s in steps])
-    corr = []
-    for a, b in itertools.pairwise(steps):
-        x = a.hists / a.tokens
-        y = b.hists / b.tokens
-        xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
-        den = np.sqrt((xc ** 2).sum(axis=1) * (yc ** 2).sum(axis=1))
-        corr.extend((xc * yc).sum(axis=1)[den > 0] / den[den > 0])
-    return {
-        "max_mean_ratio": float(ratios.mean()),
-        "active_fraction": float(active.mean()),
-        "layer_spread": float(ratios.mean(axis=0).std()),
-        "step_correlation": float(np.mean(corr)) if corr else float("nan"),
-    }
+    summary = RoutingSummary()
+    for step in steps:
+        summary.add(step)
+    return summary.result()
