@@ -218,6 +218,57 @@ def azure(csv_path, out):
     click.echo(f"wrote {out}")
 
 
+def _recording_options(func):
+    """Options shared by the converters of token-level routing recordings."""
+    for option in reversed((
+        click.option("--model", "model_name", default="deepseek-v2-lite", show_default=True,
+                     help="Catalog model the routing was recorded on."),
+        click.option("--tokens", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Tokens per step T."),
+        click.option("--batching", type=click.Choice(["consecutive", "shuffled"]),
+                     default="consecutive", show_default=True,
+                     help="Steps of T consecutive tokens (prefill-like) or T tokens drawn "
+                          "across sequences (decode-like)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the shuffled batching."),
+        click.option("--no-ids", is_flag=True, help="Leave out the token-level top-k ids."),
+    )):
+        func = option(func)
+    return func
+
+
+def _convert_recording(origin, source, out, model_name, tokens, batching, seed, no_ids):
+    from ramp.models import get_model
+    from ramp.trace import write_trace
+    from ramp.traces.real import read_recording, recording_header, routing_steps
+
+    model = get_model(model_name)
+    routing = read_recording(source, model)
+    header = recording_header(model, origin, Path(source), tokens, batching, seed, routing)
+    write_trace(out, header, routing_steps(routing, tokens, batching, seed, not no_ids))
+    click.echo(f"wrote {out}: {routing.tokens // tokens} steps of {tokens} {batching} tokens "
+               f"from {routing.tokens} recorded in {routing.seq_lens.size} sequences")
+
+
+@trace.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_recording_options
+def esft(source, out, **options):
+    """Convert ESFT expert scores (a directory of expert_weights_L.txt, one per MoE
+    layer) to a trace."""
+    _convert_recording("esft", source, out, **options)
+
+
+@trace.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_recording_options
+def npz(source, out, **options):
+    """Convert a routing .npz (topk_ids [tokens, layers, top_k], seq_lens) to a trace."""
+    _convert_recording("npz", source, out, **options)
+
+
 @trace.command()
 @click.argument("dumps", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
