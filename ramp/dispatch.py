@@ -15,11 +15,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ramp.costmodel import WaveCostModel
 from ramp.errors import InputError
+
+if TYPE_CHECKING:
+    from ramp.expert_parallel import EPView
 
 
 class Dispatcher(ABC):
@@ -34,6 +38,13 @@ class Dispatcher(ABC):
     def choose_batch(self, hists: np.ndarray) -> np.ndarray:
         """Indices for histograms [H, E]; subclasses vectorise this."""
         return np.array([self.choose(h) for h in np.atleast_2d(hists)], dtype=np.int64)
+
+    def choose_view(self, view: EPView) -> np.ndarray:
+        """Each rank's choice under expert parallelism, ``[..., ep]``: the rank's local
+        histogram (``E/ep`` experts) and its local ``T*k`` decide, as on that GPU. The
+        dispatcher must belong to the local problem (a profile of ``E/ep`` experts)."""
+        lead = view.hists.shape[:-1]
+        return self.choose_batch(view.hists.reshape(-1, view.hists.shape[-1])).reshape(lead)
 
 
 class RampDispatcher(Dispatcher):

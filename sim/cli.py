@@ -12,6 +12,7 @@ import click
 import yaml
 
 from ramp.errors import RampError
+from ramp.expert_parallel import PLACEMENTS
 from ramp.sim.costs import Calibration
 from ramp.sim.engine import MODES, EngineConfig, SwitchConfig
 from ramp.sim.metrics import SLO, plot_runs
@@ -69,6 +70,10 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 @click.option("--mode", type=click.Choice(MODES), default="tp", show_default=True,
               help="Layout: tensor-parallel, expert-parallel (DP attention), or switching "
                    "between them with load.")
+@click.option("--ep-placement", type=click.Choice(PLACEMENTS), default="contiguous",
+              show_default=True,
+              help="Expert placement under EP: contiguous id blocks, or balanced per layer "
+                   "by the trace's load (EPLB-style greedy).")
 @click.option("--policy", "policies", default="static,ramp", show_default=True,
               help="Comma-separated dispatch policies.")
 @click.option("--profile", "profiles", multiple=True,
@@ -91,7 +96,7 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 @click.option("--plot-dir", type=click.Path(), help="Write timeline.png and cdf.png here.")
 @click.option("--no-progress", is_flag=True)
 def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean, gpu, gpus,
-           model_name, mode, policies, profiles, max_batched_tokens, max_seqs,
+           model_name, mode, ep_placement, policies, profiles, max_batched_tokens, max_seqs,
            no_chunked_prefill, kv_capacity, switch_cost, slo_ttft, slo_tpot, calibration_path,
            samples, seed, lenient, json_out, plot_dir, no_progress):
     """Replay a routing TRACE (path or shipped name) under a request workload."""
@@ -105,7 +110,7 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
         engine=EngineConfig(max_batched_tokens, max_seqs, not no_chunked_prefill,
                             kv_capacity=kv_capacity),
         calibration=cal, switch=SwitchConfig(cost_s=switch_cost), slo=SLO(slo_ttft, slo_tpot),
-        profiles=tuple(profiles),
+        profiles=tuple(profiles), ep_placement=ep_placement,
     )
     pool = load_pool(trace, seed=seed, samples=samples, strict=not lenient)
     if rate is not None:
@@ -190,8 +195,11 @@ def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps
 @trace.command()
 @click.argument("path")
 @click.option("--lenient", is_flag=True, help="Skip malformed lines (counted).")
-def info(path, lenient):
-    """Header and measured routing statistics of a trace (streamed)."""
+@click.option("--ep", type=click.IntRange(min=2), multiple=True,
+              help="Also show the expert-parallel views at this EP degree (repeatable).")
+def info(path, lenient, ep):
+    """Header and measured routing statistics of a trace (streamed), and with --ep each
+    rank's local load under contiguous and balanced expert placement."""
     from ramp.trace import TraceReader
     from ramp.traces.generators import routing_summary
 
@@ -203,6 +211,27 @@ def info(path, lenient):
     click.echo(f"steps: {len(steps)} {phases}; skipped {reader.skipped}; torn {reader.torn}")
     if steps:
         click.echo(json.dumps(routing_summary(steps), indent=1))
+    if steps and ep:
+        _echo_ep_views(steps, ep)
+
+
+def _echo_ep_views(steps, degrees) -> None:
+    """Busiest rank's local T*k over the mean rank's, per EP degree and placement."""
+    import numpy as np
+
+    from ramp.expert_parallel import ExpertPlacement
+
+    hists = np.stack([s.hists for s in steps])              # [S, L, E]
+    load = hists.sum(axis=0) / sum(s.tokens for s in steps)
+    for degree in degrees:
+        for name in PLACEMENTS:
+            placement = ExpertPlacement.make(name, hists.shape[2], degree, load)
+            view = placement.view(hists)
+            rows = view.rows                                  # [S, L, ep]
+            click.echo(f"ep={degree} {name:<10} busiest/mean rank rows "
+                       f"{float(view.imbalance.mean()):.3f} (max "
+                       f"{float(view.imbalance.max()):.3f}); local T*k per rank mean "
+                       f"{float(rows.mean()):.1f}, max {int(rows.max())}")
 
 
 @trace.command()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ramp.errors import InputError
+from ramp.expert_parallel import PLACEMENTS
 from ramp.hardware import get_gpu
 from ramp.models import MoEModel, get_model
 from ramp.sim.costs import Calibration, Layout, StepCoster, build_layout
@@ -35,12 +36,15 @@ class SimConfig:
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     slo: SLO = field(default_factory=SLO)
     profiles: tuple[str, ...] = ()
+    ep_placement: str = "contiguous"
 
     def __post_init__(self) -> None:
         if not self.policies:
             raise InputError("at least one policy")
         if len(set(self.policies)) != len(self.policies):
             raise InputError(f"policies repeated: {self.policies}")
+        if self.ep_placement not in PLACEMENTS:
+            raise InputError(f"ep_placement {self.ep_placement!r} not in {PLACEMENTS}")
 
 
 @dataclass
@@ -133,7 +137,8 @@ def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
     """Simulate ``arrivals`` once per policy and compare them."""
     model = resolve_model(config.model, pool.header)
     gpus, layouts = build_layouts(config, model)
-    coster = StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts)
+    coster = StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts,
+                        config.ep_placement)
     runs = [simulate(arrivals, coster, policy, config.engine, config.mode, config.switch,
                      progress) for policy in config.policies]
     summaries = [summarize(r, config.slo) for r in runs]
@@ -142,7 +147,8 @@ def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
             if {"static", "ramp"} <= set(by_policy) else None)
     described = {
         "gpu": get_gpu(config.gpu).name, "model": model.name, "gpus": gpus,
-        "mode": config.mode, "policies": list(config.policies), "seed": pool.seed,
+        "mode": config.mode, "ep_placement": config.ep_placement,
+        "policies": list(config.policies), "seed": pool.seed,
         "routing_samples": pool.samples, "routing_source": pool.header.source,
         "routing_steps": pool.steps, "engine": asdict(config.engine),
         "calibration": asdict(config.calibration), "switch": asdict(config.switch),
