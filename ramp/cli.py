@@ -224,9 +224,11 @@ def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -
     write_result(result, out)
     ramp, static = result["regret"]["ramp"], result["regret"]["static"]
     click.echo(f"{result['profile']}: {ramp['calls']} held-out calls")
-    click.echo(f"  RaMP   regret mean {100 * ramp['mean_regret']:.2f}%  p95 "
-               f"{100 * ramp['p95_regret']:.2f}%  max {100 * ramp['max_regret']:.2f}%  "
-               f"top-1 {100 * ramp['top1_accuracy']:.0f}%")
+    for label, key in (("RaMP  ", "ramp"), ("unguarded", "ramp_unguarded")):
+        r = result["regret"][key]
+        click.echo(f"  {label} regret mean {100 * r['mean_regret']:.2f}%  p95 "
+                   f"{100 * r['p95_regret']:.2f}%  max {100 * r['max_regret']:.2f}%  "
+                   f"top-1 {100 * r['top1_accuracy']:.0f}%")
     click.echo(f"  static regret mean {100 * static['mean_regret']:.2f}%  p95 "
                f"{100 * static['p95_regret']:.2f}%")
     for key, value in result["summary"].items():

@@ -202,6 +202,88 @@ class WaveCostModel:
             raise InputError(f"{where}: malformed ({exc})") from None
 
 
+@dataclass(frozen=True)
+class ModelError:
+    """How far the model's predictions are from measured times, per batch-size bucket:
+    ``error[i]`` is the mean relative error ``|pred / time - 1|`` of calls with ``tokens[i]``
+    tokens, over every configuration, each predicted by a fit that did not see that call
+    (leave-one-histogram-out). Out-of-sample on purpose: in-sample residuals of four
+    parameters fitted to ~50 calls understate the error a dispatch decision faces.
+
+    A guarded dispatcher (``ramp.dispatch.GuardedDispatcher``) leaves the static table
+    only for a predicted gain larger than this error allows.
+    """
+
+    tokens: tuple[int, ...]
+    error: tuple[float, ...]
+    statistic: str = "loo_mean_relative_error"
+
+    def __post_init__(self) -> None:
+        if not self.tokens or len(self.tokens) != len(self.error):
+            raise InputError("model error: one error per token bucket, at least one bucket")
+        if any(t <= 0 for t in self.tokens) or list(self.tokens) != sorted(set(self.tokens)):
+            raise InputError("model error: token buckets must be positive and increasing")
+        if not all(0 <= e < 1 for e in self.error):
+            raise InputError("model error: errors must lie in [0, 1)")
+
+    def at(self, tokens: np.ndarray | int) -> np.ndarray:
+        """Error of the bucket nearest to each T on a log scale."""
+        t = np.log2(np.maximum(np.asarray(tokens, dtype=np.float64), 1.0))
+        keys = np.log2(np.asarray(self.tokens, dtype=np.float64))
+        return np.asarray(self.error)[np.abs(t.reshape(-1, 1) - keys).argmin(axis=1)].reshape(
+            np.shape(tokens))
+
+    @classmethod
+    def uniform(cls, error: float) -> ModelError:
+        """One error for every batch size (e.g. a default for profiles without one)."""
+        return cls((1,), (float(error),), "assumed")
+
+    @classmethod
+    def measure(cls, bank: KernelBank, problem: MoEProblem, num_sms: int, hists: np.ndarray,
+                times: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES) -> ModelError:
+        """Leave-one-histogram-out error of the NNLS fit, per token count of ``hists``."""
+        from scipy.optimize import nnls
+
+        hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
+        times = np.asarray(times, dtype=np.float64)
+        feats = GeometryPlan(bank, problem, num_sms).geometry(hists).features(tuple(features))
+        rel = np.full(times.shape, np.nan)
+        for c in range(len(bank)):
+            ok = np.flatnonzero(np.isfinite(times[:, c]) & (times[:, c] > 0))
+            if ok.size <= len(features):
+                continue
+            a = feats[ok, c, :] / times[ok, c][:, None]
+            for j, i in enumerate(ok):
+                keep = np.arange(ok.size) != j
+                p, _ = nnls(a[keep], np.ones(keep.sum()))
+                rel[i, c] = abs(float(a[j] @ p) - 1.0)
+        tokens = hists.sum(axis=1) // problem.top_k
+        buckets = np.unique(tokens)
+        error = [float(np.nanmean(rel[tokens == t])) for t in buckets]
+        keep = np.isfinite(error)
+        if not keep.any():
+            raise InputError("model error: no configuration has enough samples to hold one out")
+        return cls(tuple(int(t) for t in buckets[keep]),
+                   tuple(min(e, 0.99) for e in np.asarray(error)[keep]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"statistic": self.statistic, "tokens": list(self.tokens),
+                "error": [round(e, 5) for e in self.error]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "model_error") -> ModelError:
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: must be an object")
+        try:
+            return cls(tuple(int(t) for t in data["tokens"]),
+                       tuple(float(e) for e in data["error"]),
+                       str(data.get("statistic", "loo_mean_relative_error")))
+        except KeyError as exc:
+            raise InputError(f"{where}: missing field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+
 def _fit_stats(pred: np.ndarray, y: np.ndarray) -> FitStats:
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     ss_res = float(np.sum((y - pred) ** 2))

@@ -7,6 +7,8 @@ can swap policies:
 - ``StaticDispatcher``: one configuration per batch-size bucket, tuned on uniform
   routing. This is what vLLM and SGLang do with their JSON tables (nearest key wins).
 - ``RampDispatcher``: argmin of the wave cost model on the live histogram.
+- ``GuardedDispatcher``: the static choice, unless the model predicts a gain over it
+  larger than the model's measured error allows (RaMP's default policy).
 - ``OracleDispatcher``: argmin of measured times (exhaustive search); the regret floor.
 """
 
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ramp.costmodel import WaveCostModel
+from ramp.costmodel import ModelError, WaveCostModel
 from ramp.errors import InputError
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ class RampDispatcher(Dispatcher):
     Decode steps repeat histograms often (same experts, same counts), hence the cache.
     """
 
-    name = "ramp"
+    name = "ramp-unguarded"
 
     def __init__(self, model: WaveCostModel, cache_size: int = 4096) -> None:
         self.model = model
@@ -116,6 +118,51 @@ class RampDispatcher(Dispatcher):
 
     def choose_batch(self, hists: np.ndarray) -> np.ndarray:
         return np.argmin(self.model.predict(np.atleast_2d(hists)), axis=1)
+
+
+class GuardedDispatcher(Dispatcher):
+    """RaMP that leaves the static table only when the model is sure enough.
+
+    With ``e`` the model's relative error at this batch size (``ModelError``, measured at
+    fit time), the argmin ``r`` replaces the static choice ``s`` only if even a pessimistic
+    reading of both predictions keeps ``r`` ahead: ``pred_s * (1 - e) > pred_r * (1 + e)``,
+    i.e. a predicted gain ``pred_s / pred_r - 1`` above ``2e / (1 - e)``. Where the model
+    cannot tell configurations apart (real routing at small T, schedules the features do
+    not see) this keeps RaMP at the static table instead of trading noise for regret.
+    """
+
+    name = "ramp"
+
+    def __init__(self, model: WaveCostModel, static: StaticDispatcher,
+                 error: ModelError) -> None:
+        self.ramp = RampDispatcher(model)
+        self.static = static
+        self.error = error
+
+    def margin(self, tokens: np.ndarray | int) -> np.ndarray:
+        """The smallest predicted gain (``pred_s / pred_r - 1``) that moves off static."""
+        e = self.error.at(tokens)
+        return 2.0 * e / (1.0 - e)
+
+    def _pick(self, pred: np.ndarray, tokens: np.ndarray, static: np.ndarray) -> np.ndarray:
+        rows = np.arange(pred.shape[0])
+        best = np.argmin(pred, axis=1)
+        e = self.error.at(tokens)
+        deviate = pred[rows, static] * (1.0 - e) > pred[rows, best] * (1.0 + e)
+        return np.where(deviate, best, static)
+
+    def choose(self, hist: np.ndarray) -> int:
+        hist = np.asarray(hist, dtype=np.int64)
+        tokens = int(hist.sum()) // self.static.top_k
+        pred = self.ramp.predict_one(hist)[None, :]
+        return int(self._pick(pred, np.array([tokens]),
+                              np.array([self.static.choose_tokens(tokens)]))[0])
+
+    def choose_batch(self, hists: np.ndarray) -> np.ndarray:
+        hists = np.atleast_2d(hists)
+        tokens = hists.sum(axis=1) // self.static.top_k
+        return self._pick(self.ramp.model.predict(hists), tokens,
+                          self.static.choose_tokens(tokens))
 
 
 class StaticDispatcher(Dispatcher):

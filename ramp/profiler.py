@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ramp.bank import KernelBank
-from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
+from ramp.costmodel import DEFAULT_FEATURES, ModelError, WaveCostModel
 from ramp.dispatch import StaticDispatcher
 from ramp.errors import InputError
 from ramp.histograms import parse_histogram_spec
@@ -212,6 +212,8 @@ def fit_profile(meas: Measurements, num_sms: int,
     bank = meas.bank.subset(keep)
     model = WaveCostModel.fit(bank, meas.problem, num_sms, meas.hists, meas.times[:, keep],
                               features)
+    error = ModelError.measure(bank, meas.problem, num_sms, meas.hists, meas.times[:, keep],
+                               features)
     uniform = meas.is_uniform()
     if not uniform.any():
         raise InputError("static dispatch is tuned on uniform routing: measure some")
@@ -222,4 +224,4 @@ def fit_profile(meas: Measurements, num_sms: int,
     provenance = dict(meas.provenance, fitted=datetime.now(timezone.utc).isoformat(),
                       samples=len(meas.labels), dropped_configs=int((~usable).sum()))
     return Profile(meas.gpu, meas.problem, meas.family, meas.family_version, model,
-                   static.table, provenance)
+                   static.table, provenance, error)
