@@ -164,7 +164,8 @@ def trace() -> None:
 @trace.command()
 @click.argument("model_name")
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--preset", help="Routing preset (default: by model granularity).")
+@click.option("--preset", help="Routing preset: realistic (the default: fitted to real "
+              "routing, ramp.realistic) or a skew preset (uniform, balanced, skewed, hot).")
 @click.option("--decode-steps", type=int, default=40, show_default=True)
 @click.option("--decode-tokens", type=int, default=64, show_default=True)
 @click.option("--prefill-steps", type=int, default=16, show_default=True)
@@ -175,21 +176,13 @@ def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps
     """Write a synthetic routing trace for a catalog MODEL_NAME."""
     from ramp.models import get_model
     from ramp.trace import write_trace
-    from ramp.traces.generators import (
-        default_preset,
-        generate_steps,
-        get_preset,
-        serving_schedule,
-        synthetic_header,
-    )
+    from ramp.traces.generators import DEFAULT_PRESET, serving_schedule, synthetic_trace
 
     model = get_model(model_name)
-    stats = get_preset(preset) if preset else default_preset(model)
     tokens, phases = serving_schedule(decode_steps, decode_tokens, prefill_steps,
                                       prefill_tokens)
-    write_trace(out, synthetic_header(model, stats, seed),
-                generate_steps(model, stats, tokens, phases, seed))
-    click.echo(f"wrote {out} ({len(tokens)} steps, preset {stats.name})")
+    write_trace(out, *synthetic_trace(model, preset, tokens, phases, seed))
+    click.echo(f"wrote {out} ({len(tokens)} steps, preset {preset or DEFAULT_PRESET})")
 
 
 @trace.command()

@@ -86,21 +86,14 @@ def load_pool(trace: str | Path, seed: int = 0, samples: int = 16,
 def synthetic_pool(model: MoEModel, preset: str | None = None, seed: int = 0,
                    samples: int = 16, steps: int = 48, decode_tokens: int = 64,
                    prefill_tokens: int = 1024) -> RoutingPool:
-    """Routing pool generated for ``model`` (for what-if models nobody recorded)."""
-    from ramp.traces.generators import (
-        default_preset,
-        generate_steps,
-        get_preset,
-        serving_schedule,
-        synthetic_header,
-    )
+    """Routing pool generated for ``model`` (for what-if models nobody recorded); the
+    default preset is the realistic generator (``ramp.realistic``)."""
+    from ramp.traces.generators import serving_schedule, synthetic_trace
 
-    stats = get_preset(preset) if preset else default_preset(model)
     tokens, phases = serving_schedule(steps * 2 // 3, decode_tokens, steps - steps * 2 // 3,
                                       prefill_tokens)
-    return RoutingPool(synthetic_header(model, stats, seed),
-                       generate_steps(model, stats, tokens, phases, seed), seed=seed,
-                       samples=samples)
+    header, generated = synthetic_trace(model, preset, tokens, phases, seed)
+    return RoutingPool(header, generated, seed=seed, samples=samples)
 
 
 def resolve_model(name: str | None, header: TraceHeader) -> MoEModel:

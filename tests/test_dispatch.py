@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from ramp.costmodel import ModelError, WaveCostModel
-from ramp.dispatch import GuardedDispatcher, OracleDispatcher, RampDispatcher, StaticDispatcher
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
+from ramp.costmodel import ModelError, WaveCostModel
+from ramp.dispatch import GuardedDispatcher, OracleDispatcher, RampDispatcher, StaticDispatcher
 from ramp.errors import InputError
 from ramp.problem import MoEProblem
 from ramp.regret import evaluate
