@@ -36,8 +36,39 @@ if TYPE_CHECKING:
     from ramp.hardware import GPUSpec
 
 DEFAULT_FEATURES = ("launch", "waves", "active_experts", "tile_waves")
+# Feature sets chosen per kernel family by leave-one-out regret on the training calls
+# (bench/feature_search.py, docs/perf/cute.md): the CuTe family's tile work is better
+# described by its routed rows than by its padded tiles (swap-AB thin tiles, epilogues
+# that store only valid rows).
+FAMILY_FEATURES = {"cute": ("launch", "waves", "active_experts", "row_waves")}
 MAX_FEATURES = 4
 ANALYTIC_LAUNCH_US = 4.0  # launch + prologue of a graph-replayed kernel, measured order
+
+
+def family_features(family: str) -> tuple[str, ...]:
+    """The feature set a family's profiles are fitted with (DEFAULT_FEATURES unless the
+    family has its own in FAMILY_FEATURES)."""
+    return FAMILY_FEATURES.get(family, DEFAULT_FEATURES)
+
+
+def loo_predictions(feats: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Leave-one-histogram-out predictions ``[H, C]`` of the per-configuration NNLS fit
+    (features ``[H, C, F]``, times ``[H, C]`` with NaN where unmeasured): each call
+    predicted by a fit to the other calls. NaN where a configuration has too few samples
+    to hold one out or the call was not measured."""
+    from scipy.optimize import nnls
+
+    out = np.full(times.shape, np.nan)
+    for c in range(times.shape[1]):
+        ok = np.flatnonzero(np.isfinite(times[:, c]) & (times[:, c] > 0))
+        if ok.size <= feats.shape[2]:
+            continue
+        a = feats[ok, c, :] / times[ok, c][:, None]
+        for j, i in enumerate(ok):
+            keep = np.arange(ok.size) != j
+            p, _ = nnls(a[keep], np.ones(keep.sum()))
+            out[i, c] = float(feats[i, c] @ p)
+    return out
 
 
 @dataclass(frozen=True)
@@ -65,9 +96,10 @@ class WaveCostModel:
     _plan: GeometryPlan = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.features) <= MAX_FEATURES:
-            raise InputError(f"a wave cost model has 1..{MAX_FEATURES} features, "
-                             f"got {len(self.features)}")
+        if not 1 <= len(self.features) <= len(FEATURE_NAMES) or len(set(self.features)) != len(
+                self.features):
+            raise InputError(f"a wave cost model has 1..{len(FEATURE_NAMES)} distinct "
+                             f"features, got {list(self.features)}")
         unknown = [f for f in self.features if f not in FEATURE_NAMES]
         if unknown:
             raise InputError(f"unknown feature(s) {unknown}; known: {FEATURE_NAMES}")
@@ -77,6 +109,11 @@ class WaveCostModel:
                              f"({len(self.bank)}, {len(self.features)})")
         if np.any(self.params < 0) or not np.all(np.isfinite(self.params)):
             raise InputError("cost-model parameters must be finite and non-negative")
+        # Several families' models side by side may use different features (concat), but
+        # no configuration ever has more than MAX_FEATURES parameters.
+        if np.any(np.count_nonzero(self.params, axis=1) > MAX_FEATURES):
+            raise InputError(f"a configuration has more than {MAX_FEATURES} non-zero "
+                             "cost-model parameters")
         self._plan = GeometryPlan(self.bank, self.problem, self.num_sms)
 
     @property
@@ -117,6 +154,8 @@ class WaveCostModel:
         from scipy.optimize import nnls
 
         features = tuple(features)
+        if len(features) > MAX_FEATURES:
+            raise InputError(f"fit at most {MAX_FEATURES} features, got {list(features)}")
         hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
         times = np.asarray(times, dtype=np.float64)
         if times.shape != (hists.shape[0], len(bank)):
@@ -159,18 +198,23 @@ class WaveCostModel:
 
     @classmethod
     def concat(cls, models: Sequence[WaveCostModel]) -> WaveCostModel:
-        """One model over the union of several banks (e.g. several kernel families)."""
+        """One model over the union of several banks (e.g. several kernel families). The
+        models may use different features: the result has their union, each
+        configuration keeping its own (zero for the others)."""
         first = models[0]
         for m in models[1:]:
-            if (m.problem, m.num_sms, m.features) != (first.problem, first.num_sms,
-                                                      first.features):
-                raise InputError("can only concatenate models of one problem, GPU and "
-                                 "feature set")
+            if (m.problem, m.num_sms) != (first.problem, first.num_sms):
+                raise InputError("can only concatenate models of one problem and GPU")
+        features = tuple(dict.fromkeys(f for m in models for f in m.features))
+        params = np.zeros((sum(len(m.bank) for m in models), len(features)))
+        row = 0
+        for m in models:
+            params[row:row + len(m.bank), [features.index(f) for f in m.features]] = m.params
+            row += len(m.bank)
         bank = models[0].bank
         for m in models[1:]:
             bank = bank + m.bank
-        return cls(bank, first.problem, first.num_sms,
-                   np.concatenate([m.params for m in models]), first.features,
+        return cls(bank, first.problem, first.num_sms, params, features,
                    [s for m in models for s in (m.fit_stats or [None] * len(m.bank))])
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,21 +286,10 @@ class ModelError:
     def measure(cls, bank: KernelBank, problem: MoEProblem, num_sms: int, hists: np.ndarray,
                 times: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES) -> ModelError:
         """Leave-one-histogram-out error of the NNLS fit, per token count of ``hists``."""
-        from scipy.optimize import nnls
-
         hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
         times = np.asarray(times, dtype=np.float64)
         feats = GeometryPlan(bank, problem, num_sms).geometry(hists).features(tuple(features))
-        rel = np.full(times.shape, np.nan)
-        for c in range(len(bank)):
-            ok = np.flatnonzero(np.isfinite(times[:, c]) & (times[:, c] > 0))
-            if ok.size <= len(features):
-                continue
-            a = feats[ok, c, :] / times[ok, c][:, None]
-            for j, i in enumerate(ok):
-                keep = np.arange(ok.size) != j
-                p, _ = nnls(a[keep], np.ones(keep.sum()))
-                rel[i, c] = abs(float(a[j] @ p) - 1.0)
+        rel = np.abs(loo_predictions(feats, times) / times - 1.0)
         tokens = hists.sum(axis=1) // problem.top_k
         buckets = np.unique(tokens)
         error = [float(np.nanmean(rel[tokens == t])) for t in buckets]

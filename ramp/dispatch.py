@@ -80,8 +80,10 @@ class RampDispatcher(Dispatcher):
         self._per_active = p.get("active_experts", zero)
         self._per_tile = p.get("tile_waves", zero) / self._slots
         self._per_wave = p.get("waves", zero)
+        self._per_row = p.get("row_waves", zero) * plan.row_wave_per_row
         self._other = [(n, c) for n, c in p.items()
-                       if n not in ("launch", "active_experts", "tile_waves", "waves")]
+                       if n not in ("launch", "active_experts", "tile_waves", "waves",
+                                    "row_waves")]
         self._windows = np.array(model.bank.applies).T if model.bank.applies else None
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size
@@ -97,6 +99,7 @@ class RampDispatcher(Dispatcher):
         t = self._intercept + self._per_active * float(np.count_nonzero(hist))
         t += self._per_tile * tiles
         t += self._per_wave * np.ceil(tiles / self._slots)  # exact: integers in float64
+        t += self._per_row * float(hist.sum())
         for name, coef in self._other:  # rarer features take the general path
             t += coef * self.model.plan.geometry(hist[None, :]).feature(name)[0]
         if self._windows is not None:

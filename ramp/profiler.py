@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ramp.bank import KernelBank
-from ramp.costmodel import DEFAULT_FEATURES, ModelError, WaveCostModel
+from ramp.costmodel import ModelError, WaveCostModel, family_features
 from ramp.dispatch import StaticDispatcher
 from ramp.errors import InputError
 from ramp.histograms import parse_histogram_spec
@@ -205,8 +205,11 @@ def _snapshot(timer, gpu, problem, hists, labels, times, provenance, start) -> M
 
 
 def fit_profile(meas: Measurements, num_sms: int,
-                features: Sequence[str] = DEFAULT_FEATURES) -> Profile:
-    """Fit the wave cost model and tune the static (uniform-routing) table."""
+                features: Sequence[str] | None = None) -> Profile:
+    """Fit the wave cost model (``features``: default the family's,
+    ``ramp.costmodel.family_features``), measure its error and tune the static
+    (uniform-routing) table."""
+    features = tuple(features or family_features(meas.family))
     usable = np.sum(np.isfinite(meas.times), axis=0) >= len(features)
     if not usable.any():
         raise InputError("no configuration has enough valid measurements to fit")
