@@ -75,6 +75,9 @@ def profile_info(profile_path) -> None:
         mape = np.array([s.mape for s in stats])
         click.echo(f"fit       median R^2 {np.median(r2):.4f} (min {r2.min():.4f}), "
                    f"median MAPE {100 * np.median(mape):.2f}% (max {100 * mape.max():.2f}%)")
+    error = p.error
+    click.echo(f"error     {error.statistic}: " + ", ".join(
+        f"T={t} {100 * e:.1f}%" for t, e in zip(error.tokens, error.error)))
     for key in ("device", "driver", "torch", "triton", "date", "profiling_seconds", "command"):
         if key in p.provenance:
             click.echo(f"{key:<9} {p.provenance[key]}")
