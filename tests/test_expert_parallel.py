@@ -71,3 +71,21 @@ def test_simulator_ep_costs_follow_the_placement():
         costs[name] = coster.moe_seconds(layouts["ep"], 2048, PREFILL, 0)["ramp"]
     # Same routing, same model: only the slowest rank differs, and balancing helps it.
     assert costs["balanced"] < costs["contiguous"]
+
+
+def test_trace_info_shows_ep_views(tmp_path):
+    from click.testing import CliRunner
+
+    from ramp.sim.cli import main
+
+    out = tmp_path / "t.jsonl"
+    runner = CliRunner()
+    made = runner.invoke(main, ["trace", "generate", "olmoe-1b-7b", str(out), "--preset", "hot",
+                                "--decode-steps", "4", "--prefill-steps", "2"])
+    assert made.exit_code == 0, made.output
+    res = runner.invoke(main, ["trace", "info", str(out), "--ep", "4"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("ep=4")]
+    assert [line.split()[1] for line in lines] == ["contiguous", "balanced"]
+    imbalance = [float(line.split("rows ")[1].split()[0]) for line in lines]
+    assert imbalance[1] <= imbalance[0]  # balanced on the trace's own load
