@@ -68,6 +68,9 @@ def profile_info(profile_path) -> None:
         mape = np.array([s.mape for s in stats])
         click.echo(f"fit       median R^2 {np.median(r2):.4f} (min {r2.min():.4f}), "
                    f"median MAPE {100 * np.median(mape):.2f}% (max {100 * mape.max():.2f}%)")
+    error = p.error
+    click.echo(f"error     {error.statistic}: " + ", ".join(
+        f"T={t} {100 * e:.1f}%" for t, e in zip(error.tokens, error.error)))
     for key in ("device", "driver", "torch", "triton", "date", "profiling_seconds", "command"):
         if key in p.provenance:
             click.echo(f"{key:<9} {p.provenance[key]}")
@@ -236,9 +239,11 @@ def evaluate(profile_path, holdout, baselines, sync_free, families, out, plot) -
     write_result(result, out)
     ramp, static = result["regret"]["ramp"], result["regret"]["static"]
     click.echo(f"{result['profile']}: {ramp['calls']} held-out calls")
-    click.echo(f"  RaMP   regret mean {100 * ramp['mean_regret']:.2f}%  p95 "
-               f"{100 * ramp['p95_regret']:.2f}%  max {100 * ramp['max_regret']:.2f}%  "
-               f"top-1 {100 * ramp['top1_accuracy']:.0f}%")
+    for label, key in (("RaMP  ", "ramp"), ("unguarded", "ramp_unguarded")):
+        r = result["regret"][key]
+        click.echo(f"  {label} regret mean {100 * r['mean_regret']:.2f}%  p95 "
+                   f"{100 * r['p95_regret']:.2f}%  max {100 * r['max_regret']:.2f}%  "
+                   f"top-1 {100 * r['top1_accuracy']:.0f}%")
     click.echo(f"  static regret mean {100 * static['mean_regret']:.2f}%  p95 "
                f"{100 * static['p95_regret']:.2f}%")
     for key, value in result["summary"].items():

@@ -36,9 +36,40 @@ if TYPE_CHECKING:
     from ramp.hardware import GPUSpec
 
 DEFAULT_FEATURES = ("launch", "waves", "active_experts", "tile_waves")
+# Feature sets chosen per kernel family by leave-one-out regret on the training calls
+# (bench/feature_search.py, docs/perf/cute.md): the CuTe family's tile work is better
+# described by its routed rows than by its padded tiles (swap-AB thin tiles, epilogues
+# that store only valid rows).
+FAMILY_FEATURES = {"cute": ("launch", "waves", "active_experts", "row_waves")}
 MAX_FEATURES = 4
 ANALYTIC_LAUNCH_US = 4.0  # launch + prologue of a graph-replayed kernel, measured order
 MAX_SMS = 4096  # bound on num_sms read from a file (an H100 has 132)
+
+
+def family_features(family: str) -> tuple[str, ...]:
+    """The feature set a family's profiles are fitted with (DEFAULT_FEATURES unless the
+    family has its own in FAMILY_FEATURES)."""
+    return FAMILY_FEATURES.get(family, DEFAULT_FEATURES)
+
+
+def loo_predictions(feats: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Leave-one-histogram-out predictions ``[H, C]`` of the per-configuration NNLS fit
+    (features ``[H, C, F]``, times ``[H, C]`` with NaN where unmeasured): each call
+    predicted by a fit to the other calls. NaN where a configuration has too few samples
+    to hold one out or the call was not measured."""
+    from scipy.optimize import nnls
+
+    out = np.full(times.shape, np.nan)
+    for c in range(times.shape[1]):
+        ok = np.flatnonzero(np.isfinite(times[:, c]) & (times[:, c] > 0))
+        if ok.size <= feats.shape[2]:
+            continue
+        a = feats[ok, c, :] / times[ok, c][:, None]
+        for j, i in enumerate(ok):
+            keep = np.arange(ok.size) != j
+            p, _ = nnls(a[keep], np.ones(keep.sum()))
+            out[i, c] = float(feats[i, c] @ p)
+    return out
 
 
 @dataclass(frozen=True)
@@ -71,9 +102,10 @@ class WaveCostModel:
                 or not 1 <= self.num_sms <= MAX_SMS):
             raise InputError(f"field 'num_sms' must be an int in 1..{MAX_SMS}, "
                              f"got {self.num_sms!r}")
-        if not 1 <= len(self.features) <= MAX_FEATURES:
-            raise InputError(f"a wave cost model has 1..{MAX_FEATURES} features, "
-                             f"got {len(self.features)}")
+        if not 1 <= len(self.features) <= len(FEATURE_NAMES) or len(set(self.features)) != len(
+                self.features):
+            raise InputError(f"a wave cost model has 1..{len(FEATURE_NAMES)} distinct "
+                             f"features, got {list(self.features)}")
         unknown = [f for f in self.features if f not in FEATURE_NAMES]
         if unknown:
             raise InputError(f"unknown feature(s) {unknown}; known: {FEATURE_NAMES}")
@@ -83,6 +115,11 @@ class WaveCostModel:
                              f"({len(self.bank)}, {len(self.features)})")
         if np.any(self.params < 0) or not np.all(np.isfinite(self.params)):
             raise InputError("cost-model parameters must be finite and non-negative")
+        # Several families' models side by side may use different features (concat), but
+        # no configuration ever has more than MAX_FEATURES parameters.
+        if np.any(np.count_nonzero(self.params, axis=1) > MAX_FEATURES):
+            raise InputError(f"a configuration has more than {MAX_FEATURES} non-zero "
+                             "cost-model parameters")
         self._plan = GeometryPlan(self.bank, self.problem, self.num_sms)
 
     @property
@@ -123,6 +160,8 @@ class WaveCostModel:
         from scipy.optimize import nnls
 
         features = tuple(features)
+        if len(features) > MAX_FEATURES:
+            raise InputError(f"fit at most {MAX_FEATURES} features, got {list(features)}")
         hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
         times = np.asarray(times, dtype=np.float64)
         if times.shape != (hists.shape[0], len(bank)):
@@ -165,18 +204,23 @@ class WaveCostModel:
 
     @classmethod
     def concat(cls, models: Sequence[WaveCostModel]) -> WaveCostModel:
-        """One model over the union of several banks (e.g. several kernel families)."""
+        """One model over the union of several banks (e.g. several kernel families). The
+        models may use different features: the result has their union, each
+        configuration keeping its own (zero for the others)."""
         first = models[0]
         for m in models[1:]:
-            if (m.problem, m.num_sms, m.features) != (first.problem, first.num_sms,
-                                                      first.features):
-                raise InputError("can only concatenate models of one problem, GPU and "
-                                 "feature set")
+            if (m.problem, m.num_sms) != (first.problem, first.num_sms):
+                raise InputError("can only concatenate models of one problem and GPU")
+        features = tuple(dict.fromkeys(f for m in models for f in m.features))
+        params = np.zeros((sum(len(m.bank) for m in models), len(features)))
+        row = 0
+        for m in models:
+            params[row:row + len(m.bank), [features.index(f) for f in m.features]] = m.params
+            row += len(m.bank)
         bank = models[0].bank
         for m in models[1:]:
             bank = bank + m.bank
-        return cls(bank, first.problem, first.num_sms,
-                   np.concatenate([m.params for m in models]), first.features,
+        return cls(bank, first.problem, first.num_sms, params, features,
                    [s for m in models for s in (m.fit_stats or [None] * len(m.bank))])
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,6 +253,77 @@ class WaveCostModel:
             if isinstance(exc, InputError):
                 raise InputError(f"{where}: {exc}") from None
             raise InputError(f"{where}: malformed ({exc})") from None
+
+
+@dataclass(frozen=True)
+class ModelError:
+    """How far the model's predictions are from measured times, per batch-size bucket:
+    ``error[i]`` is the mean relative error ``|pred / time - 1|`` of calls with ``tokens[i]``
+    tokens, over every configuration, each predicted by a fit that did not see that call
+    (leave-one-histogram-out). Out-of-sample on purpose: in-sample residuals of four
+    parameters fitted to ~50 calls understate the error a dispatch decision faces.
+
+    A guarded dispatcher (``ramp.dispatch.GuardedDispatcher``) leaves the static table
+    only for a predicted gain larger than this error allows.
+    """
+
+    tokens: tuple[int, ...]
+    error: tuple[float, ...]
+    statistic: str = "loo_mean_relative_error"
+
+    def __post_init__(self) -> None:
+        if not self.tokens or len(self.tokens) != len(self.error):
+            raise InputError("model error: one error per token bucket, at least one bucket")
+        if any(t <= 0 for t in self.tokens) or list(self.tokens) != sorted(set(self.tokens)):
+            raise InputError("model error: token buckets must be positive and increasing")
+        if not all(0 <= e < 1 for e in self.error):
+            raise InputError("model error: errors must lie in [0, 1)")
+
+    def at(self, tokens: np.ndarray | int) -> np.ndarray:
+        """Error of the bucket nearest to each T on a log scale."""
+        t = np.log2(np.maximum(np.asarray(tokens, dtype=np.float64), 1.0))
+        keys = np.log2(np.asarray(self.tokens, dtype=np.float64))
+        return np.asarray(self.error)[np.abs(t.reshape(-1, 1) - keys).argmin(axis=1)].reshape(
+            np.shape(tokens))
+
+    @classmethod
+    def uniform(cls, error: float) -> ModelError:
+        """One error for every batch size (e.g. a default for profiles without one)."""
+        return cls((1,), (float(error),), "assumed")
+
+    @classmethod
+    def measure(cls, bank: KernelBank, problem: MoEProblem, num_sms: int, hists: np.ndarray,
+                times: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES) -> ModelError:
+        """Leave-one-histogram-out error of the NNLS fit, per token count of ``hists``."""
+        hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
+        times = np.asarray(times, dtype=np.float64)
+        feats = GeometryPlan(bank, problem, num_sms).geometry(hists).features(tuple(features))
+        rel = np.abs(loo_predictions(feats, times) / times - 1.0)
+        tokens = hists.sum(axis=1) // problem.top_k
+        buckets = np.unique(tokens)
+        error = [float(np.nanmean(rel[tokens == t])) for t in buckets]
+        keep = np.isfinite(error)
+        if not keep.any():
+            raise InputError("model error: no configuration has enough samples to hold one out")
+        return cls(tuple(int(t) for t in buckets[keep]),
+                   tuple(min(e, 0.99) for e in np.asarray(error)[keep]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"statistic": self.statistic, "tokens": list(self.tokens),
+                "error": [round(e, 5) for e in self.error]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "model_error") -> ModelError:
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: must be an object")
+        try:
+            return cls(tuple(int(t) for t in data["tokens"]),
+                       tuple(float(e) for e in data["error"]),
+                       str(data.get("statistic", "loo_mean_relative_error")))
+        except KeyError as exc:
+            raise InputError(f"{where}: missing field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: {exc}") from None
 
 
 def _fit_stats(pred: np.ndarray, y: np.ndarray) -> FitStats:

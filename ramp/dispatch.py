@@ -7,6 +7,8 @@ can swap policies:
 - ``StaticDispatcher``: one configuration per batch-size bucket, tuned on uniform
   routing. This is what vLLM and SGLang do with their JSON tables (nearest key wins).
 - ``RampDispatcher``: argmin of the wave cost model on the live histogram.
+- ``GuardedDispatcher``: the static choice, unless the model predicts a gain over it
+  larger than the model's measured error allows (RaMP's default policy).
 - ``OracleDispatcher``: argmin of measured times (exhaustive search); the regret floor.
 """
 
@@ -15,11 +17,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ramp.costmodel import WaveCostModel
+from ramp.costmodel import ModelError, WaveCostModel
 from ramp.errors import InputError
+
+if TYPE_CHECKING:
+    from ramp.expert_parallel import EPView
 
 
 class Dispatcher(ABC):
@@ -35,6 +41,13 @@ class Dispatcher(ABC):
         """Indices for histograms [H, E]; subclasses vectorise this."""
         return np.array([self.choose(h) for h in np.atleast_2d(hists)], dtype=np.int64)
 
+    def choose_view(self, view: EPView) -> np.ndarray:
+        """Each rank's choice under expert parallelism, ``[..., ep]``: the rank's local
+        histogram (``E/ep`` experts) and its local ``T*k`` decide, as on that GPU. The
+        dispatcher must belong to the local problem (a profile of ``E/ep`` experts)."""
+        lead = view.hists.shape[:-1]
+        return self.choose_batch(view.hists.reshape(-1, view.hists.shape[-1])).reshape(lead)
+
 
 class RampDispatcher(Dispatcher):
     """Argmin of the cost model on the runtime histogram, with a small signature cache.
@@ -45,7 +58,7 @@ class RampDispatcher(Dispatcher):
     Decode steps repeat histograms often (same experts, same counts), hence the cache.
     """
 
-    name = "ramp"
+    name = "ramp-unguarded"
 
     def __init__(self, model: WaveCostModel, cache_size: int = 4096) -> None:
         self.model = model
@@ -67,8 +80,10 @@ class RampDispatcher(Dispatcher):
         self._per_active = p.get("active_experts", zero)
         self._per_tile = p.get("tile_waves", zero) / self._slots
         self._per_wave = p.get("waves", zero)
+        self._per_row = p.get("row_waves", zero) * plan.row_wave_per_row
         self._other = [(n, c) for n, c in p.items()
-                       if n not in ("launch", "active_experts", "tile_waves", "waves")]
+                       if n not in ("launch", "active_experts", "tile_waves", "waves",
+                                    "row_waves")]
         self._windows = np.array(model.bank.applies).T if model.bank.applies else None
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size
@@ -84,6 +99,7 @@ class RampDispatcher(Dispatcher):
         t = self._intercept + self._per_active * float(np.count_nonzero(hist))
         t += self._per_tile * tiles
         t += self._per_wave * np.ceil(tiles / self._slots)  # exact: integers in float64
+        t += self._per_row * float(hist.sum())
         for name, coef in self._other:  # rarer features take the general path
             t += coef * self.model.plan.geometry(hist[None, :]).feature(name)[0]
         if self._windows is not None:
@@ -105,6 +121,51 @@ class RampDispatcher(Dispatcher):
 
     def choose_batch(self, hists: np.ndarray) -> np.ndarray:
         return np.argmin(self.model.predict(np.atleast_2d(hists)), axis=1)
+
+
+class GuardedDispatcher(Dispatcher):
+    """RaMP that leaves the static table only when the model is sure enough.
+
+    With ``e`` the model's relative error at this batch size (``ModelError``, measured at
+    fit time), the argmin ``r`` replaces the static choice ``s`` only if even a pessimistic
+    reading of both predictions keeps ``r`` ahead: ``pred_s * (1 - e) > pred_r * (1 + e)``,
+    i.e. a predicted gain ``pred_s / pred_r - 1`` above ``2e / (1 - e)``. Where the model
+    cannot tell configurations apart (real routing at small T, schedules the features do
+    not see) this keeps RaMP at the static table instead of trading noise for regret.
+    """
+
+    name = "ramp"
+
+    def __init__(self, model: WaveCostModel, static: StaticDispatcher,
+                 error: ModelError) -> None:
+        self.ramp = RampDispatcher(model)
+        self.static = static
+        self.error = error
+
+    def margin(self, tokens: np.ndarray | int) -> np.ndarray:
+        """The smallest predicted gain (``pred_s / pred_r - 1``) that moves off static."""
+        e = self.error.at(tokens)
+        return 2.0 * e / (1.0 - e)
+
+    def _pick(self, pred: np.ndarray, tokens: np.ndarray, static: np.ndarray) -> np.ndarray:
+        rows = np.arange(pred.shape[0])
+        best = np.argmin(pred, axis=1)
+        e = self.error.at(tokens)
+        deviate = pred[rows, static] * (1.0 - e) > pred[rows, best] * (1.0 + e)
+        return np.where(deviate, best, static)
+
+    def choose(self, hist: np.ndarray) -> int:
+        hist = np.asarray(hist, dtype=np.int64)
+        tokens = int(hist.sum()) // self.static.top_k
+        pred = self.ramp.predict_one(hist)[None, :]
+        return int(self._pick(pred, np.array([tokens]),
+                              np.array([self.static.choose_tokens(tokens)]))[0])
+
+    def choose_batch(self, hists: np.ndarray) -> np.ndarray:
+        hists = np.atleast_2d(hists)
+        tokens = hists.sum(axis=1) // self.static.top_k
+        return self._pick(self.ramp.model.predict(hists), tokens,
+                          self.static.choose_tokens(tokens))
 
 
 class StaticDispatcher(Dispatcher):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ramp.config import KernelConfig
 from ramp.costmodel import WaveCostModel
-from ramp.dispatch import OracleDispatcher, RampDispatcher
+from ramp.dispatch import GuardedDispatcher, OracleDispatcher, RampDispatcher
 from ramp.errors import InputError
 from ramp.profile import Profile
 from ramp.profiler import Measurements
@@ -101,6 +101,9 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
     ``extra`` adds other kernel families (their profile and held-out measurements on the
     same calls): RaMP then chooses across all families per call, while static dispatch
     stays the primary family's batch-size table, as in an engine.
+
+    ``ramp`` is the default policy, guarded by the primary profile's measured model error
+    (``GuardedDispatcher``); ``ramp_unguarded`` the model's plain argmin.
     """
     times = _aligned_times(profile, holdout)
     model = profile.model
@@ -110,16 +113,19 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
         times = np.hstack([times, _aligned_times(other, other_holdout)])
         model = WaveCostModel.concat([model, other.model])
     hists = holdout.hists
-    ramp, static = RampDispatcher(model), profile.dispatcher("static")
+    static = profile.dispatcher("static")
+    ramp, unguarded = GuardedDispatcher(model, static, profile.error), RampDispatcher(model)
     oracle = OracleDispatcher(hists, times)
     skewed = ~holdout.is_uniform()
     reports = {
         "ramp": evaluate(ramp, hists, times, baseline=static).to_dict(),
+        "ramp_unguarded": evaluate(unguarded, hists, times, baseline=static).to_dict(),
         "static": evaluate(static, hists, times).to_dict(),
         "ramp_on_skewed": evaluate(ramp, hists[skewed], times[skewed],
                                    baseline=static).to_dict(),
     }
     t_ramp = chosen_times(times, ramp.choose_batch(hists))
+    t_unguarded = chosen_times(times, unguarded.choose_batch(hists))
     t_static = chosen_times(times, static.choose_batch(hists))
     t_oracle = chosen_times(times, oracle.choose_batch(hists))
     calls = []
@@ -146,15 +152,26 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
             "label": label, "tokens": int(holdout.tokens[i]),
             "active_experts": int(np.count_nonzero(hists[i])),
             "ramp_us": float(t_ramp[i]), "ramp_config": ramp_names[i],
+            "ramp_unguarded_us": float(t_unguarded[i]),
             "static_us": float(t_static[i]), "oracle_us": float(t_oracle[i]),
             "ramp_side_by_side_us": float(t_ramp_sbs[i]),
             "grouped_mm_us": float(gmm[i]), "vllm_static_us": float(vllm_us[i]),
             "triton_ramp_us": float(t_triton[i]),
             "triton_static_us": float(t_triton_static[i]), "floor_us": float(floors[i]),
         })
+    tokens = holdout.tokens
+    by_tokens = {name: {int(t): _geomean((t_static / chosen)[tokens == t])
+                        for t in np.unique(tokens)}
+                 for name, chosen in (("ramp_over_static", t_ramp),
+                                      ("ramp_unguarded_over_static", t_unguarded),
+                                      ("oracle_over_static", t_oracle))}
     summary = {
         "ramp_over_static_geomean": _geomean(t_static / t_ramp),
         "ramp_over_static_geomean_skewed": _geomean((t_static / t_ramp)[skewed]),
+        "ramp_unguarded_over_static_geomean": _geomean(t_static / t_unguarded),
+        "ramp_over_static_worst_tokens": min(by_tokens["ramp_over_static"].values()),
+        "ramp_unguarded_over_static_worst_tokens": min(
+            by_tokens["ramp_unguarded_over_static"].values()),
         "ramp_over_grouped_mm_geomean": _geomean(gmm / t_ramp_sbs),
         "ramp_over_vllm_static_geomean": _geomean(vllm_us / t_ramp_sbs),
         "baseline_ratios_same_run": same_run,
@@ -180,7 +197,8 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
         "families": model.bank.families, "extra_profiles": [p.key for p, _ in extra],
         "profile_provenance": profile.provenance, "holdout_provenance": holdout.provenance,
         "baselines_command": base.get("command"), "vllm": vllm,
-        "regret": reports, "summary": summary, "calls": calls,
+        "model_error": profile.error.to_dict(),
+        "regret": reports, "summary": summary, "by_tokens": by_tokens, "calls": calls,
     }
 
 
@@ -195,7 +213,8 @@ def plot_evaluation(result: dict[str, Any], path: str | Path) -> Path:
     kinds = sorted({routing_of(c["label"]) for c in calls})
     fig, axes = plt.subplots(2, len(kinds), figsize=(4.2 * len(kinds), 6.6), sharey="row",
                              sharex=True, squeeze=False)
-    series = [("oracle_us", "oracle (exhaustive)", "k--"), ("ramp_us", "RaMP", "C0o-"),
+    series = [("oracle_us", "oracle (exhaustive)", "k--"), ("ramp_us", "RaMP (guarded)", "C0o-"),
+              ("ramp_unguarded_us", "RaMP unguarded", "C5x:"),
               ("static_us", "static (uniform-tuned)", "C1s-"),
               ("vllm_static_us", "vLLM static", "C3^-"),
               ("grouped_mm_us", "torch._grouped_mm", "C2d-"),

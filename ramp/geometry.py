@@ -28,6 +28,7 @@ FEATURE_NAMES = (
     "active_experts",  # experts with >= 1 row: distinct weight matrices streamed from HBM
     "padded_rows",    # rows computed including padding to block_m, per slot
     "last_wave_fill",  # fraction of the last wave's slots that hold a tile
+    "row_waves",      # tile work of the routed rows alone (no padding to block_m), per slot
 )
 
 
@@ -41,6 +42,7 @@ class GridGeometry:
     tile_waves: np.ndarray
     last_wave_fill: np.ndarray
     padded_rows: np.ndarray
+    row_waves: np.ndarray       # rows / block_m * column tiles * split_k / slots
     active_experts: np.ndarray  # [H]
     rows: np.ndarray            # [H] token-expert rows M = sum(h)
 
@@ -83,6 +85,7 @@ class GeometryPlan:
         self.tiles_per_row_tile = n_tiles * split_k
         self.slots = num_sms * bank.occupancy_array()
         self.block_m = block_m
+        self.row_wave_per_row = self.tiles_per_row_tile / (block_m * self.slots)
         self._bm_col = self.distinct_bm[:, None]
         self.num_experts = problem.num_experts
 
@@ -108,6 +111,7 @@ class GeometryPlan:
             tile_waves=tiles / slots,
             last_wave_fill=last,
             padded_rows=row_tiles * self.block_m,
+            row_waves=hists.sum(axis=1)[:, None] * self.row_wave_per_row[None, :],
             active_experts=np.count_nonzero(hists, axis=1),
             rows=hists.sum(axis=1),
         )

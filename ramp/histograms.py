@@ -13,6 +13,9 @@ Kinds and their parameters:
                picked by exactly round(hot_fraction * tokens) tokens, the remaining picks
                are uniform over the other experts
     dirichlet  alpha (default 1.0): popularity ~ Dirichlet(alpha, ..., alpha) per sample
+    realistic  no parameters: ``tokens`` consecutive tokens of the generator fitted to real
+               routing (``ramp.realistic.DEFAULT``; passages route alike, skew persists at
+               large T); each sample is another layer
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import numpy as np
 from ramp.errors import InputError
 from ramp.problem import validate_histogram
 
-KINDS = ("uniform", "zipf", "hot", "dirichlet")
+KINDS = ("uniform", "zipf", "hot", "dirichlet", "realistic")
 _PARAMS: dict[str, dict[str, float]] = {
     "uniform": {},
+    "realistic": {},
     "zipf": {"s": 1.0},
     "hot": {"hot_fraction": 0.5, "hot_experts": 1},
     "dirichlet": {"alpha": 1.0},
@@ -226,6 +230,12 @@ def sample_histograms(
     rng = _rng(seed)
     merged = _check_params(kind, params, num_experts, top_k)
     out = np.zeros((n, num_experts), dtype=np.int64)
+    if kind == "realistic":
+        from ramp.realistic import default_routing
+
+        if tokens:
+            out[:] = default_routing().histograms(num_experts, top_k, tokens, n, rng)
+        return out
     for i in range(n):
         if kind == "hot":
             out[i] = _hot_counts(num_experts, tokens, top_k, float(merged["hot_fraction"]),

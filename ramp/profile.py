@@ -14,13 +14,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ramp.costmodel import WaveCostModel
-from ramp.dispatch import Dispatcher, RampDispatcher, StaticDispatcher
+from ramp.costmodel import ModelError, WaveCostModel
+from ramp.dispatch import Dispatcher, GuardedDispatcher, RampDispatcher, StaticDispatcher
 from ramp.errors import InputError, ProfileMismatchError
 from ramp.plaindata import read_json
 from ramp.problem import MoEProblem
 
 SCHEMA = "ramp-profile/1"
+POLICIES = ("static", "ramp", "ramp-unguarded")
+# Profiles fitted before the model error was stored carry none. The guard then assumes
+# this relative error for every prediction, so RaMP leaves the static table only for a
+# predicted gain above 2e/(1-e) = 10.5%: conservative on purpose, above the median (4.1%)
+# of the per-bucket out-of-sample errors measured on the shipped H100 Triton profiles
+# (docs/perf/dispatcher.md). Refit such a profile (`ramp fit`) to store its own.
+DEFAULT_MODEL_ERROR = 0.05
 
 
 @dataclass
@@ -34,21 +41,33 @@ class Profile:
     model: WaveCostModel
     static_table: dict[int, int]  # tokens bucket -> config index, tuned on uniform routing
     provenance: dict[str, Any] = field(default_factory=dict)
+    model_error: ModelError | None = None  # measured at fit time; None in older profiles
+
+    @property
+    def error(self) -> ModelError:
+        """The model's measured error, or DEFAULT_MODEL_ERROR for a profile without one."""
+        return self.model_error or ModelError.uniform(DEFAULT_MODEL_ERROR)
 
     @property
     def key(self) -> str:
         return f"{self.gpu}/{self.problem.key}/{self.family}@{self.family_version}"
 
     def dispatcher(self, policy: str) -> Dispatcher:
-        """A dispatcher of this profile's bank: ``"static"`` or ``"ramp"``."""
+        """A dispatcher of this profile's bank, one of POLICIES: ``"static"`` (the batch-size
+        table), ``"ramp"`` (the default: guarded by the model's error) or
+        ``"ramp-unguarded"`` (the model's argmin, whatever its margin)."""
+        static = StaticDispatcher(self.static_table, self.problem.top_k, len(self.model.bank))
         if policy == "ramp":
+            return GuardedDispatcher(self.model, static, self.error)
+        if policy == "ramp-unguarded":
             return RampDispatcher(self.model)
         if policy == "static":
-            return StaticDispatcher(self.static_table, self.problem.top_k, len(self.model.bank))
-        raise InputError(f"unknown policy {policy!r}: a profile serves 'static' or 'ramp' "
+            return static
+        raise InputError(f"unknown policy {policy!r}: a profile serves {POLICIES} "
                          "('oracle' needs measured times)")
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"model_error": self.model_error.to_dict()} if self.model_error else {}
         return {
             "schema": SCHEMA,
             "gpu": self.gpu,
@@ -57,6 +76,7 @@ class Profile:
             "family_version": self.family_version,
             "static_table": {str(k): v for k, v in sorted(self.static_table.items())},
             "provenance": self.provenance,
+            **extra,
             "model": self.model.to_dict(),
         }
 
@@ -87,8 +107,10 @@ class Profile:
         if not isinstance(provenance, dict):
             raise InputError(f"{where}: field 'provenance' must be an object, got "
                              f"{type(provenance).__name__}")
+        error = data.get("model_error")
+        error = None if error is None else ModelError.from_dict(error, f"{where}: model_error")
         return cls(data["gpu"], problem, data["family"], data["family_version"], model,
-                   table, dict(provenance))
+                   table, dict(provenance), error)
 
 
 def _static_table(data: Any, num_configs: int, where: str) -> dict[int, int]:

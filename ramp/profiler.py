@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ramp.bank import KernelBank
-from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
+from ramp.costmodel import ModelError, WaveCostModel, family_features
 from ramp.dispatch import StaticDispatcher
 from ramp.errors import InputError
 from ramp.histograms import parse_histogram_spec
@@ -31,7 +31,9 @@ MEASUREMENTS_SCHEMA = "ramp-measurements/1"
 # better held-out regret (2.02% -> 2.31%, within timing noise) for 1.8x the profiling
 # time (bench/results/raw/dense-grid, docs/perf/triton.md).
 PROFILE_TOKENS = tuple(2**k for k in range(14))
-PROFILE_ROUTINGS = ("uniform", "zipf:s=1.0", "zipf:s=1.5", "hot:hot_fraction=0.4")
+# "realistic" (the generator fitted to real routing, ramp.realistic) is the default skew;
+# it replaced "zipf:s=1.0" (shipped H100 profiles were measured with that plan).
+PROFILE_ROUTINGS = ("uniform", "realistic", "zipf:s=1.5", "hot:hot_fraction=0.4")
 
 
 class Timer(Protocol):
@@ -203,8 +205,11 @@ def _snapshot(timer, gpu, problem, hists, labels, times, provenance, start) -> M
 
 
 def fit_profile(meas: Measurements, num_sms: int,
-                features: Sequence[str] = DEFAULT_FEATURES) -> Profile:
-    """Fit the wave cost model and tune the static (uniform-routing) table."""
+                features: Sequence[str] | None = None) -> Profile:
+    """Fit the wave cost model (``features``: default the family's,
+    ``ramp.costmodel.family_features``), measure its error and tune the static
+    (uniform-routing) table."""
+    features = tuple(features or family_features(meas.family))
     usable = np.sum(np.isfinite(meas.times), axis=0) >= len(features)
     if not usable.any():
         raise InputError("no configuration has enough valid measurements to fit")
@@ -212,6 +217,8 @@ def fit_profile(meas: Measurements, num_sms: int,
     bank = meas.bank.subset(keep)
     model = WaveCostModel.fit(bank, meas.problem, num_sms, meas.hists, meas.times[:, keep],
                               features)
+    error = ModelError.measure(bank, meas.problem, num_sms, meas.hists, meas.times[:, keep],
+                               features)
     uniform = meas.is_uniform()
     if not uniform.any():
         raise InputError("static dispatch is tuned on uniform routing: measure some")
@@ -222,4 +229,4 @@ def fit_profile(meas: Measurements, num_sms: int,
     provenance = dict(meas.provenance, fitted=datetime.now(timezone.utc).isoformat(),
                       samples=len(meas.labels), dropped_configs=int((~usable).sum()))
     return Profile(meas.gpu, meas.problem, meas.family, meas.family_version, model,
-                   static.table, provenance)
+                   static.table, provenance, error)

@@ -12,6 +12,7 @@ import click
 
 from ramp.clitools import ErrorGroup, FilePath, FiniteFloat, check_output_dir, check_output_file
 from ramp.errors import InputError
+from ramp.expert_parallel import PLACEMENTS
 from ramp.histograms import MAX_TOKENS
 from ramp.plaindata import from_mapping, read_yaml
 from ramp.sim.costs import Calibration
@@ -69,6 +70,10 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 @click.option("--mode", type=click.Choice(MODES), default="tp", show_default=True,
               help="Layout: tensor-parallel, expert-parallel (DP attention), or switching "
                    "between them with load.")
+@click.option("--ep-placement", type=click.Choice(PLACEMENTS), default="contiguous",
+              show_default=True,
+              help="Expert placement under EP: contiguous id blocks, or balanced per layer "
+                   "by the trace's load (EPLB-style greedy).")
 @click.option("--policy", "policies", default="static,ramp", show_default=True,
               help="Comma-separated dispatch policies.")
 @click.option("--profile", "profiles", multiple=True,
@@ -93,7 +98,7 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 @click.option("--plot-dir", type=FilePath(), help="Write timeline.png and cdf.png here.")
 @click.option("--no-progress", is_flag=True)
 def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean, gpu, gpus,
-           model_name, mode, policies, profiles, max_batched_tokens, max_seqs,
+           model_name, mode, ep_placement, policies, profiles, max_batched_tokens, max_seqs,
            no_chunked_prefill, kv_capacity, switch_cost, slo_ttft, slo_tpot, calibration_path,
            samples, seed, lenient, json_out, plot_dir, no_progress):
     """Replay a routing TRACE (path or shipped name) under a request workload."""
@@ -109,7 +114,7 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
         engine=EngineConfig(max_batched_tokens, max_seqs, not no_chunked_prefill,
                             kv_capacity=kv_capacity),
         calibration=cal, switch=SwitchConfig(cost_s=switch_cost), slo=SLO(slo_ttft, slo_tpot),
-        profiles=tuple(profiles),
+        profiles=tuple(profiles), ep_placement=ep_placement,
     )
     pool = load_pool(trace, seed=seed, samples=samples, strict=not lenient)
     if rate is not None:
@@ -173,7 +178,8 @@ def trace() -> None:
 @trace.command()
 @click.argument("model_name")
 @click.argument("out", type=FilePath(dir_okay=False))
-@click.option("--preset", help="Routing preset (default: by model granularity).")
+@click.option("--preset", help="Routing preset: realistic (the default: fitted to real "
+              "routing, ramp.realistic) or a skew preset (uniform, balanced, skewed, hot).")
 @click.option("--decode-steps", type=STEPS, default=40, show_default=True)
 @click.option("--decode-tokens", type=TOKENS, default=64, show_default=True)
 @click.option("--prefill-steps", type=STEPS, default=16, show_default=True)
@@ -185,13 +191,7 @@ def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps
     """Write a synthetic routing trace for a catalog MODEL_NAME."""
     from ramp.models import get_model
     from ramp.trace import write_trace
-    from ramp.traces.generators import (
-        default_preset,
-        generate_steps,
-        get_preset,
-        serving_schedule,
-        synthetic_header,
-    )
+    from ramp.traces.generators import DEFAULT_PRESET, serving_schedule, synthetic_trace
 
     if Path(out).exists() and not force:
         raise InputError(f"{out}: exists; pass --force to replace it")
@@ -200,33 +200,59 @@ def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps
                                  param_hint="'--decode-steps'")
     check_output_file(out, "OUT")
     model = get_model(model_name)
-    stats = get_preset(preset) if preset else default_preset(model)
     tokens, phases = serving_schedule(decode_steps, decode_tokens, prefill_steps,
                                       prefill_tokens)
-    write_trace(out, synthetic_header(model, stats, seed),
-                generate_steps(model, stats, tokens, phases, seed))
-    click.echo(f"wrote {out} ({len(tokens)} steps, preset {stats.name})")
+    write_trace(out, *synthetic_trace(model, preset, tokens, phases, seed))
+    click.echo(f"wrote {out} ({len(tokens)} steps, preset {preset or DEFAULT_PRESET})")
 
 
 @trace.command()
 @click.argument("path")
 @click.option("--lenient", is_flag=True, help="Skip malformed lines (counted).")
-def info(path, lenient):
-    """Header and measured routing statistics of a trace (streamed)."""
+@click.option("--ep", type=click.IntRange(min=2), multiple=True,
+              help="Also show the expert-parallel views at this EP degree (repeatable; "
+                   "holds the trace's histograms in memory).")
+def info(path, lenient, ep):
+    """Header and measured routing statistics of a trace (streamed), and with --ep each
+    rank's local load under contiguous and balanced expert placement."""
     from ramp.trace import PHASES, TraceReader
     from ramp.traces.generators import RoutingSummary
 
     summary = RoutingSummary()
     phases = dict.fromkeys(PHASES, 0)
+    kept = []
     with TraceReader(resolve_path(path, "trace"), strict=not lenient) as reader:
-        for step in reader:  # one step in memory at a time
+        for step in reader:  # one step in memory at a time (unless --ep)
             phases[step.phase] += 1
             summary.add(step)
+            if ep:
+                kept.append(step)
     click.echo(json.dumps(reader.header.to_dict(), indent=1))
     click.echo(f"steps: {summary.steps} {phases}; skipped {reader.skipped}; torn {reader.torn}"
                + ("; gzip" if reader.gzipped else ""))
     if summary.steps:
         click.echo(json.dumps(summary.result(), indent=1))
+    if kept:
+        _echo_ep_views(kept, ep)
+
+
+def _echo_ep_views(steps, degrees) -> None:
+    """Busiest rank's local T*k over the mean rank's, per EP degree and placement."""
+    import numpy as np
+
+    from ramp.expert_parallel import ExpertPlacement
+
+    hists = np.stack([s.hists for s in steps])              # [S, L, E]
+    load = hists.sum(axis=0) / sum(s.tokens for s in steps)
+    for degree in degrees:
+        for name in PLACEMENTS:
+            placement = ExpertPlacement.make(name, hists.shape[2], degree, load)
+            view = placement.view(hists)
+            rows = view.rows                                  # [S, L, ep]
+            click.echo(f"ep={degree} {name:<10} busiest/mean rank rows "
+                       f"{float(view.imbalance.mean()):.3f} (max "
+                       f"{float(view.imbalance.max()):.3f}); local T*k per rank mean "
+                       f"{float(rows.mean()):.1f}, max {int(rows.max())}")
 
 
 @trace.command()
@@ -241,6 +267,57 @@ def azure(csv_path, out):
     write_arrivals(out, read_azure_csv(csv_path), source=f"converted:azure:{Path(csv_path).name}",
                    meta=AZURE_PROVENANCE)
     click.echo(f"wrote {out}")
+
+
+def _recording_options(func):
+    """Options shared by the converters of token-level routing recordings."""
+    for option in reversed((
+        click.option("--model", "model_name", default="deepseek-v2-lite", show_default=True,
+                     help="Catalog model the routing was recorded on."),
+        click.option("--tokens", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Tokens per step T."),
+        click.option("--batching", type=click.Choice(["consecutive", "shuffled"]),
+                     default="consecutive", show_default=True,
+                     help="Steps of T consecutive tokens (prefill-like) or T tokens drawn "
+                          "across sequences (decode-like)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the shuffled batching."),
+        click.option("--no-ids", is_flag=True, help="Leave out the token-level top-k ids."),
+    )):
+        func = option(func)
+    return func
+
+
+def _convert_recording(origin, source, out, model_name, tokens, batching, seed, no_ids):
+    from ramp.models import get_model
+    from ramp.trace import write_trace
+    from ramp.traces.real import read_recording, recording_header, routing_steps
+
+    model = get_model(model_name)
+    routing = read_recording(source, model)
+    header = recording_header(model, origin, Path(source), tokens, batching, seed, routing)
+    write_trace(out, header, routing_steps(routing, tokens, batching, seed, not no_ids))
+    click.echo(f"wrote {out}: {routing.tokens // tokens} steps of {tokens} {batching} tokens "
+               f"from {routing.tokens} recorded in {routing.seq_lens.size} sequences")
+
+
+@trace.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_recording_options
+def esft(source, out, **options):
+    """Convert ESFT expert scores (a directory of expert_weights_L.txt, one per MoE
+    layer) to a trace."""
+    _convert_recording("esft", source, out, **options)
+
+
+@trace.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@_recording_options
+def npz(source, out, **options):
+    """Convert a routing .npz (topk_ids [tokens, layers, top_k], seq_lens) to a trace."""
+    _convert_recording("npz", source, out, **options)
 
 
 @trace.command()

@@ -9,7 +9,8 @@
   and after the MLP of every layer; EP all-to-all dispatch and combine per MoE layer;
 - routed experts: the wave cost model of w13 and w2 on every MoE layer's histogram of the
   step under the run's dispatch policy; under EP each GPU runs the GEMMs of its expert
-  shard and the layer waits for the slowest GPU.
+  shard (its local histogram and local T*k, ``ramp.expert_parallel``; experts placed
+  contiguously or balanced by the trace's load) and the layer waits for the slowest GPU.
 
 A *layout* is one parallel arrangement of the ``G`` GPUs of a replica: ``tp`` (attention
 and experts tensor-parallel) or ``ep`` (attention data-parallel, experts
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ramp.errors import CapacityError, InputError
+from ramp.expert_parallel import ExpertPlacement
 from ramp.hardware import GPUSpec
 from ramp.models import MoEModel
 from ramp.problem import DTYPE_BYTES
@@ -151,10 +153,11 @@ class StepCoster:
     """Step times of one replica; MoE costs cached per (layout, token bucket, phase,
     sample) for all policies at once, so runs of several policies share the work.
     Steps above EXACT_TOKENS vary less from step to step (more tokens average the
-    routing out) and use a quarter of the pool's routing samples."""
+    routing out) and use a quarter of the pool's routing samples. ``ep_placement`` places
+    the experts of an ``ep`` layout (``ramp.expert_parallel.PLACEMENTS``)."""
 
     def __init__(self, gpu: GPUSpec, model: MoEModel, pool: RoutingPool, cal: Calibration,
-                 layouts: dict[str, Layout]) -> None:
+                 layouts: dict[str, Layout], ep_placement: str = "contiguous") -> None:
         self.model = model
         self.pool = pool
         self.samples = pool.samples
@@ -165,6 +168,10 @@ class StepCoster:
         self._link = gpu.interconnect_bandwidth * cal.interconnect_efficiency
         self._fixed = (cal.step_overhead_us + model.layers * cal.layer_overhead_us) * 1e-6
         self._moe: dict[tuple[str, int, int, int], dict[str, float]] = {}
+        self._placements = {
+            name: ExpertPlacement.make(ep_placement, model.num_experts, layout.gpus,
+                                       pool.mean_load() if ep_placement == "balanced" else None)
+            for name, layout in layouts.items() if name == "ep"}
 
     def moe_seconds(self, layout: Layout, tokens: int, phase_class: int,
                     sample: int) -> dict[str, float]:
@@ -183,8 +190,9 @@ class StepCoster:
     def _moe_uncached(self, layout: Layout, tokens: int, phase_class: int,
                       sample: int) -> dict[str, float]:
         hists = self.pool.hists(tokens, phase_class, sample)
-        layers, shards = hists.shape[0], layout.gpus if layout.name == "ep" else 1
-        local = hists.reshape(layers * shards, -1)
+        placement = self._placements.get(layout.name)
+        layers, shards = hists.shape[0], placement.ep if placement else 1
+        local = placement.view(hists).hists.reshape(layers * shards, -1) if placement else hists
         total: dict[str, np.ndarray] = {}
         for gemm in layout.gemms:
             for policy, us in gemm.costs(local).items():

@@ -17,7 +17,7 @@ from ramp.problem import MoEProblem
 from ramp.profile import Profile, embedded_profile_paths, find_profile, load_profile
 from ramp.sim.routing import rebatch
 
-SIM_POLICIES = ("static", "ramp")
+SIM_POLICIES = ("static", "ramp", "ramp-unguarded")
 
 
 def installed_family_versions() -> dict[str, str]:
@@ -41,15 +41,16 @@ class GemmCost:
     def costs(self, hists: np.ndarray) -> dict[str, np.ndarray]:
         """Microseconds per histogram [H, E] under every policy, from one prediction.
 
-        ``ramp`` is the argmin of this same model, so its cost is the row minimum: the
-        simulator predicts what RaMP gains *if the model is right* (the model is the
-        simulator's ground truth; measured regret is reported by ``ramp evaluate``).
+        The model is the simulator's ground truth, so ``ramp-unguarded`` (the model's
+        argmin) costs the row minimum and ``ramp`` (guarded) what the model predicts for
+        its choice: the simulator predicts what RaMP gains *if the model is right*
+        (measured regret is reported by ``ramp evaluate``).
         """
         pred = self.profile.model.predict(hists)
         rows = np.arange(len(hists))
         out = {}
         for name, dispatcher in self.dispatchers.items():
-            out[name] = (pred.min(axis=1) if name == "ramp"
+            out[name] = (pred.min(axis=1) if name == "ramp-unguarded"
                          else pred[rows, dispatcher.choose_batch(hists)])
         return out
 

@@ -73,6 +73,13 @@ class RoutingPool:
                       np.array([s.tokens for s in steps], dtype=np.int64),
                       [s.topk_ids for s in steps])
 
+    def mean_load(self) -> np.ndarray:
+        """``[moe_layers, num_experts]`` rows per token of every held step: the load an
+        expert placement is balanced on."""
+        groups = self._groups.values()
+        counts = sum(g.counts.sum(axis=0, dtype=np.int64) for g in groups)
+        return counts / sum(int(g.tokens.sum()) for g in groups)
+
     def hists(self, tokens: int, phase_class: int, sample: int) -> np.ndarray:
         """``[moe_layers, num_experts]`` int64 histograms for a step of ``tokens`` tokens."""
         group = self._groups[phase_class]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ramp.errors import CapacityError, InputError
+from ramp.expert_parallel import PLACEMENTS
 from ramp.hardware import get_gpu
 from ramp.models import MoEModel, get_model
 from ramp.sim.costs import Calibration, Layout, StepCoster, build_layout
@@ -37,6 +38,7 @@ class SimConfig:
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     slo: SLO = field(default_factory=SLO)
     profiles: tuple[str, ...] = ()
+    ep_placement: str = "contiguous"
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -49,6 +51,8 @@ class SimConfig:
         if self.gpus is not None and not 1 <= self.gpus <= MAX_GPUS:
             raise InputError(f"gpus must be in 1..{MAX_GPUS} (leave it out for the fewest "
                              f"that fit), got {self.gpus}")
+        if self.ep_placement not in PLACEMENTS:
+            raise InputError(f"ep_placement {self.ep_placement!r} not in {PLACEMENTS}")
 
 
 @dataclass
@@ -94,21 +98,14 @@ def load_pool(trace: str | Path, seed: int = 0, samples: int = 16,
 def synthetic_pool(model: MoEModel, preset: str | None = None, seed: int = 0,
                    samples: int = 16, steps: int = 48, decode_tokens: int = 64,
                    prefill_tokens: int = 1024) -> RoutingPool:
-    """Routing pool generated for ``model`` (for what-if models nobody recorded)."""
-    from ramp.traces.generators import (
-        default_preset,
-        generate_steps,
-        get_preset,
-        serving_schedule,
-        synthetic_header,
-    )
+    """Routing pool generated for ``model`` (for what-if models nobody recorded); the
+    default preset is the realistic generator (``ramp.realistic``)."""
+    from ramp.traces.generators import serving_schedule, synthetic_trace
 
-    stats = get_preset(preset) if preset else default_preset(model)
     tokens, phases = serving_schedule(steps * 2 // 3, decode_tokens, steps - steps * 2 // 3,
                                       prefill_tokens)
-    return RoutingPool(synthetic_header(model, stats, seed),
-                       generate_steps(model, stats, tokens, phases, seed), seed=seed,
-                       samples=samples)
+    header, generated = synthetic_trace(model, preset, tokens, phases, seed)
+    return RoutingPool(header, generated, seed=seed, samples=samples)
 
 
 def resolve_model(name: str | None, header: TraceHeader) -> MoEModel:
@@ -164,7 +161,8 @@ def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
     """Simulate ``arrivals`` once per policy and compare them."""
     model = resolve_model(config.model, pool.header)
     gpus, layouts, chosen = build_layouts(config, model)
-    coster = StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts)
+    coster = StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts,
+                        config.ep_placement)
     runs = [simulate(arrivals, coster, policy, config.engine, config.mode, config.switch,
                      progress) for policy in config.policies]
     summaries = [summarize(r, config.slo) for r in runs]
@@ -174,7 +172,8 @@ def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
     described = {
         "gpu": get_gpu(config.gpu).name, "model": model.name, "gpus": gpus,
         "gpus_chosen": chosen,
-        "mode": config.mode, "policies": list(config.policies), "seed": pool.seed,
+        "mode": config.mode, "ep_placement": config.ep_placement,
+        "policies": list(config.policies), "seed": pool.seed,
         "routing_samples": pool.samples, "routing_source": pool.header.source,
         "routing_steps": pool.steps, "engine": asdict(config.engine),
         "calibration": asdict(config.calibration), "switch": asdict(config.switch),

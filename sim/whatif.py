@@ -5,7 +5,7 @@ Scenario keys (see sim/scenarios/*.yaml)::
 
     name: str
     seed: int                      # routing and workload seed
-    routing: {trace: NAME|PATH} | {synthetic: PRESET|null}   # null: the model's default
+    routing: {trace: NAME|PATH} | {synthetic: PRESET|null}   # null: preset realistic
     workload: {arrivals: NAME|PATH, time_scale: 1.0, limit: N}
             | {rate: R, requests: N, process: poisson|gamma, cv: 1.0,
                prompt: {dist, mean, cv, low, high, max}, output: {...}}

@@ -4,6 +4,7 @@ import pytest
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
+from ramp.dispatch import RampDispatcher
 from ramp.errors import InputError
 
 
@@ -53,9 +54,12 @@ def test_fit_with_too_few_samples_is_an_error(bank, problem):
 def test_model_rejects_bad_parameters(bank, problem):
     with pytest.raises(InputError, match="non-negative"):
         WaveCostModel(bank, problem, 4, -np.ones((len(bank), 4)))
-    with pytest.raises(InputError, match=r"1\.\.4 features"):
+    with pytest.raises(InputError, match="more than 4 non-zero"):
         WaveCostModel(bank, problem, 4, np.ones((len(bank), 5)),
                       features=(*DEFAULT_FEATURES, "padded_rows"))
+    with pytest.raises(InputError, match="at most 4 features"):
+        WaveCostModel.fit(bank, problem, 4, np.ones((8, 8), dtype=int),
+                          np.ones((8, len(bank))), features=(*DEFAULT_FEATURES, "row_waves"))
     with pytest.raises(InputError, match="unknown feature"):
         WaveCostModel(bank, problem, 4, np.ones((len(bank), 1)), features=("bogus",))
 
@@ -74,3 +78,18 @@ def test_concat_keeps_each_bank_parameters(bank, problem):
     assert len(both.bank) == len(bank) + 1
     assert both.params[-1].tolist() == [7.0] * 4
     assert both.bank.families == ["other", "t"]
+
+
+def test_concat_of_different_feature_sets_keeps_each_model(bank, problem, rng):
+    """Families fitted with their own features (CuTe: row_waves) still combine: the union
+    of features, each configuration keeping its own four, predictions unchanged."""
+    a = WaveCostModel(bank, problem, 4, rng.uniform(0, 3, (len(bank), 4)))
+    other = KernelBank.build([KernelConfig("other", 16, 128, 64)])
+    cute = ("launch", "waves", "active_experts", "row_waves")
+    b = WaveCostModel(other, problem, 4, rng.uniform(0, 3, (1, 4)), features=cute)
+    both = WaveCostModel.concat([a, b])
+    assert both.features == (*DEFAULT_FEATURES, "row_waves")
+    hists = _random_hists(rng, 5, problem.num_experts, problem.top_k)
+    assert np.allclose(both.predict(hists), np.hstack([a.predict(hists), b.predict(hists)]))
+    ramp = RampDispatcher(both)  # the single-call path folds row_waves like tile_waves
+    assert np.allclose([ramp.predict_one(h) for h in hists], both.predict(hists))

@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 
-from ramp.costmodel import WaveCostModel
-from ramp.dispatch import OracleDispatcher, RampDispatcher, StaticDispatcher
+from ramp.bank import KernelBank
+from ramp.config import KernelConfig
+from ramp.costmodel import ModelError, WaveCostModel
+from ramp.dispatch import GuardedDispatcher, OracleDispatcher, RampDispatcher, StaticDispatcher
 from ramp.errors import InputError
+from ramp.problem import MoEProblem
 from ramp.regret import evaluate
 
 
@@ -101,3 +104,68 @@ def test_black_box_windows_are_respected(problem, rng):
 def test_static_tune_never_picks_unmeasured():
     times = np.array([[np.nan, 5.0], [np.nan, 6.0]])
     assert StaticDispatcher.tune({8: times}, top_k=2).table == {8: 1}
+
+
+def test_guard_never_leaves_static_for_a_gain_inside_the_margin(bank, problem):
+    """Whatever the model and error: a choice other than static's is predicted to win by
+    more than the margin, and the argmin is taken whenever it does."""
+    moved_calls = kept_calls = 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        # Configurations tens of percent apart, as in a real bank: gains near the margin.
+        params = rng.uniform(0.5, 5, (1, 4)) * rng.uniform(0.5, 1.5, (len(bank), 4))
+        model = WaveCostModel(bank, problem, 4, params)
+        tokens = rng.integers(1, 300, size=100)
+        hists = np.stack([rng.multinomial(t * problem.top_k, rng.dirichlet(np.full(8, 0.3)))
+                          for t in tokens])
+        uniform = {t: model.predict(rng.multinomial(t * problem.top_k, np.full(8, 1 / 8), 4))
+                   for t in (1, 16, 128)}
+        static = StaticDispatcher.tune(uniform, problem.top_k)  # as profiling tunes it
+        guard = GuardedDispatcher(model, static, ModelError((1, 16, 128),
+                                                            tuple(rng.uniform(0, 0.1, 3))))
+        choice, fixed = guard.choose_batch(hists), static.choose_batch(hists)
+        pred = model.predict(hists)
+        gain = pred[np.arange(len(hists)), fixed] / pred.min(axis=1) - 1
+        margin = guard.margin(tokens)
+        moved = choice != fixed
+        assert (gain[moved] > margin[moved]).all()
+        assert (choice[moved] == pred.argmin(axis=1)[moved]).all()
+        assert moved[gain > margin + 1e-9].all()
+        assert [guard.choose(h) for h in hists] == choice.tolist()
+        moved_calls += int(moved.sum())
+        kept_calls += int(((gain > 0) & ~moved).sum())
+    assert moved_calls > 20 and kept_calls > 20  # both sides of the margin were exercised
+
+
+def test_guard_margin_and_error_buckets():
+    error = ModelError((1, 64, 1024), (0.1, 0.02, 0.05))
+    assert error.at(np.array([1, 6, 9, 100, 5000])).tolist() == [0.1, 0.1, 0.02, 0.02, 0.05]
+    model = WaveCostModel(_bank_of_two(), MoEProblem(8, 64, 64, 2), 4, np.ones((2, 4)))
+    guard = GuardedDispatcher(model, StaticDispatcher({1: 0}, 2, 2), error)
+    assert guard.margin(64) == pytest.approx(2 * 0.02 / 0.98)
+    with pytest.raises(InputError, match="increasing"):
+        ModelError((64, 1), (0.1, 0.1))
+    with pytest.raises(InputError, match=r"\[0, 1\)"):
+        ModelError((1,), (1.5,))
+
+
+def _bank_of_two() -> KernelBank:
+    return KernelBank.build([KernelConfig("t", 16, 64, 64), KernelConfig("t", 64, 64, 64)],
+                            occupancy=[1, 1])
+
+
+def test_model_error_is_out_of_sample(bank, problem, rng):
+    """On exact, noise-free times the held-out error is ~0; with noise it exceeds the
+    in-sample fit error (four parameters absorb part of the noise they were fitted to)."""
+    model = WaveCostModel(bank, problem, 4, rng.uniform(0.1, 10, (len(bank), 4)))
+    tokens = np.repeat([1, 8, 64, 256], 12)
+    hists = np.stack([rng.multinomial(t * problem.top_k, rng.dirichlet(np.full(8, 0.5)))
+                      for t in tokens])
+    exact = model.predict(hists)
+    assert max(ModelError.measure(bank, problem, 4, hists, exact).error) < 1e-6
+    noisy = exact * rng.lognormal(0, 0.05, exact.shape)
+    error = ModelError.measure(bank, problem, 4, hists, noisy)
+    fitted = WaveCostModel.fit(bank, problem, 4, hists, noisy)
+    in_sample = np.mean([s.mape for s in fitted.fit_stats])
+    assert error.tokens == (1, 8, 64, 256)
+    assert np.mean(error.error) > in_sample > 0.01

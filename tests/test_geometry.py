@@ -22,6 +22,8 @@ def test_hand_computed_case():
     assert geo.padded_rows.tolist() == [[256]]
     assert geo.active_experts.tolist() == [3]
     assert geo.rows.tolist() == [130]
+    # Routed rows alone: 130 / 64 row tiles x 2 column tiles over 6 slots (no padding).
+    assert np.allclose(geo.feature("row_waves"), 130 / 64 * 2 / 6)
 
 
 def test_split_k_multiplies_tiles():

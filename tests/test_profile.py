@@ -3,11 +3,18 @@ import json
 import numpy as np
 import pytest
 
-from ramp.costmodel import WaveCostModel
+from ramp.costmodel import ModelError, WaveCostModel
+from ramp.dispatch import RampDispatcher
 from ramp.errors import InputError, ProfileMismatchError
 from ramp.models import get_model
 from ramp.problem import MoEProblem
-from ramp.profile import Profile, embedded_profile_paths, find_profile, load_profile
+from ramp.profile import (
+    DEFAULT_MODEL_ERROR,
+    Profile,
+    embedded_profile_paths,
+    find_profile,
+    load_profile,
+)
 
 
 @pytest.fixture
@@ -78,3 +85,34 @@ def test_embedded_profiles_load_and_are_found():
     assert find_profile("H100-SXM", problem, family="grouped_mm").family == "grouped_mm"
     assert find_profile("H100-SXM", problem, family="cute").family == "cute"
     assert find_profile("B200", problem) is None
+
+
+def test_model_error_round_trips_and_old_profiles_get_the_default(profile, tmp_path):
+    """A profile written before the error was stored loads with the conservative default
+    (and its guarded policy needs a larger predicted gain than a measured small error)."""
+    old = load_profile(profile.save(tmp_path / "old.json"))
+    assert "model_error" not in json.loads((tmp_path / "old.json").read_text())
+    assert old.model_error is None and old.error.error == (DEFAULT_MODEL_ERROR,)
+    profile.model_error = ModelError((1, 64), (0.01, 0.02))
+    new = load_profile(profile.save(tmp_path / "new.json"))
+    assert new.model_error == profile.model_error
+    assert new.dispatcher("ramp").margin(1) < old.dispatcher("ramp").margin(1)
+    assert isinstance(new.dispatcher("ramp-unguarded"), RampDispatcher)
+    data = json.loads((tmp_path / "new.json").read_text())
+    data["model_error"]["error"] = [0.01]
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"bad\.json: model_error: model error: one error per"):
+        load_profile(tmp_path / "bad.json")
+
+
+def test_fit_profile_stores_the_measured_error(bank, problem, rng):
+    from ramp.profiler import Measurements, fit_profile
+
+    tokens = np.repeat([1, 64], 10)
+    hists = np.stack([rng.multinomial(t * problem.top_k, np.full(8, 1 / 8)) for t in tokens])
+    meas = Measurements("H100-SXM", problem, bank, "t", "1", hists,
+                        [f"uniform:tokens={t},seed={i}" for i, t in enumerate(tokens)],
+                        rng.uniform(5, 50, (len(tokens), len(bank))))
+    prof = fit_profile(meas, 4)
+    assert prof.model_error is not None and prof.model_error.tokens == (1, 64)
+    assert all(0 < e < 1 for e in prof.model_error.error)

@@ -7,24 +7,28 @@ core, ``ramp.trace``, so engine adapters can record traces without this package.
 
 from ramp.traces.converters import read_azure_csv
 from ramp.traces.generators import (
+    DEFAULT_PRESET,
+    PRESET_NAMES,
     PRESETS,
     RoutingStats,
-    default_preset,
     generate_steps,
     get_preset,
     routing_summary,
     serving_schedule,
     synthetic_header,
+    synthetic_trace,
 )
 
 __all__ = [
+    "DEFAULT_PRESET",
     "PRESETS",
+    "PRESET_NAMES",
     "RoutingStats",
-    "default_preset",
     "generate_steps",
     "get_preset",
     "read_azure_csv",
     "routing_summary",
     "serving_schedule",
     "synthetic_header",
+    "synthetic_trace",
 ]

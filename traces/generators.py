@@ -15,6 +15,10 @@ exact numbers: imbalance persists at inference and grows with batch size (Liu et
 analysis, Jiang et al. 2024, arXiv:2401.04088), fine-grained models without shared
 experts have the highest local routing consistency (Liang et al. 2025, arXiv:2505.16056).
 ``routing_summary`` measures what a trace actually has, to compare with a recording.
+
+Preset ``realistic`` (the default) is another generator: ``ramp.realistic``, fitted to
+real routing (bursts within passages, skew that persists at large batches); its
+prefill steps are consecutive tokens, its decode steps tokens drawn across sequences.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 from ramp.errors import InputError
 from ramp.histograms import sample_topk, zipf_popularity
 from ramp.models import MoEModel
+from ramp.realistic import RealisticRouting, default_routing
+from ramp.tokenrouting import count_experts
 from ramp.trace import TraceHeader, TraceStep
 
 
@@ -70,15 +76,58 @@ PRESETS: dict[str, RoutingStats] = {
 }
 
 
-def default_preset(model: MoEModel) -> RoutingStats:
-    """``balanced`` for coarse models (<= 16 experts), ``skewed`` for fine-grained ones."""
-    return PRESETS["balanced" if model.num_experts <= 16 else "skewed"]
+REALISTIC = "realistic"
+PRESET_NAMES = (REALISTIC, *PRESETS)
+DEFAULT_PRESET = REALISTIC
 
 
 def get_preset(name: str) -> RoutingStats:
     if name not in PRESETS:
-        raise InputError(f"routing preset {name!r} unknown; known: {', '.join(PRESETS)}")
+        raise InputError(f"routing preset {name!r} unknown; known: {', '.join(PRESET_NAMES)}")
     return PRESETS[name]
+
+
+def synthetic_trace(model: MoEModel, preset: str | None, tokens: Sequence[int],
+                    phases: Sequence[str], seed: int = 0
+                    ) -> tuple[TraceHeader, Iterator[TraceStep]]:
+    """Header and steps of a synthetic trace of preset ``preset`` (None: DEFAULT_PRESET)."""
+    name = preset or DEFAULT_PRESET
+    if name == REALISTIC:
+        routing = default_routing()
+        return (realistic_header(model, routing, seed),
+                realistic_steps(model, routing, tokens, phases, seed))
+    stats = get_preset(name)
+    return synthetic_header(model, stats, seed), generate_steps(model, stats, tokens, phases,
+                                                                seed)
+
+
+def realistic_steps(model: MoEModel, routing: RealisticRouting, tokens: Sequence[int],
+                    phases: Sequence[str], seed: int = 0) -> Iterator[TraceStep]:
+    """Steps cut from one generated token stream: a prefill (or mixed) step takes the
+    next ``T`` consecutive tokens, a decode step ``T`` tokens drawn across the stream."""
+    if len(tokens) != len(phases):
+        raise InputError("realistic_steps: one phase per step")
+    rng = np.random.default_rng(seed)
+    stream = routing.generate(model.num_experts, model.top_k, model.moe_layers,
+                              max(1, int(sum(tokens))), rng)
+    cursor = 0
+    for i, (count, phase) in enumerate(zip(tokens, phases, strict=True)):
+        if phase == "decode":
+            rows = rng.choice(stream.tokens, size=int(count), replace=False)
+        else:
+            rows = np.arange(cursor, cursor + int(count))
+            cursor += int(count)
+        hists = count_experts(stream.topk_ids[:, rows], model.num_experts)
+        yield TraceStep(step=i, phase=phase, tokens=int(count), hists=hists.astype(np.int64))
+
+
+def realistic_header(model: MoEModel, routing: RealisticRouting, seed: int) -> TraceHeader:
+    """Header of a trace from the realistic generator, recording its parameters."""
+    from ramp import __version__
+
+    return TraceHeader.from_model(
+        model, source=f"synthetic:{REALISTIC}", engine="ramp.realistic",
+        engine_version=__version__, meta={"seed": seed, **routing.to_dict()})
 
 
 def generate_steps(model: MoEModel, stats: RoutingStats, tokens: Sequence[int],
