@@ -78,7 +78,8 @@ def test_token_bucket():
 @pytest.fixture(scope="module")
 def coster():
     gpu = get_gpu("H100-SXM")
-    layouts = {n: build_layout(n, gpu, OLMOE, 2, ("static", "ramp"), Calibration())
+    layouts = {n: build_layout(n, gpu, OLMOE, 2, ("static", "ramp", "ramp-unguarded"),
+                               Calibration())
                for n in ("tp", "ep")}
     return StepCoster(gpu, OLMOE, synthetic_pool(OLMOE, steps=12, prefill_tokens=256),
                       Calibration(), layouts)
@@ -98,8 +99,9 @@ def test_layout_constants(coster):
 def test_policy_costs_are_the_dispatchers_choices(coster):
     """Each policy's simulated time is the model's time of the configuration its real
     dispatcher (RampDispatcher, the profile's static table) picks for that histogram,
-    summed over layers (EP: the slowest shard), and RaMP's choice differs from static
-    somewhere: the simulator shows what the dispatchers do, not a formula for a gain."""
+    summed over layers (EP: the slowest shard), and the cost model's argmin differs from
+    static somewhere: the simulator shows what the dispatchers do, not a formula for a
+    gain (guarded RaMP may equal static wherever the model's error hides the gain)."""
     differs = False
     for layout in coster.layouts.values():
         shards = layout.gpus if layout.name == "ep" else 1
@@ -108,7 +110,7 @@ def test_policy_costs_are_the_dispatchers_choices(coster):
             bucket = token_bucket(tokens)  # above EXACT_TOKENS: the bucket's cost, scaled
             hists = coster.pool.hists(bucket, DECODE, 0)
             local = hists.reshape(hists.shape[0] * shards, -1)
-            for policy in ("ramp", "static"):
+            for policy in ("ramp", "ramp-unguarded", "static"):
                 total = 0.0
                 for gemm in layout.gemms:
                     pred = gemm.profile.model.predict(local)
@@ -116,7 +118,7 @@ def test_policy_costs_are_the_dispatchers_choices(coster):
                     total = total + pred[np.arange(len(local)), choice]
                 expected = total.reshape(-1, shards).max(axis=1).sum() * 1e-6 * tokens / bucket
                 assert moe[policy] == pytest.approx(expected, rel=1e-9), (layout.name, tokens)
-            differs |= moe["ramp"] != moe["static"]
+            differs |= moe["ramp-unguarded"] != moe["static"]
     assert differs
 
 
@@ -137,7 +139,9 @@ def test_study_reports_speedup_and_is_deterministic():
     config = SimConfig(model="olmoe-1b-7b", gpu="H100-SXM")
     first, again = run_study(config, pool, arrivals), run_study(config, pool, arrivals)
     assert first.summaries == again.summaries
-    assert first.speedup["moe_time"] > 1.0  # skewed routing: RaMP picks other configs
+    # guarded RaMP leaves the static table only for a predicted gain beyond the model's
+    # error (analytic model here: the 5% default), so it never simulates a loss
+    assert first.speedup["moe_time"] >= 1.0
     assert first.summaries[0]["served"] == 60
     text = first.format()
     assert "RaMP vs static" in text and "MoE cost" in text
