@@ -128,6 +128,11 @@ class RunResult:
     step_decode: np.ndarray
     step_moe: np.ndarray
     step_layout: np.ndarray  # index into LAYOUT_NAMES order ("tp"=0, "ep"=1)
+    step_pairs: np.ndarray    # attention (query, context) pairs
+    step_context: np.ndarray  # KV tokens read
+    step_waiting: np.ndarray  # requests queued (not admitted) when the step was scheduled
+    step_kv_used: np.ndarray  # KV-cache tokens in use during the step
+    preempt_steps: np.ndarray  # step index of every preemption
     # (time, to layout, requests decoding, stall seconds) per layout switch
     switches: list[tuple[float, str, int, float]] = field(default_factory=list)
     thresholds: tuple[int | None, int | None] = (None, None)
@@ -156,8 +161,11 @@ class _Engine:
         self.admitted = 0
         self.step = 0
         self.idle: simpy.Event | None = None
-        self.log: tuple[list[float], ...] = ([], [], [], [], [], [])
+        # per step: start, duration, tokens, decoding requests, MoE part, layout (1: ep),
+        # attention pairs, context tokens, requests waiting, KV tokens in use
+        self.log: list[tuple[float, ...]] = []
         self.switches: list[tuple[float, str, int, float]] = []
+        self.preempted_at: list[int] = []  # step index of every preemption
 
     # --- processes ----------------------------------------------------------------------
 
@@ -186,16 +194,13 @@ class _Engine:
                     self.switches.append((env.now, target, len(self.decoding), self.switch.cost_s))
                     yield env.timeout(self.switch.cost_s)
                     self.layout = self.layouts[target]
-            n_dec, chunks, pairs, context = self._schedule()
-            tokens = n_dec + sum(c for _, c in chunks)
+            n_dec, chunks, tokens, pairs, context = self._schedule()
             phase = PREFILL if chunks else DECODE
             dt, moe = self.coster.step_seconds(self.layout, self.policy, tokens, pairs, context,
                                                phase, self.step % self.samples)
-            start = env.now
+            self.log.append((env.now, dt, tokens, n_dec, moe, self.layout.name == "ep",
+                             pairs, context, len(self.waiting), self.kv_used))
             yield env.timeout(dt)
-            for column, value in zip(self.log, (start, dt, tokens, n_dec, moe,
-                                                1 if self.layout.name == "ep" else 0)):
-                column.append(value)
             self._commit(n_dec, chunks, env.now)
             self.step += 1
             if bar is not None and self.step % 512 == 0:
@@ -228,9 +233,10 @@ class _Engine:
             req.version += 1  # invalidates its finish bucket entry
         req.prefilled = 0
         req.preemptions += 1
+        self.preempted_at.append(self.step)
         self.waiting.appendleft(req)
 
-    def _schedule(self) -> tuple[int, list[tuple[_Req, int]], float, float]:
+    def _schedule(self) -> tuple[int, list[tuple[_Req, int]], int, float, float]:
         cfg, cap, block = self.cfg, self.capacity, self.cfg.block_size
         while True:
             while self.decoding and self.kv_used + len(self.decoding) > cap:
@@ -268,10 +274,12 @@ class _Engine:
         self.kv_used += n_dec
         pairs = float(self.ctx_sum + n_dec)
         context = float(self.ctx_sum)
+        tokens = n_dec
         for req, c in chunks:
             pairs += c * req.prefilled + c * (c + 1) / 2
             context += req.prefilled
-        return n_dec, chunks, pairs, context
+            tokens += c
+        return n_dec, chunks, tokens, pairs, context
 
     def _commit(self, n_dec: int, chunks: list[tuple[_Req, int]], now: float) -> None:
         block, s = self.cfg.block_size, self.step
@@ -349,7 +357,7 @@ def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
     env.run()
     if bar is not None:
         bar.close()
-    log = [np.asarray(col) for col in eng.log]
+    log = np.array(eng.log, dtype=np.float64).reshape(-1, 10).T
     return RunResult(
         policy=policy, mode=mode, kv_capacity=eng.capacity,
         arrival=np.array([r.arrival for r in reqs]),
@@ -360,5 +368,8 @@ def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
         preemptions=np.array([r.preemptions for r in reqs], dtype=np.int64),
         step_start=log[0], step_time=log[1], step_tokens=log[2].astype(np.int64),
         step_decode=log[3].astype(np.int64), step_moe=log[4],
+        step_pairs=log[6], step_context=log[7], step_waiting=log[8].astype(np.int64),
+        step_kv_used=log[9].astype(np.int64),
+        preempt_steps=np.array(eng.preempted_at, dtype=np.int64),
         step_layout=log[5].astype(np.int64), switches=eng.switches, thresholds=thresholds,
     )

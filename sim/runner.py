@@ -119,7 +119,9 @@ def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, La
     for gpus in counts:
         try:
             return gpus, {n: build_layout(n, gpu, model, gpus, config.policies,
-                                          config.calibration, config.profiles) for n in names}
+                                          config.calibration, config.profiles,
+                                          config.engine.max_batched_tokens,
+                                          config.engine.max_seqs) for n in names}
         except InputError as exc:
             last = exc
             if config.gpus:
