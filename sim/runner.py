@@ -130,12 +130,21 @@ def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, La
                      f"{last}")
 
 
-def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
-              progress: bool = False) -> Report:
-    """Simulate ``arrivals`` once per policy and compare them."""
+def prepare(config: SimConfig, pool: RoutingPool) -> StepCoster:
+    """The step coster of the replica (model, layouts, calibration) for ``pool``."""
     model = resolve_model(config.model, pool.header)
-    gpus, layouts = build_layouts(config, model)
-    coster = StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts)
+    _, layouts = build_layouts(config, model)
+    return StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts)
+
+
+def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
+              progress: bool = False, coster: StepCoster | None = None) -> Report:
+    """Simulate ``arrivals`` once per policy and compare them (``coster``: one from
+    ``prepare`` for this config and pool, to reuse its MoE cost cache across studies)."""
+    if coster is None:
+        coster = prepare(config, pool)
+    model, layouts = coster.model, coster.layouts
+    gpus = next(iter(layouts.values())).gpus
     runs = [simulate(arrivals, coster, policy, config.engine, config.mode, config.switch,
                      progress) for policy in config.policies]
     summaries = [summarize(r, config.slo) for r in runs]
