@@ -49,8 +49,7 @@ from ramp.sim.costs import Calibration, Layout, StepCoster
 from ramp.sim.engine import EngineConfig, RunResult, simulate
 from ramp.sim.metrics import request_latencies
 from ramp.sim.routing import RoutingPool
-from ramp.sim.runner import SimConfig, prepare, synthetic_pool
-from ramp.sim.workload import embedded_path
+from ramp.sim.runner import SimConfig, prepare, routing_for
 from ramp.trace import Arrival, TraceReader
 
 FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency")
@@ -249,15 +248,6 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
                              None if arrivals is None else [float(t) for t in arrivals],
                              ints["max_num_seqs"], ints["max_num_batched_tokens"], measured))
     return out
-
-
-def routing_for(model: str, seed: int = 0) -> RoutingPool:
-    """The shipped routing trace of ``model``, else its synthetic default routing."""
-    from ramp.sim.runner import load_pool
-
-    if embedded_path(model) is not None:
-        return load_pool(model, seed=seed)
-    return synthetic_pool(get_model(model), seed=seed)
 
 
 @dataclass

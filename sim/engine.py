@@ -136,12 +136,16 @@ class RunResult:
     # (time, to layout, requests decoding, stall seconds) per layout switch
     switches: list[tuple[float, str, int, float]] = field(default_factory=list)
     thresholds: tuple[int | None, int | None] = (None, None)
+    replicas: int = 1  # step logs are the replicas' one after the other
+    stopped: bool = False  # stopped early: the SLOs could no longer be met
 
 
 class _Engine:
-    def __init__(self, coster: StepCosts, layouts: dict[str, Layout], policy: str,
-                 config: EngineConfig, mode: str, switch: SwitchConfig,
-                 thresholds: tuple[int | None, int | None]) -> None:
+    def __init__(self, env: simpy.Environment, coster: StepCosts, layouts: dict[str, Layout],
+                 policy: str, config: EngineConfig, mode: str, switch: SwitchConfig,
+                 thresholds: tuple[int | None, int | None], watch: _Watch | None) -> None:
+        self.env = env
+        self.watch = watch
         self.coster = coster
         self.layouts = layouts
         self.policy = policy
@@ -169,18 +173,24 @@ class _Engine:
 
     # --- processes ----------------------------------------------------------------------
 
-    def arrivals(self, env: simpy.Environment, reqs: Sequence[_Req]):
+    def offer(self, req: _Req) -> None:
+        """Queue an arriving request, or reject one that could never be scheduled (its
+        first_token stays -1)."""
         cfg = self.cfg
-        for req in reqs:
-            if req.arrival > env.now:
-                yield env.timeout(req.arrival - env.now)
-            size = req.prompt + req.output
-            if size + cfg.block_size > self.capacity or (
-                    not cfg.chunked_prefill and size > cfg.max_batched_tokens):
-                continue  # could never be scheduled: rejected (first_token stays -1)
-            self.waiting.append(req)
-            if self.idle is not None and not self.idle.triggered:
-                self.idle.succeed()
+        size = req.prompt + req.output
+        if size + cfg.block_size > self.capacity or (
+                not cfg.chunked_prefill and size > cfg.max_batched_tokens):
+            if self.watch is not None:
+                self.watch.rejected()
+            return
+        self.waiting.append(req)
+        if self.idle is not None and not self.idle.triggered:
+            self.idle.succeed()
+
+    @property
+    def outstanding(self) -> int:
+        """Requests in this replica: waiting, prefilling and decoding."""
+        return len(self.waiting) + len(self.prefilling) + len(self.decoding)
 
     def engine(self, env: simpy.Environment, bar: tqdm | None):
         while True:
@@ -293,6 +303,8 @@ class _Engine:
             del self.decoding[req.rid]
             req.generated = req.output
             req.finish = now
+            if self.watch is not None:
+                self.watch.finished(req)
         for req, c in chunks:
             req.prefilled += c
             if req.prefilled < req.target:
@@ -301,9 +313,13 @@ class _Engine:
             req.generated += 1
             if req.first_token < 0:
                 req.first_token = now
+                if self.watch is not None:
+                    self.watch.first_token(req)
             if req.generated >= req.output:
                 self.kv_used -= req.target + block
                 req.finish = now
+                if self.watch is not None:
+                    self.watch.finished(req)
                 continue
             req.decode_start, req.ctx0, req.gen0 = s + 1, req.target, req.generated
             self.finish_at.setdefault(s + req.output - req.generated, []).append(
@@ -330,12 +346,76 @@ def crossover(coster: StepCosts, policy: str, limit: int, context: int = 1024) -
     return None
 
 
+ROUTERS = ("round-robin", "least-outstanding")
+
+
+class _Watch:
+    """Ends a run once every request is finished or rejected, or as soon as the run
+    cannot meet its SLOs at quantile ``q``: more than ``(1 - q)`` of all requests have a
+    TTFT (or a TPOT) above the objective or were rejected (``failed``). A capacity search
+    needs only that verdict, and an overloaded run would otherwise simulate its whole
+    growing queue."""
+
+    def __init__(self, env: simpy.Environment, ttft_s: float, tpot_s: float, requests: int,
+                 q: float = 0.99) -> None:
+        self.env, self.ttft_s, self.tpot_s, self.requests = env, ttft_s, tpot_s, requests
+        self.limit = int((1 - q) * requests)
+        self.late_first = self.slow_decode = self.done = 0
+        self.failed = False
+        self.stop = env.event()
+
+    def _check(self) -> None:
+        self.failed = max(self.late_first, self.slow_decode) > self.limit
+        if (self.failed or self.done == self.requests) and not self.stop.triggered:
+            self.stop.succeed()
+
+    def rejected(self) -> None:
+        self.late_first += 1
+        self.done += 1
+        self._check()
+
+    def first_token(self, req: _Req) -> None:
+        if self.env.now - req.arrival > self.ttft_s:
+            self.late_first += 1
+            self._check()
+
+    def finished(self, req: _Req) -> None:
+        self.done += 1
+        if req.output > 1 and (self.env.now - req.first_token) / (req.output - 1) > self.tpot_s:
+            self.slow_decode += 1
+        self._check()
+
+
+def _route(env: simpy.Environment, reqs: Sequence[_Req], engines: Sequence[_Engine],
+           router: str):
+    """Send each request, at its arrival, to a replica: in turn (``round-robin``) or
+    to the one with the fewest requests in it (``least-outstanding``, ties to the
+    lowest index)."""
+    for i, req in enumerate(reqs):
+        if req.arrival > env.now:
+            yield env.timeout(req.arrival - env.now)
+        if router == "round-robin":
+            target = engines[i % len(engines)]
+        else:
+            target = min(engines, key=lambda e: e.outstanding)
+        target.offer(req)
+
+
 def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
              config: EngineConfig = EngineConfig(), mode: str = "tp",
-             switch: SwitchConfig = SwitchConfig(), progress: bool = False) -> RunResult:
-    """Serve ``arrivals`` to completion under dispatch ``policy`` and layout ``mode``."""
+             switch: SwitchConfig = SwitchConfig(), progress: bool = False,
+             replicas: int = 1, router: str = "round-robin",
+             stop_slo: tuple[float, float] | None = None) -> RunResult:
+    """Serve ``arrivals`` to completion under dispatch ``policy`` and layout ``mode`` on
+    ``replicas`` identical replicas behind ``router``. ``stop_slo=(ttft_s, tpot_s)``
+    stops the run once the p99 of either cannot be met (``RunResult.stopped``); the
+    requests not finished by then keep first_token/finish -1."""
     if mode not in MODES:
         raise InputError(f"mode {mode!r} not in {MODES}")
+    if router not in ROUTERS:
+        raise InputError(f"router {router!r} not in {ROUTERS}")
+    if replicas < 1:
+        raise InputError(f"replicas must be >= 1, got {replicas}")
     needed = {"tp", "ep"} if mode == "switch" else {mode}
     missing = needed - set(coster.layouts)
     if missing:
@@ -347,17 +427,28 @@ def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
         down = switch.down if switch.down is not None else (None if up is None else up // 2)
         thresholds = (up, down)
     layouts = {name: coster.layouts[name] for name in needed}
-    eng = _Engine(coster, layouts, policy, config, mode, switch, thresholds)
     reqs = [_Req(i, a) for i, a in enumerate(sorted(arrivals, key=lambda a: a.time))]
     env = simpy.Environment()
+    watch = None if stop_slo is None else _Watch(env, *stop_slo, len(reqs))
+    engines = [_Engine(env, coster, layouts, policy, config, mode, switch, thresholds, watch)
+               for _ in range(replicas)]
     bar = tqdm(total=int(reqs[-1].arrival) + 1 if reqs else 0, unit="sim-s",
                desc=f"{policy}/{mode}", leave=False) if progress else None
-    env.process(eng.arrivals(env, reqs))
-    env.process(eng.engine(env, bar))
-    env.run()
+    env.process(_route(env, reqs, engines, router))
+    for i, eng in enumerate(engines):
+        env.process(eng.engine(env, bar if i == 0 else None))
+    env.run(until=None if watch is None or not reqs else watch.stop)
     if bar is not None:
         bar.close()
-    log = np.array(eng.log, dtype=np.float64).reshape(-1, 10).T
+    stopped = watch is not None and watch.failed
+    if stopped:  # unfinished requests are not results
+        for req in reqs:
+            if req.finish < 0:
+                req.first_token = -1.0
+    log = np.array([row for eng in engines for row in eng.log],
+                   dtype=np.float64).reshape(-1, 10).T
+    offsets = np.cumsum([0] + [len(eng.log) for eng in engines[:-1]])
+    eng = engines[0]
     return RunResult(
         policy=policy, mode=mode, kv_capacity=eng.capacity,
         arrival=np.array([r.arrival for r in reqs]),
@@ -370,6 +461,9 @@ def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
         step_decode=log[3].astype(np.int64), step_moe=log[4],
         step_pairs=log[6], step_context=log[7], step_waiting=log[8].astype(np.int64),
         step_kv_used=log[9].astype(np.int64),
-        preempt_steps=np.array(eng.preempted_at, dtype=np.int64),
-        step_layout=log[5].astype(np.int64), switches=eng.switches, thresholds=thresholds,
+        preempt_steps=np.array([o + s for o, e in zip(offsets, engines) for s in e.preempted_at],
+                               dtype=np.int64),
+        step_layout=log[5].astype(np.int64),
+        switches=[sw for e in engines for sw in e.switches], thresholds=thresholds,
+        replicas=replicas, stopped=stopped,
     )

@@ -99,6 +99,16 @@ def synthetic_pool(model: MoEModel, preset: str | None = None, seed: int = 0,
                        samples=samples)
 
 
+def routing_for(model: str, seed: int = 0) -> RoutingPool:
+    """The shipped routing trace of catalog ``model``, else its synthetic default routing."""
+    from ramp.sim.workload import embedded_path
+
+    name = get_model(model).name
+    if embedded_path(name) is not None:
+        return load_pool(name, seed=seed)
+    return synthetic_pool(get_model(name), seed=seed)
+
+
 def resolve_model(name: str | None, header: TraceHeader) -> MoEModel:
     """The simulated model: ``name`` or the trace's, with the routing shape checked."""
     model = get_model(name or header.model)
