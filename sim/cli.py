@@ -120,7 +120,7 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
     click.echo(report.format())
     _write_json(json_out, report.to_dict())
     if plot_dir:
-        for path in plot_runs(report.runs, plot_dir):
+        for path in plot_runs(report.runs, plot_dir, report.title(), config.slo):
             click.echo(f"wrote {path}")
 
 
@@ -128,12 +128,22 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
 @click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
 @click.option("--jobs", type=int, help="Worker processes (default: all cores).")
 @click.option("--json", "json_out", type=click.Path(), help="Write all results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Where to write the sweep's TTFT p99 / TPOT p99 / throughput bars (PNG); "
+                   "default: beside --json, else <scenario name>.png here.")
 @click.option("--no-progress", is_flag=True)
-def whatif(scenario, jobs, json_out, no_progress):
+def whatif(scenario, jobs, json_out, plot_path, no_progress):
     """Sweep a SCENARIO YAML (GPU, model, load, parallelism) over local cores."""
+    from ramp.sim.metrics import plot_sweep
+
     results = run_scenario(scenario, jobs, progress=not no_progress and sys.stderr.isatty())
     click.echo(format_results(results))
     _write_json(json_out, results)
+    if plot_path is None:
+        plot_path = (str(Path(json_out).with_suffix(".png")) if json_out
+                     else f"{results['scenario']}.png")
+    if any("error" not in r for r in results["points"]):
+        click.echo(f"wrote {plot_sweep(results, plot_path)}")
 
 
 def _calibration(path: str | None) -> Calibration:

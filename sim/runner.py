@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ramp.errors import InputError
 from ramp.hardware import get_gpu
 from ramp.models import MoEModel, get_model
@@ -57,11 +59,23 @@ class Report:
         return {"config": self.config, "moe_cost_source": self.moe_source,
                 "runs": self.summaries, "ramp_vs_static": self.speedup}
 
+    def title(self) -> str:
+        """Model, GPUs and load, for plot titles."""
+        first = self.summaries[0]
+        load = (f"{first['requests']} requests at {first['offered_req_s']:.2f} req/s"
+                if np.isfinite(first["offered_req_s"]) else f"{first['requests']} requests")
+        return f"{self.config['model']} on {self.config['gpus']} x {self.config['gpu']}, {load}"
+
     def format(self) -> str:
-        lines = [f"{self.config['model']} on {self.config['gpus']} x {self.config['gpu']}, "
-                 f"{self.summaries[0]['requests']} requests, KV cache "
-                 f"{self.summaries[0]['kv_capacity_tokens']} tokens",
+        lines = [f"{self.title()}, KV cache {self.summaries[0]['kv_capacity_tokens']} tokens",
                  f"MoE cost: {self.moe_source}", "", format_table(self.summaries)]
+        for s in self.summaries:
+            if s["overloaded"]:
+                lines.append(f"WARNING ({s['policy']}): the offered load exceeds what the "
+                             "replica serves: the queue grows (TTFT p50 "
+                             f"{s['ttft_p50_first_tenth_s']:.2f} s for the first tenth of "
+                             f"the arrivals, {s['ttft_p50_last_tenth_s']:.2f} s for the last); "
+                             "add GPUs or lower the rate (ramp-sim capacity)")
         if self.speedup:
             s = self.speedup
             lines += ["", "RaMP vs static (> 1 is better): "
