@@ -8,7 +8,7 @@ miss an objective (``simulate(stop_slo=...)``), so overloaded trials cost little
 Feasibility is treated as monotone in the rate (true of a queue, up to the jitter of
 one seeded trajectory). Replicas share one step coster, so the MoE cost cache built by
 one trial serves them all. Cost per million output tokens comes from a per-GPU-hour
-price table (``sim/scenarios/prices.yaml`` holds editable example prices).
+price table (``sim/scenarios/prices/gpu-hour.yaml`` holds editable example prices).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def load_prices(path: str | Path) -> PriceTable:
 def default_prices_path() -> Path:
     from importlib import resources
 
-    return Path(str(resources.files("ramp.sim") / "scenarios" / "prices.yaml"))
+    return Path(str(resources.files("ramp.sim") / "scenarios" / "prices" / "gpu-hour.yaml"))
 
 
 @dataclass

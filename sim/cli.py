@@ -129,8 +129,8 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
 @click.option("--jobs", type=int, help="Worker processes (default: all cores).")
 @click.option("--json", "json_out", type=click.Path(), help="Write all results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
-              help="Where to write the sweep's TTFT p99 / TPOT p99 / throughput bars (PNG); "
-                   "default: beside --json, else <scenario name>.png here.")
+              help="Write the sweep's TTFT p99 / TPOT p99 / throughput bars here (PNG); "
+                   "with --json and no --plot: beside the JSON, same name.")
 @click.option("--no-progress", is_flag=True)
 def whatif(scenario, jobs, json_out, plot_path, no_progress):
     """Sweep a SCENARIO YAML (GPU, model, load, parallelism) over local cores."""
@@ -139,10 +139,9 @@ def whatif(scenario, jobs, json_out, plot_path, no_progress):
     results = run_scenario(scenario, jobs, progress=not no_progress and sys.stderr.isatty())
     click.echo(format_results(results))
     _write_json(json_out, results)
-    if plot_path is None:
-        plot_path = (str(Path(json_out).with_suffix(".png")) if json_out
-                     else f"{results['scenario']}.png")
-    if any("error" not in r for r in results["points"]):
+    if plot_path is None and json_out:
+        plot_path = str(Path(json_out).with_suffix(".png"))
+    if plot_path and any("error" not in r for r in results["points"]):
         click.echo(f"wrote {plot_sweep(results, plot_path)}")
 
 

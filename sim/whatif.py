@@ -172,6 +172,9 @@ def run_scenario(path: str | Path, jobs: int | None = None,
                 results.append(result)
                 bar.update()
     bar.close()
+    if all("error" in r for r in results):  # nothing to keep: the scenario itself is wrong
+        raise InputError(results[0]["error"] if len(results) == 1 else
+                         f"every point failed; the first: {results[0]['error']}")
     return {"scenario": scenario["name"], "source": scenario["where"], "points": results}
 
 
@@ -202,7 +205,7 @@ def format_results(results: dict[str, Any]) -> str:
                          f"{g['goodput']:.3f}x", "", ""])
     header = ["point", "policy", "gpus", "TTFT p50 ms", "TTFT p99 ms", "TPOT ms",
               "TPOT p99 ms", "tok/s", "goodput r/s", "MoE share", "switches"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))] if rows else []
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines + notes)
