@@ -33,7 +33,6 @@ fixed overhead on memory-bound decode only) at their base values instead of anyw
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ import numpy as np
 from ramp.errors import InputError
 from ramp.hardware import get_gpu
 from ramp.models import get_model
+from ramp.plaindata import read_json
 from ramp.sim.costs import Calibration, Layout, StepCoster
 from ramp.sim.engine import EngineConfig, RunResult, simulate
 from ramp.sim.metrics import request_latencies
@@ -139,15 +139,9 @@ def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str =
     tokens = np.array([s.tokens for s in steps], dtype=float)
     feats, comm = step_features(coster, layout, tokens, np.zeros_like(tokens),
                                 np.zeros_like(tokens))
-    shards = layout.gpus if mode == "ep" else 1
-    out = []
-    for step, a, c in zip(steps, feats, comm):
-        local = step.hists.reshape(step.hists.shape[0] * shards, -1)
-        us = sum(g.costs(local)[policy] for g in layout.gemms)
-        moe = float(us.reshape(-1, shards).max(axis=1).sum()) * 1e-6 * base.moe_scale
-        out.append(Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a,
-                            float(c) + moe))
-    return out
+    return [Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a,
+                     float(c) + coster.moe_of(layout, step.hists)[policy])
+            for step, a, c in zip(steps, feats, comm)]
 
 
 # --- engine results files --------------------------------------------------------------
@@ -202,12 +196,7 @@ def _tp_of(command: str) -> int:
 def load_engine_results(path: str | Path) -> list[EngineRun]:
     """The runs of one results file, one per ``ramp_mode`` (bench/results/engine schema)."""
     where = str(path)
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path, "engine results")
     model = get_model(_field(data, "model", str, where)).name
     gpu = get_gpu(_field(data, "device", str, where)).name
     wl = _field(data, "workload", dict, where)

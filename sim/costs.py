@@ -235,7 +235,11 @@ class StepCoster:
 
     def _moe_uncached(self, layout: Layout, tokens: int, phase_class: int,
                       sample: int) -> dict[str, float]:
-        hists = self.pool.hists(tokens, phase_class, sample)
+        return self.moe_of(layout, self.pool.hists(tokens, phase_class, sample))
+
+    def moe_of(self, layout: Layout, hists: np.ndarray) -> dict[str, float]:
+        """Routed-expert GEMM seconds per policy of a step with global histograms
+        ``hists`` [moe_layers, experts] (EP: each layer waits for its slowest shard)."""
         layers, shards = hists.shape[0], layout.gpus if layout.name == "ep" else 1
         local = hists.reshape(layers * shards, -1)
         total: dict[str, np.ndarray] = {}

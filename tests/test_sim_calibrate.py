@@ -151,8 +151,7 @@ def _timed_trace(path: Path) -> Path:
                                     np.zeros(1), np.zeros(1))
         x = np.array([TRUTH.step_overhead_us, TRUTH.layer_overhead_us,
                       1 / TRUTH.dense_efficiency, 1 / TRUTH.attention_efficiency])
-        moe = sum(g.costs(s.hists)["static"] for g in layout.gemms).sum() * 1e-6
-        ms = 1e3 * float(feats[0] @ x + comm[0] + moe)
+        ms = 1e3 * float(feats[0] @ x + comm[0] + coster.moe_of(layout, s.hists)["static"])
         timed.append(dataclasses.replace(s, step_ms=ms))
     header = synthetic_header(model, default_preset(model), 1)
     write_trace(path, header, timed)

@@ -185,3 +185,24 @@ def test_small_steps_use_the_stream_and_keep_invariants():
     assert (pool.hists(100, 1, 0) >= pool.hists(50, 1, 0)).all()
     run = simulate([Arrival(0.0, 40, 3)], LinearCosts(), "static")
     assert request_latencies(run)["tpot"][0] == pytest.approx(step(1))
+
+
+def test_whatif_keeps_the_points_that_run(tmp_path):
+    import yaml
+
+    scenario = {"name": "mixed", "seed": 0, "routing": {"trace": "mixtral-8x7b"},
+                "workload": {"rate": 2, "requests": 20,
+                             "prompt": {"dist": "fixed", "mean": 256},
+                             "output": {"dist": "fixed", "mean": 16}},
+                "base": {"gpus": 1, "policies": ["static", "ramp"]},
+                "sweep": {"gpu": ["H200", "RTX-4090"]}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    res = CliRunner().invoke(main, ["whatif", str(path), "--jobs", "1", "--no-progress",
+                                    "--json", str(tmp_path / "w.json")])
+    assert res.exit_code == 0, res.output
+    assert "FAILED gpu=RTX-4090: mixtral-8x7b does not fit on 1 x RTX-4090" in res.output
+    assert "gpu=H200" in res.output and "TPOT p99 ms" in res.output
+    points = json.loads((tmp_path / "w.json").read_text())["points"]
+    assert "error" in points[1] and points[0]["runs"]
+    assert (tmp_path / "w.png").stat().st_size > 10_000
