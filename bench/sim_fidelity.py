@@ -1,12 +1,16 @@
 """How well ``ramp-sim`` predicts measured vLLM serving runs, before and after calibration.
 
 For every engine results file (``bench/results/engine/<GPU>_<model>_<workload>.json``,
-written by the engine harness), each ``ramp_mode`` (off: vLLM's kernel = the ``static``
-policy; dispatch: RaMP = ``ramp``) is simulated with the same requests (prompt and
+written by ``bench/engine/bench.py``), each ``ramp_mode`` (off and record: vLLM's kernel
+= the ``static`` policy; dispatch: RaMP = ``ramp``) is simulated with the same requests (prompt and
 output lengths, arrival offsets or all at once), ``max_num_seqs`` and
 ``max_num_batched_tokens``, the GPU's profiles where ``ramp.profile`` has them (the
 analytic wave model otherwise; each row names its source), and the model's shipped
-routing trace (its synthetic default routing where none is shipped).
+routing trace (its synthetic default routing where none is shipped). The engine's
+``gpu_memory_utilization`` (``engine_config.engine_args``) sizes the simulated KV cache.
+Runs of ``bench.py --concurrent`` (two engines sharing one GPU, each with half its
+memory) are simulated as one engine alone on the GPU and flagged ``concurrent``: their
+measured times include the other engine's contention, which the simulator does not model.
 
 Held out by workload: the calibration that predicts the runs of workload ``W`` is
 fitted (``ramp.sim.calibrate.calibrate_runs``) on the runs of every other workload, all
@@ -79,6 +83,7 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
                     "error": None if pred is None else pred / measured - 1,
                     "error_uncalibrated": before.metrics[metric] / measured - 1,
                     "held_out_by": axis, "moe_cost_source": source,
+                    "concurrent": run.concurrent,
                 })
     summary: dict[str, dict[str, float | None]] = {}
     for metric in dict.fromkeys(r["metric"] for r in rows):

@@ -56,7 +56,8 @@ FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attentio
 PRIOR_WEIGHT = 0.01
 DEFAULT_CALIBRATION = Calibration()
 WORKLOADS = ("prefill-heavy", "decode-heavy", "online")
-MODES = {"off": "static", "dispatch": "ramp"}  # engine ramp_mode -> simulated policy
+# engine ramp_mode -> simulated policy (record: vLLM's kernels, plus the recorder's cost)
+MODES = {"off": "static", "record": "static", "dispatch": "ramp"}
 # results-file run fields -> (metric, scale to seconds or tokens/s)
 RUN_METRICS = {
     "total_tok_per_s": ("throughput_tok_s", 1.0),
@@ -158,19 +159,22 @@ class EngineRun:
     tp: int
     workload: str
     policy: str
-    prompts: int
-    input_len: int
-    output_len: int
-    arrivals: list[float] | None
+    inputs: list[int]                # prompt tokens per request
+    outputs: list[int]               # output tokens per request
+    arrivals: list[float] | None     # offsets, s; None: all at once (offline)
     max_seqs: int
     max_batched_tokens: int
     measured: dict[str, float] = field(default_factory=dict)
+    gpu_memory_utilization: float | None = None  # the engine's, when the file says
+    concurrent: bool = False  # two engines shared the GPU (bench.py --concurrent)
 
     def arrival_list(self) -> list[Arrival]:
-        times = self.arrivals if self.arrivals is not None else [0.0] * self.prompts
-        return [Arrival(float(t), self.input_len, self.output_len) for t in times]
+        times = self.arrivals if self.arrivals is not None else [0.0] * len(self.inputs)
+        return [Arrival(float(t), p, o) for t, p, o in zip(times, self.inputs, self.outputs)]
 
     def sim_config(self, cal: Calibration, profiles: Sequence[str] = ()) -> SimConfig:
+        if self.gpu_memory_utilization is not None:
+            cal = dataclasses.replace(cal, gpu_memory_utilization=self.gpu_memory_utilization)
         return SimConfig(gpu=self.gpu, model=self.model, gpus=self.tp, mode="tp",
                          policies=(self.policy,),
                          engine=EngineConfig(self.max_batched_tokens, self.max_seqs),
@@ -187,29 +191,56 @@ def _field(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> An
     return value
 
 
-def _tp_of(command: str) -> int:
-    """Tensor-parallel degree from the engine command line (default 1)."""
-    match = re.search(r"(?:--tensor-parallel-size|-tp)[ =](\d+)", command)
+def _lengths(wl: dict[str, Any], name: str, count: int, where: str) -> list[int]:
+    """Per-request lengths: ``<name>_lens`` (a list) or ``<name>_len`` (one for all)."""
+    if f"{name}_lens" in wl:
+        values = _field(wl, f"{name}_lens", list, where)
+        if len(values) != count or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise InputError(f"{where}: field '{name}_lens' must be {count} ints >= 1")
+        return values
+    value = _field(wl, f"{name}_len", int, where)
+    if value < 1:
+        raise InputError(f"{where}: field '{name}_len' must be >= 1, got {value}")
+    return [value] * count
+
+
+def _tp_of(data: dict[str, Any]) -> int:
+    """Tensor-parallel degree: the engine args' ``tensor_parallel_size``, else the
+    command line's ``--tensor-parallel-size``/``-tp``, else 1."""
+    args = (data.get("engine_config") or {}).get("engine_args") or {}
+    if isinstance(args.get("tensor_parallel_size"), int):
+        return int(args["tensor_parallel_size"])
+    match = re.search(r"(?:--tensor-parallel-size|-tp)[ =](\d+)", str(data.get("command", "")))
     return int(match.group(1)) if match else 1
 
 
 def load_engine_results(path: str | Path) -> list[EngineRun]:
-    """The runs of one results file, one per ``ramp_mode`` (bench/results/engine schema)."""
+    """The runs of one results file, one per ``ramp_mode`` (the schema bench/engine/
+    bench.py writes: ``device`` a name or ``{"device": name, ...}``; offline workloads
+    with ``input_len``/``output_len``, online ones with per-request ``input_lens``/
+    ``output_lens`` and ``arrivals``)."""
     where = str(path)
     data = read_json(path, "engine results")
     model = get_model(_field(data, "model", str, where)).name
-    gpu = get_gpu(_field(data, "device", str, where)).name
+    device = _field(data, "device", (str, dict), where)
+    gpu = get_gpu(_field(device, "device", str, f"{where} device")
+                  if isinstance(device, dict) else device).name
     wl = _field(data, "workload", dict, where)
-    ints = {k: _field(wl, k, int, f"{where} workload") for k in
-            ("num_prompts", "input_len", "output_len", "max_num_seqs", "max_num_batched_tokens")}
+    w_where = f"{where} workload"
+    ints = {k: _field(wl, k, int, w_where)
+            for k in ("num_prompts", "max_num_seqs", "max_num_batched_tokens")}
     if min(ints.values()) < 1:
-        raise InputError(f"{where} workload: counts and lengths must be >= 1, got {ints}")
+        raise InputError(f"{w_where}: counts must be >= 1, got {ints}")
+    count = ints["num_prompts"]
+    inputs, outputs = (_lengths(wl, n, count, w_where) for n in ("input", "output"))
     arrivals = wl.get("arrivals")
-    if arrivals is not None and (not isinstance(arrivals, list) or len(arrivals) !=
-                                 ints["num_prompts"] or not all(
-            isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 for t in arrivals)):
-        raise InputError(f"{where} workload: field 'arrivals' must be null or "
-                         f"{ints['num_prompts']} offsets >= 0 (seconds)")
+    if arrivals is not None and (not isinstance(arrivals, list) or len(arrivals) != count
+                                 or not all(isinstance(t, (int, float))
+                                            and not isinstance(t, bool) and t >= 0
+                                            for t in arrivals)):
+        raise InputError(f"{w_where}: field 'arrivals' must be null or {count} offsets "
+                         ">= 0 (seconds)")
     runs = _field(data, "runs", list, where)
     by_mode: dict[str, list[dict[str, Any]]] = {}
     for i, run in enumerate(runs):
@@ -218,6 +249,8 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
             raise InputError(f"{where} runs[{i}]: field 'ramp_mode' is {mode!r}, not one of "
                              f"{sorted(MODES)}")
         by_mode.setdefault(mode, []).append(run)
+    util = ((data.get("engine_config") or {}).get("engine_args") or {}).get(
+        "gpu_memory_utilization")
     out = []
     for mode, repeats in by_mode.items():
         measured: dict[str, float] = {}
@@ -231,11 +264,13 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
                 measured[metric] = float(np.mean(values)) * scale
         if "throughput_tok_s" not in measured:
             raise InputError(f"{where} runs ({mode}): missing field 'total_tok_per_s'")
-        out.append(EngineRun(where, model, gpu, _tp_of(str(data.get("command", ""))),
-                             str(_field(wl, "name", str, f"{where} workload")), MODES[mode],
-                             ints["num_prompts"], ints["input_len"], ints["output_len"],
-                             None if arrivals is None else [float(t) for t in arrivals],
-                             ints["max_num_seqs"], ints["max_num_batched_tokens"], measured))
+        out.append(EngineRun(
+            where, model, gpu, _tp_of(data), str(_field(wl, "name", str, w_where)),
+            MODES[mode], inputs, outputs,
+            None if arrivals is None else [float(t) for t in arrivals],
+            ints["max_num_seqs"], ints["max_num_batched_tokens"], measured,
+            float(util) if isinstance(util, (int, float)) else None,
+            bool(data.get("concurrent", False))))
     return out
 
 

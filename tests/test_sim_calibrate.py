@@ -43,19 +43,19 @@ REPO = Path(__file__).resolve().parent.parent
 def _results_file(path: Path, model: str, workload: str, prompts: int, input_len: int,
                   output_len: int, arrivals: list[float] | None) -> Path:
     """An engine results file whose numbers are the simulator's under TRUTH."""
-    run = EngineRun(str(path), model, "H200", 1, workload, "static", prompts, input_len,
-                    output_len, arrivals, 64, 4096)
+    run = EngineRun(str(path), model, "H200", 1, workload, "static", [input_len] * prompts,
+                    [output_len] * prompts, arrivals, 64, 4096)
     m = simulate_run(run, TRUTH, {}).metrics
     online = {} if arrivals is None else {
         "ttft_ms_p50": 1e3 * m["ttft_p50_s"], "ttft_ms_p99": 1e3 * m["ttft_p99_s"],
         "tpot_ms_p50": 1e3 * m["tpot_p50_s"], "tpot_ms_p99": 1e3 * m["tpot_p99_s"]}
-    data = {
-        "device": "NVIDIA H200", "engine": {"name": "vllm", "version": "test"},
-        "command": "vllm bench throughput (simulated by the test, under TRUTH)",
-        "model": model,
-        "workload": {"name": workload, "num_prompts": prompts, "input_len": input_len,
-                     "output_len": output_len, "arrivals": arrivals, "max_num_seqs": 64,
-                     "max_num_batched_tokens": 4096},
+    lengths = ({"input_len": input_len, "output_len": output_len} if arrivals is None else
+               {"input_lens": [input_len] * prompts, "output_lens": [output_len] * prompts})
+    data = {  # the schema of bench/engine/bench.py
+        "device": {"device": "NVIDIA H200", "sms": 132}, "engine": {"name": "vllm"},
+        "command": "simulated by the test, under TRUTH", "model": model,
+        "workload": {"name": workload, "num_prompts": prompts, "arrivals": arrivals,
+                     "max_num_seqs": 64, "max_num_batched_tokens": 4096, **lengths},
         "runs": [{"ramp_mode": "off", "total_tok_per_s": m["throughput_tok_s"],
                   "out_tok_per_s": m["out_tok_s"], "elapsed_s": 1.0, **online}],
         "ratio": None, "ramp_calls": 0, "ramp_fallbacks": 0, "tokens_match": True,
@@ -122,6 +122,8 @@ def test_results_file_validation(tmp_path, results_dir):
         (lambda d: d.pop("model"), "missing field 'model'"),
         (lambda d: d["workload"].update(num_prompts="many"), "field 'num_prompts' must be int"),
         (lambda d: d["workload"].update(arrivals=[0.0, 1.0]), "field 'arrivals' must be null"),
+        (lambda d: d["workload"].update(input_lens=[5]), "field 'input_lens' must be 150 ints"),
+        (lambda d: d["device"].pop("device"), "device: missing field 'device'"),
         (lambda d: d["runs"][0].update(ramp_mode="on"), "field 'ramp_mode' is 'on'"),
         (lambda d: d["runs"][0].update(total_tok_per_s=-1), "field 'total_tok_per_s' must be"),
         (lambda d: d.update(device="Voodoo3"), "unknown GPU 'Voodoo3'"),
