@@ -22,6 +22,7 @@ from ramp.errors import InputError
 
 KIB = 1024
 MIB = 1024 * KIB
+GIB = 1024 * MIB
 GB = 10**9  # datasheets quote capacities and bandwidths in decimal units
 TB = 10**12
 TFLOPS = 1e12
@@ -36,6 +37,10 @@ class GPUSpec:
     occupancy. ``interconnect_bandwidth`` is per GPU, one direction (NVLink, xGMI or
     PCIe), what tensor/expert-parallel collectives can use. Peak FLOP/s are dense tensor
     throughput with fp32 accumulation; ``peak_fp8_flops`` is 0 where unsupported.
+    ``hbm_bytes`` is the memory the driver exposes (``nvidia-smi`` memory.total, what an
+    engine's ``gpu_memory_utilization`` is a fraction of), not the datasheet's rounded
+    "GB": an "80 GB" H100 has 80 GiB (85.9e9 bytes) of HBM3, 81559 MiB of it visible;
+    a "141 GB" H200 shows 143771 MiB (150.8e9 bytes).
     """
 
     name: str
@@ -93,7 +98,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=1555 * GB, peak_bf16_flops=312 * TFLOPS,
             peak_fp16_flops=312 * TFLOPS, peak_fp8_flops=0.0,
             smem_per_sm=163 * KIB, l2_bytes=40 * MIB, max_ctas_per_sm=32,
-            regs_per_sm=65536, hbm_bytes=40 * GB, interconnect_bandwidth=300 * GB,
+            regs_per_sm=65536, hbm_bytes=40960 * MIB, interconnect_bandwidth=300 * GB,
             source="NVIDIA A100 datasheet (SXM4 40GB); NVIDIA A100 (Ampere) whitepaper",
         ),
         GPUSpec(
@@ -101,7 +106,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=2039 * GB, peak_bf16_flops=312 * TFLOPS,
             peak_fp16_flops=312 * TFLOPS, peak_fp8_flops=0.0,
             smem_per_sm=163 * KIB, l2_bytes=40 * MIB, max_ctas_per_sm=32,
-            regs_per_sm=65536, hbm_bytes=80 * GB, interconnect_bandwidth=300 * GB,
+            regs_per_sm=65536, hbm_bytes=81920 * MIB, interconnect_bandwidth=300 * GB,
             source="NVIDIA A100 datasheet (SXM4 80GB); NVIDIA A100 (Ampere) whitepaper",
         ),
         GPUSpec(
@@ -109,7 +114,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=3350 * GB, peak_bf16_flops=989.4 * TFLOPS,
             peak_fp16_flops=989.4 * TFLOPS, peak_fp8_flops=1978.9 * TFLOPS,
             smem_per_sm=227 * KIB, l2_bytes=50 * MIB, max_ctas_per_sm=32,
-            regs_per_sm=65536, hbm_bytes=80 * GB, interconnect_bandwidth=450 * GB,
+            regs_per_sm=65536, hbm_bytes=81559 * MIB, interconnect_bandwidth=450 * GB,
             source="NVIDIA H100 Tensor Core GPU datasheet (SXM5); NVIDIA H100 whitepaper",
         ),
         GPUSpec(
@@ -117,7 +122,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=2000 * GB, peak_bf16_flops=756.5 * TFLOPS,
             peak_fp16_flops=756.5 * TFLOPS, peak_fp8_flops=1513 * TFLOPS,
             smem_per_sm=227 * KIB, l2_bytes=50 * MIB, max_ctas_per_sm=32,
-            regs_per_sm=65536, hbm_bytes=80 * GB, interconnect_bandwidth=64 * GB,
+            regs_per_sm=65536, hbm_bytes=81559 * MIB, interconnect_bandwidth=64 * GB,
             source="NVIDIA H100 Tensor Core GPU datasheet (PCIe, PCIe Gen5 x16)",
         ),
         GPUSpec(
@@ -125,7 +130,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=4800 * GB, peak_bf16_flops=989.4 * TFLOPS,
             peak_fp16_flops=989.4 * TFLOPS, peak_fp8_flops=1978.9 * TFLOPS,
             smem_per_sm=227 * KIB, l2_bytes=50 * MIB, max_ctas_per_sm=32,
-            regs_per_sm=65536, hbm_bytes=141 * GB, interconnect_bandwidth=450 * GB,
+            regs_per_sm=65536, hbm_bytes=143771 * MIB, interconnect_bandwidth=450 * GB,
             source="NVIDIA H200 Tensor Core GPU datasheet (SXM)",
         ),
         GPUSpec(
@@ -133,7 +138,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=8000 * GB, peak_bf16_flops=2250 * TFLOPS,
             peak_fp16_flops=2250 * TFLOPS, peak_fp8_flops=4500 * TFLOPS,
             smem_per_sm=227 * KIB, l2_bytes=126 * MIB, max_ctas_per_sm=32,
-            regs_per_sm=65536, hbm_bytes=180 * GB, interconnect_bandwidth=900 * GB,
+            regs_per_sm=65536, hbm_bytes=183359 * MIB, interconnect_bandwidth=900 * GB,
             source="NVIDIA HGX B200 / DGX B200 datasheets (per-GPU, dense); Blackwell whitepaper",
         ),
         GPUSpec(
@@ -141,7 +146,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=864 * GB, peak_bf16_flops=362.05 * TFLOPS,
             peak_fp16_flops=362.05 * TFLOPS, peak_fp8_flops=733 * TFLOPS,
             smem_per_sm=99 * KIB, l2_bytes=96 * MIB, max_ctas_per_sm=24,
-            regs_per_sm=65536, hbm_bytes=48 * GB, interconnect_bandwidth=32 * GB,
+            regs_per_sm=65536, hbm_bytes=46068 * MIB, interconnect_bandwidth=32 * GB,
             source="NVIDIA L40S datasheet (GDDR6, PCIe Gen4 x16); Ada Lovelace whitepaper",
         ),
         GPUSpec(
@@ -149,7 +154,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=1008 * GB, peak_bf16_flops=165.2 * TFLOPS,
             peak_fp16_flops=165.2 * TFLOPS, peak_fp8_flops=330.3 * TFLOPS,
             smem_per_sm=99 * KIB, l2_bytes=72 * MIB, max_ctas_per_sm=24,
-            regs_per_sm=65536, hbm_bytes=24 * GB, interconnect_bandwidth=32 * GB,
+            regs_per_sm=65536, hbm_bytes=24564 * MIB, interconnect_bandwidth=32 * GB,
             source="NVIDIA Ada Lovelace whitepaper (GeForce RTX 4090, FP32 accumulate)",
         ),
         GPUSpec(
@@ -160,7 +165,7 @@ GPUS: dict[str, GPUSpec] = {
             hbm_bandwidth=5300 * GB, peak_bf16_flops=1307.4 * TFLOPS,
             peak_fp16_flops=1307.4 * TFLOPS, peak_fp8_flops=2614.9 * TFLOPS,
             smem_per_sm=64 * KIB, l2_bytes=32 * MIB, max_ctas_per_sm=16,
-            regs_per_sm=131072, hbm_bytes=192 * GB, interconnect_bandwidth=448 * GB,
+            regs_per_sm=131072, hbm_bytes=192 * GIB, interconnect_bandwidth=448 * GB,
             source="AMD Instinct MI300X datasheet; AMD CDNA 3 architecture whitepaper",
         ),
     )

@@ -19,7 +19,7 @@ from ramp.sim.costs import Calibration
 from ramp.sim.engine import MAX_BATCHED_TOKENS, MODES, EngineConfig, SwitchConfig
 from ramp.sim.metrics import SLO, plot_runs
 from ramp.sim.routing import MAX_SAMPLES
-from ramp.sim.runner import MAX_GPUS, SimConfig, load_pool, run_study
+from ramp.sim.runner import MAX_GPUS, SimConfig, build_layouts, load_pool, resolve_model, run_study
 from ramp.sim.whatif import format_results, run_scenario
 from ramp.sim.workload import (
     DEFAULT_ARRIVALS,
@@ -129,7 +129,7 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
     click.echo(report.format())
     _write_json(json_out, report.to_dict())
     if plot_dir:
-        for path in plot_runs(report.runs, plot_dir):
+        for path in plot_runs(report.runs, plot_dir, report.title(), config.slo):
             click.echo(f"wrote {path}")
 
 
@@ -138,21 +138,145 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
 @click.option("--jobs", type=click.IntRange(1, 1024),
               help="Worker processes (default: all cores).")
 @click.option("--json", "json_out", type=FilePath(), help="Write all results as JSON.")
+@click.option("--plot", "plot_path", type=FilePath(dir_okay=False),
+              help="Write the sweep's TTFT p99 / TPOT p99 / throughput bars here (PNG); "
+                   "with --json and no --plot: beside the JSON, same name.")
 @click.option("--no-progress", is_flag=True)
-def whatif(scenario, jobs, json_out, no_progress):
+def whatif(scenario, jobs, json_out, plot_path, no_progress):
     """Sweep a SCENARIO YAML (GPU, model, load, parallelism) over local cores.
 
     A point that fails is reported with its point and the others still run; their
-    results are printed and written, then the command exits with status 2."""
+    results are printed, written and plotted, then the command exits with status 2."""
+    from ramp.sim.metrics import plot_sweep
+
     check_output_file(json_out, "--json")
+    if plot_path is None and json_out:
+        plot_path = str(Path(json_out).with_suffix(".png"))
+    check_output_file(plot_path, "--plot")
     results = run_scenario(scenario, jobs, progress=not no_progress and sys.stderr.isatty())
     click.echo(format_results(results))
     _write_json(json_out, results)
+    if plot_path and any("error" not in r for r in results["points"]):
+        click.echo(f"wrote {plot_sweep(results, plot_path)}")
     failed = [p["error"] for p in results["points"] if "error" in p]
     if failed:
         for message in failed:
             click.echo(f"error: {message}", err=True)
         sys.exit(2)
+
+
+def _calibration(path: str | None) -> Calibration:
+    """A Calibration from a YAML of its fields (``--calibration``), else the defaults."""
+    if not path:
+        return Calibration()
+    return from_mapping(Calibration, read_yaml(path, "calibration") or {}, path)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True,
+                type=FilePath(exists=True, dir_okay=False))
+@click.option("--out", "out_path", required=True, type=FilePath(dir_okay=False),
+              help="Calibration YAML to write (for --calibration / a scenario's calibration:).")
+@click.option("--gpu", default="H100-SXM", show_default=True,
+              help="GPU the traces were recorded on (results files name their device).")
+@click.option("--base", "base_path", type=FilePath(exists=True, dir_okay=False),
+              help="Calibration YAML to start from and keep the unfitted fields of.")
+@click.option("--policy", type=click.Choice(["static", "ramp"]), default="static",
+              show_default=True, help="Dispatch the traces' engine ran (results files say).")
+@click.option("--profile", "profiles", multiple=True, help="Profile JSON (repeatable).")
+def calibrate(sources, out_path, gpu, base_path, policy, profiles):
+    """Fit step overheads and dense/attention efficiencies to SOURCES: engine results
+    files (*.json, bench/results/engine schema) and traces whose steps carry step_ms."""
+    from ramp.sim.calibrate import FITTED, calibrate_sources, calibration_yaml
+
+    base = _calibration(base_path)
+    cal = calibrate_sources(sources, gpu, base, policy, profiles)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(calibration_yaml(cal, [str(s) for s in sources]))
+    for name in FITTED:
+        click.echo(f"{name}: {getattr(base, name):.4g} -> {getattr(cal, name):.4g}")
+    click.echo(f"wrote {out_path}")
+
+
+@main.command()
+@click.argument("model_name")
+@click.option("--gpu", default="H200", show_default=True)
+@click.option("--gpus", type=int, help="GPUs per replica (default: fewest that fit).")
+@click.option("--mode", type=click.Choice(["tp", "ep"]), default="tp", show_default=True)
+@click.option("--routing", help="Routing trace (default: the model's shipped trace, else "
+                                "its synthetic default).")
+@click.option("--arrivals", help="Recorded arrivals (file or shipped name), time-scaled to "
+                                 "each rate tried; default: Poisson with the lengths below.")
+@click.option("--duration", type=FiniteFloat(), default=60.0, show_default=True,
+              help="Seconds of arrivals per trial (rate x duration requests).")
+@click.option("--prompt-mean", type=FiniteFloat(), default=1024, show_default=True)
+@click.option("--output-mean", type=FiniteFloat(), default=256, show_default=True)
+@click.option("--length-cv", type=FiniteFloat(), default=1.0, show_default=True,
+              help="Coefficient of variation of the lognormal lengths (0: fixed).")
+@click.option("--slo-ttft", type=FiniteFloat(), default=2.0, show_default=True, help="TTFT p99, s.")
+@click.option("--slo-tpot", type=FiniteFloat(), default=0.05, show_default=True, help="TPOT p99, s.")
+@click.option("--rate", type=FiniteFloat(), help="Target req/s: answer how many GPUs it needs "
+                                         "(and stop at the first GPU count that serves it).")
+@click.option("--gpu-counts", help="Comma-separated GPU counts (default: the replica size "
+                                   "times 1, 2, 4, 8, 16 up to --max-gpus).")
+@click.option("--max-gpus", type=int, default=16, show_default=True)
+@click.option("--router", "routers", default="round-robin,least-outstanding",
+              show_default=True, help="Comma-separated routers.")
+@click.option("--policy", type=click.Choice(["static", "ramp"]), default="static",
+              show_default=True)
+@click.option("--prices", "prices_path", type=FilePath(exists=True, dir_okay=False),
+              help="Price table YAML (default: the shipped EXAMPLE prices; edit a copy).")
+@click.option("--calibration", "calibration_path", type=FilePath(exists=True),
+              help="Calibration YAML (ramp-sim calibrate).")
+@click.option("--profile", "profiles", multiple=True, help="Profile JSON (repeatable).")
+@click.option("--max-batched-tokens", type=int, default=8192, show_default=True)
+@click.option("--max-seqs", type=int, default=256, show_default=True)
+@click.option("--tolerance", type=FiniteFloat(), default=0.02, show_default=True,
+              help="Relative precision of the max rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", "plot_path", default="capacity.png", show_default=True,
+              type=FilePath(dir_okay=False))
+@click.option("--json", "json_out", type=FilePath(), help="Write the plan as JSON.")
+def capacity(model_name, gpu, gpus, mode, routing, arrivals, duration, prompt_mean,
+             output_mean, length_cv, slo_ttft, slo_tpot, rate, gpu_counts, max_gpus, routers,
+             policy, prices_path, calibration_path, profiles, max_batched_tokens, max_seqs,
+             tolerance, seed, plot_path, json_out):
+    """Largest request rate within TTFT/TPOT p99 SLOs per GPU count, replicas behind a
+    router, and cost per million output tokens."""
+    from ramp.sim.capacity import (
+        Workload,
+        default_prices_path,
+        load_prices,
+        plan_capacity,
+        plot_capacity,
+    )
+    from ramp.sim.runner import routing_for
+
+    config = SimConfig(gpu=gpu, model=model_name, gpus=gpus, mode=mode, policies=(policy,),
+                       engine=EngineConfig(max_batched_tokens, max_seqs),
+                       calibration=_calibration(calibration_path), slo=SLO(slo_ttft, slo_tpot),
+                       profiles=tuple(profiles))
+    pool = load_pool(routing, seed=seed) if routing else routing_for(model_name, seed)
+    if arrivals:
+        workload = Workload(recorded=tuple(load_arrivals(arrivals)), duration_s=duration,
+                            seed=seed)
+    else:
+        dist = "lognormal" if length_cv > 0 else "fixed"
+        workload = Workload(SyntheticWorkload(
+            1.0, 1, LengthDist(dist, prompt_mean, length_cv),
+            LengthDist(dist, output_mean, length_cv)), duration_s=duration, seed=seed)
+    size = build_layouts(config, resolve_model(model_name, pool.header))[0]
+    counts = ([int(c) for c in gpu_counts.split(",") if c.strip()] if gpu_counts else
+              [size * m for m in (1, 2, 4, 8, 16) if size * m <= max(max_gpus, size)])
+    prices = load_prices(prices_path or default_prices_path())
+    plan = plan_capacity(config, pool, workload, counts,
+                         [r.strip() for r in routers.split(",") if r.strip()], prices, rate,
+                         policy, tolerance)
+    click.echo(plan.format())
+    click.echo(f"prices: {prices.source}"
+               + ("" if prices_path else " (EXAMPLE prices: edit a copy, pass --prices)"))
+    click.echo(f"wrote {plot_capacity(plan, plot_path)}")
+    _write_json(json_out, plan.to_dict())
 
 
 @main.command(name="list")

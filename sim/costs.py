@@ -39,23 +39,31 @@ EXACT_TOKENS = 256  # steps up to this many tokens get their own routing and cos
 
 
 def token_bucket(tokens: int) -> int:
-    """``tokens`` itself up to EXACT_TOKENS, above it the nearest of 32 geometric
-    buckets per octave (<= 1.6% away): large steps' MoE time is the bucket's, scaled
-    linearly, which bounds the distinct histograms a long run must cost."""
+    """``tokens`` itself up to EXACT_TOKENS, above it the nearest of 16 geometric
+    buckets per octave (<= 3.2% away): large steps' MoE time is the bucket's, scaled
+    linearly (compute-bound there: the wave quantisation left is well under 1%), which
+    bounds the distinct histograms a long run must cost."""
     if tokens <= EXACT_TOKENS:
         return tokens
-    step = 1 << (tokens.bit_length() - 6)
+    step = 1 << (tokens.bit_length() - 5)
     return (tokens + step // 2) // step * step
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Knobs that tie the model to a real engine (docs/sim.md says how to fit them).
+    """Knobs that tie the model to a real engine (``ramp-sim calibrate`` fits the step
+    costs; docs/sim.md says how).
 
-    Defaults: the efficiencies are the H100 measurements of DESIGN.md (bf16 matmul at
-    795 of 989 TFLOP/s; copy at 3.0 of 3.35 TB/s); the overheads are typical of a
+    Defaults: ``flops_efficiency``/``bandwidth_efficiency`` are the H100 measurements of
+    DESIGN.md (bf16 matmul at 795 of 989 TFLOP/s; copy at 3.0 of 3.35 TB/s), the hardware
+    ceilings; ``dense_efficiency``/``attention_efficiency`` are what the engine's dense
+    GEMMs and attention kernels reach of those ceilings (fitted; at most the datasheet,
+    ``1 / max(flops_efficiency, bandwidth_efficiency)``). The overheads are typical of a
     CUDA-graph decode step of vLLM V1 (scheduler, sampling, launch) and of the per-layer
-    small kernels (norms, rotary, router top-k, MoE align/permute).
+    small kernels (norms, rotary, router top-k, MoE align/permute). Memory: vLLM sizes
+    the KV cache from ``gpu_memory_utilization`` of the GPU's memory minus weights, the
+    peak activations of a ``max_batched_tokens`` forward pass, and ``runtime_reserve_gib``
+    (CUDA graphs, NCCL buffers, cuBLAS workspaces: vLLM V1 logs ~0.3-0.6 GiB for graphs).
     """
 
     flops_efficiency: float = 0.8
@@ -64,8 +72,11 @@ class Calibration:
     step_overhead_us: float = 1500.0
     layer_overhead_us: float = 20.0
     collective_latency_us: float = 10.0
+    dense_efficiency: float = 1.0
+    attention_efficiency: float = 1.0
     moe_scale: float = 1.0  # multiplies cost-model times (profile kernels vs the engine's)
     gpu_memory_utilization: float = 0.9
+    runtime_reserve_gib: float = 1.0
 
     def __post_init__(self) -> None:
         # comparisons written so that NaN fails them; inf is never a calibration
@@ -74,7 +85,14 @@ class Calibration:
             if not 0 < getattr(self, name) <= 1:
                 raise InputError(f"calibration.{name} must be in (0, 1], got "
                                  f"{getattr(self, name)}")
-        for name in ("step_overhead_us", "layer_overhead_us", "collective_latency_us"):
+        ceiling = self.kernel_efficiency_ceiling
+        for name in ("dense_efficiency", "attention_efficiency"):
+            if not 0 < getattr(self, name) <= ceiling * (1 + 1e-9):
+                raise InputError(f"calibration.{name} must be in (0, {ceiling:.4g}] (above "
+                                 f"that the kernels would beat the datasheet), got "
+                                 f"{getattr(self, name)}")
+        for name in ("step_overhead_us", "layer_overhead_us", "collective_latency_us",
+                     "runtime_reserve_gib"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise InputError(f"calibration.{name} must be finite and >= 0, got "
                                  f"{getattr(self, name)}")
@@ -82,12 +100,39 @@ class Calibration:
             raise InputError(f"calibration.moe_scale must be finite and > 0, got "
                              f"{self.moe_scale}")
 
+    @property
+    def kernel_efficiency_ceiling(self) -> float:
+        """Largest dense/attention efficiency: the kernels reach the datasheet peaks."""
+        return 1.0 / max(self.flops_efficiency, self.bandwidth_efficiency)
+
 
 def kv_bytes_per_token(model: MoEModel) -> int:
     """KV-cache bytes one token occupies over all layers (MLA keeps the compressed latent)."""
-    width = (model.kv_lora_rank + model.qk_rope_head_dim if model.is_mla
-             else 2 * model.num_kv_heads * model.head_dim)
+    return kv_bytes_per_token_per_gpu(model, 1)
+
+
+def kv_bytes_per_token_per_gpu(model: MoEModel, tp: int) -> int:
+    """KV bytes one token occupies on each of ``tp`` tensor-parallel GPUs. Each GPU keeps
+    ``ceil(kv_heads / tp)`` heads: with more GPUs than KV heads the heads are replicated
+    (vLLM does so), and MLA's single latent is replicated on every GPU."""
+    if model.is_mla:
+        width = model.kv_lora_rank + model.qk_rope_head_dim
+    else:
+        width = 2 * -(-model.num_kv_heads // tp) * model.head_dim
     return model.layers * width * DTYPE_BYTES[model.dtype]
+
+
+def activation_bytes(model: MoEModel, tokens: int, max_seqs: int, tp: int = 1) -> float:
+    """Peak activation bytes per GPU of a ``tokens``-token forward pass, what vLLM's
+    profiling run reserves before sizing the KV cache: the residual stream and its
+    normed copy, attention q/k/v/out, the MoE layer's permuted input, w13 output and
+    SiLU product for ``top_k`` rows per token, and fp32 logits of ``max_seqs`` sampled
+    tokens. An estimate (the allocator's fragmentation is left out)."""
+    dtype = DTYPE_BYTES[model.dtype]
+    inter = max(model.moe_intermediate, model.dense_intermediate) / tp
+    qkv = (model.num_attention_heads + 2 * model.num_kv_heads) * model.head_dim / tp
+    per_token = 3 * model.hidden + qkv + model.top_k * (model.hidden + 3 * inter)
+    return tokens * per_token * dtype + min(tokens, max_seqs) * model.vocab_size * 4
 
 
 @dataclass
@@ -104,6 +149,8 @@ class Layout:
     collectives: int             # collectives per step (latency)
     kv_capacity: int             # KV-cache capacity of the replica, tokens
     gemms: tuple[GemmCost, GemmCost]
+    weight_bytes_per_gpu: float = 0.0  # resident weights (memory model, reports)
+    reserve_bytes_per_gpu: float = 0.0  # activations + runtime reserve
 
     @property
     def moe_source(self) -> str:
@@ -111,8 +158,10 @@ class Layout:
 
 
 def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: Sequence[str],
-                 cal: Calibration, profiles: Sequence[str | Path] = ()) -> Layout:
-    """Constants of layout ``name`` ("tp" or "ep") of ``model`` on ``gpus`` x ``gpu``."""
+                 cal: Calibration, profiles: Sequence[str | Path] = (),
+                 max_batched_tokens: int = 8192, max_seqs: int = 256) -> Layout:
+    """Constants of layout ``name`` ("tp" or "ep") of ``model`` on ``gpus`` x ``gpu``;
+    the scheduler limits size the activation reserve (memory model: ``Calibration``)."""
     if name not in LAYOUTS:
         raise InputError(f"layout {name!r} not in {LAYOUTS}")
     if gpus < 1:
@@ -131,22 +180,30 @@ def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: 
         streamed = dense / gpus
         comm = 2 * model.layers * act * 2 * (gpus - 1) / gpus
         collectives = 2 * model.layers if gpus > 1 else 0
+        kv_per_gpu = kv_bytes_per_token_per_gpu(model, gpus)  # every token on every GPU
+        kv_read = float(kv_per_gpu)
+        activations = activation_bytes(model, max_batched_tokens, max_seqs, tp=gpus)
     else:  # attention data-parallel (replicated), experts sharded; all-to-all per MoE layer
         weights_per_gpu = dense + embed + routed / gpus
         streamed = dense
         comm = model.moe_layers * 2 * model.top_k * act * (gpus - 1) / gpus / gpus
         collectives = 2 * model.moe_layers if gpus > 1 else 0
-    free = gpu.hbm_bytes * cal.gpu_memory_utilization - weights_per_gpu
+        kv_per_gpu = kvb * 1.0 / gpus  # each token's KV on its own GPU only
+        kv_read = kvb / gpus
+        activations = activation_bytes(model, -(-max_batched_tokens // gpus), max_seqs)
+    usable = gpu.hbm_bytes * cal.gpu_memory_utilization
+    reserve = activations + cal.runtime_reserve_gib * 2**30
+    free = usable - weights_per_gpu - reserve
     if free <= 0:
-        raise CapacityError(f"{model.name} does not fit on {gpus} x {gpu.name} in layout {name}: "
-                         f"{weights_per_gpu / 1e9:.1f} GB of weights per GPU, "
-                         f"{gpu.hbm_bytes * cal.gpu_memory_utilization / 1e9:.1f} GB usable; "
-                         "use more GPUs")
+        raise CapacityError(f"{model.name} does not fit on {gpus} x {gpu.name} in layout "
+                            f"{name}: {weights_per_gpu / 1e9:.1f} GB of weights + "
+                            f"{reserve / 1e9:.1f} GB of activations and runtime reserve per "
+                            f"GPU, {usable / 1e9:.1f} GB usable; use more GPUs")
     w13, w2 = (resolve_gemm(gpu, model.problem(g, tp=tp, ep=ep), policies, profiles)
                for g in ("w13", "w2"))
     return Layout(name, gpus, 2.0 * model.dense_params() / gpus, streamed,
-                  attn_pair / gpus, kvb / gpus, comm, collectives,
-                  int(gpus * free // kvb), (w13, w2))
+                  attn_pair / gpus, kv_read, comm, collectives,
+                  int(free // kv_per_gpu), (w13, w2), weights_per_gpu, reserve)
 
 
 class StepCoster:
@@ -167,6 +224,8 @@ class StepCoster:
         self._bw = gpu.hbm_bandwidth * cal.bandwidth_efficiency
         self._link = gpu.interconnect_bandwidth * cal.interconnect_efficiency
         self._fixed = (cal.step_overhead_us + model.layers * cal.layer_overhead_us) * 1e-6
+        self._dense_inv = 1.0 / cal.dense_efficiency
+        self._attn_inv = 1.0 / cal.attention_efficiency
         self._moe: dict[tuple[str, int, int, int], dict[str, float]] = {}
         self._placements = {
             name: ExpertPlacement.make(ep_placement, model.num_experts, layout.gpus,
@@ -189,7 +248,12 @@ class StepCoster:
 
     def _moe_uncached(self, layout: Layout, tokens: int, phase_class: int,
                       sample: int) -> dict[str, float]:
-        hists = self.pool.hists(tokens, phase_class, sample)
+        return self.moe_of(layout, self.pool.hists(tokens, phase_class, sample))
+
+    def moe_of(self, layout: Layout, hists: np.ndarray) -> dict[str, float]:
+        """Routed-expert GEMM seconds per policy of a step with global histograms
+        ``hists`` [moe_layers, experts] (EP: each rank costs its local view under the
+        placement; each layer waits for its slowest shard)."""
         placement = self._placements.get(layout.name)
         layers, shards = hists.shape[0], placement.ep if placement else 1
         local = placement.view(hists).hists.reshape(layers * shards, -1) if placement else hists
@@ -201,21 +265,29 @@ class StepCoster:
         return {p: float(us.reshape(layers, shards).max(axis=1).sum() * scale)
                 for p, us in total.items()}
 
-    def dense_seconds(self, layout: Layout, tokens: int, pairs: float,
-                      context: float) -> float:
-        """Everything but the routed experts and fixed overheads, seconds.
+    def rooflines(self, layout: Layout, tokens, pairs, context, maximum=max):
+        """(dense GEMM roofline, attention roofline, collectives) seconds of steps, before
+        the dense and attention kernel efficiencies: floats, or arrays with
+        ``maximum=np.maximum`` (what ``ramp-sim calibrate`` regresses on).
 
         ``pairs``: attention (query, context) token pairs of the step; ``context``: KV
         tokens read (decode contexts plus prefill prefixes).
         """
-        gemm = max(tokens * layout.flops_per_token / self._peak, layout.weight_bytes / self._bw)
-        attn = max(pairs * layout.attn_flops_per_pair / self._peak,
-                   context * layout.kv_read_per_token / self._bw)
+        gemm = maximum(tokens * layout.flops_per_token / self._peak,
+                       layout.weight_bytes / self._bw)
+        attn = maximum(pairs * layout.attn_flops_per_pair / self._peak,
+                       context * layout.kv_read_per_token / self._bw)
         comm = 0.0
         if layout.collectives:
             comm = (tokens * layout.comm_bytes_per_token / self._link
                     + layout.collectives * self.cal.collective_latency_us * 1e-6)
-        return gemm + attn + comm
+        return gemm, attn, comm
+
+    def dense_seconds(self, layout: Layout, tokens: int, pairs: float,
+                      context: float) -> float:
+        """Everything but the routed experts and fixed overheads, seconds."""
+        gemm, attn, comm = self.rooflines(layout, tokens, pairs, context)
+        return gemm * self._dense_inv + attn * self._attn_inv + comm
 
     def step_seconds(self, layout: Layout, policy: str, tokens: int, pairs: float,
                      context: float, phase_class: int, sample: int) -> tuple[float, float]:

@@ -137,15 +137,24 @@ class RunResult:
     step_decode: np.ndarray
     step_moe: np.ndarray
     step_layout: np.ndarray  # index into LAYOUT_NAMES order ("tp"=0, "ep"=1)
+    step_pairs: np.ndarray    # attention (query, context) pairs
+    step_context: np.ndarray  # KV tokens read
+    step_waiting: np.ndarray  # requests queued (not admitted) when the step was scheduled
+    step_kv_used: np.ndarray  # KV-cache tokens in use during the step
+    preempt_steps: np.ndarray  # step index of every preemption
     # (time, to layout, requests decoding, stall seconds) per layout switch
     switches: list[tuple[float, str, int, float]] = field(default_factory=list)
     thresholds: tuple[int | None, int | None] = (None, None)
+    replicas: int = 1  # step logs are the replicas' one after the other
+    stopped: bool = False  # stopped early: the SLOs could no longer be met
 
 
 class _Engine:
-    def __init__(self, coster: StepCosts, layouts: dict[str, Layout], policy: str,
-                 config: EngineConfig, mode: str, switch: SwitchConfig,
-                 thresholds: tuple[int | None, int | None]) -> None:
+    def __init__(self, env: simpy.Environment, coster: StepCosts, layouts: dict[str, Layout],
+                 policy: str, config: EngineConfig, mode: str, switch: SwitchConfig,
+                 thresholds: tuple[int | None, int | None], watch: _Watch | None) -> None:
+        self.env = env
+        self.watch = watch
         self.coster = coster
         self.layouts = layouts
         self.policy = policy
@@ -165,23 +174,32 @@ class _Engine:
         self.admitted = 0
         self.step = 0
         self.idle: simpy.Event | None = None
-        self.log: tuple[list[float], ...] = ([], [], [], [], [], [])
+        # per step: start, duration, tokens, decoding requests, MoE part, layout (1: ep),
+        # attention pairs, context tokens, requests waiting, KV tokens in use
+        self.log: list[tuple[float, ...]] = []
         self.switches: list[tuple[float, str, int, float]] = []
+        self.preempted_at: list[int] = []  # step index of every preemption
 
     # --- processes ----------------------------------------------------------------------
 
-    def arrivals(self, env: simpy.Environment, reqs: Sequence[_Req]):
+    def offer(self, req: _Req) -> None:
+        """Queue an arriving request, or reject one that could never be scheduled (its
+        first_token stays -1)."""
         cfg = self.cfg
-        for req in reqs:
-            if req.arrival > env.now:
-                yield env.timeout(req.arrival - env.now)
-            size = req.prompt + req.output
-            if size + cfg.block_size > self.capacity or (
-                    not cfg.chunked_prefill and size > cfg.max_batched_tokens):
-                continue  # could never be scheduled: rejected (first_token stays -1)
-            self.waiting.append(req)
-            if self.idle is not None and not self.idle.triggered:
-                self.idle.succeed()
+        size = req.prompt + req.output
+        if size + cfg.block_size > self.capacity or (
+                not cfg.chunked_prefill and size > cfg.max_batched_tokens):
+            if self.watch is not None:
+                self.watch.rejected()
+            return
+        self.waiting.append(req)
+        if self.idle is not None and not self.idle.triggered:
+            self.idle.succeed()
+
+    @property
+    def outstanding(self) -> int:
+        """Requests in this replica: waiting, prefilling and decoding."""
+        return len(self.waiting) + len(self.prefilling) + len(self.decoding)
 
     def engine(self, env: simpy.Environment, bar: tqdm | None):
         while True:
@@ -195,16 +213,13 @@ class _Engine:
                     self.switches.append((env.now, target, len(self.decoding), self.switch.cost_s))
                     yield env.timeout(self.switch.cost_s)
                     self.layout = self.layouts[target]
-            n_dec, chunks, pairs, context = self._schedule()
-            tokens = n_dec + sum(c for _, c in chunks)
+            n_dec, chunks, tokens, pairs, context = self._schedule()
             phase = PREFILL if chunks else DECODE
             dt, moe = self.coster.step_seconds(self.layout, self.policy, tokens, pairs, context,
                                                phase, self.step % self.samples)
-            start = env.now
+            self.log.append((env.now, dt, tokens, n_dec, moe, self.layout.name == "ep",
+                             pairs, context, len(self.waiting), self.kv_used))
             yield env.timeout(dt)
-            for column, value in zip(self.log, (start, dt, tokens, n_dec, moe,
-                                                1 if self.layout.name == "ep" else 0)):
-                column.append(value)
             self._commit(n_dec, chunks, env.now)
             self.step += 1
             if bar is not None and self.step % 512 == 0:
@@ -237,9 +252,10 @@ class _Engine:
             req.version += 1  # invalidates its finish bucket entry
         req.prefilled = 0
         req.preemptions += 1
+        self.preempted_at.append(self.step)
         self.waiting.appendleft(req)
 
-    def _schedule(self) -> tuple[int, list[tuple[_Req, int]], float, float]:
+    def _schedule(self) -> tuple[int, list[tuple[_Req, int]], int, float, float]:
         cfg, cap, block = self.cfg, self.capacity, self.cfg.block_size
         while True:
             while self.decoding and self.kv_used + len(self.decoding) > cap:
@@ -277,10 +293,12 @@ class _Engine:
         self.kv_used += n_dec
         pairs = float(self.ctx_sum + n_dec)
         context = float(self.ctx_sum)
+        tokens = n_dec
         for req, c in chunks:
             pairs += c * req.prefilled + c * (c + 1) / 2
             context += req.prefilled
-        return n_dec, chunks, pairs, context
+            tokens += c
+        return n_dec, chunks, tokens, pairs, context
 
     def _commit(self, n_dec: int, chunks: list[tuple[_Req, int]], now: float) -> None:
         block, s = self.cfg.block_size, self.step
@@ -294,6 +312,8 @@ class _Engine:
             del self.decoding[req.rid]
             req.generated = req.output
             req.finish = now
+            if self.watch is not None:
+                self.watch.finished(req)
         for req, c in chunks:
             req.prefilled += c
             if req.prefilled < req.target:
@@ -302,9 +322,13 @@ class _Engine:
             req.generated += 1
             if req.first_token < 0:
                 req.first_token = now
+                if self.watch is not None:
+                    self.watch.first_token(req)
             if req.generated >= req.output:
                 self.kv_used -= req.target + block
                 req.finish = now
+                if self.watch is not None:
+                    self.watch.finished(req)
                 continue
             req.decode_start, req.ctx0, req.gen0 = s + 1, req.target, req.generated
             self.finish_at.setdefault(s + req.output - req.generated, []).append(
@@ -331,12 +355,76 @@ def crossover(coster: StepCosts, policy: str, limit: int, context: int = 1024) -
     return None
 
 
+ROUTERS = ("round-robin", "least-outstanding")
+
+
+class _Watch:
+    """Ends a run once every request is finished or rejected, or as soon as the run
+    cannot meet its SLOs at quantile ``q``: more than ``(1 - q)`` of all requests have a
+    TTFT (or a TPOT) above the objective or were rejected (``failed``). A capacity search
+    needs only that verdict, and an overloaded run would otherwise simulate its whole
+    growing queue."""
+
+    def __init__(self, env: simpy.Environment, ttft_s: float, tpot_s: float, requests: int,
+                 q: float = 0.99) -> None:
+        self.env, self.ttft_s, self.tpot_s, self.requests = env, ttft_s, tpot_s, requests
+        self.limit = int((1 - q) * requests)
+        self.late_first = self.slow_decode = self.done = 0
+        self.failed = False
+        self.stop = env.event()
+
+    def _check(self) -> None:
+        self.failed = max(self.late_first, self.slow_decode) > self.limit
+        if (self.failed or self.done == self.requests) and not self.stop.triggered:
+            self.stop.succeed()
+
+    def rejected(self) -> None:
+        self.late_first += 1
+        self.done += 1
+        self._check()
+
+    def first_token(self, req: _Req) -> None:
+        if self.env.now - req.arrival > self.ttft_s:
+            self.late_first += 1
+            self._check()
+
+    def finished(self, req: _Req) -> None:
+        self.done += 1
+        if req.output > 1 and (self.env.now - req.first_token) / (req.output - 1) > self.tpot_s:
+            self.slow_decode += 1
+        self._check()
+
+
+def _route(env: simpy.Environment, reqs: Sequence[_Req], engines: Sequence[_Engine],
+           router: str):
+    """Send each request, at its arrival, to a replica: in turn (``round-robin``) or
+    to the one with the fewest requests in it (``least-outstanding``, ties to the
+    lowest index)."""
+    for i, req in enumerate(reqs):
+        if req.arrival > env.now:
+            yield env.timeout(req.arrival - env.now)
+        if router == "round-robin":
+            target = engines[i % len(engines)]
+        else:
+            target = min(engines, key=lambda e: e.outstanding)
+        target.offer(req)
+
+
 def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
              config: EngineConfig = EngineConfig(), mode: str = "tp",
-             switch: SwitchConfig = SwitchConfig(), progress: bool = False) -> RunResult:
-    """Serve ``arrivals`` to completion under dispatch ``policy`` and layout ``mode``."""
+             switch: SwitchConfig = SwitchConfig(), progress: bool = False,
+             replicas: int = 1, router: str = "round-robin",
+             stop_slo: tuple[float, float] | None = None) -> RunResult:
+    """Serve ``arrivals`` to completion under dispatch ``policy`` and layout ``mode`` on
+    ``replicas`` identical replicas behind ``router``. ``stop_slo=(ttft_s, tpot_s)``
+    stops the run once the p99 of either cannot be met (``RunResult.stopped``); the
+    requests not finished by then keep first_token/finish -1."""
     if mode not in MODES:
         raise InputError(f"mode {mode!r} not in {MODES}")
+    if router not in ROUTERS:
+        raise InputError(f"router {router!r} not in {ROUTERS}")
+    if replicas < 1:
+        raise InputError(f"replicas must be >= 1, got {replicas}")
     needed = {"tp", "ep"} if mode == "switch" else {mode}
     missing = needed - set(coster.layouts)
     if missing:
@@ -348,17 +436,28 @@ def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
         down = switch.down if switch.down is not None else (None if up is None else up // 2)
         thresholds = (up, down)
     layouts = {name: coster.layouts[name] for name in needed}
-    eng = _Engine(coster, layouts, policy, config, mode, switch, thresholds)
     reqs = [_Req(i, a) for i, a in enumerate(sorted(arrivals, key=lambda a: a.time))]
     env = simpy.Environment()
+    watch = None if stop_slo is None else _Watch(env, *stop_slo, len(reqs))
+    engines = [_Engine(env, coster, layouts, policy, config, mode, switch, thresholds, watch)
+               for _ in range(replicas)]
     bar = tqdm(total=int(reqs[-1].arrival) + 1 if reqs else 0, unit="sim-s",
                desc=f"{policy}/{mode}", leave=False) if progress else None
-    env.process(eng.arrivals(env, reqs))
-    env.process(eng.engine(env, bar))
-    env.run()
+    env.process(_route(env, reqs, engines, router))
+    for i, eng in enumerate(engines):
+        env.process(eng.engine(env, bar if i == 0 else None))
+    env.run(until=None if watch is None or not reqs else watch.stop)
     if bar is not None:
         bar.close()
-    log = [np.asarray(col) for col in eng.log]
+    stopped = watch is not None and watch.failed
+    if stopped:  # unfinished requests are not results
+        for req in reqs:
+            if req.finish < 0:
+                req.first_token = -1.0
+    log = np.array([row for eng in engines for row in eng.log],
+                   dtype=np.float64).reshape(-1, 10).T
+    offsets = np.cumsum([0] + [len(eng.log) for eng in engines[:-1]])
+    eng = engines[0]
     return RunResult(
         policy=policy, mode=mode, kv_capacity=eng.capacity,
         arrival=np.array([r.arrival for r in reqs]),
@@ -369,5 +468,11 @@ def simulate(arrivals: Sequence[Arrival], coster: StepCosts, policy: str,
         preemptions=np.array([r.preemptions for r in reqs], dtype=np.int64),
         step_start=log[0], step_time=log[1], step_tokens=log[2].astype(np.int64),
         step_decode=log[3].astype(np.int64), step_moe=log[4],
-        step_layout=log[5].astype(np.int64), switches=eng.switches, thresholds=thresholds,
+        step_pairs=log[6], step_context=log[7], step_waiting=log[8].astype(np.int64),
+        step_kv_used=log[9].astype(np.int64),
+        preempt_steps=np.array([o + s for o, e in zip(offsets, engines) for s in e.preempted_at],
+                               dtype=np.int64),
+        step_layout=log[5].astype(np.int64),
+        switches=[sw for e in engines for sw in e.switches], thresholds=thresholds,
+        replicas=replicas, stopped=stopped,
     )

@@ -67,9 +67,11 @@ def summarize(run: RunResult, slo: SLO = SLO()) -> dict[str, Any]:
     itl_x = np.concatenate([run.step_time, [sw[3] for sw in run.switches]])
     itl_w = np.concatenate([run.step_decode, [sw[2] for sw in run.switches]]).astype(float)
     rate = lambda n: n / makespan if makespan > 0 else float("nan")  # noqa: E731
-    return {
+    return {**overload(run, lat),
         "policy": run.policy, "mode": run.mode,
         "requests": int(run.arrival.size), "served": int(done.sum()),
+        "offered_req_s": (float((run.arrival.size - 1) / np.ptp(run.arrival))
+                          if run.arrival.size > 1 and np.ptp(run.arrival) > 0 else float("nan")),
         "rejected": int((~done).sum()),
         "makespan_s": makespan,
         "throughput_tok_s": rate(out_tokens),
@@ -93,6 +95,29 @@ def summarize(run: RunResult, slo: SLO = SLO()) -> dict[str, Any]:
     }
 
 
+OVERLOAD_GROWTH = 4.0  # TTFT p50 of the last tenth of arrivals over the first tenth's
+
+
+def overload(run: RunResult, lat: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Whether the offered load exceeded what the replica serves: the queue grew through
+    the run, seen as a TTFT p50 of the last tenth of the arrivals above
+    ``OVERLOAD_GROWTH`` times the first tenth's and above 1 s. Not judged for a batch
+    (every request arriving at once) or fewer than 50 served requests."""
+    lat = request_latencies(run) if lat is None else lat
+    order = np.argsort(run.arrival[lat["served"]], kind="stable")
+    ttft = lat["ttft"][order]
+    arrivals = run.arrival[lat["served"]][order]
+    out: dict[str, Any] = {"overloaded": False, "ttft_p50_first_tenth_s": float("nan"),
+                           "ttft_p50_last_tenth_s": float("nan")}
+    if ttft.size < 50 or arrivals[-1] <= arrivals[0]:
+        return out
+    tenth = ttft.size // 10
+    first, last = float(np.median(ttft[:tenth])), float(np.median(ttft[-tenth:]))
+    out.update(overloaded=last > OVERLOAD_GROWTH * first and last > 1.0,
+               ttft_p50_first_tenth_s=first, ttft_p50_last_tenth_s=last)
+    return out
+
+
 def speedup(base: dict[str, Any], new: dict[str, Any]) -> dict[str, float]:
     """How much faster ``new`` serves than ``base`` (> 1: better), metric by metric."""
     def ratio(a: float, b: float) -> float:
@@ -112,7 +137,8 @@ def speedup(base: dict[str, Any], new: dict[str, Any]) -> dict[str, float]:
 _COLUMNS = (
     ("policy", "policy", "{}"), ("mode", "mode", "{}"), ("served", "served", "{}"),
     ("ttft_p50_s", "TTFT p50 ms", "{:.0f}", 1e3), ("ttft_p99_s", "TTFT p99 ms", "{:.0f}", 1e3),
-    ("tpot_mean_s", "TPOT ms", "{:.1f}", 1e3), ("itl_p99_s", "ITL p99 ms", "{:.1f}", 1e3),
+    ("tpot_mean_s", "TPOT ms", "{:.1f}", 1e3), ("tpot_p99_s", "TPOT p99 ms", "{:.1f}", 1e3),
+    ("itl_p99_s", "ITL p99 ms", "{:.1f}", 1e3),
     ("throughput_tok_s", "tok/s", "{:.0f}"), ("goodput_req_s", "goodput r/s", "{:.2f}"),
     ("moe_share", "MoE share", "{:.0%}"), ("preemptions", "preempt", "{}"),
     ("switches", "switches", "{}"),
@@ -138,8 +164,35 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_runs(runs: Sequence[RunResult], out_dir: str | Path) -> list[Path]:
-    """timeline.png (step time and batch tokens over time) and cdf.png (TTFT, TPOT)."""
+def _log_axis(ax: Any, axis: str = "x", subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    """A log axis labelled in plain numbers at ``subs`` of each decade, minor ticks
+    unlabelled (matplotlib's default labels overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _binned(t: np.ndarray, y: np.ndarray, edges: np.ndarray, how: str) -> np.ndarray:
+    """``how`` ("mean" or "max") of ``y`` per time bin; NaN for empty bins."""
+    idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+    out = np.full(len(edges) - 1, np.nan)
+    if how == "max":
+        np.fmax.at(out, idx, y)
+    else:
+        total = np.bincount(idx, weights=y, minlength=len(out))
+        count = np.bincount(idx, minlength=len(out))
+        np.divide(total, count, out=out, where=count > 0)
+    return out
+
+
+def plot_runs(runs: Sequence[RunResult], out_dir: str | Path, title: str = "",
+              slo: SLO | None = None) -> list[Path]:
+    """timeline.png (per policy, side by side: step time, running batch, queue, KV
+    occupancy and preemptions over time) and cdf.png (TTFT and TPOT CDFs, SLO lines)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,37 +200,111 @@ def plot_runs(runs: Sequence[RunResult], out_dir: str | Path) -> list[Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig, (ax_t, ax_b) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    for run in runs:
-        label = f"{run.policy}/{run.mode}"
-        stride = max(1, run.step_time.size // 5000)
-        t = run.step_start[::stride]
-        ax_t.plot(t, 1e3 * run.step_time[::stride], lw=0.6, label=label)
-        ax_b.plot(t, run.step_tokens[::stride], lw=0.6, label=label)
+    labels = [f"{run.policy}/{run.mode}" for run in runs]
+    rows = ("step time (ms)", "running batch", "queued requests", "KV cache used (%)")
+    fig, axes = plt.subplots(len(rows), len(runs), figsize=(5.5 * len(runs) + 1, 8.5),
+                             sharex=True, sharey="row", squeeze=False)
+    end = max((float(r.step_start[-1] + r.step_time[-1]) for r in runs if r.step_time.size),
+              default=1.0)
+    edges = np.linspace(0.0, end, 801)
+    mid = (edges[:-1] + edges[1:]) / 2
+    for col, (run, label) in enumerate(zip(runs, labels)):
+        t = run.step_start
+        ax = axes[:, col]
+        ax[0].plot(mid, 1e3 * _binned(t, run.step_time, edges, "mean"), lw=0.8, label="mean")
+        ax[0].plot(mid, 1e3 * _binned(t, run.step_time, edges, "max"), lw=0.5, alpha=0.6,
+                   label="max")
+        ax[1].plot(mid, _binned(t, run.step_decode.astype(float), edges, "mean"), lw=0.8,
+                   label="decoding requests")
+        ax[1].plot(mid, _binned(t, run.step_tokens.astype(float), edges, "mean"), lw=0.8,
+                   label="tokens per step")
+        ax[2].plot(mid, _binned(t, run.step_waiting.astype(float), edges, "max"), lw=0.8,
+                   color="C3")
+        kv = 100.0 * run.step_kv_used / max(1, run.kv_capacity)
+        ax[3].plot(mid, _binned(t, kv, edges, "max"), lw=0.8, color="C2")
+        if run.preempt_steps.size:
+            ax[3].plot(t[run.preempt_steps], np.full(run.preempt_steps.size, 100.0), "v",
+                       color="C3", ms=4, label=f"preemption ({run.preempt_steps.size})")
+            ax[3].legend(fontsize=7, loc="lower right")
         for when, *_ in run.switches:
-            ax_t.axvline(when, color="grey", lw=0.3)
-    ax_t.set_ylabel("step time (ms)")
-    ax_b.set_ylabel("batch tokens")
-    ax_b.set_xlabel("simulated time (s)")
-    ax_t.legend(fontsize=8)
+            ax[0].axvline(when, color="grey", lw=0.3)
+        ax[0].set_title(label + (f", {run.replicas} replicas" if run.replicas > 1 else ""),
+                        fontsize=10)
+        ax[-1].set_xlabel("simulated time (s)")
+        for a in ax:
+            a.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[1, 0].legend(fontsize=7, loc="upper right")
+    for a, name in zip(axes[:, 0], rows):
+        a.set_ylabel(name)
+    axes[3, 0].set_ylim(0, 105)
+    _log_axis(axes[1, 0], "y", subs=(1.0,))
+    fig.suptitle((title + "\n" if title else "") + "per 1/800 of the run: step time mean "
+                 "and max, batch means, queue and KV maxima", fontsize=10)
     fig.tight_layout()
     timeline = out / "timeline.png"
     fig.savefig(timeline, dpi=120)
     plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for run in runs:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for run, label in zip(runs, labels):
         lat = request_latencies(run)
-        for ax, key in zip(axes, ("ttft", "tpot")):
+        for a, key in zip(axes, ("ttft", "tpot")):
             x = np.sort(lat[key])
-            ax.plot(1e3 * x, np.linspace(0, 1, x.size, endpoint=False),
-                    label=f"{run.policy}/{run.mode}")
-    for ax, name in zip(axes, ("TTFT (ms)", "TPOT (ms)")):
-        ax.set_xscale("log")
-        ax.set_xlabel(name)
-        ax.set_ylabel("fraction of requests")
-        ax.legend(fontsize=8)
+            if x.size:
+                a.plot(1e3 * x, np.arange(1, x.size + 1) / x.size, label=label)
+    limits = (None, None) if slo is None else (slo.ttft_s, slo.tpot_s)
+    for a, name, limit in zip(axes, ("TTFT (ms)", "TPOT (ms)"), limits):
+        _log_axis(a)
+        if limit is not None:
+            a.axvline(1e3 * limit, color="k", ls="--", lw=1, label=f"SLO {1e3 * limit:g} ms")
+        a.axhline(0.99, color="grey", ls=":", lw=0.8)
+        a.set_xlabel(name)
+        a.set_ylabel("fraction of requests")
+        a.set_ylim(0, 1.01)
+        a.grid(alpha=0.3, which="both")
+        a.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title + " (dotted: p99)", fontsize=10)
     fig.tight_layout()
     cdf = out / "cdf.png"
     fig.savefig(cdf, dpi=120)
     plt.close(fig)
     return [timeline, cdf]
+
+
+def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
+    """A what-if sweep at a glance: TTFT p99, TPOT p99 and throughput per point and
+    policy (failed points left out, named in the title)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in results["points"] if "error" not in r]
+    failed = len(results["points"]) - len(points)
+    labels = [" ".join(f"{k}={v}" for k, v in r["point"].items()) or "-" for r in points]
+    policies = list(dict.fromkeys(s["policy"] for r in points for s in r["runs"]))
+    metrics = (("ttft_p99_s", "TTFT p99 (ms)", 1e3), ("tpot_p99_s", "TPOT p99 (ms)", 1e3),
+               ("throughput_tok_s", "throughput (output tok/s)", 1.0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(10, 1.3 * len(points) * 3), 4.5))
+    width = 0.8 / max(1, len(policies))
+    x = np.arange(len(points))
+    for ax, (key, name, scale) in zip(axes, metrics):
+        for i, policy in enumerate(policies):
+            values = [next((s[key] * scale for s in r["runs"] if s["policy"] == policy),
+                           np.nan) for r in points]
+            ax.bar(x + (i - (len(policies) - 1) / 2) * width, values, width, label=policy)
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    title = f"what-if {results['scenario']}"
+    if failed:
+        title += f" ({failed} failed point(s) not shown)"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ramp.errors import CapacityError, InputError
 from ramp.expert_parallel import PLACEMENTS
 from ramp.hardware import get_gpu
@@ -69,13 +71,25 @@ class Report:
         return {"config": self.config, "moe_cost_source": self.moe_source,
                 "runs": self.summaries, "ramp_vs_static": self.speedup}
 
+    def title(self) -> str:
+        """Model, GPUs and load, for plot titles."""
+        first = self.summaries[0]
+        load = (f"{first['requests']} requests at {first['offered_req_s']:.2f} req/s"
+                if np.isfinite(first["offered_req_s"]) else f"{first['requests']} requests")
+        return f"{self.config['model']} on {self.config['gpus']} x {self.config['gpu']}, {load}"
+
     def format(self) -> str:
-        lines = [f"{self.config['model']} on {self.config['gpus']} x {self.config['gpu']}, "
-                 f"{self.summaries[0]['requests']} requests, KV cache "
-                 f"{self.summaries[0]['kv_capacity_tokens']} tokens"]
+        lines = [f"{self.title()}, KV cache {self.summaries[0]['kv_capacity_tokens']} tokens"]
         if self.config.get("gpus_chosen"):
             lines.append(f"GPUs: {self.config['gpus_chosen']}")
         lines += [f"MoE cost: {self.moe_source}", "", format_table(self.summaries)]
+        for s in self.summaries:
+            if s["overloaded"]:
+                lines.append(f"WARNING ({s['policy']}): the offered load exceeds what the "
+                             "replica serves: the queue grows (TTFT p50 "
+                             f"{s['ttft_p50_first_tenth_s']:.2f} s for the first tenth of "
+                             f"the arrivals, {s['ttft_p50_last_tenth_s']:.2f} s for the last); "
+                             "add GPUs or lower the rate (ramp-sim capacity)")
         if self.speedup:
             s = self.speedup
             lines += ["", "RaMP vs static (> 1 is better): "
@@ -108,6 +122,16 @@ def synthetic_pool(model: MoEModel, preset: str | None = None, seed: int = 0,
     return RoutingPool(header, generated, seed=seed, samples=samples)
 
 
+def routing_for(model: str, seed: int = 0) -> RoutingPool:
+    """The shipped routing trace of catalog ``model``, else its synthetic default routing."""
+    from ramp.sim.workload import embedded_path
+
+    name = get_model(model).name
+    if embedded_path(name) is not None:
+        return load_pool(name, seed=seed)
+    return synthetic_pool(get_model(name), seed=seed)
+
+
 def resolve_model(name: str | None, header: TraceHeader) -> MoEModel:
     """The simulated model: ``name`` or the trace's, with the routing shape checked."""
     model = get_model(name or header.model)
@@ -131,7 +155,9 @@ def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, La
     for gpus in counts:
         try:
             layouts = {n: build_layout(n, gpu, model, gpus, config.policies,
-                                       config.calibration, config.profiles) for n in names}
+                                       config.calibration, config.profiles,
+                                       config.engine.max_batched_tokens,
+                                       config.engine.max_seqs) for n in names}
         except CapacityError as exc:
             if config.gpus is not None:
                 raise
@@ -156,13 +182,28 @@ def _check_profiles_used(profiles: Sequence[str], layouts: dict[str, Layout]) ->
                              f"({', '.join(shapes)}); drop it or profile those shapes")
 
 
-def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
-              progress: bool = False) -> Report:
-    """Simulate ``arrivals`` once per policy and compare them."""
+def prepare(config: SimConfig, pool: RoutingPool) -> StepCoster:
+    """The step coster of the replica (model, layouts, calibration) for ``pool``."""
+    return _prepare(config, pool)[0]
+
+
+def _prepare(config: SimConfig, pool: RoutingPool) -> tuple[StepCoster, str]:
+    """The step coster and what ``build_layouts`` chose for the user."""
     model = resolve_model(config.model, pool.header)
-    gpus, layouts, chosen = build_layouts(config, model)
-    coster = StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts,
-                        config.ep_placement)
+    _, layouts, chosen = build_layouts(config, model)
+    return StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts,
+                      config.ep_placement), chosen
+
+
+def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
+              progress: bool = False, coster: StepCoster | None = None) -> Report:
+    """Simulate ``arrivals`` once per policy and compare them (``coster``: one from
+    ``prepare`` for this config and pool, to reuse its MoE cost cache across studies)."""
+    chosen = ""
+    if coster is None:
+        coster, chosen = _prepare(config, pool)
+    model, layouts = coster.model, coster.layouts
+    gpus = next(iter(layouts.values())).gpus
     runs = [simulate(arrivals, coster, policy, config.engine, config.mode, config.switch,
                      progress) for policy in config.policies]
     summaries = [summarize(r, config.slo) for r in runs]

@@ -190,6 +190,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {"point": job["point"], **report.to_dict()}
 
 
+def run_job_kept(job: dict[str, Any]) -> dict[str, Any]:
+    """``run_job``, with a point that cannot run (a model that does not fit, a bad
+    value) reported as ``{"point", "error"}`` so that the sweep keeps the others."""
+    try:
+        return run_job(job)
+    except RampError as exc:
+        return {"point": job["point"], "error": str(exc)}
+
+
 def run_scenario(path: str | Path, jobs: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Run every point of a scenario over ``jobs`` processes (default: all cores).
@@ -205,39 +214,52 @@ def run_scenario(path: str | Path, jobs: int | None = None,
     results = []
     if workers == 1:
         for job in points:
-            results.append(run_job(job))
+            results.append(run_job_kept(job))
             bar.update()
     else:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap(run_job, points):
+            for result in pool.imap(run_job_kept, points):
                 results.append(result)
                 bar.update()
     bar.close()
+    if all("error" in r for r in results):  # nothing to keep: the scenario itself is wrong
+        raise InputError(results[0]["error"] if len(results) == 1 else
+                         f"every point failed; the first: {results[0]['error']}")
     return {"scenario": scenario["name"], "source": scenario["where"], "points": results}
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """One line per (point, policy): the sweep values and the headline metrics."""
-    rows = []
+    """One line per (point, policy): the sweep values and the headline metrics; a failed
+    point gets one line with its error; overloaded runs are flagged."""
+    rows, notes = [], []
     for res in results["points"]:
         if "error" in res:
             continue
         point = " ".join(f"{k}={v}" for k, v in res["point"].items()) or "-"
+        if "error" in res:
+            notes.append(f"FAILED {point}: {res['error']}")
+            continue
         for s in res["runs"]:
             rows.append([point, s["policy"], f"{res['config']['gpus']}x{res['config']['gpu']}",
-                         f"{1e3 * s['ttft_p50_s']:.0f}", f"{1e3 * s['tpot_mean_s']:.1f}",
+                         f"{1e3 * s['ttft_p50_s']:.0f}", f"{1e3 * s['ttft_p99_s']:.0f}",
+                         f"{1e3 * s['tpot_mean_s']:.1f}", f"{1e3 * s['tpot_p99_s']:.1f}",
                          f"{s['throughput_tok_s']:.0f}", f"{s['goodput_req_s']:.2f}",
                          f"{s['moe_share']:.0%}", str(s["switches"])])
+            if s.get("overloaded"):
+                notes.append(f"WARNING {point} {s['policy']}: offered load exceeds capacity "
+                             f"(TTFT p50 {s['ttft_p50_first_tenth_s']:.2f} s -> "
+                             f"{s['ttft_p50_last_tenth_s']:.2f} s from the first to the last "
+                             "tenth of arrivals)")
         if res["ramp_vs_static"]:
             g = res["ramp_vs_static"]
-            rows.append([point, "ramp/static", "", f"{g['ttft_p50']:.3f}x",
-                         f"{g['tpot_mean']:.3f}x", f"{g['throughput']:.3f}x",
+            rows.append([point, "ramp/static", "", f"{g['ttft_p50']:.3f}x", "",
+                         f"{g['tpot_mean']:.3f}x", "", f"{g['throughput']:.3f}x",
                          f"{g['goodput']:.3f}x", "", ""])
-    header = ["point", "policy", "gpus", "TTFT p50 ms", "TPOT ms", "tok/s", "goodput r/s",
-              "MoE share", "switches"]
+    header = ["point", "policy", "gpus", "TTFT p50 ms", "TTFT p99 ms", "TPOT ms",
+              "TPOT p99 ms", "tok/s", "goodput r/s", "MoE share", "switches"]
     if not rows:
         return "no point finished"
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + notes)

@@ -1,0 +1,132 @@
+"""How well ``ramp-sim`` predicts measured vLLM serving runs, before and after calibration.
+
+For every engine results file (``bench/results/engine/<GPU>_<model>_<workload>.json``,
+written by ``bench/engine/bench.py``), each ``ramp_mode`` (off and record: vLLM's kernel
+= the ``static`` policy; dispatch: RaMP = ``ramp``) is simulated with the same requests (prompt and
+output lengths, arrival offsets or all at once), ``max_num_seqs`` and
+``max_num_batched_tokens``, the GPU's profiles where ``ramp.profile`` has them (the
+analytic wave model otherwise; each row names its source), and the model's shipped
+routing trace (its synthetic default routing where none is shipped). The engine's
+``gpu_memory_utilization`` (``engine_config.engine_args``) sizes the simulated KV cache.
+Runs of ``bench.py --concurrent`` (two engines sharing one GPU, each with half its
+memory) are simulated as one engine alone on the GPU and flagged ``concurrent``: their
+measured times include the other engine's contention, which the simulator does not model.
+
+Held out by workload: the calibration that predicts the runs of workload ``W`` is
+fitted (``ramp.sim.calibrate.calibrate_runs``) on the runs of every other workload, all
+models together, so no prediction has seen its own run. With a single workload in the
+directory the folds are by model instead; a fold with nothing to train on gets no
+calibrated prediction (null). Uncalibrated = the default ``Calibration``.
+
+    python bench/sim_fidelity.py [--dir bench/results/engine] [--out .../sim_fidelity.json]
+
+writes one row per (run, metric): ``model``, ``workload``, ``policy``, ``metric``,
+``measured``, ``predicted_uncalibrated``, ``predicted_calibrated``, ``error`` (relative,
+calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``; and a
+summary of mean absolute errors per metric. CPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ramp.errors import RampError
+from ramp.sim.calibrate import FITTED, EngineRun, calibrate_runs, load_engine_results, simulate_run
+from ramp.sim.costs import Calibration
+from ramp.sim.routing import RoutingPool
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "results" / "engine"
+OUTPUT_NAME = "sim_fidelity.json"
+DEFAULT_CALIBRATION = Calibration()
+
+
+def _folds(runs: Sequence[EngineRun]) -> tuple[str, dict[str, list[EngineRun]]]:
+    """(axis, {held-out value: runs}) for leave-one-workload-out (else -model-out)."""
+    axis = "workload" if len({r.workload for r in runs}) > 1 else "model"
+    folds: dict[str, list[EngineRun]] = {}
+    for run in runs:
+        folds.setdefault(getattr(run, axis), []).append(run)
+    return axis, folds
+
+
+def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
+             profiles: Sequence[str] = ()) -> dict[str, Any]:
+    """Rows and summary (module docstring) for measured engine ``runs``."""
+    pools: dict[str, RoutingPool] = {}
+    axis, folds = _folds(runs)
+    rows: list[dict[str, Any]] = []
+    calibrations: dict[str, Any] = {}
+    for held, tested in folds.items():
+        train = [r for r in runs if getattr(r, axis) != held]
+        cal = calibrate_runs(train, base, profiles, pools=pools) if train else None
+        calibrations[held] = (None if cal is None else
+                              {k: getattr(cal, k) for k in FITTED})
+        for run in tested:
+            before = simulate_run(run, base, pools, profiles)
+            after = simulate_run(run, cal, pools, profiles).metrics if cal else None
+            source = " | ".join(lay.moe_source for lay in before.coster.layouts.values())
+            for metric, measured in run.measured.items():
+                pred = after[metric] if after else None
+                rows.append({
+                    "model": run.model, "workload": run.workload, "policy": run.policy,
+                    "source": run.source, "metric": metric, "measured": measured,
+                    "predicted_uncalibrated": before.metrics[metric],
+                    "predicted_calibrated": pred,
+                    "error": None if pred is None else pred / measured - 1,
+                    "error_uncalibrated": before.metrics[metric] / measured - 1,
+                    "held_out_by": axis, "moe_cost_source": source,
+                    "concurrent": run.concurrent,
+                })
+    summary: dict[str, dict[str, float | None]] = {}
+    for metric in dict.fromkeys(r["metric"] for r in rows):
+        sel = [r for r in rows if r["metric"] == metric]
+        cal_err = [abs(r["error"]) for r in sel if r["error"] is not None]
+        summary[metric] = {
+            "runs": len(sel),
+            "mean_abs_error_uncalibrated": float(np.mean([abs(r["error_uncalibrated"])
+                                                          for r in sel])),
+            "mean_abs_error_calibrated": float(np.mean(cal_err)) if cal_err else None,
+        }
+    return {"held_out_by": axis, "base_calibration": dataclasses.asdict(base),
+            "calibrations_by_fold": calibrations, "summary": summary, "rows": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                        help="folder of engine results files (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help=f"default: DIR/{OUTPUT_NAME}")
+    parser.add_argument("--profile", action="append", default=[],
+                        help="profile JSON for the simulated GPU (repeatable)")
+    args = parser.parse_args(argv)
+    paths = sorted(p for p in args.dir.glob("*.json") if p.name != OUTPUT_NAME)
+    if not paths:
+        print(f"{args.dir}: no engine results files (*.json)", file=sys.stderr)
+        return 2
+    try:
+        runs = [r for p in paths for r in load_engine_results(p)]
+        result = fidelity(runs, profiles=args.profile)
+    except RampError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or args.dir / OUTPUT_NAME
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    for metric, s in result["summary"].items():
+        cal = s["mean_abs_error_calibrated"]
+        print(f"{metric:>18}: {s['runs']} runs, mean |error| uncalibrated "
+              f"{s['mean_abs_error_uncalibrated']:.1%}, calibrated (held out by "
+              f"{result['held_out_by']}) " + ("-" if cal is None else f"{cal:.1%}"))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

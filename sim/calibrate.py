@@ -1,0 +1,413 @@
+"""Fit the non-MoE step costs of ``Calibration`` to measured engine runs.
+
+The step time is linear in four parameters once the rooflines are computed:
+
+    step = x0 * 1us + x1 * layers * 1us + x2 * gemm + x3 * attention + (collectives + MoE)
+
+with ``x0 = step_overhead_us``, ``x1 = layer_overhead_us``, ``x2 = 1/dense_efficiency``,
+``x3 = 1/attention_efficiency`` (``StepCoster.rooflines`` gives gemm and attention).
+
+Two sources of measurements:
+
+- a **trace whose steps carry ``step_ms``** (the recorder's wall time of each forward
+  step): one equation per step, its MoE part costed on the step's own histograms. Trace
+  steps carry no context lengths, so attention is not seen (``x3`` stays at its prior);
+- an **engine results file** (``bench/results/engine/*.json``: throughput, TTFT and TPOT
+  of a benchmark run): the run is simulated; with the schedule held fixed, every
+  measured metric is a sum of step times (makespan: the steps of the last busy period
+  after its first arrival; a request's TTFT: the steps from its busy period's start to
+  its first token, less its arrival; TPOT: the steps of its decode over ``output - 1``),
+  so it is linear in ``x`` too. Fit, re-simulate with the fit (the schedule moves),
+  refit, until ``x`` moves by < 0.1% (or ``iterations``); the iterate whose own
+  simulation matches the measurements best is kept (percentiles of a re-simulated
+  schedule jitter by a percent or so, so the iteration need not settle).
+
+The fit is bounded least squares on relative errors (``scipy.optimize.lsq_linear``):
+overheads >= 0, efficiencies at most the datasheet ceiling
+(``Calibration.kernel_efficiency_ceiling``), plus a weak prior (``PRIOR_WEIGHT`` per
+parameter, on the relative deviation from the base calibration) that keeps parameters
+the data cannot separate (fixed vs per-layer overhead on one model; dense efficiency vs
+fixed overhead on memory-bound decode only) at their base values instead of anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ramp.errors import InputError
+from ramp.hardware import get_gpu
+from ramp.models import get_model
+from ramp.plaindata import read_json
+from ramp.sim.costs import Calibration, Layout, StepCoster
+from ramp.sim.engine import EngineConfig, RunResult, simulate
+from ramp.sim.metrics import request_latencies
+from ramp.sim.routing import RoutingPool
+from ramp.sim.runner import SimConfig, prepare, routing_for
+from ramp.trace import Arrival, TraceReader
+
+FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency")
+PRIOR_WEIGHT = 0.01
+DEFAULT_CALIBRATION = Calibration()
+WORKLOADS = ("prefill-heavy", "decode-heavy", "online")
+# engine ramp_mode -> simulated policy (record: vLLM's kernels, plus the recorder's cost)
+MODES = {"off": "static", "record": "static", "dispatch": "ramp"}
+# results-file run fields -> (metric, scale to seconds or tokens/s)
+RUN_METRICS = {
+    "total_tok_per_s": ("throughput_tok_s", 1.0),
+    "out_tok_per_s": ("out_tok_s", 1.0),
+    "ttft_ms_p50": ("ttft_p50_s", 1e-3), "ttft_ms_p99": ("ttft_p99_s", 1e-3),
+    "tpot_ms_p50": ("tpot_p50_s", 1e-3), "tpot_ms_p99": ("tpot_p99_s", 1e-3),
+}
+FIT_METRICS = ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s")
+
+
+def _x(cal: Calibration) -> np.ndarray:
+    return np.array([cal.step_overhead_us, cal.layer_overhead_us,
+                     1 / cal.dense_efficiency, 1 / cal.attention_efficiency])
+
+
+def _with_x(cal: Calibration, x: np.ndarray) -> Calibration:
+    return dataclasses.replace(cal, step_overhead_us=float(x[0]), layer_overhead_us=float(x[1]),
+                               dense_efficiency=float(1 / x[2]),
+                               attention_efficiency=float(1 / x[3]))
+
+
+def step_features(coster: StepCoster, layout: Layout, tokens: np.ndarray, pairs: np.ndarray,
+                  context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``F`` [steps, 4] and the collective time [steps] of steps: step time =
+    ``F @ x + collectives + MoE`` (module docstring)."""
+    gemm, attn, comm = coster.rooflines(layout, tokens, pairs, context, np.maximum)
+    ones = np.ones_like(np.asarray(gemm, dtype=float))
+    feats = np.stack([ones * 1e-6, ones * coster.model.layers * 1e-6, gemm, attn], axis=1)
+    return feats, np.broadcast_to(np.asarray(comm, dtype=float), ones.shape)
+
+
+@dataclass
+class Equation:
+    """One measurement, linear in ``x``: ``measured ~= a @ x + b``."""
+
+    source: str
+    metric: str
+    measured: float
+    a: np.ndarray
+    b: float
+
+
+def fit(equations: Sequence[Equation], base: Calibration) -> Calibration:
+    """Bounded least squares on relative errors with the weak prior (module docstring)."""
+    from scipy.optimize import lsq_linear
+
+    if not equations:
+        raise InputError("calibrate: no measurements to fit")
+    x0 = _x(base)
+    rows = [e.a / e.measured for e in equations]
+    rhs = [(e.measured - e.b) / e.measured for e in equations]
+    scale = np.maximum(np.abs(x0), 1e-9)
+    weight = PRIOR_WEIGHT * np.sqrt(len(equations))
+    rows += list(np.diag(weight / scale))
+    rhs += list(weight * x0 / scale)
+    lower = np.array([0.0, 0.0, 1 / base.kernel_efficiency_ceiling,
+                      1 / base.kernel_efficiency_ceiling])
+    result = lsq_linear(np.array(rows), np.array(rhs), bounds=(lower, np.inf))
+    return _with_x(base, np.maximum(result.x, lower))
+
+
+# --- traces with measured step times ---------------------------------------------------
+
+
+def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str = "static",
+                    profiles: Sequence[str] = ()) -> list[Equation]:
+    """One equation per trace step with ``step_ms``; the layout from the header's
+    parallelism (``ep > 1``: expert-parallel), the MoE part from the step's histograms."""
+    with TraceReader(path) as reader:
+        header = reader.header
+        steps = [s for s in reader if s.step_ms is not None]
+    if not steps:
+        raise InputError(f"{path}: no step carries 'step_ms' (measured step time)")
+    tp, ep = header.tp, header.ep
+    mode = "ep" if ep > 1 else "tp"
+    config = SimConfig(gpu=gpu, model=header.model, gpus=max(tp, ep), mode=mode,
+                       policies=(policy,), calibration=base, profiles=tuple(profiles))
+    coster = prepare(config, RoutingPool(header, steps[:1]))
+    layout = coster.layouts[mode]
+    tokens = np.array([s.tokens for s in steps], dtype=float)
+    feats, comm = step_features(coster, layout, tokens, np.zeros_like(tokens),
+                                np.zeros_like(tokens))
+    return [Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a,
+                     float(c) + coster.moe_of(layout, step.hists)[policy])
+            for step, a, c in zip(steps, feats, comm)]
+
+
+# --- engine results files --------------------------------------------------------------
+
+
+@dataclass
+class EngineRun:
+    """One (results file, ramp_mode) of a measured engine benchmark: what to simulate and
+    the measured metrics (means over repeats; seconds and tokens/s)."""
+
+    source: str
+    model: str
+    gpu: str
+    tp: int
+    workload: str
+    policy: str
+    inputs: list[int]                # prompt tokens per request
+    outputs: list[int]               # output tokens per request
+    arrivals: list[float] | None     # offsets, s; None: all at once (offline)
+    max_seqs: int
+    max_batched_tokens: int
+    measured: dict[str, float] = field(default_factory=dict)
+    gpu_memory_utilization: float | None = None  # the engine's, when the file says
+    concurrent: bool = False  # two engines shared the GPU (bench.py --concurrent)
+
+    def arrival_list(self) -> list[Arrival]:
+        times = self.arrivals if self.arrivals is not None else [0.0] * len(self.inputs)
+        return [Arrival(float(t), p, o) for t, p, o in zip(times, self.inputs, self.outputs)]
+
+    def sim_config(self, cal: Calibration, profiles: Sequence[str] = ()) -> SimConfig:
+        if self.gpu_memory_utilization is not None:
+            cal = dataclasses.replace(cal, gpu_memory_utilization=self.gpu_memory_utilization)
+        return SimConfig(gpu=self.gpu, model=self.model, gpus=self.tp, mode="tp",
+                         policies=(self.policy,),
+                         engine=EngineConfig(self.max_batched_tokens, self.max_seqs),
+                         calibration=cal, profiles=tuple(profiles))
+
+
+def _field(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise InputError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InputError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, "
+                         f"got {value!r}")
+    return value
+
+
+def _lengths(wl: dict[str, Any], name: str, count: int, where: str) -> list[int]:
+    """Per-request lengths: ``<name>_lens`` (a list) or ``<name>_len`` (one for all)."""
+    if f"{name}_lens" in wl:
+        values = _field(wl, f"{name}_lens", list, where)
+        if len(values) != count or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise InputError(f"{where}: field '{name}_lens' must be {count} ints >= 1")
+        return values
+    value = _field(wl, f"{name}_len", int, where)
+    if value < 1:
+        raise InputError(f"{where}: field '{name}_len' must be >= 1, got {value}")
+    return [value] * count
+
+
+def _tp_of(data: dict[str, Any]) -> int:
+    """Tensor-parallel degree: the engine args' ``tensor_parallel_size``, else the
+    command line's ``--tensor-parallel-size``/``-tp``, else 1."""
+    args = (data.get("engine_config") or {}).get("engine_args") or {}
+    if isinstance(args.get("tensor_parallel_size"), int):
+        return int(args["tensor_parallel_size"])
+    match = re.search(r"(?:--tensor-parallel-size|-tp)[ =](\d+)", str(data.get("command", "")))
+    return int(match.group(1)) if match else 1
+
+
+def load_engine_results(path: str | Path) -> list[EngineRun]:
+    """The runs of one results file, one per ``ramp_mode`` (the schema bench/engine/
+    bench.py writes: ``device`` a name or ``{"device": name, ...}``; offline workloads
+    with ``input_len``/``output_len``, online ones with per-request ``input_lens``/
+    ``output_lens`` and ``arrivals``)."""
+    where = str(path)
+    data = read_json(path, "engine results")
+    model = get_model(_field(data, "model", str, where)).name
+    device = _field(data, "device", (str, dict), where)
+    gpu = get_gpu(_field(device, "device", str, f"{where} device")
+                  if isinstance(device, dict) else device).name
+    wl = _field(data, "workload", dict, where)
+    w_where = f"{where} workload"
+    ints = {k: _field(wl, k, int, w_where)
+            for k in ("num_prompts", "max_num_seqs", "max_num_batched_tokens")}
+    if min(ints.values()) < 1:
+        raise InputError(f"{w_where}: counts must be >= 1, got {ints}")
+    count = ints["num_prompts"]
+    inputs, outputs = (_lengths(wl, n, count, w_where) for n in ("input", "output"))
+    arrivals = wl.get("arrivals")
+    if arrivals is not None and (not isinstance(arrivals, list) or len(arrivals) != count
+                                 or not all(isinstance(t, (int, float))
+                                            and not isinstance(t, bool) and t >= 0
+                                            for t in arrivals)):
+        raise InputError(f"{w_where}: field 'arrivals' must be null or {count} offsets "
+                         ">= 0 (seconds)")
+    runs = _field(data, "runs", list, where)
+    by_mode: dict[str, list[dict[str, Any]]] = {}
+    for i, run in enumerate(runs):
+        mode = _field(run, "ramp_mode", str, f"{where} runs[{i}]")
+        if mode not in MODES:
+            raise InputError(f"{where} runs[{i}]: field 'ramp_mode' is {mode!r}, not one of "
+                             f"{sorted(MODES)}")
+        by_mode.setdefault(mode, []).append(run)
+    util = ((data.get("engine_config") or {}).get("engine_args") or {}).get(
+        "gpu_memory_utilization")
+    out = []
+    for mode, repeats in by_mode.items():
+        measured: dict[str, float] = {}
+        for key, (metric, scale) in RUN_METRICS.items():
+            values = [r[key] for r in repeats if r.get(key) is not None]
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                    raise InputError(f"{where} runs ({mode}): field {key!r} must be a number "
+                                     f"> 0, got {v!r}")
+            if values:
+                measured[metric] = float(np.mean(values)) * scale
+        if "throughput_tok_s" not in measured:
+            raise InputError(f"{where} runs ({mode}): missing field 'total_tok_per_s'")
+        out.append(EngineRun(
+            where, model, gpu, _tp_of(data), str(_field(wl, "name", str, w_where)),
+            MODES[mode], inputs, outputs,
+            None if arrivals is None else [float(t) for t in arrivals],
+            ints["max_num_seqs"], ints["max_num_batched_tokens"], measured,
+            float(util) if isinstance(util, (int, float)) else None,
+            bool(data.get("concurrent", False))))
+    return out
+
+
+@dataclass
+class Simulated:
+    """An engine run simulated under one calibration: metrics and the run itself."""
+
+    metrics: dict[str, float]
+    run: RunResult
+    coster: StepCoster
+
+
+def simulate_run(run: EngineRun, cal: Calibration, pools: dict[str, RoutingPool],
+                 profiles: Sequence[str] = ()) -> Simulated:
+    """Simulate ``run`` under ``cal``: the metrics ``load_engine_results`` measures."""
+    pool = pools.get(run.model) or pools.setdefault(run.model, routing_for(run.model))
+    coster = prepare(run.sim_config(cal, profiles), pool)
+    result = simulate(run.arrival_list(), coster, run.policy, run.sim_config(cal).engine)
+    return Simulated(sim_metrics(result), result, coster)
+
+
+def sim_metrics(result: RunResult) -> dict[str, float]:
+    """The engine benchmark's metrics of a simulated run (vLLM bench definitions)."""
+    lat = request_latencies(result)
+    done = lat["served"]
+    span = float(result.finish[done].max() - result.arrival.min()) if done.any() else np.nan
+    out = {"throughput_tok_s": float((result.prompt[done] + result.output[done]).sum()) / span,
+           "out_tok_s": float(result.output[done].sum()) / span}
+    for name in ("ttft", "tpot"):
+        for q in (50, 99):
+            values = lat[name]
+            out[f"{name}_p{q}_s"] = float(np.percentile(values, q)) if values.size else np.nan
+    return out
+
+
+def _nearest(values: np.ndarray, q: float) -> int:
+    """Index of the element at percentile ``q`` (nearest rank)."""
+    order = np.argsort(values)
+    return int(order[min(len(order) - 1, round(q / 100 * (len(order) - 1)))])
+
+
+def run_equations(run: EngineRun, sim: Simulated, metrics: Sequence[str] = FIT_METRICS,
+                  ) -> list[Equation]:
+    """The measured metrics of ``run`` as linear functions of ``x`` around the
+    simulated schedule ``sim`` (module docstring)."""
+    res, coster = sim.run, sim.coster
+    layout = next(iter(coster.layouts.values()))
+    feats, comm = step_features(coster, layout, res.step_tokens.astype(float), res.step_pairs,
+                                res.step_context)
+    cum_f = np.vstack([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
+    cum_c = np.concatenate([[0.0], np.cumsum(comm + res.step_moe)])
+    end = res.step_start + res.step_time
+
+    def span(anchor: float, until: float) -> tuple[np.ndarray, float]:
+        """Time from ``anchor`` (an arrival) to ``until`` (a step end) as ``a @ x + b``:
+        the steps that start at or after the anchor, plus the wait for the first."""
+        j = int(np.searchsorted(res.step_start, anchor - 1e-12))
+        k = int(np.searchsorted(end, until - 1e-9))
+        return cum_f[k + 1] - cum_f[j], float(cum_c[k + 1] - cum_c[j] + res.step_start[j] - anchor)
+
+    lat = request_latencies(res)
+    done = lat["served"]
+    out = []
+    for metric in metrics:
+        if metric not in run.measured:
+            continue
+        measured = run.measured[metric]
+        if metric == "throughput_tok_s":  # tokens / makespan: fit the drain after the
+            tokens = float((res.prompt[done] + res.output[done]).sum())  # last arrival
+            last = float(res.arrival[done].max())
+            a, b = span(last, float(res.finish[done].max()))
+            out.append(Equation(run.source, "makespan_s", tokens / measured, a,
+                                b + last - float(res.arrival.min())))
+        elif metric.startswith("ttft"):
+            idx = np.flatnonzero(done)[_nearest(lat["ttft"], float(metric[6:8]))]
+            a, b = span(float(res.arrival[idx]), float(res.first_token[idx]))
+            out.append(Equation(run.source, metric, measured, a, b))
+        elif metric.startswith("tpot"):
+            multi = np.flatnonzero(done & (res.output > 1))
+            if multi.size == 0:
+                continue
+            idx = multi[_nearest(lat["tpot"], float(metric[6:8]))]
+            a, b = span(float(res.first_token[idx]), float(res.finish[idx]))
+            n = float(res.output[idx] - 1)
+            out.append(Equation(run.source, metric, measured, a / n, b / n))
+    return out
+
+
+def calibrate_runs(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
+                   profiles: Sequence[str] = (), extra: Sequence[Equation] = (),
+                   pools: dict[str, RoutingPool] | None = None,
+                   iterations: int = 8) -> Calibration:
+    """Fit ``base``'s step costs to the measured engine ``runs`` and ``extra`` equations
+    (a trace's steps), re-simulating until the fit settles (module docstring)."""
+    if not runs:
+        return fit(extra, base)
+    pools = {} if pools is None else pools
+    cal, best, best_err = base, base, np.inf
+    for _ in range(iterations):
+        eqs = list(extra) + [e for run in runs
+                             for e in run_equations(run, simulate_run(run, cal, pools,
+                                                                      profiles))]
+        err = rms_error(eqs, cal)  # of ``cal`` on its own schedule: what a replay shows
+        if err < best_err:
+            best, best_err = cal, err
+        new = fit(eqs, base)
+        moved = np.max(np.abs(_x(new) - _x(cal)) / np.abs(_x(cal)).clip(1e-9))
+        if moved < 1e-3:
+            break
+        cal = new
+    return best
+
+
+def rms_error(equations: Sequence[Equation], cal: Calibration) -> float:
+    """Root-mean-square relative error of ``cal`` on ``equations``."""
+    x = _x(cal)
+    return float(np.sqrt(np.mean([((e.a @ x + e.b) / e.measured - 1) ** 2
+                                  for e in equations])))
+
+
+def calibrate_sources(sources: Sequence[str | Path], gpu: str, base: Calibration,
+                      policy: str = "static", profiles: Sequence[str] = ()) -> Calibration:
+    """Fit from results files (``*.json``) and traces with ``step_ms`` (anything else)
+    together."""
+    runs = [r for s in sources if str(s).endswith(".json") for r in load_engine_results(s)]
+    steps = [e for s in sources if not str(s).endswith(".json")
+             for e in trace_equations(s, gpu, base, policy, profiles)]
+    return calibrate_runs(runs, base, profiles, extra=steps)
+
+
+def calibration_yaml(cal: Calibration, sources: Sequence[str]) -> str:
+    """The calibration as YAML that ``--calibration`` and scenarios' ``calibration:`` read."""
+    import yaml
+
+    lines = ["# fitted by ramp-sim calibrate from:"] + [f"#   {s}" for s in sources]
+    fitted = {k: round(float(getattr(cal, k)), 6) for k in FITTED}
+    rest = {k: v for k, v in dataclasses.asdict(cal).items() if k not in FITTED}
+    return ("\n".join(lines) + "\n" + yaml.safe_dump(fitted, sort_keys=False)
+            + "# not fitted (from the base calibration):\n"
+            + yaml.safe_dump(rest, sort_keys=False))

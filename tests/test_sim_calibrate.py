@@ -1,0 +1,202 @@
+"""``ramp-sim calibrate`` and the fidelity script: fits recover step costs that made the
+measurements, and the results-file schema is validated field by field.
+
+The "measurements" here are written by the tests themselves, by simulating with a
+known calibration (the truth) that differs from the defaults: the fit has to find its
+way back from the defaults. No measured result is fabricated or committed."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ramp.errors import InputError
+from ramp.hardware import get_gpu
+from ramp.models import get_model
+from ramp.sim.calibrate import (
+    EngineRun,
+    calibrate_runs,
+    calibrate_sources,
+    load_engine_results,
+    simulate_run,
+    step_features,
+)
+from ramp.sim.cli import main
+from ramp.sim.costs import Calibration, StepCoster, build_layout
+from ramp.sim.runner import synthetic_pool
+from ramp.trace import TraceReader, write_trace
+from ramp.traces.generators import synthetic_trace
+
+TRUTH = Calibration(step_overhead_us=3000, layer_overhead_us=35, dense_efficiency=0.8,
+                    attention_efficiency=0.6)
+MODEL = "olmoe-1b-7b"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _results_file(path: Path, model: str, workload: str, prompts: int, input_len: int,
+                  output_len: int, arrivals: list[float] | None) -> Path:
+    """An engine results file whose numbers are the simulator's under TRUTH."""
+    run = EngineRun(str(path), model, "H200", 1, workload, "static", [input_len] * prompts,
+                    [output_len] * prompts, arrivals, 64, 4096)
+    m = simulate_run(run, TRUTH, {}).metrics
+    online = {} if arrivals is None else {
+        "ttft_ms_p50": 1e3 * m["ttft_p50_s"], "ttft_ms_p99": 1e3 * m["ttft_p99_s"],
+        "tpot_ms_p50": 1e3 * m["tpot_p50_s"], "tpot_ms_p99": 1e3 * m["tpot_p99_s"]}
+    lengths = ({"input_len": input_len, "output_len": output_len} if arrivals is None else
+               {"input_lens": [input_len] * prompts, "output_lens": [output_len] * prompts})
+    data = {  # the schema of bench/engine/bench.py
+        "device": {"device": "NVIDIA H200", "sms": 132}, "engine": {"name": "vllm"},
+        "command": "simulated by the test, under TRUTH", "model": model,
+        "workload": {"name": workload, "num_prompts": prompts, "arrivals": arrivals,
+                     "max_num_seqs": 64, "max_num_batched_tokens": 4096, **lengths},
+        "runs": [{"ramp_mode": "off", "total_tok_per_s": m["throughput_tok_s"],
+                  "out_tok_per_s": m["out_tok_s"], "elapsed_s": 1.0, **online}],
+        "ratio": None, "ramp_calls": 0, "ramp_fallbacks": 0, "tokens_match": True,
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    d = tmp_path_factory.mktemp("engine")
+    for model in (MODEL, "qwen3-30b-a3b"):
+        _results_file(d / f"H200_{model}_prefill-heavy.json", model, "prefill-heavy", 48,
+                      2048, 8, None)
+        _results_file(d / f"H200_{model}_decode-heavy.json", model, "decode-heavy", 96,
+                      128, 192, None)
+        _results_file(d / f"H200_{model}_online.json", model, "online", 150, 512, 96,
+                      np.cumsum(rng.exponential(0.1, 150)).tolist())
+    return d
+
+
+def test_results_file_fit_reproduces_measurements(results_dir):
+    runs = [r for p in sorted(results_dir.glob("*.json")) for r in load_engine_results(p)]
+    cal = calibrate_runs(runs)
+    for run in runs:
+        before = simulate_run(run, Calibration(), {}).metrics
+        after = simulate_run(run, cal, {}).metrics
+        for metric in ("throughput_tok_s", "tpot_p50_s"):
+            if metric in run.measured:
+                assert after[metric] == pytest.approx(run.measured[metric], rel=0.03)
+        # the defaults were off: the fit had work to do (an online run's throughput is
+        # its arrival rate whatever the step costs, its TPOT is not)
+        assert max(abs(before[m] / v - 1) for m, v in run.measured.items()) > 0.05
+    # two layer counts: fixed and per-layer overheads are both found
+    assert cal.step_overhead_us == pytest.approx(TRUTH.step_overhead_us, rel=0.15)
+    assert cal.layer_overhead_us == pytest.approx(TRUTH.layer_overhead_us, rel=0.25)
+
+
+def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
+    spec = importlib.util.spec_from_file_location("sim_fidelity",
+                                                  REPO / "bench" / "sim_fidelity.py")
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+    out = tmp_path / "fid.json"
+    assert fidelity.main(["--dir", str(results_dir), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["held_out_by"] == "workload"
+    assert set(result["calibrations_by_fold"]) == {"prefill-heavy", "decode-heavy", "online"}
+    rows = result["rows"]
+    assert {r["workload"] for r in rows} == {"prefill-heavy", "decode-heavy", "online"}
+    for row in rows:
+        assert {"model", "workload", "metric", "measured", "predicted_uncalibrated",
+                "predicted_calibrated", "error"} <= set(row)
+        assert row["error"] == pytest.approx(row["predicted_calibrated"] / row["measured"] - 1)
+    thr = result["summary"]["throughput_tok_s"]
+    assert thr["mean_abs_error_calibrated"] < thr["mean_abs_error_uncalibrated"]
+    assert fidelity.main(["--dir", str(tmp_path / "empty")]) == 2
+
+
+def test_results_file_validation(tmp_path, results_dir):
+    good = json.loads((results_dir / f"H200_{MODEL}_online.json").read_text())
+    cases = [
+        (lambda d: d.pop("model"), "missing field 'model'"),
+        (lambda d: d["workload"].update(num_prompts="many"), "field 'num_prompts' must be int"),
+        (lambda d: d["workload"].update(arrivals=[0.0, 1.0]), "field 'arrivals' must be null"),
+        (lambda d: d["workload"].update(input_lens=[5]), "field 'input_lens' must be 150 ints"),
+        (lambda d: d["device"].pop("device"), "device: missing field 'device'"),
+        (lambda d: d["runs"][0].update(ramp_mode="on"), "field 'ramp_mode' is 'on'"),
+        (lambda d: d["runs"][0].update(total_tok_per_s=-1), "field 'total_tok_per_s' must be"),
+        (lambda d: d.update(device="Voodoo3"), "unknown GPU 'Voodoo3'"),
+    ]
+    for change, message in cases:
+        data = json.loads(json.dumps(good))
+        change(data)
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace("[", r"\[")):
+            load_engine_results(path)
+
+
+def _timed_trace(path: Path) -> Path:
+    """A routing trace whose steps carry step_ms from TRUTH (attention left out: trace
+    steps carry no contexts)."""
+    model = get_model(MODEL)
+    tokens = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8, 32]
+    phases = ["decode"] * 5 + ["prefill"] * 5 + ["decode"] * 2
+    header, steps = synthetic_trace(model, None, tokens, phases, seed=1)
+    gpu = get_gpu("H200")
+    layout = build_layout("tp", gpu, model, 1, ("static",), TRUTH)
+    coster = StepCoster(gpu, model, synthetic_pool(model), TRUTH, {"tp": layout})
+    timed = []
+    for s in steps:
+        feats, comm = step_features(coster, layout, np.array([float(s.tokens)]),
+                                    np.zeros(1), np.zeros(1))
+        x = np.array([TRUTH.step_overhead_us, TRUTH.layer_overhead_us,
+                      1 / TRUTH.dense_efficiency, 1 / TRUTH.attention_efficiency])
+        ms = 1e3 * float(feats[0] @ x + comm[0] + coster.moe_of(layout, s.hists)["static"])
+        timed.append(dataclasses.replace(s, step_ms=ms))
+    write_trace(path, header, timed)
+    return path
+
+
+def test_trace_step_ms_is_read_and_validated(tmp_path):
+    path = _timed_trace(tmp_path / "t.jsonl")
+    with TraceReader(path) as reader:
+        steps = list(reader)
+    assert all(s.step_ms is not None and s.step_ms > 3 for s in steps)
+    lines = path.read_text().splitlines()
+    bad = json.loads(lines[2])
+    bad["step_ms"] = "fast"
+    (tmp_path / "b.jsonl").write_text("\n".join([lines[0], lines[1], json.dumps(bad), lines[3]]))
+    with pytest.raises(InputError, match=r"b.jsonl:3: field 'step_ms' must be a finite number > 0"):
+        list(TraceReader(tmp_path / "b.jsonl"))
+
+
+def test_trace_fit_recovers_fixed_cost_and_dense_efficiency(tmp_path):
+    path = _timed_trace(tmp_path / "t.jsonl")
+    cal = calibrate_sources([path], "H200", Calibration())
+    layers = get_model(MODEL).layers
+    fixed = cal.step_overhead_us + layers * cal.layer_overhead_us
+    assert fixed == pytest.approx(TRUTH.step_overhead_us + layers * TRUTH.layer_overhead_us,
+                                  rel=0.01)
+    assert cal.dense_efficiency == pytest.approx(TRUTH.dense_efficiency, rel=0.02)
+    assert cal.attention_efficiency == pytest.approx(1.0, rel=0.01)  # unseen: the prior
+    with pytest.raises(InputError, match="no step carries 'step_ms'"):
+        trace = tmp_path / "plain.jsonl"
+        with TraceReader(path) as reader:
+            write_trace(trace, reader.header, [dataclasses.replace(s, step_ms=None)
+                                               for s in reader])
+        calibrate_sources([trace], "H200", Calibration())
+
+
+def test_calibrate_cli_writes_yaml_that_replay_reads(tmp_path):
+    path = _timed_trace(tmp_path / "t.jsonl")
+    out = tmp_path / "cal.yaml"
+    res = CliRunner().invoke(main, ["calibrate", str(path), "--gpu", "H200", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "dense_efficiency: 1 -> 0.8" in res.output
+    fitted = yaml.safe_load(out.read_text())
+    assert fitted["dense_efficiency"] == pytest.approx(0.8, rel=0.02)
+    res = CliRunner().invoke(main, ["replay", str(path), "--gpu", "H200", "--requests", "20",
+                                    "--calibration", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
