@@ -21,7 +21,7 @@ from cutlass.base_dsl.compiler import Compiler
 
 from ramp.kernels.cute.configs import cute_configs
 from ramp.kernels.cute.launch import compile_gemm
-from ramp.kernels.triton.fused_moe import Routing
+from ramp.kernels.routing import Routing
 
 EXPERTS, HIDDEN, INTER, TOKENS, TOP_K = 16, 512, 256, 64, 2
 

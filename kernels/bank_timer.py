@@ -17,7 +17,7 @@ import torch
 
 from ramp.bank import KernelBank
 from ramp.kernels.cuda_timing import device_info, time_graph
-from ramp.kernels.triton.fused_moe import route
+from ramp.kernels.routing import route
 from ramp.kernels.workload import make_call, make_weights
 from ramp.problem import MoEProblem
 

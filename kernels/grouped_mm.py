@@ -23,7 +23,7 @@ import torch
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.kernels.cuda_timing import device_info, time_graph
-from ramp.kernels.triton.fused_moe import Routing
+from ramp.kernels.routing import Routing
 from ramp.kernels.workload import make_weights
 from ramp.problem import MoEProblem
 
@@ -67,7 +67,7 @@ def grouped_mm_layer(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     """The whole MoE layer on ``torch._grouped_mm``: gather the expert-sorted rows, GEMM1,
     SiLU(gate) * up, GEMM2, routing weight, scatter to slot order, top-k sum.
 
-    ``routing`` is RaMP's on-GPU counting sort (``ramp.kernels.triton.fused_moe.route``);
+    ``routing`` is RaMP's on-GPU counting sort (``ramp.kernels.routing.route``);
     nothing is read on the host, so the layer is CUDA-graph capturable.
     """
     slots = routing.sorted_slots.long()

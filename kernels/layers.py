@@ -15,7 +15,8 @@ import torch
 
 from ramp.config import KernelConfig
 from ramp.kernels.grouped_mm import grouped_mm_layer
-from ramp.kernels.triton.fused_moe import moe_gemm, route
+from ramp.kernels.routing import route
+from ramp.kernels.triton.fused_moe import moe_gemm
 from ramp.kernels.triton.poly import PolyGemm
 
 Layer = Callable[..., torch.Tensor]

@@ -25,7 +25,7 @@ from ramp.kernels.cute.configs import (  # noqa: E402
     schedule,
 )
 from ramp.kernels.cute.launch import moe_gemm  # noqa: E402
-from ramp.kernels.triton.fused_moe import route  # noqa: E402
+from ramp.kernels.routing import route  # noqa: E402
 from ramp.kernels.workload import make_call, make_weights  # noqa: E402
 from ramp.problem import MoEProblem  # noqa: E402
 

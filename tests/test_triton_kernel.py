@@ -18,7 +18,8 @@ if not ON_GPU:  # must be set before Triton is first imported
 pytest.importorskip("triton")
 
 from ramp.config import KernelConfig  # noqa: E402
-from ramp.kernels.triton.fused_moe import fused_moe, moe_gemm, route  # noqa: E402
+from ramp.kernels.routing import route  # noqa: E402
+from ramp.kernels.triton.fused_moe import fused_moe, moe_gemm  # noqa: E402
 
 DEVICE = "cuda" if ON_GPU else "cpu"
 

@@ -30,7 +30,7 @@ from ramp.kernels.cute.configs import (
     schedule,
 )
 from ramp.kernels.cute.moe_gemm import MoEGemmSm90
-from ramp.kernels.triton.fused_moe import Routing
+from ramp.kernels.routing import Routing
 
 
 @dataclass

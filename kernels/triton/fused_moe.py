@@ -1,4 +1,5 @@
-"""Host side of the Triton fused-MoE family: routing, one GEMM, the whole layer.
+"""Host side of the Triton fused-MoE family: one GEMM and the whole layer (routing is its
+own stage, ``ramp.kernels.routing``).
 
 Every function takes engine-style tensors (vLLM's fused_moe layout) and launches with
 grids that depend only on T and the configuration, so a call never reads device data
@@ -7,46 +8,13 @@ on the host and can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 
 from ramp.config import KernelConfig
 from ramp.geometry import max_row_tiles
-from ramp.kernels.triton.moe_gemm import moe_gemm_kernel, moe_route_kernel
-
-ROUTE_BLOCK = 1024
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Device-side routing of one call: the histogram and the expert-sorted slots."""
-
-    counts: torch.Tensor        # [E] int32, the expert histogram h
-    sorted_slots: torch.Tensor  # [T*k] int32, flat (token*k + j) slots sorted by expert
-    topk_weights: torch.Tensor  # [T*k] float32, flat routing weights
-    num_tokens: int
-    top_k: int
-    num_experts: int
-
-
-def _pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
-def route(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) -> Routing:
-    """Count and counting-sort the token-expert slots on the GPU (one launch, no sync)."""
-    tokens, top_k = topk_ids.shape
-    flat = topk_ids.reshape(-1).to(torch.int32)
-    dev = topk_ids.device
-    counts = torch.empty(num_experts, dtype=torch.int32, device=dev)
-    cursor = torch.empty(num_experts, dtype=torch.int32, device=dev)
-    sorted_slots = torch.empty(flat.numel(), dtype=torch.int32, device=dev)
-    moe_route_kernel[(1,)](flat, counts, cursor, sorted_slots, flat.numel(), E=num_experts,
-                           E_POW2=_pow2(num_experts), BLOCK=ROUTE_BLOCK)
-    return Routing(counts, sorted_slots, topk_weights.reshape(-1).float(), tokens, top_k,
-                   num_experts)
+from ramp.kernels.routing import Routing, pow2, route
+from ramp.kernels.triton.moe_gemm import moe_gemm_kernel
 
 
 def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
@@ -58,7 +26,7 @@ def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
     buffers = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights)
     sizes = (w.shape[1], w.shape[2], a.stride(0), a.stride(1), w.stride(0), w.stride(1),
              w.stride(2), out.stride(0), out.stride(1))
-    constexprs = dict(E=routing.num_experts, E_POW2=_pow2(routing.num_experts),
+    constexprs = dict(E=routing.num_experts, E_POW2=pow2(routing.num_experts),
                       TOP_K=routing.top_k, GROUP_M=cfg.group_m, GATHER_A=silu,
                       SCATTER_C=not silu, SILU_MUL=silu, num_warps=cfg.num_warps,
                       num_stages=cfg.num_stages)

@@ -21,7 +21,8 @@ from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
 from ramp.errors import InputError
 from ramp.kernels.bank_timer import WEIGHT_COPIES
 from ramp.kernels.cuda_timing import device_info, time_graph
-from ramp.kernels.triton.fused_moe import Routing, launch_abi, route
+from ramp.kernels.routing import Routing, route
+from ramp.kernels.triton.fused_moe import launch_abi
 from ramp.kernels.triton.moe_gemm import moe_gemm_poly_kernel
 from ramp.kernels.triton.timer import occupancy_of
 from ramp.kernels.workload import make_call, make_weights

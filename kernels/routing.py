@@ -1,0 +1,60 @@
+"""The routing stage of an MoE layer: histogram, counting sort and offsets, on the GPU.
+
+Every GEMM path (the Triton and CuTe families, ``torch._grouped_mm``) and the shared
+profiling timer consume one ``Routing``; none of them routes for itself, as vLLM keeps
+prepare/finalize apart from the experts. The interface:
+
+- input: ``topk_ids`` [T, k] (any integer dtype, ids in ``0..E-1``) and ``topk_weights``
+  [T, k] of one call, on the GPU;
+- output (``Routing``, all on the same device, nothing read back to the host):
+  ``counts`` [E] int32, the expert histogram ``h``; ``sorted_slots`` [T*k] int32, the
+  flat slots ``token * k + j`` ordered by expert, so the rows of expert ``e`` are
+  positions ``offsets[e] .. offsets[e] + counts[e]`` with ``offsets`` the exclusive
+  cumulative sum of ``counts`` (consumers derive it on the device: a cumulative sum
+  over E in registers, or ``torch.cumsum``); ``topk_weights`` [T*k] float32, flat.
+
+One launch (``moe_route_kernel``, a single CTA), no host sync, a grid that depends on
+nothing: capturable in a CUDA graph. Order within an expert is whatever the atomics
+give; no consumer depends on it (each row is independent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ramp.kernels.triton.moe_gemm import moe_route_kernel
+
+ROUTE_BLOCK = 1024  # slots one loop step of the routing CTA reads
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Device-side routing of one call: the histogram and the expert-sorted slots."""
+
+    counts: torch.Tensor        # [E] int32, the expert histogram h
+    sorted_slots: torch.Tensor  # [T*k] int32, flat (token*k + j) slots sorted by expert
+    topk_weights: torch.Tensor  # [T*k] float32, flat routing weights
+    num_tokens: int
+    top_k: int
+    num_experts: int
+
+
+def pow2(x: int) -> int:
+    """The smallest power of two >= x (register vectors over E are padded to it)."""
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def route(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) -> Routing:
+    """Count and counting-sort the token-expert slots on the GPU (one launch, no sync)."""
+    tokens, top_k = topk_ids.shape
+    flat = topk_ids.reshape(-1).to(torch.int32)
+    dev = topk_ids.device
+    counts = torch.empty(num_experts, dtype=torch.int32, device=dev)
+    cursor = torch.empty(num_experts, dtype=torch.int32, device=dev)
+    sorted_slots = torch.empty(flat.numel(), dtype=torch.int32, device=dev)
+    moe_route_kernel[(1,)](flat, counts, cursor, sorted_slots, flat.numel(), E=num_experts,
+                           E_POW2=pow2(num_experts), BLOCK=ROUTE_BLOCK)
+    return Routing(counts, sorted_slots, topk_weights.reshape(-1).float(), tokens, top_k,
+                   num_experts)
