@@ -4,7 +4,8 @@ For configuration ``c`` and histogram ``h`` the predicted time (microseconds) is
 
     t_c(h) = sum_f  p[c, f] * feature_f(c, h)
 
-over at most four grid-geometry features (see ``ramp.geometry.FEATURE_NAMES``); the
+over at most four grid-geometry features (the table ``ramp.geometry.FEATURES``, which
+the host dispatcher's folding and the sync-free kernel's device model derive from); the
 default set is
 
     launch          1                      fixed cost of a call

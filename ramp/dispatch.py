@@ -23,6 +23,7 @@ import numpy as np
 
 from ramp.costmodel import ModelError, WaveCostModel
 from ramp.errors import InputError
+from ramp.geometry import BASES
 
 if TYPE_CHECKING:
     from ramp.expert_parallel import EPView
@@ -72,18 +73,11 @@ class RampDispatcher(Dispatcher):
         self._bm_index = plan.bm_index
         self._tpr = plan.tiles_per_row_tile.astype(np.float64)
         self._slots = plan.slots.astype(np.float64)
-        # Fold every feature that is linear in (1, active, tiles) into three coefficient
-        # vectors, so one call is about a dozen numpy operations on length-C vectors.
-        p = dict(zip(model.features, model.params.T))
-        zero = np.zeros(len(model.bank))
-        self._intercept = p.get("launch", zero)
-        self._per_active = p.get("active_experts", zero)
-        self._per_tile = p.get("tile_waves", zero) / self._slots
-        self._per_wave = p.get("waves", zero)
-        self._per_row = p.get("row_waves", zero) * plan.row_wave_per_row
-        self._other = [(n, c) for n, c in p.items()
-                       if n not in ("launch", "active_experts", "tile_waves", "waves",
-                                    "row_waves")]
+        # Fold every linear feature (ramp.geometry.FEATURES) into one coefficient vector
+        # per basis, so one call is about a dozen numpy operations on length-C vectors.
+        coef, self._other = plan.fold(model.features, model.params)
+        self._intercept, self._per_active, self._per_tile, self._per_wave, self._per_row = (
+            coef[:, BASES.index(b)] for b in ("one", "active_experts", "tiles", "waves", "rows"))
         self._windows = np.array(model.bank.applies).T if model.bank.applies else None
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size

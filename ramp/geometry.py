@@ -14,6 +14,7 @@ per slot) as a one-tile-per-CTA grid, minus the per-CTA launch cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,15 +22,51 @@ import numpy as np
 from ramp.bank import KernelBank
 from ramp.problem import MoEProblem
 
-FEATURE_NAMES = (
-    "launch",         # 1: fixed cost of a call (launch, prologue, epilogue drain)
-    "waves",          # ceil(tiles / slots): waves on the critical path (tail effect)
-    "tile_waves",     # tiles / slots: work per SM, the throughput term
-    "active_experts",  # experts with >= 1 row: distinct weight matrices streamed from HBM
-    "padded_rows",    # rows computed including padding to block_m, per slot
-    "last_wave_fill",  # fraction of the last wave's slots that hold a tile
-    "row_waves",      # tile work of the routed rows alone (no padding to block_m), per slot
+BASES = ("one", "active_experts", "tiles", "waves", "rows")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One grid-geometry feature of the wave cost model.
+
+    A *linear* feature is ``scale[c] * basis(h)``: a per-configuration constant (from the
+    bank and the shape) times one histogram quantity of BASES (``tiles`` and ``waves``
+    are per configuration, the others per histogram). That one table defines the
+    features everywhere: ``GridGeometry.feature`` evaluates it, ``fold`` turns fitted
+    parameters into one coefficient per basis (the host dispatcher's fast path, and the
+    sync-free kernel's device-side model, which evaluates exactly these bases).
+    ``basis`` None: not linear in one basis (evaluated by ``GridGeometry`` alone).
+    """
+
+    name: str
+    basis: str | None
+    scale: Callable[[GeometryPlan], np.ndarray] | None  # [C] factor of the basis
+    meaning: str
+
+
+def _one(plan: GeometryPlan) -> np.ndarray:
+    return np.ones(plan.slots.shape)
+
+
+FEATURES = (
+    Feature("launch", "one", _one,
+            "1: fixed cost of a call (launch, prologue, epilogue drain)"),
+    Feature("waves", "waves", _one,
+            "ceil(tiles / slots): waves on the critical path (tail effect)"),
+    Feature("tile_waves", "tiles", lambda p: 1.0 / p.slots,
+            "tiles / slots: work per SM, the throughput term"),
+    Feature("active_experts", "active_experts", _one,
+            "experts with >= 1 row: distinct weight matrices streamed from HBM"),
+    Feature("padded_rows", "tiles", lambda p: p.block_m / (p.tiles_per_row_tile * p.slots),
+            "rows computed including padding to block_m (row tiles * block_m), per slot"),
+    Feature("last_wave_fill", None, None,
+            "fraction of the last wave's slots that hold a tile"),
+    Feature("row_waves", "rows", lambda p: p.tiles_per_row_tile / (p.block_m * p.slots),
+            "tile work of the routed rows alone (no padding to block_m), per slot"),
 )
+FEATURE_NAMES = tuple(f.name for f in FEATURES)
+FEATURE_BASIS = {f.name: f.basis for f in FEATURES}
+LINEAR_FEATURES = tuple(f.name for f in FEATURES if f.basis is not None)
 
 
 @dataclass(frozen=True)
@@ -39,28 +76,43 @@ class GridGeometry:
     tiles: np.ndarray
     slots: np.ndarray          # [C] CTAs one wave holds
     waves: np.ndarray
-    tile_waves: np.ndarray
     last_wave_fill: np.ndarray
-    padded_rows: np.ndarray
-    row_waves: np.ndarray       # rows / block_m * column tiles * split_k / slots
     active_experts: np.ndarray  # [H]
     rows: np.ndarray            # [H] token-expert rows M = sum(h)
+    scales: dict[str, np.ndarray]  # [C] per linear feature (GeometryPlan.scales)
+
+    def basis(self, name: str) -> np.ndarray:
+        """Histogram quantity ``name`` of BASES broadcast to [H, C] (float64)."""
+        shape = self.tiles.shape
+        if name == "one":
+            return np.ones(shape)
+        if name in ("active_experts", "rows"):
+            return np.broadcast_to(getattr(self, name)[:, None], shape).astype(np.float64)
+        return np.asarray(getattr(self, name), dtype=np.float64)
 
     def feature(self, name: str) -> np.ndarray:
-        """Feature ``name`` of FEATURE_NAMES broadcast to [H, C] (float64)."""
-        shape = self.tiles.shape
-        if name == "launch":
-            return np.ones(shape)
-        if name == "active_experts":
-            return np.broadcast_to(self.active_experts[:, None], shape).astype(np.float64)
-        if name == "padded_rows":
-            return self.padded_rows / self.slots[None, :]
-        return np.asarray(getattr(self, name), dtype=np.float64)
+        """Feature ``name`` of FEATURE_NAMES at [H, C] (float64)."""
+        basis = FEATURE_BASIS[name]
+        if basis is None:
+            return np.asarray(getattr(self, name), dtype=np.float64)
+        return self.basis(basis) * self.scales[name][None, :]
 
     def features(self, names: tuple[str, ...]) -> np.ndarray:
         """Stack features into [H, C, F]."""
         return np.stack([self.feature(n) for n in names], axis=-1)
 
+    @property
+    def tile_waves(self) -> np.ndarray:
+        return self.feature("tile_waves")
+
+    @property
+    def row_waves(self) -> np.ndarray:
+        return self.feature("row_waves")
+
+    @property
+    def padded_rows(self) -> np.ndarray:
+        """Rows computed including each expert's padding to block_m."""
+        return self.feature("padded_rows") * self.slots[None, :]
 
 
 def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
@@ -68,6 +120,7 @@ def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
     min(E, M) experts are active and each wastes under one tile of padding."""
     active = min(num_experts, rows)
     return (rows + active * (block_m - 1)) // block_m
+
 
 class GeometryPlan:
     """Per-bank constants precomputed once so that geometry costs a few numpy calls.
@@ -85,9 +138,9 @@ class GeometryPlan:
         self.tiles_per_row_tile = n_tiles * split_k
         self.slots = num_sms * bank.occupancy_array()
         self.block_m = block_m
-        self.row_wave_per_row = self.tiles_per_row_tile / (block_m * self.slots)
         self._bm_col = self.distinct_bm[:, None]
         self.num_experts = problem.num_experts
+        self.scales = {f.name: f.scale(self) for f in FEATURES if f.scale is not None}
 
     def row_tiles(self, hists: np.ndarray) -> np.ndarray:
         """[H, distinct_bm] total row tiles ``sum_e ceil(h[e] / bm)``."""
@@ -99,8 +152,7 @@ class GeometryPlan:
 
     def geometry(self, hists: np.ndarray) -> GridGeometry:
         hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
-        row_tiles = self.row_tiles(hists)[:, self.bm_index]
-        tiles = row_tiles * self.tiles_per_row_tile
+        tiles = self.tiles(hists)
         slots = self.slots
         waves = -(-tiles // slots)
         last = np.where(tiles > 0, tiles - (waves - 1) * slots, 0) / slots
@@ -108,13 +160,27 @@ class GeometryPlan:
             tiles=tiles,
             slots=slots,
             waves=waves,
-            tile_waves=tiles / slots,
             last_wave_fill=last,
-            padded_rows=row_tiles * self.block_m,
-            row_waves=hists.sum(axis=1)[:, None] * self.row_wave_per_row[None, :],
             active_experts=np.count_nonzero(hists, axis=1),
             rows=hists.sum(axis=1),
+            scales=self.scales,
         )
+
+    def fold(self, features: tuple[str, ...], params: np.ndarray
+             ) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+        """Fitted parameters ``[C, F]`` over ``features`` as one coefficient per basis:
+        ``[C, len(BASES)]`` such that the linear features' part of the prediction is
+        ``sum_b coef[:, b] * basis_b``, plus the non-linear features' own parameters
+        ``[(name, [C])]`` (evaluated through ``geometry``)."""
+        coef = np.zeros((params.shape[0], len(BASES)))
+        other = []
+        for f, name in enumerate(features):
+            basis = FEATURE_BASIS[name]
+            if basis is None:
+                other.append((name, params[:, f]))
+            else:
+                coef[:, BASES.index(basis)] += params[:, f] * self.scales[name]
+        return coef, other
 
 
 def grid_geometry(bank: KernelBank, problem: MoEProblem, num_sms: int,

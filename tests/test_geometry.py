@@ -66,3 +66,31 @@ def test_geometry_invariants(hist, bm, bn, occ, sms):
     assert (waves - 1) * slots < tiles <= waves * slots or tiles == waves == 0
     assert 0 <= geo.last_wave_fill[0, 0] <= 1
     assert geo.tile_waves[0, 0] <= waves
+
+
+def test_every_feature_folds_to_its_geometry(bank, problem, rng):
+    """The feature table is the one definition: each linear feature equals its scale
+    times its basis, and RampDispatcher's folded single-call path predicts what the model
+    predicts for every feature of the table (the non-linear one through geometry)."""
+    from ramp.costmodel import WaveCostModel
+    from ramp.dispatch import RampDispatcher
+    from ramp.geometry import BASES, FEATURES, GeometryPlan
+
+    hists = np.stack([rng.multinomial(rng.integers(1, 400), np.ones(8) / 8) for _ in range(6)])
+    plan = GeometryPlan(bank, problem, 132)
+    geo = plan.geometry(hists)
+    assert geo.padded_rows.tolist() == (plan.row_tiles(hists)[:, plan.bm_index]
+                                        * plan.block_m).tolist()
+    for f in FEATURES:
+        one = np.zeros((len(bank), 1)) + 1.0
+        coef, other = plan.fold((f.name,), one)
+        if f.basis is None:
+            assert other and not coef.any()
+        else:
+            assert np.allclose(geo.feature(f.name), geo.basis(f.basis) * coef[:, BASES.index(
+                f.basis)])
+        for names in ((f.name,), ("launch", f.name) if f.name != "launch" else ("launch",)):
+            model = WaveCostModel(bank, problem, 132, rng.uniform(0, 3, (len(bank), len(names))),
+                                  names)
+            ramp = RampDispatcher(model)
+            assert np.allclose([ramp.predict_one(h) for h in hists], model.predict(hists))

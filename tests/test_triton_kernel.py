@@ -10,6 +10,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 ON_GPU = torch.cuda.is_available()
@@ -157,3 +159,62 @@ def test_polymorphic_kernel_follows_device_side_model(gemm):
         outputs.append(out)
     # Both branches compute the same function (row order is the routing's in both).
     assert rel_err(outputs[0], outputs[1].float().cpu()) < 1e-2
+
+
+POLY_BRANCHES = [KernelConfig("triton", bm, bn, 32, persistent=True, variant="poly")
+                 for bm, bn in ((16, 32), (32, 64), (64, 32), (16, 64))]
+POLY_SMS = 3
+
+
+@pytest.mark.parametrize("gemm", ["w13", "w2"])
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_device_choice_equals_folded_host_choice_and_model_argmin(gemm, data):
+    """One feature definition, three evaluations: the sync-free kernel's on-GPU choice
+    (interpreter), RampDispatcher's folded coefficients and WaveCostModel.predict's argmin
+    pick the same branch on random histograms, feature sets and parameters (a near-tie,
+    within float32 rounding of the device, may go either way between tied branches)."""
+    from hypothesis.extra.numpy import arrays
+
+    from ramp.bank import KernelBank
+    from ramp.costmodel import DEFAULT_FEATURES, FAMILY_FEATURES, WaveCostModel
+    from ramp.dispatch import RampDispatcher
+    from ramp.kernels.triton.poly import PolyGemm
+    from ramp.problem import MoEProblem
+
+    experts, top_k = SIZES["experts"], 2
+    features = data.draw(st.sampled_from([DEFAULT_FEATURES, FAMILY_FEATURES["cute"]]))
+    tokens = data.draw(st.integers(1, 40))
+    skew = data.draw(st.floats(0.0, 3.0))
+    seed = data.draw(st.integers(0, 2**16))
+    params = data.draw(arrays(np.float64, (len(POLY_BRANCHES), len(features)),
+                              elements=st.floats(0.0, 50.0)))
+    x, w13, w2, _, _ = make_inputs(tokens, top_k=top_k, dtype=torch.float16, seed=seed,
+                                   **SIZES)
+    rng = np.random.default_rng(seed)
+    prob = np.arange(1, experts + 1, dtype=np.float64) ** -skew
+    ids = np.stack([rng.choice(experts, top_k, replace=False, p=prob / prob.sum())
+                    for _ in range(tokens)])
+    hist = np.bincount(ids.reshape(-1), minlength=experts)
+    if gemm == "w13":
+        a, w, cols = x, w13, SIZES["inter"]
+    else:
+        a = torch.randn(tokens * top_k, SIZES["inter"]).to(torch.float16).to(DEVICE)
+        w, cols = w2, SIZES["hidden"]
+    problem = MoEProblem(experts, w.shape[1], w.shape[2], top_k, dtype="float16", gemm=gemm)
+    model = WaveCostModel(KernelBank.build(POLY_BRANCHES, 1), problem, POLY_SMS, params,
+                          features)
+
+    ids_t = torch.as_tensor(ids, device=DEVICE)
+    routing = route(ids_t, torch.ones(ids_t.shape, device=DEVICE), experts)
+    out = torch.empty(tokens * top_k, cols, dtype=torch.float16, device=DEVICE)
+    choice = torch.full((1,), -1, dtype=torch.int32, device=DEVICE)
+    PolyGemm.from_model(model)(a, w, routing, out, gemm=gemm, num_sms=POLY_SMS, choice=choice)
+    device = int(choice.item())
+    folded = RampDispatcher(model).choose(hist)
+    pred = model.predict(hist)
+    best = int(np.argmin(pred))
+    near = pred <= pred[best] * (1 + 1e-5) + 1e-9
+    assert near[device] and near[folded], (device, folded, best, pred.tolist())
+    if near.sum() == 1:
+        assert device == folded == best

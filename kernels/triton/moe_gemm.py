@@ -176,15 +176,20 @@ def moe_gemm_kernel(
 
 
 @triton.jit
-def _branch_time(counts, active, slots, params_ptr, b: tl.constexpr, out_cols,
-                 BLOCK_M: tl.constexpr, OUT_N: tl.constexpr):
-    """The wave cost model of branch ``b``: launch + waves + active experts + tile waves."""
+def _branch_time(counts, active, rows, slots, coef_ptr, b: tl.constexpr, out_cols,
+                 BLOCK_M: tl.constexpr, OUT_N: tl.constexpr, NUM_BASES: tl.constexpr,
+                 B_ONE: tl.constexpr, B_ACTIVE: tl.constexpr, B_TILES: tl.constexpr,
+                 B_WAVES: tl.constexpr, B_ROWS: tl.constexpr):
+    """The wave cost model of branch ``b``: ``sum_basis coef[b, basis] * basis``, the
+    bases of ``ramp.geometry.BASES`` (their columns ``B_*`` and the coefficients come
+    from ``GeometryPlan.fold``, the host dispatcher's folding)."""
     tiles = tl.sum((counts + BLOCK_M - 1) // BLOCK_M, 0) * tl.cdiv(out_cols, OUT_N)
     waves = tl.cdiv(tiles, slots)
-    p = params_ptr + 4 * b
-    return (tl.load(p) + tl.load(p + 1) * waves.to(tl.float32)
-            + tl.load(p + 2) * active.to(tl.float32)
-            + tl.load(p + 3) * (tiles.to(tl.float32) / slots))
+    p = coef_ptr + NUM_BASES * b
+    return (tl.load(p + B_ONE) + tl.load(p + B_ACTIVE) * active.to(tl.float32)
+            + tl.load(p + B_TILES) * tiles.to(tl.float32)
+            + tl.load(p + B_WAVES) * waves.to(tl.float32)
+            + tl.load(p + B_ROWS) * rows.to(tl.float32))
 
 
 @triton.jit
@@ -217,36 +222,43 @@ def moe_gemm_poly_kernel(
     BM2: tl.constexpr, BN2: tl.constexpr, BK2: tl.constexpr,
     BM3: tl.constexpr, BN3: tl.constexpr, BK3: tl.constexpr,
     GROUP_M: tl.constexpr, GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr,
-    SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
+    SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr, NUM_BASES: tl.constexpr,
+    B_ONE: tl.constexpr, B_ACTIVE: tl.constexpr, B_TILES: tl.constexpr,
+    B_WAVES: tl.constexpr, B_ROWS: tl.constexpr,
 ):
     """Megakernel polymorphism: one persistent launch, up to four tile configurations.
 
     Every CTA reads the device-side histogram, evaluates the fitted wave cost model of
-    each branch (``params`` [NUM_BRANCHES, 4] on the GPU) and runs the argmin branch, so
-    the choice follows the live routing with no host sync and no relaunch; the launch is
-    CUDA-graph capturable. All CTAs compute the same choice from the same data. ``force``
+    each branch (``params``: [NUM_BRANCHES, NUM_BASES] coefficients on the GPU) and runs
+    the argmin branch, so the choice follows the live routing with no host sync and no
+    relaunch; the launch is CUDA-graph capturable. All CTAs compute the same choice from the same data. ``force``
     >= 0 pins a branch (profiling each branch with the same launch).
     """
     experts = tl.arange(0, E_POW2)
     counts = tl.load(counts_ptr + experts, mask=experts < E, other=0)
     active = tl.sum((counts > 0).to(tl.int32), 0)
+    rows = tl.sum(counts, 0)
     slots = tl.num_programs(0)
     out_cols = N // 2 if SILU_MUL else N
     HALF: tl.constexpr = 2 if SILU_MUL else 1
     choice = force
     if force < 0:
-        best = _branch_time(counts, active, slots, params_ptr, 0, out_cols, BM0, BN0 // HALF)
+        best = _branch_time(counts, active, rows, slots, params_ptr, 0, out_cols, BM0,
+                            BN0 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS)
         choice = 0
         if NUM_BRANCHES > 1:
-            t = _branch_time(counts, active, slots, params_ptr, 1, out_cols, BM1, BN1 // HALF)
+            t = _branch_time(counts, active, rows, slots, params_ptr, 1, out_cols, BM1,
+                             BN1 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS)
             choice = tl.where(t < best, 1, choice)
             best = tl.minimum(t, best)
         if NUM_BRANCHES > 2:
-            t = _branch_time(counts, active, slots, params_ptr, 2, out_cols, BM2, BN2 // HALF)
+            t = _branch_time(counts, active, rows, slots, params_ptr, 2, out_cols, BM2,
+                             BN2 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS)
             choice = tl.where(t < best, 2, choice)
             best = tl.minimum(t, best)
         if NUM_BRANCHES > 3:
-            t = _branch_time(counts, active, slots, params_ptr, 3, out_cols, BM3, BN3 // HALF)
+            t = _branch_time(counts, active, rows, slots, params_ptr, 3, out_cols, BM3,
+                             BN3 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS)
             choice = tl.where(t < best, 3, choice)
     if tl.program_id(0) == 0:
         tl.store(choice_ptr, choice)

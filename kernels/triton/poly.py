@@ -19,6 +19,7 @@ from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
 from ramp.errors import InputError
+from ramp.geometry import BASES, LINEAR_FEATURES, GeometryPlan
 from ramp.kernels.bank_timer import WEIGHT_COPIES
 from ramp.kernels.cuda_timing import device_info, time_graph
 from ramp.kernels.routing import Routing, route
@@ -36,41 +37,78 @@ def poly_configs(branches: Sequence[KernelConfig]) -> list[KernelConfig]:
     return [dataclasses.replace(c, variant="poly", persistent=True) for c in branches]
 
 
+# The kernel's coefficient columns (constexprs of moe_gemm_poly_kernel) per basis of the
+# core's feature table: the kernel evaluates every basis, so every linear feature runs on
+# the GPU exactly as ramp.geometry defines it.
+KERNEL_BASES = {"one": "B_ONE", "active_experts": "B_ACTIVE", "tiles": "B_TILES",
+                "waves": "B_WAVES", "rows": "B_ROWS"}
+if set(KERNEL_BASES) != set(BASES):
+    raise ImportError(f"moe_gemm_poly_kernel evaluates bases {sorted(KERNEL_BASES)}, "
+                      f"ramp.geometry defines {sorted(BASES)}")
+BASIS_COLUMNS = {KERNEL_BASES[b]: i for i, b in enumerate(BASES)}
+
+
 class PolyGemm:
-    """A compiled-on-first-use polymorphic GEMM for one problem."""
+    """A compiled-on-first-use polymorphic GEMM for one problem.
+
+    ``params`` [branches, F] are the fitted parameters over ``features`` (any linear
+    features of ``ramp.geometry.FEATURES``); at launch they are folded
+    (``GeometryPlan.fold``, as ``RampDispatcher`` folds them) for the launch's shape and
+    wave size into one coefficient per basis, the layout the kernel reads.
+    """
 
     def __init__(self, branches: Sequence[KernelConfig], params: np.ndarray | None = None,
-                 *, occupancy: int = 1) -> None:
+                 *, occupancy: int = 1, features: Sequence[str] = DEFAULT_FEATURES) -> None:
         if not 1 <= len(branches) <= MAX_BRANCHES:
             raise InputError(f"a polymorphic kernel has 1..{MAX_BRANCHES} branches")
         launch = {(c.num_warps, c.num_stages, c.group_m) for c in branches}
         if len(launch) != 1:
             raise InputError("branches must share num_warps, num_stages and group_m: "
                              f"got {sorted(launch)}")
+        nonlinear = [f for f in features if f not in LINEAR_FEATURES]
+        if nonlinear:
+            raise InputError(f"the device-side model evaluates linear features only "
+                             f"{LINEAR_FEATURES}, got {nonlinear}")
         self.branches = tuple(branches)
         self.occupancy = occupancy
-        self._params_host = np.zeros((len(branches), 4)) if params is None else params
-        self._params: torch.Tensor | None = None
+        self.features = tuple(features)
+        shape = (len(branches), len(self.features))
+        self._params_host = (np.zeros(shape) if params is None
+                             else np.asarray(params, dtype=np.float64))
+        if self._params_host.shape != shape:
+            raise InputError(f"params shape {self._params_host.shape} != (branches, "
+                             f"features) {shape}")
+        self._coef: dict[tuple, torch.Tensor] = {}
 
     @classmethod
     def from_model(cls, model: WaveCostModel) -> PolyGemm:
-        if model.features != DEFAULT_FEATURES:
-            raise InputError(f"the device-side model evaluates {DEFAULT_FEATURES}")
         occ = set(model.bank.occupancy)
-        return cls(model.bank.configs, model.params, occupancy=min(occ))
+        return cls(model.bank.configs, model.params, occupancy=min(occ),
+                   features=model.features)
+
+    def coefficients(self, problem: MoEProblem, num_sms: int) -> np.ndarray:
+        """[branches, len(BASES)] folded coefficients for one shape and wave size."""
+        bank = KernelBank.build(list(self.branches), self.occupancy)
+        coef, _ = GeometryPlan(bank, problem, num_sms).fold(self.features, self._params_host)
+        return coef
 
     def _launch(self, a, w, routing: Routing, out, gemm: str, num_sms: int, force: int,
                 choice: torch.Tensor):
-        if self._params is None or self._params.device != a.device:
-            self._params = torch.as_tensor(self._params_host, dtype=torch.float32,
-                                           device=a.device).contiguous()
+        key = (w.shape[1], w.shape[2], routing.num_experts, routing.top_k, gemm, num_sms,
+               a.device)
+        if key not in self._coef:
+            problem = MoEProblem(routing.num_experts, w.shape[1], w.shape[2], routing.top_k,
+                                 gemm=gemm)
+            self._coef[key] = torch.as_tensor(self.coefficients(problem, num_sms),
+                                              dtype=torch.float32, device=a.device).contiguous()
         padded = list(self.branches) + [self.branches[0]] * (MAX_BRANCHES - len(self.branches))
         tiles = {f"{p}{i}": getattr(c, f"block_{p[1].lower()}") for i, c in enumerate(padded)
                  for p in ("BM", "BN", "BK")}
         buffers, sizes, constexprs = launch_abi(a, w, routing, out, gemm, self.branches[0])
-        args = (*buffers, self._params, choice, force, *sizes)
+        args = (*buffers, self._coef[key], choice, force, *sizes)
         kwargs = dict(constexprs, NUM_BRANCHES=len(self.branches), **tiles,
-                      EVEN_K=all(w.shape[2] % c.block_k == 0 for c in self.branches))
+                      EVEN_K=all(w.shape[2] % c.block_k == 0 for c in self.branches),
+                      NUM_BASES=len(BASES), **BASIS_COLUMNS)
         return (num_sms * self.occupancy,), args, kwargs
 
     def __call__(self, a, w, routing: Routing, out, *, gemm: str, num_sms: int,
