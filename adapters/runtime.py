@@ -316,17 +316,18 @@ class RampMoERuntime:
 
     def _poly_path(self, gpu: str, problems: tuple[MoEProblem, MoEProblem],
                    live_sms: int | None) -> tuple[LayerPath, int]:
+        from ramp.families import get_family
         from ramp.kernels.layers import poly_layer
-        from ramp.kernels.triton.configs import FAMILY_VERSION
         from ramp.kernels.triton.poly import PolyGemm
 
+        installed = get_family("triton-poly").family_version()
         models = []
         for problem in problems:
             profile = self._profile(gpu, problem)
-            if profile.family_version != FAMILY_VERSION:
+            if profile.family_version != installed:
                 raise Unsupported(f"profile {profile.key} is for kernel family version "
                                   f"{profile.family_version}, installed kernels are "
-                                  f"{FAMILY_VERSION}")
+                                  f"{installed}")
             if live_sms is not None and profile.model.num_sms != live_sms:
                 raise Unsupported(f"profile {profile.key} was measured with "
                                   f"{profile.model.num_sms} SMs, this device has {live_sms} "

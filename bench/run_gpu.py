@@ -9,7 +9,7 @@ Writes into --out: the fitted profile, the training and held-out measurements (e
 configuration on every histogram) and the baselines on the held-out histograms
 (``torch._grouped_mm``; vLLM's own fused_moe kernel with its shipped H100 config when
 an uncommitted ``.vllm_ref/`` runner is present). Regret and speedups are computed from
-these files on any machine by ``python bench/evaluate.py``.
+these files on any machine by ``bash bench/evaluate_all.sh`` (``ramp evaluate`` per shape).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ramp.families import TimerOptions, get_family, profilable_families
 from ramp.hardware import detect_gpu
 from ramp.models import get_model
-from ramp.profiler import SamplePlan, fit_profile, measure
+from ramp.profiler import SamplePlan, fit_profile, measure, timer_provenance
 
 HOLDOUT = SamplePlan(
     tokens=(1, 3, 12, 48, 192, 768, 3072),
@@ -37,7 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, nargs="+")
     ap.add_argument("--gemm", choices=["w13", "w2"], required=True)
-    ap.add_argument("--family", choices=["triton", "cute"], default="triton")
+    ap.add_argument("--family", choices=[f for f in profilable_families() if f != "grouped_mm"],
+                    default="triton", help="grouped_mm: see --grouped-mm")
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=240.0, help="training timing budget (s)")
     ap.add_argument("--skip-holdout", action="store_true",
@@ -69,16 +71,7 @@ def main() -> None:
 
 def make_timer(family: str, problem, configs=None):
     """The family's profiling timer over ``configs`` (default: its whole space)."""
-    if family == "cute":
-        from ramp.kernels.cute.configs import cute_configs
-        from ramp.kernels.cute.timer import cute_timer, default_jobs
-
-        return cute_timer(problem, configs or cute_configs(), jobs=default_jobs(),
-                          progress=False)
-    from ramp.kernels.triton import triton_configs
-    from ramp.kernels.triton.timer import TritonTimer
-
-    return TritonTimer(problem, configs or triton_configs())
+    return get_family(family).make_timer(problem, configs, TimerOptions(progress=False))
 
 
 def profile_shape(args, problem) -> None:
@@ -87,9 +80,7 @@ def profile_shape(args, problem) -> None:
     stem = f"{gpu.name}_{problem.key}"
     command = "python3 " + " ".join(sys.argv)
     if args.grouped_mm:
-        from ramp.kernels.grouped_mm import GroupedMMTimer
-
-        timer = GroupedMMTimer(problem)
+        timer = make_timer("grouped_mm", problem)
         for name, plan in (("train", SamplePlan()), ("holdout", HOLDOUT)):
             hists, labels = plan.histograms(problem)
             meas = measure(timer, gpu.name, problem, hists, labels)
@@ -109,10 +100,7 @@ def profile_shape(args, problem) -> None:
     train = measure(timer, gpu.name, problem, hists, labels, budget_s=args.budget,
                     checkpoint=out / f"{stem}_{family}.train.json")
     train.provenance.update(command=command, compile_and_verify_seconds=round(compile_s, 1),
-                            max_verify_error=max(timer.verify_errors.values()),
-                            dropped_configs=timer.dropped)
-    if family == "cute":
-        train.provenance["compile_seconds"] = timer.compile_seconds
+                            **timer_provenance(timer))
     train.save(out / f"{stem}_{family}.train.json")
     profile = fit_profile(train, gpu.sms)
     profile.provenance["profiling_wall_seconds"] = round(time.monotonic() - t0, 1)
@@ -141,7 +129,6 @@ def side_by_side(profile, hists, labels, path: Path, command: str) -> None:
     """In one process and loop: RaMP's and static dispatch's choices, vLLM's kernel with
     its shipped config, torch._grouped_mm, and the machine's measured ceilings."""
     from ramp.kernels.cuda_timing import matmul_flops, read_bandwidth
-    from ramp.kernels.grouped_mm import GroupedMMTimer
 
     problem = profile.problem
     choices = {"": profile}
@@ -159,7 +146,7 @@ def side_by_side(profile, hists, labels, path: Path, command: str) -> None:
         col = {cfg: c for c, cfg in enumerate(timers[prefix].bank.configs)}
         picks[prefix] = [(col[prof.model.bank.configs[r]], col[prof.model.bank.configs[s]])
                          for r, s in zip(ramp_idx, static_idx)]
-    gmm = GroupedMMTimer(problem)
+    gmm = make_timer("grouped_mm", problem)
     result: dict = {
         "labels": labels, "command": command, "profile": profile.key,
         "device": gmm.device_info(),

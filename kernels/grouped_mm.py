@@ -22,6 +22,8 @@ import torch
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
+from ramp.errors import InputError
+from ramp.families import TimerOptions
 from ramp.kernels.cuda_timing import device_info, time_graph
 from ramp.kernels.routing import Routing
 from ramp.kernels.workload import make_weights
@@ -48,6 +50,11 @@ def grouped_mm_bank(problem: MoEProblem) -> KernelBank:
         return KernelBank.build([PINGPONG], applies=[(0.0, np.inf)])
     edge = SMALL_ROWS + 1 - 1e-9
     return KernelBank.build([PINGPONG, COOPERATIVE], applies=[(0.0, edge), (edge, np.inf)])
+
+
+def grouped_mm_configs(dtype_bytes: int = 2) -> list[KernelConfig]:
+    """The family's configuration space: PyTorch's two sm90 tiles (any dtype it runs)."""
+    return [PINGPONG, COOPERATIVE]
 
 
 def pytorch_tile_choice(rows: int, num_experts: int, n: int) -> int:
@@ -124,3 +131,12 @@ class GroupedMMTimer:
 
     def device_info(self) -> dict[str, Any]:
         return device_info()
+
+
+def make_timer(problem: MoEProblem, configs: list[KernelConfig] | None,
+               options: TimerOptions) -> GroupedMMTimer:
+    """The family's registry entry (``ramp.families``): PyTorch picks the tile, so the
+    bank is always its two tiles."""
+    if configs is not None and set(configs) - set(grouped_mm_configs()):
+        raise InputError("grouped_mm's configurations are PyTorch's two tiles")
+    return GroupedMMTimer(problem)

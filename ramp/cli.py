@@ -14,6 +14,7 @@ import numpy as np
 
 from ramp.clitools import ErrorGroup, FilePath, FiniteFloat, check_output_dir, check_output_file
 from ramp.errors import InputError
+from ramp.families import TimerOptions, get_family, profilable_families
 
 GEMM_CHOICE = click.Choice(["w13", "w2"])
 PARALLEL = click.IntRange(1, 1024)
@@ -128,13 +129,13 @@ def explain(profile_path, hist_spec, top) -> None:
 @click.option("--tokens", default=None, help="comma list (default 1..8192, powers of 2)")
 @click.option("--routings", default=None, help="';'-separated specs, e.g. 'uniform;zipf:s=1.0'")
 @click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True)
-@click.option("--family", type=click.Choice(["triton", "cute", "grouped_mm"]),
+@click.option("--family", type=click.Choice(profilable_families()),
               default="triton", show_default=True,
-              help="kernel family (cute: needs nvidia-cutlass-dsl and sm90; grouped_mm: "
-                   "torch's, as a black box)")
+              help="kernel family (ramp.families; cute: needs nvidia-cutlass-dsl and sm90; "
+                   "grouped_mm: torch's, as a black box)")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="cute: processes that compile the bank at once (default: half the "
-                   "cores, at most 4)")
+              help="processes that compile the bank at once (default: the family's; cute: "
+                   "half the cores, at most 4)")
 @click.option("--no-progress", is_flag=True)
 def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, family,
             jobs, no_progress):
@@ -146,7 +147,7 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
     """
     from ramp.hardware import detect_gpu
     from ramp.models import get_model
-    from ramp.profiler import SamplePlan, fit_profile, measure
+    from ramp.profiler import SamplePlan, fit_profile, measure, timer_provenance
 
     check_output_dir(out_dir, "--out")
     token_list = _int_list(tokens, "--tokens") if tokens else None
@@ -160,22 +161,8 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
     if routings:
         plan = SamplePlan(plan.tokens, tuple(routings.split(";")), seed)
     hists, labels = plan.histograms(problem)
-    if family == "grouped_mm":
-        from ramp.kernels.grouped_mm import GroupedMMTimer
-
-        timer = GroupedMMTimer(problem)
-    elif family == "cute":
-        from ramp.kernels.cute.configs import cute_configs
-        from ramp.kernels.cute.timer import cute_timer, default_jobs
-
-        timer = cute_timer(problem, cute_configs(), jobs=jobs or default_jobs(),
-                           progress=not no_progress)
-    else:
-        from ramp.kernels.triton import triton_configs
-        from ramp.kernels.triton.timer import TritonTimer
-
-        timer = TritonTimer(problem, triton_configs())
-    if family != "grouped_mm" and timer.dropped:
+    timer = get_family(family).make_timer(problem, None, TimerOptions(jobs, not no_progress))
+    if getattr(timer, "dropped", None):
         click.echo(f"dropped {len(timer.dropped)} configurations that do not compile or "
                    f"verify: {timer.dropped}")
     out = Path(out_dir)
@@ -183,11 +170,7 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
     meas = measure(timer, gpu.name, problem, hists, labels, budget_s=budget,
                    checkpoint=out / f"{stem}.measurements.json", progress=not no_progress)
     meas.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
-    if family != "grouped_mm":
-        meas.provenance["max_verify_error"] = max(timer.verify_errors.values(), default=None)
-        meas.provenance["dropped_configs"] = timer.dropped
-    if family == "cute":
-        meas.provenance["compile_seconds"] = timer.compile_seconds
+    meas.provenance.update(timer_provenance(timer))
     prof = fit_profile(meas, gpu.sms)
     path = prof.save(out / f"{stem}.json")
     click.echo(f"wrote {path} ({len(meas.labels)} histograms x {len(timer.bank)} configs, "

@@ -148,6 +148,20 @@ class Measurements:
             raise InputError(f"{path}: missing field {exc}") from None
 
 
+def timer_provenance(timer: Timer) -> dict[str, Any]:
+    """What a timer knows beyond the protocol, for a measurement's provenance: the worst
+    verification error and the dropped configurations (timers that verify), compile
+    seconds per configuration (timers that time their compiles)."""
+    out: dict[str, Any] = {}
+    if hasattr(timer, "verify_errors"):
+        out["max_verify_error"] = max(timer.verify_errors.values(), default=None)
+    if hasattr(timer, "dropped"):
+        out["dropped_configs"] = timer.dropped
+    if hasattr(timer, "compile_seconds"):
+        out["compile_seconds"] = timer.compile_seconds
+    return out
+
+
 def measure(
     timer: Timer,
     gpu: str,

@@ -12,22 +12,13 @@ import numpy as np
 from ramp.costmodel import WaveCostModel
 from ramp.dispatch import Dispatcher, StaticDispatcher
 from ramp.errors import InputError, ProfileMismatchError
+from ramp.families import get_family, installed_family_versions
 from ramp.hardware import GPUSpec
 from ramp.problem import MoEProblem
 from ramp.profile import Profile, embedded_profile_paths, find_profile, load_profile
 from ramp.sim.routing import rebatch
 
 SIM_POLICIES = ("static", "ramp", "ramp-unguarded")
-
-
-def installed_family_versions() -> dict[str, str]:
-    """Versions of the kernel families whose version is a constant of this RaMP (the
-    ``triton-poly`` kernel shares the Triton family's). ``grouped_mm`` is versioned by
-    the torch that ran it and is not checked."""
-    from ramp.kernels.cute.configs import FAMILY_VERSION as CUTE
-    from ramp.kernels.triton.configs import FAMILY_VERSION as TRITON
-
-    return {"triton": TRITON, "triton-poly": TRITON, "cute": CUTE}
 
 
 @dataclass
@@ -68,9 +59,8 @@ def _analytic_profile(gpu: GPUSpec, problem: MoEProblem) -> Profile:
             bank, version = embedded.model.bank, embedded.family_version
             break
     if bank is None:
-        from ramp.kernels.triton.configs import FAMILY_VERSION, triton_bank
-
-        bank, version = triton_bank(problem.dtype_bytes), FAMILY_VERSION
+        triton = get_family(family)
+        bank, version = triton.default_bank(problem.dtype_bytes), triton.family_version()
     model = WaveCostModel.analytic(bank, problem, gpu)
     rng = np.random.default_rng(0)
     uniform = np.full((1, problem.num_experts), problem.top_k / problem.num_experts)

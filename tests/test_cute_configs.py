@@ -1,17 +1,22 @@
 """The CuTe family's configuration space (pure data, no GPU or cutlass needed)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ramp.config import KernelConfig
 from ramp.errors import InputError
 from ramp.kernels.cute.configs import (
     EPI_PAD,
+    FAMILY_VERSION,
     H100_SMEM_PER_BLOCK,
     MAX_ACC_REGS,
     TABLES_AND_BARRIERS,
     THIN_BLOCK_M,
+    CuteVariant,
     accumulator_regs,
     check_shapes,
     consumer_warpgroups,
@@ -25,6 +30,7 @@ from ramp.kernels.cute.configs import (
     staging_buffers,
 )
 from ramp.models import get_model
+from ramp.profile import load_profile
 
 
 def test_at_least_100_valid_configurations_with_unique_names():
@@ -110,3 +116,30 @@ def test_launch_grid_covers_every_tile_in_whole_clusters(experts, tokens, top_k,
         assert grid % cfg.cluster_m == 0
         assert grid <= slots
         assert grid >= min(tiles, slots // cfg.cluster_m * cfg.cluster_m)
+
+
+def _cute_profiles():
+    root = Path(__file__).resolve().parent.parent
+    return sorted([*root.glob("ramp/data/profiles/*_cute.json"),
+                   *root.glob("bench/results/raw/**/*_cute.profile.json")])
+
+
+@pytest.mark.parametrize("path", _cute_profiles(), ids=lambda p: p.parent.name + "/" + p.name)
+def test_profiles_configs_read_as_typed_variants(path):
+    """Every CuTe profile ever shipped loads, each configuration's variant reads as typed
+    fields and writes back to the same tag; the current version's banks are exactly the
+    configuration space (so no name changed)."""
+    profile = load_profile(path)
+    for cfg in profile.model.bank.configs:
+        variant = CuteVariant.of(cfg)
+        assert variant.tag == cfg.variant
+        assert variant.swap_ab == (cfg.block_m < 64)
+    if profile.family_version == FAMILY_VERSION:
+        assert set(profile.model.bank.configs) == set(cute_configs())
+
+
+def test_bad_variant_is_an_input_error():
+    with pytest.raises(InputError, match="schedule must be one of"):
+        CuteVariant("pingpang", "m")
+    with pytest.raises(InputError, match="is not '<schedule>-<raster>'"):
+        CuteVariant.of(KernelConfig("cute", 64, 128, 64, variant="coop"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from dataclasses import dataclass
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
@@ -57,13 +58,58 @@ TABLES_AND_BARRIERS = 2 * (MAX_EXPERTS + 1) * 4 + 1024
 MAX_ACC_REGS = 128   # fp32 accumulator registers per consumer thread (232 allotted)
 
 
+@dataclass(frozen=True)
+class CuteVariant:
+    """The family's own configuration fields, typed: the consumer ``schedule`` (a key of
+    SCHEDULES, or SWAP) and the ``raster`` order (RASTERS). A configuration carries them
+    as its ``variant`` tag ``"<schedule>-<raster>"`` (what its name and every profile
+    hold, unchanged); ``of`` is the one place the tag is read back."""
+
+    schedule: str
+    raster: str
+
+    def __post_init__(self) -> None:
+        if self.schedule not in (*SCHEDULES, SWAP) or self.raster not in RASTERS:
+            raise InputError(f"CuTe variant {self.tag!r}: schedule must be one of "
+                             f"{[*SCHEDULES, SWAP]}, raster one of {list(RASTERS)}")
+
+    @classmethod
+    def of(cls, cfg: KernelConfig) -> CuteVariant:
+        schedule, sep, raster = cfg.variant.partition("-")
+        if not sep:
+            raise InputError(f"{cfg.name}: variant {cfg.variant!r} is not "
+                             "'<schedule>-<raster>'")
+        return cls(schedule, raster)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.schedule}-{self.raster}"
+
+    @property
+    def swap_ab(self) -> bool:
+        """Thin tiles run transposed (tokens on wgmma's N side)."""
+        return self.schedule == SWAP
+
+    @property
+    def pingpong(self) -> bool:
+        return self.schedule == "pingpong"
+
+    @property
+    def cooperative(self) -> bool:
+        return self.schedule == "coop"
+
+    @property
+    def consumer_warpgroups(self) -> int:
+        return 1 if self.swap_ab else SCHEDULES[self.schedule]
+
+
 def schedule(cfg: KernelConfig) -> str:
-    """``1wg``, ``coop``, ``pingpong`` or ``swap`` (the variant's first part)."""
-    return cfg.variant.split("-")[0]
+    """``1wg``, ``coop``, ``pingpong`` or ``swap``."""
+    return CuteVariant.of(cfg).schedule
 
 
 def raster(cfg: KernelConfig) -> str:
-    return cfg.variant.split("-")[-1]
+    return CuteVariant.of(cfg).raster
 
 
 def consumer_warpgroups(cfg: KernelConfig) -> int:
@@ -72,12 +118,12 @@ def consumer_warpgroups(cfg: KernelConfig) -> int:
 
 def tile_warpgroups(cfg: KernelConfig) -> int:
     """Consumer warpgroups that share one tile's accumulator (two only when cooperative)."""
-    return consumer_warpgroups(cfg) if schedule(cfg) == "coop" else 1
+    return consumer_warpgroups(cfg) if CuteVariant.of(cfg).cooperative else 1
 
 
 def staging_buffers(cfg: KernelConfig) -> int:
     """Epilogue staging buffers: one per pingpong warpgroup, else one."""
-    return consumer_warpgroups(cfg) if schedule(cfg) == "pingpong" else 1
+    return consumer_warpgroups(cfg) if CuteVariant.of(cfg).pingpong else 1
 
 
 def accumulator_regs(cfg: KernelConfig) -> int:
@@ -97,7 +143,7 @@ def epilogue_cols(cfg: KernelConfig, gemm: str, smem_limit: int = H100_SMEM_PER_
     time (w13: EPI_COLS outputs and their up columns), which frees shared memory for a
     deeper pipeline. Thin (swap) tiles always stage the whole tile: it is small."""
     halves = 2 if gemm == "w13" else 1
-    if schedule(cfg) == SWAP or _smem(cfg, cfg.block_n, dtype_bytes) <= smem_limit:
+    if CuteVariant.of(cfg).swap_ab or _smem(cfg, cfg.block_n, dtype_bytes) <= smem_limit:
         return cfg.block_n // halves
     return min(2 * EPI_COLS, cfg.block_n) // halves
 
@@ -133,7 +179,7 @@ def launch_grid(cfg: KernelConfig, gemm: str, n: int, rows: int, num_experts: in
 
 def _config(bm: int, bn: int, stages: int, sched: str, wgs: int, rast: str) -> KernelConfig:
     return KernelConfig(FAMILY, bm, bn, BLOCK_K, num_warps=4 * (1 + wgs), num_stages=stages,
-                        persistent=True, variant=f"{sched}-{rast}")
+                        persistent=True, variant=CuteVariant(sched, rast).tag)
 
 
 def cute_configs(smem_limit: int = H100_SMEM_PER_BLOCK, dtype_bytes: int = 2

@@ -22,13 +22,7 @@ import torch
 from cutlass.cute.runtime import from_dlpack
 
 from ramp.config import KernelConfig
-from ramp.kernels.cute.configs import (
-    check_shapes,
-    epilogue_cols,
-    launch_grid,
-    raster,
-    schedule,
-)
+from ramp.kernels.cute.configs import CuteVariant, check_shapes, epilogue_cols, launch_grid
 from ramp.kernels.cute.moe_gemm import MoEGemmSm90
 from ramp.kernels.routing import Routing
 
@@ -76,7 +70,7 @@ def compiled_gemm(cfg: KernelConfig, gemm: str, a_sorted, w, routing: Routing, o
 def compile_gemm(cfg: KernelConfig, gemm: str, a_sorted, w, routing: Routing, out, stream):
     """Compile (uncached) ``cfg``'s kernel for these operands' dtypes. Runs without a GPU
     when ``CUTE_DSL_ARCH`` names the target (bench/compile_cute.py)."""
-    op = MoEGemmSm90(cfg.block_m, cfg.block_n, cfg.num_stages, schedule(cfg), raster(cfg),
+    op = MoEGemmSm90(cfg.block_m, cfg.block_n, cfg.num_stages, CuteVariant.of(cfg),
                      silu_mul=gemm == "w13", cluster_m=cfg.cluster_m,
                      epi_cols=epilogue_cols(cfg, gemm))
     return cute.compile(op, *_operands(a_sorted, w, routing, out), cutlass.Int32(1), stream)

@@ -46,7 +46,7 @@ import cutlass.utils as utils
 import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
-from ramp.kernels.cute.configs import EPI_PAD, MAX_EXPERTS, SCHEDULES, SWAP
+from ramp.kernels.cute.configs import EPI_PAD, MAX_EXPERTS, CuteVariant
 
 THREADS_PER_WG = 128
 PRODUCER_REGS = 40
@@ -64,8 +64,8 @@ class MoEGemmSm90:
     bands of G, Triton's grouped ordering).
     """
 
-    def __init__(self, block_m: int, block_n: int, stages: int, schedule: str,
-                 raster: str, silu_mul: bool, cluster_m: int = 1, epi_cols: int = 0) -> None:
+    def __init__(self, block_m: int, block_n: int, stages: int, variant: CuteVariant,
+                 silu_mul: bool, cluster_m: int = 1, epi_cols: int = 0) -> None:
         self.block_m, self.block_n, self.block_k = block_m, block_n, 64
         # A cluster of cluster_m CTAs works on cluster_m consecutive row blocks of one
         # expert and one column block: each CTA loads 1/cluster_m of the weight tile and
@@ -73,13 +73,13 @@ class MoEGemmSm90:
         self.cluster_m = cluster_m
         self.rows_per_unit = block_m * cluster_m
         self.stages = stages
-        self.swap_ab = schedule == SWAP
-        self.pingpong = schedule == "pingpong"
-        self.consumer_wgs = 1 if self.swap_ab else SCHEDULES[schedule]
+        self.swap_ab = variant.swap_ab
+        self.pingpong = variant.pingpong
+        self.consumer_wgs = variant.consumer_warpgroups
         # Warpgroups that share one tile (its accumulator, staging buffer, barrier).
-        self.tile_wgs = 2 if schedule == "coop" else 1
+        self.tile_wgs = 2 if variant.cooperative else 1
         self.teams = self.consumer_wgs // self.tile_wgs
-        self.raster = raster
+        self.raster = variant.raster
         self.silu_mul = silu_mul
         self.halves = 2 if silu_mul else 1
         self.out_n = block_n // self.halves

@@ -17,8 +17,9 @@ from tqdm import tqdm
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.errors import InputError
+from ramp.families import TimerOptions
 from ramp.kernels.bank_timer import BankTimer, probe_call
-from ramp.kernels.cute.configs import FAMILY, FAMILY_VERSION
+from ramp.kernels.cute.configs import FAMILY, FAMILY_VERSION, cute_configs
 from ramp.kernels.cute.launch import check_shapes, compiled_gemm, gather_rows, moe_gemm
 from ramp.kernels.sharded_timer import ShardedTimer
 from ramp.problem import MoEProblem
@@ -66,3 +67,10 @@ def cute_timer(problem: MoEProblem, configs: list[KernelConfig], *, jobs: int = 
         return CuteTimer(problem, configs, progress=progress, **options)
     return ShardedTimer("ramp.kernels.cute.timer:CuteTimer", problem, configs, jobs=jobs,
                         progress=False, **options)
+
+
+def make_timer(problem: MoEProblem, configs: list[KernelConfig] | None,
+               options: TimerOptions) -> CuteTimer | ShardedTimer:
+    """The family's registry entry (``ramp.families``)."""
+    return cute_timer(problem, configs or cute_configs(), jobs=options.jobs or default_jobs(),
+                      progress=options.progress)

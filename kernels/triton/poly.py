@@ -19,6 +19,7 @@ from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
 from ramp.errors import InputError
+from ramp.families import TimerOptions
 from ramp.geometry import BASES, LINEAR_FEATURES, GeometryPlan
 from ramp.kernels.bank_timer import WEIGHT_COPIES
 from ramp.kernels.cuda_timing import device_info, time_graph
@@ -179,6 +180,14 @@ class PolyTimer:
 
     def device_info(self) -> dict[str, Any]:
         return device_info()
+
+
+def make_timer(problem: MoEProblem, configs: Sequence[KernelConfig] | None,
+               options: TimerOptions) -> PolyTimer:
+    """The family's registry entry (``ramp.families``): ``configs`` are the branches."""
+    if not configs:
+        raise InputError("the triton-poly family times given branches: pass them")
+    return PolyTimer(problem, configs)
 
 
 def _probe_hist(problem: MoEProblem) -> np.ndarray:

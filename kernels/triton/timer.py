@@ -17,8 +17,9 @@ import torch
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.errors import InputError
+from ramp.families import TimerOptions
 from ramp.kernels.bank_timer import BankTimer, probe_call
-from ramp.kernels.triton.configs import FAMILY, FAMILY_VERSION
+from ramp.kernels.triton.configs import FAMILY, FAMILY_VERSION, triton_configs
 from ramp.kernels.triton.fused_moe import compile_gemm, moe_gemm
 from ramp.problem import MoEProblem
 
@@ -91,3 +92,9 @@ class TritonTimer(BankTimer):
         for chunk, res in zip(chunks, results):
             by_name.update({c.name: r for c, r in zip(chunk, res)})
         return [by_name[c.name] for c in configs]
+
+
+def make_timer(problem: MoEProblem, configs: list[KernelConfig] | None,
+               options: TimerOptions) -> TritonTimer:
+    """The family's registry entry (``ramp.families``): the bank over ``configs``."""
+    return TritonTimer(problem, configs or triton_configs(), workers=options.jobs)
