@@ -4,9 +4,11 @@ Every number is a datasheet or whitepaper figure (dense tensor throughput, no sp
 so that predictions made from it can be checked against what the vendor promises. Live
 measurements never overwrite the catalog; they are recorded next to it.
 
-Measured on the lent H100 SXM (2026-11-23, see DESIGN.md): device-to-device copy
-3.0 TB/s (read+write; datasheet 3.35 TB/s), bf16 matmul 795 TFLOP/s at 8192^3 (datasheet
-989 TFLOP/s dense), 132 SMs, 50 MiB L2. Kernels that only read weights get closer to the
+Measured on the lent H100 SXM (2026-11-23): device-to-device copy 3.0 TB/s (read+write;
+datasheet 3.35 TB/s), bf16 matmul 795 TFLOP/s at 8192^3 (datasheet 989 TFLOP/s dense),
+132 SMs, 50 MiB L2; every side-by-side run since records the same ceilings
+(``read_bandwidth_bytes_per_s`` 2.9-3.05e12, ``matmul_flops`` 7.3-7.9e14 in
+bench/results/raw/*_baselines.json). Kernels that only read weights get closer to the
 datasheet bandwidth than the copy figure suggests, so the catalog keeps datasheet values
 and callers that want measured ceilings pass them explicitly (``dataclasses.replace``).
 """

@@ -27,9 +27,9 @@ from ramp.problem import MoEProblem
 from ramp.profile import Profile
 
 MEASUREMENTS_SCHEMA = "ramp-measurements/1"
-# Powers of two. Adding their geometric midpoints (25 sizes) was measured on Mixtral: no
-# better held-out regret (2.02% -> 2.31%, within timing noise) for 1.8x the profiling
-# time (bench/results/raw/dense-grid, docs/perf/triton.md).
+# Powers of two. Adding their geometric midpoints (25 sizes) was measured on Mixtral:
+# mixed held-out regret (w13 2.02% -> 2.31%, w2 2.98% -> 2.06%, both within timing noise)
+# for 1.8x the profiling time (bench/results/raw/dense-grid, docs/perf/triton.md).
 PROFILE_TOKENS = tuple(2**k for k in range(14))
 # "realistic" (the generator fitted to real routing, ramp.realistic) is the default skew;
 # it replaced "zipf:s=1.0" (shipped H100 profiles were measured with that plan).

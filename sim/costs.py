@@ -54,9 +54,9 @@ class Calibration:
     """Knobs that tie the model to a real engine (``ramp-sim calibrate`` fits the step
     costs; docs/sim.md says how).
 
-    Defaults: ``flops_efficiency``/``bandwidth_efficiency`` are the H100 measurements of
-    DESIGN.md (bf16 matmul at 795 of 989 TFLOP/s; copy at 3.0 of 3.35 TB/s), the hardware
-    ceilings; ``dense_efficiency``/``attention_efficiency`` are what the engine's dense
+    Defaults: ``flops_efficiency``/``bandwidth_efficiency`` are the H100 measurements
+    quoted in ``ramp.hardware`` (bf16 matmul at 795 of 989 TFLOP/s; copy at 3.0 of 3.35
+    TB/s; bench/results/raw/*_baselines.json record them per run), the hardware ceilings; ``dense_efficiency``/``attention_efficiency`` are what the engine's dense
     GEMMs and attention kernels reach of those ceilings (fitted; at most the datasheet,
     ``1 / max(flops_efficiency, bandwidth_efficiency)``). The overheads are typical of a
     CUDA-graph decode step of vLLM V1 (scheduler, sampling, launch) and of the per-layer
