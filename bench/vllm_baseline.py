@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ramp.kernels.cuda_timing import time_graph
-from ramp.kernels.workload import make_call, make_weights
+from ramp.kernels.workload import make_call, make_weights, weight_copies
 from ramp.problem import MoEProblem
 
 REF = Path(__file__).resolve().parent.parent / ".vllm_ref"
@@ -29,8 +29,6 @@ if not (REF / "runner.py").exists():
     raise ImportError(f"{REF} is absent: vLLM's kernel is not shipped with RaMP")
 sys.path.insert(0, str(REF))
 import runner as vllm  # noqa: E402
-
-WEIGHT_COPIES = 4
 
 
 def vllm_shape(problem: MoEProblem) -> tuple[int, int, int, int]:
@@ -43,7 +41,7 @@ def vllm_shape(problem: MoEProblem) -> tuple[int, int, int, int]:
 def vllm_times(problem: MoEProblem, hists: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
     """Per histogram: time, the config vLLM picks for T tokens, its source file, and the
     relative error of its output vs float32 (a baseline is checked like our kernels)."""
-    weights = make_weights(problem, WEIGHT_COPIES, seed=seed)
+    weights = make_weights(problem, weight_copies(problem), seed=seed)
     out = []
     for hist in hists:
         call = make_call(problem, weights, hist, seed=seed)
@@ -59,7 +57,7 @@ def vllm_times(problem: MoEProblem, hists: np.ndarray, seed: int = 0) -> list[di
         err = _rel_err(problem, call, weights[0], result)
         us = time_graph(lambda i, call=call, ids=ids, tw=tw, cfg=cfg, prep=prep, r=result:
                         vllm.vllm_gemm(problem.gemm, call.activations,
-                                       weights[i % WEIGHT_COPIES], ids, tw,
+                                       weights[i % len(weights)], ids, tw,
                                        problem.num_experts, cfg, r, prep))
         out.append({"us": us, "config": cfg, "source": Path(source).name, "rel_err": err})
     return out

@@ -18,10 +18,9 @@ import torch
 from ramp.bank import KernelBank
 from ramp.kernels.cuda_timing import device_info, time_graph
 from ramp.kernels.routing import route
-from ramp.kernels.workload import make_call, make_weights
+from ramp.kernels.workload import make_call, make_weights, weight_copies
 from ramp.problem import MoEProblem
 
-WEIGHT_COPIES = 4
 MAX_RELATIVE_ERROR = 2e-2
 
 PROBE_TOKENS = 64
@@ -61,7 +60,7 @@ class BankTimer:
         self.num_sms = num_sms
         self.seed = seed
         self.dropped = dict(dropped or {})
-        self.weights = make_weights(problem, WEIGHT_COPIES, seed=seed)
+        self.weights = make_weights(problem, weight_copies(problem), seed=seed)
         self.verify_errors = self.verify() if verify else {}
 
     def run(self, call, routing, cfg, occupancy: int, weights: torch.Tensor) -> None:
@@ -101,7 +100,7 @@ class BankTimer:
         times = np.full(len(self.bank), np.nan)
         for c, (cfg, occ) in enumerate(zip(self.bank.configs, self.bank.occupancy)):
             def one(i, cfg=cfg, occ=occ):
-                self.run(call, routing, cfg, occ, self.weights[i % WEIGHT_COPIES])
+                self.run(call, routing, cfg, occ, self.weights[i % len(self.weights)])
             try:
                 times[c] = time_graph(one)
             except RuntimeError:  # e.g. out of resources at launch: leave NaN, keep going

@@ -26,12 +26,11 @@ from ramp.errors import InputError
 from ramp.families import TimerOptions
 from ramp.kernels.cuda_timing import device_info, time_graph
 from ramp.kernels.routing import Routing
-from ramp.kernels.workload import make_weights
+from ramp.kernels.workload import make_weights, weight_copies
 from ramp.problem import MoEProblem
 
 FAMILY = "grouped_mm"
 FAMILY_VERSION = f"torch-{torch.__version__.split('+')[0]}"
-WEIGHT_COPIES = 4
 PINGPONG = KernelConfig(FAMILY, 64, 128, 128, num_warps=8, persistent=True, cluster_m=2,
                        variant="pingpong")
 COOPERATIVE = KernelConfig(FAMILY, 128, 256, 64, num_warps=12, persistent=True, cluster_m=2,
@@ -99,7 +98,7 @@ class GroupedMMTimer:
     def __init__(self, problem: MoEProblem, seed: int = 0) -> None:
         self.problem = problem
         self.bank = grouped_mm_bank(problem)
-        self.weights = make_weights(problem, WEIGHT_COPIES, seed=seed)
+        self.weights = make_weights(problem, weight_copies(problem), seed=seed)
         self.seed = seed
 
     def inputs(self, hist: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +125,7 @@ class GroupedMMTimer:
         chosen = pytorch_tile_choice(int(np.sum(hist)), self.problem.num_experts,
                                      self.problem.n)
         times[chosen] = time_graph(
-            lambda i: grouped_mm(a, self.weights[i % WEIGHT_COPIES], counts))
+            lambda i: grouped_mm(a, self.weights[i % len(self.weights)], counts))
         return times
 
     def device_info(self) -> dict[str, Any]:

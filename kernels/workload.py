@@ -16,6 +16,19 @@ from ramp.errors import InputError
 from ramp.problem import MoEProblem
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_WEIGHT_COPIES = 16  # only tiny (test) shapes need more to cover 3x L2
+
+
+def weight_copies(problem: MoEProblem, l2_bytes: int | None = None) -> int:
+    """Copies of the expert weights a timing loop cycles through, so no replay finds its
+    weights in L2: the smallest call (one token) reads ``top_k`` experts' weights, and
+    enough copies make those exceed 3x the L2 (quack sizes its copies to 3x L2); at
+    least 2, at most MAX_WEIGHT_COPIES. ``l2_bytes`` defaults to the live device's L2
+    (a 50 MiB H100 or H200: 4 copies for Qwen3-30B-A3B's w13, 2 for Mixtral's)."""
+    if l2_bytes is None:
+        l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
+    touched = min(problem.top_k, problem.num_experts) * problem.expert_weight_bytes
+    return min(MAX_WEIGHT_COPIES, max(2, 3 * l2_bytes // touched + 1))
 
 
 def topk_ids_for_histogram(hist: np.ndarray, top_k: int, seed: int = 0) -> np.ndarray:

@@ -34,9 +34,10 @@ TFLOPS = 1e12
 class GPUSpec:
     """Constants of one GPU model, as its datasheet states them.
 
-    ``smem_per_sm`` is the shared memory one CTA may opt into (what limits a tile
-    pipeline); ``max_ctas_per_sm`` and ``regs_per_sm`` (32-bit registers) bound
-    occupancy. ``interconnect_bandwidth`` is per GPU, one direction (NVLink, xGMI or
+    ``smem_per_block`` is the shared memory one CTA may opt into (what limits a tile
+    pipeline), ``smem_per_sm`` what one SM holds (what CTAs resident together share);
+    ``max_ctas_per_sm``, ``max_warps_per_sm`` and ``regs_per_sm`` (32-bit registers)
+    bound occupancy (``occupancy``). ``interconnect_bandwidth`` is per GPU, one direction (NVLink, xGMI or
     PCIe), what tensor/expert-parallel collectives can use. Peak FLOP/s are dense tensor
     throughput with fp32 accumulation; ``peak_fp8_flops`` is 0 where unsupported.
     ``hbm_bytes`` is the memory the driver exposes (``nvidia-smi`` memory.total, what an
@@ -53,9 +54,11 @@ class GPUSpec:
     peak_bf16_flops: float
     peak_fp16_flops: float
     peak_fp8_flops: float
+    smem_per_block: int
     smem_per_sm: int
     l2_bytes: int
     max_ctas_per_sm: int
+    max_warps_per_sm: int
     regs_per_sm: int
     hbm_bytes: int
     interconnect_bandwidth: float
@@ -80,6 +83,19 @@ class GPUSpec:
             raise InputError(f"dtype {dtype!r}: {self.name} has no {dtype} tensor peak (0)")
         return peak
 
+    def occupancy(self, num_warps: int, smem_bytes: int, regs_per_thread: int = 0) -> int:
+        """CTAs of one kernel resident per SM: the least of what shared memory, warp
+        slots, the CTA limit and (when ``regs_per_thread`` is known, e.g. from a compiled
+        kernel) the register file allow; at least 1. Registers are allocated per warp in
+        units of 256 (NVIDIA's granularity)."""
+        limits = [self.max_ctas_per_sm, self.max_warps_per_sm // num_warps]
+        if smem_bytes > 0:
+            limits.append(self.smem_per_sm // smem_bytes)
+        if regs_per_thread > 0:
+            regs_per_warp = -(-regs_per_thread * 32 // 256) * 256
+            limits.append(self.regs_per_sm // (regs_per_warp * num_warps))
+        return max(1, min(limits))
+
     @property
     def arch_number(self) -> int:
         """Compute capability as an int (``sm_90`` -> 90), 0 for non-NVIDIA archs."""
@@ -99,7 +115,8 @@ GPUS: dict[str, GPUSpec] = {
             name="A100-40GB", vendor="NVIDIA", arch="sm_80", sms=108,
             hbm_bandwidth=1555 * GB, peak_bf16_flops=312 * TFLOPS,
             peak_fp16_flops=312 * TFLOPS, peak_fp8_flops=0.0,
-            smem_per_sm=163 * KIB, l2_bytes=40 * MIB, max_ctas_per_sm=32,
+            smem_per_block=163 * KIB, smem_per_sm=164 * KIB, l2_bytes=40 * MIB,
+            max_ctas_per_sm=32, max_warps_per_sm=64,
             regs_per_sm=65536, hbm_bytes=40960 * MIB, interconnect_bandwidth=300 * GB,
             source="NVIDIA A100 datasheet (SXM4 40GB); NVIDIA A100 (Ampere) whitepaper",
         ),
@@ -107,7 +124,8 @@ GPUS: dict[str, GPUSpec] = {
             name="A100-80GB", vendor="NVIDIA", arch="sm_80", sms=108,
             hbm_bandwidth=2039 * GB, peak_bf16_flops=312 * TFLOPS,
             peak_fp16_flops=312 * TFLOPS, peak_fp8_flops=0.0,
-            smem_per_sm=163 * KIB, l2_bytes=40 * MIB, max_ctas_per_sm=32,
+            smem_per_block=163 * KIB, smem_per_sm=164 * KIB, l2_bytes=40 * MIB,
+            max_ctas_per_sm=32, max_warps_per_sm=64,
             regs_per_sm=65536, hbm_bytes=81920 * MIB, interconnect_bandwidth=300 * GB,
             source="NVIDIA A100 datasheet (SXM4 80GB); NVIDIA A100 (Ampere) whitepaper",
         ),
@@ -115,7 +133,8 @@ GPUS: dict[str, GPUSpec] = {
             name="H100-SXM", vendor="NVIDIA", arch="sm_90", sms=132,
             hbm_bandwidth=3350 * GB, peak_bf16_flops=989.4 * TFLOPS,
             peak_fp16_flops=989.4 * TFLOPS, peak_fp8_flops=1978.9 * TFLOPS,
-            smem_per_sm=227 * KIB, l2_bytes=50 * MIB, max_ctas_per_sm=32,
+            smem_per_block=227 * KIB, smem_per_sm=228 * KIB, l2_bytes=50 * MIB,
+            max_ctas_per_sm=32, max_warps_per_sm=64,
             regs_per_sm=65536, hbm_bytes=81559 * MIB, interconnect_bandwidth=450 * GB,
             source="NVIDIA H100 Tensor Core GPU datasheet (SXM5); NVIDIA H100 whitepaper",
         ),
@@ -123,7 +142,8 @@ GPUS: dict[str, GPUSpec] = {
             name="H100-PCIe", vendor="NVIDIA", arch="sm_90", sms=114,
             hbm_bandwidth=2000 * GB, peak_bf16_flops=756.5 * TFLOPS,
             peak_fp16_flops=756.5 * TFLOPS, peak_fp8_flops=1513 * TFLOPS,
-            smem_per_sm=227 * KIB, l2_bytes=50 * MIB, max_ctas_per_sm=32,
+            smem_per_block=227 * KIB, smem_per_sm=228 * KIB, l2_bytes=50 * MIB,
+            max_ctas_per_sm=32, max_warps_per_sm=64,
             regs_per_sm=65536, hbm_bytes=81559 * MIB, interconnect_bandwidth=64 * GB,
             source="NVIDIA H100 Tensor Core GPU datasheet (PCIe, PCIe Gen5 x16)",
         ),
@@ -131,7 +151,8 @@ GPUS: dict[str, GPUSpec] = {
             name="H200", vendor="NVIDIA", arch="sm_90", sms=132,
             hbm_bandwidth=4800 * GB, peak_bf16_flops=989.4 * TFLOPS,
             peak_fp16_flops=989.4 * TFLOPS, peak_fp8_flops=1978.9 * TFLOPS,
-            smem_per_sm=227 * KIB, l2_bytes=50 * MIB, max_ctas_per_sm=32,
+            smem_per_block=227 * KIB, smem_per_sm=228 * KIB, l2_bytes=50 * MIB,
+            max_ctas_per_sm=32, max_warps_per_sm=64,
             regs_per_sm=65536, hbm_bytes=143771 * MIB, interconnect_bandwidth=450 * GB,
             source="NVIDIA H200 Tensor Core GPU datasheet (SXM)",
         ),
@@ -139,7 +160,8 @@ GPUS: dict[str, GPUSpec] = {
             name="B200", vendor="NVIDIA", arch="sm_100", sms=148,
             hbm_bandwidth=8000 * GB, peak_bf16_flops=2250 * TFLOPS,
             peak_fp16_flops=2250 * TFLOPS, peak_fp8_flops=4500 * TFLOPS,
-            smem_per_sm=227 * KIB, l2_bytes=126 * MIB, max_ctas_per_sm=32,
+            smem_per_block=227 * KIB, smem_per_sm=228 * KIB, l2_bytes=126 * MIB,
+            max_ctas_per_sm=32, max_warps_per_sm=64,
             regs_per_sm=65536, hbm_bytes=183359 * MIB, interconnect_bandwidth=900 * GB,
             source="NVIDIA HGX B200 / DGX B200 datasheets (per-GPU, dense); Blackwell whitepaper",
         ),
@@ -147,7 +169,8 @@ GPUS: dict[str, GPUSpec] = {
             name="L40S", vendor="NVIDIA", arch="sm_89", sms=142,
             hbm_bandwidth=864 * GB, peak_bf16_flops=362.05 * TFLOPS,
             peak_fp16_flops=362.05 * TFLOPS, peak_fp8_flops=733 * TFLOPS,
-            smem_per_sm=99 * KIB, l2_bytes=96 * MIB, max_ctas_per_sm=24,
+            smem_per_block=99 * KIB, smem_per_sm=100 * KIB, l2_bytes=96 * MIB,
+            max_ctas_per_sm=24, max_warps_per_sm=48,
             regs_per_sm=65536, hbm_bytes=46068 * MIB, interconnect_bandwidth=32 * GB,
             source="NVIDIA L40S datasheet (GDDR6, PCIe Gen4 x16); Ada Lovelace whitepaper",
         ),
@@ -155,7 +178,8 @@ GPUS: dict[str, GPUSpec] = {
             name="RTX-4090", vendor="NVIDIA", arch="sm_89", sms=128,
             hbm_bandwidth=1008 * GB, peak_bf16_flops=165.2 * TFLOPS,
             peak_fp16_flops=165.2 * TFLOPS, peak_fp8_flops=330.3 * TFLOPS,
-            smem_per_sm=99 * KIB, l2_bytes=72 * MIB, max_ctas_per_sm=24,
+            smem_per_block=99 * KIB, smem_per_sm=100 * KIB, l2_bytes=72 * MIB,
+            max_ctas_per_sm=24, max_warps_per_sm=48,
             regs_per_sm=65536, hbm_bytes=24564 * MIB, interconnect_bandwidth=32 * GB,
             source="NVIDIA Ada Lovelace whitepaper (GeForce RTX 4090, FP32 accumulate)",
         ),
@@ -166,7 +190,8 @@ GPUS: dict[str, GPUSpec] = {
             name="MI300X", vendor="AMD", arch="gfx942", sms=304,
             hbm_bandwidth=5300 * GB, peak_bf16_flops=1307.4 * TFLOPS,
             peak_fp16_flops=1307.4 * TFLOPS, peak_fp8_flops=2614.9 * TFLOPS,
-            smem_per_sm=64 * KIB, l2_bytes=32 * MIB, max_ctas_per_sm=16,
+            smem_per_block=64 * KIB, smem_per_sm=64 * KIB, l2_bytes=32 * MIB,
+            max_ctas_per_sm=16, max_warps_per_sm=32,
             regs_per_sm=131072, hbm_bytes=192 * GIB, interconnect_bandwidth=448 * GB,
             source="AMD Instinct MI300X datasheet; AMD CDNA 3 architecture whitepaper",
         ),
@@ -244,7 +269,8 @@ def detect_gpu(device: int = 0) -> GPUSpec | None:
     live: dict[str, Any] = {"sms": int(props.multi_processor_count)}
     for attr, field in (
         ("L2_cache_size", "l2_bytes"),
-        ("shared_memory_per_block_optin", "smem_per_sm"),
+        ("shared_memory_per_block_optin", "smem_per_block"),
+        ("shared_memory_per_multiprocessor", "smem_per_sm"),
         ("total_memory", "hbm_bytes"),
         ("regs_per_multiprocessor", "regs_per_sm"),
     ):
@@ -256,12 +282,13 @@ def detect_gpu(device: int = 0) -> GPUSpec | None:
         return dataclasses.replace(GPUS[key], **live)
     major, minor = getattr(props, "major", 0), getattr(props, "minor", 0)
     defaults: dict[str, Any] = {
-        "smem_per_sm": 48 * KIB, "l2_bytes": 0, "hbm_bytes": 0, "regs_per_sm": 65536,
+        "smem_per_block": 48 * KIB, "smem_per_sm": 48 * KIB, "l2_bytes": 0, "hbm_bytes": 0,
+        "regs_per_sm": 65536,
     }
     return GPUSpec(
         name=props.name, vendor="unknown", arch=f"sm_{major}{minor}",
         hbm_bandwidth=0.0, peak_bf16_flops=0.0, peak_fp16_flops=0.0, peak_fp8_flops=0.0,
-        max_ctas_per_sm=16, interconnect_bandwidth=0.0,
+        max_ctas_per_sm=16, max_warps_per_sm=48, interconnect_bandwidth=0.0,
         source="live device (no catalog entry)", **{**defaults, **live},
     )
 

@@ -213,7 +213,7 @@ class _Machine:
     def occupancy(self, bm: int, bn: int) -> int:
         """CTAs per SM for a bm x bn tile: shared memory (>= 2 stages), registers, CTA cap."""
         stage = (bm + bn) * self.a.block_k * self.db
-        stages = min(self.a.max_stages, self.gpu.smem_per_sm // stage)
+        stages = min(self.a.max_stages, self.gpu.smem_per_block // stage)
         if stages < 2:
             return 0
         threads = 128 if bm * bn <= 64 * 128 else 256
@@ -374,7 +374,7 @@ def _cell(machine: _Machine, popularity: np.ndarray, pi: np.ndarray, tokens: int
     if t_base is None:
         raise InputError(
             f"gpu {machine.gpu.name}: baseline tile {base.block_m}x{base.block_n} does not fit"
-            f" in smem_per_sm={machine.gpu.smem_per_sm}"
+            f" in smem_per_block={machine.gpu.smem_per_block}"
         )
     base_mean = float(t_base.mean())
     slots = machine.sms * machine.occupancy(base.block_m, base.block_n)

@@ -18,7 +18,7 @@ def test_catalog_has_required_gpus_with_sane_numbers() -> None:
         gpu = GPUS[name]
         assert gpu.name == name
         assert gpu.sms > 0 and gpu.hbm_bandwidth > 1e11 and gpu.peak_bf16_flops > 1e14
-        assert gpu.smem_per_sm >= 64 * 1024 and gpu.l2_bytes > 0 and gpu.hbm_bytes > 1e10
+        assert gpu.smem_per_sm >= gpu.smem_per_block >= 64 * 1024 and gpu.l2_bytes > 0 and gpu.hbm_bytes > 1e10
         assert gpu.source
     assert GPUS["A100-80GB"].peak_fp8_flops == 0  # no fp8 tensor cores on Ampere
 
@@ -82,3 +82,32 @@ def test_detect_gpu_returns_spec_or_none() -> None:
     else:
         assert isinstance(gpu, GPUSpec)
         assert gpu.sms == torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def test_occupancy_is_the_least_resource_limit():
+    """One occupancy rule for every timer and estimate (ramp.hardware.GPUSpec.occupancy)."""
+    h100 = get_gpu("H100-SXM")
+    assert h100.smem_per_sm - h100.smem_per_block == 1024  # 228 vs 227 KiB
+    assert h100.occupancy(4, 0) == 16                       # warp slots: 64 / 4
+    assert h100.occupancy(4, 100 * 1024) == 2               # shared memory: 228 // 100
+    assert h100.occupancy(8, 1024, regs_per_thread=255) == 1  # 256 regs x 256 threads
+    assert h100.occupancy(4, 1024, regs_per_thread=64) == 8   # 65536 / (2048 * 4)
+    assert h100.occupancy(4, 300 * 1024) == 1               # never below one CTA
+    assert get_gpu("L40S").occupancy(4, 0) == 12            # Ada: 48 warps per SM
+
+
+def test_weight_copies_follow_the_l2():
+    pytest.importorskip("torch")
+    from ramp.kernels.workload import MAX_WEIGHT_COPIES, weight_copies
+    from ramp.models import get_model
+    from ramp.problem import MoEProblem
+
+    l2 = get_gpu("H100-SXM").l2_bytes
+    for name, gemm, copies in (("qwen3-30b-a3b", "w13", 4), ("mixtral-8x7b", "w13", 2)):
+        problem = get_model(name).problem(gemm)
+        n = weight_copies(problem, l2)
+        assert n == copies
+        touched = problem.top_k * problem.expert_weight_bytes
+        assert n * touched > 3 * l2 or n == 2
+    assert weight_copies(get_model("qwen3-30b-a3b").problem("w13"), 4 * l2) > 4
+    assert weight_copies(MoEProblem(8, 64, 64, 2), l2) == MAX_WEIGHT_COPIES

@@ -153,6 +153,6 @@ def test_bad_assumptions_and_lookup(qwen_report) -> None:
 
 
 def test_problem_without_fitting_tile_raises() -> None:
-    small = dataclasses.replace(H100, smem_per_sm=16 * 1024)
-    with pytest.raises(InputError, match="smem_per_sm"):
+    small = dataclasses.replace(H100, smem_per_block=16 * 1024, smem_per_sm=16 * 1024)
+    with pytest.raises(InputError, match="smem_per_block"):
         analyze_regions(small, MoEProblem(8, 256, 256, 2), tokens=[1], skews=[0.0])

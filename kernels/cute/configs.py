@@ -34,6 +34,7 @@ from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.errors import InputError
 from ramp.geometry import max_row_tiles
+from ramp.hardware import GPUS
 
 FAMILY = "cute"
 # Bump when the kernel changes in a way that invalidates measured profiles.
@@ -50,7 +51,7 @@ THIN_STAGES = (4, 6, 8, 12)  # thin tiles are small: deep pipelines keep HBM bus
 SCHEDULES = {"1wg": 1, "coop": 2, "pingpong": 2}  # consumer warpgroups
 SWAP = "swap"
 RASTERS = ("m", "n", "g4")
-H100_SMEM_PER_BLOCK = 227 * 1024
+H100_SMEM_PER_BLOCK = GPUS["H100-SXM"].smem_per_block  # what the default space is sized for
 EPI_PAD = 8          # bf16 elements of padding per staged row: conflict-free stmatrix
 EPI_COLS = 32        # output columns the epilogue stages at a time
 MAX_EXPERTS = 256    # experts per GPU: the kernel's tile tables live in shared memory

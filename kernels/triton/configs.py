@@ -11,6 +11,7 @@ import itertools
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
+from ramp.hardware import GPUS, GPUSpec
 
 FAMILY = "triton"
 # Bump when the kernel changes in a way that invalidates measured profiles.
@@ -21,13 +22,10 @@ BLOCK_N = (32, 64, 128, 256)  # 32 only with thin row tiles: many CTAs for decod
 BLOCK_K = (64, 128)
 WARPS_STAGES = ((4, 3), (4, 4), (8, 3), (8, 4))
 GROUP_M = 8
-H100_SMEM_PER_BLOCK = 227 * 1024
-H100_SMEM_PER_SM = 228 * 1024
-MAX_CTAS_PER_SM = 32
-WARPS_PER_SM = 64
+H100 = GPUS["H100-SXM"]  # the GPU the default space and occupancy estimates are sized for
 
 
-def triton_configs(smem_limit: int = H100_SMEM_PER_BLOCK, dtype_bytes: int = 2
+def triton_configs(smem_limit: int = H100.smem_per_block, dtype_bytes: int = 2
                    ) -> list[KernelConfig]:
     """Every configuration of the family whose operand pipeline fits in shared memory."""
     out = []
@@ -43,11 +41,9 @@ def triton_configs(smem_limit: int = H100_SMEM_PER_BLOCK, dtype_bytes: int = 2
     return out
 
 
-def estimated_occupancy(cfg: KernelConfig, dtype_bytes: int = 2,
-                        smem_per_sm: int = H100_SMEM_PER_SM) -> int:
+def estimated_occupancy(cfg: KernelConfig, dtype_bytes: int = 2, gpu: GPUSpec = H100) -> int:
     """CTAs per SM allowed by shared memory and warp slots (registers not counted)."""
-    by_smem = smem_per_sm // max(1, cfg.smem_bytes(dtype_bytes))
-    return max(1, min(by_smem, WARPS_PER_SM // cfg.num_warps, MAX_CTAS_PER_SM))
+    return gpu.occupancy(cfg.num_warps, cfg.smem_bytes(dtype_bytes))
 
 
 def triton_bank(dtype_bytes: int = 2) -> KernelBank:

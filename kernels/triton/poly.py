@@ -21,13 +21,12 @@ from ramp.costmodel import DEFAULT_FEATURES, WaveCostModel
 from ramp.errors import InputError
 from ramp.families import TimerOptions
 from ramp.geometry import BASES, LINEAR_FEATURES, GeometryPlan
-from ramp.kernels.bank_timer import WEIGHT_COPIES
+from ramp.hardware import detect_gpu
 from ramp.kernels.cuda_timing import device_info, time_graph
 from ramp.kernels.routing import Routing, route
 from ramp.kernels.triton.fused_moe import launch_abi
 from ramp.kernels.triton.moe_gemm import moe_gemm_poly_kernel
-from ramp.kernels.triton.timer import occupancy_of
-from ramp.kernels.workload import make_call, make_weights
+from ramp.kernels.workload import make_call, make_weights, weight_copies
 from ramp.problem import MoEProblem
 
 MAX_BRANCHES = 4
@@ -141,9 +140,8 @@ class PolyTimer:
 
         self.family_version = FAMILY_VERSION
         self.problem = problem
-        props = torch.cuda.get_device_properties(0)
-        self.num_sms = props.multi_processor_count
-        self.weights = make_weights(problem, WEIGHT_COPIES, seed=seed)
+        self.num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+        self.weights = make_weights(problem, weight_copies(problem), seed=seed)
         self.seed = seed
         configs = poly_configs(branches)
         poly = PolyGemm(configs)
@@ -151,8 +149,8 @@ class PolyTimer:
         routing = route(call.topk_ids, call.topk_weights, problem.num_experts)
         kernel = poly.compile(call.activations, self.weights[0], routing, call.out,
                               gemm=problem.gemm, num_sms=self.num_sms)
-        occ = occupancy_of(kernel.n_regs, kernel.metadata.shared, configs[0].num_warps,
-                           getattr(props, "shared_memory_per_multiprocessor", 228 * 1024))
+        occ = detect_gpu().occupancy(configs[0].num_warps, kernel.metadata.shared,
+                                     kernel.n_regs)
         self.bank = KernelBank.build(configs, occ)
         self.poly = PolyGemm(configs, occupancy=occ)
 
@@ -164,7 +162,7 @@ class PolyTimer:
         """Time of the self-selecting launch and the branch it chose."""
         call, routing = self._call(hist)
         choice = torch.empty(1, dtype=torch.int32, device="cuda")
-        t = time_graph(lambda i: poly(call.activations, self.weights[i % WEIGHT_COPIES],
+        t = time_graph(lambda i: poly(call.activations, self.weights[i % len(self.weights)],
                                       routing, call.out, gemm=self.problem.gemm,
                                       num_sms=self.num_sms, choice=choice))
         return t, int(choice.item())
@@ -174,7 +172,8 @@ class PolyTimer:
         return call, route(call.topk_ids, call.topk_weights, self.problem.num_experts)
 
     def _time(self, call, routing, branch: int) -> float:
-        return time_graph(lambda i: self.poly(call.activations, self.weights[i % WEIGHT_COPIES],
+        copies = len(self.weights)
+        return time_graph(lambda i: self.poly(call.activations, self.weights[i % copies],
                                               routing, call.out, gemm=self.problem.gemm,
                                               num_sms=self.num_sms, force=branch))
 

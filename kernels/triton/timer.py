@@ -7,7 +7,6 @@ serially costs minutes of GPU-machine time.
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -18,22 +17,11 @@ from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.errors import InputError
 from ramp.families import TimerOptions
+from ramp.hardware import detect_gpu
 from ramp.kernels.bank_timer import BankTimer, probe_call
 from ramp.kernels.triton.configs import FAMILY, FAMILY_VERSION, triton_configs
 from ramp.kernels.triton.fused_moe import compile_gemm, moe_gemm
 from ramp.problem import MoEProblem
-
-REGS_PER_SM = 65536
-WARPS_PER_SM = 64
-MAX_CTAS_PER_SM = 32
-
-
-def occupancy_of(n_regs: int, shared: int, num_warps: int, smem_per_sm: int) -> int:
-    """CTAs per SM from a compiled kernel's registers per thread and shared memory."""
-    regs_per_warp = math.ceil(max(n_regs, 1) * 32 / 256) * 256
-    by_regs = REGS_PER_SM // (regs_per_warp * num_warps)
-    by_smem = smem_per_sm // shared if shared else MAX_CTAS_PER_SM
-    return max(1, min(by_regs, by_smem, WARPS_PER_SM // num_warps, MAX_CTAS_PER_SM))
 
 
 def _compile_chunk(problem_dict: dict, config_dicts: list[dict]) -> list[dict]:
@@ -66,9 +54,8 @@ class TritonTimer(BankTimer):
         if not torch.cuda.is_available():
             raise InputError("profiling needs a CUDA GPU: none is visible to torch")
         self.problem = problem
-        props = torch.cuda.get_device_properties(0)
-        num_sms = props.multi_processor_count
-        smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+        gpu = detect_gpu()  # catalog entry with the live device's SMs, memory, registers
+        num_sms = gpu.sms
         resources = self._compile_all(configs, workers)
         kept, occ, dropped = [], [], {}
         for cfg, res in zip(configs, resources):
@@ -76,7 +63,7 @@ class TritonTimer(BankTimer):
                 dropped[cfg.name] = res["error"]
                 continue
             kept.append(cfg)
-            occ.append(occupancy_of(res["n_regs"], res["shared"], cfg.num_warps, smem_per_sm))
+            occ.append(gpu.occupancy(cfg.num_warps, res["shared"], res["n_regs"]))
         self.resources = {c.name: r for c, r in zip(configs, resources)}
         super().__init__(problem, KernelBank.build(kept, occ), moe_gemm, num_sms=num_sms,
                          seed=seed, verify=verify, dropped=dropped)
