@@ -237,6 +237,11 @@ class RampMoERuntime:
             self._count(layer_paths.key, path, capturing)
             if path == ENGINE:
                 return fallback()
+            # Catches what fails at launch (compilation, arguments, launch resources). A
+            # device fault inside the kernel is asynchronous: it surfaces at the engine's
+            # next synchronizing call, not here (run with CUDA_LAUNCH_BLOCKING=1 to see it
+            # at this launch). _warm_up runs every path once and synchronizes, so a fault
+            # there keeps the shape on the engine kernel.
             try:
                 result = layer_paths.paths[path](hidden_states, w13, w2, topk_ids,
                                                  topk_weights, out)

@@ -93,6 +93,87 @@ def load_baselines(path: str | Path, calls: int) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class _SideBySide:
+    """What a side-by-side file (``bench/run_gpu.py``) adds per held-out call (NaN where
+    it has nothing): baselines, the primary RaMP choice re-timed with them, floors."""
+
+    grouped_mm: np.ndarray
+    vllm: Any
+    vllm_us: np.ndarray
+    same_run: bool
+    ramp: np.ndarray
+    ceilings: Ceilings | None
+    floors: np.ndarray
+    triton_ramp: np.ndarray
+    triton_static: np.ndarray
+
+
+def _side_by_side(base: dict[str, Any], holdout: Measurements, t_ramp: np.ndarray,
+                  cross_family: bool) -> _SideBySide:
+    nan = [np.nan] * len(holdout.hists)
+    vllm = base.get("vllm")
+    vllm_us = np.asarray([v["us"] for v in vllm], dtype=float) if isinstance(vllm, list) \
+        else np.full(len(nan), np.nan)
+    # Baseline ratios use RaMP's choice re-timed in the same run as the baselines; a
+    # cross-family choice was not re-timed there, so it uses its held-out measurement.
+    same_run = "ramp_us" in base and not cross_family
+    ceilings = None
+    if "read_bandwidth_bytes_per_s" in base and "matmul_flops" in base:
+        ceilings = Ceilings(base["read_bandwidth_bytes_per_s"], base["matmul_flops"])
+    return _SideBySide(
+        grouped_mm=np.asarray(base.get("grouped_mm_us", nan), dtype=float),
+        vllm=vllm, vllm_us=vllm_us, same_run=same_run,
+        ramp=np.asarray(base["ramp_us"], dtype=float) if same_run else t_ramp,
+        ceilings=ceilings,
+        floors=floor_us(holdout, ceilings) if ceilings else np.full(len(nan), np.nan),
+        # Another family's RaMP and static choices, re-timed in the same loop (CuTe runs).
+        triton_ramp=np.asarray(base.get("triton_ramp_us", nan), dtype=float),
+        triton_static=np.asarray(base.get("triton_static_us", nan), dtype=float),
+    )
+
+
+def _summary(chosen: dict[str, np.ndarray], sbs: _SideBySide, holdout: Measurements,
+             skewed: np.ndarray) -> tuple[dict[str, Any], dict[str, dict[int, Any]]]:
+    """Speedup geomeans (overall, per T, skewed, against the baselines, vs the floors)."""
+    t_ramp, t_unguarded, t_static = chosen["ramp"], chosen["unguarded"], chosen["static"]
+    gmm, vllm_us, t_ramp_sbs, t_triton = sbs.grouped_mm, sbs.vllm_us, sbs.ramp, sbs.triton_ramp
+    tokens = holdout.tokens
+    by_tokens = {name: {int(t): _geomean((t_static / times)[tokens == t])
+                        for t in np.unique(tokens)}
+                 for name, times in (("ramp_over_static", t_ramp),
+                                     ("ramp_unguarded_over_static", t_unguarded),
+                                     ("oracle_over_static", chosen["oracle"]))}
+    summary = {
+        "ramp_over_static_geomean": _geomean(t_static / t_ramp),
+        "ramp_over_static_geomean_skewed": _geomean((t_static / t_ramp)[skewed]),
+        "ramp_unguarded_over_static_geomean": _geomean(t_static / t_unguarded),
+        "ramp_over_static_worst_tokens": min(by_tokens["ramp_over_static"].values()),
+        "ramp_unguarded_over_static_worst_tokens": min(
+            by_tokens["ramp_unguarded_over_static"].values()),
+        "ramp_over_grouped_mm_geomean": _geomean(gmm / t_ramp_sbs),
+        "ramp_over_vllm_static_geomean": _geomean(vllm_us / t_ramp_sbs),
+        "baseline_ratios_same_run": sbs.same_run,
+        "worst_ramp_vs_best_baseline": float(np.nanmax(
+            t_ramp_sbs / np.fmin(gmm, vllm_us))) if np.isfinite(np.fmin(gmm, vllm_us)).any()
+        else None,
+    }
+    decode, prefill = tokens <= 64, tokens >= PREFILL_TOKENS
+    if np.isfinite(t_triton).any():
+        summary["ramp_over_triton_ramp_geomean"] = _geomean(t_triton / t_ramp_sbs)
+        for name, rows in (("decode", decode), ("prefill", prefill)):
+            summary[f"ramp_over_triton_ramp_geomean_{name}"] = _geomean(
+                (t_triton / t_ramp_sbs)[rows])
+        summary["ramp_over_grouped_mm_geomean_prefill"] = _geomean((gmm / t_ramp_sbs)[prefill])
+    if sbs.ceilings and decode.any():
+        summary["hbm_floor_fraction_decode_mean"] = float(np.mean(sbs.floors[decode] /
+                                                                  t_ramp[decode]))
+    if sbs.ceilings and prefill.any():
+        summary["floor_fraction_prefill_mean"] = float(np.mean(sbs.floors[prefill] /
+                                                               t_ramp[prefill]))
+    return summary, by_tokens
+
+
 def evaluate_profile(profile: Profile, holdout: Measurements,
                      baselines: dict[str, Any] | None = None,
                      extra: list[tuple[Profile, Measurements]] = ()) -> dict[str, Any]:
@@ -115,7 +196,6 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
     hists = holdout.hists
     static = profile.dispatcher("static")
     ramp, unguarded = GuardedDispatcher(model, static, profile.error), RampDispatcher(model)
-    oracle = OracleDispatcher(hists, times)
     skewed = ~holdout.is_uniform()
     reports = {
         "ramp": evaluate(ramp, hists, times, baseline=static).to_dict(),
@@ -124,79 +204,30 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
         "ramp_on_skewed": evaluate(ramp, hists[skewed], times[skewed],
                                    baseline=static).to_dict(),
     }
-    t_ramp = chosen_times(times, ramp.choose_batch(hists))
-    t_unguarded = chosen_times(times, unguarded.choose_batch(hists))
-    t_static = chosen_times(times, static.choose_batch(hists))
-    t_oracle = chosen_times(times, oracle.choose_batch(hists))
-    calls = []
+    ramp_idx = ramp.choose_batch(hists)
+    chosen = {name: chosen_times(times, idx) for name, idx in (
+        ("ramp", ramp_idx), ("unguarded", unguarded.choose_batch(hists)),
+        ("static", static.choose_batch(hists)),
+        ("oracle", OracleDispatcher(hists, times).choose_batch(hists)))}
     base = baselines or {}
-    gmm = np.asarray(base.get("grouped_mm_us", [np.nan] * len(hists)), dtype=float)
-    vllm = base.get("vllm")
-    vllm_us = np.asarray([v["us"] for v in vllm], dtype=float) if isinstance(vllm, list) \
-        else np.full(len(hists), np.nan)
-    # Baseline ratios use RaMP's choice re-timed in the same run as the baselines; a
-    # cross-family choice was not re-timed there, so it uses its held-out measurement.
-    same_run = "ramp_us" in base and not extra
-    t_ramp_sbs = np.asarray(base["ramp_us"], dtype=float) if same_run else t_ramp
-    ceilings = None
-    if "read_bandwidth_bytes_per_s" in base and "matmul_flops" in base:
-        ceilings = Ceilings(base["read_bandwidth_bytes_per_s"], base["matmul_flops"])
-    floors = floor_us(holdout, ceilings) if ceilings else np.full(len(hists), np.nan)
-    # Another family's RaMP and static choices, re-timed in the same loop (CuTe runs).
-    nan = [np.nan] * len(hists)
-    t_triton = np.asarray(base.get("triton_ramp_us", nan), dtype=float)
-    t_triton_static = np.asarray(base.get("triton_static_us", nan), dtype=float)
-    ramp_names = [model.bank.configs[i].name for i in ramp.choose_batch(hists)]
-    for i, label in enumerate(holdout.labels):
-        calls.append({
-            "label": label, "tokens": int(holdout.tokens[i]),
-            "active_experts": int(np.count_nonzero(hists[i])),
-            "ramp_us": float(t_ramp[i]), "ramp_config": ramp_names[i],
-            "ramp_unguarded_us": float(t_unguarded[i]),
-            "static_us": float(t_static[i]), "oracle_us": float(t_oracle[i]),
-            "ramp_side_by_side_us": float(t_ramp_sbs[i]),
-            "grouped_mm_us": float(gmm[i]), "vllm_static_us": float(vllm_us[i]),
-            "triton_ramp_us": float(t_triton[i]),
-            "triton_static_us": float(t_triton_static[i]), "floor_us": float(floors[i]),
-        })
-    tokens = holdout.tokens
-    by_tokens = {name: {int(t): _geomean((t_static / chosen)[tokens == t])
-                        for t in np.unique(tokens)}
-                 for name, chosen in (("ramp_over_static", t_ramp),
-                                      ("ramp_unguarded_over_static", t_unguarded),
-                                      ("oracle_over_static", t_oracle))}
-    summary = {
-        "ramp_over_static_geomean": _geomean(t_static / t_ramp),
-        "ramp_over_static_geomean_skewed": _geomean((t_static / t_ramp)[skewed]),
-        "ramp_unguarded_over_static_geomean": _geomean(t_static / t_unguarded),
-        "ramp_over_static_worst_tokens": min(by_tokens["ramp_over_static"].values()),
-        "ramp_unguarded_over_static_worst_tokens": min(
-            by_tokens["ramp_unguarded_over_static"].values()),
-        "ramp_over_grouped_mm_geomean": _geomean(gmm / t_ramp_sbs),
-        "ramp_over_vllm_static_geomean": _geomean(vllm_us / t_ramp_sbs),
-        "baseline_ratios_same_run": same_run,
-        "worst_ramp_vs_best_baseline": float(np.nanmax(
-            t_ramp_sbs / np.fmin(gmm, vllm_us))) if np.isfinite(np.fmin(gmm, vllm_us)).any()
-        else None,
-    }
-    decode, prefill = holdout.tokens <= 64, holdout.tokens >= PREFILL_TOKENS
-    if np.isfinite(t_triton).any():
-        summary["ramp_over_triton_ramp_geomean"] = _geomean(t_triton / t_ramp_sbs)
-        for name, rows in (("decode", decode), ("prefill", prefill)):
-            summary[f"ramp_over_triton_ramp_geomean_{name}"] = _geomean(
-                (t_triton / t_ramp_sbs)[rows])
-        summary["ramp_over_grouped_mm_geomean_prefill"] = _geomean((gmm / t_ramp_sbs)[prefill])
-    if ceilings and decode.any():
-        summary["hbm_floor_fraction_decode_mean"] = float(np.mean(floors[decode] /
-                                                                  t_ramp[decode]))
-    if ceilings and prefill.any():
-        summary["floor_fraction_prefill_mean"] = float(np.mean(floors[prefill] /
-                                                               t_ramp[prefill]))
+    sbs = _side_by_side(base, holdout, chosen["ramp"], bool(extra))
+    calls = [{
+        "label": label, "tokens": int(holdout.tokens[i]),
+        "active_experts": int(np.count_nonzero(hists[i])),
+        "ramp_us": float(chosen["ramp"][i]), "ramp_config": model.bank.configs[ramp_idx[i]].name,
+        "ramp_unguarded_us": float(chosen["unguarded"][i]),
+        "static_us": float(chosen["static"][i]), "oracle_us": float(chosen["oracle"][i]),
+        "ramp_side_by_side_us": float(sbs.ramp[i]),
+        "grouped_mm_us": float(sbs.grouped_mm[i]), "vllm_static_us": float(sbs.vllm_us[i]),
+        "triton_ramp_us": float(sbs.triton_ramp[i]),
+        "triton_static_us": float(sbs.triton_static[i]), "floor_us": float(sbs.floors[i]),
+    } for i, label in enumerate(holdout.labels)]
+    summary, by_tokens = _summary(chosen, sbs, holdout, skewed)
     return {
         "gpu": profile.gpu, "problem": profile.problem.to_dict(), "profile": profile.key,
         "families": model.bank.families, "extra_profiles": [p.key for p, _ in extra],
         "profile_provenance": profile.provenance, "holdout_provenance": holdout.provenance,
-        "baselines_command": base.get("command"), "vllm": vllm,
+        "baselines_command": base.get("command"), "vllm": sbs.vllm,
         "model_error": profile.error.to_dict(),
         "regret": reports, "summary": summary, "by_tokens": by_tokens, "calls": calls,
     }
