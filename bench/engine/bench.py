@@ -16,7 +16,8 @@ arrival times compressed by ``--time-scale``, lengths capped), ``match`` (16 pro
 32 greedy tokens: the token ids of both modes are compared), ``record-cost`` is
 measured by running ``--modes off,record``.
 
-Writes ``H200_<model>_<workload>.json`` per workload into ``--out`` with ``device``,
+Writes ``H200_<model>_<workload>.json`` per workload into ``--out`` (other ``--modes``
+than off,dispatch add a suffix, e.g. ``_record``) with ``device``,
 ``engine``, ``command``, ``runs`` (per repeat: ``ramp_mode``, ``total_tok_per_s``,
 ``out_tok_per_s``, ``elapsed_s`` and for online runs TTFT/TPOT p50/p99), ``ratio``
 (median of the second mode / median of ``off``), ``ramp_calls``, ``ramp_fallbacks``,
@@ -383,7 +384,8 @@ def write_results(args, out: Path, modes, runs, matches, infos, stats_dir: Path)
             for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
                 result[f"median_{key}"] = {m: float(np.median(
                     [r[key] for r in rows if r["ramp_mode"] == m])) for m in modes}
-        path = out / f"{gpu}_{args.model}_{wl}.json"
+        tag = "" if modes == ["off", "dispatch"] else "_" + "-".join(modes[1:])
+        path = out / f"{gpu}_{args.model}_{wl}{tag}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {path}: ratio {result['ratio']:.3f} ({other}/{base}), tokens_match "
               f"{result['tokens_match']}", flush=True)
