@@ -159,6 +159,37 @@ def summarize(raw: dict[str, Any], online: bool) -> dict[str, Any]:
     return out
 
 
+def spread_router(worker, seed: int, logit_std: float) -> int:
+    """Run inside vLLM's worker (``collective_rpc``): give every MoE router random
+    weights scaled so its logits have about ``logit_std`` standard deviation.
+
+    Dummy weights are uniform(-1e-3, 1e-3): the router's logits are then nearly equal
+    and top-k picks the first expert ids for every token (seen in a trace recorded in
+    vLLM 0.26). The gate's input is RMSNorm(x) * w_norm, about rms(w_norm) per element,
+    so a gate of N(0, 1) / (sqrt(hidden) * rms(w_norm)) gives logits of unit scale.
+    Both modes of a benchmark apply the same seed. Returns the routers changed.
+    """
+    import torch
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    changed = 0
+    for layer in worker.model_runner.get_model().modules():
+        norm = getattr(layer, "post_attention_layernorm", None)
+        if norm is None:
+            continue
+        hidden = norm.weight.numel()
+        scale = logit_std / (hidden**0.5 * float(norm.weight.detach().float().pow(2).mean().sqrt()))
+        for name, sub in layer.named_modules():
+            weight = getattr(sub, "weight", None)
+            if (name.split(".")[-1] == "gate" and weight is not None and weight.dim() == 2
+                    and weight.shape[1] == hidden):
+                with torch.no_grad():
+                    fresh = torch.randn(weight.shape, device=weight.device, generator=gen)
+                    weight.copy_(fresh * scale)
+                changed += 1
+    return changed
+
+
 async def worker_main(args: argparse.Namespace) -> None:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -173,6 +204,12 @@ async def worker_main(args: argparse.Namespace) -> None:
             "max_num_batched_tokens": sched.max_num_batched_tokens,
             "cudagraph_capture_sizes": list(getattr(comp, "cudagraph_capture_sizes", []) or []),
             "engine_args": engine_args(args.model, args)}
+    if args.router_logit_std:
+        import cloudpickle
+
+        changed = await engine.collective_rpc(cloudpickle.dumps(spread_router),
+                                              args=(1234, args.router_logit_std))
+        info["routers_respread"] = changed
     print(MARK + json.dumps(info), flush=True)
     loop = asyncio.get_running_loop()
     while True:
@@ -410,7 +447,8 @@ def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:
 
 
 PASSTHROUGH = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
-               "online_requests", "time_scale", "online_max_in", "online_max_out")
+               "online_requests", "time_scale", "online_max_in", "online_max_out",
+               "router_logit_std")
 
 
 def parser(worker: bool) -> argparse.ArgumentParser:
@@ -430,6 +468,10 @@ def parser(worker: bool) -> argparse.ArgumentParser:
                     help="online: arrival times of the Azure trace divided by this")
     ap.add_argument("--online-max-in", type=int, default=2048)
     ap.add_argument("--online-max-out", type=int, default=256)
+    ap.add_argument("--router-logit-std", type=float, default=None,
+                    help="re-draw every MoE router so its logits have this std (dummy "
+                         "weights route every token to the same experts); not yet run on "
+                         "the GPU")
     if worker:
         return ap
     ap.add_argument("--out", required=True)
