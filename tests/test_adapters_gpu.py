@@ -28,9 +28,10 @@ PATHS = ("triton", "triton-poly", "grouped_mm")
 PLAN_TOKENS = (1, 64, 512, 8192)
 
 
-def forcing_runtime(tmp_path: Path, path: str) -> RampMoERuntime:
+def forcing_runtime(tmp_path: Path, path: str, ep: int = 1) -> RampMoERuntime:
     """A dispatch runtime whose layer plan picks ``path`` at every size (made-up times:
-    the path 1 us, the engine 2 us), with this GPU's embedded profiles."""
+    the path 1 us, the engine 2 us), with this GPU's embedded profiles (under ``ep``: of
+    the full layer's shape, used here for the local one)."""
     from ramp.adapters.plan import ramp_layers
     from ramp.hardware import detect_gpu
     from ramp.models import get_model
@@ -45,7 +46,8 @@ def forcing_runtime(tmp_path: Path, path: str) -> RampMoERuntime:
     configs = ({path: tuple(config_at(t) for t in PLAN_TOKENS)}
                if config_at(PLAN_TOKENS[0]) is not None else {})
     times = {"engine": (2.0,) * len(PLAN_TOKENS), path: (1.0,) * len(PLAN_TOKENS)}
-    plan = LayerPlan(gpu, problems[0], "gpu-test 1", PLAN_TOKENS, times, configs=configs)
+    plan = LayerPlan(gpu, problems[0], "gpu-test 1", PLAN_TOKENS, times, configs=configs,
+                     ep=ep)
     plan.save(tmp_path / f"{plan.key}.json")
     return RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path)),
                           engine="gpu-test")
@@ -115,6 +117,35 @@ def test_every_path_matches_reference(tmp_path, path, tokens, skew):
     dispatch(runtime, x, w13, w2, ids, weights, out=out)
     assert bool(torch.isfinite(out).all())
     assert rel_err(out, reference(x, w13, w2, ids, weights)) < 2e-2
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_expert_parallel_map_inside_cuda_graph(tmp_path, path):
+    """EP=2 on one GPU with a simulated map: 256 global experts, this rank holds 64..191
+    as local 0..127 (Qwen3's layer shape), global ids; a captured graph replayed with new
+    routings computes the local experts' share every time."""
+    runtime = forcing_runtime(tmp_path, path, ep=2)
+    w13, w2 = qwen_weights()
+    expert_map = torch.full((256,), -1, dtype=torch.int32, device="cuda")
+    expert_map[64:192] = torch.arange(128, dtype=torch.int32, device="cuda")
+    tokens = 96
+    x = torch.randn(tokens, QWEN["hidden"], device="cuda").bfloat16()
+    ids, weights = routing(tokens, seed=11, experts=256)
+    out = torch.empty(tokens, QWEN["hidden"], device="cuda", dtype=torch.bfloat16)
+    kwargs = dict(out=out, global_num_experts=256, expert_map=expert_map)
+    dispatch(runtime, x, w13, w2, ids, weights, **kwargs)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        runtime.fused_moe(x, w13, w2, ids, weights, Engine(), **kwargs)
+    for seed, skew in ((12, 0.0), (13, 2.0)):
+        new_ids, new_weights = routing(tokens, seed=seed, experts=256, skew=skew)
+        ids.copy_(new_ids)
+        weights.copy_(new_weights)
+        graph.replay()
+        torch.cuda.synchronize()
+        local = expert_map[ids.long()]
+        ref = reference(x, w13, w2, local.clamp(min=0), weights * (local >= 0))
+        assert rel_err(out, ref) < 2e-2
 
 
 @pytest.mark.parametrize("path", PATHS)

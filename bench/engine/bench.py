@@ -56,6 +56,8 @@ class Workload:
 OFFLINE = {w.name: w for w in (Workload("prefill-heavy", 256, 1024, 128),
                                Workload("decode-heavy", 256, 128, 512),
                                Workload("match", 16, 256, 32))}
+# ``concurrency:C``: CONCURRENCY_WAVES * C requests of these lengths, C in flight at most
+CONCURRENCY_IN, CONCURRENCY_OUT, CONCURRENCY_WAVES = 512, 256, 3
 
 
 # --- worker: one engine, one RaMP mode ---------------------------------------------------
@@ -72,6 +74,10 @@ def engine_args(model: str, args: argparse.Namespace) -> dict[str, Any]:
         kwargs["attention_backend"] = args.attention_backend
     if args.max_num_batched_tokens:
         kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if args.tensor_parallel_size > 1:
+        kwargs["tensor_parallel_size"] = args.tensor_parallel_size
+    if args.enable_expert_parallel:
+        kwargs["enable_expert_parallel"] = True
     return kwargs
 
 
@@ -99,17 +105,24 @@ def online_requests(count: int, time_scale: float, max_in: int, max_out: int
 
 
 async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]],
-                       seed: int, want_tokens: bool) -> dict[str, Any]:
-    """Submit each request at its arrival time; per request: first-token and finish
-    times, output tokens (and their ids and logprobs when ``want_tokens``)."""
+                       seed: int, want_tokens: bool, concurrency: int | None = None
+                       ) -> dict[str, Any]:
+    """Submit each request at its arrival time (at most ``concurrency`` in flight, when
+    given); per request: first-token and finish times, output tokens (and their ids and
+    logprobs when ``want_tokens``)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     results: list[dict[str, Any]] = [{} for _ in requests]
+    slots = asyncio.Semaphore(concurrency or len(requests))
 
     async def one(i: int, arrival: float, n_in: int, n_out: int) -> None:
+        async with slots:
+            await one_request(i, arrival, n_in, n_out)
+
+    async def one_request(i: int, arrival: float, n_in: int, n_out: int) -> None:
         delay = arrival - (time.perf_counter() - start)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -140,7 +153,10 @@ async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]
     return {"elapsed_s": elapsed, "requests": results}
 
 
-def summarize(raw: dict[str, Any], online: bool) -> dict[str, Any]:
+def summarize(raw: dict[str, Any], online: bool, closed_loop: bool = False
+              ) -> dict[str, Any]:
+    """Throughput of a run; with ``online`` TTFT (from arrival; ``closed_loop``: from
+    when the client sent it) and TPOT percentiles."""
     reqs = raw["requests"]
     n_in = sum(r["prompt"] for r in reqs)
     n_out = sum(r["output"] for r in reqs)
@@ -149,13 +165,15 @@ def summarize(raw: dict[str, Any], online: bool) -> dict[str, Any]:
                            "out_tok_per_s": n_out / raw["elapsed_s"],
                            "prompt_tokens": n_in, "output_tokens": n_out}
     if online:
-        ttft = np.array([r["first"] - r["arrival"] for r in reqs]) * 1e3
+        since = "sent" if closed_loop else "arrival"
+        ttft = np.array([r["first"] - r[since] for r in reqs]) * 1e3
         tpot = np.array([(r["done"] - r["first"]) / (r["output"] - 1) for r in reqs
                          if r["output"] > 1]) * 1e3
         for name, values in (("ttft_ms", ttft), ("tpot_ms", tpot)):
             out[f"{name}_p50"] = float(np.percentile(values, 50))
             out[f"{name}_p99"] = float(np.percentile(values, 99))
-        out["request_rate"] = len(reqs) / max(reqs[-1]["arrival"], 1e-9)
+        if not closed_loop:
+            out["request_rate"] = len(reqs) / max(reqs[-1]["arrival"], 1e-9)
     return out
 
 
@@ -220,14 +238,20 @@ async def worker_main(args: argparse.Namespace) -> None:
         if cmd["workload"] == "quit":
             break
         name, seed = cmd["workload"], cmd["seed"]
+        concurrency = None
         if name == "online":
             reqs = online_requests(args.online_requests, args.time_scale, args.online_max_in,
                                    args.online_max_out)
+        elif name.startswith("concurrency:"):
+            concurrency = int(name.split(":")[1])
+            reqs = [(0.0, CONCURRENCY_IN, CONCURRENCY_OUT)] * (CONCURRENCY_WAVES * concurrency)
         else:
             w = OFFLINE[name]
             reqs = [(0.0, w.input_len, w.output_len)] * w.prompts
-        raw = await run_requests(engine, vocab, reqs, seed, want_tokens=name == "match")
-        result = summarize(raw, online=name == "online")
+        raw = await run_requests(engine, vocab, reqs, seed, want_tokens=name == "match",
+                                 concurrency=concurrency)
+        result = summarize(raw, online=name == "online" or concurrency is not None,
+                           closed_loop=concurrency is not None)
         if name == "match":
             result["sequences"] = [{"token_ids": r["token_ids"], "logprobs": r["logprobs"]}
                                    for r in raw["requests"]]
@@ -240,15 +264,15 @@ async def worker_main(args: argparse.Namespace) -> None:
 class Worker:
     """One engine process in one RaMP mode, driven over stdin, read over stdout."""
 
-    def __init__(self, mode: str, args: argparse.Namespace, util: float, stats_dir: Path
-                 ) -> None:
+    def __init__(self, mode: str, args: argparse.Namespace, util: float, stats_dir: Path,
+                 extra: tuple[str, ...] = ()) -> None:
         self.mode = mode
         env = dict(os.environ, RAMP_MODE=mode,
                    RAMP_STATS=str(stats_dir / f"{mode}.{{pid}}.json"),
                    RAMP_TRACE=str(stats_dir / f"trace.{mode}.rank{{rank}}.jsonl"),
                    RAMP_MODEL=args.model, RAMP_HOLD_SECONDS="5")
         cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--model", args.model,
-               "--gpu-memory-utilization", str(util), *args.passthrough]
+               "--gpu-memory-utilization", str(util), *args.passthrough, *extra]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
         self.info = self._wait("ready")
@@ -328,8 +352,7 @@ def main() -> None:
         asyncio.run(worker_main(args))
         return
     args = parser(worker=False).parse_args()
-    args.passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                        if k in PASSTHROUGH and v is not None]
+    args.passthrough = passthrough(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stats_dir = Path(args.stats_dir or out / f"stats-{args.model}")
@@ -448,7 +471,14 @@ def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:
 
 PASSTHROUGH = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
                "online_requests", "time_scale", "online_max_in", "online_max_out",
-               "router_logit_std")
+               "router_logit_std", "tensor_parallel_size")
+
+
+def passthrough(args: argparse.Namespace) -> list[str]:
+    """The coordinator's options that its workers take too."""
+    out = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+           if k in PASSTHROUGH and v is not None]
+    return out + (["--enable-expert-parallel"] if args.enable_expert_parallel else [])
 
 
 def parser(worker: bool) -> argparse.ArgumentParser:
@@ -468,6 +498,9 @@ def parser(worker: bool) -> argparse.ArgumentParser:
                     help="online: arrival times of the Azure trace divided by this")
     ap.add_argument("--online-max-in", type=int, default=2048)
     ap.add_argument("--online-max-out", type=int, default=256)
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--enable-expert-parallel", action="store_true",
+                    help="vLLM's expert parallelism across the tensor-parallel GPUs")
     ap.add_argument("--router-logit-std", type=float, default=None,
                     help="re-draw every MoE router so its logits have this std (dummy "
                          "weights route every token to the same experts); not yet run on "
