@@ -57,8 +57,11 @@ def vllm_engine_layer() -> tuple[str, Layer]:
 
     from vllm.model_executor.layers.fused_moe.fused_moe import fused_experts
 
-    def run(x, w13, w2, ids, weights, out):
-        return fused_experts(x, w13, w2, weights, ids)
+    def run(x, w13, w2, ids, weights, out, expert_map=None):
+        if expert_map is None:
+            return fused_experts(x, w13, w2, weights, ids)
+        return fused_experts(x, w13, w2, weights, ids, global_num_experts=expert_map.numel(),
+                             expert_map=expert_map)
 
     try:
         name = version("vllm")
@@ -118,8 +121,12 @@ def _find(gpu: str, problem: MoEProblem, family: str, profile_dir: str | None
     return find_profile(gpu, problem, family=family)
 
 
-def reference_layer(x, w13, w2, ids, weights) -> torch.Tensor:
-    """The layer's definition in float32, one expert at a time."""
+def reference_layer(x, w13, w2, ids, weights, expert_map=None) -> torch.Tensor:
+    """The layer's definition in float32, one expert at a time (under EP: this rank's
+    experts' share)."""
+    if expert_map is not None:
+        local = expert_map[ids.long()]
+        ids, weights = local.clamp(min=0), weights * (local >= 0)
     inter = w2.shape[2]
     out = torch.zeros(x.shape[0], w2.shape[1], dtype=torch.float32, device=x.device)
     for e in torch.unique(ids).tolist():
@@ -131,14 +138,16 @@ def reference_layer(x, w13, w2, ids, weights) -> torch.Tensor:
 
 
 def make_inputs(problems: tuple[MoEProblem, MoEProblem], tokens: int, routing: str,
-                seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hidden states, top-k ids realising the routing spec's histogram, and weights."""
+                seed: int, experts: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden states, top-k ids realising the routing spec's histogram over ``experts``
+    (default: the layer's; the global count under EP), and weights."""
     from ramp.kernels.workload import topk_ids_for_histogram
 
     w13p = problems[0]
     sep = "," if ":" in routing else ":"
     hist = parse_histogram_spec(f"{routing}{sep}tokens={tokens},seed={seed}",
-                                w13p.num_experts, w13p.top_k)
+                                experts or w13p.num_experts, w13p.top_k)
     ids = torch.as_tensor(topk_ids_for_histogram(hist, w13p.top_k, seed), device="cuda",
                           dtype=torch.int32)
     gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -148,16 +157,19 @@ def make_inputs(problems: tuple[MoEProblem, MoEProblem], tokens: int, routing: s
     return x, ids, weights
 
 
-def check(layers: dict[str, Layer], problems, w13, w2, seed: int) -> dict[str, Any]:
+def check(layers: dict[str, Layer], problems, w13, w2, seed: int,
+          expert_map: torch.Tensor | None = None) -> dict[str, Any]:
     """Relative error of every path vs float32 at a few sizes; NaN-poisoned outputs."""
     errors: dict[str, Any] = {name: {} for name in layers}
+    experts = None if expert_map is None else expert_map.numel()
     for tokens in CHECK_TOKENS:
-        x, ids, weights = make_inputs(problems, tokens, "uniform", seed + tokens)
-        ref = reference_layer(x, w13, w2, ids, weights)
+        x, ids, weights = make_inputs(problems, tokens, "uniform", seed + tokens, experts)
+        ref = reference_layer(x, w13, w2, ids, weights, expert_map)
         for name, run in layers.items():
             out = torch.full((tokens, w2.shape[1]), float("nan"), dtype=x.dtype, device="cuda")
             try:
-                got = run(x, w13, w2, ids, weights, out if name != ENGINE else None)
+                got = run(x, w13, w2, ids, weights, out if name != ENGINE else None,
+                          expert_map)
                 torch.cuda.synchronize()
             except Exception as exc:  # a path that cannot run is reported, not timed
                 errors[name][tokens] = f"{type(exc).__name__}: {exc}"
@@ -169,15 +181,26 @@ def check(layers: dict[str, Layer], problems, w13, w2, seed: int) -> dict[str, A
     return errors
 
 
+def contiguous_expert_map(experts: int, ep: int, rank: int = 0) -> torch.Tensor:
+    """vLLM's expert map of ``rank`` under contiguous placement: global -> local or -1."""
+    local = experts // ep
+    expert_map = torch.full((experts,), -1, dtype=torch.int32, device="cuda")
+    expert_map[rank * local:(rank + 1) * local] = torch.arange(local, dtype=torch.int32,
+                                                               device="cuda")
+    return expert_map
+
+
 def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
-            routings: tuple[str, ...], rounds: int, seed: int = 0
+            routings: tuple[str, ...], rounds: int, seed: int = 0, ep: int = 1
             ) -> tuple[LayerPlan, dict[str, Any]]:
     from ramp.hardware import detect_gpu
     from ramp.kernels.cuda_timing import device_info, time_graph
     from ramp.kernels.workload import make_weights
 
     spec = get_model(model)
-    problems = (spec.problem("w13"), spec.problem("w2"))
+    problems = (spec.problem("w13", ep=ep), spec.problem("w2", ep=ep))
+    expert_map = contiguous_expert_map(spec.num_experts, ep) if ep > 1 else None
+    experts = spec.num_experts
     gpu = detect_gpu()
     if gpu is None:
         raise SystemExit("ramp.adapters.plan: no CUDA GPU visible")
@@ -186,7 +209,7 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     layers: dict[str, Layer] = {ENGINE: engine_run, **{k: v[0] for k, v in ramp.items()}}
     w13s = make_weights(problems[0], WEIGHT_COPIES, seed=seed)
     w2s = make_weights(problems[1], WEIGHT_COPIES, seed=seed + 1)
-    errors = check(layers, problems, w13s[0], w2s[0], seed)
+    errors = check(layers, problems, w13s[0], w2s[0], seed, expert_map)
     bad = [n for n, e in errors.items()
            if any(not isinstance(v, float) or v > MAX_REL_ERR for v in e.values())]
     if ENGINE in bad:
@@ -200,14 +223,15 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     names = list(layers)
     for i, t in enumerate(tokens):
         for routing in routings:
-            x, ids, weights = make_inputs(problems, t, routing, seed + 17 * i)
+            x, ids, weights = make_inputs(problems, t, routing, seed + 17 * i, experts)
             outs = {n: torch.empty(t, w2s[0].shape[1], dtype=x.dtype, device="cuda")
                     for n in names}
             for rnd in range(rounds):
                 for name in names[rnd % len(names):] + names[:rnd % len(names)]:
                     run, out = layers[name], (outs[name] if name != ENGINE else None)
                     us = time_graph(lambda j, run=run, out=out, x=x, ids=ids, w=weights: run(
-                        x, w13s[j % WEIGHT_COPIES], w2s[j % WEIGHT_COPIES], ids, w, out))
+                        x, w13s[j % WEIGHT_COPIES], w2s[j % WEIGHT_COPIES], ids, w, out,
+                        expert_map))
                     times[name][routing][i].append(us)
         line = "  ".join(f"{n} {np.median(times[n][routings[0]][i]):8.1f}" for n in names)
         print(f"{model} T={t:<6} {line}   ({time.monotonic() - t0:.0f} s)", flush=True)
@@ -229,8 +253,10 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
                                  "of CUDA-graph replay medians",
                     "max_rel_err": {n: max(e.values()) for n, e in errors.items()
                                     if n in layers},
-                    "measure_seconds": round(time.monotonic() - t0, 1)})
-    details = {"model": model, "gpu": gpu.name, "device": device_info(),
+                    "measure_seconds": round(time.monotonic() - t0, 1),
+                    "expert_placement": "contiguous, rank 0" if ep > 1 else None},
+        ep=ep)
+    details = {"model": model, "ep": ep, "gpu": gpu.name, "device": device_info(),
                "engine": engine_name, "command": plan.provenance["command"],
                "tokens": list(tokens), "routings": list(routings), "rounds": rounds,
                "rel_err": errors, "times_us": times, "plan": plan.to_dict(),
@@ -249,15 +275,19 @@ def main(argv: list[str] | None = None) -> None:
                                      "then prefill sizes to 16384)")
     ap.add_argument("--routings", default=";".join(ROUTINGS), help="';'-separated specs")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ep", type=int, default=1,
+                    help="expert-parallel degree: time rank 0's local layer (contiguous "
+                         "placement) with global routing and vLLM's expert map")
     args = ap.parse_args(argv)
     tokens = tuple(int(t) for t in args.tokens.split(",")) if args.tokens else TOKENS
     for model in args.model:
         plan, details = measure(model, args.profile_dir, tokens,
-                                tuple(args.routings.split(";")), args.rounds)
+                                tuple(args.routings.split(";")), args.rounds, ep=args.ep)
         path = plan.save(Path(args.out) / f"{plan.key}.json")
         print(f"wrote {path}: {dict(zip(plan.tokens, plan.choices))}", flush=True)
         if args.details:
-            d = Path(args.details) / f"{plan.gpu}_{model}_layer.json"
+            ep = f"-ep{args.ep}" if args.ep > 1 else ""
+            d = Path(args.details) / f"{plan.gpu}_{model}{ep}_layer.json"
             d.parent.mkdir(parents=True, exist_ok=True)
             d.write_text(json.dumps(details, indent=1) + "\n")
 

@@ -199,6 +199,7 @@ class RampMoERuntime:
         unsupported: str | None = None,
         out: torch.Tensor | None = None,
         scale: float | None = None,
+        expert_map: torch.Tensor | None = None,
     ) -> torch.Tensor | R:
         """One MoE layer: ``sum_j w[t,j] * W2[e] (SiLU(G[e] x_t) * U[e] x_t)``.
 
@@ -207,7 +208,9 @@ class RampMoERuntime:
         implementation and its result is returned whenever RaMP does not run the call.
         ``layer`` identifies the MoE layer for recording (default: the w13 storage);
         ``global_num_experts`` is the engine's expert count when it differs from the
-        local ``E`` (expert parallelism); ``unsupported`` is the engine adapter's reason
+        local ``E`` (expert parallelism: ``topk_ids`` are then global ids and
+        ``expert_map`` [global E] maps them to local ids or -1, vLLM's convention; only
+        the local experts' share is computed); ``unsupported`` is the engine adapter's reason
         not to run RaMP (quantization, activation, ...). ``out`` [T, K] receives the
         result on the RaMP path, else a new tensor does; ``scale`` multiplies it
         (DeepSeek-style routed scaling factors).
@@ -230,7 +233,7 @@ class RampMoERuntime:
             if unsupported is not None:
                 raise Unsupported(unsupported)
             layer_paths = self._layer(hidden_states, w13, w2, topk_ids, topk_weights,
-                                      global_num_experts)
+                                      global_num_experts, expert_map)
             tokens = hidden_states.shape[0]
             path = layer_paths.plan.choose(tokens)
             capturing = hidden_states.is_cuda and torch.cuda.is_current_stream_capturing()
@@ -244,13 +247,13 @@ class RampMoERuntime:
             # there keeps the shape on the engine kernel.
             try:
                 result = layer_paths.paths[path](hidden_states, w13, w2, topk_ids,
-                                                 topk_weights, out)
+                                                 topk_weights, out, expert_map)
                 if scale not in (None, 1.0):
                     result.mul_(scale)
             except Exception as exc:
                 reason = (f"{layer_paths.key}: RaMP {path} path failed ({type(exc).__name__}: "
                           f"{exc}); this shape stays on the engine kernel")
-                self._layers[_key(hidden_states, w13, topk_ids)] = reason
+                self._layers[_key(hidden_states, w13, topk_ids, expert_map)] = reason
                 raise Unsupported(reason) from exc
             return result
         except Unsupported as exc:
@@ -266,9 +269,9 @@ class RampMoERuntime:
                 self.write_stats()
 
     def _layer(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-               ids: torch.Tensor, weights: torch.Tensor, global_num_experts: int | None
-               ) -> _Layer:
-        key = _key(hidden, w13, ids)
+               ids: torch.Tensor, weights: torch.Tensor, global_num_experts: int | None,
+               expert_map: torch.Tensor | None) -> _Layer:
+        key = _key(hidden, w13, ids, expert_map)
         layer = self._layers.get(key)
         if layer is None:
             if hidden.is_cuda and torch.cuda.is_current_stream_capturing():
@@ -276,7 +279,8 @@ class RampMoERuntime:
                                   "capture: RaMP needs one eager call first to compile its "
                                   "kernels, so the engine kernel was captured")
             try:
-                layer = self._build(hidden, w13, w2, ids, weights, global_num_experts)
+                layer = self._build(hidden, w13, w2, ids, weights, global_num_experts,
+                                    expert_map)
             except Unsupported as exc:
                 layer = str(exc)
             except Exception as exc:  # import errors, bad profile files, kernel faults ...
@@ -287,11 +291,12 @@ class RampMoERuntime:
         return layer
 
     def _build(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-               ids: torch.Tensor, weights: torch.Tensor, global_num_experts: int | None
-               ) -> _Layer:
-        problems = check_call(hidden, w13, w2, ids, weights, global_num_experts)
+               ids: torch.Tensor, weights: torch.Tensor, global_num_experts: int | None,
+               expert_map: torch.Tensor | None) -> _Layer:
+        problems, ep = check_call(hidden, w13, w2, ids, weights, global_num_experts,
+                                  expert_map)
         gpu, live_sms = self._gpu(hidden.device)
-        plan = self._layer_plan(gpu, problems[0])
+        plan = self._layer_plan(gpu, problems[0], ep)
         num_sms = live_sms or 0
         paths: dict[str, LayerPath] = {}
         for name in sorted(plan.paths_used() - {ENGINE}):
@@ -309,9 +314,10 @@ class RampMoERuntime:
             else:
                 raise Unsupported(f"layer plan {plan.key} names path {name!r}, which this "
                                   "RaMP does not run")
-        layer = _Layer(f"{gpu}/{problems[0].key}", plan, paths, num_sms)
+        layer = _Layer(f"{gpu}/{problems[0].key}" + (f"/ep{ep}" if ep > 1 else ""), plan,
+                       paths, num_sms)
         try:
-            _warm_up(layer, hidden, w13, w2, ids.shape[1])
+            _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map)
         except Exception as exc:
             raise Unsupported(f"{layer.key}: RaMP kernels failed at warm-up "
                               f"({type(exc).__name__}: {exc}); this shape stays on the "
@@ -371,16 +377,19 @@ class RampMoERuntime:
                               f"{where}: run `ramp profile` for this GPU and shape")
         return profile
 
-    def _layer_plan(self, gpu: str, problem: MoEProblem) -> LayerPlan:
+    def _layer_plan(self, gpu: str, problem: MoEProblem, ep: int = 1) -> LayerPlan:
         """The guard: whole-layer times of each path next to the engine's kernel."""
-        plan = find_layer_plan(gpu, problem, self.engine, self._read_dir()[1])
+        plan = find_layer_plan(gpu, problem, self.engine, self._read_dir()[1], ep)
         if plan is None:
             where = f" or in {self.config.profile_dir}" if self.config.profile_dir else ""
+            ep_text = f" at EP={ep}" if ep > 1 else ""
+            ep_arg = f" --ep {ep}" if ep > 1 else ""
             raise Unsupported(
-                f"no layer plan for {gpu} {problem.key} under {self.engine or 'this engine'} "
-                f"embedded{where}, so nothing shows RaMP is faster here: measure one with "
-                f"`python -m ramp.adapters.plan --model {_catalog_name(problem)} --out DIR` "
-                "on this GPU with the engine installed, and set RAMP_PROFILE_DIR=DIR")
+                f"no layer plan for {gpu} {problem.key}{ep_text} under "
+                f"{self.engine or 'this engine'} embedded{where}, so nothing shows RaMP is "
+                f"faster here: measure one with `python -m ramp.adapters.plan --model "
+                f"{_catalog_name(problem, ep)}{ep_arg} --out DIR` on this GPU with the "
+                "engine installed, and set RAMP_PROFILE_DIR=DIR")
         return plan
 
     def log_fallback(self, reason: str) -> None:
@@ -418,9 +427,11 @@ class RampMoERuntime:
 
 
 def check_call(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-               ids: torch.Tensor, weights: torch.Tensor,
-               global_num_experts: int | None) -> tuple[MoEProblem, MoEProblem]:
-    """The (w13, w2) problems of a call RaMP can run, or ``Unsupported`` with the reason."""
+               ids: torch.Tensor, weights: torch.Tensor, global_num_experts: int | None,
+               expert_map: torch.Tensor | None = None
+               ) -> tuple[tuple[MoEProblem, MoEProblem], int]:
+    """The local (w13, w2) problems of a call RaMP can run and its expert-parallel
+    degree, or ``Unsupported`` with the reason."""
     if hidden.dtype not in DTYPES:
         raise Unsupported(f"activation dtype {hidden.dtype} (RaMP runs bfloat16 and "
                           "float16)")
@@ -437,26 +448,39 @@ def check_call(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
         raise Unsupported(f"shapes hidden {list(hidden.shape)}, w13 {list(w13.shape)}, "
                           f"w2 {list(w2.shape)}, topk {list(ids.shape)} are not a gated "
                           "MoE layer")
-    if global_num_experts not in (None, -1, experts):
-        raise Unsupported(f"expert parallelism ({experts} local of {global_num_experts} "
-                          "experts)")
+    total = experts if global_num_experts in (None, -1) else global_num_experts
+    if expert_map is None and total != experts:
+        raise Unsupported(f"expert parallelism ({experts} local of {total} experts) "
+                          "without an expert map")
+    if expert_map is not None and (expert_map.dim() != 1 or expert_map.numel() != total
+                                   or expert_map.dtype.is_floating_point
+                                   or expert_map.device != ids.device):
+        raise Unsupported(f"expert map of shape {list(expert_map.shape)} "
+                          f"{expert_map.dtype} on {expert_map.device} for {total} experts "
+                          f"and ids on {ids.device}")
+    if total % experts:
+        raise Unsupported(f"{experts} local experts do not divide {total}")
     dtype, top_k = DTYPES[hidden.dtype], ids.shape[1]
-    return (MoEProblem(experts, two_i, hidden_size, top_k, dtype, "w13"),
-            MoEProblem(experts, hidden_size, two_i // 2, top_k, dtype, "w2"))
+    return ((MoEProblem(experts, two_i, hidden_size, top_k, dtype, "w13"),
+             MoEProblem(experts, hidden_size, two_i // 2, top_k, dtype, "w2")),
+            total // experts)
 
 
-def _key(hidden: torch.Tensor, w13: torch.Tensor, ids: torch.Tensor) -> tuple[Any, ...]:
-    return (tuple(w13.shape), hidden.dtype, w13.dtype, ids.shape[1], hidden.device)
+def _key(hidden: torch.Tensor, w13: torch.Tensor, ids: torch.Tensor,
+         expert_map: torch.Tensor | None = None) -> tuple[Any, ...]:
+    ep = None if expert_map is None else expert_map.numel()
+    return (tuple(w13.shape), hidden.dtype, w13.dtype, ids.shape[1], hidden.device, ep)
 
 
-def _catalog_name(problem: MoEProblem) -> str:
-    """The catalog model with this w13 layer (at some TP degree), else a placeholder."""
+def _catalog_name(problem: MoEProblem, ep: int = 1) -> str:
+    """The catalog model with this local w13 layer (at some TP degree), else a
+    placeholder."""
     from ramp.models import MODELS
 
     for model in MODELS.values():
         for tp in (1, 2, 4, 8):
             try:
-                if model.problem("w13", tp=tp) == problem:
+                if model.problem("w13", tp=tp, ep=ep) == problem:
                     return model.name
             except RampError:
                 continue
@@ -464,7 +488,7 @@ def _catalog_name(problem: MoEProblem) -> str:
 
 
 def _describe(key: tuple[Any, ...]) -> str:
-    shape, dtype, _, top_k, device = key
+    shape, dtype, _, top_k, device, _ep = key
     return f"w13 {list(shape)} {dtype} top-{top_k} on {device}"
 
 
@@ -505,7 +529,7 @@ def _triton_configs(plan: LayerPlan) -> Callable[[int], tuple[Any, Any, int, int
 
 
 def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-             top_k: int) -> None:
+             top_k: int, expert_map: torch.Tensor | None) -> None:
     """Run each path once per distinct configuration it serves, at a measured size of
     its bucket on random routing, so every kernel compiles now (an eager call) and
     never inside the engine's CUDA-graph capture."""
@@ -517,9 +541,11 @@ def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
             continue
         done.add(what)
         x = torch.randn(tokens, hidden.shape[1], device=hidden.device, generator=gen)
-        scores = torch.rand(tokens, w13.shape[0], device=hidden.device, generator=gen)
+        experts = w13.shape[0] if expert_map is None else expert_map.numel()
+        scores = torch.rand(tokens, experts, device=hidden.device, generator=gen)
         weights, ids = torch.topk(scores, top_k)
-        layer.paths[path](x.to(hidden.dtype), w13, w2, ids.to(torch.int32), weights)
+        layer.paths[path](x.to(hidden.dtype), w13, w2, ids.to(torch.int32), weights, None,
+                          expert_map)
     if hidden.is_cuda:
         torch.cuda.synchronize(hidden.device)
 

@@ -7,7 +7,8 @@ vLLM's backend oracle gives to Triton (the default for bf16 on Hopper, or any GP
 ``--moe-backend triton``) calls it with the routed tensors, and it writes the reduced
 layer output into ``output``. It is wrapped, not copied: the wrapper hands the call to
 ``RampMoERuntime`` with the original method as the fallback, so anything RaMP does not
-run (quantized weights, other activations, LoRA, expert maps, ...) runs unchanged.
+run (quantized weights, other activations, LoRA, ...) runs unchanged; expert-parallel
+layers run with their expert map (only this rank's experts).
 
 The method's parameter names are checked when the hook is installed; a vLLM whose
 ``apply`` differs is refused with a message instead of being patched blind.
@@ -170,8 +171,6 @@ def unsupported_reason(experts: Any, call: dict[str, Any]) -> str | None:
         return "vLLM MoE LoRA"
     if getattr(experts, "post_gemm2_hook", None) is not None:
         return "vLLM post-GEMM2 hook (fused consumer of the unreduced rows)"
-    if call["expert_map"] is not None:
-        return "vLLM expert parallelism (expert_map)"
     if call["apply_router_weight_on_input"]:
         return "vLLM router weights applied on the input"
     return None
@@ -190,7 +189,8 @@ def _wrap(cls: type, original: Any, runtime: RampMoERuntime) -> Any:
         result = runtime.fused_moe(
             call["hidden_states"], call["w1"], call["w2"], call["topk_ids"],
             call["topk_weights"], lambda: original(self, *args, **kwargs),
-            global_num_experts=call["global_num_experts"], unsupported=reason, out=output)
+            global_num_experts=call["global_num_experts"], unsupported=reason, out=output,
+            expert_map=call["expert_map"])
         return None if result is output else result
 
     return apply

@@ -69,12 +69,15 @@ def grouped_mm(a_sorted: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) ->
 
 
 def grouped_mm_layer(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                     routing: Routing, out: torch.Tensor | None = None) -> torch.Tensor:
+                     routing: Routing, out: torch.Tensor | None = None,
+                     local_only: bool = False) -> torch.Tensor:
     """The whole MoE layer on ``torch._grouped_mm``: gather the expert-sorted rows, GEMM1,
     SiLU(gate) * up, GEMM2, routing weight, scatter to slot order, top-k sum.
 
     ``routing`` is RaMP's on-GPU counting sort (``ramp.kernels.routing.route``);
-    nothing is read on the host, so the layer is CUDA-graph capturable.
+    nothing is read on the host, so the layer is CUDA-graph capturable. ``local_only``:
+    the routing counts only some of the slots (expert parallelism), which sort last and
+    are zeroed before the sum.
     """
     slots = routing.sorted_slots.long()
     offs = torch.cumsum(routing.counts, 0, dtype=torch.int32)
@@ -84,6 +87,9 @@ def grouped_mm_layer(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     act = torch.nn.functional.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
     down = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)
     down.mul_(routing.topk_weights.index_select(0, slots).unsqueeze(1).to(down.dtype))
+    if local_only:  # rows past the local ones belong to other ranks' experts: unwritten
+        remote = torch.arange(slots.numel(), device=slots.device) >= offs[-1]
+        down.masked_fill_(remote.unsqueeze(1), 0)
     rows = torch.empty_like(down).index_copy_(0, slots, down)
     tokens = routing.num_tokens
     return torch.sum(rows.view(tokens, routing.top_k, -1), dim=1, out=out)

@@ -1,21 +1,26 @@
 """Whole MoE layers RaMP can run in an engine, one callable per path.
 
-Each builder returns ``layer(hidden, w13, w2, topk_ids, topk_weights, out) -> out``:
-``hidden`` [T, K], ``w13`` [E, 2I, K] (gate rows then up rows), ``w2`` [E, K, I],
-``topk_ids``/``topk_weights`` [T, k]; ``out`` [T, K] receives the weighted top-k sum (a
-new tensor when None). All route on the GPU and launch with grids that depend only on T
-and the configuration, so every path is CUDA-graph capturable and reads nothing back.
+Each builder returns ``layer(hidden, w13, w2, topk_ids, topk_weights, out=None,
+expert_map=None) -> out``: ``hidden`` [T, K], ``w13`` [E, 2I, K] (gate rows then up
+rows), ``w2`` [E, K, I], ``topk_ids``/``topk_weights`` [T, k]; ``out`` [T, K] receives the
+weighted top-k sum (a new tensor when None). Under expert parallelism ``w13``/``w2`` hold
+this rank's E local experts, ``topk_ids`` are global ids and ``expert_map`` [global E]
+maps them to local ids or -1 (vLLM's convention): slots of other ranks' experts add
+nothing here (the engine combines the ranks). All route on the GPU and launch with grids
+that depend only on T and the configuration, so every path is CUDA-graph capturable and
+reads nothing back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 
 from ramp.config import KernelConfig
 from ramp.kernels.grouped_mm import grouped_mm_layer
-from ramp.kernels.routing import route
+from ramp.kernels.routing import Routing, route
 from ramp.kernels.triton.fused_moe import moe_gemm
 from ramp.kernels.triton.poly import PolyGemm
 
@@ -28,15 +33,38 @@ def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None) -> torch
     return torch.sum(rows.view(rows.shape[0] // top_k, top_k, -1), dim=1, out=out)
 
 
+def local_routing(ids: torch.Tensor, weights: torch.Tensor, num_experts: int,
+                  expert_map: torch.Tensor | None) -> Routing:
+    """The routing of this rank's experts.
+
+    Without ``expert_map`` every id is local. With it, ids are mapped and other ranks'
+    slots go to a spare bin ``num_experts`` that sorts after every local expert; the
+    returned routing counts only the local experts, so the GEMMs (which walk expert row
+    ranges from the counts) never touch those slots, and they stay out of the sum.
+    """
+    if expert_map is None:
+        return route(ids, weights, num_experts)
+    mapped = expert_map.index_select(0, ids.reshape(-1).long()).view(ids.shape)
+    spare = torch.full_like(mapped, num_experts)
+    full = route(torch.where(mapped >= 0, mapped, spare), weights, num_experts + 1)
+    return dataclasses.replace(full, counts=full.counts[:num_experts],
+                               num_experts=num_experts)
+
+
+def _rows(hidden: torch.Tensor, count: int, width: int, local_only: bool) -> torch.Tensor:
+    """The w2 output in slot order: zeros where other ranks' slots are never written."""
+    return (hidden.new_zeros if local_only else hidden.new_empty)(count, width)
+
+
 def poly_layer(w13_gemm: PolyGemm, w2_gemm: PolyGemm, num_sms: int) -> Layer:
     """The sync-free path: both GEMMs pick their branch on the GPU from the histogram."""
 
-    def layer(hidden, w13, w2, ids, weights, out=None):
+    def layer(hidden, w13, w2, ids, weights, out=None, expert_map=None):
         rows = ids.numel()
-        routing = route(ids, weights, w13.shape[0])
+        routing = local_routing(ids, weights, w13.shape[0], expert_map)
         inter = hidden.new_empty(rows, w2.shape[2])
         w13_gemm(hidden, w13, routing, inter, gemm="w13", num_sms=num_sms)
-        down = hidden.new_empty(rows, w2.shape[1])
+        down = _rows(hidden, rows, w2.shape[1], expert_map is not None)
         w2_gemm(inter, w2, routing, down, gemm="w2", num_sms=num_sms)
         return top_k_sum(down, ids.shape[1], out)
 
@@ -46,20 +74,22 @@ def poly_layer(w13_gemm: PolyGemm, w2_gemm: PolyGemm, num_sms: int) -> Layer:
 def triton_layer(configs_at: ConfigsAt, num_sms: int) -> Layer:
     """RaMP's Triton family with one configuration per GEMM chosen from T (host-side)."""
 
-    def layer(hidden, w13, w2, ids, weights, out=None):
+    def layer(hidden, w13, w2, ids, weights, out=None, expert_map=None):
         cfg13, cfg2, occ13, occ2 = configs_at(hidden.shape[0])
         rows = ids.numel()
-        routing = route(ids, weights, w13.shape[0])
+        routing = local_routing(ids, weights, w13.shape[0], expert_map)
         inter = hidden.new_empty(rows, w2.shape[2])
         moe_gemm(hidden, w13, routing, cfg13, inter, gemm="w13", num_sms=num_sms,
                  occupancy=occ13)
-        down = hidden.new_empty(rows, w2.shape[1])
+        down = _rows(hidden, rows, w2.shape[1], expert_map is not None)
         moe_gemm(inter, w2, routing, cfg2, down, gemm="w2", num_sms=num_sms, occupancy=occ2)
         return top_k_sum(down, ids.shape[1], out)
 
     return layer
 
 
-def grouped_mm_path(hidden, w13, w2, ids, weights, out=None):
+def grouped_mm_path(hidden, w13, w2, ids, weights, out=None, expert_map=None):
     """``torch._grouped_mm`` on RaMP's on-GPU routing."""
-    return grouped_mm_layer(hidden, w13, w2, route(ids, weights, w13.shape[0]), out)
+    routing = local_routing(ids, weights, w13.shape[0], expert_map)
+    return grouped_mm_layer(hidden, w13, w2, routing, out,
+                            local_only=expert_map is not None)

@@ -49,6 +49,9 @@ class LayerPlan:
     # both GEMMs), so the runtime runs exactly what was timed; opaque to the core.
     configs: dict[str, tuple[dict[str, Any] | None, ...]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # expert-parallel degree: ``problem`` is one rank's local layer, ``tokens`` the
+    # step's tokens (each rank sees about tokens * top_k / ep of the rows)
+    ep: int = 1
 
     def __post_init__(self) -> None:
         if not self.tokens or list(self.tokens) != sorted(set(self.tokens)) or self.tokens[0] < 1:
@@ -69,10 +72,13 @@ class LayerPlan:
                                  "token count of a timed path")
         if not 0 <= self.margin < 1:
             raise InputError(f"layer plan: margin {self.margin} must be in [0, 1)")
+        if isinstance(self.ep, bool) or not isinstance(self.ep, int) or not 1 <= self.ep <= 1024:
+            raise InputError(f"layer plan: ep {self.ep!r} must be an int in 1..1024")
 
     @property
     def key(self) -> str:
-        return f"{self.gpu}_{self.problem.key}_layer"
+        ep = f"-ep{self.ep}" if self.ep > 1 else ""
+        return f"{self.gpu}_{self.problem.key}{ep}_layer"
 
     @property
     def choices(self) -> tuple[str, ...]:
@@ -126,7 +132,8 @@ class LayerPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "gpu": self.gpu, "problem": self.problem.to_dict(),
-                "engine": self.engine, "margin": self.margin, "tokens": list(self.tokens),
+                "ep": self.ep, "engine": self.engine, "margin": self.margin,
+                "tokens": list(self.tokens),
                 "times_us": {p: list(v) for p, v in self.times_us.items()},
                 "choices": list(self.choices),
                 "configs": {p: list(v) for p, v in self.configs.items()},
@@ -149,6 +156,7 @@ class LayerPlan:
                      for p, values in data["times_us"].items()}
             margin = float(data.get("margin", DEFAULT_MARGIN))
             configs = {str(p): tuple(v) for p, v in data.get("configs", {}).items()}
+            ep = data.get("ep", 1)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise InputError(f"{where}: malformed layer plan ({exc})") from None
         provenance = data.get("provenance", {})
@@ -156,7 +164,7 @@ class LayerPlan:
             raise InputError(f"{where}: field 'provenance' must be an object")
         try:
             return cls(str(data["gpu"]), problem, str(data["engine"]), tokens, times,
-                       margin, configs, provenance)
+                       margin, configs, provenance, ep)
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
 
@@ -181,10 +189,12 @@ def embedded_layer_plans() -> list[Path]:
 
 
 def find_layer_plan(gpu: str, problem: MoEProblem, engine: str,
-                    extra: list[LayerPlan] = ()) -> LayerPlan | None:
-    """The plan for this GPU, layer and engine name: ``extra`` first, then embedded."""
+                    extra: list[LayerPlan] = (), ep: int = 1) -> LayerPlan | None:
+    """The plan for this GPU, local layer, EP degree and engine name: ``extra`` first,
+    then embedded."""
     def matches(p: LayerPlan) -> bool:
-        return (p.gpu, p.problem) == (gpu, problem) and p.engine.split()[0] == engine
+        return ((p.gpu, p.problem, p.ep) == (gpu, problem, ep)
+                and p.engine.split()[0] == engine)
 
     for plan in extra:
         if matches(plan):

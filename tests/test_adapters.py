@@ -81,7 +81,7 @@ TRITON_CFG = {"w13": KernelConfig("triton", 16, 32, 32).to_dict(),
 
 
 def save_plan(directory: Path, paths: dict[int, str], dtype: str = "float16",
-              gpu: str = "H100-SXM") -> LayerPlan:
+              gpu: str = "H100-SXM", ep: int = 1) -> LayerPlan:
     """A layer plan for the tiny layer whose measured winner at each T is ``paths[T]``
     (made-up times: the winner 1 us, the engine 10 us, other paths 20 us)."""
     tokens = sorted(paths)
@@ -90,7 +90,7 @@ def save_plan(directory: Path, paths: dict[int, str], dtype: str = "float16",
                       for t in tokens) for n in names}
     configs = {"triton": tuple(TRITON_CFG for _ in tokens)} if "triton" in names else {}
     plan = LayerPlan(gpu, MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, dtype, "w13"),
-                     f"{ENGINE_NAME} 1", tuple(tokens), times, configs=configs)
+                     f"{ENGINE_NAME} 1", tuple(tokens), times, configs=configs, ep=ep)
     plan.save(directory / f"{plan.key}.json")
     return plan
 
@@ -329,6 +329,34 @@ def test_every_path_matches_float32_reference(tmp_path, path):
         assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2, (path, tokens)
 
 
+@pytest.mark.parametrize("path", ["triton", "grouped_mm", "triton-poly"])
+def test_expert_parallel_layer_computes_the_local_share(tmp_path, path):
+    """EP=2 as vLLM calls it: 16 global experts, this rank holds 4..11 as local 0..7,
+    ids are global and the expert map sends the other ranks' experts to -1. The result is
+    the local experts' weighted share only (the engine sums the ranks), and the plan is
+    the EP=2 one."""
+    save_profiles(tmp_path, plan={1: "engine"})  # the EP=1 plan would give the engine
+    save_plan(tmp_path, {4: path, 32: path}, ep=2)
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    expert_map = torch.full((2 * EXPERTS,), -1, dtype=torch.int32)
+    expert_map[4:12] = torch.arange(EXPERTS, dtype=torch.int32)
+    expert_map = expert_map.to(DEVICE)
+    for tokens, seed in ((3, 21), (29, 22)):
+        x, w13, w2, _, _ = make_layer(tokens, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        weights, ids = torch.topk(torch.rand(tokens, 2 * EXPERTS, generator=gen), TOP_K)
+        ids, weights = ids.to(torch.int32).to(DEVICE), weights.to(DEVICE)
+        out = torch.full((tokens, HIDDEN), float("nan"), dtype=torch.float16, device=DEVICE)
+        engine = Engine()
+        assert runtime.fused_moe(x, w13, w2, ids, weights, engine, out=out,
+                                 global_num_experts=2 * EXPERTS, expert_map=expert_map) is out
+        assert engine.calls == 0
+        local = expert_map[ids.long()]
+        ref = reference(x, w13, w2, local.clamp(min=0), weights * (local >= 0))
+        assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2, (path, tokens)
+
+
 def test_plan_hands_slower_buckets_to_the_engine(tmp_path):
     """The guard: where the plan measured no RaMP path faster, the engine runs; the
     stats count eager calls per path and are written to RAMP_STATS."""
@@ -448,7 +476,8 @@ def fallbacks(runtime, caplog, tokens=5, **changes):
      "quantized or mixed-dtype weights"),
     (dict(w2=torch.zeros(EXPERTS, HIDDEN, INTER + 1, dtype=torch.float16, device=DEVICE)),
      "are not a gated MoE layer"),
-    (dict(global_num_experts=4 * EXPERTS), "expert parallelism (8 local of 32 experts)"),
+    (dict(global_num_experts=4 * EXPERTS),
+     "expert parallelism (8 local of 32 experts) without an expert map"),
 ])
 def test_unsupported_calls_fall_back_once(tmp_path, caplog, changes, reason):
     calls, lines = fallbacks(dispatch_runtime(tmp_path), caplog, **changes)

@@ -1,9 +1,9 @@
 """Adapters on a real GPU: recording and dispatch inside CUDA graphs, and their cost.
 
-Skipped without CUDA. The dispatch tests use the sync-free (``triton-poly``) profiles
-measured on an H100 (embedded, or ``bench/results/raw`` in a checkout) and skip on a GPU
-that has none. No engine is needed: a model of stacked MoE layers calls the runtime the
-way the engine hooks do.
+Skipped without CUDA. The dispatch tests run every path a layer plan can choose (the
+plan is written here, forcing one path at every size) with this GPU's embedded profiles,
+and skip on a GPU that has none (Qwen3-30B-A3B's shapes). No engine is needed: a model
+of stacked MoE layers calls the runtime the way the engine hooks do.
 """
 
 from __future__ import annotations
@@ -20,11 +20,37 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from ramp.adapters.runtime import RampConfig, RampMoERuntime  # noqa: E402
+from ramp.layerplan import LayerPlan  # noqa: E402
 from ramp.trace import read_steps  # noqa: E402
 
-RAW_PROFILES = Path(__file__).resolve().parents[1] / "bench" / "results" / "raw"
-PROFILE_DIR = str(RAW_PROFILES) if RAW_PROFILES.is_dir() else None
 QWEN = dict(experts=128, hidden=2048, inter=768, top_k=8)  # Qwen3-30B-A3B, TP=1
+PATHS = ("triton", "triton-poly", "grouped_mm")
+PLAN_TOKENS = (1, 64, 512, 8192)
+
+
+def forcing_runtime(tmp_path: Path, path: str, ep: int = 1) -> RampMoERuntime:
+    """A dispatch runtime whose layer plan picks ``path`` at every size (made-up times:
+    the path 1 us, the engine 2 us), with this GPU's embedded profiles (under ``ep``: of
+    the full layer's shape, used here for the local one)."""
+    from ramp.adapters.plan import ramp_layers
+    from ramp.hardware import detect_gpu
+    from ramp.models import get_model
+
+    gpu = detect_gpu().name
+    model = get_model("qwen3-30b-a3b")
+    problems = (model.problem("w13"), model.problem("w2"))
+    layers = ramp_layers(gpu, problems, None)
+    if path not in layers:
+        pytest.skip(f"no embedded {path} profiles for {gpu} and Qwen3-30B-A3B")
+    config_at = layers[path][1]
+    configs = ({path: tuple(config_at(t) for t in PLAN_TOKENS)}
+               if config_at(PLAN_TOKENS[0]) is not None else {})
+    times = {"engine": (2.0,) * len(PLAN_TOKENS), path: (1.0,) * len(PLAN_TOKENS)}
+    plan = LayerPlan(gpu, problems[0], "gpu-test 1", PLAN_TOKENS, times, configs=configs,
+                     ep=ep)
+    plan.save(tmp_path / f"{plan.key}.json")
+    return RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path)),
+                          engine="gpu-test")
 
 
 def qwen_weights(seed: int = 0):
@@ -71,34 +97,68 @@ def rel_err(out, ref) -> float:
 
 # --- dispatch --------------------------------------------------------------------------
 
-def dispatch_or_skip(runtime, *args, **kwargs):
+def dispatch(runtime, *args, **kwargs):
     engine = Engine()
     out = runtime.fused_moe(*args, engine, **kwargs)
-    if engine.calls:
-        pytest.skip("no triton-poly profile for this GPU and Qwen3-30B-A3B (see log)")
+    assert engine.calls == 0, "RaMP fell back to the engine (see the log)"
     return out
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("tokens,skew", [(1, 0.0), (37, 0.0), (512, 2.0), (4096, 0.0)])
-def test_dispatch_qwen3_matches_reference(tokens, skew):
-    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=PROFILE_DIR))
+def test_every_path_matches_reference(tmp_path, path, tokens, skew):
+    """Outputs poisoned with NaN first; every row written and within bf16 error."""
+    runtime = forcing_runtime(tmp_path, path)
     w13, w2 = qwen_weights()
     x = torch.randn(tokens, QWEN["hidden"], device="cuda").bfloat16()
     ids, weights = routing(tokens, seed=tokens, skew=skew)
-    out = dispatch_or_skip(runtime, x, w13, w2, ids, weights)
+    out = torch.full((tokens, QWEN["hidden"]), float("nan"), device="cuda",
+                     dtype=torch.bfloat16)
+    dispatch(runtime, x, w13, w2, ids, weights, out=out)
+    assert bool(torch.isfinite(out).all())
     assert rel_err(out, reference(x, w13, w2, ids, weights)) < 2e-2
 
 
-def test_dispatch_inside_cuda_graph_follows_new_routing():
+@pytest.mark.parametrize("path", PATHS)
+def test_expert_parallel_map_inside_cuda_graph(tmp_path, path):
+    """EP=2 on one GPU with a simulated map: 256 global experts, this rank holds 64..191
+    as local 0..127 (Qwen3's layer shape), global ids; a captured graph replayed with new
+    routings computes the local experts' share every time."""
+    runtime = forcing_runtime(tmp_path, path, ep=2)
+    w13, w2 = qwen_weights()
+    expert_map = torch.full((256,), -1, dtype=torch.int32, device="cuda")
+    expert_map[64:192] = torch.arange(128, dtype=torch.int32, device="cuda")
+    tokens = 96
+    x = torch.randn(tokens, QWEN["hidden"], device="cuda").bfloat16()
+    ids, weights = routing(tokens, seed=11, experts=256)
+    out = torch.empty(tokens, QWEN["hidden"], device="cuda", dtype=torch.bfloat16)
+    kwargs = dict(out=out, global_num_experts=256, expert_map=expert_map)
+    dispatch(runtime, x, w13, w2, ids, weights, **kwargs)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        runtime.fused_moe(x, w13, w2, ids, weights, Engine(), **kwargs)
+    for seed, skew in ((12, 0.0), (13, 2.0)):
+        new_ids, new_weights = routing(tokens, seed=seed, experts=256, skew=skew)
+        ids.copy_(new_ids)
+        weights.copy_(new_weights)
+        graph.replay()
+        torch.cuda.synchronize()
+        local = expert_map[ids.long()]
+        ref = reference(x, w13, w2, local.clamp(min=0), weights * (local >= 0))
+        assert rel_err(out, ref) < 2e-2
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_dispatch_inside_cuda_graph_follows_new_routing(tmp_path, path):
     """Warm once eagerly, capture, then replay with other routings: every replay is
     right, so nothing about the histogram was baked in on the host."""
-    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=PROFILE_DIR))
+    runtime = forcing_runtime(tmp_path, path)
     w13, w2 = qwen_weights()
     tokens = 64
     x = torch.randn(tokens, QWEN["hidden"], device="cuda").bfloat16()
     ids, weights = routing(tokens, seed=1)
     out = torch.empty(tokens, QWEN["hidden"], device="cuda", dtype=torch.bfloat16)
-    dispatch_or_skip(runtime, x, w13, w2, ids, weights, out=out)
+    dispatch(runtime, x, w13, w2, ids, weights, out=out)
     graph = torch.cuda.CUDAGraph()
     engine = Engine()
     with torch.cuda.graph(graph):
@@ -113,10 +173,10 @@ def test_dispatch_inside_cuda_graph_follows_new_routing():
         assert rel_err(out, reference(x, w13, w2, ids, weights)) < 2e-2
 
 
-def test_first_call_inside_a_capture_captures_the_engine_kernel(caplog):
+def test_first_call_inside_a_capture_captures_the_engine_kernel(tmp_path):
     """RaMP never compiles or uploads inside a capture: the engine's kernel is captured
     instead, and the capture stays valid."""
-    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=PROFILE_DIR))
+    runtime = forcing_runtime(tmp_path, "triton-poly")
     w13, w2 = qwen_weights()
     x = torch.randn(8, QWEN["hidden"], device="cuda").bfloat16()
     ids, weights = routing(8, seed=5)

@@ -16,7 +16,8 @@ arrival times compressed by ``--time-scale``, lengths capped), ``match`` (16 pro
 32 greedy tokens: the token ids of both modes are compared), ``record-cost`` is
 measured by running ``--modes off,record``.
 
-Writes ``H200_<model>_<workload>.json`` per workload into ``--out`` with ``device``,
+Writes ``H200_<model>_<workload>.json`` per workload into ``--out`` (other ``--modes``
+than off,dispatch add a suffix, e.g. ``_record``) with ``device``,
 ``engine``, ``command``, ``runs`` (per repeat: ``ramp_mode``, ``total_tok_per_s``,
 ``out_tok_per_s``, ``elapsed_s`` and for online runs TTFT/TPOT p50/p99), ``ratio``
 (median of the second mode / median of ``off``), ``ramp_calls``, ``ramp_fallbacks``,
@@ -55,6 +56,8 @@ class Workload:
 OFFLINE = {w.name: w for w in (Workload("prefill-heavy", 256, 1024, 128),
                                Workload("decode-heavy", 256, 128, 512),
                                Workload("match", 16, 256, 32))}
+# ``concurrency:C``: CONCURRENCY_WAVES * C requests of these lengths, C in flight at most
+CONCURRENCY_IN, CONCURRENCY_OUT, CONCURRENCY_WAVES = 512, 256, 3
 
 
 # --- worker: one engine, one RaMP mode ---------------------------------------------------
@@ -71,6 +74,10 @@ def engine_args(model: str, args: argparse.Namespace) -> dict[str, Any]:
         kwargs["attention_backend"] = args.attention_backend
     if args.max_num_batched_tokens:
         kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if args.tensor_parallel_size > 1:
+        kwargs["tensor_parallel_size"] = args.tensor_parallel_size
+    if args.enable_expert_parallel:
+        kwargs["enable_expert_parallel"] = True
     return kwargs
 
 
@@ -98,17 +105,24 @@ def online_requests(count: int, time_scale: float, max_in: int, max_out: int
 
 
 async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]],
-                       seed: int, want_tokens: bool) -> dict[str, Any]:
-    """Submit each request at its arrival time; per request: first-token and finish
-    times, output tokens (and their ids and logprobs when ``want_tokens``)."""
+                       seed: int, want_tokens: bool, concurrency: int | None = None
+                       ) -> dict[str, Any]:
+    """Submit each request at its arrival time (at most ``concurrency`` in flight, when
+    given); per request: first-token and finish times, output tokens (and their ids and
+    logprobs when ``want_tokens``)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     results: list[dict[str, Any]] = [{} for _ in requests]
+    slots = asyncio.Semaphore(concurrency or len(requests))
 
     async def one(i: int, arrival: float, n_in: int, n_out: int) -> None:
+        async with slots:
+            await one_request(i, arrival, n_in, n_out)
+
+    async def one_request(i: int, arrival: float, n_in: int, n_out: int) -> None:
         delay = arrival - (time.perf_counter() - start)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -139,7 +153,10 @@ async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]
     return {"elapsed_s": elapsed, "requests": results}
 
 
-def summarize(raw: dict[str, Any], online: bool) -> dict[str, Any]:
+def summarize(raw: dict[str, Any], online: bool, closed_loop: bool = False
+              ) -> dict[str, Any]:
+    """Throughput of a run; with ``online`` TTFT (from arrival; ``closed_loop``: from
+    when the client sent it) and TPOT percentiles."""
     reqs = raw["requests"]
     n_in = sum(r["prompt"] for r in reqs)
     n_out = sum(r["output"] for r in reqs)
@@ -148,14 +165,47 @@ def summarize(raw: dict[str, Any], online: bool) -> dict[str, Any]:
                            "out_tok_per_s": n_out / raw["elapsed_s"],
                            "prompt_tokens": n_in, "output_tokens": n_out}
     if online:
-        ttft = np.array([r["first"] - r["arrival"] for r in reqs]) * 1e3
+        since = "sent" if closed_loop else "arrival"
+        ttft = np.array([r["first"] - r[since] for r in reqs]) * 1e3
         tpot = np.array([(r["done"] - r["first"]) / (r["output"] - 1) for r in reqs
                          if r["output"] > 1]) * 1e3
         for name, values in (("ttft_ms", ttft), ("tpot_ms", tpot)):
             out[f"{name}_p50"] = float(np.percentile(values, 50))
             out[f"{name}_p99"] = float(np.percentile(values, 99))
-        out["request_rate"] = len(reqs) / max(reqs[-1]["arrival"], 1e-9)
+        if not closed_loop:
+            out["request_rate"] = len(reqs) / max(reqs[-1]["arrival"], 1e-9)
     return out
+
+
+def spread_router(worker, seed: int, logit_std: float) -> int:
+    """Run inside vLLM's worker (``collective_rpc``): give every MoE router random
+    weights scaled so its logits have about ``logit_std`` standard deviation.
+
+    Dummy weights are uniform(-1e-3, 1e-3): the router's logits are then nearly equal
+    and top-k picks the first expert ids for every token (seen in a trace recorded in
+    vLLM 0.26). The gate's input is RMSNorm(x) * w_norm, about rms(w_norm) per element,
+    so a gate of N(0, 1) / (sqrt(hidden) * rms(w_norm)) gives logits of unit scale.
+    Both modes of a benchmark apply the same seed. Returns the routers changed.
+    """
+    import torch
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    changed = 0
+    for layer in worker.model_runner.get_model().modules():
+        norm = getattr(layer, "post_attention_layernorm", None)
+        if norm is None:
+            continue
+        hidden = norm.weight.numel()
+        scale = logit_std / (hidden**0.5 * float(norm.weight.detach().float().pow(2).mean().sqrt()))
+        for name, sub in layer.named_modules():
+            weight = getattr(sub, "weight", None)
+            if (name.split(".")[-1] == "gate" and weight is not None and weight.dim() == 2
+                    and weight.shape[1] == hidden):
+                with torch.no_grad():
+                    fresh = torch.randn(weight.shape, device=weight.device, generator=gen)
+                    weight.copy_(fresh * scale)
+                changed += 1
+    return changed
 
 
 async def worker_main(args: argparse.Namespace) -> None:
@@ -172,6 +222,12 @@ async def worker_main(args: argparse.Namespace) -> None:
             "max_num_batched_tokens": sched.max_num_batched_tokens,
             "cudagraph_capture_sizes": list(getattr(comp, "cudagraph_capture_sizes", []) or []),
             "engine_args": engine_args(args.model, args)}
+    if args.router_logit_std:
+        import cloudpickle
+
+        changed = await engine.collective_rpc(cloudpickle.dumps(spread_router),
+                                              args=(1234, args.router_logit_std))
+        info["routers_respread"] = changed
     print(MARK + json.dumps(info), flush=True)
     loop = asyncio.get_running_loop()
     while True:
@@ -182,14 +238,20 @@ async def worker_main(args: argparse.Namespace) -> None:
         if cmd["workload"] == "quit":
             break
         name, seed = cmd["workload"], cmd["seed"]
+        concurrency = None
         if name == "online":
             reqs = online_requests(args.online_requests, args.time_scale, args.online_max_in,
                                    args.online_max_out)
+        elif name.startswith("concurrency:"):
+            concurrency = int(name.split(":")[1])
+            reqs = [(0.0, CONCURRENCY_IN, CONCURRENCY_OUT)] * (CONCURRENCY_WAVES * concurrency)
         else:
             w = OFFLINE[name]
             reqs = [(0.0, w.input_len, w.output_len)] * w.prompts
-        raw = await run_requests(engine, vocab, reqs, seed, want_tokens=name == "match")
-        result = summarize(raw, online=name == "online")
+        raw = await run_requests(engine, vocab, reqs, seed, want_tokens=name == "match",
+                                 concurrency=concurrency)
+        result = summarize(raw, online=name == "online" or concurrency is not None,
+                           closed_loop=concurrency is not None)
         if name == "match":
             result["sequences"] = [{"token_ids": r["token_ids"], "logprobs": r["logprobs"]}
                                    for r in raw["requests"]]
@@ -202,15 +264,15 @@ async def worker_main(args: argparse.Namespace) -> None:
 class Worker:
     """One engine process in one RaMP mode, driven over stdin, read over stdout."""
 
-    def __init__(self, mode: str, args: argparse.Namespace, util: float, stats_dir: Path
-                 ) -> None:
+    def __init__(self, mode: str, args: argparse.Namespace, util: float, stats_dir: Path,
+                 extra: tuple[str, ...] = ()) -> None:
         self.mode = mode
         env = dict(os.environ, RAMP_MODE=mode,
                    RAMP_STATS=str(stats_dir / f"{mode}.{{pid}}.json"),
                    RAMP_TRACE=str(stats_dir / f"trace.{mode}.rank{{rank}}.jsonl"),
                    RAMP_MODEL=args.model, RAMP_HOLD_SECONDS="5")
         cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--model", args.model,
-               "--gpu-memory-utilization", str(util), *args.passthrough]
+               "--gpu-memory-utilization", str(util), *args.passthrough, *extra]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
         self.info = self._wait("ready")
@@ -290,8 +352,7 @@ def main() -> None:
         asyncio.run(worker_main(args))
         return
     args = parser(worker=False).parse_args()
-    args.passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                        if k in PASSTHROUGH and v is not None]
+    args.passthrough = passthrough(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stats_dir = Path(args.stats_dir or out / f"stats-{args.model}")
@@ -383,7 +444,8 @@ def write_results(args, out: Path, modes, runs, matches, infos, stats_dir: Path)
             for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
                 result[f"median_{key}"] = {m: float(np.median(
                     [r[key] for r in rows if r["ramp_mode"] == m])) for m in modes}
-        path = out / f"{gpu}_{args.model}_{wl}.json"
+        tag = "" if modes == ["off", "dispatch"] else "_" + "-".join(modes[1:])
+        path = out / f"{gpu}_{args.model}_{wl}{tag}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {path}: ratio {result['ratio']:.3f} ({other}/{base}), tokens_match "
               f"{result['tokens_match']}", flush=True)
@@ -408,7 +470,15 @@ def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:
 
 
 PASSTHROUGH = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
-               "online_requests", "time_scale", "online_max_in", "online_max_out")
+               "online_requests", "time_scale", "online_max_in", "online_max_out",
+               "router_logit_std", "tensor_parallel_size")
+
+
+def passthrough(args: argparse.Namespace) -> list[str]:
+    """The coordinator's options that its workers take too."""
+    out = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+           if k in PASSTHROUGH and v is not None]
+    return out + (["--enable-expert-parallel"] if args.enable_expert_parallel else [])
 
 
 def parser(worker: bool) -> argparse.ArgumentParser:
@@ -428,6 +498,13 @@ def parser(worker: bool) -> argparse.ArgumentParser:
                     help="online: arrival times of the Azure trace divided by this")
     ap.add_argument("--online-max-in", type=int, default=2048)
     ap.add_argument("--online-max-out", type=int, default=256)
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--enable-expert-parallel", action="store_true",
+                    help="vLLM's expert parallelism across the tensor-parallel GPUs")
+    ap.add_argument("--router-logit-std", type=float, default=None,
+                    help="re-draw every MoE router so its logits have this std (dummy "
+                         "weights route every token to the same experts); not yet run on "
+                         "the GPU")
     if worker:
         return ap
     ap.add_argument("--out", required=True)

@@ -1,0 +1,106 @@
+"""Summarise the engine results files: a markdown table and a plot of every run.
+
+    python3 bench/engine/report.py [bench/results/engine] [--plot engine.png]
+
+Reads every ``H200_<model>_<workload>[_<tag>].json`` that ``bench/engine/bench.py``
+wrote and prints, per file, the median total throughput of each mode, the ratio of the
+second mode to ``off`` with the range of all repeats, TTFT/TPOT medians for online runs,
+RaMP's served calls and whether greedy tokens matched. The plot shows every repeat, so
+the noise is visible next to the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(directory: Path) -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "runs" in data and "ratio" in data:
+            out.append((path.name, data))
+    return out
+
+
+def served(data: dict) -> str:
+    calls = data.get("ramp_calls") or {}
+    eager = sum(n for per in calls.get("eager", {}).values() for p, n in per.items()
+                if p != "engine")
+    captured = sum(n for per in calls.get("captured", {}).values() for p, n in per.items()
+                   if p != "engine")
+    return f"{eager} eager / {captured} captured" if eager or captured else "-"
+
+
+def table(results: list[tuple[str, dict]]) -> str:
+    lines = ["| file | modes | median tok/s | ratio (range of repeats) | online TTFT / TPOT "
+             "p50 ms | RaMP calls (eager / graph captures) | tokens match |",
+             "|---|---|---|---|---|---|---|"]
+    for name, d in results:
+        modes = d["modes"]
+        base, other = modes[0], "dispatch" if "dispatch" in modes else modes[-1]
+        med = d["median_total_tok_per_s"]
+        rng = {m: d["range_total_tok_per_s"][m] for m in (base, other)}
+        ratio_lo, ratio_hi = rng[other][0] / rng[base][1], rng[other][1] / rng[base][0]
+        online = ""
+        if "median_ttft_ms_p50" in d:
+            online = " / ".join(f"{d['median_ttft_ms_p50'][m]:.0f}, {d['median_tpot_ms_p50'][m]:.1f}"
+                                for m in (base, other)) + f" ({base} / {other})"
+        lines.append(f"| `{name}` | {base} vs {other} | {med[base]:.0f} / {med[other]:.0f} | "
+                     f"**{d['ratio']:.3f}x** ({ratio_lo:.2f}-{ratio_hi:.2f}) | {online or '-'} | "
+                     f"{served(d)} | {d['tokens_match']} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[tuple[str, dict]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(results) + 1.6))
+    for i, (_, d) in enumerate(results):
+        modes = d["modes"]
+        base = modes[0]
+        base_med = d["median_total_tok_per_s"][base]
+        for j, m in enumerate(modes):
+            xs = [r["total_tok_per_s"] / base_med for r in d["runs"] if r["ramp_mode"] == m]
+            ax.scatter(xs, [i + 0.18 * (j - (len(modes) - 1) / 2)] * len(xs), s=22,
+                       label=m if i == 0 or m not in ax.get_legend_handles_labels()[1] else None,
+                       color={"off": "0.45", "dispatch": "tab:blue", "record": "tab:orange"}
+                       .get(m, "tab:green"))
+        ax.text(1.0 + 0.002, i + 0.32, f"ratio {d['ratio']:.3f}", fontsize=8, color="tab:blue")
+    ax.axvline(1.0, color="0.7", lw=1)
+    ax.set_yticks(range(len(results)))
+    ax.set_yticklabels([n.removesuffix(".json") for n, _ in results], fontsize=8)
+    ax.set_xlabel("total tokens/s of each repeat / median of RaMP off (same engine runs)")
+    ax.set_title("RaMP in vLLM 0.26 on the H200: every repeat, off vs on", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("directory", nargs="?", default=str(ROOT / "bench/results/engine"))
+    ap.add_argument("--plot", default=None, help="PNG to write (default: DIR/engine.png)")
+    args = ap.parse_args()
+    directory = Path(args.directory)
+    results = load(directory)
+    if not results:
+        raise SystemExit(f"report.py: no engine results files in {directory}")
+    print(table(results))
+    print(f"wrote {plot(results, Path(args.plot or directory / 'engine.png'))}")
+
+
+if __name__ == "__main__":
+    main()
