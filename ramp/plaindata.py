@@ -4,15 +4,21 @@ Every reader of a user file goes through here, so each bad file is one ``InputEr
 naming the file and, where it can be known, the line and field: unreadable files, bytes
 that are not UTF-8, malformed or too deeply nested JSON/YAML, and values of the wrong
 type (``requests: 30.5``, ``gpus: '8'``, YAML 1.1's ``1e12``, which is a string).
+Mappings and lists read from YAML remember where each of their values starts
+(``YamlMap``, ``YamlList``), so that an error about a value names its line and column:
+``s.yaml:7:9: point {} base: field 'gpus' must be an int, got the string '8'``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,23 +31,26 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     """``cls(**data)`` for a dataclass; a non-mapping, unknown keys, missing fields,
     values of the wrong type (per the field annotations) and invalid values all raise
     InputError prefixed with ``where`` (file, line, field). Nested dataclass fields
-    given as mappings are built the same way."""
+    given as mappings are built the same way. For ``data`` from ``read_yaml`` the line
+    is that of the offending value (of the mapping when no one field is to blame)."""
+    where = locate(where, data)
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
+    unknown = [key for key in data if key not in known]
     if unknown:
-        raise InputError(f"{where}: unknown field(s) {sorted(map(str, unknown))}; known: "
-                         f"{sorted(known)}")
+        raise InputError(locate(f"{where}: unknown field(s) {sorted(map(str, unknown))}; "
+                                f"known: {sorted(known)}", data, unknown[0]))
     hints = typing.get_type_hints(cls)
-    values = {name: _typed(hints[name], value, f"{where}: field {name!r}", f"{where}.{name}")
+    values = {name: _typed(hints[name], value, locate(f"{where}: field {name!r}", data, name),
+                           locate(f"{where}.{name}", data, name))
               for name, value in data.items()}
     try:
         return cls(**values)
     except TypeError as exc:  # a missing required field
         raise InputError(f"{where}: {exc}") from None
     except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
+        raise InputError(locate_error(where, exc, data)) from None
 
 
 def _typed(hint: Any, value: Any, field: str, where: str) -> Any:
@@ -74,8 +83,8 @@ def _typed(hint: Any, value: Any, field: str, where: str) -> Any:
     if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{field} must be a list, got {_shown(value)}")
-        return tuple(_typed(args[0], v, f"{field}[{i}]", f"{where}[{i}]")
-                     for i, v in enumerate(value))
+        return tuple(_typed(args[0], v, locate(f"{field}[{i}]", value, i),
+                            locate(f"{where}[{i}]", value, i)) for i, v in enumerate(value))
     if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
         return from_mapping(hint, value, where)
     return value
@@ -152,18 +161,132 @@ def read_json(path: str | Path, what: str) -> Any:
         raise InputError(f"{path}: JSON nested too deeply") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Mark:
+    """Where a YAML value starts: ``file:line:column``, both counted from 1."""
+
+    source: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}:{self.column}"
+
+
+class YamlMap(dict):
+    """A mapping read by ``read_yaml``: ``mark`` is where it starts, ``marks[key]``
+    where the value of ``key`` starts. Deep copies and pickles keep both."""
+
+    mark: Mark | None = None
+    marks: Mapping[Any, Mark] = types.MappingProxyType({})
+
+
+class YamlList(list):
+    """A sequence read by ``read_yaml``: ``mark`` is where it starts, ``marks[i]``
+    where item ``i`` starts."""
+
+    mark: Mark | None = None
+    marks: Sequence[Mark] = ()
+
+
+def mark_of(data: Any, key: Any = None) -> Mark | None:
+    """Where ``data[key]`` starts, else where ``data`` starts (None: not from YAML)."""
+    try:
+        return data.marks[key]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return getattr(data, "mark", None)
+
+
+def locate(text: str, data: Any, key: Any = None) -> str:
+    """``text``, a message that starts with a file name, with the line and column of
+    ``data[key]`` (of ``data`` when that value has no known place) after the name,
+    replacing the place already there; unchanged unless ``data`` came from
+    ``read_yaml`` of that file."""
+    mark = mark_of(data, key)
+    found = mark and re.match(re.escape(mark.source) + r"(:\d+:\d+)?(?=[: ]|$)", text)
+    if not found:
+        return text
+    rest = text[found.end():]
+    return f"{mark}{':' if rest.startswith(' ') else ''}{rest}"
+
+
+def locate_error(where: str, exc: Exception, data: Any) -> str:
+    """``where: exc`` at the value of the one key of ``data`` that the message of
+    ``exc`` names (a range check such as ``gpus must be in 1..1024``), else at
+    ``data`` itself."""
+    named = [key for key in data if isinstance(key, str)
+             and re.search(rf"\b{re.escape(key)}\b", str(exc))] if isinstance(data, dict) else []
+    return locate(f"{where}: {exc}", data, named[0] if len(named) == 1 else None)
+
+
+def relocate(data: Any, key: Any, source: Any, source_key: Any) -> None:
+    """Record that ``data[key]`` now holds the value read at ``source[source_key]`` (a
+    what-if sweep value set into a section), so that errors about it name that place."""
+    if isinstance(data, YamlMap):
+        mark = mark_of(source, source_key) if isinstance(source, YamlList) else None
+        data.marks = {**{k: m for k, m in data.marks.items() if k != key},
+                      **({key: mark} if mark else {})}
+
+
+@functools.cache
+def _located_loader() -> type:
+    """yaml.SafeLoader building YamlMap and YamlList (plain ``safe_load`` otherwise)."""
+    import yaml
+
+    def mark(node: yaml.Node) -> Mark:
+        return Mark(node.start_mark.name, node.start_mark.line + 1,
+                    node.start_mark.column + 1)
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+        data = YamlMap()
+        data.mark = mark(node)
+        yield data
+        data.update(loader.construct_mapping(node))  # also merges '<<' keys into node
+        data.marks = {loader.construct_object(k): mark(v) for k, v in node.value}
+
+    def sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Any:
+        data = YamlList()
+        data.mark = mark(node)
+        yield data
+        data.extend(loader.construct_sequence(node))
+        data.marks = [mark(item) for item in node.value]
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("tag:yaml.org,2002:map", mapping)
+    Loader.add_constructor("tag:yaml.org,2002:seq", sequence)
+    return Loader
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
-    """Parse a YAML file (safe loader); errors name the file and the line."""
+    """Parse a YAML file (safe loader); errors name the file and the line. Mappings and
+    sequences come back as YamlMap and YamlList, which know where each value starts
+    (``locate`` puts that place into a message that starts with ``str(path)``)."""
     import yaml
 
     text = read_text(path, what)
     try:
-        return yaml.safe_load(text)
+        return _load(_located_loader(), text, str(path))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise InputError(f"{at}: not valid YAML ({exc.problem})") from None
+    except yaml.reader.ReaderError as exc:  # a control character, found before parsing
+        line = text.count("\n", 0, exc.position) + 1
+        raise InputError(f"{path}:{line}: not valid YAML (character {chr(exc.character)!r}: "
+                         f"{exc.reason})") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})") from None
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     except RecursionError:
         raise InputError(f"{path}: YAML nested too deeply") from None
+
+
+def _load(loader_class: type, text: str, source: str) -> Any:
+    """The one document of ``text``, every mark naming ``source``."""
+    loader = loader_class(text)  # checks the characters: may raise a MarkedYAMLError
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

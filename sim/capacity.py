@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ramp.errors import InputError
 from ramp.hardware import get_gpu
+from ramp.plaindata import locate, read_yaml
 from ramp.sim.engine import ROUTERS, simulate
 from ramp.sim.metrics import SLO, request_latencies
 from ramp.sim.routing import RoutingPool
@@ -165,22 +165,28 @@ class PriceTable:
 
 
 def load_prices(path: str | Path) -> PriceTable:
-    """A price table YAML: ``currency: USD`` and ``per_gpu_hour: {GPU: price}``."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read price table ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})") from None
+    """A price table YAML: ``currency: USD`` and ``per_gpu_hour: {GPU: price}``; errors
+    name the line of the offending value."""
+    data = read_yaml(path, "price table")
     table = data.get("per_gpu_hour") if isinstance(data, dict) else None
     if not isinstance(table, dict):
-        raise InputError(f"{path}: expected a mapping 'per_gpu_hour: {{GPU: price}}'")
+        raise InputError(locate(f"{path}: expected a mapping 'per_gpu_hour: {{GPU: price}}'",
+                                data, "per_gpu_hour"))
+    currency = data.get("currency", "")
+    if not isinstance(currency, str):
+        raise InputError(locate(f"{path}: field 'currency' must be a string, got "
+                                f"{currency!r}", data, "currency"))
     prices = {}
     for gpu, price in table.items():
-        if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
-            raise InputError(f"{path}: per_gpu_hour.{gpu} must be a number >= 0, got {price!r}")
-        prices[get_gpu(str(gpu)).name] = float(price)
-    return PriceTable(str(data.get("currency", "")), prices, str(path))
+        if (isinstance(price, bool) or not isinstance(price, (int, float))
+                or not 0 <= price < math.inf):
+            raise InputError(locate(f"{path}: per_gpu_hour.{gpu} must be a finite number "
+                                    f">= 0, got {price!r}", table, gpu))
+        try:
+            prices[get_gpu(str(gpu)).name] = float(price)
+        except InputError as exc:
+            raise InputError(locate(f"{path}: per_gpu_hour: {exc}", table, gpu)) from None
+    return PriceTable(currency, prices, str(path))
 
 
 def default_prices_path() -> Path:

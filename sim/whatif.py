@@ -30,8 +30,9 @@ from typing import Any
 from tqdm import tqdm
 
 from ramp.errors import InputError, RampError
+from ramp.hardware import get_gpu
 from ramp.models import get_model
-from ramp.plaindata import from_mapping, read_yaml
+from ramp.plaindata import YamlMap, from_mapping, locate, locate_error, read_yaml, relocate
 from ramp.sim.routing import RoutingPool
 from ramp.sim.runner import SimConfig, load_pool, run_study, synthetic_pool
 from ramp.sim.workload import SyntheticWorkload, check_arrival_options, load_arrivals
@@ -53,16 +54,17 @@ def workload_spec(spec: Any, where: str) -> SyntheticWorkload | dict[str, Any]:
         raise InputError(f"{where}: expected a mapping, got {type(spec).__name__}")
     if "arrivals" not in spec:
         return from_mapping(SyntheticWorkload, spec, where)
-    extra = set(spec) - set(_ARRIVALS_KEYS)
+    extra = [key for key in spec if key not in _ARRIVALS_KEYS]
     if extra:
-        raise InputError(f"{where}: unknown key(s) {sorted(map(str, extra))} beside "
-                         "'arrivals'")
+        raise InputError(locate(f"{where}: unknown key(s) {sorted(map(str, extra))} beside "
+                                "'arrivals'", spec, extra[0]))
     try:
         check_arrival_options(spec.get("time_scale", 1.0), spec.get("limit"))
     except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
+        raise InputError(locate_error(where, exc, spec)) from None
     if not isinstance(spec["arrivals"], str):
-        raise InputError(f"{where}: field 'arrivals' must be a file path or shipped name")
+        raise InputError(locate(f"{where}: field 'arrivals' must be a file path or shipped "
+                                "name", spec, "arrivals"))
     return spec
 
 
@@ -83,12 +85,14 @@ def _routing_spec(spec: Any, model_name: str | None, where: str) -> tuple[str, A
         raise InputError(f"{where}: expected {{trace: NAME}} or {{synthetic: PRESET}}")
     kind, value = next(iter(spec.items()))
     if kind == "trace" and not isinstance(value, str):
-        raise InputError(f"{where}: field 'trace' must be a file path or shipped name")
+        raise InputError(locate(f"{where}: field 'trace' must be a file path or shipped name",
+                                spec, kind))
     if kind == "synthetic":
         if model_name is None:
             raise InputError(f"{where}: synthetic routing needs base.model")
         if value is not None and not isinstance(value, str):
-            raise InputError(f"{where}: field 'synthetic' must be a preset name or null")
+            raise InputError(locate(f"{where}: field 'synthetic' must be a preset name or "
+                                    "null", spec, kind))
     return kind, value
 
 
@@ -101,56 +105,68 @@ def routing_pool(spec: Any, model_name: str | None, seed: int, where: str) -> Ro
 
 
 def load_scenario(path: str | Path) -> dict[str, Any]:
-    """A scenario file, its sections and sweep keys checked (not yet its points)."""
+    """A scenario file, its sections and sweep keys checked (not yet its points); errors
+    name the line of the offending value."""
     path = Path(path)
     data = read_yaml(path, "scenario")
     if not isinstance(data, dict):
-        raise InputError(f"{path}: a scenario is a mapping")
-    unknown = set(data) - set(SECTIONS)
+        raise InputError(locate(f"{path}: a scenario is a mapping", data))
+    unknown = [key for key in data if key not in SECTIONS]
     if unknown:
-        raise InputError(f"{path}: unknown section(s) {sorted(unknown)}; known: {SECTIONS}")
+        raise InputError(locate(f"{path}: unknown section(s) {sorted(map(str, unknown))}; "
+                                f"known: {SECTIONS}", data, unknown[0]))
     for key in ("routing", "workload"):
         if key not in data:
-            raise InputError(f"{path}: missing section {key!r}")
+            raise InputError(locate(f"{path}: missing section {key!r}", data))
     sweep = data.get("sweep") or {}
-    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
-        raise InputError(f"{path}: 'sweep' maps keys to non-empty lists")
+    bad = ([key for key, values in sweep.items() if not (isinstance(values, list) and values)]
+           if isinstance(sweep, dict) else [None])
+    if bad:
+        raise InputError(locate(f"{path}: 'sweep' maps keys to non-empty lists",
+                                *((data, "sweep") if bad[0] is None else (sweep, bad[0]))))
     for key in sweep:
         parts = key.split(".") if isinstance(key, str) else [""]
         if not all(parts) or (parts[0] in ("routing", "workload") and len(parts) < 2):
-            raise InputError(f"{path}: sweep key {key!r} must name a field (e.g. 'mode', "
-                             "'workload.rate', 'engine.max_seqs')")
+            raise InputError(locate(f"{path}: sweep key {key!r} must name a field (e.g. "
+                                    "'mode', 'workload.rate', 'engine.max_seqs')", sweep, key))
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"{path}: field 'seed' must be an int >= 0, got {seed!r}")
-    data["base"] = data.get("base") or {}
+        raise InputError(locate(f"{path}: field 'seed' must be an int >= 0, got {seed!r}",
+                                data, "seed"))
+    data["base"] = data.get("base") or YamlMap()  # a YamlMap keeps where sweeps set values
     if not isinstance(data["base"], dict):
-        raise InputError(f"{path}: section 'base' must be a mapping, got "
-                         f"{type(data['base']).__name__}")
+        raise InputError(locate(f"{path}: section 'base' must be a mapping, got "
+                                f"{type(data['base']).__name__}", data, "base"))
     data["name"] = str(data.get("name", path.stem))
     data["where"] = str(path)
     return data
 
 
 def expand(scenario: dict[str, Any]) -> list[dict[str, Any]]:
-    """One job per point of the sweep: the scenario with that point's values set."""
+    """One job per point of the sweep: the scenario with that point's values set (each
+    remembers its line in the sweep, for errors about it)."""
     sweep = scenario.get("sweep") or {}
     keys = list(sweep)
     jobs = []
-    for values in itertools.product(*(sweep[k] for k in keys)):
-        job = {s: copy.deepcopy(scenario.get(s, {})) for s in ("routing", "workload", "base")}
-        for key, value in zip(keys, values):
+    for indices in itertools.product(*(range(len(sweep[k])) for k in keys)):
+        job = copy.deepcopy(scenario)  # its sections keep their places in the file
+        for key, index in zip(keys, indices):
             parts = key.split(".")
             section = parts.pop(0) if parts[0] in ("routing", "workload") else "base"
+            *inner, last = parts
             node = job[section]
-            for part in parts[:-1]:
+            for part in inner:
                 if not isinstance(node, dict):
                     break
-                node = node.setdefault(part, {})
+                if part not in node:
+                    node[part] = {}
+                    relocate(node, part, sweep[key], index)
+                node = node[part]
             if isinstance(node, dict):  # else the point's check below names the section
-                node[parts[-1]] = value
-        job.update(point=dict(zip(keys, values)), seed=scenario.get("seed", 0),
-                   where=scenario["where"])
+                node[last] = sweep[key][index]
+                relocate(node, last, sweep[key], index)
+        job.update(point={k: sweep[k][i] for k, i in zip(keys, indices)},
+                   seed=scenario.get("seed", 0), where=scenario["where"])
         jobs.append(job)
     return jobs
 
@@ -163,11 +179,19 @@ def _where(job: dict[str, Any]) -> str:
 
 
 def check_job(job: dict[str, Any]) -> SimConfig:
-    """A point's sections checked without running it (its SimConfig)."""
+    """A point's sections checked without running it (its SimConfig), its GPU and model
+    names too; errors name the line of the offending value."""
     where = _where(job)
-    config = sim_config(job["base"], f"{where} base")
-    _routing_spec(job["routing"], config.model, f"{where} routing")
-    workload_spec(job["workload"], f"{where} workload")
+    base = locate(f"{where} base", job, "base")
+    config = sim_config(job["base"], base)
+    for name, lookup in (("gpu", get_gpu), ("model", get_model)):
+        if getattr(config, name) is not None:
+            try:
+                lookup(getattr(config, name))
+            except InputError as exc:
+                raise InputError(locate(f"{base}: {exc}", job["base"], name)) from None
+    _routing_spec(job["routing"], config.model, locate(f"{where} routing", job, "routing"))
+    workload_spec(job["workload"], locate(f"{where} workload", job, "workload"))
     return config
 
 

@@ -97,7 +97,7 @@ def test_capacity_plan_scales_with_replicas_and_prices(tmp_path):
     assert "MoE cost:" in text
     bad = tmp_path / "bad.yaml"
     bad.write_text("per_gpu_hour: {H100-SXM: cheap}\n")
-    with pytest.raises(InputError, match=r"per_gpu_hour.H100-SXM must be a number"):
+    with pytest.raises(InputError, match=r"bad.yaml:1:26: per_gpu_hour.H100-SXM must be a finite"):
         load_prices(bad)
 
 
