@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ramp.errors import InputError
-from ramp.plaindata import read_json
+from ramp.plaindata import from_mapping, read_json
 from ramp.problem import MoEProblem
 
 SCHEMA = "ramp-layer-plan/1"
@@ -141,6 +141,8 @@ class LayerPlan:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> LayerPlan:
+        """A plan from its JSON object (``to_dict``), every field's type checked
+        (``choices`` follows from the times and is not read)."""
         if not isinstance(data, dict):
             raise InputError(f"{where}: a layer plan is a JSON object")
         if data.get("schema") != SCHEMA:
@@ -149,24 +151,8 @@ class LayerPlan:
         for name in ("gpu", "problem", "engine", "tokens", "times_us"):
             if name not in data:
                 raise InputError(f"{where}: missing field {name!r}")
-        try:
-            problem = MoEProblem.from_dict(data["problem"])
-            tokens = tuple(int(t) for t in data["tokens"])
-            times = {str(p): tuple(None if v is None else float(v) for v in values)
-                     for p, values in data["times_us"].items()}
-            margin = float(data.get("margin", DEFAULT_MARGIN))
-            configs = {str(p): tuple(v) for p, v in data.get("configs", {}).items()}
-            ep = data.get("ep", 1)
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:
-            raise InputError(f"{where}: malformed layer plan ({exc})") from None
-        provenance = data.get("provenance", {})
-        if not isinstance(provenance, dict):
-            raise InputError(f"{where}: field 'provenance' must be an object")
-        try:
-            return cls(str(data["gpu"]), problem, str(data["engine"]), tokens, times,
-                       margin, configs, provenance, ep)
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
+        return from_mapping(cls, {k: v for k, v in data.items() if k not in ("schema", "choices")},
+                            where)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

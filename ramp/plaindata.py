@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,7 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     is that of the offending value (of the mapping when no one field is to blame)."""
     where = locate(where, data)
     if not isinstance(data, dict):
-        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise InputError(f"{where}: expected a mapping, got {type_name(data)}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in known]
     if unknown:
@@ -55,7 +56,7 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
 
 def _typed(hint: Any, value: Any, field: str, where: str) -> Any:
     """``value`` checked against annotation ``hint`` (the annotations dataclasses here
-    use: int, float, str, bool, X | None, tuple[X, ...], dataclasses, Any/dict)."""
+    use: int, float, str, bool, X | None, tuple[X, ...], dict[K, V], dataclasses, Any)."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -73,9 +74,13 @@ def _typed(hint: Any, value: Any, field: str, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{field} must be a number, got {_shown(value)}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond every float
+            number = math.inf
+        if not math.isfinite(number):
             raise InputError(f"{field} must be a finite number, got {value!r}")
-        return float(value)
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise InputError(f"{field} must be a string, got {value!r}")
@@ -85,6 +90,12 @@ def _typed(hint: Any, value: Any, field: str, where: str) -> Any:
             raise InputError(f"{field} must be a list, got {_shown(value)}")
         return tuple(_typed(args[0], v, locate(f"{field}[{i}]", value, i),
                             locate(f"{where}[{i}]", value, i)) for i, v in enumerate(value))
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{field} must be a mapping, got {_shown(value)}")
+        return {_typed(args[0], k, f"{field} key {k!r}", where):
+                _typed(args[1], v, locate(f"{field}[{k!r}]", value, k),
+                       locate(f"{where}[{k!r}]", value, k)) for k, v in value.items()}
     if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
         return from_mapping(hint, value, where)
     return value
@@ -189,6 +200,12 @@ class YamlList(list):
     marks: Sequence[Mark] = ()
 
 
+def type_name(value: Any) -> str:
+    """The name of ``value``'s type for a message, as YAML's reader knows it: ``list``
+    and ``dict``, not YamlList and YamlMap."""
+    return {YamlMap: "dict", YamlList: "list"}.get(type(value), type(value).__name__)
+
+
 def mark_of(data: Any, key: Any = None) -> Mark | None:
     """Where ``data[key]`` starts, else where ``data`` starts (None: not from YAML)."""
     try:
@@ -244,6 +261,14 @@ def _located_loader() -> type:
         data.update(loader.construct_mapping(node))  # also merges '<<' keys into node
         data.marks = {loader.construct_object(k): mark(v) for k, v in node.value}
 
+    def integer(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+        try:
+            return yaml.SafeLoader.construct_yaml_int(loader, node)
+        except ValueError:  # more digits than int() converts
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of more than {sys.get_int_max_str_digits()} digits",
+                node.start_mark) from None
+
     def sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Any:
         data = YamlList()
         data.mark = mark(node)
@@ -256,18 +281,20 @@ def _located_loader() -> type:
 
     Loader.add_constructor("tag:yaml.org,2002:map", mapping)
     Loader.add_constructor("tag:yaml.org,2002:seq", sequence)
+    Loader.add_constructor("tag:yaml.org,2002:int", integer)
     return Loader
 
 
-def read_yaml(path: str | Path, what: str) -> Any:
+def read_yaml(path: str | Path, what: str, mapping: bool = False) -> Any:
     """Parse a YAML file (safe loader); errors name the file and the line. Mappings and
     sequences come back as YamlMap and YamlList, which know where each value starts
-    (``locate`` puts that place into a message that starts with ``str(path)``)."""
+    (``locate`` puts that place into a message that starts with ``str(path)``). With
+    ``mapping``, the document must be a mapping (an empty file reads as an empty one)."""
     import yaml
 
     text = read_text(path, what)
     try:
-        return _load(_located_loader(), text, str(path))
+        return _load(_located_loader(), text, str(path), what if mapping else None)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -282,11 +309,20 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise InputError(f"{path}: YAML nested too deeply") from None
 
 
-def _load(loader_class: type, text: str, source: str) -> Any:
-    """The one document of ``text``, every mark naming ``source``."""
-    loader = loader_class(text)  # checks the characters: may raise a MarkedYAMLError
+def _load(loader_class: type, text: str, source: str, mapping: str | None) -> Any:
+    """The one document of ``text``, every mark naming ``source``; a ``mapping`` (what
+    the file holds, for the message) unless that is None."""
+    loader = loader_class(text)  # checks the characters: may raise a ReaderError
     loader.name = source
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     finally:
         loader.dispose()
+    if mapping is not None and data is None:  # an empty file: an empty mapping at 1:1
+        data = YamlMap()
+        data.mark = Mark(source, 1, 1)
+    if mapping is not None and not isinstance(data, dict):
+        mark = Mark(source, node.start_mark.line + 1, node.start_mark.column + 1)
+        raise InputError(f"{mark}: {mapping} must be a mapping, got {type_name(data)}")
+    return data

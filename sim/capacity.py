@@ -167,8 +167,8 @@ class PriceTable:
 def load_prices(path: str | Path) -> PriceTable:
     """A price table YAML: ``currency: USD`` and ``per_gpu_hour: {GPU: price}``; errors
     name the line of the offending value."""
-    data = read_yaml(path, "price table")
-    table = data.get("per_gpu_hour") if isinstance(data, dict) else None
+    data = read_yaml(path, "price table", mapping=True)
+    table = data.get("per_gpu_hour")
     if not isinstance(table, dict):
         raise InputError(locate(f"{path}: expected a mapping 'per_gpu_hour: {{GPU: price}}'",
                                 data, "per_gpu_hour"))

@@ -104,16 +104,13 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
     """Replay a routing TRACE (path or shipped name) under a request workload."""
     check_output_file(json_out, "--json")
     check_output_dir(plot_dir, "--plot-dir")
-    cal = Calibration()
-    if calibration_path:
-        cal = from_mapping(Calibration, read_yaml(calibration_path, "calibration") or {},
-                           calibration_path)
     config = SimConfig(
         gpu=gpu, model=model_name, gpus=gpus, mode=mode,
         policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
         engine=EngineConfig(max_batched_tokens, max_seqs, not no_chunked_prefill,
                             kv_capacity=kv_capacity),
-        calibration=cal, switch=SwitchConfig(cost_s=switch_cost), slo=SLO(slo_ttft, slo_tpot),
+        calibration=_calibration(calibration_path), switch=SwitchConfig(cost_s=switch_cost),
+        slo=SLO(slo_ttft, slo_tpot),
         profiles=tuple(profiles), ep_placement=ep_placement,
     )
     pool = load_pool(trace, seed=seed, samples=samples, strict=not lenient)
@@ -169,7 +166,7 @@ def _calibration(path: str | None) -> Calibration:
     """A Calibration from a YAML of its fields (``--calibration``), else the defaults."""
     if not path:
         return Calibration()
-    return from_mapping(Calibration, read_yaml(path, "calibration") or {}, path)
+    return from_mapping(Calibration, read_yaml(path, "calibration", mapping=True), path)
 
 
 @main.command()

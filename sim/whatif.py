@@ -32,7 +32,15 @@ from tqdm import tqdm
 from ramp.errors import InputError, RampError
 from ramp.hardware import get_gpu
 from ramp.models import get_model
-from ramp.plaindata import YamlMap, from_mapping, locate, locate_error, read_yaml, relocate
+from ramp.plaindata import (
+    YamlMap,
+    from_mapping,
+    locate,
+    locate_error,
+    read_yaml,
+    relocate,
+    type_name,
+)
 from ramp.sim.routing import RoutingPool
 from ramp.sim.runner import SimConfig, load_pool, run_study, synthetic_pool
 from ramp.sim.workload import SyntheticWorkload, check_arrival_options, load_arrivals
@@ -51,7 +59,7 @@ def workload_spec(spec: Any, where: str) -> SyntheticWorkload | dict[str, Any]:
     """A scenario's ``workload`` section checked: a SyntheticWorkload, or the
     ``arrivals`` mapping (its file is read when the point runs)."""
     if not isinstance(spec, dict):
-        raise InputError(f"{where}: expected a mapping, got {type(spec).__name__}")
+        raise InputError(f"{where}: expected a mapping, got {type_name(spec)}")
     if "arrivals" not in spec:
         return from_mapping(SyntheticWorkload, spec, where)
     extra = [key for key in spec if key not in _ARRIVALS_KEYS]
@@ -108,9 +116,7 @@ def load_scenario(path: str | Path) -> dict[str, Any]:
     """A scenario file, its sections and sweep keys checked (not yet its points); errors
     name the line of the offending value."""
     path = Path(path)
-    data = read_yaml(path, "scenario")
-    if not isinstance(data, dict):
-        raise InputError(locate(f"{path}: a scenario is a mapping", data))
+    data = read_yaml(path, "scenario", mapping=True)
     unknown = [key for key in data if key not in SECTIONS]
     if unknown:
         raise InputError(locate(f"{path}: unknown section(s) {sorted(map(str, unknown))}; "
@@ -136,7 +142,7 @@ def load_scenario(path: str | Path) -> dict[str, Any]:
     data["base"] = data.get("base") or YamlMap()  # a YamlMap keeps where sweeps set values
     if not isinstance(data["base"], dict):
         raise InputError(locate(f"{path}: section 'base' must be a mapping, got "
-                                f"{type(data['base']).__name__}", data, "base"))
+                                f"{type_name(data['base'])}", data, "base"))
     data["name"] = str(data.get("name", path.stem))
     data["where"] = str(path)
     return data

@@ -1,12 +1,13 @@
 """Property-based fuzzing of every reader of user input: the trace line parser and
-reader, the histogram spec parser, the profile loader, the scenario loader and the
-CLIs' options. Any input may be refused, but only with RaMP's own errors (RampError,
+reader, the histogram spec parser, the profile and layer-plan loaders, the scenario
+loader and the CLIs' options. Any input may be refused, but only with RaMP's own errors (RampError,
 TraceWarning); any other exception is a bug. Hypothesis runs derandomized (conftest.py),
 a few hundred examples per target, well under a minute in all; RAMP_FUZZ_SCALE=N runs N
 times as many examples, with fresh random draws."""
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from ramp.cli import main as ramp_main
 from ramp.errors import RampError
 from ramp.histograms import parse_histogram_spec
+from ramp.layerplan import PATHS, embedded_layer_plans, load_layer_plan
 from ramp.profile import Profile, embedded_profile_paths, load_profile
 from ramp.sim.cli import main as sim_main
 from ramp.sim.whatif import check_job, expand, load_scenario
@@ -32,6 +34,9 @@ STEP = json.loads(TraceStep(3, "decode", 2, np.array([[1, 1, 1, 1], [2, 2, 0, 0]
 PROFILE_PATH = next(p for p in embedded_profile_paths() if "w13-E8-" in p.name
                     and p.name.endswith("_grouped_mm.json"))  # a small bank: fast to load
 PROFILE = json.loads(PROFILE_PATH.read_text())
+PLAN = json.loads(embedded_layer_plans()[0].read_text())
+PLAN = {**PLAN, "tokens": PLAN["tokens"][:3], "choices": PLAN["choices"][:3],  # mutations
+        **{key: {p: v[:3] for p, v in PLAN[key].items()} for key in ("times_us", "configs")}}
 SCENARIO = {"name": "f", "seed": 1, "routing": {"trace": "qwen3-30b-a3b"},
             "workload": {"rate": 10, "requests": 20, "prompt": {"dist": "fixed", "mean": 8}},
             "base": {"gpu": "H200", "gpus": 2, "policies": ["static", "ramp"],
@@ -80,6 +85,17 @@ def mutated(draw, base):
             node.append(draw(json_values))
         break
     return data
+
+
+def same(a, b) -> bool:
+    """Equal as data: NaN is NaN, true is not 1, 2 is 2.0."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
 
 
 def only_ramp_errors(fn, *args):
@@ -159,6 +175,28 @@ def test_profile_loader_on_arbitrary_bytes(tmp_path, data):
     only_ramp_errors(load_profile, path)
 
 
+# --- layer plans -------------------------------------------------------------------
+
+@bounded(100)
+@given(data=mutated(PLAN))
+def test_layer_plan_loader(tmp_path, data):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    plan = only_ramp_errors(load_layer_plan, path)
+    if plan is not None:  # what loads is what the file says, and chooses for any size
+        written = plan.to_dict()
+        assert all(same(written[k], v) for k, v in data.items() if k != "choices"), data
+        assert {plan.choose(t) for t in (1, plan.tokens[-1], plan.tokens[-1] + 1)} <= set(PATHS)
+
+
+@bounded(50)
+@given(data=st.binary(max_size=200))
+def test_layer_plan_loader_on_arbitrary_bytes(tmp_path, data):
+    path = tmp_path / "plan.json"
+    path.write_bytes(data)
+    only_ramp_errors(load_layer_plan, path)
+
+
 # --- scenarios ---------------------------------------------------------------------
 
 @bounded(150)
@@ -166,12 +204,12 @@ def test_profile_loader_on_arbitrary_bytes(tmp_path, data):
 def test_scenario_loader(tmp_path, data, raw, use_raw):
     path = tmp_path / "s.yaml"
     path.write_text(raw if use_raw else yaml.safe_dump(data))
-
-    def load_and_check():
+    try:
         for job in expand(load_scenario(path)):
             check_job(job)
-
-    only_ramp_errors(load_and_check)
+    except RampError as exc:  # one line that names the file and the line
+        assert re.match(rf"{re.escape(str(path))}:\d+[: ]", str(exc)), str(exc)
+        assert "\n" not in str(exc), str(exc)
 
 
 # --- the CLIs' options -------------------------------------------------------------
