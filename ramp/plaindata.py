@@ -245,21 +245,23 @@ def relocate(data: Any, key: Any, source: Any, source_key: Any) -> None:
                       **({key: mark} if mark else {})}
 
 
+def _node_mark(node: Any) -> Mark:
+    """Where a yaml node starts (its marks count from 0)."""
+    return Mark(node.start_mark.name, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
 @functools.cache
 def _located_loader() -> type:
-    """yaml.SafeLoader building YamlMap and YamlList (plain ``safe_load`` otherwise)."""
+    """yaml.SafeLoader that builds YamlMap and YamlList (and refuses integers of more
+    digits than Python converts with a YAML error at their line)."""
     import yaml
-
-    def mark(node: yaml.Node) -> Mark:
-        return Mark(node.start_mark.name, node.start_mark.line + 1,
-                    node.start_mark.column + 1)
 
     def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
         data = YamlMap()
-        data.mark = mark(node)
+        data.mark = _node_mark(node)
         yield data
         data.update(loader.construct_mapping(node))  # also merges '<<' keys into node
-        data.marks = {loader.construct_object(k): mark(v) for k, v in node.value}
+        data.marks = {loader.construct_object(k): _node_mark(v) for k, v in node.value}
 
     def integer(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
         try:
@@ -271,10 +273,10 @@ def _located_loader() -> type:
 
     def sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Any:
         data = YamlList()
-        data.mark = mark(node)
+        data.mark = _node_mark(node)
         yield data
         data.extend(loader.construct_sequence(node))
-        data.marks = [mark(item) for item in node.value]
+        data.marks = [_node_mark(item) for item in node.value]
 
     class Loader(yaml.SafeLoader):
         pass
@@ -323,6 +325,6 @@ def _load(loader_class: type, text: str, source: str, mapping: str | None) -> An
         data = YamlMap()
         data.mark = Mark(source, 1, 1)
     if mapping is not None and not isinstance(data, dict):
-        mark = Mark(source, node.start_mark.line + 1, node.start_mark.column + 1)
-        raise InputError(f"{mark}: {mapping} must be a mapping, got {type_name(data)}")
+        raise InputError(f"{_node_mark(node)}: {mapping} must be a mapping, got "
+                         f"{type_name(data)}")
     return data

@@ -1,7 +1,8 @@
 """Property-based fuzzing of every reader of user input: the trace line parser and
-reader, the histogram spec parser, the profile and layer-plan loaders, the scenario
-loader and the CLIs' options. Any input may be refused, but only with RaMP's own errors (RampError,
-TraceWarning); any other exception is a bug. Hypothesis runs derandomized (conftest.py),
+reader, the histogram spec parser, the profile and layer-plan loaders, the scenario,
+calibration and price-table loaders and the CLIs' options. Any input may be refused,
+but only with RaMP's own errors (RampError, TraceWarning; from a YAML file, one line
+naming the file and line); any other exception is a bug. Hypothesis runs derandomized (conftest.py),
 a few hundred examples per target, well under a minute in all; RAMP_FUZZ_SCALE=N runs N
 times as many examples, with fresh random draws."""
 
@@ -87,15 +88,16 @@ def mutated(draw, base):
     return data
 
 
-def same(a, b) -> bool:
-    """Equal as data: NaN is NaN, true is not 1, 2 is 2.0."""
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(map(same, a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
-        return True
-    return isinstance(a, bool) == isinstance(b, bool) and a == b
+def agrees(given, loaded) -> bool:
+    """Every value ``given`` is the value ``loaded`` (defaults may fill in the rest of a
+    mapping): NaN is NaN, true is not 1, 2 is 2.0."""
+    if isinstance(given, (list, tuple)) and isinstance(loaded, (list, tuple)):
+        return len(given) == len(loaded) and all(map(agrees, given, loaded))
+    if isinstance(given, dict) and isinstance(loaded, dict):
+        return all(k in loaded and agrees(v, loaded[k]) for k, v in given.items())
+    if isinstance(given, float) and isinstance(loaded, float) and given != given:
+        return loaded != loaded
+    return isinstance(given, bool) == isinstance(loaded, bool) and given == loaded
 
 
 def only_ramp_errors(fn, *args):
@@ -184,8 +186,7 @@ def test_layer_plan_loader(tmp_path, data):
     path.write_text(json.dumps(data))
     plan = only_ramp_errors(load_layer_plan, path)
     if plan is not None:  # what loads is what the file says, and chooses for any size
-        written = plan.to_dict()
-        assert all(same(written[k], v) for k, v in data.items() if k != "choices"), data
+        assert agrees({k: v for k, v in data.items() if k != "choices"}, plan.to_dict()), data
         assert {plan.choose(t) for t in (1, plan.tokens[-1], plan.tokens[-1] + 1)} <= set(PATHS)
 
 
@@ -210,6 +211,27 @@ def test_scenario_loader(tmp_path, data, raw, use_raw):
     except RampError as exc:  # one line that names the file and the line
         assert re.match(rf"{re.escape(str(path))}:\d+[: ]", str(exc)), str(exc)
         assert "\n" not in str(exc), str(exc)
+
+
+@bounded(100)
+@given(prices=mutated({"currency": "USD", "per_gpu_hour": {"H200": 3.8, "H100-SXM": 3}}),
+       calibration=mutated({"moe_scale": 1.0, "step_overhead_us": 1500}),
+       raw=st.text(max_size=60), use_raw=st.booleans())
+def test_price_and_calibration_loaders(tmp_path, prices, calibration, raw, use_raw):
+    from ramp.plaindata import from_mapping, read_yaml
+    from ramp.sim.capacity import load_prices
+    from ramp.sim.costs import Calibration
+
+    path = tmp_path / "x.yaml"
+    for data in (prices, calibration):
+        path.write_text(raw if use_raw else yaml.safe_dump(data))
+        for load in (load_prices, lambda p: from_mapping(
+                Calibration, read_yaml(p, "calibration", mapping=True), str(p))):
+            try:
+                load(path)
+            except RampError as exc:  # one line that names the file and the line
+                assert re.match(rf"{re.escape(str(path))}:\d+[: ]", str(exc)), str(exc)
+                assert "\n" not in str(exc), str(exc)
 
 
 # --- the CLIs' options -------------------------------------------------------------
