@@ -19,6 +19,7 @@ graph's batch up to its captured size), or of the largest measured size beyond i
 from __future__ import annotations
 
 import bisect
+import copy
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -151,8 +152,10 @@ class LayerPlan:
         for name in ("gpu", "problem", "engine", "tokens", "times_us"):
             if name not in data:
                 raise InputError(locate(f"{where}: missing field {name!r}", data))
-        return from_mapping(cls, {k: v for k, v in data.items() if k not in ("schema", "choices")},
-                            where)
+        fields = copy.copy(data)  # a copy of what read_json read still knows its lines
+        for name in ("schema", "choices"):
+            fields.pop(name, None)
+        return from_mapping(cls, fields, where)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

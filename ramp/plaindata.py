@@ -19,6 +19,7 @@ import re
 import sys
 import types
 import typing
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,7 +201,7 @@ def _located_json(data: Any, parent: Any, key: Any) -> Any:
         data = JsonList(data)
     elif type(data) is not JsonMap:
         return data
-    data._origin = (parent, key)
+    data._origin = (parent, None) if key is None else (weakref.ref(parent), key)
     if not _CONTAINERS.isdisjoint(map(type, data.values() if type(data) is JsonMap else data)):
         for k, v in (data.items() if type(data) is JsonMap else enumerate(data)):
             if type(v) in _CONTAINERS:  # replacing a value: the dict keeps its size
@@ -229,15 +230,21 @@ class _Located:
     at C speed, and where a container's values start is only looked up (skipping over
     each value's text with the C scanner) when a check or an error asks for it."""
 
-    _origin: tuple[Any, Any]  # (parent container, key) or (document, None)
+    # (weak reference to the parent, key), or (document, None) for the root: a value kept
+    # after loading (a provenance) does not keep the whole document alive
+    _origin: tuple[Any, Any]
 
     @functools.cached_property
     def _start(self) -> tuple[_JsonText, int, int]:
-        """The document, and the offset and line of this container's first character."""
+        """The document, and the offset and line of this container's first character
+        (AttributeError once the document is gone)."""
         parent, key = self._origin
         if isinstance(parent, _JsonText):
             offset = _SPACE.match(parent.text).end()
             return parent, offset, parent.text.count("\n", 0, offset) + 1
+        parent = parent()
+        if parent is None:
+            raise AttributeError("the document this value was read from is gone")
         return (parent._start[0], *parent._places[key])
 
     @functools.cached_property
@@ -265,6 +272,13 @@ class _Located:
         new = type(self)(self)
         new.__dict__.update(self.__dict__)
         return new
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickles and deep copies are a YamlMap or YamlList with the marks found now."""
+        state = {"mark": mark_of(self), "marks": getattr(self, "marks", ())}
+        if isinstance(self, dict):
+            return YamlMap, (), state, None, iter(self.items())
+        return YamlList, (), state, iter(self), None
 
     @functools.cached_property
     def mark(self) -> Mark:
