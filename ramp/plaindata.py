@@ -4,8 +4,9 @@ Every reader of a user file goes through here, so each bad file is one ``InputEr
 naming the file and, where it can be known, the line and field: unreadable files, bytes
 that are not UTF-8, malformed or too deeply nested JSON/YAML, and values of the wrong
 type (``requests: 30.5``, ``gpus: '8'``, YAML 1.1's ``1e12``, which is a string).
-Mappings and lists read from YAML remember where each of their values starts
-(``YamlMap``, ``YamlList``), so that an error about a value names its line and column:
+Mappings and lists read from YAML or JSON remember where each of their values starts
+(``YamlMap``, ``YamlList``; ``JsonMap``, ``JsonList`` find it on demand), so that an
+error about a value names its line and column:
 ``s.yaml:7:9: point {} base: field 'gpus' must be an int, got the string '8'``.
 """
 
@@ -181,7 +182,8 @@ def read_json(path: str | Path, what: str) -> Any:
     and JsonList, which know where each value starts, as read_yaml's do."""
     text = read_text(path, what)
     try:
-        data = json.loads(text, object_pairs_hook=JsonMap)
+        data = _located_json(json.loads(text, object_pairs_hook=JsonMap), _JsonText(
+            text, str(path)), None)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})"
                          ) from None
@@ -189,8 +191,7 @@ def read_json(path: str | Path, what: str) -> Any:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise InputError(f"{path}: JSON nested too deeply") from None
-    root = _JsonText(text, str(path))
-    return _located_json(data, root, None)
+    return data
 
 
 def _located_json(data: Any, parent: Any, key: Any) -> Any:
