@@ -8,6 +8,7 @@ RaMP chooses across families (Triton, CuTe, ``torch._grouped_mm``) per call.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,7 +112,7 @@ class KernelBank:
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise InputError(f"{where}[{i}]: expected a mapping")
-            item = dict(item)
+            item = copy.copy(item)  # a copy of a JsonMap keeps where it was read
             occ.append(item.pop("occupancy", 1))
             lo, hi = item.pop("applies", None) or (0.0, None)
             windows.append((float(lo), np.inf if hi is None else float(hi)))

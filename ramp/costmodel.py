@@ -22,6 +22,7 @@ fix-up peers.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ import numpy as np
 from ramp.bank import KernelBank
 from ramp.errors import InputError
 from ramp.geometry import FEATURE_NAMES, GeometryPlan
+from ramp.plaindata import locate, locate_error
 from ramp.problem import MoEProblem
 
 if TYPE_CHECKING:
@@ -237,23 +239,28 @@ class WaveCostModel:
     def from_dict(cls, data: dict[str, Any], problem: MoEProblem,
                   where: str = "model") -> WaveCostModel:
         try:
-            items = [dict(c) for c in data["configs"]]
+            items = [copy.copy(c) for c in data["configs"]]  # a copy keeps where it was read
             params = [c.pop("params") for c in items]
             fits = [c.pop("fit", None) for c in items]
-            bank = KernelBank.from_list(items, where=f"{where}.configs")
+        except KeyError as exc:
+            raise InputError(locate(f"{where}: missing field {exc}", data)) from None
+        except AttributeError:
+            raise InputError(locate(f"{where}: must be an object with 'configs', 'num_sms' "
+                                    "and 'features'", data)) from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(locate(f"{where}: malformed ({exc})", data)) from None
+        bank = KernelBank.from_list(items, where=f"{where}.configs")  # its errors name where
+        try:
             stats = [FitStats(int(f["samples"]), float(f["r2"]), float(f["mape"]))
                      if f else None for f in fits]
             return cls(bank, problem, data["num_sms"], np.array(params, dtype=float),
                        tuple(data["features"]), stats)
         except KeyError as exc:
-            raise InputError(f"{where}: missing field {exc}") from None
-        except AttributeError:
-            raise InputError(f"{where}: must be an object with 'configs', 'num_sms' and "
-                             "'features'") from None
+            raise InputError(locate(f"{where}: missing field {exc}", data)) from None
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InputError):
-                raise InputError(f"{where}: {exc}") from None
-            raise InputError(f"{where}: malformed ({exc})") from None
+                raise InputError(locate_error(where, exc, data)) from None
+            raise InputError(locate(f"{where}: malformed ({exc})", data)) from None
 
 
 @dataclass(frozen=True)
@@ -322,9 +329,9 @@ class ModelError:
                        tuple(float(e) for e in data["error"]),
                        str(data.get("statistic", "loo_mean_relative_error")))
         except KeyError as exc:
-            raise InputError(f"{where}: missing field {exc}") from None
+            raise InputError(locate(f"{where}: missing field {exc}", data)) from None
         except (TypeError, ValueError) as exc:
-            raise InputError(f"{where}: {exc}") from None
+            raise InputError(locate_error(where, exc, data)) from None
 
 
 def _fit_stats(pred: np.ndarray, y: np.ndarray) -> FitStats:

@@ -67,7 +67,7 @@ def load_baselines(path: str | Path, calls: int) -> dict[str, Any]:
     """A baselines file (``bench/``'s side-by-side timings) checked against ``calls``
     held-out calls: every series one number per call, ``vllm`` one ``{"us": ...}`` per
     call, ceilings positive numbers; errors name the file and field."""
-    from ramp.plaindata import read_json
+    from ramp.plaindata import locate, read_json
 
     data = read_json(path, "baselines")
     if not isinstance(data, dict):
@@ -80,16 +80,16 @@ def load_baselines(path: str | Path, calls: int) -> dict[str, Any]:
         series = data.get(key)
         if series is not None and not (isinstance(series, list) and len(series) == calls
                                        and all(is_number(v) for v in series)):
-            raise InputError(f"{path}: field {key!r} must list {calls} numbers (one per "
-                             "held-out call)")
+            raise InputError(locate(f"{path}: field {key!r} must list {calls} numbers (one "
+                                    "per held-out call)", data, key))
     vllm = data.get("vllm")
     if vllm is not None and not (isinstance(vllm, list) and len(vllm) == calls and all(
             isinstance(v, dict) and is_number(v.get("us")) for v in vllm)):
-        raise InputError(f"{path}: field 'vllm' must list {calls} objects with a number "
-                         "'us'")
+        raise InputError(locate(f"{path}: field 'vllm' must list {calls} objects with a "
+                                "number 'us'", data, "vllm"))
     for key in _BASELINE_CEILINGS:
         if key in data and not (is_number(data[key]) and data[key] > 0):
-            raise InputError(f"{path}: field {key!r} must be a number > 0")
+            raise InputError(locate(f"{path}: field {key!r} must be a number > 0", data, key))
     return data
 
 

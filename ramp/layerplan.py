@@ -19,6 +19,7 @@ graph's batch up to its captured size), or of the largest measured size beyond i
 from __future__ import annotations
 
 import bisect
+import copy
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ramp.errors import InputError
-from ramp.plaindata import from_mapping, read_json
+from ramp.plaindata import from_mapping, locate, read_json
 from ramp.problem import MoEProblem
 
 SCHEMA = "ramp-layer-plan/1"
@@ -146,13 +147,15 @@ class LayerPlan:
         if not isinstance(data, dict):
             raise InputError(f"{where}: a layer plan is a JSON object")
         if data.get("schema") != SCHEMA:
-            raise InputError(f"{where}: field 'schema' is {data.get('schema')!r}, expected "
-                             f"{SCHEMA!r}")
+            raise InputError(locate(f"{where}: field 'schema' is {data.get('schema')!r}, "
+                                    f"expected {SCHEMA!r}", data, "schema"))
         for name in ("gpu", "problem", "engine", "tokens", "times_us"):
             if name not in data:
-                raise InputError(f"{where}: missing field {name!r}")
-        return from_mapping(cls, {k: v for k, v in data.items() if k not in ("schema", "choices")},
-                            where)
+                raise InputError(locate(f"{where}: missing field {name!r}", data))
+        fields = copy.copy(data)  # a copy of what read_json read still knows its lines
+        for name in ("schema", "choices"):
+            fields.pop(name, None)
+        return from_mapping(cls, fields, where)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -4,8 +4,9 @@ Every reader of a user file goes through here, so each bad file is one ``InputEr
 naming the file and, where it can be known, the line and field: unreadable files, bytes
 that are not UTF-8, malformed or too deeply nested JSON/YAML, and values of the wrong
 type (``requests: 30.5``, ``gpus: '8'``, YAML 1.1's ``1e12``, which is a string).
-Mappings and lists read from YAML remember where each of their values starts
-(``YamlMap``, ``YamlList``), so that an error about a value names its line and column:
+Mappings and lists read from YAML or JSON remember where each of their values starts
+(``YamlMap``, ``YamlList``; ``JsonMap``, ``JsonList`` find it on demand), so that an
+error about a value names its line and column:
 ``s.yaml:7:9: point {} base: field 'gpus' must be an int, got the string '8'``.
 """
 
@@ -19,6 +20,7 @@ import re
 import sys
 import types
 import typing
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,25 +35,43 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     values of the wrong type (per the field annotations) and invalid values all raise
     InputError prefixed with ``where`` (file, line, field). Nested dataclass fields
     given as mappings are built the same way. For ``data`` from ``read_yaml`` the line
-    is that of the offending value (of the mapping when no one field is to blame)."""
-    where = locate(where, data)
+    is that of the offending value (of the mapping when no one field is to blame); places
+    are only looked up for an error (a JSON file's are found on demand)."""
     if not isinstance(data, dict):
-        raise InputError(f"{where}: expected a mapping, got {type_name(data)}")
+        raise _placed(f"{locate(where, data)}: expected a mapping, got {type_name(data)}",
+                      data)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in known]
     if unknown:
-        raise InputError(locate(f"{where}: unknown field(s) {sorted(map(str, unknown))}; "
-                                f"known: {sorted(known)}", data, unknown[0]))
+        raise _placed(locate(f"{where}: unknown field(s) {sorted(map(str, unknown))}; "
+                             f"known: {sorted(known)}", data, unknown[0]), data)
     hints = typing.get_type_hints(cls)
-    values = {name: _typed(hints[name], value, locate(f"{where}: field {name!r}", data, name),
-                           locate(f"{where}.{name}", data, name))
-              for name, value in data.items()}
+    values = {name: _typed_at(hints[name], data, name, f"{where}: field {name!r}",
+                              f"{where}.{name}") for name in data}
     try:
         return cls(**values)
     except TypeError as exc:  # a missing required field
-        raise InputError(f"{where}: {exc}") from None
+        raise _placed(f"{locate(where, data)}: {exc}", data) from None
     except InputError as exc:
-        raise InputError(locate_error(where, exc, data)) from None
+        raise _placed(locate_error(where, exc, data), data) from None
+
+
+def _typed_at(hint: Any, data: Any, key: Any, field: str, where: str) -> Any:
+    """``_typed`` of ``data[key]``; an error not placed deeper is placed at that value."""
+    try:
+        return _typed(hint, data[key], field, where)
+    except InputError as exc:
+        if getattr(exc, "placed", False):
+            raise
+        raise _placed(locate(str(exc), data, key), data) from None
+
+
+def _placed(message: str, data: Any) -> InputError:
+    """An InputError about ``data``, its message placed by ``locate``: enclosing checks
+    keep that place when ``data`` knows where it was read (else they give theirs)."""
+    error = InputError(message)
+    error.placed = mark_of(data) is not None
+    return error
 
 
 def _typed(hint: Any, value: Any, field: str, where: str) -> Any:
@@ -88,14 +108,13 @@ def _typed(hint: Any, value: Any, field: str, where: str) -> Any:
     if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{field} must be a list, got {_shown(value)}")
-        return tuple(_typed(args[0], v, locate(f"{field}[{i}]", value, i),
-                            locate(f"{where}[{i}]", value, i)) for i, v in enumerate(value))
+        return tuple(_typed_at(args[0], value, i, f"{field}[{i}]", f"{where}[{i}]")
+                     for i in range(len(value)))
     if typing.get_origin(hint) is dict:
         if not isinstance(value, dict):
             raise InputError(f"{field} must be a mapping, got {_shown(value)}")
         return {_typed(args[0], k, f"{field} key {k!r}", where):
-                _typed(args[1], v, locate(f"{field}[{k!r}]", value, k),
-                       locate(f"{where}[{k!r}]", value, k)) for k, v in value.items()}
+                _typed_at(args[1], value, k, f"{field}[{k!r}]", f"{where}[{k!r}]") for k in value}
     if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
         return from_mapping(hint, value, where)
     return value
@@ -159,10 +178,12 @@ def parse_json(text: str, where: str) -> Any:
 
 def read_json(path: str | Path, what: str) -> Any:
     """Parse a JSON file; unreadable or malformed files raise InputError naming the
-    file, and for bad JSON the line and column."""
+    file, and for bad JSON the line and column. Objects and arrays come back as JsonMap
+    and JsonList, which know where each value starts, as read_yaml's do."""
     text = read_text(path, what)
     try:
-        return json.loads(text)
+        data = _located_json(json.loads(text, object_pairs_hook=JsonMap), _JsonText(
+            text, str(path)), None)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})"
                          ) from None
@@ -170,11 +191,111 @@ def read_json(path: str | Path, what: str) -> Any:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise InputError(f"{path}: JSON nested too deeply") from None
+    return data
+
+
+def _located_json(data: Any, parent: Any, key: Any) -> Any:
+    """``data`` (what json.loads builds with JsonMap as the hook) with every array a
+    JsonList and every container told where it sits (``parent[key]``; for the root,
+    the document's text), so that it can find its marks when asked."""
+    if type(data) is list:
+        data = JsonList(data)
+    elif type(data) is not JsonMap:
+        return data
+    data._origin = (parent, None) if key is None else (weakref.ref(parent), key)
+    if not _CONTAINERS.isdisjoint(map(type, data.values() if type(data) is JsonMap else data)):
+        for k, v in (data.items() if type(data) is JsonMap else enumerate(data)):
+            if type(v) in _CONTAINERS:  # replacing a value: the dict keeps its size
+                data[k] = _located_json(v, data, k)
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class _JsonText:
+    """The text of a JSON document and the name errors give it."""
+
+    text: str
+    source: str
+
+    def mark(self, offset: int, line: int) -> Mark:
+        """The Mark of character ``offset``, which is on ``line``."""
+        return Mark(self.source, line, offset - self.text.rfind("\n", 0, offset))
+
+
+_SCAN = json.JSONDecoder().scan_once  # the C scanner: one value from an offset
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+class _Located:
+    """A JSON container whose marks are found when first asked for: json.loads parses
+    at C speed, and where a container's values start is only looked up (skipping over
+    each value's text with the C scanner) when a check or an error asks for it."""
+
+    # (weak reference to the parent, key), or (document, None) for the root: a value kept
+    # after loading (a provenance) does not keep the whole document alive
+    _origin: tuple[Any, Any]
+
+    @functools.cached_property
+    def _start(self) -> tuple[_JsonText, int, int]:
+        """The document, and the offset and line of this container's first character
+        (AttributeError once the document is gone)."""
+        parent, key = self._origin
+        if isinstance(parent, _JsonText):
+            offset = _SPACE.match(parent.text).end()
+            return parent, offset, parent.text.count("\n", 0, offset) + 1
+        parent = parent()
+        if parent is None:
+            raise AttributeError("the document this value was read from is gone")
+        return (parent._start[0], *parent._places[key])
+
+    @functools.cached_property
+    def _places(self) -> dict[Any, tuple[int, int]]:
+        """The offset and line where each value starts, by key (by index for a list)."""
+        doc, offset, line = self._start
+        text, places, index = doc.text, {}, 0
+        i = _SPACE.match(text, offset + 1).end()
+        while text[i] not in "]}":
+            if isinstance(self, dict):
+                key, i = _SCAN(text, i)
+                i = _SPACE.match(text, _SPACE.match(text, i).end() + 1).end()  # ':'
+            else:
+                key, index = index, index + 1
+            line += text.count("\n", offset, i)
+            offset = i
+            places[key] = (i, line)  # a repeated key: the last one, as json.loads
+            i = _SPACE.match(text, _SCAN(text, i)[1]).end()
+            if text[i] == ",":
+                i = _SPACE.match(text, i + 1).end()
+        return places
+
+    def __copy__(self) -> Any:
+        """A shallow copy that still knows where it was read (``copy.copy``)."""
+        new = type(self)(self)
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickles and deep copies are a YamlMap or YamlList with the marks found now."""
+        state = {"mark": mark_of(self), "marks": getattr(self, "marks", ())}
+        if isinstance(self, dict):
+            return YamlMap, (), state, None, iter(self.items())
+        return YamlList, (), state, iter(self), None
+
+    @functools.cached_property
+    def mark(self) -> Mark:
+        doc, offset, line = self._start
+        return doc.mark(offset, line)
+
+    @functools.cached_property
+    def marks(self) -> Any:
+        doc = self._start[0]
+        found = {key: doc.mark(*place) for key, place in self._places.items()}
+        return found if isinstance(self, dict) else list(found.values())
 
 
 @dataclasses.dataclass(frozen=True)
 class Mark:
-    """Where a YAML value starts: ``file:line:column``, both counted from 1."""
+    """Where a YAML or JSON value starts: ``file:line:column``, both counted from 1."""
 
     source: str
     line: int
@@ -200,10 +321,22 @@ class YamlList(list):
     marks: Sequence[Mark] = ()
 
 
+class JsonMap(_Located, YamlMap):
+    """An object read by ``read_json``: a YamlMap whose marks are found on demand."""
+
+
+class JsonList(_Located, YamlList):
+    """An array read by ``read_json``: a YamlList whose marks are found on demand."""
+
+
+_CONTAINERS = frozenset((JsonMap, list))  # what json.loads builds with JsonMap as hook
+
+
 def type_name(value: Any) -> str:
     """The name of ``value``'s type for a message, as YAML's reader knows it: ``list``
     and ``dict``, not YamlList and YamlMap."""
-    return {YamlMap: "dict", YamlList: "list"}.get(type(value), type(value).__name__)
+    return ("dict" if isinstance(value, YamlMap) else "list" if isinstance(value, YamlList)
+            else type(value).__name__)
 
 
 def mark_of(data: Any, key: Any = None) -> Mark | None:
@@ -218,7 +351,7 @@ def locate(text: str, data: Any, key: Any = None) -> str:
     """``text``, a message that starts with a file name, with the line and column of
     ``data[key]`` (of ``data`` when that value has no known place) after the name,
     replacing the place already there; unchanged unless ``data`` came from
-    ``read_yaml`` of that file."""
+    ``read_yaml`` or ``read_json`` of that file."""
     mark = mark_of(data, key)
     found = mark and re.match(re.escape(mark.source) + r"(:\d+:\d+)?(?=[: ]|$)", text)
     if not found:

@@ -17,7 +17,7 @@ from typing import Any
 from ramp.costmodel import ModelError, WaveCostModel
 from ramp.dispatch import Dispatcher, GuardedDispatcher, RampDispatcher, StaticDispatcher
 from ramp.errors import InputError, ProfileMismatchError
-from ramp.plaindata import read_json
+from ramp.plaindata import locate, read_json, type_name
 from ramp.problem import MoEProblem
 
 SCHEMA = "ramp-profile/1"
@@ -91,22 +91,23 @@ class Profile:
         if not isinstance(data, dict):
             raise InputError(f"{where}: a profile is a JSON object")
         if data.get("schema") != SCHEMA:
-            raise InputError(f"{where}: field 'schema' is {data.get('schema')!r}, this RaMP "
-                             f"reads {SCHEMA!r}")
+            raise InputError(locate(f"{where}: field 'schema' is {data.get('schema')!r}, this "
+                                    f"RaMP reads {SCHEMA!r}", data, "schema"))
         for name in ("gpu", "problem", "family", "family_version", "model", "static_table"):
             if name not in data:
-                raise InputError(f"{where}: missing field {name!r}")
+                raise InputError(locate(f"{where}: missing field {name!r}", data))
         problem = MoEProblem.from_dict(data["problem"], where=f"{where}: problem")
         model = WaveCostModel.from_dict(data["model"], problem, where=f"{where}: model")
-        table = _static_table(data["static_table"], len(model.bank), where)
+        table = _static_table(data["static_table"], len(model.bank),
+                              locate(where, data, "static_table"))
         for name in ("gpu", "family", "family_version"):
             if not isinstance(data[name], str) or not data[name]:
-                raise InputError(f"{where}: field {name!r} must be a non-empty string, got "
-                                 f"{data[name]!r}")
+                raise InputError(locate(f"{where}: field {name!r} must be a non-empty string, "
+                                        f"got {data[name]!r}", data, name))
         provenance = data.get("provenance", {})
         if not isinstance(provenance, dict):
-            raise InputError(f"{where}: field 'provenance' must be an object, got "
-                             f"{type(provenance).__name__}")
+            raise InputError(locate(f"{where}: field 'provenance' must be an object, got "
+                                    f"{type_name(provenance)}", data, "provenance"))
         error = data.get("model_error")
         error = None if error is None else ModelError.from_dict(error, f"{where}: model_error")
         return cls(data["gpu"], problem, data["family"], data["family_version"], model,
@@ -122,11 +123,11 @@ def _static_table(data: Any, num_configs: int, where: str) -> dict[int, int]:
     table = {}
     for key, value in data.items():
         if not (key.isascii() and key.isdigit() and len(key) <= 9 and int(key) >= 1):
-            raise InputError(f"{where}: field 'static_table' key {key!r} is not a token "
-                             "count >= 1")
+            raise InputError(locate(f"{where}: field 'static_table' key {key!r} is not a "
+                                    "token count >= 1", data, key))
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_configs:
-            raise InputError(f"{where}: static_table names config {value!r} for {key} "
-                             f"tokens, the bank has {num_configs}")
+            raise InputError(locate(f"{where}: static_table names config {value!r} for {key} "
+                                    f"tokens, the bank has {num_configs}", data, key))
         table[int(key)] = value
     return table
 

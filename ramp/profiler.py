@@ -22,7 +22,7 @@ from ramp.costmodel import ModelError, WaveCostModel, family_features
 from ramp.dispatch import StaticDispatcher
 from ramp.errors import InputError
 from ramp.histograms import parse_histogram_spec
-from ramp.plaindata import read_json
+from ramp.plaindata import locate, read_json
 from ramp.problem import MoEProblem
 from ramp.profile import Profile
 
@@ -134,7 +134,7 @@ class Measurements:
         path = Path(path)
         data = read_json(path, "measurements")
         if not isinstance(data, dict) or data.get("schema") != MEASUREMENTS_SCHEMA:
-            raise InputError(f"{path}: not a {MEASUREMENTS_SCHEMA} file")
+            raise InputError(locate(f"{path}: not a {MEASUREMENTS_SCHEMA} file", data, "schema"))
         try:
             problem = MoEProblem.from_dict(data["problem"], where=f"{path}: problem")
             bank = KernelBank.from_list(data["configs"], where=f"{path}: configs")
@@ -145,7 +145,7 @@ class Measurements:
                        hists, list(data["labels"]), times.reshape(len(hists), len(bank)),
                        data.get("provenance", {}))
         except KeyError as exc:
-            raise InputError(f"{path}: missing field {exc}") from None
+            raise InputError(locate(f"{path}: missing field {exc}", data)) from None
 
 
 def timer_provenance(timer: Timer) -> dict[str, Any]:

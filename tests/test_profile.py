@@ -101,7 +101,7 @@ def test_model_error_round_trips_and_old_profiles_get_the_default(profile, tmp_p
     data = json.loads((tmp_path / "new.json").read_text())
     data["model_error"]["error"] = [0.01]
     (tmp_path / "bad.json").write_text(json.dumps(data))
-    with pytest.raises(InputError, match=r"bad\.json: model_error: model error: one error per"):
+    with pytest.raises(InputError, match=r"bad\.json:1:\d+: model_error: model error: one error per"):
         load_profile(tmp_path / "bad.json")
 
 
