@@ -33,6 +33,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.out or args.dir / OUTPUT_NAME
+    devices = sorted({json.dumps(json.loads(p.read_text()).get("device"), sort_keys=True)
+                      for p in paths})
+    result = {"command": "python3 bench/sim_fidelity.py " + " ".join(argv or sys.argv[1:]),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "device": [json.loads(d) for d in devices],  # of the measured runs
+              "sources": [p.name for p in paths], **result}
     out.write_text(json.dumps(result, indent=1) + "\n")
     for metric, s in result["summary"].items():
         cal = s["mean_abs_error_calibrated"]
