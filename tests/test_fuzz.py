@@ -169,12 +169,14 @@ def test_profile_loader(data):
         profile.dispatcher("static").choose(np.full(profile.problem.num_experts, 0))
 
 
+@pytest.mark.parametrize("loader", [load_profile, load_layer_plan],
+                         ids=["profile", "layer_plan"])
 @bounded(50)
 @given(data=st.binary(max_size=200))
-def test_profile_loader_on_arbitrary_bytes(tmp_path, data):
-    path = tmp_path / "p.json"
+def test_json_loaders_on_arbitrary_bytes(tmp_path, loader, data):
+    path = tmp_path / "input.json"
     path.write_bytes(data)
-    only_ramp_errors(load_profile, path)
+    only_ramp_errors(loader, path)
 
 
 # --- layer plans -------------------------------------------------------------------
@@ -188,14 +190,6 @@ def test_layer_plan_loader(tmp_path, data):
     if plan is not None:  # what loads is what the file says, and chooses for any size
         assert agrees({k: v for k, v in data.items() if k != "choices"}, plan.to_dict()), data
         assert {plan.choose(t) for t in (1, plan.tokens[-1], plan.tokens[-1] + 1)} <= set(PATHS)
-
-
-@bounded(50)
-@given(data=st.binary(max_size=200))
-def test_layer_plan_loader_on_arbitrary_bytes(tmp_path, data):
-    path = tmp_path / "plan.json"
-    path.write_bytes(data)
-    only_ramp_errors(load_layer_plan, path)
 
 
 # --- scenarios ---------------------------------------------------------------------

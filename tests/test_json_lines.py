@@ -9,7 +9,7 @@ import json
 import pickle
 
 import pytest
-from click.testing import CliRunner
+from cli_errors import one_error_line
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,14 +35,9 @@ def place(text, before, value=""):
 
 def error_line(main, args, at):
     """Run a CLI: exit 2, no traceback, one error line starting with ``at``."""
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert res.exit_code == 2, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
-    assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.output
-    assert errors[0].startswith(f"error: {at}: "), errors[0]
-    return errors[0]
+    line = one_error_line(main, args)
+    assert line.startswith(f"error: {at}: "), line
+    return line
 
 
 # (an edit of the shipped profile, text just before the bad value, the message)

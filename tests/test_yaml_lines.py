@@ -6,7 +6,7 @@ import copy
 import pickle
 
 import pytest
-from click.testing import CliRunner
+from cli_errors import one_error_line
 
 from ramp.errors import InputError
 from ramp.plaindata import YamlList, YamlMap, from_mapping, locate, read_yaml
@@ -35,14 +35,9 @@ base:
 def error_line(args, at):
     """Run ``ramp-sim args``: exit 2, no traceback, one error line, which starts with
     the place ``at`` (``file:line:``); returns that line."""
-    res = CliRunner().invoke(sim_main, [str(a) for a in args])
-    assert res.exit_code == 2, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
-    assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.output
-    assert errors[0].startswith(f"error: {at}"), errors[0]
-    return errors[0]
+    line = one_error_line(sim_main, args)
+    assert line.startswith(f"error: {at}"), line
+    return line
 
 
 # (what replaces which text of SCENARIO, the line:column of the bad value, the message)
