@@ -74,7 +74,7 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
                 ) -> dict[str, tuple[Layer, Callable[[int], dict[str, Any] | None]]]:
     """RaMP's paths for this GPU and layer: ``name -> (layer, what it runs at T)``;
     a path whose profiles are missing is left out."""
-    from ramp.config import KernelConfig
+    from ramp.adapters.runtime import triton_entry
     from ramp.kernels.layers import grouped_mm_path, poly_layer, triton_layer
     from ramp.kernels.triton.poly import PolyGemm
 
@@ -97,12 +97,7 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
                     "occupancy_w13": int(tri[0].model.bank.occupancy[idx[0]]),
                     "occupancy_w2": int(tri[1].model.bank.occupancy[idx[1]])}
 
-        def configs_at(tokens: int):
-            c = config_at(tokens)
-            return (KernelConfig.from_dict(c["w13"]), KernelConfig.from_dict(c["w2"]),
-                    c["occupancy_w13"], c["occupancy_w2"])
-
-        paths["triton"] = (triton_layer(configs_at, sms), config_at)
+        paths["triton"] = (triton_layer(lambda t: triton_entry(config_at(t)), sms), config_at)
     return paths
 
 

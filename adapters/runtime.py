@@ -510,16 +510,20 @@ def _plan_summary(plan: LayerPlan) -> str:
     return "; ".join(runs) + f" (beyond {plan.tokens[-1]}: {choices[-1]})"
 
 
-def _triton_configs(plan: LayerPlan) -> Callable[[int], tuple[Any, Any, int, int]]:
-    """The Triton configurations the plan timed, per bucket (``kernels.layers.ConfigsAt``)."""
+def triton_entry(entry: Mapping[str, Any]) -> tuple[Any, Any, int, int]:
+    """A layer plan's record of what the ``triton`` path ran at one size (``{"w13": config,
+    "w2": config, "occupancy_w13": n, "occupancy_w2": n}``) as ``kernels.layers``'
+    (w13 config, w2 config, w13 occupancy, w2 occupancy)."""
     from ramp.config import KernelConfig
 
-    configs = {}
-    for i, entry in enumerate(plan.configs.get("triton", ())):
-        if entry is not None:
-            configs[i] = (KernelConfig.from_dict(entry["w13"], "w13"),
-                          KernelConfig.from_dict(entry["w2"], "w2"),
-                          int(entry.get("occupancy_w13", 1)), int(entry.get("occupancy_w2", 1)))
+    return (KernelConfig.from_dict(entry["w13"], "w13"), KernelConfig.from_dict(entry["w2"], "w2"),
+            int(entry.get("occupancy_w13", 1)), int(entry.get("occupancy_w2", 1)))
+
+
+def _triton_configs(plan: LayerPlan) -> Callable[[int], tuple[Any, Any, int, int]]:
+    """The Triton configurations the plan timed, per bucket (``kernels.layers.ConfigsAt``)."""
+    configs = {i: triton_entry(entry) for i, entry in enumerate(plan.configs.get("triton", ()))
+               if entry is not None}
     missing = [plan.tokens[i] for i, c in enumerate(plan.choices)
                if c == "triton" and i not in configs]
     if missing:

@@ -22,6 +22,7 @@ import bisect
 import copy
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ class LayerPlan:
         ep = f"-ep{self.ep}" if self.ep > 1 else ""
         return f"{self.gpu}_{self.problem.key}{ep}_layer"
 
-    @property
+    @cached_property
     def choices(self) -> tuple[str, ...]:
         """The path of every measured token count: the fastest path that beats the engine
         by more than ``margin``, else the engine."""
@@ -104,20 +105,12 @@ class LayerPlan:
 
     def choose(self, tokens: int) -> str:
         """The path for a call of ``tokens`` tokens (host-side: no device data read)."""
-        return self._choices[self.bucket(tokens)]
+        return self.choices[self.bucket(tokens)]
 
     def config(self, path: str, tokens: int) -> dict[str, Any] | None:
         """What ``path`` ran at the bucket of ``tokens`` (None: nothing recorded)."""
         per_t = self.configs.get(path)
         return None if per_t is None else per_t[self.bucket(tokens)]
-
-    @property
-    def _choices(self) -> tuple[str, ...]:
-        cached = self.__dict__.get("_cached_choices")
-        if cached is None:
-            cached = self.choices
-            object.__setattr__(self, "_cached_choices", cached)
-        return cached
 
     def paths_used(self) -> set[str]:
         return set(self.choices)
