@@ -72,32 +72,42 @@ def vllm_engine_layer() -> tuple[str, Layer]:
 
 def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: str | None
                 ) -> dict[str, tuple[Layer, Callable[[int], dict[str, Any] | None]]]:
-    """RaMP's paths for this GPU and layer: ``name -> (layer, what it runs at T)``;
-    a path whose profiles are missing is left out."""
+    """RaMP's paths (every one of ``kernels.layers.LAYER_PATHS``) for this GPU and layer:
+    ``name -> (layer, what it runs at T)``; a path whose profiles are missing is left out."""
     from ramp.adapters.runtime import triton_entry
-    from ramp.kernels.layers import grouped_mm_path, poly_layer, triton_layer
-    from ramp.kernels.triton.poly import PolyGemm
+    from ramp.kernels.layers import LAYER_PATHS, PathInputs, PathUnavailable, build_path
 
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    paths: dict[str, tuple[Layer, Callable[[int], dict[str, Any] | None]]] = {
-        "grouped_mm": (grouped_mm_path, lambda t: None)}
-    poly = [_find(gpu, p, "triton-poly", profile_dir) for p in problems]
-    if all(poly):
-        paths["triton-poly"] = (poly_layer(PolyGemm.from_model(poly[0].model),
-                                           PolyGemm.from_model(poly[1].model), sms),
-                                lambda t: None)
-    tri = [_find(gpu, p, "triton", profile_dir) for p in problems]
-    if all(tri):
-        statics = [p.dispatcher("static") for p in tri]
+    def profiles(family: str) -> list[Profile]:
+        found = [_find(gpu, p, family, profile_dir) for p in problems]
+        if not all(found):
+            raise PathUnavailable(f"{family} profiles of {gpu} for both GEMMs")
+        return found
 
-        def config_at(tokens: int) -> dict[str, Any]:
-            idx = [s.choose_tokens(tokens) for s in statics]
-            return {"w13": tri[0].model.bank.configs[idx[0]].to_dict(),
-                    "w2": tri[1].model.bank.configs[idx[1]].to_dict(),
-                    "occupancy_w13": int(tri[0].model.bank.occupancy[idx[0]]),
-                    "occupancy_w2": int(tri[1].model.bank.occupancy[idx[1]])}
+    def poly_models():
+        w13, w2 = profiles("triton-poly")
+        return w13.model, w2.model
 
-        paths["triton"] = (triton_layer(lambda t: triton_entry(config_at(t)), sms), config_at)
+    def config_at(tokens: int) -> dict[str, Any]:
+        tri = profiles("triton")
+        idx = [p.dispatcher("static").choose_tokens(tokens) for p in tri]
+        return {"w13": tri[0].model.bank.configs[idx[0]].to_dict(),
+                "w2": tri[1].model.bank.configs[idx[1]].to_dict(),
+                "occupancy_w13": int(tri[0].model.bank.occupancy[idx[0]]),
+                "occupancy_w2": int(tri[1].model.bank.occupancy[idx[1]])}
+
+    def triton_configs():
+        profiles("triton")
+        return lambda tokens: triton_entry(config_at(tokens))
+
+    inputs = PathInputs(torch.cuda.get_device_properties(0).multi_processor_count,
+                        poly_models=poly_models, triton_configs=triton_configs)
+    records = {"triton": config_at}
+    paths = {}
+    for name in LAYER_PATHS:
+        try:
+            paths[name] = (build_path(name, inputs), records.get(name, lambda t: None))
+        except PathUnavailable as exc:
+            print(f"ramp.adapters.plan: path {name} left out: {exc}", flush=True)
     return paths
 
 

@@ -44,6 +44,7 @@ from ramp.profile import Profile, find_profile, load_profile
 
 if TYPE_CHECKING:
     from ramp.adapters.recorder import TraceRecorder
+    from ramp.costmodel import WaveCostModel
 
 logger = logging.getLogger("ramp.adapters")
 
@@ -133,7 +134,6 @@ class _Layer:
     key: str
     plan: LayerPlan
     paths: dict[str, LayerPath]
-    num_sms: int
 
 
 @dataclass
@@ -297,25 +297,20 @@ class RampMoERuntime:
                                   expert_map)
         gpu, live_sms = self._gpu(hidden.device)
         plan = self._layer_plan(gpu, problems[0], ep)
-        num_sms = live_sms or 0
+        from ramp.kernels.layers import PathInputs, PathUnavailable, build_path
+
+        inputs = PathInputs(live_sms,
+                            poly_models=lambda: self._poly_models(gpu, problems, live_sms),
+                            triton_configs=lambda: _triton_configs(plan))
         paths: dict[str, LayerPath] = {}
         for name in sorted(plan.paths_used() - {ENGINE}):
-            if name == "triton-poly":
-                paths[name], num_sms = self._poly_path(gpu, problems, live_sms)
-            elif name == "triton":
-                from ramp.kernels.layers import triton_layer
-
-                paths[name] = triton_layer(_triton_configs(plan),
-                                           num_sms or _device_sms(hidden.device))
-            elif name == "grouped_mm":
-                from ramp.kernels.layers import grouped_mm_path
-
-                paths[name] = grouped_mm_path
-            else:
-                raise Unsupported(f"layer plan {plan.key} names path {name!r}, which this "
-                                  "RaMP does not run")
+            try:
+                paths[name] = build_path(name, inputs)
+            except PathUnavailable as exc:
+                raise Unsupported(f"layer plan {plan.key} chooses path {name!r}, which "
+                                  f"this RaMP cannot run here: {exc}") from exc
         layer = _Layer(f"{gpu}/{problems[0].key}" + (f"/ep{ep}" if ep > 1 else ""), plan,
-                       paths, num_sms)
+                       paths)
         try:
             _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map)
         except Exception as exc:
@@ -325,13 +320,13 @@ class RampMoERuntime:
         logger.info("RaMP dispatch active for %s: %s", layer.key, _plan_summary(plan))
         return layer
 
-    def _poly_path(self, gpu: str, problems: tuple[MoEProblem, MoEProblem],
-                   live_sms: int | None) -> tuple[LayerPath, int]:
+    def _poly_models(self, gpu: str, problems: tuple[MoEProblem, MoEProblem],
+                     live_sms: int | None) -> tuple[WaveCostModel, WaveCostModel]:
+        """The sync-free kernel's (w13, w2) models, from profiles of the installed kernel
+        version measured on a device with this one's SM count."""
         from ramp.families import get_family
-        from ramp.kernels.layers import poly_layer
-        from ramp.kernels.triton.poly import PolyGemm
 
-        installed = get_family("triton-poly").family_version()
+        installed = get_family(POLY_FAMILY).family_version()
         models = []
         for problem in problems:
             profile = self._profile(gpu, problem)
@@ -344,9 +339,7 @@ class RampMoERuntime:
                                   f"{profile.model.num_sms} SMs, this device has {live_sms} "
                                   "(MIG slice or cut-down part): profile this device")
             models.append(profile.model)
-        num_sms = live_sms or models[0].num_sms
-        return (poly_layer(PolyGemm.from_model(models[0]), PolyGemm.from_model(models[1]),
-                           num_sms), num_sms)
+        return models[0], models[1]
 
     def _gpu(self, device: torch.device) -> tuple[str, int | None]:
         """Catalog name to look profiles up under, and the live SM count if on a GPU."""
@@ -490,12 +483,6 @@ def _catalog_name(problem: MoEProblem, ep: int = 1) -> str:
 def _describe(key: tuple[Any, ...]) -> str:
     shape, dtype, _, top_k, device, _ep = key
     return f"w13 {list(shape)} {dtype} top-{top_k} on {device}"
-
-
-def _device_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the Triton interpreter: any small positive grid bound works
 
 
 def _plan_summary(plan: LayerPlan) -> str:

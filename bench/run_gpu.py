@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--routings", default=None,
                     help="training routings, ';'-separated (default: the profiler's)")
     ap.add_argument("--skip-sync-free", action="store_true")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="compile processes (default: the family's, e.g. CuTe's at most 4)")
     ap.add_argument("--grouped-mm", action="store_true",
                     help="only profile torch._grouped_mm (training and held-out calls)")
     ap.add_argument("--side-by-side", metavar="PROFILE",
@@ -69,9 +71,10 @@ def main() -> None:
         profile_shape(args, get_model(model).problem(args.gemm))
 
 
-def make_timer(family: str, problem, configs=None):
+def make_timer(family: str, problem, configs=None, jobs: int | None = None):
     """The family's profiling timer over ``configs`` (default: its whole space)."""
-    return get_family(family).make_timer(problem, configs, TimerOptions(progress=False))
+    return get_family(family).make_timer(problem, configs,
+                                         TimerOptions(jobs=jobs, progress=False))
 
 
 def profile_shape(args, problem) -> None:
@@ -89,7 +92,7 @@ def profile_shape(args, problem) -> None:
         return
     family = args.family
     t0 = time.monotonic()
-    timer = make_timer(family, problem)
+    timer = make_timer(family, problem, jobs=args.jobs)
     compile_s = time.monotonic() - t0
     print(f"{problem.key}: compiled+verified {len(timer.bank)} {family} configs in "
           f"{compile_s:.1f} s; max rel err {max(timer.verify_errors.values()):.2e}; "

@@ -9,12 +9,18 @@ maps them to local ids or -1 (vLLM's convention): slots of other ranks' experts 
 nothing here (the engine combines the ranks). All route on the GPU and launch with grids
 that depend only on T and the configuration, so every path is CUDA-graph capturable and
 reads nothing back.
+
+``LAYER_PATHS`` is the one table of these paths by name (what a layer plan's ``paths``
+name): the engine runtime builds the paths its plan chooses from it, and the plan tool
+(``ramp.adapters.plan``) measures every path it lists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +29,9 @@ from ramp.kernels.grouped_mm import grouped_mm_layer
 from ramp.kernels.routing import Routing, route
 from ramp.kernels.triton.fused_moe import moe_gemm
 from ramp.kernels.triton.poly import PolyGemm
+
+if TYPE_CHECKING:
+    from ramp.costmodel import WaveCostModel
 
 Layer = Callable[..., torch.Tensor]
 # tokens -> (w13 config, w2 config, w13 occupancy, w2 occupancy)
@@ -93,3 +102,54 @@ def grouped_mm_path(hidden, w13, w2, ids, weights, out=None, expert_map=None):
     routing = local_routing(ids, weights, w13.shape[0], expert_map)
     return grouped_mm_layer(hidden, w13, w2, routing, out,
                             local_only=expert_map is not None)
+
+
+class PathUnavailable(Exception):
+    """A layer path cannot be built: unknown name, or what it reads is missing."""
+
+
+@dataclass(frozen=True)
+class PathInputs:
+    """What building a layer path may read; each reader is called only by a path that
+    needs it (None: not available here), and may raise ``PathUnavailable`` or the
+    caller's own error.
+
+    ``num_sms``: the device's SM count, None on the Triton interpreter (no device).
+    ``poly_models``: the sync-free kernel's fitted (w13, w2) cost models, from the
+    ``triton-poly`` profiles. ``triton_configs``: the Triton configurations per T.
+    """
+
+    num_sms: int | None
+    poly_models: Callable[[], tuple[WaveCostModel, WaveCostModel]] | None = None
+    triton_configs: Callable[[], ConfigsAt] | None = None
+
+
+INTERPRETER_SMS = 4  # the Triton interpreter: any small positive grid bound works
+
+
+def _poly_path(inputs: PathInputs) -> Layer:
+    if inputs.poly_models is None:
+        raise PathUnavailable("no triton-poly profiles")
+    w13_model, w2_model = inputs.poly_models()
+    return poly_layer(PolyGemm.from_model(w13_model), PolyGemm.from_model(w2_model),
+                      inputs.num_sms or w13_model.num_sms)
+
+
+def _triton_path(inputs: PathInputs) -> Layer:
+    if inputs.triton_configs is None:
+        raise PathUnavailable("no Triton configurations per size")
+    return triton_layer(inputs.triton_configs(), inputs.num_sms or INTERPRETER_SMS)
+
+
+LAYER_PATHS: dict[str, Callable[[PathInputs], Layer]] = {
+    "triton": _triton_path,
+    "triton-poly": _poly_path,
+    "grouped_mm": lambda inputs: grouped_mm_path,
+}
+
+
+def build_path(name: str, inputs: PathInputs) -> Layer:
+    """The layer path ``name`` (a key of ``LAYER_PATHS``) built from ``inputs``."""
+    if name not in LAYER_PATHS:
+        raise PathUnavailable(f"no layer path {name!r}; known: {', '.join(LAYER_PATHS)}")
+    return LAYER_PATHS[name](inputs)

@@ -535,10 +535,27 @@ def test_stale_profile_and_import_error_fall_back(tmp_path, caplog, monkeypatch)
                                         profile_dir=str(tmp_path)), engine=ENGINE_NAME)
     _, lines = fallbacks(runtime, caplog)
     assert len(lines) == 1 and "kernel family version 0" in lines[0]
-    monkeypatch.setitem(sys.modules, "ramp.kernels.triton.poly", None)  # as if no triton
+    monkeypatch.setitem(sys.modules, "ramp.kernels.layers", None)  # as if no kernels
     (tmp_path / "ok").mkdir()
     _, lines = fallbacks(dispatch_runtime(tmp_path / "ok"), caplog)
     assert len(lines) == 1 and "RaMP setup failed (ModuleNotFoundError" in lines[0]
+
+
+def test_layer_paths_are_the_plans_paths_and_say_what_they_miss():
+    """One table of layer paths: exactly the RaMP paths a layer plan may name; a path
+    whose inputs are absent says which, and an unknown name lists the known ones."""
+    from ramp.kernels.layers import LAYER_PATHS, PathInputs, PathUnavailable, build_path
+    from ramp.layerplan import ENGINE, PATHS
+
+    assert set(LAYER_PATHS) == set(PATHS) - {ENGINE}
+    bare = PathInputs(num_sms=None)
+    assert callable(build_path("grouped_mm", bare))
+    with pytest.raises(PathUnavailable, match="triton-poly profiles"):
+        build_path("triton-poly", bare)
+    with pytest.raises(PathUnavailable, match="Triton configurations"):
+        build_path("triton", bare)
+    with pytest.raises(PathUnavailable, match="known: triton"):
+        build_path("cutlass", bare)
 
 
 def test_kernel_failure_falls_back_and_is_not_retried(tmp_path, caplog):

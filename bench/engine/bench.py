@@ -365,6 +365,7 @@ def main() -> None:
     matches: dict[str, list[dict]] = {}
     infos: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
+    raw_log = out / f"runs-{args.model}.jsonl"
 
     def run_block(workers: dict[str, Worker], repeats: range) -> None:
         for mode, w in workers.items():
@@ -377,6 +378,8 @@ def main() -> None:
                     res = workers[mode].run(wl, seed=1000 * r + 7)
                     res["repeat"] = r
                     runs[wl].append(res)
+                    with raw_log.open("a") as f:  # kept if the call dies before the summary
+                        f.write(json.dumps({"workload": wl, **res}) + "\n")
                     print(f"{args.model} {wl:<14} {mode:<8} rep {r}: "
                           f"{res['total_tok_per_s']:9.0f} tok/s total "
                           f"({time.monotonic() - t0:.0f} s)", flush=True)

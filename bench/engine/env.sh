@@ -18,6 +18,9 @@ if [ -d .carry/vllm/deps ] && [ ! -f "$site/.deps-installed" ]; then
     touch "$site/.deps-installed"
 fi
 [ -f "$site/vllm/__init__.py" ] || echo "env.sh: no vLLM in $site (carry .carry/vllm first)" >&2
+for sub in kernels sim adapters traces; do  # bench/device_env.sh's links would package twice
+  [ -L "ramp/$sub" ] && rm "ramp/$sub"
+done
 rm -rf /tmp/ramp-site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
   --target /tmp/ramp-site . >/tmp/ramp-install.log 2>&1 || cat /tmp/ramp-install.log >&2

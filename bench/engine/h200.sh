@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The H200 runs behind the engine results, one stage per device call (each < 10 min):
 #   bash bench/engine/h200.sh profiles MODEL...   Triton + sync-free profiles, layer plans
+#   bash bench/engine/h200.sh triton MODEL...     Triton + sync-free profiles only (no vLLM)
 #   bash bench/engine/h200.sh plans MODEL...      layer plans only (profiles already there)
+#   bash bench/engine/h200.sh families MODEL...   the family tests, then grouped_mm and CuTe
+#                                                 profiles (carry [".whl"]: bench/carry_cutlass.sh)
 #   bash bench/engine/h200.sh engine MODEL [bench.py options]
 # Profiles and plans go to /tmp/ramp-profiles on the GPU machine (RAMP_PROFILE_DIR for the
 # engine stage, which must follow while the machine is warm) and, packed, to $OUT.
@@ -12,7 +15,7 @@ prof=/tmp/ramp-profiles
 mkdir -p "$prof" "$OUT"
 stage=$1; shift
 case $stage in
-  profiles)
+  profiles|triton)
     for model in "$@"; do
       for gemm in w13 w2; do
         python3 bench/run_gpu.py --model "$model" --gemm "$gemm" --skip-holdout \
@@ -20,15 +23,27 @@ case $stage in
           grep -v "^WARNING" | tee -a "$OUT/profiles.log"
       done
     done
+    [ "$stage" = triton ] && { tar czf "$OUT/profiles.tar.gz" -C "$prof" .; exit; }
     ;&
   plans)
-    [ "$stage" = plans ] || set -- "$@"
     for model in "$@"; do  # from /tmp: the checkout's ramp/ would shadow the installed one
       (cd /tmp && python3 -m ramp.adapters.plan --model "$model" --profile-dir "$prof" \
         --out "$prof" --details "$prof/details") 2>&1 | grep -v "^WARNING" |
         tee -a "$OUT/profiles.log"
     done
     tar czf "$OUT/profiles.tar.gz" -C "$prof" . ;;
+  families)
+    source bench/device_env.sh  # the CuTe DSL, and this checkout first on PYTHONPATH
+    python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernel.py \
+      tests/test_cute_kernel.py tests/test_families.py 2>&1 | tee "$OUT/family-tests.log"
+    for gemm in w13 w2; do
+      python3 bench/run_gpu.py --grouped-mm --model "$@" --gemm "$gemm" --out "$prof" 2>&1 |
+        grep -v "^WARNING" | tee -a "$OUT/profiles.log"
+      python3 bench/run_gpu.py --family cute --model "$@" --gemm "$gemm" --skip-holdout \
+        --budget "${BUDGET:-10}" --routings "uniform;zipf:s=1.2" --jobs "${JOBS:-12}" \
+        --out "$prof" 2>&1 | grep -v "^WARNING" | tee -a "$OUT/profiles.log"
+    done
+    tar czf "$OUT/families.tar.gz" -C "$prof" . ;;
   engine)
     model=$1; shift
     RAMP_PROFILE_DIR=$prof python3 bench/engine/bench.py --model "$model" --out "$OUT" \
