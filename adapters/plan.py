@@ -22,6 +22,7 @@ rounds; the plan keeps the median per path and T (geometric mean over routings),
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -77,11 +78,12 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
     from ramp.adapters.runtime import triton_entry
     from ramp.kernels.layers import LAYER_PATHS, PathInputs, PathUnavailable, build_path
 
-    def profiles(family: str) -> list[Profile]:
+    @functools.cache  # read once: the triton path asks for its configurations every call
+    def profiles(family: str) -> tuple[Profile, Profile]:
         found = [_find(gpu, p, family, profile_dir) for p in problems]
         if not all(found):
             raise PathUnavailable(f"{family} profiles of {gpu} for both GEMMs")
-        return found
+        return found[0], found[1]
 
     def poly_models():
         w13, w2 = profiles("triton-poly")

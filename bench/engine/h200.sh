@@ -4,7 +4,8 @@
 #   bash bench/engine/h200.sh triton MODEL...     Triton + sync-free profiles only (no vLLM)
 #   bash bench/engine/h200.sh plans MODEL...      layer plans only (profiles already there)
 #   bash bench/engine/h200.sh families MODEL...   the family tests, then grouped_mm and CuTe
-#                                                 profiles (carry [".whl"]: bench/carry_cutlass.sh)
+#                                                 profiles (CuTe: carry [".whl"], made by
+#                                                 bench/carry_cutlass.sh)
 #   bash bench/engine/h200.sh engine MODEL [bench.py options]
 # Profiles and plans go to /tmp/ramp-profiles on the GPU machine (RAMP_PROFILE_DIR for the
 # engine stage, which must follow while the machine is warm) and, packed, to $OUT.
@@ -32,16 +33,21 @@ case $stage in
         tee -a "$OUT/profiles.log"
     done
     tar czf "$OUT/profiles.tar.gz" -C "$prof" . ;;
-  families)
+  families)  # FAMILIES="grouped_mm cute" by default; TESTS=0 skips the tests
     source bench/device_env.sh  # the CuTe DSL, and this checkout first on PYTHONPATH
-    python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernel.py \
-      tests/test_cute_kernel.py tests/test_families.py 2>&1 | tee "$OUT/family-tests.log"
-    for gemm in w13 w2; do
-      python3 bench/run_gpu.py --grouped-mm --model "$@" --gemm "$gemm" --out "$prof" 2>&1 |
-        grep -v "^WARNING" | tee -a "$OUT/profiles.log"
-      python3 bench/run_gpu.py --family cute --model "$@" --gemm "$gemm" --skip-holdout \
-        --budget "${BUDGET:-10}" --routings "uniform;zipf:s=1.2" --jobs "${JOBS:-12}" \
-        --out "$prof" 2>&1 | grep -v "^WARNING" | tee -a "$OUT/profiles.log"
+    [ "${TESTS:-1}" = 1 ] && python3 -m pytest -q -p no:cacheprovider \
+      tests/test_triton_kernel.py tests/test_cute_kernel.py tests/test_families.py 2>&1 |
+      tee "$OUT/family-tests.log"
+    for family in ${FAMILIES:-grouped_mm cute}; do
+      for gemm in w13 w2; do
+        if [ "$family" = grouped_mm ]; then
+          python3 bench/run_gpu.py --grouped-mm --model "$@" --gemm "$gemm" --out "$prof"
+        else
+          python3 bench/run_gpu.py --family "$family" --model "$@" --gemm "$gemm" \
+            --skip-holdout --budget "${BUDGET:-10}" --routings "uniform;zipf:s=1.2" \
+            --jobs "${JOBS:-12}" --out "$prof"
+        fi 2>&1 | grep -v "^WARNING" | tee -a "$OUT/profiles.log"
+      done
     done
     tar czf "$OUT/families.tar.gz" -C "$prof" . ;;
   engine)
