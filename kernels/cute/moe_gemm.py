@@ -39,6 +39,8 @@ then every consumer thread stores 16-byte row segments with a row predicate:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
@@ -53,6 +55,22 @@ PRODUCER_REGS = 40
 CONSUMER_REGS = 232
 VEC = 8  # bf16 elements per 16-byte store
 EXPERTS_PER_LANE = MAX_EXPERTS // 32
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A CTA's share of the work units (tiles, or cluster tiles): they go round-robin over
+    the clusters, so the CTA's j-th unit is ``first + j * step`` while below ``total``,
+    and ``find_tile`` maps one to its expert and blocks through the shared tables."""
+
+    tile_start: cute.Tensor  # per expert, its first unit (smem; MAX_EXPERTS: the total)
+    row_start: cute.Tensor   # per expert, its first row (smem)
+    n_tiles: cutlass.Int32   # column blocks per expert
+    k_tiles: cutlass.Int32   # K blocks per unit: the pipeline stages it fills
+    rank: cutlass.Int32      # the CTA's rank in its cluster
+    first: cutlass.Int32
+    step: cutlass.Int32
+    total: cutlass.Int32
 
 
 class MoEGemmSm90:
@@ -223,12 +241,13 @@ class MoEGemmSm90:
                mB: cute.Tensor, mOut: cute.Tensor, mCounts: cute.Tensor, mSlots: cute.Tensor,
                mWeights: cute.Tensor, tiled_mma: cute.TiledMma, sa_layout: cute.ComposedLayout,
                sb_layout: cute.ComposedLayout, sc_layout: cute.Layout):
-        bm, bk = self.block_m, self.block_k
+        """Shared state every role needs (pipeline, tile tables), then the roles: warp 0
+        produces, the consumer warpgroups consume (warps 1-3 only help set up and give
+        their registers back)."""
         tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         cta, _, _ = cute.arch.block_idx()
         grid, _, _ = cute.arch.grid_dim()
-        cluster_shape = (self.cluster_m, 1)
         rank = cutlass.Int32(0)
         if cutlass.const_expr(self.cluster_m > 1):
             rank = cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster())
@@ -236,9 +255,36 @@ class MoEGemmSm90:
             cpasync.prefetch_descriptor(tma_a)
             cpasync.prefetch_descriptor(tma_b)
 
-        smem = cutlass.utils.SmemAllocator()
-        storage = smem.allocate(self.shared_storage)
-        dtype = mOut.element_type  # A, B and the output share it (mA is TMA coordinates)
+        storage = cutlass.utils.SmemAllocator().allocate(self.shared_storage)
+        # A, B and the output share a dtype (mA holds TMA coordinates).
+        pipe = self.make_pipeline(storage, sa_layout, sb_layout, mOut.element_type)
+        sA = storage.sA.get_tensor(sa_layout.outer, swizzle=sa_layout.inner)
+        sB = storage.sB.get_tensor(sb_layout.outer, swizzle=sb_layout.inner)
+        sC_teams = storage.sC.get_tensor(sc_layout)
+        n_tiles = cute.size(mOut, mode=[1]) // self.out_n
+        k_tiles = cute.size(mA, mode=[1]) // self.block_k
+        tBsB, tBgB = self.partition_b(tma_b, mB, sB, rank)
+        turns = storage.turns.data_ptr()  # pingpong mainloop order
+        tile_start, row_start = self.share_tables(storage, turns, mCounts, n_tiles, warp, tidx)
+        sched = Schedule(tile_start, row_start, n_tiles, k_tiles, rank, cta // self.cluster_m,
+                         grid // self.cluster_m, tile_start[MAX_EXPERTS])
+
+        if warp < 4:
+            cute.arch.warpgroup_reg_dealloc(PRODUCER_REGS)
+        if warp == 0:
+            self.produce(pipe, tma_a, mA, sA, tma_b, tBsB, tBgB, sched)
+        if warp >= 4:
+            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
+            self.consume(pipe, tiled_mma, sA, sB, sC_teams, mOut, mSlots, mWeights, turns,
+                         tidx, warp, sched)
+
+    @cute.jit
+    def make_pipeline(self, storage, sa_layout: cute.ComposedLayout,
+                      sb_layout: cute.ComposedLayout,
+                      dtype: type[cutlass.Numeric]) -> pipeline.PipelineTmaAsync:
+        """The ``stages``-deep TMA -> wgmma mbarrier pipeline; a stage's transaction is one
+        A tile and one B tile. Its cluster-wide init is deferred: this arrives, and
+        ``share_tables`` waits after building the tile tables, which run in between."""
         tx_bytes = (cute.size_in_bytes(dtype, cute.slice_(sa_layout, (None, None, 0)))
                     + cute.size_in_bytes(dtype, cute.slice_(sb_layout, (None, None, 0))))
         pipe = pipeline.PipelineTmaAsync.create(
@@ -250,135 +296,147 @@ class MoEGemmSm90:
                                                      self.tile_wgs * 4 * self.cluster_m),
             tx_count=tx_bytes, cta_layout_vmnk=cute.make_layout((1, self.cluster_m, 1, 1)),
             defer_sync=True)
-        pipeline.pipeline_init_arrive(cluster_shape_mn=cluster_shape, is_relaxed=True)
+        pipeline.pipeline_init_arrive(cluster_shape_mn=(self.cluster_m, 1), is_relaxed=True)
+        return pipe
 
-        sA = storage.sA.get_tensor(sa_layout.outer, swizzle=sa_layout.inner)
-        sB = storage.sB.get_tensor(sb_layout.outer, swizzle=sb_layout.inner)
-        sC_teams = storage.sC.get_tensor(sc_layout)
-
-        out_cols = cute.size(mOut, mode=[1])
-        n_tiles = out_cols // self.out_n
-        k_tiles = cute.size(mA, mode=[1]) // bk
-        # B boxes: (out_n, bk, column box, k block, expert); the up half of w13 sits
+    @cute.jit
+    def partition_b(self, tma_b: cute.CopyAtom, mB: cute.Tensor, sB: cute.Tensor,
+                    rank: cutlass.Int32):
+        """The weight tensor and its smem stages as TMA boxes of (out_n, bk); with a
+        cluster, CTA ``rank`` loads its 1/cluster_m slice of each box for all."""
+        # Boxes: (out_n, bk, column box, k block, expert); the up half of w13 sits
         # n_tiles boxes after its gate half.
-        gB = cute.local_tile(mB, (self.out_n, bk), (None, None, None))
-        sB_boxes = cute.group_modes(cute.flat_divide(sB, (self.out_n, bk)), 0, 2)
-        tBsB, tBgB = cpasync.tma_partition(tma_b, rank, cute.make_layout(self.cluster_m),
-                                           sB_boxes, cute.group_modes(gB, 0, 2))
-        mcast = cutlass.Int16((1 << self.cluster_m) - 1)  # every CTA of the cluster
+        gB = cute.local_tile(mB, (self.out_n, self.block_k), (None, None, None))
+        sB_boxes = cute.group_modes(cute.flat_divide(sB, (self.out_n, self.block_k)), 0, 2)
+        return cpasync.tma_partition(tma_b, rank, cute.make_layout(self.cluster_m),
+                                     sB_boxes, cute.group_modes(gB, 0, 2))
+
+    @cute.jit
+    def share_tables(self, storage, turns: cute.Pointer, mCounts: cute.Tensor,
+                     n_tiles: cutlass.Int32, warp: cutlass.Int32, tidx: cutlass.Int32):
+        """Warp 0 builds the tile tables and warp 1 the pingpong turn barriers; one CTA
+        barrier (and the pipeline's cluster wait) publishes both before any role starts."""
         sTileStart = storage.tile_start.get_tensor(cute.make_layout(MAX_EXPERTS + 1))
         sRowStart = storage.row_start.get_tensor(cute.make_layout(MAX_EXPERTS + 1))
         if warp == 0:
             self.build_tables(mCounts, sTileStart, sRowStart, n_tiles)
-        turns = storage.turns.data_ptr()
         if cutlass.const_expr(self.pingpong):  # noqa: SIM102 (compile-time, then runtime)
             if tidx == 32:  # warp 1: each turn barrier completes when a whole team arrives
                 for w in cutlass.range_constexpr(2):
                     cute.arch.mbarrier_init(turns + w, self.tile_threads)
                 cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()  # the tables and barriers, for every role
-        pipeline.pipeline_init_wait(cluster_shape_mn=cluster_shape)
+        pipeline.pipeline_init_wait(cluster_shape_mn=(self.cluster_m, 1))
+        return sTileStart, sRowStart
 
-        # Work units (tiles, or cluster tiles) go round-robin over the clusters; the
-        # CTA's j-th unit is first + j * step and fills pipeline stages from j * k_tiles.
-        first = cta // self.cluster_m
-        step = grid // self.cluster_m
-        total = sTileStart[MAX_EXPERTS]
-
-        if warp < 4:
-            cute.arch.warpgroup_reg_dealloc(PRODUCER_REGS)
-        if warp == 0:
-            state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer,
-                                                 self.stages)
-            t = first
-            while t < total:
-                e, first_row, _, m_blk, n_blk = self.find_tile(
-                    t, sTileStart, sRowStart, n_tiles, rank)
-                gA = cute.local_tile(cute.domain_offset((first_row, 0), mA), (bm, bk),
-                                     (m_blk, None))
-                tAsA, tAgA = cpasync.tma_partition(
-                    tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2),
-                    cute.group_modes(gA, 0, 2))
-                for k in range(k_tiles):
-                    pipe.producer_acquire(state)
-                    bar = pipe.producer_get_barrier(state)
-                    cute.copy(tma_a, tAgA[(None, k)], tAsA[(None, state.index)],
-                              tma_bar_ptr=bar)
-                    for h in cutlass.range_constexpr(self.halves):
-                        if cutlass.const_expr(self.cluster_m > 1):
-                            cute.copy(tma_b, tBgB[(None, n_blk + h * n_tiles, k, e)],
-                                      tBsB[(None, h, 0, state.index)], tma_bar_ptr=bar,
-                                      mcast_mask=mcast)
-                        else:
-                            cute.copy(tma_b, tBgB[(None, n_blk + h * n_tiles, k, e)],
-                                      tBsB[(None, h, 0, state.index)], tma_bar_ptr=bar)
-                    pipe.producer_commit(state)
-                    state.advance()
-                t = t + step
-            pipe.producer_tail(state)
-
-        if warp >= 4:
-            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
-            # A team (one or two warpgroups) works on every teams-th unit of the CTA.
-            team = cutlass.Int32(0)
-            if cutlass.const_expr(self.teams > 1):
-                team = (warp - 4) // 4
-            ctid = tidx - THREADS_PER_WG - team * self.tile_threads
-            sC = sC_teams[(None, None, team)]
-            thr_mma = tiled_mma.get_slice(ctid)
-            if cutlass.const_expr(self.swap_ab):  # weights are wgmma's A, tokens its B
-                tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sB))
-                tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sA))
-                acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((self.block_n, bm)),
-                                            cutlass.Float32)
-            else:
-                tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
-                tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
-                acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((bm, self.block_n)),
-                                            cutlass.Float32)
-            k_blocks = cute.size(tCrA, mode=[2])
-            j = team
-            t = first + j * step
-            while t < total:
-                e, first_row, count, m_blk, n_blk = self.find_tile(
-                    t, sTileStart, sRowStart, n_tiles, rank)
-                read = self.pipeline_state(j * k_tiles)
-                release = self.pipeline_state(j * k_tiles)
-                if cutlass.const_expr(self.pingpong):
-                    self.wait_turn(turns, team, j)
-                acc.fill(0.0)
-                tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-                warpgroup.fence()
-                for k in range(k_tiles):
-                    pipe.consumer_wait(read)
-                    for kb in cutlass.range_constexpr(k_blocks):
-                        coord = (None, None, kb, read.index)
-                        cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
-                    warpgroup.commit_group()
-                    read.advance()
-                    # Keep one wgmma batch in flight; free the stage before it.
-                    if k > 0:
-                        warpgroup.wait_group(1)
-                        pipe.consumer_release(release)
-                        release.advance()
-                if cutlass.const_expr(self.pingpong):  # every wait of this tile passed
-                    cute.arch.mbarrier_arrive(turns + (1 - team))
-                warpgroup.wait_group(0)
-                pipe.consumer_release(release)
-
-                for chunk in cutlass.range_constexpr(self.out_n // self.epi_cols):
-                    if cutlass.const_expr(self.swap_ab):
-                        self.stage_transposed(acc, sC, thr_mma)
+    @cute.jit
+    def produce(self, pipe: pipeline.PipelineTmaAsync, tma_a: cute.CopyAtom, mA: cute.Tensor,
+                sA: cute.Tensor, tma_b: cute.CopyAtom, tBsB: cute.Tensor, tBgB: cute.Tensor,
+                sched: Schedule):
+        """Warp 0: for each of the CTA's units in order, TMA its A row block (shifted to
+        the expert's first row) and the expert's B boxes into the next free stage."""
+        bm, bk = self.block_m, self.block_k
+        mcast = cutlass.Int16((1 << self.cluster_m) - 1)  # every CTA of the cluster
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+        t = sched.first
+        while t < sched.total:
+            e, first_row, _, m_blk, n_blk = self.find_tile(
+                t, sched.tile_start, sched.row_start, sched.n_tiles, sched.rank)
+            gA = cute.local_tile(cute.domain_offset((first_row, 0), mA), (bm, bk),
+                                 (m_blk, None))
+            tAsA, tAgA = cpasync.tma_partition(
+                tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2),
+                cute.group_modes(gA, 0, 2))
+            for k in range(sched.k_tiles):
+                pipe.producer_acquire(state)
+                bar = pipe.producer_get_barrier(state)
+                cute.copy(tma_a, tAgA[(None, k)], tAsA[(None, state.index)], tma_bar_ptr=bar)
+                for h in cutlass.range_constexpr(self.halves):
+                    b_box = tBgB[(None, n_blk + h * sched.n_tiles, k, e)]
+                    if cutlass.const_expr(self.cluster_m > 1):
+                        cute.copy(tma_b, b_box, tBsB[(None, h, 0, state.index)],
+                                  tma_bar_ptr=bar, mcast_mask=mcast)
                     else:
-                        self.stage_chunk(acc, sC, tiled_mma, ctid, chunk)
-                    self.sync_team(team)
-                    self.store_tile(sC, mOut, mSlots, mWeights, ctid,
-                                    count - m_blk * bm, first_row + m_blk * bm,
-                                    n_blk * self.out_n + chunk * self.epi_cols)
-                    self.sync_team(team)
-                j = j + self.teams
-                t = first + j * step
+                        cute.copy(tma_b, b_box, tBsB[(None, h, 0, state.index)],
+                                  tma_bar_ptr=bar)
+                pipe.producer_commit(state)
+                state.advance()
+            t = t + sched.step
+        pipe.producer_tail(state)
 
+    @cute.jit
+    def consume(self, pipe: pipeline.PipelineTmaAsync, tiled_mma: cute.TiledMma,
+                sA: cute.Tensor, sB: cute.Tensor, sC_teams: cute.Tensor, mOut: cute.Tensor,
+                mSlots: cute.Tensor, mWeights: cute.Tensor, turns: cute.Pointer,
+                tidx: cutlass.Int32, warp: cutlass.Int32, sched: Schedule):
+        """Consumer warpgroups: a team (one or two warpgroups) takes every teams-th unit
+        of the CTA, runs its mainloop into registers, then its epilogue."""
+        bm = self.block_m
+        team = cutlass.Int32(0)
+        if cutlass.const_expr(self.teams > 1):
+            team = (warp - 4) // 4
+        ctid = tidx - THREADS_PER_WG - team * self.tile_threads
+        sC = sC_teams[(None, None, team)]
+        thr_mma = tiled_mma.get_slice(ctid)
+        if cutlass.const_expr(self.swap_ab):  # weights are wgmma's A, tokens its B
+            tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sB))
+            tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sA))
+            acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((self.block_n, bm)),
+                                        cutlass.Float32)
+        else:
+            tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
+            tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
+            acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((bm, self.block_n)),
+                                        cutlass.Float32)
+        j = team
+        t = sched.first + j * sched.step
+        while t < sched.total:
+            _, first_row, count, m_blk, n_blk = self.find_tile(
+                t, sched.tile_start, sched.row_start, sched.n_tiles, sched.rank)
+            self.mainloop(pipe, tiled_mma, acc, tCrA, tCrB, turns, team, j, sched.k_tiles)
+            for chunk in cutlass.range_constexpr(self.out_n // self.epi_cols):
+                if cutlass.const_expr(self.swap_ab):
+                    self.stage_transposed(acc, sC, thr_mma)
+                else:
+                    self.stage_chunk(acc, sC, tiled_mma, ctid, chunk)
+                self.sync_team(team)
+                self.store_tile(sC, mOut, mSlots, mWeights, ctid,
+                                count - m_blk * bm, first_row + m_blk * bm,
+                                n_blk * self.out_n + chunk * self.epi_cols)
+                self.sync_team(team)
+            j = j + self.teams
+            t = sched.first + j * sched.step
+
+    @cute.jit
+    def mainloop(self, pipe: pipeline.PipelineTmaAsync, tiled_mma: cute.TiledMma,
+                 acc: cute.Tensor, tCrA: cute.Tensor, tCrB: cute.Tensor, turns: cute.Pointer,
+                 team: cutlass.Int32, j: cutlass.Int32, k_tiles: cutlass.Int32):
+        """The team's ``j``-th unit: wgmma over its k_tiles stages into ``acc``, which
+        fill the pipeline from stage j * k_tiles; each stage is freed once its wgmma is."""
+        read = self.pipeline_state(j * k_tiles)
+        release = self.pipeline_state(j * k_tiles)
+        if cutlass.const_expr(self.pingpong):
+            self.wait_turn(turns, team, j)
+        acc.fill(0.0)
+        tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
+        warpgroup.fence()
+        k_blocks = cute.size(tCrA, mode=[2])
+        for k in range(k_tiles):
+            pipe.consumer_wait(read)
+            for kb in cutlass.range_constexpr(k_blocks):
+                coord = (None, None, kb, read.index)
+                cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
+            warpgroup.commit_group()
+            read.advance()
+            # Keep one wgmma batch in flight; free the stage before it.
+            if k > 0:
+                warpgroup.wait_group(1)
+                pipe.consumer_release(release)
+                release.advance()
+        if cutlass.const_expr(self.pingpong):  # every wait of this tile passed
+            cute.arch.mbarrier_arrive(turns + (1 - team))
+        warpgroup.wait_group(0)
+        pipe.consumer_release(release)
     @cute.jit
     def wait_turn(self, turns: cute.Pointer, team: cutlass.Int32, j: cutlass.Int32):
         """Pingpong: a team's mainloop starts once the other team's previous mainloop has
