@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ramp.errors import RampError
+from ramp.errors import InputError, RampError
 from ramp.histograms import parse_histogram_spec
 from ramp.layerplan import ENGINE, LayerPlan
 from ramp.models import get_model
+from ramp.plaindata import locate, read_json
 from ramp.problem import MoEProblem
 from ramp.profile import Profile, find_profile, load_profile
 
@@ -243,13 +244,11 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
         line = "  ".join(f"{n} {np.median(times[n][routings[0]][i]):8.1f}" for n in names)
         print(f"{model} T={t:<6} {line}   ({time.monotonic() - t0:.0f} s)", flush=True)
 
-    def summary(name: str, i: int) -> float:
-        meds = [float(np.median(times[name][r][i])) for r in routings]
-        return float(np.exp(np.mean(np.log(meds))))
-
+    per_routing = medians_by_routing(times)
     plan = LayerPlan(
         gpu=gpu.name, problem=problems[0], engine=engine_name, tokens=tuple(tokens),
-        times_us={n: tuple(summary(n, i) for i in range(len(tokens))) for n in names},
+        times_us=geomean_over_routings(per_routing),
+        times_us_by_routing=per_routing,
         configs={n: tuple(ramp[n][1](t) for t in tokens) for n in names
                  if n in ramp and ramp[n][1](tokens[0]) is not None},
         provenance={**device_info(), "engine": engine_name,
@@ -271,10 +270,51 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     return plan, details
 
 
+def medians_by_routing(times: dict[str, dict[str, list[list[float]]]]
+                       ) -> dict[str, dict[str, tuple[float, ...]]]:
+    """``path -> routing -> per T [round times]`` as ``routing -> path -> per T median``."""
+    routings = next(iter(times.values()))
+    return {r: {name: tuple(float(np.median(rounds)) for rounds in per_r[r])
+                for name, per_r in times.items()} for r in routings}
+
+
+def geomean_over_routings(per_routing: dict[str, dict[str, tuple[float, ...]]]
+                          ) -> dict[str, tuple[float, ...]]:
+    """One time per path and T: the geometric mean over routings."""
+    tables = list(per_routing.values())
+    return {name: tuple(float(np.exp(np.mean(np.log([t[name][i] for t in tables]))))
+                        for i in range(len(tables[0][name])))
+            for name in tables[0]}
+
+
+def rederive(details_path: Path) -> tuple[LayerPlan, dict[str, Any]]:
+    """The plan of a details file (``--details``) under this RaMP's rule, from its
+    per-round timings, without a GPU; the details come back with that plan in them."""
+    details = read_json(details_path, "layer-plan details")
+    for name in ("times_us", "plan"):
+        if not isinstance(details.get(name), dict):
+            raise InputError(locate(f"{details_path}: field {name!r} missing or not an "
+                                    "object (not a --details file?)", details, name))
+    per_routing = medians_by_routing(details["times_us"])
+    fields = {**details["plan"], "times_us": geomean_over_routings(per_routing),
+              "times_us_by_routing": per_routing}
+    fields["provenance"] = {**fields.get("provenance", {}), "rederived": {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]])}}
+    plan = LayerPlan.from_dict(fields, str(details_path))
+    details = {**details, "plan": plan.to_dict(),
+               "speedup_vs_engine": {str(k): v for k, v in plan.speedup().items()}}
+    return plan, details
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ramp.adapters.plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, nargs="+", help="model catalog names")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", nargs="+", help="model catalog names")
+    what.add_argument("--from-details", nargs="+", type=Path, metavar="FILE",
+                      help="no GPU: re-derive the plans of earlier --details files under "
+                           "this RaMP's rule (the files are rewritten with the new plan)")
     ap.add_argument("--out", required=True, help="directory for <gpu>_<shape>_layer.json")
     ap.add_argument("--details", help="directory for per-round timings and errors")
     ap.add_argument("--profile-dir", help="profiles to use before the embedded ones")
@@ -287,7 +327,12 @@ def main(argv: list[str] | None = None) -> None:
                          "placement) with global routing and vLLM's expert map")
     args = ap.parse_args(argv)
     tokens = tuple(int(t) for t in args.tokens.split(",")) if args.tokens else TOKENS
-    for model in args.model:
+    for details_path in args.from_details or ():
+        plan, details = rederive(details_path)
+        path = plan.save(Path(args.out) / f"{plan.key}.json")
+        details_path.write_text(json.dumps(details, indent=1) + "\n")
+        print(f"wrote {path}: {dict(zip(plan.tokens, plan.choices))}", flush=True)
+    for model in args.model or ():
         plan, details = measure(model, args.profile_dir, tokens,
                                 tuple(args.routings.split(";")), args.rounds, ep=args.ep)
         path = plan.save(Path(args.out) / f"{plan.key}.json")
@@ -300,4 +345,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RampError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

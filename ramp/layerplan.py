@@ -54,6 +54,11 @@ class LayerPlan:
     # expert-parallel degree: ``problem`` is one rank's local layer, ``tokens`` the
     # step's tokens (each rank sees about tokens * top_k / ep of the rows)
     ep: int = 1
+    # routing spec -> path -> median us per token count: the measurements ``times_us``
+    # summarises; where given, a path must win under every routing (the host never
+    # knows a call's routing, so a path that wins on average may lose on this one)
+    times_us_by_routing: dict[str, dict[str, tuple[float | None, ...]]] = field(
+        default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tokens or list(self.tokens) != sorted(set(self.tokens)) or self.tokens[0] < 1:
@@ -72,6 +77,14 @@ class LayerPlan:
             if path not in self.times_us or len(per_t) != len(self.tokens):
                 raise InputError(f"layer plan: configs[{path!r}] must give one entry per "
                                  "token count of a timed path")
+        for routing, per_path in self.times_us_by_routing.items():
+            for path, times in per_path.items():
+                if path not in self.times_us or len(times) != len(self.tokens):
+                    raise InputError(f"layer plan: times_us_by_routing[{routing!r}][{path!r}] "
+                                     "must give one value per token count of a timed path")
+                if any(t is not None and not t > 0 for t in times):
+                    raise InputError(f"layer plan: times_us_by_routing[{routing!r}][{path!r}] "
+                                     "must be positive or null")
         if not 0 <= self.margin < 1:
             raise InputError(f"layer plan: margin {self.margin} must be in [0, 1)")
         if isinstance(self.ep, bool) or not isinstance(self.ep, int) or not 1 <= self.ep <= 1024:
@@ -85,19 +98,29 @@ class LayerPlan:
     @cached_property
     def choices(self) -> tuple[str, ...]:
         """The path of every measured token count: the fastest path that beats the engine
-        by more than ``margin``, else the engine."""
+        by more than ``margin``, under every routing of ``times_us_by_routing`` too;
+        else the engine."""
         out = []
         for i in range(len(self.tokens)):
             engine = self.times_us[ENGINE][i]
             best, best_us = ENGINE, engine
             for path, times in self.times_us.items():
                 t = times[i]
-                if path == ENGINE or t is None:
+                if path == ENGINE or t is None or not self._wins_every_routing(path, i):
                     continue
                 if engine is None or (t < engine * (1 - self.margin) and t < best_us):
                     best, best_us = path, t
             out.append(best)
         return tuple(out)
+
+    def _wins_every_routing(self, path: str, i: int) -> bool:
+        for per_path in self.times_us_by_routing.values():
+            engine, t = per_path.get(ENGINE, ())[i:i + 1], per_path.get(path, ())[i:i + 1]
+            if not engine or not t or engine[0] is None:
+                continue
+            if t[0] is None or not t[0] < engine[0] * (1 - self.margin):
+                return False
+        return True
 
     def bucket(self, tokens: int) -> int:
         """Index of the measured token count whose decision a call of ``tokens`` takes."""
@@ -131,6 +154,8 @@ class LayerPlan:
                 "times_us": {p: list(v) for p, v in self.times_us.items()},
                 "choices": list(self.choices),
                 "configs": {p: list(v) for p, v in self.configs.items()},
+                "times_us_by_routing": {r: {p: list(v) for p, v in per_path.items()}
+                                        for r, per_path in self.times_us_by_routing.items()},
                 "provenance": self.provenance}
 
     @classmethod

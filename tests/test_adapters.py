@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -33,7 +34,7 @@ from ramp.config import KernelConfig  # noqa: E402
 from ramp.costmodel import WaveCostModel  # noqa: E402
 from ramp.errors import InputError  # noqa: E402
 from ramp.kernels.triton.configs import FAMILY_VERSION  # noqa: E402
-from ramp.layerplan import LayerPlan  # noqa: E402
+from ramp.layerplan import LayerPlan, load_layer_plan  # noqa: E402
 from ramp.problem import MoEProblem  # noqa: E402
 from ramp.profile import Profile  # noqa: E402
 from ramp.trace import read_header, read_steps  # noqa: E402
@@ -388,6 +389,49 @@ def test_layer_plan_choice_and_round_trip(tmp_path):
         LayerPlan(plan.gpu, plan.problem, "e", (1,), {"triton": (1.0,)})
     with pytest.raises(InputError, match="ascending"):
         LayerPlan(plan.gpu, plan.problem, "e", (8, 1), {"engine": (1.0, 1.0)})
+
+
+def test_a_path_must_win_under_every_routing(tmp_path):
+    """The host never knows a call's routing: a path 10% faster on average but slower
+    under one measured routing is not taken (Mixtral at T=256 on the H200: RaMP's Triton
+    path 18% faster under Zipf routing, 1% slower under uniform)."""
+    plan = save_plan(tmp_path, {1: "engine"})
+    by_routing = {"uniform": {"engine": (10.0, 10.0), "triton": (10.1, 9.0)},
+                  "zipf:s=1.2": {"engine": (12.0, 12.0), "triton": (9.0, 10.0)}}
+    guarded = LayerPlan(plan.gpu, plan.problem, "e", (1, 8),
+                        {"engine": (10.95, 10.95), "triton": (9.53, 9.49)},
+                        times_us_by_routing=by_routing)
+    assert guarded.choices == ("engine", "triton")
+    again = LayerPlan.from_dict(json.loads(json.dumps(guarded.to_dict())), "x")
+    assert again == guarded and again.choices == guarded.choices
+    with pytest.raises(InputError, match="times_us_by_routing"):
+        LayerPlan(plan.gpu, plan.problem, "e", (1, 8), {"engine": (1.0, 1.0)},
+                  times_us_by_routing={"uniform": {"engine": (1.0,)}})
+
+
+def test_plans_rederive_from_their_details_without_a_gpu(tmp_path):
+    """``--from-details``: the per-round timings of a details file give the plan under
+    the current rule; a file that is not one is a one-line error with exit status 2."""
+    plan = save_plan(tmp_path, {1: "engine"})
+    rounds = {"engine": {"uniform": [[10.0, 10.2, 9.9]], "zipf": [[10.0, 10.1, 10.0]]},
+              "triton": {"uniform": [[10.3, 10.4, 10.3]], "zipf": [[8.0, 8.1, 7.9]]}}
+    details = tmp_path / "d.json"
+    details.write_text(json.dumps({"times_us": rounds, "plan": {
+        **plan.to_dict(), "times_us": {"engine": [10.0], "triton": [9.0]}}}))
+    out = tmp_path / "plans"
+    res = subprocess.run([sys.executable, "-m", "ramp.adapters.plan", "--from-details",
+                          str(details), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (written,) = out.glob("*.json")
+    again = load_layer_plan(written)
+    assert again.choices == ("engine",)  # faster on average, slower under uniform
+    assert again.times_us_by_routing["uniform"]["triton"] == (10.3,)
+    assert json.loads(details.read_text())["plan"]["choices"] == ["engine"]
+    details.write_text("{}")
+    res = subprocess.run([sys.executable, "-m", "ramp.adapters.plan", "--from-details",
+                          str(details), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "field 'times_us' missing" in res.stderr and str(details) in res.stderr
 
 
 def test_vllm_hook_runs_ramp_or_the_original(tmp_path):
