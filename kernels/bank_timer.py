@@ -96,7 +96,13 @@ class BankTimer:
 
     def time_all(self, hist: np.ndarray) -> np.ndarray:
         call = make_call(self.problem, self.weights, hist, seed=self.seed)
-        routing = route(call.topk_ids, call.topk_weights, self.problem.num_experts)
+        return self.time_call(call, route(call.topk_ids, call.topk_weights,
+                                          self.problem.num_experts))
+
+    def time_call(self, call, routing) -> np.ndarray:
+        """Microseconds of every configuration of the bank on one routed call (NaN where
+        a launch failed); each configuration compiles once per process, so calls after
+        the first only capture and replay."""
         times = np.full(len(self.bank), np.nan)
         for c, (cfg, occ) in enumerate(zip(self.bank.configs, self.bank.occupancy)):
             def one(i, cfg=cfg, occ=occ):

@@ -77,7 +77,15 @@ def make_weights(problem: MoEProblem, copies: int, device: str = "cuda",
 def make_call(problem: MoEProblem, weights: list[torch.Tensor], hist: np.ndarray,
               device: str = "cuda", seed: int = 0) -> GemmWorkload:
     """Activations, routing and output buffer for one histogram."""
-    ids = topk_ids_for_histogram(hist, problem.top_k, seed)
+    return make_call_for_ids(problem, weights, topk_ids_for_histogram(hist, problem.top_k, seed),
+                             device, seed)
+
+
+def make_call_for_ids(problem: MoEProblem, weights: list[torch.Tensor], ids: np.ndarray,
+                      device: str = "cuda", seed: int = 0) -> GemmWorkload:
+    """Activations and output buffer for given top-k ids [T, top_k] (e.g. a recorded
+    batch; under expert parallelism global ids that the caller routes with an expert
+    map, ``ramp.kernels.layers.local_routing``)."""
     tokens = ids.shape[0]
     rows = tokens * problem.top_k
     dtype = TORCH_DTYPES[problem.dtype]

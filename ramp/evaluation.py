@@ -20,6 +20,7 @@ from ramp.errors import InputError
 from ramp.profile import Profile
 from ramp.profiler import Measurements
 from ramp.regret import chosen_times, evaluate
+from ramp.regret import geomean as _geomean
 
 PREFILL_TOKENS = 768  # held-out calls at least this large count as prefill
 
@@ -34,11 +35,6 @@ class Ceilings:
 def routing_of(label: str) -> str:
     """``"zipf:s=1.2,tokens=64,seed=3"`` -> ``"zipf:s=1.2"``."""
     return label.split("tokens=")[0].rstrip(":,")
-
-
-def _geomean(x: np.ndarray) -> float | None:
-    x = x[np.isfinite(x)]
-    return float(np.exp(np.mean(np.log(x)))) if x.size else None
 
 
 def floor_us(meas: Measurements, ceilings: Ceilings) -> np.ndarray:

@@ -31,6 +31,14 @@ class RegretReport:
         return asdict(self)
 
 
+def geomean(x: np.ndarray) -> float | None:
+    """Geometric mean of the finite entries (None when there are none): the mean of
+    speedup ratios, which compose multiplicatively."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.exp(np.mean(np.log(x)))) if x.size else None
+
+
 def chosen_times(times: np.ndarray, choices: np.ndarray) -> np.ndarray:
     """Measured time of each call's chosen configuration."""
     return times[np.arange(times.shape[0]), choices]

@@ -1,0 +1,514 @@
+"""Every Triton configuration timed on real routing: RaMP, static and the oracle per call.
+
+    source bench/device_env.sh
+    python3 bench/real_routing.py --data DIR --gemm w13 --out $OUT     # on the GPU
+    python3 bench/real_routing.py --report OUT/real-routing.json       # any machine
+
+``DIR`` holds routing recordings (``*.npz``, the repack of ``../shared/data/routing/
+esft-dsv2lite``; never committed: the device call carries a copy in an ignored folder).
+From each recording, at every T, consecutive (prefill-like) and shuffled (decode-like)
+batching, ``--samples`` seeded (batch, layer) picks give one global histogram each,
+seen in every view:
+
+- ``full``: the whole layer on one GPU (E experts, the batch's real top-k ids);
+- ``epN``: expert parallelism over N ranks (``--placement``, contiguous by default as
+  in the engines): the busiest rank's local call, its ``E/N`` experts and the tokens
+  that reach it, routed with an expert map as RaMP's EP layer does
+  (``ramp.kernels.layers.local_routing``). The layer waits for its slowest rank, and
+  the rank with the most rows is the one that bounds it for any configuration (time
+  grows with rows), so timing the others would cost N times the device time for
+  ranks that do not set the layer's time. What this misses: a less loaded rank whose
+  choice is much worse than the busiest rank's.
+
+Every configuration of the Triton bank is timed on every call (CUDA graphs; the timer
+first checks every configuration against float32 and drops the wrong ones), one timer
+per local problem, so each configuration compiles once per process. Per call:
+``ramp_us`` (the configuration the profile's default, guarded policy picks for that
+histogram; under EP, ``Dispatcher.choose_view`` on the rank's local histogram),
+``static_us`` (the profile's batch-size table) and ``oracle_us`` (best measured). The
+profile is the shipped one of the local problem, or the full problem's where no EP
+profile exists (its features, tiles, waves, active experts and rows, are histogram-
+level). Writes ``real-routing.json`` (every call's histogram and every configuration's
+time, so ``--report`` recomputes the summary and the plot anywhere) and
+``real-routing.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ramp.errors import InputError, RampError
+from ramp.expert_parallel import ExpertPlacement
+from ramp.models import MoEModel, get_model
+from ramp.problem import MoEProblem
+from ramp.profile import Profile, find_profile
+from ramp.regret import chosen_times, geomean
+from ramp.tokenrouting import BATCHINGS, TokenRouting, count_experts
+from ramp.traces.real import read_recording
+
+TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
+VIEWS = ("full", "ep4", "ep8")
+OUTPUT = "real-routing.json"
+# Device-time estimate: seconds per (configuration, call) and per timer (compile and
+# verify the bank, make the weights), from the H200 profiling runs of this shape (42 s
+# for 196 configurations x 28 histograms; 17 s compile and verify).
+SECONDS_PER_TIMING = 0.0077
+SECONDS_PER_TIMER = 25.0
+
+
+def view_degree(view: str) -> int:
+    """``"full"`` -> 1, ``"ep4"`` -> 4."""
+    if view == "full":
+        return 1
+    if view.startswith("ep") and view[2:].isdigit() and int(view[2:]) > 1:
+        return int(view[2:])
+    raise InputError(f"option --views: {view!r} is not 'full' or 'epN' (N > 1)")
+
+
+@dataclass(frozen=True)
+class RealCall:
+    """One GEMM call to time: the histogram a GPU sees and the top-k ids that make it.
+
+    ``ids`` are global expert ids ``[tokens, top_k]`` of the tokens that reach this GPU;
+    under EP ``expert_map`` [E] maps them to local ids or -1 (other ranks' slots), the
+    engine convention ``local_routing`` follows; ``hist`` counts the local experts."""
+
+    label: str
+    recording: str
+    tokens: int
+    order: str
+    view: str
+    layer: int
+    batch: int
+    rank: int
+    hist: np.ndarray
+    ids: np.ndarray
+    expert_map: np.ndarray | None
+
+
+def local_call(ids: np.ndarray, experts: np.ndarray, num_experts: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A rank holding global ``experts`` (local order): the tokens of ``ids`` [T, k] with
+    at least one slot there, the expert map, and the local histogram."""
+    expert_map = np.full(num_experts, -1, dtype=np.int64)
+    expert_map[experts] = np.arange(experts.size)
+    local = expert_map[ids]
+    reach = (local >= 0).any(axis=1)
+    hist = np.bincount(local[local >= 0], minlength=experts.size)
+    return ids[reach], expert_map, hist
+
+
+def build_calls(recordings: Sequence[tuple[str, TokenRouting]], tokens: Sequence[int],
+                views: Sequence[str], placement: str = "contiguous", samples: int = 1,
+                seed: int = 0) -> list[RealCall]:
+    """The calls of every recording, T, batching, sample and view (sizes larger than a
+    recording are left out for it). A sample is a seeded (batch, layer) pick shared by
+    the views, so they see the same global histogram."""
+    calls = []
+    for rec_index, (name, routing) in enumerate(recordings):
+        load = count_experts(routing.topk_ids[:, :, None], routing.num_experts).sum(axis=1)
+        placements = {v: ExpertPlacement.make(placement, routing.num_experts, view_degree(v),
+                                              load) for v in views if v != "full"}
+        for t in tokens:
+            if t > routing.tokens:
+                continue
+            for order in BATCHINGS:
+                hists, ids = routing.batches(t, order, seed, with_ids=True)
+                rng = np.random.default_rng([seed, rec_index, t, BATCHINGS.index(order)])
+                for _ in range(samples):
+                    b, layer = int(rng.integers(hists.shape[0])), int(rng.integers(routing.layers))
+                    label = f"{name}:{order}:T={t}:L{layer}:b{b}"
+                    for view in views:
+                        calls.append(_view_call(label, name, t, order, view, layer, b,
+                                                hists[b], ids[b, layer], placements.get(view)))
+    return calls
+
+
+def _view_call(label, name, tokens, order, view, layer, batch, hists, ids,
+               placement: ExpertPlacement | None) -> RealCall:
+    if placement is None:
+        return RealCall(label, name, tokens, order, view, layer, batch, 0, hists[layer],
+                        ids.astype(np.int64), None)
+    ep_view = placement.view(hists)                       # [L, ep, E/ep]
+    rank = int(np.argmax(ep_view.rows[layer]))
+    experts = placement.experts[layer if placement.experts.shape[0] > 1 else 0, rank]
+    local_ids, expert_map, hist = local_call(ids.astype(np.int64), experts,
+                                             placement.num_experts)
+    assert np.array_equal(hist, ep_view.hists[layer, rank])  # the core's view, recomputed
+    return RealCall(label, name, tokens, order, view, layer, batch, rank, hist, local_ids,
+                    expert_map)
+
+
+def view_problem(model: MoEModel, gemm: str, view: str, dtype: str | None = None) -> MoEProblem:
+    """The GEMM one GPU of this view runs (``E/ep`` experts under EP)."""
+    return model.problem(gemm, ep=view_degree(view), dtype=dtype)
+
+
+def view_profile(gpu: str, model: MoEModel, gemm: str, view: str) -> Profile:
+    """The shipped Triton profile of the view's local problem, else the full problem's."""
+    for problem in (view_problem(model, gemm, view), model.problem(gemm)):
+        profile = find_profile(gpu, problem, family="triton")
+        if profile is not None:
+            return profile
+    raise InputError(f"no shipped triton profile for {gpu} {model.problem(gemm).key}; "
+                     "profile it first (bench/run_gpu.py)")
+
+
+def choices(profile: Profile, calls: Sequence[RealCall]) -> tuple[np.ndarray, np.ndarray]:
+    """Bank indices the default (guarded) policy and the static table pick per call.
+    The calls' histograms are the local ones, so this is ``choose_view`` of the rank."""
+    hists = np.stack([c.hist for c in calls]).astype(np.int64)
+    return (profile.dispatcher("ramp").choose_batch(hists),
+            profile.dispatcher("static").choose_batch(hists))
+
+
+def configs_to_time(num_configs: int, must: np.ndarray, cap: int | None) -> list[int]:
+    """Bank indices to time: all, or the dispatchers' picks plus evenly spaced others up
+    to ``cap`` (the oracle is then the best of those only)."""
+    if cap is None or cap >= num_configs:
+        return list(range(num_configs))
+    keep = {int(i) for i in must}
+    everything = np.arange(num_configs)
+    order = np.concatenate([everything[::max(1, num_configs // cap)], everything])  # spread
+    for i in order:
+        if len(keep) >= cap:
+            break
+        keep.add(int(i))
+    return sorted(keep)
+
+
+def estimate_seconds(calls_per_view: dict[str, int], configs_per_view: dict[str, int]) -> float:
+    """Expected device seconds: one timer per view plus every (configuration, call)."""
+    return sum(SECONDS_PER_TIMER + calls_per_view[v] * configs_per_view[v] * SECONDS_PER_TIMING
+               for v in calls_per_view)
+
+
+def time_view(problem: MoEProblem, configs: list, calls: Sequence[RealCall], seed: int,
+              progress: str = "") -> tuple[np.ndarray, dict[str, Any]]:
+    """Times [calls, configs] of every configuration on every call (NaN: dropped by the
+    float32 check or failed at launch), and the timer's check results. Needs a GPU."""
+    import torch
+
+    from ramp.families import TimerOptions, get_family
+    from ramp.kernels.layers import local_routing
+    from ramp.kernels.workload import make_call_for_ids
+
+    t0 = time.monotonic()
+    timer = get_family("triton").make_timer(problem, configs, TimerOptions(progress=False))
+    check = {"compile_and_verify_seconds": round(time.monotonic() - t0, 1),
+             "max_verify_error": max(timer.verify_errors.values(), default=None),
+             "dropped": timer.dropped, "device": timer.device_info()}
+    print(f"{progress}{problem.key}: {len(timer.bank)} configs compiled and checked against "
+          f"float32 in {check['compile_and_verify_seconds']} s (max rel err "
+          f"{check['max_verify_error']}, dropped {len(timer.dropped)})", flush=True)
+    col = {cfg: c for c, cfg in enumerate(timer.bank.configs)}
+    times = np.full((len(calls), len(configs)), np.nan)
+    for i, c in enumerate(calls):
+        call = make_call_for_ids(problem, timer.weights, c.ids, seed=seed)
+        emap = None if c.expert_map is None else torch.as_tensor(c.expert_map, device="cuda")
+        routing = local_routing(call.topk_ids, call.topk_weights, problem.num_experts, emap)
+        measured = timer.time_call(call, routing)
+        for j, cfg in enumerate(configs):
+            if cfg in col:
+                times[i, j] = measured[col[cfg]]
+        print(f"{progress}{c.view} {i + 1}/{len(calls)} {c.label}: best "
+              f"{np.nanmin(times[i]):.1f} us ({time.monotonic() - t0:.0f} s)", flush=True)
+    timer.close()
+    return times, check
+
+
+def call_record(c: RealCall, times: np.ndarray, timed: Sequence[int], ramp_idx: int,
+                static_idx: int, names: Sequence[str]) -> dict[str, Any]:
+    """One call of the JSON: what was timed, every time, the three picks."""
+    return {"label": c.label, "recording": c.recording, "tokens": c.tokens, "view": c.view,
+            "order": c.order, "layer": c.layer, "batch": c.batch, "rank": c.rank,
+            "local_rows": int(c.hist.sum()), "local_tokens": int(c.ids.shape[0]),
+            "active_experts": int(np.count_nonzero(c.hist)), "hist": c.hist.tolist(),
+            "configs": [names[k] for k in timed],
+            "times_us": [None if not math.isfinite(x) else float(x) for x in times],
+            "ramp_config": names[ramp_idx], "static_config": names[static_idx]}
+
+
+def finish_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill each call's ``ramp_us``, ``static_us``, ``oracle_us`` and ``oracle_config``
+    from its measured times (None where a pick was not measured)."""
+    for c in calls:
+        times = np.array([np.nan if x is None else x for x in c["times_us"]], dtype=float)
+        if not np.isfinite(times).any():
+            raise InputError(f"call {c['label']} ({c['view']}): no configuration measured")
+        col = {name: j for j, name in enumerate(c["configs"])}
+        picks = [col.get(c[f"{p}_config"], -1) for p in ("ramp", "static")]
+        oracle = int(np.nanargmin(times))
+        # A pick that was not timed (-1) reads the NaN appended after the last column.
+        chosen = chosen_times(np.append(times, np.nan)[None, :], np.array([[*picks, oracle]]))
+        for name, t in zip(("ramp", "static", "oracle"), chosen[0]):
+            c[f"{name}_us"] = float(t) if np.isfinite(t) else None
+        c["oracle_config"] = c["configs"][oracle]
+    return calls
+
+
+def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per view: RaMP's and the oracle's geomean speedup over static (``ramp_vs_static``,
+    ``oracle_vs_static``), mean regrets against the oracle, the worst T bucket of RaMP
+    over static, the fraction of the oracle's (log) gain RaMP captures, and the same
+    speedups per T. Calls whose picks were not measured are counted, not used."""
+    out = {}
+    for view in dict.fromkeys(c["view"] for c in calls):
+        rows = [c for c in calls if c["view"] == view]
+        ok = [c for c in rows if None not in (c["ramp_us"], c["static_us"], c["oracle_us"])]
+        ramp, static, oracle = (np.array([c[k] for c in ok], dtype=float)
+                                for k in ("ramp_us", "static_us", "oracle_us"))
+        tokens = np.array([c["tokens"] for c in ok])
+        by_tokens = {int(t): {"calls": int(np.sum(tokens == t)),
+                              "ramp_vs_static": geomean((static / ramp)[tokens == t]),
+                              "oracle_vs_static": geomean((static / oracle)[tokens == t])}
+                     for t in np.unique(tokens)}
+        g_ramp, g_oracle = geomean(static / ramp), geomean(static / oracle)
+        worst = min(by_tokens, key=lambda t: by_tokens[t]["ramp_vs_static"]) if ok else None
+        out[view] = {
+            "calls": len(ok), "unmeasured_picks": len(rows) - len(ok),
+            "ramp_vs_static": g_ramp, "oracle_vs_static": g_oracle,
+            "ramp_mean_regret": float(np.mean(ramp / oracle - 1)) if ok else None,
+            "static_mean_regret": float(np.mean(static / oracle - 1)) if ok else None,
+            "ramp_vs_static_worst_tokens": None if worst is None
+            else by_tokens[worst]["ramp_vs_static"],
+            "worst_tokens": worst,
+            "oracle_gain_captured": math.log(g_ramp) / math.log(g_oracle)
+            if g_oracle is not None and g_oracle > 1 + 1e-9 else None,
+            "by_tokens": by_tokens,
+        }
+    return out
+
+
+def table(summary: dict[str, dict[str, Any]]) -> str:
+    """The summary as text: one block per view, one line per T."""
+    lines = []
+    for view, s in summary.items():
+        lines.append(f"{view}: ramp/static {_f(s['ramp_vs_static'])}x, oracle/static "
+                     f"{_f(s['oracle_vs_static'])}x, RaMP mean regret "
+                     f"{_pct(s['ramp_mean_regret'])} (static {_pct(s['static_mean_regret'])}), "
+                     f"worst T={s['worst_tokens']} {_f(s['ramp_vs_static_worst_tokens'])}x, "
+                     f"oracle gain captured {_pct(s['oracle_gain_captured'])}")
+        lines.append(f"  {'T':>5} {'calls':>5} {'ramp/static':>11} {'oracle/static':>13}")
+        for t, b in s["by_tokens"].items():
+            lines.append(f"  {t:>5} {b['calls']:>5} {_f(b['ramp_vs_static']):>11} "
+                         f"{_f(b['oracle_vs_static']):>13}")
+    return "\n".join(lines)
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    """Per view: geomean microseconds per T of static, RaMP and the oracle (top) and
+    their speedups over static, per batching (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    calls = [c for c in result["calls"] if c["ramp_us"] is not None and c["static_us"]
+             is not None]
+    views = list(dict.fromkeys(c["view"] for c in calls))
+    fig, axes = plt.subplots(2, len(views), figsize=(4.4 * len(views), 6.8), sharex=True,
+                             sharey="row", squeeze=False)
+    for col, view in enumerate(views):
+        rows = [c for c in calls if c["view"] == view]
+        top, bottom = axes[0][col], axes[1][col]
+        tokens = sorted({c["tokens"] for c in rows})
+        for key, name, style in (("static_us", "static", "C1s-"), ("ramp_us", "RaMP", "C0o-"),
+                                 ("oracle_us", "oracle", "k^--")):
+            top.plot(tokens, [geomean([c[key] for c in rows if c["tokens"] == t])
+                              for t in tokens], style, label=name, ms=4)
+        for order, dash in (("consecutive", "-"), ("shuffled", ":")):
+            sel = [c for c in rows if c["order"] == order]
+            ts = sorted({c["tokens"] for c in sel})
+            for key, name, color in (("ramp_us", "RaMP", "C0"), ("oracle_us", "oracle", "k")):
+                bottom.plot(ts, [geomean([c["static_us"] / c[key] for c in sel
+                                          if c["tokens"] == t]) for t in ts],
+                            color=color, ls=dash, marker="o", ms=3, label=f"{name}, {order}")
+        bottom.axhline(1.0, color="C1", lw=1, label="static")
+        bottom.axhline(0.995, color="C3", lw=0.8, ls="--", label="guard 0.995")
+        top.set_yscale("log")
+        top.set_title(view)
+        bottom.set_xlabel("tokens per step T")
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("microseconds (geomean)")
+    axes[1][0].set_ylabel("speedup over static")
+    axes[0][-1].legend(fontsize=7)
+    axes[1][-1].legend(fontsize=6)
+    device = result.get("device", {})
+    fig.suptitle(f"real routing: {device.get('device', '?')} {result.get('problem', '')}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+REQUIRED = ("label", "tokens", "view", "order", "configs", "times_us", "ramp_config",
+            "static_config")
+
+
+def report(path: Path) -> dict[str, Any]:
+    """Recompute every call's picks' times, the summary and the plot from a result file;
+    rewrites its ``summary`` (and ``calls`` times) in place."""
+    from ramp.plaindata import read_json
+
+    result = read_json(path, "real-routing result")
+    calls = result.get("calls") if isinstance(result, dict) else None
+    if not isinstance(calls, list) or not calls:
+        raise InputError(f"{path}: field 'calls' must be a non-empty list")
+    for i, c in enumerate(calls):
+        missing = [k for k in REQUIRED if not isinstance(c, dict) or k not in c]
+        if missing:
+            raise InputError(f"{path}: calls[{i}]: missing field {missing[0]!r}")
+        if len(c["times_us"]) != len(c["configs"]):
+            raise InputError(f"{path}: calls[{i}]: field 'times_us' has "
+                             f"{len(c['times_us'])} entries for {len(c['configs'])} configs")
+    result["summary"] = summarize(finish_calls(calls))
+    write(result, path)
+    return result
+
+
+def write(result: dict[str, Any], path: Path) -> None:
+    """The JSON, and the plot beside it."""
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, path.with_suffix(".png"))
+
+
+def load_recordings(data: Path, model: MoEModel) -> list[tuple[str, TokenRouting]]:
+    """Every ``*.npz`` recording of ``data``, by name."""
+    paths = sorted(data.glob("*.npz")) if data.is_dir() else []
+    if not paths:
+        raise InputError(f"option --data: {data}: no *.npz routing recordings")
+    return [(p.stem, read_recording(p, model)) for p in paths]
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"option {option}: {text!r} is not comma-separated integers") from None
+    if any(v < 1 for v in values):
+        raise InputError(f"option {option}: values must be >= 1")
+    return values
+
+
+def measure(args: argparse.Namespace, command: str) -> Path:
+    """Build the calls, print the estimate, time every view, write the result."""
+    from ramp.hardware import detect_gpu
+
+    model = get_model(args.model)
+    views = args.views.split(",")
+    for v in views:
+        view_degree(v)
+    recordings = load_recordings(Path(args.data), model)
+    calls = build_calls(recordings, _ints(args.tokens, "--tokens"), views, args.placement,
+                        args.samples, args.seed)
+    gpu = detect_gpu().name
+    plan = {}
+    for view in views:
+        sel = [c for c in calls if c.view == view]
+        profile = view_profile(gpu, model, args.gemm, view)
+        ramp_idx, static_idx = choices(profile, sel)
+        timed = configs_to_time(len(profile.model.bank), np.concatenate([ramp_idx, static_idx]),
+                                args.max_configs)
+        plan[view] = (sel, profile, ramp_idx, static_idx, timed)
+    est = estimate_seconds({v: len(p[0]) for v, p in plan.items()},
+                           {v: len(p[4]) for v, p in plan.items()})
+    print(f"{len(calls)} calls ({', '.join(f'{v}: {len(p[0])} x {len(p[4])} configs' for v, p in plan.items())}); "
+          f"expected device time ~{est / 60:.1f} min", flush=True)
+    t0 = time.monotonic()
+    records, views_info, device = [], {}, None
+    for n, (view, (sel, profile, ramp_idx, static_idx, timed)) in enumerate(plan.items()):
+        problem = view_problem(model, args.gemm, view)
+        bank = profile.model.bank.configs
+        times, check = time_view(problem, [bank[k] for k in timed], sel, args.seed,
+                                 progress=f"[{n + 1}/{len(plan)}] ")
+        device = check.pop("device")
+        names = [c.name for c in bank]
+        records += [call_record(c, times[i], timed, int(ramp_idx[i]), int(static_idx[i]), names)
+                    for i, c in enumerate(sel)]
+        views_info[view] = {"problem": problem.key, "profile": profile.key,
+                            "placement": None if view == "full" else args.placement,
+                            "configs_timed": len(timed), "bank_configs": len(bank), **check}
+    finish_calls(records)
+    result = {
+        "device": device, "command": command,
+        "provenance": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "gpu": gpu, "data": sorted(p.name for p in Path(args.data).glob("*.npz")),
+                       "model": model.name, "gemm": args.gemm, "seed": args.seed,
+                       "samples": args.samples, "max_configs": args.max_configs,
+                       "wall_seconds": round(time.monotonic() - t0, 1),
+                       "estimated_seconds": round(est, 1)},
+        "problem": model.problem(args.gemm).key, "views": views_info, "calls": records,
+    }
+    result["summary"] = summarize(records)
+    out = Path(args.out) / OUTPUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write(result, out)
+    print(table(result["summary"]))
+    print(f"wrote {out} and {out.with_suffix('.png').name} in {time.monotonic() - t0:.0f} s "
+          f"(estimated {est:.0f} s)")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", help="folder of *.npz routing recordings")
+    ap.add_argument("--gemm", choices=["w13", "w2"], default="w13")
+    ap.add_argument("--model", default="deepseek-v2-lite", help="catalog model of the routing")
+    ap.add_argument("--out", help="output folder (real-routing.json and .png)")
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="T values")
+    ap.add_argument("--views", default=",".join(VIEWS), help="full and/or epN")
+    ap.add_argument("--placement", choices=["contiguous", "balanced"], default="contiguous",
+                    help="expert placement of the EP views (balanced: EPLB-style greedy on "
+                         "the recording's own load)")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="(batch, layer) picks per recording, T and batching")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-configs", type=int, default=None,
+                    help="time at most this many configurations per view (always the "
+                         "dispatchers' picks); the oracle is then over those only")
+    ap.add_argument("--report", type=Path, metavar="FILE",
+                    help="no GPU: recompute summary, table and plot of a result file")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(argv)
+    try:
+        if args.report:
+            print(table(report(args.report)["summary"]))
+            print(f"rewrote {args.report} and {args.report.with_suffix('.png').name}")
+            return 0
+        for option in ("data", "out"):
+            if getattr(args, option) is None:
+                raise InputError(f"option --{option} is required (or --report FILE)")
+        if args.samples < 1 or (args.max_configs is not None and args.max_configs < 1):
+            raise InputError("options --samples and --max-configs must be >= 1")
+        measure(args, "python3 bench/real_routing.py " + " ".join(argv))
+    except RampError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

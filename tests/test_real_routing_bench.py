@@ -1,0 +1,188 @@
+"""bench/real_routing.py on the CPU: the calls it builds from real routing (full and EP
+views), the summary and the report; the EP call's inputs through the Triton interpreter.
+The timing itself needs a GPU (CUDA graphs) and runs there."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import real_routing as rr
+from ramp.expert_parallel import ExpertPlacement
+from ramp.models import get_model
+from ramp.profile import find_profile
+from ramp.regret import evaluate
+from ramp.tokenrouting import TokenRouting
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "esft-dsv2lite"
+needs_data = pytest.mark.skipif(not (DATA / "law.npz").exists(),
+                                reason="real routing data (../shared/data) absent")
+MODEL = get_model("deepseek-v2-lite")
+
+
+def _routing(tokens: int, seed: int, layers: int = 3, experts: int = 64, top_k: int = 6,
+             skew: float = 1.5) -> TokenRouting:
+    """Skewed distinct top-k ids (Gumbel top-k over Zipf-like logits), seeded."""
+    rng = np.random.default_rng(seed)
+    logits = -skew * np.log(np.arange(1, experts + 1))[rng.permutation(experts)]
+    keys = logits + rng.gumbel(size=(layers, tokens, experts))
+    ids = np.argsort(-keys, axis=2)[:, :, :top_k]
+    return TokenRouting(ids, np.array([tokens // 2, tokens - tokens // 2]), experts)
+
+
+def test_ep_call_is_the_busiest_rank_and_its_tokens():
+    routing = _routing(256, seed=1)
+    calls = rr.build_calls([("syn", routing)], [16, 64], ["full", "ep4", "ep8"], samples=2)
+    assert len(calls) == 2 * 2 * 2 * 3          # T x batching x samples x views
+    by_label = {}
+    for c in calls:
+        by_label.setdefault(c.label, {})[c.view] = c
+    for views in by_label.values():
+        full = views["full"]
+        assert full.hist.sum() == full.tokens * 6 and full.expert_map is None
+        assert np.array_equal(full.hist, np.bincount(full.ids.ravel(), minlength=64))
+        for ep in (4, 8):
+            c = views[f"ep{ep}"]
+            local = ExpertPlacement.contiguous(64, ep).view(full.hist[None]).hists[0]
+            assert c.hist.sum() == local.sum(axis=1).max()          # the busiest rank
+            assert np.array_equal(c.hist, local[c.rank])
+            mapped = c.expert_map[c.ids]
+            assert (mapped >= 0).any(axis=1).all()                  # only tokens that reach it
+            assert np.array_equal(np.bincount(mapped[mapped >= 0], minlength=64 // ep), c.hist)
+            assert c.ids.shape[0] <= c.tokens
+
+
+def test_balanced_placement_and_bad_views():
+    calls = rr.build_calls([("syn", _routing(128, seed=2))], [64], ["ep4"], "balanced")
+    assert {c.view for c in calls} == {"ep4"} and all(c.hist.size == 16 for c in calls)
+    with pytest.raises(rr.InputError, match="--views"):
+        rr.view_degree("ep1")
+
+
+def test_configs_to_time_keeps_the_picks_and_the_cap():
+    must = np.array([5, 190, 5])
+    assert rr.configs_to_time(196, must, None) == list(range(196))
+    capped = rr.configs_to_time(196, must, 12)
+    assert len(capped) == 12 and {5, 190} <= set(capped)
+    assert max(np.diff(capped)) < 60                                 # spread over the bank
+    assert rr.configs_to_time(196, np.arange(30), 12) == list(range(30))  # picks win
+
+
+def _result(seed: int = 3):
+    """A result file as measure() writes it, with times from the shipped H200 profile's
+    model times seeded noise (the summary must agree with ramp.regret.evaluate)."""
+    profile = find_profile("H200", MODEL.problem("w13"))
+    calls = rr.build_calls([("syn", _routing(512, seed=seed))], [4, 64, 256], ["full"])
+    hists = np.stack([c.hist for c in calls])
+    rng = np.random.default_rng(seed)
+    times = profile.model.predict(hists) * rng.lognormal(0.0, 0.05, (len(calls), 196))
+    ramp_idx, static_idx = rr.choices(profile, calls)
+    names = [c.name for c in profile.model.bank.configs]
+    records = [rr.call_record(c, times[i], range(196), int(ramp_idx[i]), int(static_idx[i]),
+                              names) for i, c in enumerate(calls)]
+    rr.finish_calls(records)
+    return {"device": {"device": "test"}, "command": "test", "problem": profile.problem.key,
+            "calls": records}, profile, hists, times
+
+
+def test_summary_agrees_with_the_regret_evaluation():
+    result, profile, hists, times = _result()
+    s = rr.summarize(result["calls"])["full"]
+    ramp, static = profile.dispatcher("ramp"), profile.dispatcher("static")
+    report = evaluate(ramp, hists, times, baseline=static)
+    assert s["calls"] == len(hists) and s["unmeasured_picks"] == 0
+    assert s["ramp_mean_regret"] == pytest.approx(report.mean_regret)
+    assert s["ramp_vs_static"] == pytest.approx(report.speedup_geomean)
+    assert s["static_mean_regret"] == pytest.approx(evaluate(static, hists, times).mean_regret)
+    assert s["oracle_vs_static"] >= max(s["ramp_vs_static"], 1.0)
+    worst = s["by_tokens"][s["worst_tokens"]]["ramp_vs_static"]
+    assert worst == s["ramp_vs_static_worst_tokens"] == min(
+        b["ramp_vs_static"] for b in s["by_tokens"].values())
+    gain = np.log(s["ramp_vs_static"]) / np.log(s["oracle_vs_static"])
+    assert s["oracle_gain_captured"] == pytest.approx(gain)
+    assert "full:" in rr.table({"full": s})
+
+
+def test_report_recomputes_summary_and_plot(tmp_path):
+    result, *_ = _result(seed=4)
+    expected = rr.summarize(result["calls"])
+    for c in result["calls"]:                 # the report must not trust stored picks' times
+        c["ramp_us"] = c["static_us"] = c["oracle_us"] = -1.0
+    path = tmp_path / rr.OUTPUT
+    path.write_text(json.dumps(result))
+    assert rr.main(["--report", str(path)]) == 0
+    again = json.loads(path.read_text())
+    assert again["summary"]["full"]["ramp_vs_static"] == pytest.approx(
+        expected["full"]["ramp_vs_static"])
+    assert path.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_report_and_options_bad_input(tmp_path, capsys):
+    result, *_ = _result(seed=5)
+    del result["calls"][1]["times_us"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(result))
+    assert rr.main(["--report", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "calls[1]" in err and "'times_us'" in err
+    assert rr.main(["--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert rr.main(["--data", str(tmp_path)]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+@needs_data
+def test_real_recordings_give_every_call():
+    recordings = rr.load_recordings(DATA, MODEL)
+    calls = rr.build_calls(recordings, rr.TOKENS, rr.VIEWS)
+    assert len(calls) == len(recordings) * len(rr.TOKENS) * 2 * len(rr.VIEWS)
+    for c in calls:
+        assert c.hist.size == 64 // rr.view_degree(c.view)
+        assert 0 < c.hist.sum() <= c.tokens * 6
+    full = [c for c in calls if c.view == "full"]
+    assert all(c.hist.sum() == c.tokens * 6 for c in full)
+    for view in rr.VIEWS:   # every view has a shipped profile to dispatch with
+        profile = rr.view_profile("H200", MODEL, "w13", view)
+        ramp_idx, static_idx = rr.choices(profile, [c for c in calls if c.view == view])
+        assert ramp_idx.shape == static_idx.shape == (len(full),)
+
+
+def test_ep_call_inputs_compute_the_local_experts_rows():
+    """The EP call as the GPU run builds it (``make_call_for_ids`` + ``local_routing``),
+    through the Triton interpreter (fp16, tiny shape): every local slot gets
+    SiLU(gate) * up of its token with its global expert's weights."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    from ramp.config import KernelConfig
+    from ramp.kernels.layers import local_routing
+    from ramp.kernels.triton.fused_moe import moe_gemm
+    from ramp.kernels.workload import make_call_for_ids, make_weights
+    from ramp.problem import MoEProblem
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    routing = _routing(24, seed=6, layers=1, experts=8, top_k=2)
+    [call_spec] = rr.build_calls([("syn", routing)], [12], ["ep2"], samples=1)[:1]
+    problem = MoEProblem(num_experts=4, n=64, k=64, top_k=2, dtype="float16", gemm="w13")
+    full_w = make_weights(MoEProblem(num_experts=8, n=64, k=64, top_k=2, dtype="float16",
+                                     gemm="w13"), 1, device=device, seed=1)[0]
+    experts = np.flatnonzero(call_spec.expert_map >= 0)      # global ids, local order
+    local_w = full_w[torch.as_tensor(experts, device=device)].contiguous()
+    call = make_call_for_ids(problem, [local_w], call_spec.ids, device=device, seed=2)
+    emap = torch.as_tensor(call_spec.expert_map, device=device)
+    r = local_routing(call.topk_ids, call.topk_weights, 4, emap)
+    assert r.counts.cpu().tolist() == call_spec.hist.tolist()
+    call.out.fill_(float("nan"))
+    moe_gemm(call.activations, local_w, r, KernelConfig("triton", 16, 32, 32), call.out,
+             gemm="w13", num_sms=2)
+    slots = r.sorted_slots.cpu().long()[: int(call_spec.hist.sum())]
+    x, w = call.activations.float().cpu(), full_w.float().cpu()
+    for pos, slot in enumerate(slots.tolist()):
+        e = int(call_spec.ids.ravel()[slot])
+        gate, up = w[e, :32] @ x[slot // 2], w[e, 32:] @ x[slot // 2]
+        expected = torch.nn.functional.silu(gate) * up
+        got = call.out[pos].float().cpu()
+        assert float((got - expected).norm() / expected.norm()) < 1e-2
