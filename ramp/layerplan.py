@@ -5,8 +5,9 @@ but never the histogram. A ``LayerPlan`` is the measured answer to "for T tokens
 RaMP path faster than the engine's own kernel, and which?": per measured token count,
 the whole layer's time (routing, both GEMMs, activation, top-k reduction) of every path
 timed side by side on the GPU, and the choice that follows. A path is chosen only if it
-beats the engine's kernel by more than ``margin`` (timing noise), so RaMP never makes a
-bucket slower than the engine on its own measurements.
+beats the engine's kernel by more than ``margin`` (timing noise) on the summary and under
+every measured routing (``times_us_by_routing``: the host never knows which routing a
+call has), so RaMP never makes a bucket slower than the engine on its own measurements.
 
 Paths: ``engine`` (the engine's kernel, e.g. vLLM's Triton fused_moe with its tuned
 table), ``triton`` (RaMP's Triton family, the profile's per-T configuration),
