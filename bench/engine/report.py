@@ -7,6 +7,11 @@ wrote and prints, per file, the median total throughput of each mode, the ratio 
 second mode to ``off`` with the range of all repeats, TTFT/TPOT medians for online runs,
 RaMP's served calls and whether greedy tokens matched. The plot shows every repeat, so
 the noise is visible next to the medians.
+
+From the layer plans' details (``DIR/layer/*_layer.json``) it adds the kernel-level
+check of the shipped path: per T and routing, the whole-layer time of the path the plan
+chooses over the best of the engine's kernel and ``torch._grouped_mm`` (issue 12's
+bound: at most 1.02).
 """
 
 from __future__ import annotations
@@ -88,6 +93,34 @@ def plot(results: list[tuple[str, dict]], path: Path) -> Path:
     return path
 
 
+def shipped_vs_best(details: dict) -> list[tuple[int, str, float, str]]:
+    """Per (T, routing): (T, routing, chosen path's time / best of engine and
+    grouped_mm, the faster of those two)."""
+    plan, per_routing = details["plan"], details["plan"].get("times_us_by_routing", {})
+    out = []
+    for routing, times in per_routing.items():
+        for i, (tokens, path) in enumerate(zip(plan["tokens"], plan["choices"])):
+            rivals = {p: times[p][i] for p in ("engine", "grouped_mm")
+                      if p in times and times[p][i] is not None}
+            rival = min(rivals, key=rivals.get)
+            out.append((tokens, routing, times[path][i] / rivals[rival], rival))
+    return out
+
+
+def layer_table(directory: Path) -> str:
+    lines = ["| layer plan | worst shipped / best of (engine, grouped_mm) | where | "
+             "(T, routing) above 1.02 |", "|---|---|---|---|"]
+    for path in sorted((directory / "layer").glob("*_layer.json")):
+        rows = shipped_vs_best(json.loads(path.read_text()))
+        if not rows:
+            continue
+        worst = max(rows, key=lambda r: r[2])
+        over = [f"{t} {r} {x:.3f} ({rival})" for t, r, x, rival in rows if x > 1.02]
+        lines.append(f"| `{path.name}` | {worst[2]:.3f} | T={worst[0]} {worst[1]} "
+                     f"({worst[3]}) | {'; '.join(over) or 'none'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +132,8 @@ def main() -> None:
     if not results:
         raise SystemExit(f"report.py: no engine results files in {directory}")
     print(table(results))
+    print()
+    print(layer_table(directory))
     print(f"wrote {plot(results, Path(args.plot or directory / 'engine.png'))}")
 
 
