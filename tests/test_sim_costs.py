@@ -21,9 +21,9 @@ from ramp.sim import (
 )
 from ramp.sim.costs import graph_size, token_bucket
 from ramp.sim.engine import EngineConfig
-from ramp.sim.runner import collapsed_pool
 from ramp.sim.metrics import request_latencies
 from ramp.sim.routing import DECODE, PREFILL, RoutingPool
+from ramp.sim.runner import collapsed_pool
 from ramp.trace import Arrival, TraceHeader, TraceStep
 
 OLMOE = get_model("olmoe-1b-7b")
