@@ -5,25 +5,30 @@ written by ``bench/engine/bench.py``), each ``ramp_mode`` (off and record: vLLM'
 = the ``static`` policy; dispatch: RaMP = ``ramp``) is simulated with the same requests (prompt and
 output lengths, arrival offsets or all at once), ``max_num_seqs`` and
 ``max_num_batched_tokens``, the GPU's profiles where ``ramp.profile`` has them (the
-analytic wave model otherwise; each row names its source), and the model's shipped
-routing trace (its synthetic default routing where none is shipped). The engine's
+analytic wave model otherwise; each row names its source), the largest CUDA-graph capture size
+(larger steps run eager), RaMP on the GEMMs the adapter dispatched (``ramp_calls``), and
+the routing of the run's weights: dummy weights without re-spread routers send every
+token to experts ``0 .. top_k-1`` (``collapsed_pool``), else the model's shipped routing
+trace (its synthetic default routing where none is shipped). The engine's
 ``gpu_memory_utilization`` (``engine_config.engine_args``) sizes the simulated KV cache.
 Runs of ``bench.py --concurrent`` (two engines sharing one GPU, each with half its
 memory) are simulated as one engine alone on the GPU and flagged ``concurrent``: their
 measured times include the other engine's contention, which the simulator does not model.
 
-Held out by workload: the calibration that predicts the runs of workload ``W`` is
-fitted (``ramp.sim.calibrate.calibrate_runs``) on the runs of every other workload, all
-models together, so no prediction has seen its own run. With a single workload in the
-directory the folds are by model instead; a fold with nothing to train on gets no
-calibrated prediction (null). Uncalibrated = the default ``Calibration``.
+Held out by workload: the calibration that predicts model ``M``'s runs of workload ``W``
+is fitted (``ramp.sim.calibrate.calibrate_runs``) on ``M``'s runs of every other
+workload (``--across-models``: every model's), so no prediction has seen its own run.
+With a single workload in the directory the folds are by model instead; a fold with
+nothing to train on gets no calibrated prediction (null). Uncalibrated = the default
+``Calibration``.
 
     python bench/sim_fidelity.py [--dir bench/results/engine] [--out .../sim_fidelity.json]
+                                 [--across-models]
 
 writes one row per (run, metric): ``model``, ``workload``, ``policy``, ``metric``,
 ``measured``, ``predicted_uncalibrated``, ``predicted_calibrated``, ``error`` (relative,
-calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``; and a
-summary of mean absolute errors per metric. CPU only.
+calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``,
+``trained_on``, ``routing``; and a summary of mean absolute errors per metric. CPU only.
 """
 
 from __future__ import annotations
