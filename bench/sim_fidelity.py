@@ -5,25 +5,30 @@ written by ``bench/engine/bench.py``), each ``ramp_mode`` (off and record: vLLM'
 = the ``static`` policy; dispatch: RaMP = ``ramp``) is simulated with the same requests (prompt and
 output lengths, arrival offsets or all at once), ``max_num_seqs`` and
 ``max_num_batched_tokens``, the GPU's profiles where ``ramp.profile`` has them (the
-analytic wave model otherwise; each row names its source), and the model's shipped
-routing trace (its synthetic default routing where none is shipped). The engine's
+analytic wave model otherwise; each row names its source), the largest CUDA-graph capture size
+(larger steps run eager), RaMP on the GEMMs the adapter dispatched (``ramp_calls``), and
+the routing of the run's weights: dummy weights without re-spread routers send every
+token to experts ``0 .. top_k-1`` (``collapsed_pool``), else the model's shipped routing
+trace (its synthetic default routing where none is shipped). The engine's
 ``gpu_memory_utilization`` (``engine_config.engine_args``) sizes the simulated KV cache.
 Runs of ``bench.py --concurrent`` (two engines sharing one GPU, each with half its
 memory) are simulated as one engine alone on the GPU and flagged ``concurrent``: their
 measured times include the other engine's contention, which the simulator does not model.
 
-Held out by workload: the calibration that predicts the runs of workload ``W`` is
-fitted (``ramp.sim.calibrate.calibrate_runs``) on the runs of every other workload, all
-models together, so no prediction has seen its own run. With a single workload in the
-directory the folds are by model instead; a fold with nothing to train on gets no
-calibrated prediction (null). Uncalibrated = the default ``Calibration``.
+Held out by workload: the calibration that predicts model ``M``'s runs of workload ``W``
+is fitted (``ramp.sim.calibrate.calibrate_runs``) on ``M``'s runs of every other
+workload (``--across-models``: every model's), so no prediction has seen its own run.
+With a single workload in the directory the folds are by model instead; a fold with
+nothing to train on gets no calibrated prediction (null). Uncalibrated = the default
+``Calibration``.
 
     python bench/sim_fidelity.py [--dir bench/results/engine] [--out .../sim_fidelity.json]
+                                 [--across-models]
 
 writes one row per (run, metric): ``model``, ``workload``, ``policy``, ``metric``,
 ``measured``, ``predicted_uncalibrated``, ``predicted_calibrated``, ``error`` (relative,
-calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``; and a
-summary of mean absolute errors per metric. CPU only.
+calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``,
+``trained_on``, ``routing``; and a summary of mean absolute errors per metric. CPU only.
 """
 
 from __future__ import annotations
@@ -49,27 +54,35 @@ OUTPUT_NAME = "sim_fidelity.json"
 DEFAULT_CALIBRATION = Calibration()
 
 
-def _folds(runs: Sequence[EngineRun]) -> tuple[str, dict[str, list[EngineRun]]]:
-    """(axis, {held-out value: runs}) for leave-one-workload-out (else -model-out)."""
+def _folds(runs: Sequence[EngineRun], across_models: bool = False
+           ) -> tuple[str, dict[tuple[str, str], list[EngineRun]]]:
+    """(axis, {held-out (model, value): runs}) for leave-one-workload-out (else -model-out).
+    Per model by default (a calibration belongs to one engine, model and GPU: the
+    host path and attention kernels differ between, say, MLA and GQA models); with
+    ``across_models`` every model's runs of the other workloads train together (model
+    ``"*"`` in the key)."""
     axis = "workload" if len({r.workload for r in runs}) > 1 else "model"
-    folds: dict[str, list[EngineRun]] = {}
+    if axis == "model":
+        across_models = True  # one workload: hold out by model, trained on the others
+    folds: dict[tuple[str, str], list[EngineRun]] = {}
     for run in runs:
-        folds.setdefault(getattr(run, axis), []).append(run)
+        folds.setdefault(("*" if across_models else run.model, getattr(run, axis)),
+                         []).append(run)
     return axis, folds
 
 
 def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
-             profiles: Sequence[str] = ()) -> dict[str, Any]:
+             profiles: Sequence[str] = (), across_models: bool = False) -> dict[str, Any]:
     """Rows and summary (module docstring) for measured engine ``runs``."""
     pools: dict[str, RoutingPool] = {}
-    axis, folds = _folds(runs)
+    axis, folds = _folds(runs, across_models)
     rows: list[dict[str, Any]] = []
     calibrations: dict[str, Any] = {}
-    for held, tested in folds.items():
-        train = [r for r in runs if getattr(r, axis) != held]
+    for (model, held), tested in folds.items():
+        train = [r for r in runs if getattr(r, axis) != held and model in ("*", r.model)]
         cal = calibrate_runs(train, base, profiles, pools=pools) if train else None
-        calibrations[held] = (None if cal is None else
-                              {k: getattr(cal, k) for k in FITTED})
+        calibrations[held if model == "*" else f"{model}/{held}"] = (
+            None if cal is None else {k: getattr(cal, k) for k in FITTED})
         for run in tested:
             before = simulate_run(run, base, pools, profiles)
             after = simulate_run(run, cal, pools, profiles).metrics if cal else None
@@ -83,7 +96,8 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
                     "predicted_calibrated": pred,
                     "error": None if pred is None else pred / measured - 1,
                     "error_uncalibrated": before.metrics[metric] / measured - 1,
-                    "held_out_by": axis, "moe_cost_source": source,
+                    "held_out_by": axis, "trained_on": "all models" if model == "*" else model,
+                    "moe_cost_source": source, "routing": run.routing,
                     "concurrent": run.concurrent,
                 })
     summary: dict[str, dict[str, float | None]] = {}
@@ -96,7 +110,8 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
                                                           for r in sel])),
             "mean_abs_error_calibrated": float(np.mean(cal_err)) if cal_err else None,
         }
-    return {"held_out_by": axis, "base_calibration": dataclasses.asdict(base),
+    return {"held_out_by": axis, "across_models": across_models,
+            "base_calibration": dataclasses.asdict(base),
             "calibrations_by_fold": calibrations, "summary": summary, "rows": rows}
 
 
@@ -107,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=f"default: DIR/{OUTPUT_NAME}")
     parser.add_argument("--profile", action="append", default=[],
                         help="profile JSON for the simulated GPU (repeatable)")
+    parser.add_argument("--across-models", action="store_true",
+                        help="train each fold on every model's other workloads (default: "
+                             "the held-out run's own model only)")
     args = parser.parse_args(argv)
     paths = sorted(p for p in args.dir.glob("*.json") if p.name != OUTPUT_NAME)
     if not paths:
@@ -114,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         runs = [r for p in paths for r in load_engine_results(p)]
-        result = fidelity(runs, profiles=args.profile)
+        result = fidelity(runs, profiles=args.profile, across_models=args.across_models)
     except RampError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -130,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cal = s["mean_abs_error_calibrated"]
         print(f"{metric:>18}: {s['runs']} runs, mean |error| uncalibrated "
               f"{s['mean_abs_error_uncalibrated']:.1%}, calibrated (held out by "
-              f"{result['held_out_by']}) " + ("-" if cal is None else f"{cal:.1%}"))
+              f"{result['held_out_by']}"
+              + (", all models" if result["across_models"] else ", per model") + ") "
+              + ("-" if cal is None else f"{cal:.1%}"))
     print(f"wrote {out}")
     return 0
 

@@ -1,11 +1,13 @@
 """Fit the non-MoE step costs of ``Calibration`` to measured engine runs.
 
-The step time is linear in four parameters once the rooflines are computed:
+The step time is linear in five parameters once the rooflines are computed:
 
-    step = x0 * 1us + x1 * layers * 1us + x2 * gemm + x3 * attention + (collectives + MoE)
+    step = x0 * 1us + x1 * layers * 1us + x2 * gemm + x3 * attention + x4 * eager * 1us
+           + (collectives + MoE)
 
 with ``x0 = step_overhead_us``, ``x1 = layer_overhead_us``, ``x2 = 1/dense_efficiency``,
-``x3 = 1/attention_efficiency`` (``StepCoster.rooflines`` gives gemm and attention).
+``x3 = 1/attention_efficiency``, ``x4 = eager_overhead_us`` (``StepCoster.rooflines``
+gives gemm and attention; ``eager`` is 1 on steps above the CUDA-graph size).
 
 Two sources of measurements:
 
@@ -45,14 +47,15 @@ from ramp.errors import InputError
 from ramp.hardware import get_gpu
 from ramp.models import get_model
 from ramp.plaindata import read_json
-from ramp.sim.costs import Calibration, Layout, StepCoster
+from ramp.sim.costs import Calibration, Layout, StepCoster, graph_size
 from ramp.sim.engine import EngineConfig, RunResult, simulate
 from ramp.sim.metrics import request_latencies
 from ramp.sim.routing import RoutingPool
-from ramp.sim.runner import SimConfig, prepare, routing_for
+from ramp.sim.runner import SimConfig, collapsed_pool, prepare, routing_for
 from ramp.trace import Arrival, TraceReader
 
-FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency")
+FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency",
+          "eager_overhead_us")
 PRIOR_WEIGHT = 0.01
 DEFAULT_CALIBRATION = Calibration()
 WORKLOADS = ("prefill-heavy", "decode-heavy", "online")
@@ -70,22 +73,28 @@ FIT_METRICS = ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s")
 
 def _x(cal: Calibration) -> np.ndarray:
     return np.array([cal.step_overhead_us, cal.layer_overhead_us,
-                     1 / cal.dense_efficiency, 1 / cal.attention_efficiency])
+                     1 / cal.dense_efficiency, 1 / cal.attention_efficiency,
+                     cal.eager_overhead_us])
 
 
 def _with_x(cal: Calibration, x: np.ndarray) -> Calibration:
     return dataclasses.replace(cal, step_overhead_us=float(x[0]), layer_overhead_us=float(x[1]),
                                dense_efficiency=float(1 / x[2]),
-                               attention_efficiency=float(1 / x[3]))
+                               attention_efficiency=float(1 / x[3]),
+                               eager_overhead_us=float(x[4]))
 
 
 def step_features(coster: StepCoster, layout: Layout, tokens: np.ndarray, pairs: np.ndarray,
                   context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``F`` [steps, 4] and the collective time [steps] of steps: step time =
+    """``F`` [steps, 5] and the collective time [steps] of steps: step time =
     ``F @ x + collectives + MoE`` (module docstring)."""
+    tokens = np.array([graph_size(int(t), coster.graph_tokens) for t in np.asarray(tokens)],
+                      dtype=float)
     gemm, attn, comm = coster.rooflines(layout, tokens, pairs, context, np.maximum)
     ones = np.ones_like(np.asarray(gemm, dtype=float))
-    feats = np.stack([ones * 1e-6, ones * coster.model.layers * 1e-6, gemm, attn], axis=1)
+    eager = (tokens > coster.graph_tokens) * 1e-6
+    feats = np.stack([ones * 1e-6, ones * coster.model.layers * 1e-6, gemm, attn,
+                      ones * eager], axis=1)
     return feats, np.broadcast_to(np.asarray(comm, dtype=float), ones.shape)
 
 
@@ -114,7 +123,7 @@ def fit(equations: Sequence[Equation], base: Calibration) -> Calibration:
     rows += list(np.diag(weight / scale))
     rhs += list(weight * x0 / scale)
     lower = np.array([0.0, 0.0, 1 / base.kernel_efficiency_ceiling,
-                      1 / base.kernel_efficiency_ceiling])
+                      1 / base.kernel_efficiency_ceiling, 0.0])
     result = lsq_linear(np.array(rows), np.array(rhs), bounds=(lower, np.inf))
     return _with_x(base, np.maximum(result.x, lower))
 
@@ -167,6 +176,21 @@ class EngineRun:
     measured: dict[str, float] = field(default_factory=dict)
     gpu_memory_utilization: float | None = None  # the engine's, when the file says
     concurrent: bool = False  # two engines shared the GPU (bench.py --concurrent)
+    graph_tokens: int | None = None  # largest CUDA-graph capture size (None: vLLM default)
+    routing: str = "trace"  # "collapsed": dummy weights, every token on experts 0..k-1
+    dispatched: tuple[str, ...] = ("w13", "w2")  # GEMMs RaMP dispatched (ramp_calls)
+
+    @property
+    def pool_key(self) -> str:
+        """Key of this run's routing pool in ``simulate_run``'s ``pools``."""
+        return self.model if self.routing == "trace" else f"{self.model}:{self.routing}"
+
+    def routing_pool(self) -> RoutingPool:
+        """The routing the measured engine ran: the model's shipped trace, or collapsed
+        onto the first ``top_k`` experts under dummy weights (``collapsed_pool``)."""
+        if self.routing == "collapsed":
+            return collapsed_pool(get_model(self.model))
+        return routing_for(self.model)
 
     def arrival_list(self) -> list[Arrival]:
         times = self.arrivals if self.arrivals is not None else [0.0] * len(self.inputs)
@@ -177,8 +201,10 @@ class EngineRun:
             cal = dataclasses.replace(cal, gpu_memory_utilization=self.gpu_memory_utilization)
         return SimConfig(gpu=self.gpu, model=self.model, gpus=self.tp, mode="tp",
                          policies=(self.policy,),
-                         engine=EngineConfig(self.max_batched_tokens, self.max_seqs),
-                         calibration=cal, profiles=tuple(profiles))
+                         engine=EngineConfig(self.max_batched_tokens, self.max_seqs,
+                                             cuda_graph_tokens=self.graph_tokens),
+                         calibration=cal, profiles=tuple(profiles),
+                         dispatched_gemms=self.dispatched)
 
 
 def _field(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -249,8 +275,25 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
             raise InputError(f"{where} runs[{i}]: field 'ramp_mode' is {mode!r}, not one of "
                              f"{sorted(MODES)}")
         by_mode.setdefault(mode, []).append(run)
-    util = ((data.get("engine_config") or {}).get("engine_args") or {}).get(
-        "gpu_memory_utilization")
+    config = data.get("engine_config") or {}
+    args = config.get("engine_args") or {}
+    util = args.get("gpu_memory_utilization")
+    sizes = config.get("cudagraph_capture_sizes")
+    if sizes is not None and (not isinstance(sizes, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes)):
+        raise InputError(f"{where} engine_config: field 'cudagraph_capture_sizes' must be a "
+                         "list of ints >= 1")
+    graph_tokens = (max(sizes) if sizes else 0) if sizes is not None else None
+    if args.get("enforce_eager"):
+        graph_tokens = 0
+    calls = data.get("ramp_calls")
+    keys = {k for kind in calls.values() if isinstance(kind, dict) for k in kind} \
+        if isinstance(calls, dict) else set()
+    # the GEMMs the adapter dispatched ("H200/w13-E64-..."); none named: both
+    dispatched = tuple(sorted({k.split("/")[-1].split("-")[0] for k in keys}
+                              & {"w13", "w2"})) or ("w13", "w2")
+    # dummy weights route every token to the same experts unless bench.py re-spread them
+    collapsed = args.get("load_format") == "dummy" and not config.get("routers_respread")
     out = []
     for mode, repeats in by_mode.items():
         measured: dict[str, float] = {}
@@ -270,7 +313,8 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
             None if arrivals is None else [float(t) for t in arrivals],
             ints["max_num_seqs"], ints["max_num_batched_tokens"], measured,
             float(util) if isinstance(util, (int, float)) else None,
-            bool(data.get("concurrent", False))))
+            bool(data.get("concurrent", False)), graph_tokens,
+            "collapsed" if collapsed else "trace", dispatched))
     return out
 
 
@@ -286,7 +330,7 @@ class Simulated:
 def simulate_run(run: EngineRun, cal: Calibration, pools: dict[str, RoutingPool],
                  profiles: Sequence[str] = ()) -> Simulated:
     """Simulate ``run`` under ``cal``: the metrics ``load_engine_results`` measures."""
-    pool = pools.get(run.model) or pools.setdefault(run.model, routing_for(run.model))
+    pool = pools.get(run.pool_key) or pools.setdefault(run.pool_key, run.routing_pool())
     coster = prepare(run.sim_config(cal, profiles), pool)
     result = simulate(run.arrival_list(), coster, run.policy, run.sim_config(cal).engine)
     return Simulated(sim_metrics(result), result, coster)

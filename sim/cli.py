@@ -84,6 +84,9 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 @click.option("--no-chunked-prefill", is_flag=True)
 @click.option("--kv-capacity", type=click.IntRange(min=1),
               help="KV-cache tokens (default: from GPU memory).")
+@click.option("--cuda-graph-tokens", type=click.IntRange(min=0),
+              help="Largest CUDA-graph step in tokens; larger steps run eager (default: "
+                   "vLLM's min(2 x max-seqs, 512); 0: --enforce-eager).")
 @click.option("--switch-cost", type=FiniteFloat(0), default=0.3, show_default=True,
               help="Seconds per TP/EP switch (mode switch).")
 @click.option("--slo-ttft", type=POSITIVE, default=2.0, show_default=True)
@@ -99,8 +102,8 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 @click.option("--no-progress", is_flag=True)
 def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean, gpu, gpus,
            model_name, mode, ep_placement, policies, profiles, max_batched_tokens, max_seqs,
-           no_chunked_prefill, kv_capacity, switch_cost, slo_ttft, slo_tpot, calibration_path,
-           samples, seed, lenient, json_out, plot_dir, no_progress):
+           no_chunked_prefill, kv_capacity, cuda_graph_tokens, switch_cost, slo_ttft, slo_tpot,
+           calibration_path, samples, seed, lenient, json_out, plot_dir, no_progress):
     """Replay a routing TRACE (path or shipped name) under a request workload."""
     check_output_file(json_out, "--json")
     check_output_dir(plot_dir, "--plot-dir")
@@ -108,7 +111,7 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
         gpu=gpu, model=model_name, gpus=gpus, mode=mode,
         policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
         engine=EngineConfig(max_batched_tokens, max_seqs, not no_chunked_prefill,
-                            kv_capacity=kv_capacity),
+                            kv_capacity=kv_capacity, cuda_graph_tokens=cuda_graph_tokens),
         calibration=_calibration(calibration_path), switch=SwitchConfig(cost_s=switch_cost),
         slo=SLO(slo_ttft, slo_tpot),
         profiles=tuple(profiles), ep_placement=ep_placement,

@@ -2,6 +2,11 @@
 
     step = overhead + dense GEMMs + attention + collectives + routed-expert GEMMs
 
+- overhead: per step and per layer (scheduler, sampling, launch of a CUDA-graph
+  replay), plus ``eager_overhead_us`` on steps of more tokens than the engine captured
+  CUDA graphs for (vLLM: ``min(2 * max_num_seqs, 512)``): those launch every kernel
+  from Python (docs/sim.md, "Fidelity");
+
 - dense GEMMs (attention projections, router, shared experts, dense layers, LM head):
   one roofline over the step, ``max(FLOPs / peak, weight bytes / HBM bandwidth)``;
 - attention: a roofline over (query, context) token pairs and KV bytes read;
@@ -38,6 +43,19 @@ LAYOUTS = ("tp", "ep")
 EXACT_TOKENS = 256  # steps up to this many tokens get their own routing and cost
 
 
+def graph_size(tokens: int, graph_tokens: int) -> int:
+    """Batch a ``tokens``-token step runs at: the smallest CUDA-graph capture size that
+    holds it (vLLM's default sizes 1, 2, 4, then multiples of 8 to 256, of 16 above),
+    up to ``graph_tokens``; a larger step runs eagerly at its own size. vLLM pads the
+    inputs of a graph replay to the captured size (the recorded trace's step sizes
+    show it: a drain of 237, 235, 233 running requests runs as 240, 240, 240)."""
+    if tokens > graph_tokens:
+        return tokens
+    size = tokens if tokens <= 2 else 4 if tokens <= 4 else -(-tokens // 8) * 8 \
+        if tokens <= 256 else -(-tokens // 16) * 16
+    return min(size, graph_tokens)
+
+
 def token_bucket(tokens: int) -> int:
     """``tokens`` itself up to EXACT_TOKENS, above it the nearest of 16 geometric
     buckets per octave (<= 3.2% away): large steps' MoE time is the bucket's, scaled
@@ -60,7 +78,11 @@ class Calibration:
     GEMMs and attention kernels reach of those ceilings (fitted; at most the datasheet,
     ``1 / max(flops_efficiency, bandwidth_efficiency)``). The overheads are typical of a
     CUDA-graph decode step of vLLM V1 (scheduler, sampling, launch) and of the per-layer
-    small kernels (norms, rotary, router top-k, MoE align/permute). Memory: vLLM sizes
+    small kernels (norms, rotary, router top-k, MoE align/permute);
+    ``eager_overhead_us`` is the host time a step without a CUDA graph adds (every
+    kernel launched from Python: vLLM 0.26 on an H200 spends ~50 ms on a 2048-token step
+    of a 27-layer MoE, bench/results/engine/H200_deepseek-v2-lite_recorded.jsonl.gz;
+    the default is an order of magnitude, fit it). Memory: vLLM sizes
     the KV cache from ``gpu_memory_utilization`` of the GPU's memory minus weights, the
     peak activations of a ``max_batched_tokens`` forward pass, and ``runtime_reserve_gib``
     (CUDA graphs, NCCL buffers, cuBLAS workspaces: vLLM V1 logs ~0.3-0.6 GiB for graphs).
@@ -71,6 +93,7 @@ class Calibration:
     interconnect_efficiency: float = 0.8
     step_overhead_us: float = 1500.0
     layer_overhead_us: float = 20.0
+    eager_overhead_us: float = 10000.0
     collective_latency_us: float = 10.0
     dense_efficiency: float = 1.0
     attention_efficiency: float = 1.0
@@ -91,8 +114,8 @@ class Calibration:
                 raise InputError(f"calibration.{name} must be in (0, {ceiling:.4g}] (above "
                                  f"that the kernels would beat the datasheet), got "
                                  f"{getattr(self, name)}")
-        for name in ("step_overhead_us", "layer_overhead_us", "collective_latency_us",
-                     "runtime_reserve_gib"):
+        for name in ("step_overhead_us", "layer_overhead_us", "eager_overhead_us",
+                     "collective_latency_us", "runtime_reserve_gib"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise InputError(f"calibration.{name} must be finite and >= 0, got "
                                  f"{getattr(self, name)}")
@@ -159,9 +182,11 @@ class Layout:
 
 def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: Sequence[str],
                  cal: Calibration, profiles: Sequence[str | Path] = (),
-                 max_batched_tokens: int = 8192, max_seqs: int = 256) -> Layout:
+                 max_batched_tokens: int = 8192, max_seqs: int = 256,
+                 dispatched: Sequence[str] = ("w13", "w2")) -> Layout:
     """Constants of layout ``name`` ("tp" or "ep") of ``model`` on ``gpus`` x ``gpu``;
-    the scheduler limits size the activation reserve (memory model: ``Calibration``)."""
+    the scheduler limits size the activation reserve (memory model: ``Calibration``);
+    the policies dispatch the GEMMs in ``dispatched``, the others run static."""
     if name not in LAYOUTS:
         raise InputError(f"layout {name!r} not in {LAYOUTS}")
     if gpus < 1:
@@ -199,8 +224,8 @@ def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: 
                             f"{name}: {weights_per_gpu / 1e9:.1f} GB of weights + "
                             f"{reserve / 1e9:.1f} GB of activations and runtime reserve per "
                             f"GPU, {usable / 1e9:.1f} GB usable; use more GPUs")
-    w13, w2 = (resolve_gemm(gpu, model.problem(g, tp=tp, ep=ep), policies, profiles)
-               for g in ("w13", "w2"))
+    w13, w2 = (resolve_gemm(gpu, model.problem(g, tp=tp, ep=ep), policies, profiles,
+                            g in dispatched) for g in ("w13", "w2"))
     return Layout(name, gpus, 2.0 * model.dense_params() / gpus, streamed,
                   attn_pair / gpus, kv_read, comm, collectives,
                   int(free // kv_per_gpu), (w13, w2), weights_per_gpu, reserve)
@@ -211,10 +236,12 @@ class StepCoster:
     sample) for all policies at once, so runs of several policies share the work.
     Steps above EXACT_TOKENS vary less from step to step (more tokens average the
     routing out) and use a quarter of the pool's routing samples. ``ep_placement`` places
-    the experts of an ``ep`` layout (``ramp.expert_parallel.PLACEMENTS``)."""
+    the experts of an ``ep`` layout (``ramp.expert_parallel.PLACEMENTS``). Steps of more
+    than ``graph_tokens`` tokens run without a CUDA graph (``eager_overhead_us``)."""
 
     def __init__(self, gpu: GPUSpec, model: MoEModel, pool: RoutingPool, cal: Calibration,
-                 layouts: dict[str, Layout], ep_placement: str = "contiguous") -> None:
+                 layouts: dict[str, Layout], ep_placement: str = "contiguous",
+                 graph_tokens: int = 512) -> None:
         self.model = model
         self.pool = pool
         self.samples = pool.samples
@@ -224,6 +251,8 @@ class StepCoster:
         self._bw = gpu.hbm_bandwidth * cal.bandwidth_efficiency
         self._link = gpu.interconnect_bandwidth * cal.interconnect_efficiency
         self._fixed = (cal.step_overhead_us + model.layers * cal.layer_overhead_us) * 1e-6
+        self._eager = cal.eager_overhead_us * 1e-6
+        self.graph_tokens = graph_tokens
         self._dense_inv = 1.0 / cal.dense_efficiency
         self._attn_inv = 1.0 / cal.attention_efficiency
         self._moe: dict[tuple[str, int, int, int], dict[str, float]] = {}
@@ -283,6 +312,11 @@ class StepCoster:
                     + layout.collectives * self.cal.collective_latency_us * 1e-6)
         return gemm, attn, comm
 
+    def overhead_seconds(self, tokens: int) -> float:
+        """Fixed host and small-kernel time of a ``tokens``-token step: a CUDA-graph
+        replay up to ``graph_tokens``, eager launches above."""
+        return self._fixed + (self._eager if tokens > self.graph_tokens else 0.0)
+
     def dense_seconds(self, layout: Layout, tokens: int, pairs: float,
                       context: float) -> float:
         """Everything but the routed experts and fixed overheads, seconds."""
@@ -291,6 +325,8 @@ class StepCoster:
 
     def step_seconds(self, layout: Layout, policy: str, tokens: int, pairs: float,
                      context: float, phase_class: int, sample: int) -> tuple[float, float]:
-        """(step time, MoE part) in seconds."""
+        """(step time, MoE part) in seconds; a graphed step at its padded size."""
+        tokens = graph_size(tokens, self.graph_tokens)  # padded rows are computed too
         moe = self.moe_seconds(layout, tokens, phase_class, sample)[policy]
-        return self._fixed + self.dense_seconds(layout, tokens, pairs, context) + moe, moe
+        return (self.overhead_seconds(tokens) + self.dense_seconds(layout, tokens, pairs, context)
+                + moe, moe)

@@ -61,6 +61,16 @@ class EngineConfig:
     chunked_prefill: bool = True
     block_size: int = 16            # KV block: each running sequence may waste up to one
     kv_capacity: int | None = None  # KV tokens of the replica; None: from GPU memory
+    # largest step replayed from a CUDA graph (vLLM's max_cudagraph_capture_size); None:
+    # vLLM's default min(2 * max_seqs, 512); 0: every step eager (--enforce-eager)
+    cuda_graph_tokens: int | None = None
+
+    @property
+    def graph_tokens(self) -> int:
+        """Largest step (tokens) that replays a CUDA graph."""
+        if self.cuda_graph_tokens is not None:
+            return self.cuda_graph_tokens
+        return min(2 * self.max_seqs, 512)
 
     def __post_init__(self) -> None:
         if self.max_batched_tokens > MAX_BATCHED_TOKENS:
@@ -73,6 +83,8 @@ class EngineConfig:
                              f"max_seqs={self.max_seqs} (every decoding sequence needs a token)")
         if self.kv_capacity is not None and self.kv_capacity < 1:
             raise InputError("engine: kv_capacity must be >= 1 token")
+        if self.cuda_graph_tokens is not None and self.cuda_graph_tokens < 0:
+            raise InputError("engine: cuda_graph_tokens must be >= 0 (0: no CUDA graphs)")
 
 
 @dataclass(frozen=True)

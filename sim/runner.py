@@ -19,7 +19,7 @@ from ramp.sim.metrics import SLO, format_table, speedup, summarize
 from ramp.sim.moe import check_policies
 from ramp.sim.routing import RoutingPool
 from ramp.sim.workload import resolve_path
-from ramp.trace import Arrival, TraceHeader, TraceReader
+from ramp.trace import Arrival, TraceHeader, TraceReader, TraceStep
 
 GPU_COUNTS = (1, 2, 4, 8, 16)
 MAX_GPUS = 1024
@@ -41,6 +41,7 @@ class SimConfig:
     slo: SLO = field(default_factory=SLO)
     profiles: tuple[str, ...] = ()
     ep_placement: str = "contiguous"
+    dispatched_gemms: tuple[str, ...] = ("w13", "w2")  # GEMMs the policies reach
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -53,6 +54,9 @@ class SimConfig:
         if self.gpus is not None and not 1 <= self.gpus <= MAX_GPUS:
             raise InputError(f"gpus must be in 1..{MAX_GPUS} (leave it out for the fewest "
                              f"that fit), got {self.gpus}")
+        if not set(self.dispatched_gemms) <= {"w13", "w2"}:
+            raise InputError(f"dispatched_gemms {self.dispatched_gemms} not within "
+                             "('w13', 'w2')")
         if self.ep_placement not in PLACEMENTS:
             raise InputError(f"ep_placement {self.ep_placement!r} not in {PLACEMENTS}")
 
@@ -122,6 +126,24 @@ def synthetic_pool(model: MoEModel, preset: str | None = None, seed: int = 0,
     return RoutingPool(header, generated, seed=seed, samples=samples)
 
 
+def collapsed_pool(model: MoEModel, seed: int = 0, samples: int = 16) -> RoutingPool:
+    """Routing of an engine run on dummy weights (vLLM ``load_format=dummy``): every
+    router's logits are nearly equal, so top-k picks experts ``0 .. top_k - 1`` for every
+    token of every layer (bench/engine/bench.py ``spread_router``; what the trace vLLM
+    0.26 recorded shows, bench/results/engine/H200_deepseek-v2-lite_recorded.jsonl.gz)."""
+    header = TraceHeader(model.name, model.layers, model.moe_layers, model.num_experts,
+                         model.top_k, model.hidden, model.moe_intermediate, model.dtype,
+                         source="collapsed:dummy-weights")
+
+    def step(i: int, phase: str, tokens: int) -> TraceStep:
+        hists = np.zeros((model.moe_layers, model.num_experts), dtype=np.int64)
+        hists[:, :model.top_k] = tokens
+        return TraceStep(i, phase, tokens, hists)
+
+    return RoutingPool(header, [step(0, "prefill", 2048), step(1, "decode", 256)],
+                       seed=seed, samples=samples)
+
+
 def routing_for(model: str, seed: int = 0) -> RoutingPool:
     """The shipped routing trace of catalog ``model``, else its synthetic default routing."""
     from ramp.sim.workload import embedded_path
@@ -157,7 +179,8 @@ def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, La
             layouts = {n: build_layout(n, gpu, model, gpus, config.policies,
                                        config.calibration, config.profiles,
                                        config.engine.max_batched_tokens,
-                                       config.engine.max_seqs) for n in names}
+                                       config.engine.max_seqs, config.dispatched_gemms)
+                       for n in names}
         except CapacityError as exc:
             if config.gpus is not None:
                 raise
@@ -192,7 +215,7 @@ def _prepare(config: SimConfig, pool: RoutingPool) -> tuple[StepCoster, str]:
     model = resolve_model(config.model, pool.header)
     _, layouts, chosen = build_layouts(config, model)
     return StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts,
-                      config.ep_placement), chosen
+                      config.ep_placement, config.engine.graph_tokens), chosen
 
 
 def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],

@@ -29,13 +29,14 @@ from ramp.sim.calibrate import (
     step_features,
 )
 from ramp.sim.cli import main
-from ramp.sim.costs import Calibration, StepCoster, build_layout
+from ramp.sim.costs import Calibration, StepCoster, build_layout, graph_size
+from ramp.sim.engine import EngineConfig, simulate
 from ramp.sim.runner import synthetic_pool
-from ramp.trace import TraceReader, write_trace
+from ramp.trace import Arrival, TraceReader, write_trace
 from ramp.traces.generators import synthetic_trace
 
 TRUTH = Calibration(step_overhead_us=3000, layer_overhead_us=35, dense_efficiency=0.8,
-                    attention_efficiency=0.6)
+                    attention_efficiency=0.6, eager_overhead_us=30000)
 MODEL = "olmoe-1b-7b"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,6 +94,8 @@ def test_results_file_fit_reproduces_measurements(results_dir):
     # two layer counts: fixed and per-layer overheads are both found
     assert cal.step_overhead_us == pytest.approx(TRUTH.step_overhead_us, rel=0.15)
     assert cal.layer_overhead_us == pytest.approx(TRUTH.layer_overhead_us, rel=0.25)
+    # steps above the CUDA-graph size (2 * max_seqs = 128 tokens here) pay it
+    assert cal.eager_overhead_us == pytest.approx(TRUTH.eager_overhead_us, rel=0.15)
 
 
 def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
@@ -101,9 +104,17 @@ def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
     fidelity = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fidelity)
     out = tmp_path / "fid.json"
-    assert fidelity.main(["--dir", str(results_dir), "--out", str(out)]) == 0
+    runs = [r for p in sorted(results_dir.glob("*.json")) for r in load_engine_results(p)]
+    # by default each model's folds train on that model's other workloads only
+    axis, folds = fidelity._folds(runs)
+    assert axis == "workload" and len(folds) == 6
+    for (model, held), tested in folds.items():
+        assert {(r.model, r.workload) for r in tested} == {(model, held)}
+    # (across models: 3 folds, half the simulations of the per-model default)
+    assert fidelity.main(["--dir", str(results_dir), "--out", str(out),
+                          "--across-models"]) == 0
     result = json.loads(out.read_text())
-    assert result["held_out_by"] == "workload"
+    assert result["held_out_by"] == "workload" and result["across_models"]
     assert set(result["calibrations_by_fold"]) == {"prefill-heavy", "decode-heavy", "online"}
     rows = result["rows"]
     assert {r["workload"] for r in rows} == {"prefill-heavy", "decode-heavy", "online"}
@@ -137,12 +148,45 @@ def test_results_file_validation(tmp_path, results_dir):
             load_engine_results(path)
 
 
+def test_engine_config_and_routing_come_from_the_results_file():
+    """A measured run is simulated as it ran: CUDA graphs up to the largest captured
+    size, and dummy weights' collapsed routing (no router re-spread)."""
+    path = REPO / "bench" / "results" / "engine" / "H200_qwen3-30b-a3b_prefill-heavy.json"
+    data = json.loads(path.read_text())
+    runs = load_engine_results(path)
+    assert {r.graph_tokens for r in runs} == {max(data["engine_config"]
+                                                  ["cudagraph_capture_sizes"])} == {512}
+    assert {r.routing for r in runs} == {"collapsed"}
+    assert runs[0].sim_config(Calibration()).engine.graph_tokens == 512
+
+
+def test_scheduler_reproduces_the_recorded_vllm_schedule():
+    """vLLM 0.26's own steps (the DeepSeek trace recorded on the H200, the third
+    prefill-heavy run: 256 x 1024 in / 128 out, 2048 batched tokens, 256 seqs): 136
+    steps of 2048 tokens (decodes first, the last prompt chunked), a 1304-token step,
+    then the drain at CUDA-graph sizes. The simulated schedule, padded as graphs run,
+    is the same step for step. Its routing is collapsed onto experts 0..5."""
+    from test_sim_engine import LinearCosts
+
+    with TraceReader(REPO / "bench" / "results" / "engine"
+                     / "H200_deepseek-v2-lite_recorded.jsonl.gz") as reader:
+        steps = list(reader)
+    assert all((s.hists[:, :6] == s.tokens).all() and (s.hists[:, 6:] == 0).all()
+               for s in steps)
+    recorded = [s.tokens for s in steps if s.step >= 2237]
+    run = simulate([Arrival(0.0, 1024, 128)] * 256, LinearCosts(), "static",
+                   EngineConfig(max_batched_tokens=2048, max_seqs=256))
+    padded = [graph_size(int(t), 512) for t in run.step_tokens]
+    assert padded[:137] == recorded[:137] == [2048] * 136 + [1304]
+    assert padded[137:len(recorded) - 1] == recorded[137:-1]  # the trace ends one early
+
+
 def _timed_trace(path: Path) -> Path:
     """A routing trace whose steps carry step_ms from TRUTH (attention left out: trace
     steps carry no contexts)."""
     model = get_model(MODEL)
-    tokens = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8, 32]
-    phases = ["decode"] * 5 + ["prefill"] * 5 + ["decode"] * 2
+    tokens = [1, 4, 16, 64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8, 32]
+    phases = ["decode"] * 5 + ["prefill"] * 7 + ["decode"] * 2
     header, steps = synthetic_trace(model, None, tokens, phases, seed=1)
     gpu = get_gpu("H200")
     layout = build_layout("tp", gpu, model, 1, ("static",), TRUTH)
@@ -152,7 +196,8 @@ def _timed_trace(path: Path) -> Path:
         feats, comm = step_features(coster, layout, np.array([float(s.tokens)]),
                                     np.zeros(1), np.zeros(1))
         x = np.array([TRUTH.step_overhead_us, TRUTH.layer_overhead_us,
-                      1 / TRUTH.dense_efficiency, 1 / TRUTH.attention_efficiency])
+                      1 / TRUTH.dense_efficiency, 1 / TRUTH.attention_efficiency,
+                      TRUTH.eager_overhead_us])
         ms = 1e3 * float(feats[0] @ x + comm[0] + coster.moe_of(layout, s.hists)["static"])
         timed.append(dataclasses.replace(s, step_ms=ms))
     write_trace(path, header, timed)
@@ -179,7 +224,10 @@ def test_trace_fit_recovers_fixed_cost_and_dense_efficiency(tmp_path):
     fixed = cal.step_overhead_us + layers * cal.layer_overhead_us
     assert fixed == pytest.approx(TRUTH.step_overhead_us + layers * TRUTH.layer_overhead_us,
                                   rel=0.01)
-    assert cal.dense_efficiency == pytest.approx(TRUTH.dense_efficiency, rel=0.02)
+    # compute-bound steps are the eager ones: their slope separates the two
+    assert cal.dense_efficiency == pytest.approx(TRUTH.dense_efficiency, rel=0.05)
+    # steps above 512 tokens (the default CUDA-graph size) pay it once each
+    assert cal.eager_overhead_us == pytest.approx(TRUTH.eager_overhead_us, rel=0.02)
     assert cal.attention_efficiency == pytest.approx(1.0, rel=0.01)  # unseen: the prior
     with pytest.raises(InputError, match="no step carries 'step_ms'"):
         trace = tmp_path / "plain.jsonl"
@@ -194,9 +242,10 @@ def test_calibrate_cli_writes_yaml_that_replay_reads(tmp_path):
     out = tmp_path / "cal.yaml"
     res = CliRunner().invoke(main, ["calibrate", str(path), "--gpu", "H200", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "dense_efficiency: 1 -> 0.8" in res.output
+    assert "dense_efficiency: 1 -> 0.7" in res.output
+    assert "eager_overhead_us: 1e+04 -> 2.9" in res.output
     fitted = yaml.safe_load(out.read_text())
-    assert fitted["dense_efficiency"] == pytest.approx(0.8, rel=0.02)
+    assert fitted["dense_efficiency"] == pytest.approx(0.8, rel=0.05)
     res = CliRunner().invoke(main, ["replay", str(path), "--gpu", "H200", "--requests", "20",
                                     "--calibration", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output

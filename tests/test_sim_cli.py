@@ -33,6 +33,23 @@ def test_replay_synthetic_load_ep_on_analytic_gpu():
     assert "analytic model" in res.output and " ep " in res.output
 
 
+def test_cuda_graph_tokens_flag_makes_decode_steps_eager(tmp_path):
+    """--cuda-graph-tokens 0 (vLLM --enforce-eager): every decode step pays the eager
+    overhead (default 10 ms) on top of the same GPU work, and so do the short prefills
+    that interleave with a request's decode (graphed at 512)."""
+    tpot = {}
+    for flag in ("512", "0"):
+        out = tmp_path / f"r{flag}.json"
+        res = invoke("replay", "qwen3-30b-a3b", "--requests", "20", "--rate", "1",
+                     "--policy", "static", "--cuda-graph-tokens", flag, "--json", str(out),
+                     "--no-progress")
+        assert res.exit_code == 0, res.output
+        report = json.loads(out.read_text())
+        assert report["config"]["engine"]["cuda_graph_tokens"] == int(flag)
+        tpot[flag] = report["runs"][0]["tpot_p50_s"]
+    assert 0.010 <= tpot["0"] - tpot["512"] < 0.015
+
+
 def test_errors_are_one_line(tmp_path):
     bad = tmp_path / "t.jsonl"
     bad.write_text('{"format": "nope"}\n')

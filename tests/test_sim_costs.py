@@ -19,9 +19,11 @@ from ramp.sim import (
     simulate,
     synthetic_pool,
 )
-from ramp.sim.costs import token_bucket
+from ramp.sim.costs import graph_size, token_bucket
+from ramp.sim.engine import EngineConfig
 from ramp.sim.metrics import request_latencies
 from ramp.sim.routing import DECODE, PREFILL, RoutingPool
+from ramp.sim.runner import collapsed_pool
 from ramp.trace import Arrival, TraceHeader, TraceStep
 
 OLMOE = get_model("olmoe-1b-7b")
@@ -145,3 +147,40 @@ def test_study_reports_speedup_and_is_deterministic():
     assert first.summaries[0]["served"] == 60
     text = first.format()
     assert "RaMP vs static" in text and "MoE cost" in text
+
+
+def test_graph_padding_and_eager_overhead():
+    """Steps up to the CUDA-graph size run padded to a capture size; larger steps pay
+    the eager launch overhead once, whatever their size."""
+    assert [graph_size(t, 512) for t in (1, 2, 3, 5, 8, 9, 237, 256, 257, 300, 512, 513)] == \
+        [1, 2, 4, 8, 8, 16, 240, 256, 272, 304, 512, 513]
+    assert graph_size(100, 96) == 100 and graph_size(90, 96) == 96 and graph_size(1, 0) == 1
+    assert EngineConfig(max_seqs=128).graph_tokens == 256
+    assert EngineConfig(max_seqs=256, cuda_graph_tokens=0).graph_tokens == 0
+    gpu = get_gpu("H100-SXM")
+    cal = Calibration(eager_overhead_us=40_000)
+    layout = build_layout("tp", gpu, OLMOE, 1, ("static",), cal)
+    pool = synthetic_pool(OLMOE, steps=12, prefill_tokens=256)
+    coster = StepCoster(gpu, OLMOE, pool, cal, {"tp": layout}, graph_tokens=512)
+
+    def cost(tokens: int) -> float:
+        return coster.step_seconds(layout, "static", tokens, 0.0, 0.0, PREFILL, 0)[0]
+
+    assert cost(237) == pytest.approx(cost(240), rel=1e-12)  # padded to 240
+    assert cost(513) - cost(512) == pytest.approx(0.040, rel=0.05)  # the eager step
+    assert cost(1024) - cost(513) < 0.040  # its overhead does not grow with tokens
+    eager_only = StepCoster(gpu, OLMOE, pool, cal, {"tp": layout}, graph_tokens=0)
+    assert eager_only.step_seconds(layout, "static", 1, 0.0, 0.0, DECODE, 0)[0] > 0.040
+    with pytest.raises(InputError, match="cuda_graph_tokens"):
+        EngineConfig(cuda_graph_tokens=-1)
+
+
+def test_collapsed_routing_puts_every_token_on_the_first_experts():
+    """Dummy weights: every token of every layer on experts 0..top_k-1, at any step size
+    (the re-batching keeps that: each expert's inclusion frequency is 1 or 0)."""
+    model = get_model("qwen3-30b-a3b")
+    pool = collapsed_pool(model)
+    for tokens, phase in ((1, DECODE), (100, DECODE), (256, PREFILL), (3000, PREFILL)):
+        hists = pool.hists(tokens, phase, 3)
+        assert (hists[:, :model.top_k] == tokens).all() and (hists[:, model.top_k:] == 0).all()
+

@@ -65,6 +65,21 @@ def test_chunked_prefill_splits_long_prompt():
     assert summarize(run)["rejected"] == 1
 
 
+def test_chunked_prefill_mixes_decodes_first_then_chunks():
+    """vLLM V1's order: every decoding request's token, then running prefills' next
+    chunks, then new requests, a chunk filling the budget exactly. 8 x 1024-token
+    prompts with 4 output tokens under a 2048-token budget, worked out by hand: two
+    prompts per step, each step's decodes taken from the budget (the chunk of the last
+    admitted prompt shrinks by them), then the drain."""
+    run = simulate([Arrival(0.0, 1024, 4)] * 8, LinearCosts(), "static",
+                   EngineConfig(max_batched_tokens=2048, max_seqs=256))
+    assert run.step_tokens.tolist() == [2048, 2048, 2048, 2048, 15, 5, 3, 1]
+    assert run.step_decode.tolist() == [0, 2, 3, 5, 5, 5, 3, 1]
+    ttft_steps = [1, 1, 2, 3, 3, 4, 4, 5]  # steps up to and including the first token
+    assert request_latencies(run)["ttft"].tolist() == pytest.approx(
+        [sum(step(t) for t in run.step_tokens[:k]) for k in ttft_steps])
+
+
 def test_saturated_queue_closed_form_and_littles_law():
     """One-token prompts, S slots: every step serves S sequences, each sequence holds
     its slot for exactly `output` steps, so the makespan is N*O*step(S)/S."""
