@@ -6,7 +6,7 @@ written by ``bench/engine/bench.py``), each ``ramp_mode`` (off and record: vLLM'
 output lengths, arrival offsets or all at once), ``max_num_seqs`` and
 ``max_num_batched_tokens``, the GPU's profiles where ``ramp.profile`` has them (the
 analytic wave model otherwise; each row names its source), the largest CUDA-graph capture size
-(larger steps run eager), RaMP on the GEMMs the adapter dispatched (``ramp_calls``), and
+(larger steps run eager), and
 the routing of the run's weights: dummy weights without re-spread routers send every
 token to experts ``0 .. top_k-1`` (``collapsed_pool``), else the model's shipped routing
 trace (its synthetic default routing where none is shipped). The engine's

@@ -178,7 +178,6 @@ class EngineRun:
     concurrent: bool = False  # two engines shared the GPU (bench.py --concurrent)
     graph_tokens: int | None = None  # largest CUDA-graph capture size (None: vLLM default)
     routing: str = "trace"  # "collapsed": dummy weights, every token on experts 0..k-1
-    dispatched: tuple[str, ...] = ("w13", "w2")  # GEMMs RaMP dispatched (ramp_calls)
 
     @property
     def pool_key(self) -> str:
@@ -203,8 +202,7 @@ class EngineRun:
                          policies=(self.policy,),
                          engine=EngineConfig(self.max_batched_tokens, self.max_seqs,
                                              cuda_graph_tokens=self.graph_tokens),
-                         calibration=cal, profiles=tuple(profiles),
-                         dispatched_gemms=self.dispatched)
+                         calibration=cal, profiles=tuple(profiles))
 
 
 def _field(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -286,12 +284,6 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
     graph_tokens = (max(sizes) if sizes else 0) if sizes is not None else None
     if args.get("enforce_eager"):
         graph_tokens = 0
-    calls = data.get("ramp_calls")
-    keys = {k for kind in calls.values() if isinstance(kind, dict) for k in kind} \
-        if isinstance(calls, dict) else set()
-    # the GEMMs the adapter dispatched ("H200/w13-E64-..."); none named: both
-    dispatched = tuple(sorted({k.split("/")[-1].split("-")[0] for k in keys}
-                              & {"w13", "w2"})) or ("w13", "w2")
     # dummy weights route every token to the same experts unless bench.py re-spread them
     collapsed = args.get("load_format") == "dummy" and not config.get("routers_respread")
     out = []
@@ -314,7 +306,7 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
             ints["max_num_seqs"], ints["max_num_batched_tokens"], measured,
             float(util) if isinstance(util, (int, float)) else None,
             bool(data.get("concurrent", False)), graph_tokens,
-            "collapsed" if collapsed else "trace", dispatched))
+            "collapsed" if collapsed else "trace"))
     return out
 
 

@@ -182,11 +182,9 @@ class Layout:
 
 def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: Sequence[str],
                  cal: Calibration, profiles: Sequence[str | Path] = (),
-                 max_batched_tokens: int = 8192, max_seqs: int = 256,
-                 dispatched: Sequence[str] = ("w13", "w2")) -> Layout:
+                 max_batched_tokens: int = 8192, max_seqs: int = 256) -> Layout:
     """Constants of layout ``name`` ("tp" or "ep") of ``model`` on ``gpus`` x ``gpu``;
-    the scheduler limits size the activation reserve (memory model: ``Calibration``);
-    the policies dispatch the GEMMs in ``dispatched``, the others run static."""
+    the scheduler limits size the activation reserve (memory model: ``Calibration``)."""
     if name not in LAYOUTS:
         raise InputError(f"layout {name!r} not in {LAYOUTS}")
     if gpus < 1:
@@ -224,8 +222,8 @@ def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: 
                             f"{name}: {weights_per_gpu / 1e9:.1f} GB of weights + "
                             f"{reserve / 1e9:.1f} GB of activations and runtime reserve per "
                             f"GPU, {usable / 1e9:.1f} GB usable; use more GPUs")
-    w13, w2 = (resolve_gemm(gpu, model.problem(g, tp=tp, ep=ep), policies, profiles,
-                            g in dispatched) for g in ("w13", "w2"))
+    w13, w2 = (resolve_gemm(gpu, model.problem(g, tp=tp, ep=ep), policies, profiles)
+                for g in ("w13", "w2"))
     return Layout(name, gpus, 2.0 * model.dense_params() / gpus, streamed,
                   attn_pair / gpus, kv_read, comm, collectives,
                   int(free // kv_per_gpu), (w13, w2), weights_per_gpu, reserve)

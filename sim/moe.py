@@ -28,7 +28,6 @@ class GemmCost:
     profile: Profile
     dispatchers: dict[str, Dispatcher]
     source: str  # where the cost model comes from, shown in every report
-    dispatched: bool = True  # False: the engine runs its static choice under every policy
 
     def costs(self, hists: np.ndarray) -> dict[str, np.ndarray]:
         """Microseconds per histogram [H, E] under every policy, from one prediction.
@@ -42,7 +41,7 @@ class GemmCost:
         rows = np.arange(len(hists))
         out = {}
         for name, dispatcher in self.dispatchers.items():
-            out[name] = (pred.min(axis=1) if name == "ramp-unguarded" and self.dispatched
+            out[name] = (pred.min(axis=1) if name == "ramp-unguarded"
                          else pred[rows, dispatcher.choose_batch(hists)])
         return out
 
@@ -83,11 +82,9 @@ def check_policies(policies: Sequence[str]) -> None:
 
 
 def resolve_gemm(gpu: GPUSpec, problem: MoEProblem, policies: Sequence[str],
-                 profile_paths: Sequence[str | Path] = (), dispatched: bool = True) -> GemmCost:
+                 profile_paths: Sequence[str | Path] = ()) -> GemmCost:
     """The cost model for ``problem`` on ``gpu``: a user profile, else an embedded one,
-    else the analytic model (the ``source`` field says which). ``dispatched=False``: the
-    policies do not reach this GEMM (an engine adapter that dispatches only w13), every
-    policy costs the static choice."""
+    else the analytic model (the ``source`` field says which)."""
     check_policies(policies)
     profile, source = None, ""
     for path in profile_paths:
@@ -113,5 +110,4 @@ def resolve_gemm(gpu: GPUSpec, problem: MoEProblem, policies: Sequence[str],
         profile = _analytic_profile(gpu, problem)
         source = (f"analytic model (no profile for {gpu.name} {problem.key}; "
                   f"{profile.provenance['bank_configs']} {profile.family} configs)")
-    return GemmCost(profile, {p: profile.dispatcher(p if dispatched else "static")
-                              for p in policies}, source, dispatched)
+    return GemmCost(profile, {p: profile.dispatcher(p) for p in policies}, source)

@@ -41,7 +41,6 @@ class SimConfig:
     slo: SLO = field(default_factory=SLO)
     profiles: tuple[str, ...] = ()
     ep_placement: str = "contiguous"
-    dispatched_gemms: tuple[str, ...] = ("w13", "w2")  # GEMMs the policies reach
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -54,9 +53,6 @@ class SimConfig:
         if self.gpus is not None and not 1 <= self.gpus <= MAX_GPUS:
             raise InputError(f"gpus must be in 1..{MAX_GPUS} (leave it out for the fewest "
                              f"that fit), got {self.gpus}")
-        if not set(self.dispatched_gemms) <= {"w13", "w2"}:
-            raise InputError(f"dispatched_gemms {self.dispatched_gemms} not within "
-                             "('w13', 'w2')")
         if self.ep_placement not in PLACEMENTS:
             raise InputError(f"ep_placement {self.ep_placement!r} not in {PLACEMENTS}")
 
@@ -179,7 +175,7 @@ def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, La
             layouts = {n: build_layout(n, gpu, model, gpus, config.policies,
                                        config.calibration, config.profiles,
                                        config.engine.max_batched_tokens,
-                                       config.engine.max_seqs, config.dispatched_gemms)
+                                       config.engine.max_seqs)
                        for n in names}
         except CapacityError as exc:
             if config.gpus is not None:
