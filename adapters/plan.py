@@ -9,6 +9,8 @@ whole layer (routing, both GEMMs, activation, top-k reduction) of:
 - ``engine``: vLLM's ``fused_experts`` (its ``moe_align_block_size``, its Triton kernel
   with the tuned table for this GPU or its default configuration, its ``moe_sum``);
 - ``triton``: RaMP's Triton family with the profile's configuration for T;
+- ``cute``: RaMP's CuTe family (nvidia-cutlass-dsl) with the profiles' configuration for
+  T, where this GPU has CuTe profiles of both GEMMs;
 - ``triton-poly``: the sync-free polymorphic kernel with the profile's branches;
 - ``grouped_mm``: ``torch._grouped_mm`` on RaMP's routing.
 
@@ -79,10 +81,10 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
                 ) -> dict[str, tuple[Layer, Callable[[int], dict[str, Any] | None]]]:
     """RaMP's paths (every one of ``kernels.layers.LAYER_PATHS``) for this GPU and layer:
     ``name -> (layer, what it runs at T)``; a path whose profiles are missing is left out."""
-    from ramp.adapters.runtime import triton_entry
+    from ramp.adapters.runtime import config_entry
     from ramp.kernels.layers import LAYER_PATHS, PathInputs, PathUnavailable, build_path
 
-    @functools.cache  # read once: the triton path asks for its configurations every call
+    @functools.cache  # read once: the configured paths ask for their configurations every call
     def profiles(family: str) -> tuple[Profile, Profile]:
         found = [_find(gpu, p, family, profile_dir) for p in problems]
         if not all(found):
@@ -93,21 +95,26 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
         w13, w2 = profiles("triton-poly")
         return w13.model, w2.model
 
-    def config_at(tokens: int) -> dict[str, Any]:
-        tri = profiles("triton")
-        idx = [p.dispatcher("static").choose_tokens(tokens) for p in tri]
-        return {"w13": tri[0].model.bank.configs[idx[0]].to_dict(),
-                "w2": tri[1].model.bank.configs[idx[1]].to_dict(),
-                "occupancy_w13": int(tri[0].model.bank.occupancy[idx[0]]),
-                "occupancy_w2": int(tri[1].model.bank.occupancy[idx[1]])}
+    def config_at(family: str, tokens: int) -> dict[str, Any]:
+        """What the ``family`` path runs at T: each GEMM's static-table configuration."""
+        tables = profiles(family)
+        idx = [p.dispatcher("static").choose_tokens(tokens) for p in tables]
+        return {"w13": tables[0].model.bank.configs[idx[0]].to_dict(),
+                "w2": tables[1].model.bank.configs[idx[1]].to_dict(),
+                "occupancy_w13": int(tables[0].model.bank.occupancy[idx[0]]),
+                "occupancy_w2": int(tables[1].model.bank.occupancy[idx[1]])}
 
-    def triton_configs():
-        profiles("triton")
-        return lambda tokens: triton_entry(config_at(tokens))
+    def family_configs(family: str) -> Callable[[], Callable[[int], Any]]:
+        def configs():
+            profiles(family)
+            return lambda tokens: config_entry(config_at(family, tokens))
+        return configs
 
+    configured = ("triton", "cute")  # paths named after the family whose profiles they read
     inputs = PathInputs(torch.cuda.get_device_properties(0).multi_processor_count,
-                        poly_models=poly_models, triton_configs=triton_configs)
-    records = {"triton": config_at}
+                        poly_models=poly_models, triton_configs=family_configs("triton"),
+                        cute_configs=family_configs("cute"))
+    records = {name: functools.partial(config_at, name) for name in configured}
     paths = {}
     for name in LAYER_PATHS:
         try:

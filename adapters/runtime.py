@@ -10,8 +10,8 @@ a zero-argument callable that runs the engine's own implementation:
 - ``dispatch``: per call of T tokens, the layer plan of this GPU, shape and engine
   (``ramp.layerplan``: whole-layer times of every path measured side by side with the
   engine's kernel) picks the path: the engine's own kernel wherever no RaMP path measured
-  faster (the guard), else RaMP's Triton family with that size's configuration, the
-  sync-free polymorphic kernel (``ramp.kernels.triton.poly.PolyGemm``: its CTAs pick the
+  faster (the guard), else RaMP's Triton or CuTe family with that size's configuration,
+  the sync-free polymorphic kernel (``ramp.kernels.triton.poly.PolyGemm``: its CTAs pick the
   tile configuration from the live histogram on the GPU) or ``torch._grouped_mm``. The
   choice uses T alone, which the host knows even while an engine captures a CUDA graph
   for that batch size; nothing reads the histogram on the host.
@@ -301,7 +301,8 @@ class RampMoERuntime:
 
         inputs = PathInputs(live_sms,
                             poly_models=lambda: self._poly_models(gpu, problems, live_sms),
-                            triton_configs=lambda: _triton_configs(plan))
+                            triton_configs=lambda: _plan_configs(plan, "triton"),
+                            cute_configs=lambda: _plan_configs(plan, "cute"))
         paths: dict[str, LayerPath] = {}
         for name in sorted(plan.paths_used() - {ENGINE}):
             try:
@@ -497,25 +498,34 @@ def _plan_summary(plan: LayerPlan) -> str:
     return "; ".join(runs) + f" (beyond {plan.tokens[-1]}: {choices[-1]})"
 
 
-def triton_entry(entry: Mapping[str, Any]) -> tuple[Any, Any, int, int]:
-    """A layer plan's record of what the ``triton`` path ran at one size (``{"w13": config,
-    "w2": config, "occupancy_w13": n, "occupancy_w2": n}``) as ``kernels.layers``'
-    (w13 config, w2 config, w13 occupancy, w2 occupancy)."""
+def config_entry(entry: Mapping[str, Any]) -> tuple[Any, Any, int, int]:
+    """A layer plan's record of what a configured path (``triton``, ``cute``) ran at one
+    size (``{"w13": config, "w2": config, "occupancy_w13": n, "occupancy_w2": n}``) as
+    ``kernels.layers``' (w13 config, w2 config, w13 occupancy, w2 occupancy)."""
     from ramp.config import KernelConfig
 
     return (KernelConfig.from_dict(entry["w13"], "w13"), KernelConfig.from_dict(entry["w2"], "w2"),
             int(entry.get("occupancy_w13", 1)), int(entry.get("occupancy_w2", 1)))
 
 
-def _triton_configs(plan: LayerPlan) -> Callable[[int], tuple[Any, Any, int, int]]:
-    """The Triton configurations the plan timed, per bucket (``kernels.layers.ConfigsAt``)."""
-    configs = {i: triton_entry(entry) for i, entry in enumerate(plan.configs.get("triton", ()))
+triton_entry = config_entry  # the triton path's records are read the same way
+
+
+def _plan_configs(plan: LayerPlan, path: str) -> Callable[[int], tuple[Any, Any, int, int]]:
+    """The configurations the plan timed for ``path`` (named after its kernel family:
+    ``triton`` or ``cute``), per bucket (``kernels.layers.ConfigsAt``)."""
+    configs = {i: config_entry(entry) for i, entry in enumerate(plan.configs.get(path, ()))
                if entry is not None}
     missing = [plan.tokens[i] for i, c in enumerate(plan.choices)
-               if c == "triton" and i not in configs]
+               if c == path and i not in configs]
     if missing:
-        raise Unsupported(f"layer plan {plan.key} chooses the triton path at T={missing} "
+        raise Unsupported(f"layer plan {plan.key} chooses the {path} path at T={missing} "
                           "but records no configuration for it")
+    families = sorted({cfg.family for entry in configs.values() for cfg in entry[:2]}
+                      - {path})
+    if families:
+        raise Unsupported(f"layer plan {plan.key} records {families} configurations for "
+                          f"the {path} path")
     return lambda tokens: configs[plan.bucket(tokens)]
 
 

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from ramp.costmodel import WaveCostModel
 
 Layer = Callable[..., torch.Tensor]
-# tokens -> (w13 config, w2 config, w13 occupancy, w2 occupancy)
+# tokens -> (w13 config, w2 config, w13 occupancy, w2 occupancy), for the triton and
+# cute paths
 ConfigsAt = Callable[[int], tuple[KernelConfig, KernelConfig, int, int]]
 
 
@@ -80,18 +81,25 @@ def poly_layer(w13_gemm: PolyGemm, w2_gemm: PolyGemm, num_sms: int) -> Layer:
     return layer
 
 
-def triton_layer(configs_at: ConfigsAt, num_sms: int) -> Layer:
-    """RaMP's Triton family with one configuration per GEMM chosen from T (host-side)."""
+def configured_layer(launch: Callable[..., torch.Tensor], configs_at: ConfigsAt,
+                     num_sms: int) -> Layer:
+    """A family's grouped GEMMs with one configuration per GEMM chosen from T (host-side).
+
+    ``launch`` has the contract of ``ramp.kernels.triton.fused_moe.moe_gemm`` (which the
+    CuTe family's ``launch.moe_gemm`` shares): w13 gathers token rows, fuses
+    SiLU(gate)*up and writes expert-sorted rows; w2 scales by the routing weight and
+    scatters to slot order; the grid depends on T and the configuration alone.
+    """
 
     def layer(hidden, w13, w2, ids, weights, out=None, expert_map=None):
         cfg13, cfg2, occ13, occ2 = configs_at(hidden.shape[0])
         rows = ids.numel()
         routing = local_routing(ids, weights, w13.shape[0], expert_map)
         inter = hidden.new_empty(rows, w2.shape[2])
-        moe_gemm(hidden, w13, routing, cfg13, inter, gemm="w13", num_sms=num_sms,
-                 occupancy=occ13)
+        launch(hidden, w13, routing, cfg13, inter, gemm="w13", num_sms=num_sms,
+               occupancy=occ13)
         down = _rows(hidden, rows, w2.shape[1], expert_map is not None)
-        moe_gemm(inter, w2, routing, cfg2, down, gemm="w2", num_sms=num_sms, occupancy=occ2)
+        launch(inter, w2, routing, cfg2, down, gemm="w2", num_sms=num_sms, occupancy=occ2)
         return top_k_sum(down, ids.shape[1], out)
 
     return layer
@@ -116,12 +124,14 @@ class PathInputs:
 
     ``num_sms``: the device's SM count, None on the Triton interpreter (no device).
     ``poly_models``: the sync-free kernel's fitted (w13, w2) cost models, from the
-    ``triton-poly`` profiles. ``triton_configs``: the Triton configurations per T.
+    ``triton-poly`` profiles. ``triton_configs`` / ``cute_configs``: that family's
+    configurations per T.
     """
 
     num_sms: int | None
     poly_models: Callable[[], tuple[WaveCostModel, WaveCostModel]] | None = None
     triton_configs: Callable[[], ConfigsAt] | None = None
+    cute_configs: Callable[[], ConfigsAt] | None = None
 
 
 INTERPRETER_SMS = 4  # the Triton interpreter: any small positive grid bound works
@@ -138,12 +148,31 @@ def _poly_path(inputs: PathInputs) -> Layer:
 def _triton_path(inputs: PathInputs) -> Layer:
     if inputs.triton_configs is None:
         raise PathUnavailable("no Triton configurations per size")
-    return triton_layer(inputs.triton_configs(), inputs.num_sms or INTERPRETER_SMS)
+    return configured_layer(moe_gemm, inputs.triton_configs(),
+                            inputs.num_sms or INTERPRETER_SMS)
+
+
+def _cute_path(inputs: PathInputs) -> Layer:
+    """The CuTe family, imported here: nvidia-cutlass-dsl is an optional dependency, and
+    it has no interpreter, so the path needs the DSL and a GPU. Each configuration
+    compiles on its first call (the runtime's warm-up, before any graph capture)."""
+    if inputs.cute_configs is None:
+        raise PathUnavailable("no CuTe configurations per size")
+    configs_at = inputs.cute_configs()  # a bad record is reported wherever it is read
+    try:
+        from ramp.kernels.cute.launch import moe_gemm as cute_gemm
+    except ImportError as exc:
+        raise PathUnavailable(f"the CuTe family needs nvidia-cutlass-dsl, which does not "
+                              f"import here ({type(exc).__name__}: {exc})") from exc
+    if inputs.num_sms is None:
+        raise PathUnavailable("the CuTe family runs on a CUDA GPU only (no device here)")
+    return configured_layer(cute_gemm, configs_at, inputs.num_sms)
 
 
 LAYER_PATHS: dict[str, Callable[[PathInputs], Layer]] = {
     "triton": _triton_path,
     "triton-poly": _poly_path,
+    "cute": _cute_path,
     "grouped_mm": lambda inputs: grouped_mm_path,
 }
 

@@ -12,7 +12,9 @@ call has), so RaMP never makes a bucket slower than the engine on its own measur
 Paths: ``engine`` (the engine's kernel, e.g. vLLM's Triton fused_moe with its tuned
 table), ``triton`` (RaMP's Triton family, the profile's per-T configuration),
 ``triton-poly`` (the sync-free polymorphic kernel: the branch is chosen on the GPU from
-the live histogram), ``grouped_mm`` (torch._grouped_mm on expert-sorted rows).
+the live histogram), ``cute`` (RaMP's CuTe DSL sm90 family, the profiles' per-T
+configuration; needs nvidia-cutlass-dsl), ``grouped_mm`` (torch._grouped_mm on
+expert-sorted rows).
 A call of T tokens takes the decision of the smallest measured size >= T (engines pad a
 graph's batch up to its captured size), or of the largest measured size beyond it.
 """
@@ -34,7 +36,7 @@ from ramp.problem import MoEProblem
 
 SCHEMA = "ramp-layer-plan/1"
 ENGINE = "engine"
-PATHS = (ENGINE, "triton", "triton-poly", "grouped_mm")
+PATHS = (ENGINE, "triton", "triton-poly", "cute", "grouped_mm")
 DEFAULT_MARGIN = 0.02
 
 

@@ -10,6 +10,7 @@ checked against the engines' real sources when ``RAMP_TEST_VLLM_SOURCE`` /
 from __future__ import annotations
 
 import ast
+import dataclasses
 import fcntl
 import json
 import logging
@@ -33,6 +34,7 @@ from ramp.bank import KernelBank  # noqa: E402
 from ramp.config import KernelConfig  # noqa: E402
 from ramp.costmodel import WaveCostModel  # noqa: E402
 from ramp.errors import InputError  # noqa: E402
+from ramp.kernels.cute.configs import cute_configs  # noqa: E402
 from ramp.kernels.triton.configs import FAMILY_VERSION  # noqa: E402
 from ramp.layerplan import LayerPlan, load_layer_plan  # noqa: E402
 from ramp.problem import MoEProblem  # noqa: E402
@@ -79,6 +81,8 @@ class Engine:
 ENGINE_NAME = "test-engine"
 TRITON_CFG = {"w13": KernelConfig("triton", 16, 32, 32).to_dict(),
               "w2": KernelConfig("triton", 16, 64, 32, persistent=True).to_dict()}
+CUTE_CFG = {"w13": cute_configs()[0].to_dict(), "w2": cute_configs()[1].to_dict()}
+RECORDED = {"triton": TRITON_CFG, "cute": CUTE_CFG}  # what the configured paths ran
 
 
 def save_plan(directory: Path, paths: dict[int, str], dtype: str = "float16",
@@ -89,7 +93,8 @@ def save_plan(directory: Path, paths: dict[int, str], dtype: str = "float16",
     names = {"engine", *paths.values()}
     times = {n: tuple(1.0 if paths[t] == n else 10.0 if n == "engine" else 20.0
                       for t in tokens) for n in names}
-    configs = {"triton": tuple(TRITON_CFG for _ in tokens)} if "triton" in names else {}
+    configs = {name: tuple(cfg for _ in tokens) for name, cfg in RECORDED.items()
+               if name in names}
     plan = LayerPlan(gpu, MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, dtype, "w13"),
                      f"{ENGINE_NAME} 1", tuple(tokens), times, configs=configs, ep=ep)
     plan.save(directory / f"{plan.key}.json")
@@ -585,9 +590,18 @@ def test_stale_profile_and_import_error_fall_back(tmp_path, caplog, monkeypatch)
     assert len(lines) == 1 and "RaMP setup failed (ModuleNotFoundError" in lines[0]
 
 
-def test_layer_paths_are_the_plans_paths_and_say_what_they_miss():
+@pytest.fixture
+def no_cutlass(monkeypatch):
+    """This process as if nvidia-cutlass-dsl were not installed (as on CI)."""
+    monkeypatch.setitem(sys.modules, "cutlass", None)
+    for name in ("ramp.kernels.cute.launch", "ramp.kernels.cute.moe_gemm"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_layer_paths_are_the_plans_paths_and_say_what_they_miss(no_cutlass):
     """One table of layer paths: exactly the RaMP paths a layer plan may name; a path
-    whose inputs are absent says which, and an unknown name lists the known ones."""
+    whose inputs are absent says which, and an unknown name lists the known ones.
+    Importing the table needs no CuTe DSL; building the cute path without it says so."""
     from ramp.kernels.layers import LAYER_PATHS, PathInputs, PathUnavailable, build_path
     from ramp.layerplan import ENGINE, PATHS
 
@@ -598,8 +612,53 @@ def test_layer_paths_are_the_plans_paths_and_say_what_they_miss():
         build_path("triton-poly", bare)
     with pytest.raises(PathUnavailable, match="Triton configurations"):
         build_path("triton", bare)
+    with pytest.raises(PathUnavailable, match="no CuTe configurations"):
+        build_path("cute", bare)
+    configured = PathInputs(num_sms=132, cute_configs=lambda: lambda tokens: None)
+    with pytest.raises(PathUnavailable, match="needs nvidia-cutlass-dsl, which does not "
+                                              "import here"):
+        build_path("cute", configured)
     with pytest.raises(PathUnavailable, match="known: triton"):
         build_path("cutlass", bare)
+
+
+def test_cute_path_needs_a_gpu():
+    """With the DSL but no device (it has no interpreter) the cute path is unavailable."""
+    pytest.importorskip("cutlass")
+    if DEVICE == "cuda":
+        pytest.skip("a GPU is visible")
+    from ramp.kernels.layers import PathInputs, PathUnavailable, build_path
+
+    with pytest.raises(PathUnavailable, match="CUDA GPU only"):
+        build_path("cute", PathInputs(num_sms=None, cute_configs=lambda: lambda t: None))
+
+
+def test_plan_choosing_cute_without_the_dsl_falls_back_once(tmp_path, caplog, no_cutlass):
+    """A plan measured where the CuTe family ran, served where nvidia-cutlass-dsl is
+    missing: the engine runs every call and the reason is logged once."""
+    calls, lines = fallbacks(dispatch_runtime(tmp_path, plan={4: "cute", 32: "triton"}),
+                             caplog)
+    assert calls == 2
+    assert len(lines) == 1 and lines[0].startswith(
+        "RaMP falls back to the engine kernel: layer plan H100-SXM_w13-E8-N64-K64-top2-"
+        "float16_layer chooses path 'cute', which this RaMP cannot run here: the CuTe "
+        "family needs nvidia-cutlass-dsl")
+
+
+@pytest.mark.parametrize("recorded,reason", [
+    ({}, "chooses the cute path at T=[4] but records no configuration for it"),
+    ({"cute": (TRITON_CFG, None)}, "records ['triton'] configurations for the cute path"),
+])
+def test_plan_configs_of_the_cute_path_are_checked(tmp_path, caplog, recorded, reason):
+    """The cute path runs the configurations its plan recorded, read like triton's: a
+    plan that records none, or another family's, falls back with the reason."""
+    plan = save_plan(tmp_path, {4: "cute", 32: "engine"})
+    plan = dataclasses.replace(plan, configs=recorded)
+    plan.save(tmp_path / f"{plan.key}.json")
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    calls, lines = fallbacks(runtime, caplog)
+    assert calls == 2 and len(lines) == 1 and reason in lines[0]
 
 
 def test_kernel_failure_falls_back_and_is_not_retried(tmp_path, caplog):

@@ -2,7 +2,8 @@
 
 Skipped without CUDA. The dispatch tests run every path a layer plan can choose (the
 plan is written here, forcing one path at every size) with this GPU's embedded profiles,
-and skip on a GPU that has none (Qwen3-30B-A3B's shapes). No engine is needed: a model
+and skip on a GPU that has none (Qwen3-30B-A3B's shapes; cute: CuTe profiles of both
+GEMMs, H200 only today) and, for cute, where nvidia-cutlass-dsl is not installed. No engine is needed: a model
 of stacked MoE layers calls the runtime the way the engine hooks do.
 """
 
@@ -24,7 +25,7 @@ from ramp.layerplan import LayerPlan  # noqa: E402
 from ramp.trace import read_steps  # noqa: E402
 
 QWEN = dict(experts=128, hidden=2048, inter=768, top_k=8)  # Qwen3-30B-A3B, TP=1
-PATHS = ("triton", "triton-poly", "grouped_mm")
+PATHS = ("triton", "triton-poly", "cute", "grouped_mm")
 PLAN_TOKENS = (1, 64, 512, 8192)
 
 
@@ -36,6 +37,8 @@ def forcing_runtime(tmp_path: Path, path: str, ep: int = 1) -> RampMoERuntime:
     from ramp.hardware import detect_gpu
     from ramp.models import get_model
 
+    if path == "cute":
+        pytest.importorskip("cutlass", reason="the cute path needs nvidia-cutlass-dsl")
     gpu = detect_gpu().name
     model = get_model("qwen3-30b-a3b")
     problems = (model.problem("w13"), model.problem("w2"))
