@@ -508,9 +508,6 @@ def config_entry(entry: Mapping[str, Any]) -> tuple[Any, Any, int, int]:
             int(entry.get("occupancy_w13", 1)), int(entry.get("occupancy_w2", 1)))
 
 
-triton_entry = config_entry  # the triton path's records are read the same way
-
-
 def _plan_configs(plan: LayerPlan, path: str) -> Callable[[int], tuple[Any, Any, int, int]]:
     """The configurations the plan timed for ``path`` (named after its kernel family:
     ``triton`` or ``cute``), per bucket (``kernels.layers.ConfigsAt``)."""
