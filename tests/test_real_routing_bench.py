@@ -2,14 +2,15 @@
 views), the summary and the report; the EP call's inputs through the Triton interpreter.
 The timing itself needs a GPU (CUDA graphs) and runs there."""
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import real_routing as rr
 from ramp.expert_parallel import ExpertPlacement
 from ramp.models import get_model
 from ramp.profile import find_profile
@@ -20,6 +21,12 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing
 needs_data = pytest.mark.skipif(not (DATA / "law.npz").exists(),
                                 reason="real routing data (../shared/data) absent")
 MODEL = get_model("deepseek-v2-lite")
+# bench/ is scripts, not an installed package: load the script from its file
+_SPEC = importlib.util.spec_from_file_location(
+    "real_routing", Path(__file__).resolve().parents[1] / "bench" / "real_routing.py")
+rr = importlib.util.module_from_spec(_SPEC)
+sys.modules["real_routing"] = rr  # dataclasses look their module up while the class is made
+_SPEC.loader.exec_module(rr)
 
 
 def _routing(tokens: int, seed: int, layers: int = 3, experts: int = 64, top_k: int = 6,
