@@ -310,7 +310,7 @@ class StepCoster:
         scale = 1e-6 * self.cal.moe_scale
         out = {p: float(us.reshape(layers, shards).max(axis=1).sum() * scale)
                for p, us in total.items()}
-        tokens = int(round(hists.sum() / (layers * self.model.top_k)))
+        tokens = round(float(hists.sum()) / (layers * self.model.top_k))
         return {**out, **self.plan_seconds(layout, tokens)}
 
     def rooflines(self, layout: Layout, tokens, pairs, context, maximum=max):

@@ -22,7 +22,7 @@ from ramp.sim.routing import rebatch
 # plan policies cost a whole MoE layer from a measured layer plan (``LayerPlanCost``):
 # ``plan`` the path the engine's dispatch mode runs, ``plan-engine`` the engine's own kernel
 PLAN_POLICIES = ("plan", "plan-engine")
-SIM_POLICIES = ("static", "ramp", "ramp-unguarded") + PLAN_POLICIES
+SIM_POLICIES = ("static", "ramp", "ramp-unguarded", *PLAN_POLICIES)
 PLAN_ENGINE = "vllm"  # the engine whose layer plans the plan policies look up
 
 
