@@ -69,6 +69,7 @@ def test_a_path_twice_as_fast_at_8_tokens_moves_the_step_by_exactly_that(tmp_pat
 
     (on, moe_on), (off, moe_off) = step("plan", 8), step("plan-engine", 8)
     assert moe_off == pytest.approx(MODEL.moe_layers * 100e-6, rel=1e-12)
+    assert moe_on == pytest.approx(MODEL.moe_layers * 50e-6, rel=1e-12)
     assert off - on == pytest.approx(MODEL.moe_layers * 50e-6, rel=1e-9)
     assert step("plan", 16) == step("plan-engine", 16)  # the engine wins its own bucket
     # the cost model's policies are still costed per GEMM alongside
