@@ -1,8 +1,14 @@
 """How well ``ramp-sim`` predicts measured vLLM serving runs, before and after calibration.
 
 For every engine results file (``bench/results/engine/<GPU>_<model>_<workload>.json``,
-written by ``bench/engine/bench.py``), each ``ramp_mode`` (off and record: vLLM's kernel
-= the ``static`` policy; dispatch: RaMP = ``ramp``) is simulated with the same requests (prompt and
+written by ``bench/engine/bench.py``), each ``ramp_mode`` is simulated with the same
+requests. The MoE is costed ``--moe-costs plan`` (default) from the measured layer plan
+the engine's dispatch mode ran (``ramp/data/plans``): off and record runs under
+``plan-engine`` (the plan's times of vLLM's own kernel), dispatch runs under ``plan``
+(the plan's chosen path per batch size), so the dispatch/off ratio comes from one
+measured source; or ``--moe-costs model``, per GEMM from the cost model (off and record:
+``static``, dispatch: ``ramp``). The other way is computed too (``alternative``: its
+summary and RaMP gains; ``--no-alternative`` skips it). Runs are simulated with (prompt and
 output lengths, arrival offsets or all at once), ``max_num_seqs`` and
 ``max_num_batched_tokens``, the GPU's profiles where ``ramp.profile`` has them (the
 analytic wave model otherwise; each row names its source), the largest CUDA-graph capture size
@@ -28,7 +34,9 @@ nothing to train on gets no calibrated prediction (null). Uncalibrated = the def
 writes one row per (run, metric): ``model``, ``workload``, ``policy``, ``metric``,
 ``measured``, ``predicted_uncalibrated``, ``predicted_calibrated``, ``error`` (relative,
 calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``,
-``trained_on``, ``routing``; and a summary of mean absolute errors per metric. CPU only.
+``trained_on``, ``routing``; a summary of mean absolute errors per metric; and
+``ramp_gain``: per model and workload, dispatch / off throughput and off / dispatch TPOT
+p50, measured and predicted (calibrated). CPU only.
 """
 
 from __future__ import annotations
@@ -45,7 +53,14 @@ from typing import Any
 import numpy as np
 
 from ramp.errors import RampError
-from ramp.sim.calibrate import FITTED, EngineRun, calibrate_runs, load_engine_results, simulate_run
+from ramp.sim.calibrate import (
+    FITTED,
+    MOE_COSTS,
+    EngineRun,
+    calibrate_runs,
+    load_engine_results,
+    simulate_run,
+)
 from ramp.sim.costs import Calibration
 from ramp.sim.routing import RoutingPool
 
@@ -71,6 +86,30 @@ def _folds(runs: Sequence[EngineRun], across_models: bool = False
     return axis, folds
 
 
+def ramp_gain(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, workload): RaMP's dispatch / off gain in throughput and TPOT p50 (both
+    ``> 1`` is better), measured and predicted (calibrated), from the rows of the
+    results files that ran both modes."""
+    by: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["source"], r["model"], r["workload"]), {})[
+            f"{r['ramp_mode']}:{r['metric']}"] = r
+    out = []
+    for (_, model, workload), got in by.items():
+        entry: dict[str, Any] = {"model": model, "workload": workload}
+        for metric, invert in (("throughput_tok_s", False), ("tpot_p50_s", True)):
+            off, on = got.get(f"off:{metric}"), got.get(f"dispatch:{metric}")
+            if off is None or on is None:
+                continue
+            for what in ("measured", "predicted_calibrated"):
+                a, b = off[what], on[what]
+                entry[f"{metric}_{what}"] = (None if a is None or b is None
+                                             else (a / b if invert else b / a))
+        if len(entry) > 2:
+            out.append(entry)
+    return out
+
+
 def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
              profiles: Sequence[str] = (), across_models: bool = False) -> dict[str, Any]:
     """Rows and summary (module docstring) for measured engine ``runs``."""
@@ -91,6 +130,7 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
                 pred = after[metric] if after else None
                 rows.append({
                     "model": run.model, "workload": run.workload, "policy": run.policy,
+                    "ramp_mode": run.ramp_mode,
                     "source": run.source, "metric": metric, "measured": measured,
                     "predicted_uncalibrated": before.metrics[metric],
                     "predicted_calibrated": pred,
@@ -112,7 +152,8 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
         }
     return {"held_out_by": axis, "across_models": across_models,
             "base_calibration": dataclasses.asdict(base),
-            "calibrations_by_fold": calibrations, "summary": summary, "rows": rows}
+            "calibrations_by_fold": calibrations, "summary": summary,
+            "ramp_gain": ramp_gain(rows), "rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=f"default: DIR/{OUTPUT_NAME}")
     parser.add_argument("--profile", action="append", default=[],
                         help="profile JSON for the simulated GPU (repeatable)")
+    parser.add_argument("--moe-costs", choices=MOE_COSTS, default="plan",
+                        help="MoE from the layer plan (per layer, measured) or the cost "
+                             "model (per GEMM) (default: %(default)s)")
+    parser.add_argument("--no-alternative", action="store_true",
+                        help="skip the other --moe-costs way (its summary and RaMP gains)")
+    parser.add_argument("--plan", action="append", default=[],
+                        help="layer plan JSON before the embedded ones (repeatable)")
     parser.add_argument("--across-models", action="store_true",
                         help="train each fold on every model's other workloads (default: "
                              "the held-out run's own model only)")
@@ -131,8 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.dir}: no engine results files (*.json)", file=sys.stderr)
         return 2
     try:
-        runs = [r for p in paths for r in load_engine_results(p)]
-        result = fidelity(runs, profiles=args.profile, across_models=args.across_models)
+        runs = [r for p in paths for r in load_engine_results(p, args.moe_costs, args.plan)]
+        result = {"moe_costs": args.moe_costs,
+                  **fidelity(runs, profiles=args.profile, across_models=args.across_models)}
+        if not args.no_alternative:
+            other = next(m for m in MOE_COSTS if m != args.moe_costs)
+            alt = fidelity([r.with_moe_costs(other, args.plan) for r in runs],
+                           profiles=args.profile, across_models=args.across_models)
+            result["alternative"] = {"moe_costs": other, "summary": alt["summary"],
+                                     "ramp_gain": alt["ramp_gain"],
+                                     "calibrations_by_fold": alt["calibrations_by_fold"]}
     except RampError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -144,13 +200,22 @@ def main(argv: Sequence[str] | None = None) -> int:
               "device": [json.loads(d) for d in devices],  # of the measured runs
               "sources": [p.name for p in paths], **result}
     out.write_text(json.dumps(result, indent=1) + "\n")
-    for metric, s in result["summary"].items():
-        cal = s["mean_abs_error_calibrated"]
-        print(f"{metric:>18}: {s['runs']} runs, mean |error| uncalibrated "
-              f"{s['mean_abs_error_uncalibrated']:.1%}, calibrated (held out by "
-              f"{result['held_out_by']}"
-              + (", all models" if result["across_models"] else ", per model") + ") "
-              + ("-" if cal is None else f"{cal:.1%}"))
+    for part in (result, result.get("alternative")):
+        if part is None:
+            continue
+        print(f"MoE costs: {part['moe_costs']}")
+        for metric, s in part["summary"].items():
+            cal = s["mean_abs_error_calibrated"]
+            print(f"{metric:>18}: {s['runs']} runs, mean |error| uncalibrated "
+                  f"{s['mean_abs_error_uncalibrated']:.1%}, calibrated (held out by "
+                  f"{result['held_out_by']}"
+                  + (", all models" if result["across_models"] else ", per model") + ") "
+                  + ("-" if cal is None else f"{cal:.1%}"))
+        for g in part["ramp_gain"]:
+            fmt = (lambda v: "-" if v is None else f"{v:.3f}x")  # noqa: E731
+            print(f"  RaMP gain {g['model']} {g['workload']}: throughput measured "
+                  f"{fmt(g.get('throughput_tok_s_measured'))}, predicted "
+                  f"{fmt(g.get('throughput_tok_s_predicted_calibrated'))}")
     print(f"wrote {out}")
     return 0
 

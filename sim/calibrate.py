@@ -59,8 +59,13 @@ FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attentio
 PRIOR_WEIGHT = 0.01
 DEFAULT_CALIBRATION = Calibration()
 WORKLOADS = ("prefill-heavy", "decode-heavy", "online")
-# engine ramp_mode -> simulated policy (record: vLLM's kernels, plus the recorder's cost)
-MODES = {"off": "static", "record": "static", "dispatch": "ramp"}
+# how the MoE of an engine run is costed: per GEMM by the cost model, or per layer from
+# the measured layer plan (the plan the engine's dispatch mode ran, and its engine times)
+MOE_COSTS = ("model", "plan")
+# engine ramp_mode -> simulated policy per MOE_COSTS (record: vLLM's kernels, plus the
+# recorder's cost)
+MODES = {"model": {"off": "static", "record": "static", "dispatch": "ramp"},
+         "plan": {"off": "plan-engine", "record": "plan-engine", "dispatch": "plan"}}
 # results-file run fields -> (metric, scale to seconds or tokens/s)
 RUN_METRICS = {
     "total_tok_per_s": ("throughput_tok_s", 1.0),
@@ -132,7 +137,7 @@ def fit(equations: Sequence[Equation], base: Calibration) -> Calibration:
 
 
 def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str = "static",
-                    profiles: Sequence[str] = ()) -> list[Equation]:
+                    profiles: Sequence[str] = (), plans: Sequence[str] = ()) -> list[Equation]:
     """One equation per trace step with ``step_ms``; the layout from the header's
     parallelism (``ep > 1``: expert-parallel), the MoE part from the step's histograms."""
     with TraceReader(path) as reader:
@@ -143,7 +148,8 @@ def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str =
     tp, ep = header.tp, header.ep
     mode = "ep" if ep > 1 else "tp"
     config = SimConfig(gpu=gpu, model=header.model, gpus=max(tp, ep), mode=mode,
-                       policies=(policy,), calibration=base, profiles=tuple(profiles))
+                       policies=(policy,), calibration=base, profiles=tuple(profiles),
+                       plans=tuple(plans))
     coster = prepare(config, RoutingPool(header, steps[:1]))
     layout = coster.layouts[mode]
     tokens = np.array([s.tokens for s in steps], dtype=float)
@@ -178,6 +184,15 @@ class EngineRun:
     concurrent: bool = False  # two engines shared the GPU (bench.py --concurrent)
     graph_tokens: int | None = None  # largest CUDA-graph capture size (None: vLLM default)
     routing: str = "trace"  # "collapsed": dummy weights, every token on experts 0..k-1
+    ramp_mode: str = "off"  # the engine's (``MODES``): what ``policy`` simulates
+    plans: tuple[str, ...] = ()  # layer plan files for plan policies (default: embedded)
+
+    def with_moe_costs(self, moe_costs: str, plans: Sequence[str] = ()) -> EngineRun:
+        """This run with its MoE costed the ``moe_costs`` way (``MOE_COSTS``)."""
+        if moe_costs not in MODES:
+            raise InputError(f"moe costs {moe_costs!r} not in {MOE_COSTS}")
+        return dataclasses.replace(self, policy=MODES[moe_costs][self.ramp_mode],
+                                   plans=tuple(plans))
 
     @property
     def pool_key(self) -> str:
@@ -202,7 +217,7 @@ class EngineRun:
                          policies=(self.policy,),
                          engine=EngineConfig(self.max_batched_tokens, self.max_seqs,
                                              cuda_graph_tokens=self.graph_tokens),
-                         calibration=cal, profiles=tuple(profiles))
+                         calibration=cal, profiles=tuple(profiles), plans=self.plans)
 
 
 def _field(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -239,7 +254,8 @@ def _tp_of(data: dict[str, Any]) -> int:
     return int(match.group(1)) if match else 1
 
 
-def load_engine_results(path: str | Path) -> list[EngineRun]:
+def load_engine_results(path: str | Path, moe_costs: str = "model",
+                        plans: Sequence[str] = ()) -> list[EngineRun]:
     """The runs of one results file, one per ``ramp_mode`` (the schema bench/engine/
     bench.py writes: ``device`` a name or ``{"device": name, ...}``; offline workloads
     with ``input_len``/``output_len``, online ones with per-request ``input_lens``/
@@ -269,9 +285,9 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
     by_mode: dict[str, list[dict[str, Any]]] = {}
     for i, run in enumerate(runs):
         mode = _field(run, "ramp_mode", str, f"{where} runs[{i}]")
-        if mode not in MODES:
+        if mode not in MODES["model"]:
             raise InputError(f"{where} runs[{i}]: field 'ramp_mode' is {mode!r}, not one of "
-                             f"{sorted(MODES)}")
+                             f"{sorted(MODES['model'])}")
         by_mode.setdefault(mode, []).append(run)
     config = data.get("engine_config") or {}
     args = config.get("engine_args") or {}
@@ -301,12 +317,12 @@ def load_engine_results(path: str | Path) -> list[EngineRun]:
             raise InputError(f"{where} runs ({mode}): missing field 'total_tok_per_s'")
         out.append(EngineRun(
             where, model, gpu, _tp_of(data), str(_field(wl, "name", str, w_where)),
-            MODES[mode], inputs, outputs,
+            MODES["model"][mode], inputs, outputs,
             None if arrivals is None else [float(t) for t in arrivals],
             ints["max_num_seqs"], ints["max_num_batched_tokens"], measured,
             float(util) if isinstance(util, (int, float)) else None,
             bool(data.get("concurrent", False)), graph_tokens,
-            "collapsed" if collapsed else "trace"))
+            "collapsed" if collapsed else "trace", mode).with_moe_costs(moe_costs, plans))
     return out
 
 
@@ -428,12 +444,14 @@ def rms_error(equations: Sequence[Equation], cal: Calibration) -> float:
 
 
 def calibrate_sources(sources: Sequence[str | Path], gpu: str, base: Calibration,
-                      policy: str = "static", profiles: Sequence[str] = ()) -> Calibration:
-    """Fit from results files (``*.json``) and traces with ``step_ms`` (anything else)
-    together."""
-    runs = [r for s in sources if str(s).endswith(".json") for r in load_engine_results(s)]
+                      policy: str = "static", profiles: Sequence[str] = (),
+                      moe_costs: str = "model", plans: Sequence[str] = ()) -> Calibration:
+    """Fit from results files (``*.json``, MoE costed the ``moe_costs`` way) and traces
+    with ``step_ms`` (anything else, MoE under ``policy``) together."""
+    runs = [r for s in sources if str(s).endswith(".json")
+            for r in load_engine_results(s, moe_costs, plans)]
     steps = [e for s in sources if not str(s).endswith(".json")
-             for e in trace_equations(s, gpu, base, policy, profiles)]
+             for e in trace_equations(s, gpu, base, policy, profiles, plans)]
     return calibrate_runs(runs, base, profiles, extra=steps)
 
 

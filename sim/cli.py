@@ -15,9 +15,11 @@ from ramp.errors import InputError
 from ramp.expert_parallel import PLACEMENTS
 from ramp.histograms import MAX_TOKENS
 from ramp.plaindata import from_mapping, read_yaml
+from ramp.sim.calibrate import MOE_COSTS
 from ramp.sim.costs import Calibration
 from ramp.sim.engine import MAX_BATCHED_TOKENS, MODES, EngineConfig, SwitchConfig
 from ramp.sim.metrics import SLO, plot_runs
+from ramp.sim.moe import SIM_POLICIES
 from ramp.sim.routing import MAX_SAMPLES
 from ramp.sim.runner import MAX_GPUS, SimConfig, build_layouts, load_pool, resolve_model, run_study
 from ramp.sim.whatif import format_results, run_scenario
@@ -75,7 +77,11 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
               help="Expert placement under EP: contiguous id blocks, or balanced per layer "
                    "by the trace's load (EPLB-style greedy).")
 @click.option("--policy", "policies", default="static,ramp", show_default=True,
-              help="Comma-separated dispatch policies.")
+              help="Comma-separated dispatch policies: per GEMM from the cost model "
+                   "(static, ramp, ramp-unguarded) or whole layers from a measured layer "
+                   "plan (plan: RaMP's dispatch mode, plan-engine: the engine's kernel).")
+@click.option("--plan", "plans", multiple=True, type=FilePath(exists=True, dir_okay=False),
+              help="Layer plan JSON for the plan policies (repeatable; default: embedded).")
 @click.option("--profile", "profiles", multiple=True,
               help="Profile JSON (repeatable); default: embedded, else analytic.")
 @click.option("--max-batched-tokens", type=click.IntRange(1, MAX_BATCHED_TOKENS),
@@ -101,7 +107,7 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 @click.option("--plot-dir", type=FilePath(), help="Write timeline.png and cdf.png here.")
 @click.option("--no-progress", is_flag=True)
 def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean, gpu, gpus,
-           model_name, mode, ep_placement, policies, profiles, max_batched_tokens, max_seqs,
+           model_name, mode, ep_placement, policies, plans, profiles, max_batched_tokens, max_seqs,
            no_chunked_prefill, kv_capacity, cuda_graph_tokens, switch_cost, slo_ttft, slo_tpot,
            calibration_path, samples, seed, lenient, json_out, plot_dir, no_progress):
     """Replay a routing TRACE (path or shipped name) under a request workload."""
@@ -114,7 +120,7 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
                             kv_capacity=kv_capacity, cuda_graph_tokens=cuda_graph_tokens),
         calibration=_calibration(calibration_path), switch=SwitchConfig(cost_s=switch_cost),
         slo=SLO(slo_ttft, slo_tpot),
-        profiles=tuple(profiles), ep_placement=ep_placement,
+        profiles=tuple(profiles), ep_placement=ep_placement, plans=tuple(plans),
     )
     pool = load_pool(trace, seed=seed, samples=samples, strict=not lenient)
     if rate is not None:
@@ -181,16 +187,21 @@ def _calibration(path: str | None) -> Calibration:
               help="GPU the traces were recorded on (results files name their device).")
 @click.option("--base", "base_path", type=FilePath(exists=True, dir_okay=False),
               help="Calibration YAML to start from and keep the unfitted fields of.")
-@click.option("--policy", type=click.Choice(["static", "ramp"]), default="static",
+@click.option("--policy", type=click.Choice(SIM_POLICIES), default="static",
               show_default=True, help="Dispatch the traces' engine ran (results files say).")
+@click.option("--moe-costs", type=click.Choice(MOE_COSTS), default="model", show_default=True,
+              help="Results files' MoE costs: per GEMM from the cost model, or whole layers "
+                   "from the layer plan (off/record: plan-engine, dispatch: plan).")
 @click.option("--profile", "profiles", multiple=True, help="Profile JSON (repeatable).")
-def calibrate(sources, out_path, gpu, base_path, policy, profiles):
+@click.option("--plan", "plans", multiple=True, type=FilePath(exists=True, dir_okay=False),
+              help="Layer plan JSON for the plan policies (repeatable; default: embedded).")
+def calibrate(sources, out_path, gpu, base_path, policy, moe_costs, profiles, plans):
     """Fit step overheads and dense/attention efficiencies to SOURCES: engine results
     files (*.json, bench/results/engine schema) and traces whose steps carry step_ms."""
     from ramp.sim.calibrate import FITTED, calibrate_sources, calibration_yaml
 
     base = _calibration(base_path)
-    cal = calibrate_sources(sources, gpu, base, policy, profiles)
+    cal = calibrate_sources(sources, gpu, base, policy, profiles, moe_costs, plans)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(calibration_yaml(cal, [str(s) for s in sources]))
     for name in FITTED:
@@ -222,13 +233,15 @@ def calibrate(sources, out_path, gpu, base_path, policy, profiles):
 @click.option("--max-gpus", type=int, default=16, show_default=True)
 @click.option("--router", "routers", default="round-robin,least-outstanding",
               show_default=True, help="Comma-separated routers.")
-@click.option("--policy", type=click.Choice(["static", "ramp"]), default="static",
+@click.option("--policy", type=click.Choice(SIM_POLICIES), default="static",
               show_default=True)
 @click.option("--prices", "prices_path", type=FilePath(exists=True, dir_okay=False),
               help="Price table YAML (default: the shipped EXAMPLE prices; edit a copy).")
 @click.option("--calibration", "calibration_path", type=FilePath(exists=True),
               help="Calibration YAML (ramp-sim calibrate).")
 @click.option("--profile", "profiles", multiple=True, help="Profile JSON (repeatable).")
+@click.option("--plan", "plans", multiple=True, type=FilePath(exists=True, dir_okay=False),
+              help="Layer plan JSON for the plan policies (repeatable; default: embedded).")
 @click.option("--max-batched-tokens", type=int, default=8192, show_default=True)
 @click.option("--max-seqs", type=int, default=256, show_default=True)
 @click.option("--tolerance", type=FiniteFloat(), default=0.02, show_default=True,
@@ -239,7 +252,7 @@ def calibrate(sources, out_path, gpu, base_path, policy, profiles):
 @click.option("--json", "json_out", type=FilePath(), help="Write the plan as JSON.")
 def capacity(model_name, gpu, gpus, mode, routing, arrivals, duration, prompt_mean,
              output_mean, length_cv, slo_ttft, slo_tpot, rate, gpu_counts, max_gpus, routers,
-             policy, prices_path, calibration_path, profiles, max_batched_tokens, max_seqs,
+             policy, prices_path, calibration_path, profiles, plans, max_batched_tokens, max_seqs,
              tolerance, seed, plot_path, json_out):
     """Largest request rate within TTFT/TPOT p99 SLOs per GPU count, replicas behind a
     router, and cost per million output tokens."""
@@ -255,7 +268,7 @@ def capacity(model_name, gpu, gpus, mode, routing, arrivals, duration, prompt_me
     config = SimConfig(gpu=gpu, model=model_name, gpus=gpus, mode=mode, policies=(policy,),
                        engine=EngineConfig(max_batched_tokens, max_seqs),
                        calibration=_calibration(calibration_path), slo=SLO(slo_ttft, slo_tpot),
-                       profiles=tuple(profiles))
+                       profiles=tuple(profiles), plans=tuple(plans))
     pool = load_pool(routing, seed=seed) if routing else routing_for(model_name, seed)
     if arrivals:
         workload = Workload(recorded=tuple(load_arrivals(arrivals)), duration_s=duration,

@@ -36,7 +36,7 @@ from ramp.expert_parallel import ExpertPlacement
 from ramp.hardware import GPUSpec
 from ramp.models import MoEModel
 from ramp.problem import DTYPE_BYTES
-from ramp.sim.moe import GemmCost, resolve_gemm
+from ramp.sim.moe import PLAN_POLICIES, GemmCost, LayerPlanCost, resolve_gemm, resolve_plan
 from ramp.sim.routing import RoutingPool
 
 LAYOUTS = ("tp", "ep")
@@ -174,17 +174,23 @@ class Layout:
     gemms: tuple[GemmCost, GemmCost]
     weight_bytes_per_gpu: float = 0.0  # resident weights (memory model, reports)
     reserve_bytes_per_gpu: float = 0.0  # activations + runtime reserve
+    plan: LayerPlanCost | None = None  # the layer plan, when a plan policy is simulated
 
     @property
     def moe_source(self) -> str:
-        return "; ".join(f"{g.profile.problem.gemm}: {g.source}" for g in self.gemms)
+        parts = [f"{g.profile.problem.gemm}: {g.source}" for g in self.gemms]
+        if self.plan is not None:
+            parts.append(f"plan policies: {self.plan.source}")
+        return "; ".join(parts)
 
 
 def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: Sequence[str],
                  cal: Calibration, profiles: Sequence[str | Path] = (),
-                 max_batched_tokens: int = 8192, max_seqs: int = 256) -> Layout:
+                 max_batched_tokens: int = 8192, max_seqs: int = 256,
+                 plans: Sequence[str | Path] = ()) -> Layout:
     """Constants of layout ``name`` ("tp" or "ep") of ``model`` on ``gpus`` x ``gpu``;
-    the scheduler limits size the activation reserve (memory model: ``Calibration``)."""
+    the scheduler limits size the activation reserve (memory model: ``Calibration``);
+    ``plans``: layer plan files tried before the embedded ones (plan policies)."""
     if name not in LAYOUTS:
         raise InputError(f"layout {name!r} not in {LAYOUTS}")
     if gpus < 1:
@@ -224,9 +230,11 @@ def build_layout(name: str, gpu: GPUSpec, model: MoEModel, gpus: int, policies: 
                             f"GPU, {usable / 1e9:.1f} GB usable; use more GPUs")
     w13, w2 = (resolve_gemm(gpu, model.problem(g, tp=tp, ep=ep), policies, profiles)
                 for g in ("w13", "w2"))
+    plan = (resolve_plan(gpu, model.name, w13.profile.problem, ep, plans)
+            if set(policies) & set(PLAN_POLICIES) else None)
     return Layout(name, gpus, 2.0 * model.dense_params() / gpus, streamed,
                   attn_pair / gpus, kv_read, comm, collectives,
-                  int(free // kv_per_gpu), (w13, w2), weights_per_gpu, reserve)
+                  int(free // kv_per_gpu), (w13, w2), weights_per_gpu, reserve, plan)
 
 
 class StepCoster:
@@ -261,7 +269,11 @@ class StepCoster:
 
     def moe_seconds(self, layout: Layout, tokens: int, phase_class: int,
                     sample: int) -> dict[str, float]:
-        """Routed-expert GEMM time of a whole step per policy, seconds."""
+        """Routed-expert time of a whole step per policy, seconds (plan policies: the
+        whole MoE layers, at the step's exact token count)."""
+        plan = self.plan_seconds(layout, tokens)
+        if plan and not layout.gemms[0].dispatchers:
+            return plan
         bucket = token_bucket(tokens)
         if bucket != tokens:
             sample %= max(1, self.pool.samples // 4)
@@ -269,9 +281,16 @@ class StepCoster:
         hit = self._moe.get(key)
         if hit is None:
             hit = self._moe[key] = self._moe_uncached(layout, bucket, phase_class, sample)
-        if bucket == tokens:
-            return hit
-        return {p: t * tokens / bucket for p, t in hit.items()}
+        scaled = hit if bucket == tokens else {p: t * tokens / bucket for p, t in hit.items()}
+        return {**scaled, **plan}
+
+    def plan_seconds(self, layout: Layout, tokens: int) -> dict[str, float]:
+        """Seconds of a step's MoE layers per plan policy from the layer plan (every
+        layer sees all ``tokens``; no histogram: the plan is measured per token count)."""
+        if layout.plan is None:
+            return {}
+        scale = 1e-6 * self.cal.moe_scale * self.model.moe_layers
+        return {p: layout.plan.layer_us(p, tokens) * scale for p in PLAN_POLICIES}
 
     def _moe_uncached(self, layout: Layout, tokens: int, phase_class: int,
                       sample: int) -> dict[str, float]:
@@ -289,8 +308,10 @@ class StepCoster:
             for policy, us in gemm.costs(local).items():
                 total[policy] = total.get(policy, 0.0) + us
         scale = 1e-6 * self.cal.moe_scale
-        return {p: float(us.reshape(layers, shards).max(axis=1).sum() * scale)
-                for p, us in total.items()}
+        out = {p: float(us.reshape(layers, shards).max(axis=1).sum() * scale)
+               for p, us in total.items()}
+        tokens = round(float(hists.sum()) / (layers * self.model.top_k))
+        return {**out, **self.plan_seconds(layout, tokens)}
 
     def rooflines(self, layout: Layout, tokens, pairs, context, maximum=max):
         """(dense GEMM roofline, attention roofline, collectives) seconds of steps, before

@@ -14,11 +14,16 @@ from ramp.dispatch import Dispatcher, StaticDispatcher
 from ramp.errors import InputError, ProfileMismatchError
 from ramp.families import get_family, installed_family_versions
 from ramp.hardware import GPUSpec
+from ramp.layerplan import ENGINE, LayerPlan, find_layer_plan, load_layer_plan
 from ramp.problem import MoEProblem
 from ramp.profile import Profile, embedded_profile_paths, find_profile, load_profile
 from ramp.sim.routing import rebatch
 
-SIM_POLICIES = ("static", "ramp", "ramp-unguarded")
+# plan policies cost a whole MoE layer from a measured layer plan (``LayerPlanCost``):
+# ``plan`` the path the engine's dispatch mode runs, ``plan-engine`` the engine's own kernel
+PLAN_POLICIES = ("plan", "plan-engine")
+SIM_POLICIES = ("static", "ramp", "ramp-unguarded", *PLAN_POLICIES)
+PLAN_ENGINE = "vllm"  # the engine whose layer plans the plan policies look up
 
 
 @dataclass
@@ -44,6 +49,63 @@ class GemmCost:
             out[name] = (pred.min(axis=1) if name == "ramp-unguarded"
                          else pred[rows, dispatcher.choose_batch(hists)])
         return out
+
+
+@dataclass(frozen=True)
+class LayerPlanCost:
+    """Whole-MoE-layer time of a step from a measured layer plan (``ramp.layerplan``).
+
+    ``plan`` runs the plan's guarded choice at the bucket of the step's tokens (what the
+    engine's dispatch mode runs), ``plan-engine`` the engine's own kernel (off mode), both
+    timed side by side in one process, so their ratio is a measured one. Time at ``T``
+    tokens: the chosen path's measured times interpolated linearly in ``T`` between the
+    measured sizes around it (a layer's time is piecewise linear in its row tiles; exact at
+    measured sizes; where the lower size was not timed, the upper size's time: a larger
+    call bounds a smaller one); beyond the largest measured size the last size's time per
+    token (at 16k tokens a layer is compute-bound, its time linear in tokens). The plan's
+    ``times_us`` (the summary over its measured routings) is used: the plan cannot see a
+    step's histogram, and neither can the host that runs it.
+    """
+
+    plan: LayerPlan
+    source: str
+
+    def path(self, policy: str, tokens: int) -> str:
+        """The path ``policy`` runs for a ``tokens``-token call."""
+        return self.plan.choose(tokens) if policy == "plan" else ENGINE
+
+    def layer_us(self, policy: str, tokens: int) -> float:
+        """Microseconds of one MoE layer of ``tokens`` tokens under ``policy``."""
+        plan, path = self.plan, self.path(policy, tokens)
+        times, sizes = plan.times_us[path], plan.tokens
+        hi = plan.bucket(tokens)
+        if times[hi] is None:
+            raise InputError(f"layer plan {plan.key}: path {path!r} has no time at "
+                             f"{sizes[hi]} tokens")
+        if tokens >= sizes[hi]:  # at a measured size, or beyond the last one
+            return times[hi] * tokens / sizes[hi]
+        lo = hi - 1
+        if lo < 0 or times[lo] is None:
+            return times[hi]
+        frac = (tokens - sizes[lo]) / (sizes[hi] - sizes[lo])
+        return times[lo] + frac * (times[hi] - times[lo])
+
+
+def resolve_plan(gpu: GPUSpec, model: str, problem: MoEProblem, ep: int,
+                 plan_paths: Sequence[str | Path] = ()) -> LayerPlanCost:
+    """The layer plan of ``problem`` (a layer's w13 problem, as plans are keyed) on
+    ``gpu`` for the ``PLAN_ENGINE`` engine: a user plan, else an embedded one."""
+    extra = {str(p): load_layer_plan(p) for p in plan_paths}
+    plan = find_layer_plan(gpu.name, problem, PLAN_ENGINE, list(extra.values()), ep)
+    if plan is None:
+        raise InputError(f"no {PLAN_ENGINE} layer plan for {gpu.name} {problem.key}"
+                         + (f" ep={ep}" if ep > 1 else "") + " (plan policies "
+                         f"{PLAN_POLICIES}); measure one on that GPU with `python -m "
+                         f"ramp.adapters.plan --model {model} --out DIR`"
+                         + (f" --ep {ep}" if ep > 1 else "") + " and pass it with --plan")
+    where = next((p for p, c in extra.items() if c is plan), None)
+    return LayerPlanCost(plan, f"layer plan {where}" if where
+                         else f"embedded layer plan {plan.key}")
 
 
 def _analytic_profile(gpu: GPUSpec, problem: MoEProblem) -> Profile:
@@ -81,6 +143,11 @@ def check_policies(policies: Sequence[str]) -> None:
                          "oracle needs measured times; under the model it equals ramp)")
 
 
+def gemm_policies(policies: Sequence[str]) -> tuple[str, ...]:
+    """The policies costed per GEMM by the cost model (not from a layer plan)."""
+    return tuple(p for p in policies if p not in PLAN_POLICIES)
+
+
 def resolve_gemm(gpu: GPUSpec, problem: MoEProblem, policies: Sequence[str],
                  profile_paths: Sequence[str | Path] = ()) -> GemmCost:
     """The cost model for ``problem`` on ``gpu``: a user profile, else an embedded one,
@@ -110,4 +177,5 @@ def resolve_gemm(gpu: GPUSpec, problem: MoEProblem, policies: Sequence[str],
         profile = _analytic_profile(gpu, problem)
         source = (f"analytic model (no profile for {gpu.name} {problem.key}; "
                   f"{profile.provenance['bank_configs']} {profile.family} configs)")
-    return GemmCost(profile, {p: profile.dispatcher(p) for p in policies}, source)
+    return GemmCost(profile, {p: profile.dispatcher(p) for p in gemm_policies(policies)},
+                    source)

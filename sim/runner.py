@@ -41,6 +41,7 @@ class SimConfig:
     slo: SLO = field(default_factory=SLO)
     profiles: tuple[str, ...] = ()
     ep_placement: str = "contiguous"
+    plans: tuple[str, ...] = ()  # layer plan files (plan policies), before the embedded
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -92,7 +93,9 @@ class Report:
                              "add GPUs or lower the rate (ramp-sim capacity)")
         if self.speedup:
             s = self.speedup
-            lines += ["", "RaMP vs static (> 1 is better): "
+            pair = ("RaMP vs static" if {"static", "ramp"} <= set(self.config["policies"])
+                    else "RaMP's layer plan vs the engine's kernel")
+            lines += ["", f"{pair} (> 1 is better): "
                       f"TPOT {s['tpot_mean']:.3f}x, TTFT p50 {s['ttft_p50']:.3f}x, "
                       f"end-to-end latency {s['e2e_mean']:.3f}x, throughput "
                       f"{s['throughput']:.3f}x, goodput {s['goodput']:.3f}x, GPU busy time "
@@ -175,7 +178,7 @@ def build_layouts(config: SimConfig, model: MoEModel) -> tuple[int, dict[str, La
             layouts = {n: build_layout(n, gpu, model, gpus, config.policies,
                                        config.calibration, config.profiles,
                                        config.engine.max_batched_tokens,
-                                       config.engine.max_seqs)
+                                       config.engine.max_seqs, config.plans)
                        for n in names}
         except CapacityError as exc:
             if config.gpus is not None:
@@ -227,8 +230,9 @@ def run_study(config: SimConfig, pool: RoutingPool, arrivals: Sequence[Arrival],
                      progress) for policy in config.policies]
     summaries = [summarize(r, config.slo) for r in runs]
     by_policy = {s["policy"]: s for s in summaries}
-    gain = (speedup(by_policy["static"], by_policy["ramp"])
-            if {"static", "ramp"} <= set(by_policy) else None)
+    pair = next((p for p in (("static", "ramp"), ("plan-engine", "plan"))
+                 if set(p) <= set(by_policy)), None)
+    gain = speedup(by_policy[pair[0]], by_policy[pair[1]]) if pair else None
     described = {
         "gpu": get_gpu(config.gpu).name, "model": model.name, "gpus": gpus,
         "gpus_chosen": chosen,

@@ -10,7 +10,7 @@ Scenario keys (see sim/scenarios/*.yaml)::
             | {rate: R, requests: N, process: poisson|gamma, cv: 1.0,
                prompt: {dist, mean, cv, low, high, max}, output: {...}}
     base: {gpu, model, gpus, mode, policies, engine: {...}, calibration: {...},
-           switch: {...}, slo: {...}, profiles: [...]}
+           switch: {...}, slo: {...}, profiles: [...], plans: [...]}
     sweep: {dotted.key: [values, ...]}   # "mode", "gpu", "workload.rate", "engine.max_seqs"
 
 A sweep key starting with ``workload.`` or ``routing.`` sets that section; any other

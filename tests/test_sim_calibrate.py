@@ -111,8 +111,9 @@ def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
     for (model, held), tested in folds.items():
         assert {(r.model, r.workload) for r in tested} == {(model, held)}
     # (across models: 3 folds, half the simulations of the per-model default)
+    # the results files' model has no layer plan: MoE from the cost model
     assert fidelity.main(["--dir", str(results_dir), "--out", str(out),
-                          "--across-models"]) == 0
+                          "--across-models", "--moe-costs", "model", "--no-alternative"]) == 0
     result = json.loads(out.read_text())
     assert result["held_out_by"] == "workload" and result["across_models"]
     assert set(result["calibrations_by_fold"]) == {"prefill-heavy", "decode-heavy", "online"}
