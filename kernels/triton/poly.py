@@ -41,7 +41,7 @@ def poly_configs(branches: Sequence[KernelConfig]) -> list[KernelConfig]:
 # core's feature table: the kernel evaluates every basis, so every linear feature runs on
 # the GPU exactly as ramp.geometry defines it.
 KERNEL_BASES = {"one": "B_ONE", "active_experts": "B_ACTIVE", "tiles": "B_TILES",
-                "waves": "B_WAVES", "rows": "B_ROWS"}
+                "waves": "B_WAVES", "rows": "B_ROWS", "padded": "B_PADDED"}
 if set(KERNEL_BASES) != set(BASES):
     raise ImportError(f"moe_gemm_poly_kernel evaluates bases {sorted(KERNEL_BASES)}, "
                       f"ramp.geometry defines {sorted(BASES)}")
