@@ -65,6 +65,10 @@ class PolyGemm:
         if len(launch) != 1:
             raise InputError("branches must share num_warps, num_stages and group_m: "
                              f"got {sorted(launch)}")
+        mixed = [c.name for c in branches if c.small_rows]
+        if mixed:
+            raise InputError(f"branches of the polymorphic kernel have one row-tile class: "
+                             f"{mixed}")
         nonlinear = [f for f in features if f not in LINEAR_FEATURES]
         if nonlinear:
             raise InputError(f"the device-side model evaluates linear features only "
