@@ -228,7 +228,7 @@ def test_device_choice_equals_folded_host_choice_and_model_argmin(gemm, data):
     from ramp.problem import MoEProblem
 
     experts, top_k = SIZES["experts"], 2
-    features = data.draw(st.sampled_from([DEFAULT_FEATURES, FAMILY_FEATURES["cute"]]))
+    features = data.draw(st.sampled_from([DEFAULT_FEATURES, *FAMILY_FEATURES.values()]))
     tokens = data.draw(st.integers(1, 40))
     skew = data.draw(st.floats(0.0, 3.0))
     seed = data.draw(st.integers(0, 2**16))
