@@ -37,6 +37,8 @@ class KernelConfig:
     cluster_m: int = 1
     cluster_n: int = 1
     variant: str = ""
+    small_block_m: int = 0
+    small_rows: int = 0
 
     def __post_init__(self) -> None:
         if not self.family or not isinstance(self.family, str):
@@ -46,6 +48,16 @@ class KernelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InputError(f"KernelConfig.{name} must be a positive int, got {value!r}")
+        for name in ("small_block_m", "small_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"KernelConfig.{name} must be an int >= 0, got {value!r}")
+        if (self.small_rows > 0) != (self.small_block_m > 0) or (
+                self.small_block_m and self.small_block_m >= self.block_m):
+            raise InputError("KernelConfig.small_block_m and small_rows: both 0 (one row-tile "
+                             "class) or both positive with small_block_m < block_m, got "
+                             f"{self.small_block_m} and {self.small_rows} (block_m "
+                             f"{self.block_m})")
 
     @property
     def name(self) -> str:
@@ -60,11 +72,17 @@ class KernelConfig:
             parts.append(f"g{self.group_m}")
         if self.cluster_m * self.cluster_n > 1:
             parts.append(f"c{self.cluster_m}x{self.cluster_n}")
+        if self.small_rows:
+            parts.append(f"sm{self.small_block_m}r{self.small_rows}")
         if self.persistent:
             parts.append("p")
         if self.variant:
             parts.append(self.variant)
         return "-".join(parts)
+
+    def row_tile(self, rows: int) -> int:
+        """Rows per tile of an expert with ``rows`` rows (its row-tile class)."""
+        return self.small_block_m if 0 < rows <= self.small_rows else self.block_m
 
     def output_tiling(self, gemm: str, n: int) -> tuple[int, int]:
         """(output columns, output columns per tile) of a GEMM with N = ``n``: w13's

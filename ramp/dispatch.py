@@ -70,30 +70,31 @@ class RampDispatcher(Dispatcher):
         # is the slowest numpy operation on this path).
         pow2 = all(int(b) & (int(b) - 1) == 0 for b in plan.distinct_bm)
         self._bm_shift = np.log2(plan.distinct_bm).astype(np.int64)[:, None] if pow2 else None
-        self._bm_index = plan.bm_index
+        self._plan = plan
+        self._tiling_index = plan.tiling_index
         self._tpr = plan.tiles_per_row_tile.astype(np.float64)
         self._slots = plan.slots.astype(np.float64)
         # Fold every linear feature (ramp.geometry.FEATURES) into one coefficient vector
         # per basis, so one call is about a dozen numpy operations on length-C vectors.
         coef, self._other = plan.fold(model.features, model.params)
-        self._intercept, self._per_active, self._per_tile, self._per_wave, self._per_row = (
-            coef[:, BASES.index(b)] for b in ("one", "active_experts", "tiles", "waves", "rows"))
+        (self._intercept, self._per_active, self._per_tile, self._per_wave, self._per_row,
+         self._per_padded) = (coef[:, BASES.index(b)] for b in (
+             "one", "active_experts", "tiles", "waves", "rows", "padded"))
         self._windows = np.array(model.bank.applies).T if model.bank.applies else None
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size
 
     def predict_one(self, hist: np.ndarray) -> np.ndarray:
         """Predicted microseconds of every configuration for one histogram [E] (int64)."""
-        padded = hist + self._bm_m1
-        if self._bm_shift is not None:
-            row_tiles = (padded >> self._bm_shift).sum(axis=1)
-        else:
-            row_tiles = (padded // self._bm).sum(axis=1)
-        tiles = row_tiles[self._bm_index] * self._tpr
+        bumped = hist + self._bm_m1
+        ceils = bumped >> self._bm_shift if self._bm_shift is not None else bumped // self._bm
+        row_tiles, rows_computed = self._plan.class_tiles(hist[None, :], ceils[None])
+        tiles = row_tiles[0, self._tiling_index] * self._tpr
         t = self._intercept + self._per_active * float(np.count_nonzero(hist))
         t += self._per_tile * tiles
         t += self._per_wave * np.ceil(tiles / self._slots)  # exact: integers in float64
         t += self._per_row * float(hist.sum())
+        t += self._per_padded * rows_computed[0, self._tiling_index]
         for name, coef in self._other:  # rarer features take the general path
             t += coef * self.model.plan.geometry(hist[None, :]).feature(name)[0]
         if self._windows is not None:

@@ -114,6 +114,10 @@ register(KernelFamily(
     "triton", f"{_K}.triton.configs:triton_configs", f"{_K}.triton.configs:triton_bank",
     f"{_K}.triton.timer:make_timer", f"{_K}.triton.fused_moe:moe_gemm",
     f"{_K}.triton.configs:FAMILY_VERSION"))
+register(KernelFamily(  # two row-tile classes per launch: the same kernels' launcher
+    "triton-tiles", f"{_K}.triton.configs:triton_tiles_configs",
+    f"{_K}.triton.configs:triton_tiles_bank", f"{_K}.triton.timer:make_tiles_timer",
+    f"{_K}.triton.fused_moe:moe_gemm", f"{_K}.triton.configs:TILES_FAMILY_VERSION"))
 register(KernelFamily(  # the sync-free kernel: branches picked from Triton measurements
     "triton-poly", None, None, f"{_K}.triton.poly:make_timer", f"{_K}.triton.poly:PolyGemm",
     f"{_K}.triton.configs:FAMILY_VERSION"))

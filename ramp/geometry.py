@@ -10,6 +10,11 @@ Per expert ``e`` a configuration computes ``ceil(h[e] / block_m)`` row tiles tim
 ``num_sms * occupancy`` CTAs running at once. A persistent kernel launches at most one
 wave of CTAs that loop over tiles, which has the same critical path (``ceil`` of tiles
 per slot) as a one-tile-per-CTA grid, minus the per-CTA launch cost.
+
+A configuration with two row-tile classes (``KernelConfig.small_rows`` > 0) tiles an
+expert with ``h[e] <= small_rows`` rows by ``small_block_m`` rows and the others by
+``block_m``: its tiles count both classes, and its padded rows weigh each tile by its
+own row count (the feature that tells a mixed tiling from its large tile alone).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ramp.bank import KernelBank
+from ramp.config import KernelConfig
 from ramp.problem import MoEProblem
 
-BASES = ("one", "active_experts", "tiles", "waves", "rows")
+BASES = ("one", "active_experts", "tiles", "waves", "rows", "padded")
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,8 @@ FEATURES = (
             "tiles / slots: work per SM, the throughput term"),
     Feature("active_experts", "active_experts", _one,
             "experts with >= 1 row: distinct weight matrices streamed from HBM"),
-    Feature("padded_rows", "tiles", lambda p: p.block_m / (p.tiles_per_row_tile * p.slots),
-            "rows computed including padding to block_m (row tiles * block_m), per slot"),
+    Feature("padded_rows", "padded", lambda p: 1.0 / p.slots,
+            "rows computed including padding (row tiles * their block_m), per slot"),
     Feature("last_wave_fill", None, None,
             "fraction of the last wave's slots that hold a tile"),
     Feature("row_waves", "rows", lambda p: p.tiles_per_row_tile / (p.block_m * p.slots),
@@ -79,6 +85,7 @@ class GridGeometry:
     last_wave_fill: np.ndarray
     active_experts: np.ndarray  # [H]
     rows: np.ndarray            # [H] token-expert rows M = sum(h)
+    padded: np.ndarray          # [H, C] rows computed: each row tile counts its block_m
     scales: dict[str, np.ndarray]  # [C] per linear feature (GeometryPlan.scales)
 
     def basis(self, name: str) -> np.ndarray:
@@ -111,8 +118,8 @@ class GridGeometry:
 
     @property
     def padded_rows(self) -> np.ndarray:
-        """Rows computed including each expert's padding to block_m."""
-        return self.feature("padded_rows") * self.slots[None, :]
+        """Rows computed including each expert's padding to its row tile."""
+        return self.padded
 
 
 def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
@@ -122,17 +129,36 @@ def max_row_tiles(rows: int, num_experts: int, block_m: int) -> int:
     return (rows + active * (block_m - 1)) // block_m
 
 
+def max_class_row_tiles(rows: int, num_experts: int, cfg: KernelConfig) -> int:
+    """Upper bound on the row tiles of ``cfg``'s two row-tile classes given only M = T*k
+    (``max_row_tiles`` for a one-class configuration). An expert has no more tiles than
+    with small tiles alone, nor than ceil(small_rows / small_block_m) small tiles or its
+    large tiles."""
+    if not cfg.small_rows:
+        return max_row_tiles(rows, num_experts, cfg.block_m)
+    per_small = -(-cfg.small_rows // cfg.small_block_m)
+    mixed = min(num_experts, rows) * per_small + max_row_tiles(rows, num_experts, cfg.block_m)
+    return min(max_row_tiles(rows, num_experts, cfg.small_block_m), mixed)
+
+
 class GeometryPlan:
     """Per-bank constants precomputed once so that geometry costs a few numpy calls.
 
-    The histogram enters only through ``sum_e ceil(h[e] / bm)`` for the few distinct
-    block_m values of the bank, so a call is O(distinct_bm * E + C).
+    The histogram enters only through ``ceil(h[e] / bm)`` for the few distinct row-tile
+    sizes of the bank, combined per distinct row tiling ``(small_block_m, small_rows,
+    block_m)`` (one-class configurations: small_rows 0), so a call is O(tilings * E + C).
     """
 
     def __init__(self, bank: KernelBank, problem: MoEProblem, num_sms: int) -> None:
         cfgs = bank.configs
         block_m = np.array([c.block_m for c in cfgs], dtype=np.int64)
-        self.distinct_bm, self.bm_index = np.unique(block_m, return_inverse=True)
+        tilings = np.array([(c.small_block_m or c.block_m, c.small_rows, c.block_m)
+                            for c in cfgs], dtype=np.int64).reshape(-1, 3)
+        self.tilings, self.tiling_index = np.unique(tilings, axis=0, return_inverse=True)
+        self.tiling_index = self.tiling_index.reshape(-1)
+        self.distinct_bm = np.unique(self.tilings[:, [0, 2]])
+        self.small_index = np.searchsorted(self.distinct_bm, self.tilings[:, 0])
+        self.large_index = np.searchsorted(self.distinct_bm, self.tilings[:, 2])
         n_tiles = np.array([-(-problem.n // c.block_n) for c in cfgs], dtype=np.int64)
         split_k = np.array([c.split_k for c in cfgs], dtype=np.int64)
         self.tiles_per_row_tile = n_tiles * split_k
@@ -142,17 +168,38 @@ class GeometryPlan:
         self.num_experts = problem.num_experts
         self.scales = {f.name: f.scale(self) for f in FEATURES if f.scale is not None}
 
+    def ceils(self, hists: np.ndarray) -> np.ndarray:
+        """[H, distinct_bm, E] ``ceil(h[e] / bm)`` for every row-tile size of the bank."""
+        return (hists[:, None, :] + (self._bm_col - 1)) // self._bm_col
+
+    def class_tiles(self, hists: np.ndarray, ceils: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """([H, tilings] row tiles, [H, tilings] padded rows) from ``ceils``: an expert
+        with at most small_rows rows takes the small tile, the others the large one (the
+        one-class sums, corrected where a tiling has a small class)."""
+        sums = ceils.sum(axis=2)
+        tiles = sums[:, self.large_index]
+        padded = tiles * self.tilings[:, 2]
+        for t in np.flatnonzero(self.tilings[:, 1]):
+            small = hists <= self.tilings[t, 1]
+            ts, tl = ceils[:, self.small_index[t]], ceils[:, self.large_index[t]]
+            tiles[:, t] += np.where(small, ts - tl, 0).sum(axis=1)
+            padded[:, t] += np.where(small, ts * self.tilings[t, 0] - tl * self.tilings[t, 2],
+                                     0).sum(axis=1)
+        return tiles, padded
+
     def row_tiles(self, hists: np.ndarray) -> np.ndarray:
-        """[H, distinct_bm] total row tiles ``sum_e ceil(h[e] / bm)``."""
-        return ((hists[:, None, :] + (self._bm_col - 1)) // self._bm_col).sum(axis=2)
+        """[H, tilings] total row tiles (``sum_e ceil(h[e] / bm)`` for one class)."""
+        return self.class_tiles(hists, self.ceils(hists))[0]
 
     def tiles(self, hists: np.ndarray) -> np.ndarray:
         """[H, C] tiles (CTA work items) of every configuration."""
-        return self.row_tiles(hists)[:, self.bm_index] * self.tiles_per_row_tile
+        return self.row_tiles(hists)[:, self.tiling_index] * self.tiles_per_row_tile
 
     def geometry(self, hists: np.ndarray) -> GridGeometry:
         hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
-        tiles = self.tiles(hists)
+        row_tiles, padded = self.class_tiles(hists, self.ceils(hists))
+        tiles = row_tiles[:, self.tiling_index] * self.tiles_per_row_tile
         slots = self.slots
         waves = -(-tiles // slots)
         last = np.where(tiles > 0, tiles - (waves - 1) * slots, 0) / slots
@@ -163,6 +210,7 @@ class GeometryPlan:
             last_wave_fill=last,
             active_experts=np.count_nonzero(hists, axis=1),
             rows=hists.sum(axis=1),
+            padded=padded[:, self.tiling_index],
             scales=self.scales,
         )
 

@@ -42,9 +42,10 @@ def test_every_reference_of_every_family_resolves(name):
 def test_versions_come_from_the_families_modules():
     from ramp.kernels.cute.configs import FAMILY_VERSION as CUTE
     from ramp.kernels.triton.configs import FAMILY_VERSION as TRITON
+    from ramp.kernels.triton.configs import TILES_FAMILY_VERSION as TILES
 
-    assert installed_family_versions() == {"triton": TRITON, "triton-poly": TRITON,
-                                           "cute": CUTE}
+    assert installed_family_versions() == {"triton": TRITON, "triton-tiles": TILES,
+                                           "triton-poly": TRITON, "cute": CUTE}
 
 
 def test_unknown_family_is_a_clear_error():

@@ -1,10 +1,12 @@
+import dataclasses
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
-from ramp.geometry import FEATURE_NAMES, grid_geometry
+from ramp.geometry import FEATURE_NAMES, grid_geometry, max_class_row_tiles
 from ramp.problem import MoEProblem
 
 
@@ -24,6 +26,37 @@ def test_hand_computed_case():
     assert geo.rows.tolist() == [130]
     # Routed rows alone: 130 / 64 row tiles x 2 column tiles over 6 slots (no padding).
     assert np.allclose(geo.feature("row_waves"), 130 / 64 * 2 / 6)
+
+
+MIXED = [KernelConfig("t", 64, 128, 64, small_block_m=16, small_rows=16),
+         KernelConfig("t", 128, 64, 64, small_block_m=16, small_rows=32, persistent=True)]
+
+
+def test_two_row_tile_classes_hand_computed():
+    # h = [0, 1, 64, 65], small tile 16 for <= 16 rows, else 64: row tiles 0 + 1 + 1 + 2,
+    # x 2 column tiles; rows computed 16 + 64 + 128 (the one-class m64 tile: 256).
+    problem = MoEProblem(4, 256, 128, 1)
+    bank = KernelBank.build([MIXED[0], dataclasses.replace(MIXED[0], small_block_m=0,
+                                                           small_rows=0)], occupancy=2)
+    geo = grid_geometry(bank, problem, num_sms=3, hists=np.array([0, 1, 64, 65]))
+    assert geo.tiles.tolist() == [[8, 8]]
+    assert geo.padded_rows.tolist() == [[208, 256]]
+    assert np.allclose(geo.feature("padded_rows"), [[208 / 6, 256 / 6]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(hist=st.lists(st.integers(0, 300), min_size=1, max_size=12),
+       small=st.sampled_from([(16, 16), (16, 40), (32, 32)]), large=st.sampled_from([64, 128]))
+def test_class_tiles_match_per_expert_definition(hist, small, large):
+    """Each expert takes the tile of its class (KernelConfig.row_tile); the T-only bound
+    the launcher sizes its grid with never falls short of the tiles."""
+    cfg = KernelConfig("t", large, 64, 64, small_block_m=small[0], small_rows=small[1])
+    problem = MoEProblem(len(hist), 64, 64, 1)
+    geo = grid_geometry(KernelBank.build([cfg]), problem, 4, np.array(hist))
+    per_expert = [-(-h // cfg.row_tile(h)) for h in hist]
+    assert geo.tiles[0, 0] == sum(per_expert)
+    assert geo.padded_rows[0, 0] == sum(t * cfg.row_tile(h) for t, h in zip(per_expert, hist))
+    assert max_class_row_tiles(sum(hist), len(hist), cfg) >= sum(per_expert)
 
 
 def test_split_k_multiplies_tiles():
@@ -76,11 +109,14 @@ def test_every_feature_folds_to_its_geometry(bank, problem, rng):
     from ramp.dispatch import RampDispatcher
     from ramp.geometry import BASES, FEATURES, GeometryPlan
 
+    bank = KernelBank.build([*bank.configs, *MIXED], [*bank.occupancy, 1, 2])
     hists = np.stack([rng.multinomial(rng.integers(1, 400), np.ones(8) / 8) for _ in range(6)])
+    hists[0, :3] = 0  # empty and cold experts beside hot ones
     plan = GeometryPlan(bank, problem, 132)
     geo = plan.geometry(hists)
-    assert geo.padded_rows.tolist() == (plan.row_tiles(hists)[:, plan.bm_index]
-                                        * plan.block_m).tolist()
+    one = [i for i, c in enumerate(bank.configs) if not c.small_rows]
+    assert geo.padded_rows[:, one].tolist() == (plan.row_tiles(hists)[:, plan.tiling_index]
+                                                * plan.block_m)[:, one].tolist()
     for f in FEATURES:
         one = np.zeros((len(bank), 1)) + 1.0
         coef, other = plan.fold((f.name,), one)

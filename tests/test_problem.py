@@ -56,11 +56,21 @@ def test_config_name_is_stable_and_round_trips():
     assert c.name == "triton-m64n128k64-w4s3-sk2-g8-p"
     assert KernelConfig.from_dict(c.to_dict()) == c
     assert hash(c) == hash(KernelConfig.from_dict(c.to_dict()))
+    tiles = KernelConfig("triton-tiles", 64, 128, 64, group_m=8, small_block_m=16,
+                         small_rows=16)
+    assert tiles.name == "triton-tiles-m64n128k64-w4s3-g8-sm16r16"
+    assert KernelConfig.from_dict(tiles.to_dict()) == tiles
+    assert [tiles.row_tile(h) for h in (1, 16, 17)] == [16, 16, 64]
+    old = {k: v for k, v in c.to_dict().items() if not k.startswith("small")}
+    assert KernelConfig.from_dict(old) == c  # profiles written before the fields existed
 
 
 def test_config_rejects_bad_fields():
     with pytest.raises(InputError, match="block_m"):
         KernelConfig("t", 0, 64, 64)
+    for small_m, rows in ((16, 0), (0, 16), (64, 16), (-1, 0)):
+        with pytest.raises(InputError, match="small_"):
+            KernelConfig("t", 64, 64, 64, small_block_m=small_m, small_rows=rows)
     with pytest.raises(InputError, match="unknown field"):
         KernelConfig.from_dict({"family": "t", "block_m": 1, "block_n": 1, "block_k": 1,
                                 "tile": 3})

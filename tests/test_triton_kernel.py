@@ -35,6 +35,8 @@ def make_inputs(tokens, hidden, inter, experts, top_k, dtype, seed, routing="ran
     if routing == "hot":          # expert 0 always chosen, the rest of the experts rarely
         logits[:, 0] += 100.0
         logits[:, 1:top_k + 1] += 50.0
+    if routing == "one-hot":      # expert 0 always chosen, the others at random: cold
+        logits[:, 0] += 100.0
     weights, ids = torch.topk(logits.softmax(-1), top_k)
     return [t.to(DEVICE) for t in (x, w13, w2, ids, weights)]
 
@@ -88,6 +90,46 @@ def test_fused_moe_matches_float32_reference(dtype, tokens, top_k, routing, bm, 
     assert rel_err(out, reference(x, w13, w2, ids, weights)) < 1e-2, f"seed {seed}"
 
 
+TILE_CASES = [
+    # tokens, top_k, routing, block_m, small_block_m, small_rows, block_n, persistent,
+    # the classes the histogram holds (s: small, l: large)
+    (1, 2, "random", 32, 16, 16, 32, False, "s"),     # T = 1: small tiles only
+    (13, 2, "random", 32, 16, 3, 64, True, "sl"),     # both classes, ragged, empty experts
+    (9, 1, "hot", 32, 16, 4, 32, False, "l"),         # one hot expert, the others empty
+    (40, 2, "one-hot", 32, 16, 8, 32, True, "sl"),    # hot expert over 2 large tiles
+    (40, 2, "one-hot", 64, 16, 20, 64, False, "sl"),  # cold experts over 1-2 small tiles
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "tokens,top_k,routing,bm,small_bm,small_rows,bn,persistent,classes", TILE_CASES)
+def test_row_tile_classes_match_float32_reference(dtype, tokens, top_k, routing, bm,
+                                                  small_bm, small_rows, bn, persistent,
+                                                  classes):
+    """Two row-tile classes in one launch (``moe_gemm_tiles_kernel``): both GEMMs into
+    NaN-poisoned outputs, every row written, the layer against the float32 reference."""
+    seed = case_seed("tiles", dtype, tokens, top_k, routing, bm, small_bm, small_rows, bn,
+                     persistent)
+    cfg = KernelConfig("triton-tiles", bm, bn, 32, persistent=persistent,
+                       small_block_m=small_bm, small_rows=small_rows)
+    x, w13, w2, ids, weights = make_inputs(tokens, top_k=top_k, dtype=dtype, routing=routing,
+                                           seed=seed, **SIZES)
+    routing_ = route(ids, weights, SIZES["experts"])
+    counts = routing_.counts.cpu()
+    held = ("s" if ((counts > 0) & (counts <= small_rows)).any() else "") + (
+        "l" if (counts > small_rows).any() else "")
+    assert held == classes, f"seed {seed}: histogram {counts.tolist()}"
+    rows = tokens * top_k
+    inter = torch.full((rows, SIZES["inter"]), float("nan"), dtype=dtype, device=DEVICE)
+    moe_gemm(x, w13, routing_, cfg, inter, gemm="w13", num_sms=2)
+    slots = torch.full((rows, SIZES["hidden"]), float("nan"), dtype=dtype, device=DEVICE)
+    moe_gemm(inter, w2, routing_, cfg, slots, gemm="w2", num_sms=2)
+    assert not torch.isnan(inter).any() and not torch.isnan(slots).any(), f"seed {seed}"
+    out = slots.view(tokens, top_k, -1).sum(dim=1)
+    assert rel_err(out, reference(x, w13, w2, ids, weights)) < 1e-2, f"seed {seed}"
+
+
 def test_route_counts_and_permutation():
     ids = torch.tensor([[3, 1], [1, 0], [3, 2], [1, 3]], device=DEVICE)
     routing = route(ids, torch.ones(4, 2, device=DEVICE), num_experts=6)
@@ -99,13 +141,16 @@ def test_route_counts_and_permutation():
 
 
 @pytest.mark.parametrize("gemm", ["w13", "w2"])
-def test_every_row_is_written(gemm):
+@pytest.mark.parametrize("cfg", [
+    KernelConfig("triton", 16, 64, 32, persistent=True),
+    KernelConfig("triton-tiles", 32, 64, 32, persistent=True, small_block_m=16, small_rows=2),
+], ids=lambda c: c.name)
+def test_every_row_is_written(gemm, cfg):
     """Poison the outputs; after one GEMM no NaN may remain in any routed row."""
     dtype = torch.float16
     x, w13, w2, ids, weights = make_inputs(11, top_k=2, dtype=dtype, seed=7, **SIZES)
     routing = route(ids, weights, SIZES["experts"])
     rows = ids.numel()
-    cfg = KernelConfig("triton", 16, 64, 32, persistent=True)
     if gemm == "w13":
         a, w, cols = x, w13, SIZES["inter"]
     else:
@@ -183,7 +228,7 @@ def test_device_choice_equals_folded_host_choice_and_model_argmin(gemm, data):
     from ramp.problem import MoEProblem
 
     experts, top_k = SIZES["experts"], 2
-    features = data.draw(st.sampled_from([DEFAULT_FEATURES, FAMILY_FEATURES["cute"]]))
+    features = data.draw(st.sampled_from([DEFAULT_FEATURES, *FAMILY_FEATURES.values()]))
     tokens = data.draw(st.integers(1, 40))
     skew = data.draw(st.floats(0.0, 3.0))
     seed = data.draw(st.integers(0, 2**16))

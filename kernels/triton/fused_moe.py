@@ -12,9 +12,9 @@ import torch
 import triton
 
 from ramp.config import KernelConfig
-from ramp.geometry import max_row_tiles
+from ramp.geometry import max_class_row_tiles
 from ramp.kernels.routing import Routing, pow2, route
-from ramp.kernels.triton.moe_gemm import moe_gemm_kernel
+from ramp.kernels.triton.moe_gemm import moe_gemm_kernel, moe_gemm_tiles_kernel
 
 
 def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
@@ -34,16 +34,25 @@ def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
 
 
 def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
-    """Grid, positional and keyword arguments of ``moe_gemm_kernel`` for one call."""
+    """Kernel, grid, positional and keyword arguments of one call: ``moe_gemm_kernel``,
+    or ``moe_gemm_tiles_kernel`` for a configuration with two row-tile classes."""
     n, k = w.shape[1], w.shape[2]
     out_cols, out_n = cfg.output_tiling(gemm, n)
     rows = routing.sorted_slots.numel()
-    tiles = max_row_tiles(rows, routing.num_experts, cfg.block_m) * triton.cdiv(out_cols, out_n)
+    tiles = (max_class_row_tiles(rows, routing.num_experts, cfg)
+             * triton.cdiv(out_cols, out_n))
     grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
     buffers, sizes, constexprs = launch_abi(a, w, routing, out, gemm, cfg)
-    kwargs = dict(constexprs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+    kwargs = dict(constexprs, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   PERSISTENT=cfg.persistent, EVEN_K=k % cfg.block_k == 0)
-    return grid, (*buffers, *sizes), kwargs
+    if cfg.small_rows:
+        kernel = moe_gemm_tiles_kernel
+        kwargs.update(SMALL_ROWS=cfg.small_rows, BM_SMALL=cfg.small_block_m,
+                      BM_LARGE=cfg.block_m)
+    else:
+        kernel = moe_gemm_kernel
+        kwargs.update(BLOCK_M=cfg.block_m)
+    return kernel, grid, (*buffers, *sizes), kwargs
 
 
 def moe_gemm(
@@ -63,19 +72,20 @@ def moe_gemm(
     [T*k, I] in expert-sorted order, SiLU(gate)*up fused. ``gemm="w2"``: a = that
     intermediate [T*k, I], w = [E, hidden, I], out = [T*k, hidden] scattered back to
     slot order and scaled by the routing weight (the top-k sum happens after).
+    A configuration with ``small_rows`` > 0 runs its two row-tile classes in one launch.
     ``occupancy`` (CTAs per SM) sizes a persistent grid: one wave of CTAs.
     """
-    grid, args, kwargs = _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy)
+    kernel, grid, args, kwargs = _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy)
     if grid > 0:
-        moe_gemm_kernel[(grid,)](*args, **kwargs)
+        kernel[(grid,)](*args, **kwargs)
     return out
 
 
 def compile_gemm(a, w, routing, cfg, out, *, gemm: str, num_sms: int):
     """Compile (without running) and return Triton's compiled kernel: its register and
     shared-memory use give the occupancy the profiler records."""
-    grid, args, kwargs = _launch(a, w, routing, cfg, out, gemm, num_sms, 1)
-    return moe_gemm_kernel.warmup(*args, grid=(max(grid, 1),), **kwargs)
+    kernel, grid, args, kwargs = _launch(a, w, routing, cfg, out, gemm, num_sms, 1)
+    return kernel.warmup(*args, grid=(max(grid, 1),), **kwargs)
 
 
 def fused_moe(

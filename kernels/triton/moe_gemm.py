@@ -62,15 +62,41 @@ def _grid_tiles(counts_ptr, N, E: tl.constexpr, E_POW2: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SILU_MUL: tl.constexpr):
     """The schedule plus the grid's shape: row tiles and column tiles of this call."""
     experts, counts, row_offsets, tiles_cum = _tile_schedule(counts_ptr, BLOCK_M, E, E_POW2)
-    OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
-    n_tiles = tl.cdiv(N // 2 if SILU_MUL else N, OUT_N)
+    n_tiles = _col_tiles(N, BLOCK_N, SILU_MUL)
     return experts, counts, row_offsets, tiles_cum, tl.max(tiles_cum, 0), n_tiles
+
+
+@triton.jit
+def _col_tiles(N, BLOCK_N: tl.constexpr, SILU_MUL: tl.constexpr):
+    """Output column tiles: w13's tile holds BLOCK_N//2 gate and as many up columns."""
+    OUT_N: tl.constexpr = BLOCK_N // 2 if SILU_MUL else BLOCK_N
+    return tl.cdiv(N // 2 if SILU_MUL else N, OUT_N)
 
 
 @triton.jit
 def _pick(vec, experts, e):
     """vec[e] for a register vector and a run-time scalar index."""
     return tl.sum(tl.where(experts == e, vec, 0), 0)
+
+
+@triton.jit
+def _raster(tile, num_m_tiles, n_tiles, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of a flat tile index: a grouped raster, so GROUP_M row
+    tiles share each weight tile while it is in L2."""
+    width = GROUP_M * n_tiles
+    first_m = (tile // width) * GROUP_M
+    group = tl.minimum(num_m_tiles - first_m, GROUP_M)
+    return first_m + (tile % width) % group, (tile % width) // group
+
+
+@triton.jit
+def _owner(m_tile, experts, counts, tiles_cum, BLOCK_M: tl.constexpr):
+    """The expert owning row tile ``m_tile`` of an inclusive per-expert tile cumsum, its
+    row count and the tile's first row within the expert."""
+    expert = tl.sum((tiles_cum <= m_tile).to(tl.int32), 0)
+    count = _pick(counts, experts, expert)
+    first_tile = _pick(tiles_cum, experts, expert) - (count + BLOCK_M - 1) // BLOCK_M
+    return expert, count, (m_tile - first_tile) * BLOCK_M
 
 
 @triton.jit
@@ -83,21 +109,29 @@ def _gemm_tile(
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GATHER_A: tl.constexpr,
     SCATTER_C: tl.constexpr, SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    # Grouped raster: GROUP_M row tiles share each weight tile while it is in L2.
-    width = GROUP_M * n_tiles
-    first_m = (tile // width) * GROUP_M
-    group = tl.minimum(num_m_tiles - first_m, GROUP_M)
-    m_tile = first_m + (tile % width) % group
-    n_tile = (tile % width) // group
+    m_tile, n_tile = _raster(tile, num_m_tiles, n_tiles, GROUP_M)
+    expert, count, first_row = _owner(m_tile, experts, counts, tiles_cum, BLOCK_M)
+    _tile_body(expert, count, first_row, _pick(row_offsets, experts, expert), n_tile,
+               a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+               N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm,
+               stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GATHER_A, SCATTER_C, SILU_MUL,
+               EVEN_K)
 
-    # Which expert owns this row tile, and where its rows start.
-    expert = tl.sum((tiles_cum <= m_tile).to(tl.int32), 0)
-    count = _pick(counts, experts, expert)
-    first_tile = _pick(tiles_cum, experts, expert) - (count + BLOCK_M - 1) // BLOCK_M
-    local = (m_tile - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)
+
+@triton.jit
+def _tile_body(
+    expert, count, first_row, row_offset, n_tile,
+    a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr,
+    SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """One output tile: rows ``first_row ..+ BLOCK_M`` of ``expert`` (``count`` rows,
+    starting at ``row_offset`` in expert-sorted order), column tile ``n_tile``."""
+    local = first_row + tl.arange(0, BLOCK_M)
     row_ok = local < count
-    pos = _pick(row_offsets, experts, expert) + local  # row in expert-sorted order
-
+    pos = row_offset + local  # row in expert-sorted order
     if GATHER_A or SCATTER_C:
         slot = tl.load(sorted_slots_ptr + pos, mask=row_ok, other=0)
     a_rows = slot // TOP_K if GATHER_A else pos
@@ -176,20 +210,97 @@ def moe_gemm_kernel(
 
 
 @triton.jit
+def _class_tile(
+    tile, num_large, num_m_tiles, n_tiles,
+    experts, counts, row_offsets, large_cum, small_cum,
+    a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    TOP_K: tl.constexpr, BM_SMALL: tl.constexpr, BM_LARGE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr, SILU_MUL: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    """Tile ``tile`` of the two-class list: row tiles ``0 .. num_large`` are the large
+    tiles of the hot experts (first: the longest work starts first), then the small ones."""
+    m_tile, n_tile = _raster(tile, num_m_tiles, n_tiles, GROUP_M)
+    if m_tile < num_large:
+        expert, count, first_row = _owner(m_tile, experts, counts, large_cum, BM_LARGE)
+        _tile_body(expert, count, first_row, _pick(row_offsets, experts, expert), n_tile,
+                   a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+                   N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm,
+                   stride_cn, TOP_K, BM_LARGE, BLOCK_N, BLOCK_K, GATHER_A, SCATTER_C,
+                   SILU_MUL, EVEN_K)
+    else:
+        expert, count, first_row = _owner(m_tile - num_large, experts, counts, small_cum,
+                                          BM_SMALL)
+        _tile_body(expert, count, first_row, _pick(row_offsets, experts, expert), n_tile,
+                   a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+                   N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm,
+                   stride_cn, TOP_K, BM_SMALL, BLOCK_N, BLOCK_K, GATHER_A, SCATTER_C,
+                   SILU_MUL, EVEN_K)
+
+
+@triton.jit
+def moe_gemm_tiles_kernel(
+    a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
+    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    E: tl.constexpr, E_POW2: tl.constexpr, TOP_K: tl.constexpr,
+    SMALL_ROWS: tl.constexpr, BM_SMALL: tl.constexpr, BM_LARGE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr,
+    GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr, SILU_MUL: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    """``moe_gemm_kernel`` with two row-tile classes in one launch: an expert with at
+    most SMALL_ROWS rows is tiled by BM_SMALL rows, the others by BM_LARGE (same
+    BLOCK_N, BLOCK_K). Each CTA builds the tile list from the device-side counts in
+    registers (per-class tile cumsums over E), so the grid still depends only on T and
+    the configuration (surplus CTAs exit) and the launch is CUDA-graph capturable.
+    Compiled with both tile bodies: registers and shared memory are the large tile's.
+    """
+    experts = tl.arange(0, E_POW2)
+    counts = tl.load(counts_ptr + experts, mask=experts < E, other=0)
+    row_offsets = tl.cumsum(counts, 0) - counts
+    small = counts <= SMALL_ROWS
+    large_cum = tl.cumsum(tl.where(small, 0, (counts + BM_LARGE - 1) // BM_LARGE), 0)
+    small_cum = tl.cumsum(tl.where(small, (counts + BM_SMALL - 1) // BM_SMALL, 0), 0)
+    num_large = tl.max(large_cum, 0)
+    num_m_tiles = num_large + tl.max(small_cum, 0)
+    n_tiles = _col_tiles(N, BLOCK_N, SILU_MUL)
+    if PERSISTENT:
+        for tile in range(tl.program_id(0), num_m_tiles * n_tiles, tl.num_programs(0)):
+            _class_tile(tile, num_large, num_m_tiles, n_tiles, experts, counts, row_offsets,
+                        large_cum, small_cum, a_ptr, b_ptr, c_ptr, sorted_slots_ptr,
+                        topk_weights_ptr, N, K, stride_am, stride_ak, stride_be, stride_bn,
+                        stride_bk, stride_cm, stride_cn, TOP_K, BM_SMALL, BM_LARGE, BLOCK_N,
+                        BLOCK_K, GROUP_M, GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+    else:
+        tile = tl.program_id(0)
+        if tile < num_m_tiles * n_tiles:
+            _class_tile(tile, num_large, num_m_tiles, n_tiles, experts, counts, row_offsets,
+                        large_cum, small_cum, a_ptr, b_ptr, c_ptr, sorted_slots_ptr,
+                        topk_weights_ptr, N, K, stride_am, stride_ak, stride_be, stride_bn,
+                        stride_bk, stride_cm, stride_cn, TOP_K, BM_SMALL, BM_LARGE, BLOCK_N,
+                        BLOCK_K, GROUP_M, GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+
+
+@triton.jit
 def _branch_time(counts, active, rows, slots, coef_ptr, b: tl.constexpr, out_cols,
                  BLOCK_M: tl.constexpr, OUT_N: tl.constexpr, NUM_BASES: tl.constexpr,
                  B_ONE: tl.constexpr, B_ACTIVE: tl.constexpr, B_TILES: tl.constexpr,
-                 B_WAVES: tl.constexpr, B_ROWS: tl.constexpr):
+                 B_WAVES: tl.constexpr, B_ROWS: tl.constexpr, B_PADDED: tl.constexpr):
     """The wave cost model of branch ``b``: ``sum_basis coef[b, basis] * basis``, the
     bases of ``ramp.geometry.BASES`` (their columns ``B_*`` and the coefficients come
     from ``GeometryPlan.fold``, the host dispatcher's folding)."""
-    tiles = tl.sum((counts + BLOCK_M - 1) // BLOCK_M, 0) * tl.cdiv(out_cols, OUT_N)
+    row_tiles = tl.sum((counts + BLOCK_M - 1) // BLOCK_M, 0)
+    tiles = row_tiles * tl.cdiv(out_cols, OUT_N)
     waves = tl.cdiv(tiles, slots)
     p = coef_ptr + NUM_BASES * b
     return (tl.load(p + B_ONE) + tl.load(p + B_ACTIVE) * active.to(tl.float32)
             + tl.load(p + B_TILES) * tiles.to(tl.float32)
             + tl.load(p + B_WAVES) * waves.to(tl.float32)
-            + tl.load(p + B_ROWS) * rows.to(tl.float32))
+            + tl.load(p + B_ROWS) * rows.to(tl.float32)
+            + tl.load(p + B_PADDED) * (row_tiles * BLOCK_M).to(tl.float32))
 
 
 @triton.jit
@@ -224,7 +335,7 @@ def moe_gemm_poly_kernel(
     GROUP_M: tl.constexpr, GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr,
     SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr, NUM_BASES: tl.constexpr,
     B_ONE: tl.constexpr, B_ACTIVE: tl.constexpr, B_TILES: tl.constexpr,
-    B_WAVES: tl.constexpr, B_ROWS: tl.constexpr,
+    B_WAVES: tl.constexpr, B_ROWS: tl.constexpr, B_PADDED: tl.constexpr,
 ):
     """Megakernel polymorphism: one persistent launch, up to four tile configurations.
 
@@ -244,21 +355,25 @@ def moe_gemm_poly_kernel(
     choice = force
     if force < 0:
         best = _branch_time(counts, active, rows, slots, params_ptr, 0, out_cols, BM0,
-                            BN0 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS)
+                            BN0 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS,
+                            B_PADDED)
         choice = 0
         if NUM_BRANCHES > 1:
             t = _branch_time(counts, active, rows, slots, params_ptr, 1, out_cols, BM1,
-                             BN1 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS)
+                             BN1 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS,
+                             B_PADDED)
             choice = tl.where(t < best, 1, choice)
             best = tl.minimum(t, best)
         if NUM_BRANCHES > 2:
             t = _branch_time(counts, active, rows, slots, params_ptr, 2, out_cols, BM2,
-                             BN2 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS)
+                             BN2 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS,
+                             B_PADDED)
             choice = tl.where(t < best, 2, choice)
             best = tl.minimum(t, best)
         if NUM_BRANCHES > 3:
             t = _branch_time(counts, active, rows, slots, params_ptr, 3, out_cols, BM3,
-                             BN3 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS)
+                             BN3 // HALF, NUM_BASES, B_ONE, B_ACTIVE, B_TILES, B_WAVES, B_ROWS,
+                              B_PADDED)
             choice = tl.where(t < best, 3, choice)
     if tl.program_id(0) == 0:
         tl.store(choice_ptr, choice)

@@ -41,7 +41,7 @@ def poly_configs(branches: Sequence[KernelConfig]) -> list[KernelConfig]:
 # core's feature table: the kernel evaluates every basis, so every linear feature runs on
 # the GPU exactly as ramp.geometry defines it.
 KERNEL_BASES = {"one": "B_ONE", "active_experts": "B_ACTIVE", "tiles": "B_TILES",
-                "waves": "B_WAVES", "rows": "B_ROWS"}
+                "waves": "B_WAVES", "rows": "B_ROWS", "padded": "B_PADDED"}
 if set(KERNEL_BASES) != set(BASES):
     raise ImportError(f"moe_gemm_poly_kernel evaluates bases {sorted(KERNEL_BASES)}, "
                       f"ramp.geometry defines {sorted(BASES)}")
@@ -65,6 +65,10 @@ class PolyGemm:
         if len(launch) != 1:
             raise InputError("branches must share num_warps, num_stages and group_m: "
                              f"got {sorted(launch)}")
+        mixed = [c.name for c in branches if c.small_rows]
+        if mixed:
+            raise InputError(f"branches of the polymorphic kernel have one row-tile class: "
+                             f"{mixed}")
         nonlinear = [f for f in features if f not in LINEAR_FEATURES]
         if nonlinear:
             raise InputError(f"the device-side model evaluates linear features only "

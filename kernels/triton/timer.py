@@ -19,7 +19,14 @@ from ramp.errors import InputError
 from ramp.families import TimerOptions
 from ramp.hardware import detect_gpu
 from ramp.kernels.bank_timer import BankTimer, probe_call
-from ramp.kernels.triton.configs import FAMILY, FAMILY_VERSION, triton_configs
+from ramp.kernels.triton.configs import (
+    FAMILY,
+    FAMILY_VERSION,
+    TILES_FAMILY,
+    TILES_FAMILY_VERSION,
+    triton_configs,
+    triton_tiles_configs,
+)
 from ramp.kernels.triton.fused_moe import compile_gemm, moe_gemm
 from ramp.problem import MoEProblem
 
@@ -85,3 +92,16 @@ def make_timer(problem: MoEProblem, configs: list[KernelConfig] | None,
                options: TimerOptions) -> TritonTimer:
     """The family's registry entry (``ramp.families``): the bank over ``configs``."""
     return TritonTimer(problem, configs or triton_configs(), workers=options.jobs)
+
+
+class TilesTimer(TritonTimer):
+    """The ``triton-tiles`` family: the same launcher, its own name and version."""
+
+    family = TILES_FAMILY
+    family_version = TILES_FAMILY_VERSION
+
+
+def make_tiles_timer(problem: MoEProblem, configs: list[KernelConfig] | None,
+                     options: TimerOptions) -> TilesTimer:
+    """The two-class family's registry entry: the bank over ``configs``."""
+    return TilesTimer(problem, configs or triton_tiles_configs(), workers=options.jobs)
