@@ -43,6 +43,7 @@ from ramp.models import get_model
 from ramp.plaindata import locate, read_json
 from ramp.problem import MoEProblem
 from ramp.profile import Profile, find_profile, load_profile
+from ramp.regret import geomean
 
 GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 EAGER_SIZES = (768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
@@ -95,10 +96,15 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
         w13, w2 = profiles("triton-poly")
         return w13.model, w2.model
 
+    @functools.cache
+    def statics(family: str) -> tuple[Any, Any]:
+        return tuple(p.dispatcher("static") for p in profiles(family))
+
+    @functools.cache  # the layer asks on every call, and timed eager calls count host time
     def config_at(family: str, tokens: int) -> dict[str, Any]:
         """What the ``family`` path runs at T: each GEMM's static-table configuration."""
         tables = profiles(family)
-        idx = [p.dispatcher("static").choose_tokens(tokens) for p in tables]
+        idx = [s.choose_tokens(tokens) for s in statics(family)]
         return {"w13": tables[0].model.bank.configs[idx[0]].to_dict(),
                 "w2": tables[1].model.bank.configs[idx[1]].to_dict(),
                 "occupancy_w13": int(tables[0].model.bank.occupancy[idx[0]]),
@@ -107,7 +113,7 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
     def family_configs(family: str) -> Callable[[], Callable[[int], Any]]:
         def configs():
             profiles(family)
-            return lambda tokens: config_entry(config_at(family, tokens))
+            return functools.cache(lambda tokens: config_entry(config_at(family, tokens)))
         return configs
 
     configured = ("triton", "cute")  # paths named after the family whose profiles they read
@@ -292,7 +298,7 @@ def geomean_over_routings(per_routing: dict[str, dict[str, tuple[float, ...]]]
                           ) -> dict[str, tuple[float, ...]]:
     """One time per path and T: the geometric mean over routings."""
     tables = list(per_routing.values())
-    return {name: tuple(float(np.exp(np.mean(np.log([t[name][i] for t in tables]))))
+    return {name: tuple(geomean([t[name][i] for t in tables])
                         for i in range(len(tables[0][name])))
             for name in tables[0]}
 

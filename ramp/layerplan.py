@@ -71,27 +71,29 @@ class LayerPlan:
         for path, times in self.times_us.items():
             if path not in PATHS:
                 raise InputError(f"layer plan: unknown path {path!r} (known: {PATHS})")
-            if len(times) != len(self.tokens):
-                raise InputError(f"layer plan: times_us[{path!r}] has {len(times)} values "
-                                 f"for {len(self.tokens)} token counts")
-            if any(t is not None and not t > 0 for t in times):
-                raise InputError(f"layer plan: times_us[{path!r}] must be positive or null")
+            self._check_times(f"times_us[{path!r}]", times)
         for path, per_t in self.configs.items():
             if path not in self.times_us or len(per_t) != len(self.tokens):
                 raise InputError(f"layer plan: configs[{path!r}] must give one entry per "
                                  "token count of a timed path")
         for routing, per_path in self.times_us_by_routing.items():
             for path, times in per_path.items():
-                if path not in self.times_us or len(times) != len(self.tokens):
-                    raise InputError(f"layer plan: times_us_by_routing[{routing!r}][{path!r}] "
-                                     "must give one value per token count of a timed path")
-                if any(t is not None and not t > 0 for t in times):
-                    raise InputError(f"layer plan: times_us_by_routing[{routing!r}][{path!r}] "
-                                     "must be positive or null")
+                where = f"times_us_by_routing[{routing!r}][{path!r}]"
+                if path not in self.times_us:
+                    raise InputError(f"layer plan: {where} is not a path of 'times_us'")
+                self._check_times(where, times)
         if not 0 <= self.margin < 1:
             raise InputError(f"layer plan: margin {self.margin} must be in [0, 1)")
         if isinstance(self.ep, bool) or not isinstance(self.ep, int) or not 1 <= self.ep <= 1024:
             raise InputError(f"layer plan: ep {self.ep!r} must be an int in 1..1024")
+
+    def _check_times(self, where: str, times: tuple[float | None, ...]) -> None:
+        """One time per token count, each positive or null (not measured)."""
+        if len(times) != len(self.tokens):
+            raise InputError(f"layer plan: {where} has {len(times)} values for "
+                             f"{len(self.tokens)} token counts")
+        if any(t is not None and not t > 0 for t in times):
+            raise InputError(f"layer plan: {where} must be positive or null")
 
     @property
     def key(self) -> str:
@@ -118,10 +120,10 @@ class LayerPlan:
 
     def _wins_every_routing(self, path: str, i: int) -> bool:
         for per_path in self.times_us_by_routing.values():
-            engine, t = per_path.get(ENGINE, ())[i:i + 1], per_path.get(path, ())[i:i + 1]
-            if not engine or not t or engine[0] is None:
-                continue
-            if t[0] is None or not t[0] < engine[0] * (1 - self.margin):
+            if ENGINE not in per_path or path not in per_path:
+                continue  # this routing did not time both
+            engine, t = per_path[ENGINE][i], per_path[path][i]
+            if engine is not None and (t is None or not t < engine * (1 - self.margin)):
                 return False
         return True
 
