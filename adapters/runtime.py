@@ -304,12 +304,19 @@ class RampMoERuntime:
                             triton_configs=lambda: _plan_configs(plan, "triton"),
                             cute_configs=lambda: _plan_configs(plan, "cute"))
         paths: dict[str, LayerPath] = {}
-        for name in sorted(plan.paths_used() - {ENGINE}):
-            try:
-                paths[name] = build_path(name, inputs)
-            except PathUnavailable as exc:
-                raise Unsupported(f"layer plan {plan.key} chooses path {name!r}, which "
-                                  f"this RaMP cannot run here: {exc}") from exc
+        while missing := sorted(plan.paths_used() - {ENGINE} - set(paths)):
+            for name in missing:
+                try:
+                    paths[name] = build_path(name, inputs)
+                except PathUnavailable as exc:
+                    # Only this path's buckets move: to the next path the measurements
+                    # rank first (which may need building in turn), else the engine.
+                    self.log_fallback(f"layer plan {plan.key} chooses path {name!r} at T "
+                                      f"{_buckets_of(plan, name)}, which this RaMP cannot "
+                                      f"run here ({exc}): those sizes take the next "
+                                      "measured path")
+                    plan = plan.without({name})
+        paths = {name: p for name, p in paths.items() if name in plan.paths_used()}
         layer = _Layer(f"{gpu}/{problems[0].key}" + (f"/ep{ep}" if ep > 1 else ""), plan,
                        paths)
         try:
@@ -484,6 +491,11 @@ def _catalog_name(problem: MoEProblem, ep: int = 1) -> str:
 def _describe(key: tuple[Any, ...]) -> str:
     shape, dtype, _, top_k, device, _ep = key
     return f"w13 {list(shape)} {dtype} top-{top_k} on {device}"
+
+
+def _buckets_of(plan: LayerPlan, path: str) -> str:
+    """The measured token counts whose bucket ``plan`` gives to ``path``, e.g. '128, 192'."""
+    return ", ".join(str(t) for t, p in zip(plan.tokens, plan.choices) if p == path)
 
 
 def _plan_summary(plan: LayerPlan) -> str:

@@ -28,9 +28,9 @@ histogram; under EP, ``Dispatcher.choose_view`` on the rank's local histogram),
 ``static_us`` (the profile's batch-size table) and ``oracle_us`` (best measured). The
 profile is the shipped one of the local problem, or the full problem's where no EP
 profile exists (its features, tiles, waves, active experts and rows, are histogram-
-level). Writes ``real-routing.json`` (every call's histogram and every configuration's
-time, so ``--report`` recomputes the summary and the plot anywhere) and
-``real-routing.png``.
+level). Writes ``real-routing-<gemm>.json`` (every call's histogram and every
+configuration's time, so ``--report`` recomputes the summary and the plot anywhere) and
+``real-routing-<gemm>.png``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,13 @@ from ramp.traces.real import read_recording
 
 TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
 VIEWS = ("full", "ep4", "ep8")
-OUTPUT = "real-routing.json"
+
+
+def output_name(gemm: str) -> str:
+    """One results file per GEMM, so the w13 and w2 runs can share a folder."""
+    return f"real-routing-{gemm}.json"
+
+
 # Device-time estimate: seconds per (configuration, call) and per timer (compile and
 # verify the bank, make the weights), from the H200 profiling runs of this shape (42 s
 # for 196 configurations x 28 histograms; 17 s compile and verify).
@@ -463,7 +469,7 @@ def measure(args: argparse.Namespace, command: str) -> Path:
         "problem": model.problem(args.gemm).key, "views": views_info, "calls": records,
     }
     result["summary"] = summarize(records)
-    out = Path(args.out) / OUTPUT
+    out = Path(args.out) / output_name(args.gemm)
     out.parent.mkdir(parents=True, exist_ok=True)
     write(result, out)
     print(table(result["summary"]))
@@ -477,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", help="folder of *.npz routing recordings")
     ap.add_argument("--gemm", choices=["w13", "w2"], default="w13")
     ap.add_argument("--model", default="deepseek-v2-lite", help="catalog model of the routing")
-    ap.add_argument("--out", help="output folder (real-routing.json and .png)")
+    ap.add_argument("--out", help="output folder (real-routing-<gemm>.json and .png)")
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="T values")
     ap.add_argument("--views", default=",".join(VIEWS), help="full and/or epN")
     ap.add_argument("--placement", choices=["contiguous", "balanced"], default="contiguous",

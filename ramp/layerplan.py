@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -142,6 +142,19 @@ class LayerPlan:
 
     def paths_used(self) -> set[str]:
         return set(self.choices)
+
+    def without(self, paths: set[str]) -> LayerPlan:
+        """This plan as if ``paths`` had never been timed: their buckets go to the next
+        fastest measured path that passes the guard, else the engine. For a runtime that
+        cannot run a path (a missing library) but can run the others."""
+        if ENGINE in paths:
+            raise InputError(f"layer plan {self.key}: the {ENGINE!r} path cannot be dropped")
+        return replace(
+            self,
+            times_us={p: t for p, t in self.times_us.items() if p not in paths},
+            configs={p: c for p, c in self.configs.items() if p not in paths},
+            times_us_by_routing={r: {p: t for p, t in per.items() if p not in paths}
+                                 for r, per in self.times_us_by_routing.items()})
 
     def speedup(self) -> dict[int, float]:
         """Engine time / chosen path's time per measured token count (>= 1 by design)."""

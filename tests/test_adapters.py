@@ -414,6 +414,24 @@ def test_a_path_must_win_under_every_routing(tmp_path):
                   times_us_by_routing={"uniform": {"engine": (1.0,)}})
 
 
+def test_a_plan_without_a_path_gives_its_sizes_to_the_next_measured_one(tmp_path):
+    """A runtime without the CuTe DSL drops the cute path: where triton is next and beats
+    the engine by the margin it inherits the size, elsewhere the engine does."""
+    plan = save_plan(tmp_path, {1: "engine"})
+    full = LayerPlan(plan.gpu, plan.problem, "e", (1, 8),
+                     {"engine": (10.0, 10.0), "triton": (9.0, 9.9), "cute": (8.0, 8.0)},
+                     configs={"triton": (TRITON_CFG, TRITON_CFG), "cute": (CUTE_CFG, CUTE_CFG)},
+                     times_us_by_routing={"uniform": {"engine": (10.0, 10.0),
+                                                      "cute": (8.0, 8.0)}})
+    assert full.choices == ("cute", "cute")
+    less = full.without({"cute"})
+    assert less.choices == ("triton", "engine") and "cute" not in less.configs
+    assert less.times_us_by_routing == {"uniform": {"engine": (10.0, 10.0)}}
+    assert full.choices == ("cute", "cute")  # the original is unchanged
+    with pytest.raises(InputError, match="cannot be dropped"):
+        full.without({"engine"})
+
+
 def test_plans_rederive_from_their_details_without_a_gpu(tmp_path):
     """``--from-details``: the per-round timings of a details file give the plan under
     the current rule; a file that is not one is a one-line error with exit status 2."""
@@ -633,16 +651,28 @@ def test_cute_path_needs_a_gpu():
         build_path("cute", PathInputs(num_sms=None, cute_configs=lambda: lambda t: None))
 
 
-def test_plan_choosing_cute_without_the_dsl_falls_back_once(tmp_path, caplog, no_cutlass):
+def test_plan_choosing_cute_without_the_dsl_moves_only_its_sizes(tmp_path, caplog,
+                                                                 no_cutlass):
     """A plan measured where the CuTe family ran, served where nvidia-cutlass-dsl is
-    missing: the engine runs every call and the reason is logged once."""
-    calls, lines = fallbacks(dispatch_runtime(tmp_path, plan={4: "cute", 32: "triton"}),
-                             caplog)
-    assert calls == 2
+    missing: the sizes it gave to cute take the next measured path (the engine here, as
+    RaMP's Triton lost to it there), the other sizes keep RaMP's Triton; logged once."""
+    runtime = dispatch_runtime(tmp_path, plan={4: "cute", 32: "triton"})
+    engine = Engine()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ramp.adapters"):
+        for tokens in (3, 20, 3):
+            x, w13, w2, ids, weights = make_layer(tokens, seed=8)
+            result = runtime.fused_moe(x, w13, w2, ids, weights, engine)
+            if tokens == 20:
+                ref = reference(x, w13, w2, ids, weights)
+                assert float((result.float().cpu() - ref).norm() / ref.norm()) < 1e-2
+    assert engine.calls == 2  # the two T=3 calls
+    lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and lines[0].startswith(
         "RaMP falls back to the engine kernel: layer plan H100-SXM_w13-E8-N64-K64-top2-"
-        "float16_layer chooses path 'cute', which this RaMP cannot run here: the CuTe "
-        "family needs nvidia-cutlass-dsl")
+        "float16_layer chooses path 'cute' at T 4, which this RaMP cannot run here (the "
+        "CuTe family needs nvidia-cutlass-dsl")
+    assert lines[0].endswith("those sizes take the next measured path")
 
 
 @pytest.mark.parametrize("recorded,reason", [

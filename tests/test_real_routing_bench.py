@@ -117,7 +117,7 @@ def test_report_recomputes_summary_and_plot(tmp_path):
     expected = rr.summarize(result["calls"])
     for c in result["calls"]:                 # the report must not trust stored picks' times
         c["ramp_us"] = c["static_us"] = c["oracle_us"] = -1.0
-    path = tmp_path / rr.OUTPUT
+    path = tmp_path / rr.output_name("w13")
     path.write_text(json.dumps(result))
     assert rr.main(["--report", str(path)]) == 0
     again = json.loads(path.read_text())
