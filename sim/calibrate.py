@@ -186,13 +186,16 @@ class EngineRun:
     routing: str = "trace"  # "collapsed": dummy weights, every token on experts 0..k-1
     ramp_mode: str = "off"  # the engine's (``MODES``): what ``policy`` simulates
     plans: tuple[str, ...] = ()  # layer plan files for plan policies (default: embedded)
+    # False: a dispatch run whose RaMP served no call (every layer fell back), so the
+    # engine's kernel is what ran and what is simulated
+    ramp_served: bool = True
 
     def with_moe_costs(self, moe_costs: str, plans: Sequence[str] = ()) -> EngineRun:
         """This run with its MoE costed the ``moe_costs`` way (``MOE_COSTS``)."""
         if moe_costs not in MODES:
             raise InputError(f"moe costs {moe_costs!r} not in {MOE_COSTS}")
-        return dataclasses.replace(self, policy=MODES[moe_costs][self.ramp_mode],
-                                   plans=tuple(plans))
+        ran = self.ramp_mode if self.ramp_served else "off"
+        return dataclasses.replace(self, policy=MODES[moe_costs][ran], plans=tuple(plans))
 
     @property
     def pool_key(self) -> str:
@@ -302,6 +305,7 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
         graph_tokens = 0
     # dummy weights route every token to the same experts unless bench.py re-spread them
     collapsed = args.get("load_format") == "dummy" and not config.get("routers_respread")
+    served = _ramp_served(data.get("ramp_calls"), f"{where} ramp_calls")
     out = []
     for mode, repeats in by_mode.items():
         measured: dict[str, float] = {}
@@ -322,8 +326,20 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
             ints["max_num_seqs"], ints["max_num_batched_tokens"], measured,
             float(util) if isinstance(util, (int, float)) else None,
             bool(data.get("concurrent", False)), graph_tokens,
-            "collapsed" if collapsed else "trace", mode).with_moe_costs(moe_costs, plans))
+            "collapsed" if collapsed else "trace", mode,
+            ramp_served=served or mode != "dispatch").with_moe_costs(moe_costs, plans))
     return out
+
+
+def _ramp_served(calls: Any, where: str) -> bool:
+    """Whether the dispatch engine's counters (``ramp_calls``: eager/captured -> layer ->
+    path -> calls) show a call served by a RaMP path; a file without them is trusted."""
+    if calls is None:
+        return True
+    if not isinstance(calls, dict) or not all(isinstance(v, dict) for v in calls.values()):
+        raise InputError(f"{where}: expected {{'eager': {{layer: {{path: calls}}}}, ...}}")
+    return any(n > 0 for per_layer in calls.values() for per_path in per_layer.values()
+               for path, n in per_path.items() if path != "engine")
 
 
 @dataclass

@@ -59,7 +59,8 @@ def _results_file(path: Path, model: str, workload: str, prompts: int, input_len
                      "max_num_seqs": 64, "max_num_batched_tokens": 4096, **lengths},
         "runs": [{"ramp_mode": "off", "total_tok_per_s": m["throughput_tok_s"],
                   "out_tok_per_s": m["out_tok_s"], "elapsed_s": 1.0, **online}],
-        "ratio": None, "ramp_calls": 0, "ramp_fallbacks": 0, "tokens_match": True,
+        "ratio": None, "ramp_calls": {"eager": {"w13": {"triton": 8}}, "captured": {}},
+        "ramp_fallbacks": {}, "tokens_match": True,
     }
     path.write_text(json.dumps(data))
     return path
@@ -139,6 +140,7 @@ def test_results_file_validation(tmp_path, results_dir):
         (lambda d: d["runs"][0].update(ramp_mode="on"), "field 'ramp_mode' is 'on'"),
         (lambda d: d["runs"][0].update(total_tok_per_s=-1), "field 'total_tok_per_s' must be"),
         (lambda d: d.update(device="Voodoo3"), "unknown GPU 'Voodoo3'"),
+        (lambda d: d.update(ramp_calls=3), "ramp_calls: expected {'eager'"),
     ]
     for change, message in cases:
         data = json.loads(json.dumps(good))
@@ -147,6 +149,22 @@ def test_results_file_validation(tmp_path, results_dir):
         path.write_text(json.dumps(data))
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace("[", r"\[")):
             load_engine_results(path)
+
+
+def test_a_dispatch_run_that_ran_no_ramp_call_is_simulated_as_the_engine(tmp_path,
+                                                                        results_dir):
+    """A dispatch engine whose every layer fell back ran vLLM's kernel: its runs take the
+    engine's policy, whatever its mode's name (and a file without counters is trusted)."""
+    data = json.loads((results_dir / f"H200_{MODEL}_decode-heavy.json").read_text())
+    data["runs"].append({**data["runs"][0], "ramp_mode": "dispatch"})
+    for calls, policy in (({"eager": {"w13": {"engine": 40}}, "captured": {}}, "plan-engine"),
+                          ({"eager": {"w13": {"engine": 4, "triton": 1}}}, "plan"),
+                          (None, "plan")):
+        data["ramp_calls"] = calls
+        path = tmp_path / "run.json"
+        path.write_text(json.dumps(data))
+        runs = {r.ramp_mode: r for r in load_engine_results(path, moe_costs="plan")}
+        assert runs["dispatch"].policy == policy and runs["off"].policy == "plan-engine"
 
 
 def test_engine_config_and_routing_come_from_the_results_file():
