@@ -8,7 +8,9 @@ mode and sends it workloads one at a time over stdin; the worker runs them on vL
 async engine (dummy weights, token-id prompts, greedy, ``ignore_eos``) and writes one JSON
 result per run. With ``--concurrent`` both engines are alive at once (each with half the
 GPU memory) and every repeat alternates off/dispatch; otherwise the modes run one after
-the other (``--blocks`` splits the repeats into alternating engine starts).
+the other (``--blocks`` splits the repeats into alternating engine starts). Every engine
+start first runs each workload ``--warmup`` times (default 1) unsummarised: an engine's
+first run of a workload is the slow one (Mixtral decode-heavy: 8,089 then 8,723 tok/s).
 
 Workloads: ``prefill-heavy`` (256 prompts x 1024 in / 128 out), ``decode-heavy``
 (256 x 128 / 512), ``online`` (requests of the shipped Azure conversation trace, at its
@@ -19,7 +21,8 @@ measured by running ``--modes off,record``.
 Writes ``H200_<model>_<workload>.json`` per workload into ``--out`` (other ``--modes``
 than off,dispatch add a suffix, e.g. ``_record``) with ``device``,
 ``engine``, ``command``, ``runs`` (per repeat: ``ramp_mode``, ``total_tok_per_s``,
-``out_tok_per_s``, ``elapsed_s`` and for online runs TTFT/TPOT p50/p99), ``ratio``
+``out_tok_per_s``, ``elapsed_s``, ``gpu_before``/``gpu_after`` (SM and memory clocks,
+temperature, power from nvidia-smi) and for online runs TTFT/TPOT p50/p99), ``ratio``
 (median of the second mode / median of ``off``), ``ramp_calls``, ``ramp_fallbacks``,
 ``tokens_match``.
 """
@@ -114,7 +117,7 @@ async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]
     from vllm.inputs import TokensPrompt
 
     rng = np.random.default_rng(seed)
-    start = time.perf_counter()
+    rng_prompts = [rng.integers(0, vocab, n_in).tolist() for _, n_in, _ in requests]
     results: list[dict[str, Any]] = [{} for _ in requests]
     slots = asyncio.Semaphore(concurrency or len(requests))
 
@@ -147,7 +150,7 @@ async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]
                              zip(comp.token_ids, comp.logprobs or [])]
         results[i] = r
 
-    rng_prompts = [rng.integers(0, vocab, n_in).tolist() for _, n_in, _ in requests]
+    start = time.perf_counter()  # after the prompts are made: only serving is timed
     await asyncio.gather(*(one(i, *req) for i, req in enumerate(requests)))
     elapsed = time.perf_counter() - start
     return {"elapsed_s": elapsed, "requests": results}
@@ -312,6 +315,19 @@ class Worker:
                 print(f"[{self.mode}] {line}", end="", flush=True)
 
 
+def gpu_state() -> dict[str, float] | None:
+    """SM and memory clocks (MHz), temperature (C) and power (W) of GPU 0 from
+    nvidia-smi, or None where it is missing or fails."""
+    fields = ("sm_mhz", "mem_mhz", "temp_c", "power_w")
+    try:
+        out = subprocess.run(["nvidia-smi", "--id=0", "--query-gpu=clocks.sm,clocks.mem,"
+                              "temperature.gpu,power.draw", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return dict(zip(fields, (float(v) for v in out.strip().split(","))))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 def read_stats(stats_dir: Path, mode: str) -> dict[str, Any]:
     """Sum of the RAMP_STATS files the mode's engine processes wrote."""
     total: dict[str, Any] = {"eager": {}, "captured": {}, "fallbacks": {}, "files": 0}
@@ -367,22 +383,34 @@ def main() -> None:
     t0 = time.monotonic()
     raw_log = out / f"runs-{args.model}.jsonl"
 
+    def measure(w: Worker, wl: str, seed: int, repeat: int | None) -> dict[str, Any]:
+        """One run with the GPU's clocks, temperature and power before and after (drift
+        between engine starts is what limits these comparisons); ``repeat`` None: a
+        warm-up, logged but not summarised."""
+        before = gpu_state()
+        res = w.run(wl, seed=seed)
+        res.update(repeat=repeat, gpu_before=before, gpu_after=gpu_state())
+        with raw_log.open("a") as f:  # kept if the call dies before the summary
+            f.write(json.dumps({"workload": wl, "warmup": repeat is None, **res}) + "\n")
+        print(f"{args.model} {wl:<14} {w.mode:<8} "
+              + ("warm-up" if repeat is None else f"rep {repeat}")
+              + f": {res['total_tok_per_s']:9.0f} tok/s total ({time.monotonic() - t0:.0f} s)"
+              + (f", SM {before['sm_mhz']} MHz, {before['temp_c']} C" if before else ""),
+              flush=True)
+        return res
+
     def run_block(workers: dict[str, Worker], repeats: range) -> None:
         for mode, w in workers.items():
             if mode not in matches:
                 matches[mode] = w.run("match", seed=12345)["sequences"]
+            for wl in workloads:  # every engine start: its first runs are the slow ones
+                for _ in range(args.warmup):
+                    measure(w, wl, seed=999, repeat=None)
         for r in repeats:
             for wl in workloads:
                 order = list(workers) if r % 2 == 0 else list(workers)[::-1]
                 for mode in order:
-                    res = workers[mode].run(wl, seed=1000 * r + 7)
-                    res["repeat"] = r
-                    runs[wl].append(res)
-                    with raw_log.open("a") as f:  # kept if the call dies before the summary
-                        f.write(json.dumps({"workload": wl, **res}) + "\n")
-                    print(f"{args.model} {wl:<14} {mode:<8} rep {r}: "
-                          f"{res['total_tok_per_s']:9.0f} tok/s total "
-                          f"({time.monotonic() - t0:.0f} s)", flush=True)
+                    runs[wl].append(measure(workers[mode], wl, seed=1000 * r + 7, repeat=r))
 
     if args.concurrent:
         workers = {}
@@ -516,6 +544,9 @@ def parser(worker: bool) -> argparse.ArgumentParser:
                          "add record to measure recording's cost")
     ap.add_argument("--workloads", default="prefill-heavy,decode-heavy,online")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="runs of each workload per engine start before the repeats, "
+                         "not summarised (in runs-<model>.jsonl as warmup)")
     ap.add_argument("--blocks", type=int, default=1,
                     help="engine starts per mode, alternating (sequential mode)")
     ap.add_argument("--concurrent", action="store_true",
