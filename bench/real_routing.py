@@ -20,7 +20,9 @@ seen in every view:
   ranks that do not set the layer's time. What this misses: a less loaded rank whose
   choice is much worse than the busiest rank's.
 
-Every configuration of the Triton bank is timed on every call (CUDA graphs; the timer
+Every configuration of the Triton bank (and of each ``--extra-families`` family, e.g. the
+two-row-tile-class ``triton-tiles``, whose oracle then joins the oracle and is also
+summarised alone) is timed on every call (CUDA graphs; the timer
 first checks every configuration against float32 and drops the wrong ones), one timer
 per local problem, so each configuration compiles once per process. Per call:
 ``ramp_us`` (the configuration the profile's default, guarded policy picks for that
@@ -58,6 +60,9 @@ from ramp.tokenrouting import BATCHINGS, TokenRouting, count_experts
 from ramp.traces.real import read_recording
 
 TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
+# The family whose shipped profile gives RaMP's and static's picks; ``--extra-families``
+# are timed beside it on the same calls, so the oracle is the best of all of them.
+PROFILED = "triton"
 VIEWS = ("full", "ep4", "ep8")
 
 
@@ -164,7 +169,7 @@ def view_problem(model: MoEModel, gemm: str, view: str, dtype: str | None = None
 def view_profile(gpu: str, model: MoEModel, gemm: str, view: str) -> Profile:
     """The shipped Triton profile of the view's local problem, else the full problem's."""
     for problem in (view_problem(model, gemm, view), model.problem(gemm)):
-        profile = find_profile(gpu, problem, family="triton")
+        profile = find_profile(gpu, problem, family=PROFILED)
         if profile is not None:
             return profile
     raise InputError(f"no shipped triton profile for {gpu} {model.problem(gemm).key}; "
@@ -194,16 +199,32 @@ def configs_to_time(num_configs: int, must: np.ndarray, cap: int | None) -> list
     return sorted(keep)
 
 
-def estimate_seconds(calls_per_view: dict[str, int], configs_per_view: dict[str, int]) -> float:
-    """Expected device seconds: one timer per view plus every (configuration, call)."""
-    return sum(SECONDS_PER_TIMER + calls_per_view[v] * configs_per_view[v] * SECONDS_PER_TIMING
+def estimate_seconds(calls_per_view: dict[str, int], configs_per_view: dict[str, int],
+                     timers_per_view: int = 1) -> float:
+    """Expected device seconds: the timers of every view (one per family) plus every
+    (configuration, call)."""
+    return sum(timers_per_view * SECONDS_PER_TIMER
+               + calls_per_view[v] * configs_per_view[v] * SECONDS_PER_TIMING
                for v in calls_per_view)
 
 
-def time_view(problem: MoEProblem, configs: list, calls: Sequence[RealCall], seed: int,
-              progress: str = "") -> tuple[np.ndarray, dict[str, Any]]:
-    """Times [calls, configs] of every configuration on every call (NaN: dropped by the
-    float32 check or failed at launch), and the timer's check results. Needs a GPU."""
+def extra_families(text: str | None) -> list[str]:
+    """``--extra-families``: names of profilable families other than the profiled one."""
+    from ramp.families import get_family
+
+    names = [n for n in (text or "").split(",") if n]
+    for name in names:
+        if name == PROFILED:
+            raise InputError(f"option --extra-families: {PROFILED!r} is always timed")
+        get_family(name).configs()  # unknown name or no fixed space: a clear InputError
+    return names
+
+
+def time_view(problem: MoEProblem, family: str, configs: list, calls: Sequence[RealCall],
+              seed: int, progress: str = "") -> tuple[np.ndarray, dict[str, Any]]:
+    """Times [calls, configs] of every configuration of ``family`` on every call (NaN:
+    dropped by the float32 check or failed at launch), and the timer's check results.
+    Needs a GPU."""
     import torch
 
     from ramp.families import TimerOptions, get_family
@@ -211,11 +232,11 @@ def time_view(problem: MoEProblem, configs: list, calls: Sequence[RealCall], see
     from ramp.kernels.workload import make_call_for_ids
 
     t0 = time.monotonic()
-    timer = get_family("triton").make_timer(problem, configs, TimerOptions(progress=False))
+    timer = get_family(family).make_timer(problem, configs, TimerOptions(progress=False))
     check = {"compile_and_verify_seconds": round(time.monotonic() - t0, 1),
              "max_verify_error": max(timer.verify_errors.values(), default=None),
              "dropped": timer.dropped, "device": timer.device_info()}
-    print(f"{progress}{problem.key}: {len(timer.bank)} configs compiled and checked against "
+    print(f"{progress}{problem.key} {family}: {len(timer.bank)} configs compiled and checked against "
           f"float32 in {check['compile_and_verify_seconds']} s (max rel err "
           f"{check['max_verify_error']}, dropped {len(timer.dropped)})", flush=True)
     col = {cfg: c for c, cfg in enumerate(timer.bank.configs)}
@@ -234,16 +255,18 @@ def time_view(problem: MoEProblem, configs: list, calls: Sequence[RealCall], see
     return times, check
 
 
-def call_record(c: RealCall, times: np.ndarray, timed: Sequence[int], ramp_idx: int,
-                static_idx: int, names: Sequence[str]) -> dict[str, Any]:
-    """One call of the JSON: what was timed, every time, the three picks."""
+def call_record(c: RealCall, times: np.ndarray, configs: Sequence[str],
+                families: Sequence[str], ramp_config: str, static_config: str
+                ) -> dict[str, Any]:
+    """One call of the JSON: what was timed (each configuration's family), every time,
+    the picks of RaMP and static."""
     return {"label": c.label, "recording": c.recording, "tokens": c.tokens, "view": c.view,
             "order": c.order, "layer": c.layer, "batch": c.batch, "rank": c.rank,
             "local_rows": int(c.hist.sum()), "local_tokens": int(c.ids.shape[0]),
             "active_experts": int(np.count_nonzero(c.hist)), "hist": c.hist.tolist(),
-            "configs": [names[k] for k in timed],
+            "configs": list(configs), "families": list(families),
             "times_us": [None if not math.isfinite(x) else float(x) for x in times],
-            "ramp_config": names[ramp_idx], "static_config": names[static_idx]}
+            "ramp_config": ramp_config, "static_config": static_config}
 
 
 def finish_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -261,14 +284,19 @@ def finish_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name, t in zip(("ramp", "static", "oracle"), chosen[0]):
             c[f"{name}_us"] = float(t) if np.isfinite(t) else None
         c["oracle_config"] = c["configs"][oracle]
+        families = np.array(c.get("families") or [PROFILED] * len(times))
+        c["oracle_us_by_family"] = {
+            f: float(np.nanmin(times[families == f])) if np.isfinite(times[families == f]).any()
+            else None for f in dict.fromkeys(families.tolist())}
     return calls
 
 
 def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per view: RaMP's and the oracle's geomean speedup over static (``ramp_vs_static``,
-    ``oracle_vs_static``), mean regrets against the oracle, the worst T bucket of RaMP
-    over static, the fraction of the oracle's (log) gain RaMP captures, and the same
-    speedups per T. Calls whose picks were not measured are counted, not used."""
+    ``oracle_vs_static``; ``oracle_vs_static_by_family``: the best of each timed family
+    alone), mean regrets against the oracle, the worst T bucket of RaMP over static, the
+    fraction of the oracle's (log) gain RaMP captures, and the same speedups per T.
+    Calls whose picks were not measured are counted, not used."""
     out = {}
     for view in dict.fromkeys(c["view"] for c in calls):
         rows = [c for c in calls if c["view"] == view]
@@ -276,15 +304,19 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ramp, static, oracle = (np.array([c[k] for c in ok], dtype=float)
                                 for k in ("ramp_us", "static_us", "oracle_us"))
         tokens = np.array([c["tokens"] for c in ok])
+        families = list(dict.fromkeys(f for c in ok for f in c["oracle_us_by_family"]))
         by_tokens = {int(t): {"calls": int(np.sum(tokens == t)),
                               "ramp_vs_static": geomean((static / ramp)[tokens == t]),
-                              "oracle_vs_static": geomean((static / oracle)[tokens == t])}
+                              "oracle_vs_static": geomean((static / oracle)[tokens == t]),
+                              "oracle_vs_static_by_family": _family_gains(
+                                  [c for c in ok if c["tokens"] == t], families)}
                      for t in np.unique(tokens)}
         g_ramp, g_oracle = geomean(static / ramp), geomean(static / oracle)
         worst = min(by_tokens, key=lambda t: by_tokens[t]["ramp_vs_static"]) if ok else None
         out[view] = {
             "calls": len(ok), "unmeasured_picks": len(rows) - len(ok),
             "ramp_vs_static": g_ramp, "oracle_vs_static": g_oracle,
+            "oracle_vs_static_by_family": _family_gains(ok, families),
             "ramp_mean_regret": float(np.mean(ramp / oracle - 1)) if ok else None,
             "static_mean_regret": float(np.mean(static / oracle - 1)) if ok else None,
             "ramp_vs_static_worst_tokens": None if worst is None
@@ -297,6 +329,13 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _family_gains(calls: Sequence[dict[str, Any]], families: Sequence[str]
+                  ) -> dict[str, float | None]:
+    """Geomean of static / the best configuration of each family, over ``calls``."""
+    return {f: geomean([c["static_us"] / c["oracle_us_by_family"][f] for c in calls
+                        if c["oracle_us_by_family"].get(f) is not None]) for f in families}
+
+
 def table(summary: dict[str, dict[str, Any]]) -> str:
     """The summary as text: one block per view, one line per T."""
     lines = []
@@ -306,10 +345,15 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
                      f"{_pct(s['ramp_mean_regret'])} (static {_pct(s['static_mean_regret'])}), "
                      f"worst T={s['worst_tokens']} {_f(s['ramp_vs_static_worst_tokens'])}x, "
                      f"oracle gain captured {_pct(s['oracle_gain_captured'])}")
-        lines.append(f"  {'T':>5} {'calls':>5} {'ramp/static':>11} {'oracle/static':>13}")
+        families = list(s.get("oracle_vs_static_by_family") or {})
+        extra = families if len(families) > 1 else []  # one family: its oracle is the oracle
+        lines.append(f"  {'T':>5} {'calls':>5} {'ramp/static':>11} {'oracle/static':>13}"
+                     + "".join(f" {f + ' alone':>18}" for f in extra))
         for t, b in s["by_tokens"].items():
+            alone = b.get("oracle_vs_static_by_family") or {}
             lines.append(f"  {t:>5} {b['calls']:>5} {_f(b['ramp_vs_static']):>11} "
-                         f"{_f(b['oracle_vs_static']):>13}")
+                         f"{_f(b['oracle_vs_static']):>13}"
+                         + "".join(f" {_f(alone.get(f)):>18}" for f in extra))
     return "\n".join(lines)
 
 
@@ -342,6 +386,13 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
                                  ("oracle_us", "oracle", "k^--")):
             top.plot(tokens, [geomean([c[key] for c in rows if c["tokens"] == t])
                               for t in tokens], style, label=name, ms=4)
+        families = list(dict.fromkeys(f for c in rows for f in c.get("oracle_us_by_family", {})))
+        for k, family in enumerate(families if len(families) > 1 else []):
+            top.plot(tokens, [geomean([c["oracle_us_by_family"][family] for c in rows
+                                       if c["tokens"] == t
+                                       and c["oracle_us_by_family"][family] is not None])
+                              for t in tokens], color=f"C{k + 2}", ls=":", marker="v", ms=3,
+                     label=f"best {family}")
         for order, dash in (("consecutive", "-"), ("shuffled", ":")):
             sel = [c for c in rows if c["order"] == order]
             ts = sorted({c["tokens"] for c in sel})
@@ -387,9 +438,10 @@ def report(path: Path) -> dict[str, Any]:
         missing = [k for k in REQUIRED if not isinstance(c, dict) or k not in c]
         if missing:
             raise InputError(f"{path}: calls[{i}]: missing field {missing[0]!r}")
-        if len(c["times_us"]) != len(c["configs"]):
-            raise InputError(f"{path}: calls[{i}]: field 'times_us' has "
-                             f"{len(c['times_us'])} entries for {len(c['configs'])} configs")
+        for key in ("times_us", "families"):
+            if key in c and len(c[key]) != len(c["configs"]):
+                raise InputError(f"{path}: calls[{i}]: field {key!r} has {len(c[key])} "
+                                 f"entries for {len(c['configs'])} configs")
     result["summary"] = summarize(finish_calls(calls))
     write(result, path)
     return result
@@ -421,6 +473,7 @@ def _ints(text: str, option: str) -> list[int]:
 
 def measure(args: argparse.Namespace, command: str) -> Path:
     """Build the calls, print the estimate, time every view, write the result."""
+    from ramp.families import get_family
     from ramp.hardware import detect_gpu
 
     model = get_model(args.model)
@@ -431,6 +484,7 @@ def measure(args: argparse.Namespace, command: str) -> Path:
     calls = build_calls(recordings, _ints(args.tokens, "--tokens"), views, args.placement,
                         args.samples, args.seed)
     gpu = detect_gpu().name
+    extra = args.extra_families
     plan = {}
     for view in views:
         sel = [c for c in calls if c.view == view]
@@ -439,24 +493,38 @@ def measure(args: argparse.Namespace, command: str) -> Path:
         timed = configs_to_time(len(profile.model.bank), np.concatenate([ramp_idx, static_idx]),
                                 args.max_configs)
         plan[view] = (sel, profile, ramp_idx, static_idx, timed)
+    problem_of = {v: view_problem(model, args.gemm, v) for v in views}
+    extra_configs = {f: get_family(f).configs(problem_of[views[0]].dtype_bytes) for f in extra}
+    n_extra = sum(len(c) for c in extra_configs.values())
     est = estimate_seconds({v: len(p[0]) for v, p in plan.items()},
-                           {v: len(p[4]) for v, p in plan.items()})
-    print(f"{len(calls)} calls ({', '.join(f'{v}: {len(p[0])} x {len(p[4])} configs' for v, p in plan.items())}); "
-          f"expected device time ~{est / 60:.1f} min", flush=True)
+                           {v: len(p[4]) + n_extra for v, p in plan.items()}, 1 + len(extra))
+    print(f"{len(calls)} calls ({', '.join(f'{v}: {len(p[0])} x {len(p[4])} configs' for v, p in plan.items())}"
+          + (f", plus {n_extra} of {', '.join(extra)}" if extra else "")
+          + f"); expected device time ~{est / 60:.1f} min", flush=True)
     t0 = time.monotonic()
     records, views_info, device = [], {}, None
     for n, (view, (sel, profile, ramp_idx, static_idx, timed)) in enumerate(plan.items()):
-        problem = view_problem(model, args.gemm, view)
-        bank = profile.model.bank.configs
-        times, check = time_view(problem, [bank[k] for k in timed], sel, args.seed,
-                                 progress=f"[{n + 1}/{len(plan)}] ")
+        problem, bank = problem_of[view], profile.model.bank.configs
+        progress = f"[{n + 1}/{len(plan)}] "
+        times, check = time_view(problem, PROFILED, [bank[k] for k in timed], sel, args.seed,
+                                 progress)
         device = check.pop("device")
-        names = [c.name for c in bank]
-        records += [call_record(c, times[i], timed, int(ramp_idx[i]), int(static_idx[i]), names)
-                    for i, c in enumerate(sel)]
+        names, families = [bank[k].name for k in timed], [PROFILED] * len(timed)
+        extra_checks = {}
+        for family, configs in extra_configs.items():
+            more, extra_checks[family] = time_view(problem, family, configs, sel, args.seed,
+                                                   progress)
+            extra_checks[family].pop("device")
+            times = np.concatenate([times, more], axis=1)
+            names += [c.name for c in configs]
+            families += [family] * len(configs)
+        records += [call_record(c, times[i], names, families, bank[ramp_idx[i]].name,
+                                bank[static_idx[i]].name) for i, c in enumerate(sel)]
         views_info[view] = {"problem": problem.key, "profile": profile.key,
                             "placement": None if view == "full" else args.placement,
-                            "configs_timed": len(timed), "bank_configs": len(bank), **check}
+                            "configs_timed": len(timed), "bank_configs": len(bank), **check,
+                            "extra_families": {f: {"configs_timed": len(extra_configs[f]),
+                                                   **extra_checks[f]} for f in extra}}
     finish_calls(records)
     result = {
         "device": device, "command": command,
@@ -464,6 +532,7 @@ def measure(args: argparse.Namespace, command: str) -> Path:
                        "gpu": gpu, "data": sorted(p.name for p in Path(args.data).glob("*.npz")),
                        "model": model.name, "gemm": args.gemm, "seed": args.seed,
                        "samples": args.samples, "max_configs": args.max_configs,
+                       "extra_families": extra,
                        "wall_seconds": round(time.monotonic() - t0, 1),
                        "estimated_seconds": round(est, 1)},
         "problem": model.problem(args.gemm).key, "views": views_info, "calls": records,
@@ -495,6 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-configs", type=int, default=None,
                     help="time at most this many configurations per view (always the "
                          "dispatchers' picks); the oracle is then over those only")
+    ap.add_argument("--extra-families", default=None, metavar="NAMES",
+                    help="comma-separated families timed beside the Triton bank on every "
+                         "call (e.g. triton-tiles); the oracle is the best of all, and "
+                         "oracle_vs_static_by_family says what each family alone reaches")
     ap.add_argument("--report", type=Path, metavar="FILE",
                     help="no GPU: recompute summary, table and plot of a result file")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -509,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise InputError(f"option --{option} is required (or --report FILE)")
         if args.samples < 1 or (args.max_configs is not None and args.max_configs < 1):
             raise InputError("options --samples and --max-configs must be >= 1")
+        args.extra_families = extra_families(args.extra_families)
         measure(args, "python3 bench/real_routing.py " + " ".join(argv))
     except RampError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -87,8 +87,8 @@ def _result(seed: int = 3):
     times = profile.model.predict(hists) * rng.lognormal(0.0, 0.05, (len(calls), 196))
     ramp_idx, static_idx = rr.choices(profile, calls)
     names = [c.name for c in profile.model.bank.configs]
-    records = [rr.call_record(c, times[i], range(196), int(ramp_idx[i]), int(static_idx[i]),
-                              names) for i, c in enumerate(calls)]
+    records = [rr.call_record(c, times[i], names, ["triton"] * 196, names[ramp_idx[i]],
+                              names[static_idx[i]]) for i, c in enumerate(calls)]
     rr.finish_calls(records)
     return {"device": {"device": "test"}, "command": "test", "problem": profile.problem.key,
             "calls": records}, profile, hists, times
@@ -110,6 +110,43 @@ def test_summary_agrees_with_the_regret_evaluation():
     gain = np.log(s["ramp_vs_static"]) / np.log(s["oracle_vs_static"])
     assert s["oracle_gain_captured"] == pytest.approx(gain)
     assert "full:" in rr.table({"full": s})
+
+
+def test_extra_families_join_the_oracle_and_are_summarised_alone(tmp_path):
+    """Configurations of an extra family timed on the same calls: the oracle is the best
+    of all, each family's own best is summarised, and RaMP's/static's picks (the profiled
+    family's) are untouched; the table grows a column per family."""
+    result, *_ = _result(seed=6)
+    for i, c in enumerate(result["calls"]):
+        best = min(t for t in c["times_us"] if t is not None)
+        # the extra family: 10% faster than the Triton oracle on even calls, slower on odd
+        extra = [best * (0.9 if i % 2 == 0 else 1.5), best * 2.0]
+        c["configs"] += ["triton-tiles-a", "triton-tiles-b"]
+        c["families"] += ["triton-tiles"] * 2
+        c["times_us"] += extra
+    before = rr.summarize(_result(seed=6)[0]["calls"])["full"]
+    s = rr.summarize(rr.finish_calls(result["calls"]))["full"]
+    alone = s["oracle_vs_static_by_family"]
+    assert alone["triton"] == pytest.approx(before["oracle_vs_static"])
+    assert s["ramp_vs_static"] == pytest.approx(before["ramp_vs_static"])
+    assert s["oracle_vs_static"] > max(alone.values()) and s["oracle_vs_static"] > alone["triton"]
+    even = [c for i, c in enumerate(result["calls"]) if i % 2 == 0]
+    assert all(c["oracle_config"] == "triton-tiles-a" for c in even)
+    assert "triton-tiles alone" in rr.table({"full": s})
+    result["calls"][0]["families"].pop()
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(result))
+    assert rr.main(["--report", str(path)]) == 2
+
+
+def test_extra_families_option_is_checked(capsys, tmp_path):
+    for bad, message in (("triton", "is always timed"), ("nope", "nope")):
+        assert rr.main(["--data", str(tmp_path), "--out", str(tmp_path),
+                        "--extra-families", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
+    assert rr.extra_families("triton-tiles") == ["triton-tiles"]
+    assert rr.extra_families(None) == []
 
 
 def test_report_recomputes_summary_and_plot(tmp_path):
