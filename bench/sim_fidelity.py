@@ -89,7 +89,9 @@ def _folds(runs: Sequence[EngineRun], across_models: bool = False
 def ramp_gain(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (model, workload): RaMP's dispatch / off gain in throughput and TPOT p50 (both
     ``> 1`` is better), measured and predicted (calibrated), from the rows of the
-    results files that ran both modes."""
+    results files that ran both modes. A file whose dispatch engine served no RaMP call
+    (simulated with the engine's policy, like its off runs) has no gain to predict: its
+    pair is an A/A check of the harness and is left out."""
     by: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
         by.setdefault((r["source"], r["model"], r["workload"]), {})[
@@ -99,7 +101,7 @@ def ramp_gain(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"model": model, "workload": workload}
         for metric, invert in (("throughput_tok_s", False), ("tpot_p50_s", True)):
             off, on = got.get(f"off:{metric}"), got.get(f"dispatch:{metric}")
-            if off is None or on is None:
+            if off is None or on is None or on["policy"] == off["policy"]:
                 continue
             for what in ("measured", "predicted_calibrated"):
                 a, b = off[what], on[what]

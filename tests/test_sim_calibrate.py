@@ -167,6 +167,23 @@ def test_a_dispatch_run_that_ran_no_ramp_call_is_simulated_as_the_engine(tmp_pat
         assert runs["dispatch"].policy == policy and runs["off"].policy == "plan-engine"
 
 
+def test_ramp_gain_leaves_out_a_dispatch_engine_that_ran_no_ramp_call():
+    spec = importlib.util.spec_from_file_location("sim_fidelity",
+                                                  REPO / "bench" / "sim_fidelity.py")
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+
+    def rows(source, dispatch_policy):
+        return [{"source": source, "model": "m", "workload": "w", "ramp_mode": mode,
+                 "policy": policy, "metric": "throughput_tok_s", "measured": tok_s,
+                 "predicted_calibrated": tok_s}
+                for mode, policy, tok_s in (("off", "plan-engine", 100.0),
+                                            ("dispatch", dispatch_policy, 110.0))]
+    gains = fidelity.ramp_gain(rows("a.json", "plan") + rows("aa.json", "plan-engine"))
+    assert len(gains) == 1
+    assert gains[0]["throughput_tok_s_measured"] == pytest.approx(1.1)
+
+
 def test_engine_config_and_routing_come_from_the_results_file():
     """A measured run is simulated as it ran: CUDA graphs up to the largest captured
     size, and dummy weights' collapsed routing (no router re-spread)."""
