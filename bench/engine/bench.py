@@ -22,7 +22,8 @@ Writes ``H200_<model>_<workload>.json`` per workload into ``--out`` (other ``--m
 than off,dispatch add a suffix, e.g. ``_record``) with ``device``,
 ``engine``, ``command``, ``runs`` (per repeat: ``ramp_mode``, ``total_tok_per_s``,
 ``out_tok_per_s``, ``elapsed_s``, ``gpu_before``/``gpu_after`` (SM and memory clocks,
-temperature, power from nvidia-smi) and for online runs TTFT/TPOT p50/p99), ``ratio``
+temperature, power from nvidia-smi), ``host_before``/``host_after`` (load average, CPU
+clock) and for online runs TTFT/TPOT p50/p99), ``ratio``
 (median of the second mode / median of ``off``), ``ramp_calls``, ``ramp_fallbacks``,
 ``tokens_match``.
 """
@@ -328,6 +329,20 @@ def gpu_state() -> dict[str, float] | None:
         return None
 
 
+def host_state() -> dict[str, float]:
+    """1-minute load average and mean CPU clock (MHz, where /proc/cpuinfo says): steps
+    above the CUDA-graph sizes are host-bound, so the host's state is half the drift."""
+    state = {"load_1min": os.getloadavg()[0]}
+    try:
+        mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text()
+               .splitlines() if line.startswith("cpu MHz")]
+    except (OSError, ValueError, IndexError):
+        mhz = []
+    if mhz:
+        state["cpu_mhz_mean"] = sum(mhz) / len(mhz)
+    return state
+
+
 def read_stats(stats_dir: Path, mode: str) -> dict[str, Any]:
     """Sum of the RAMP_STATS files the mode's engine processes wrote."""
     total: dict[str, Any] = {"eager": {}, "captured": {}, "fallbacks": {}, "files": 0}
@@ -387,9 +402,10 @@ def main() -> None:
         """One run with the GPU's clocks, temperature and power before and after (drift
         between engine starts is what limits these comparisons); ``repeat`` None: a
         warm-up, logged but not summarised."""
-        before = gpu_state()
+        before, host = gpu_state(), host_state()
         res = w.run(wl, seed=seed)
-        res.update(repeat=repeat, gpu_before=before, gpu_after=gpu_state())
+        res.update(repeat=repeat, gpu_before=before, gpu_after=gpu_state(), host_before=host,
+                   host_after=host_state())
         with raw_log.open("a") as f:  # kept if the call dies before the summary
             f.write(json.dumps({"workload": wl, "warmup": repeat is None, **res}) + "\n")
         print(f"{args.model} {wl:<14} {w.mode:<8} "
