@@ -23,7 +23,8 @@ than off,dispatch add a suffix, e.g. ``_record``) with ``device``,
 ``engine``, ``command``, ``runs`` (per repeat: ``ramp_mode``, ``total_tok_per_s``,
 ``out_tok_per_s``, ``elapsed_s``, ``gpu_before``/``gpu_after`` (SM and memory clocks,
 temperature, power from nvidia-smi), ``host_before``/``host_after`` (load average, CPU
-clock) and for online runs TTFT/TPOT p50/p99), ``ratio``
+clock) and for online runs TTFT/TPOT p50/p99 and every request's arrival, sent, first
+token and done times), ``ratio``
 (median of the second mode / median of ``off``), ``ramp_calls``, ``ramp_fallbacks``,
 ``tokens_match``.
 """
@@ -178,6 +179,10 @@ def summarize(raw: dict[str, Any], online: bool, closed_loop: bool = False
             out[f"{name}_p99"] = float(np.percentile(values, 99))
         if not closed_loop:
             out["request_rate"] = len(reqs) / max(reqs[-1]["arrival"], 1e-9)
+        # per request, for what the percentiles hide: how late the client sent it
+        # (sent - arrival), how long the engine took to the first token, the lengths
+        out["requests"] = [{k: round(r[k], 5) for k in ("arrival", "sent", "first", "done")}
+                           | {"prompt": r["prompt"], "output": r["output"]} for r in reqs]
     return out
 
 
