@@ -7,8 +7,8 @@
 
 Writes into --out: the fitted profile, the training and held-out measurements (every
 configuration on every histogram) and the baselines on the held-out histograms
-(``torch._grouped_mm``; vLLM's own fused_moe kernel with its shipped H100 config when
-an uncommitted ``.vllm_ref/`` runner is present). Regret and speedups are computed from
+(``torch._grouped_mm``; vLLM's own fused_moe GEMM with the config vLLM picks, when vLLM
+is importable: ``bench/vllm_baseline.py``). Regret and speedups are computed from
 these files on any machine by ``bash bench/evaluate_all.sh`` (``ramp evaluate`` per shape).
 """
 

@@ -1,19 +1,20 @@
-"""vLLM's own Triton fused_moe kernel with vLLM's shipped H100 config, as a baseline.
+"""vLLM's own Triton fused_moe GEMM with the config vLLM picks, as a kernel-level baseline.
 
-vLLM cannot be installed on the GPU machine and its code is not ours to ship, so the
-runner lives in an uncommitted ``.vllm_ref/`` folder (its README says how it was built
-from vLLM's sources) and is carried to the GPU with ``carry=[".vllm_ref"]``. Without it
-this module raises ImportError and the benchmark records the baseline as not run.
+Runs the installed vLLM (the slim 0.26.0 pack on the H200: ``source bench/engine/env.sh``
+after carrying it, ``docs/engine.md``); vLLM's code is never part of this repository.
+Without vLLM, or with a vLLM whose fused_moe functions differ from 0.26's, importing this
+module raises ImportError and the benchmarks record the baseline as not run.
 
-Timed as vLLM launches it: the GEMM kernel alone, inside a CUDA graph, with
-``moe_align_block_size`` done outside the timed region (vLLM's CUDA op costs about
-20 us per call on top) and, for w13, without the separate silu_and_mul kernel.
-Both omissions favour vLLM.
+Timed as vLLM launches one GEMM (``dispatch_fused_moe_kernel`` with the config
+``try_get_optimal_moe_config`` returns for M = T: its tuned table for the GPU, else its
+default), inside a CUDA graph, with ``moe_align_block_size`` outside the timed region
+(vLLM runs it once per layer, for both GEMMs) and, for w13, without the separate
+silu_and_mul kernel that RaMP's w13 fuses. Both omissions favour vLLM.
 """
 
 from __future__ import annotations
 
-import sys
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +25,87 @@ from ramp.kernels.cuda_timing import time_graph
 from ramp.kernels.workload import make_call, make_weights, weight_copies
 from ramp.problem import MoEProblem
 
-REF = Path(__file__).resolve().parent.parent / ".vllm_ref"
-if not (REF / "runner.py").exists():
-    raise ImportError(f"{REF} is absent: vLLM's kernel is not shipped with RaMP")
-sys.path.insert(0, str(REF))
-import runner as vllm  # noqa: E402
+try:
+    import triton.language as tl
+    from vllm.model_executor.layers.fused_moe import fused_moe as vllm_fused_moe
+    from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
+except ImportError as exc:  # no vLLM here: the caller records "not run"
+    raise ImportError(f"vLLM is not importable here ({exc})") from exc
+
+EXPECTED = ("A", "B", "C", "A_scale", "B_scale", "B_zp", "topk_weights", "sorted_token_ids",
+            "expert_ids", "num_tokens_post_padded", "mul_routed_weight", "top_k", "config",
+            "compute_type")
+_params = tuple(inspect.signature(vllm_fused_moe.dispatch_fused_moe_kernel).parameters)
+if _params[:len(EXPECTED)] != EXPECTED:
+    raise ImportError(f"vLLM's dispatch_fused_moe_kernel takes {_params[:len(EXPECTED)]}, "
+                      f"not 0.26's {EXPECTED}")
 
 
-def vllm_shape(problem: MoEProblem) -> tuple[int, int, int, int]:
-    """(E, N, K, topk) as vLLM names them: N = intermediate per shard, K = hidden."""
+def vllm_weight_shapes(problem: MoEProblem) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(w1, w2) shapes of the layer ``problem`` is one GEMM of, as vLLM's config lookup
+    takes them: w1 [E, 2I, H], w2 [E, H, I]."""
+    e = problem.num_experts
     if problem.gemm == "w13":
-        return problem.num_experts, problem.n // 2, problem.k, problem.top_k
-    return problem.num_experts, problem.k, problem.n, problem.top_k
+        return (e, problem.n, problem.k), (e, problem.k, problem.n // 2)
+    return (e, 2 * problem.k, problem.n), (e, problem.n, problem.k)
+
+
+def vllm_config(problem: MoEProblem, tokens: int) -> dict[str, Any]:
+    """The config vLLM runs a layer of ``tokens`` tokens with (bf16: no dtype selector)."""
+    w1, w2 = vllm_weight_shapes(problem)
+    return dict(vllm_fused_moe.try_get_optimal_moe_config(w1, w2, problem.top_k, None, tokens))
+
+
+def vllm_gemm(problem: MoEProblem, acts: torch.Tensor, w: torch.Tensor, topk_ids: torch.Tensor,
+              topk_weights: torch.Tensor, cfg: dict[str, Any], out: torch.Tensor,
+              prep: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    """One GEMM as fused_experts_impl launches it: w13 [T, H] -> [T, k, 2I] (a row per
+    slot); w2, its rows the slots [T*k, I], as top-k 1 -> [T, k, H] scaled by the slot's
+    routing weight."""
+    sorted_ids, expert_ids, padded = prep
+    w13 = problem.gemm == "w13"
+    vllm_fused_moe.dispatch_fused_moe_kernel(
+        acts, w, out, None, None, None, topk_weights, sorted_ids, expert_ids, padded,
+        not w13, problem.top_k if w13 else 1, cfg, compute_type=tl.bfloat16
+        if acts.dtype == torch.bfloat16 else tl.float16, use_fp8_w8a8=False,
+        use_int8_w8a8=False, use_int8_w8a16=False, use_int4_w4a16=False,
+        per_channel_quant=False)
 
 
 def vllm_times(problem: MoEProblem, hists: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
-    """Per histogram: time, the config vLLM picks for T tokens, its source file, and the
-    relative error of its output vs float32 (a baseline is checked like our kernels)."""
+    """Per histogram: time, the config vLLM picks for T tokens and the relative error of
+    its output vs float32 (a baseline is checked like our kernels)."""
     weights = make_weights(problem, weight_copies(problem), seed=seed)
+    source = Path(vllm_fused_moe.__file__).parent / "configs"
     out = []
     for hist in hists:
         call = make_call(problem, weights, hist, seed=seed)
         tokens = call.topk_ids.shape[0]
-        cfg, source = vllm.pick_config(vllm_shape(problem), tokens, return_source=True)
+        cfg = vllm_config(problem, tokens)
         ids = call.topk_ids.to(torch.int32)
         tw = call.topk_weights.float().contiguous()
-        prep = vllm.prepare(ids, cfg["BLOCK_SIZE_M"], problem.num_experts)
-        result = torch.full((tokens * problem.top_k, problem.n), float("nan"),
+        prep = moe_align_block_size(ids, cfg["BLOCK_SIZE_M"], problem.num_experts)
+        result = torch.full((tokens, problem.top_k, problem.n), float("nan"),
                             dtype=weights[0].dtype, device="cuda")
-        vllm.vllm_gemm(problem.gemm, call.activations, weights[0], ids, tw,
-                       problem.num_experts, cfg, result, prep)
-        err = _rel_err(problem, call, weights[0], result)
+        vllm_gemm(problem, call.activations, weights[0], ids, tw, cfg, result, prep)
+        err = _rel_err(problem, call, weights[0], result.reshape(ids.numel(), problem.n))
         us = time_graph(lambda i, call=call, ids=ids, tw=tw, cfg=cfg, prep=prep, r=result:
-                        vllm.vllm_gemm(problem.gemm, call.activations,
-                                       weights[i % len(weights)], ids, tw,
-                                       problem.num_experts, cfg, r, prep))
-        out.append({"us": us, "config": cfg, "source": Path(source).name, "rel_err": err})
+                        vllm_gemm(problem, call.activations, weights[i % len(weights)], ids,
+                                  tw, cfg, r, prep))
+        out.append({"us": us, "config": cfg, "rel_err": err,
+                    "table": _table_name(problem, source)})
     return out
 
 
+def _table_name(problem: MoEProblem, configs_dir: Path) -> str | None:
+    """vLLM's tuned-table file for this layer on this GPU, or None (its default config)."""
+    _, w2 = vllm_weight_shapes(problem)
+    name = vllm_fused_moe.get_config_file_name(w2[0], w2[2], None)
+    return name if (configs_dir / name).exists() else None
+
+
 def _rel_err(problem: MoEProblem, call, w: torch.Tensor, result: torch.Tensor) -> float:
-    """vLLM writes slot order: w13 pre-activation [T*k, 2N]; w2 weight-scaled [T*k, H]."""
+    """vLLM writes slot order: w13 pre-activation [T*k, 2I]; w2 weight-scaled [T*k, H]."""
     ids = call.topk_ids.reshape(-1)
     slots = torch.arange(ids.numel(), device=ids.device)
     a = call.activations.float()
