@@ -1,0 +1,220 @@
+"""Where a MoE layer's time goes, stage by stage, for RaMP's Triton path and vLLM's kernel:
+what a fusion could save before anyone writes it (issue 12's "fusion where it pays").
+
+    # on the GPU, with vLLM carried (docs/engine.md), from the checkout's root
+    source bench/engine/env.sh; source bench/device_env.sh
+    python3 bench/layer_parts.py --model deepseek-v2-lite --out $OUT
+    python3 bench/layer_parts.py --report FILE       # any machine: table and plot again
+
+Each stage is timed alone, replayed from a CUDA graph (``kernels.cuda_timing``), on the
+same inputs as the whole layer: RaMP's routing (histogram and counting sort, one
+kernel), its w13 GEMM (SiLU*mul fused), its w2 GEMM (weighting and scatter fused) and
+the top-k sum, with the configurations the Triton path runs at that T (each GEMM's
+static-table configuration, as the layer plan times it); vLLM's ``moe_align_block_size``
+and its two GEMMs with the config it picks (``bench/vllm_baseline.py``), next to its
+whole ``fused_experts``. ``rest`` is the whole layer minus its timed stages: what the
+stages not timed alone cost (vLLM's SiLU*mul and moe_sum) plus the gaps between
+kernels. A stage fused away saves at most its own time and one gap. Writes
+``<gpu>_<model>_layer-parts.json`` and a stacked-bar plot beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+RAMP_STAGES = ("route", "w13", "w2", "top_k_sum")
+VLLM_STAGES = ("align", "w13", "w2")
+
+
+def measure(model_name: str, tokens: Sequence[int], routing: str, seed: int,
+            profile_dir: str | None) -> dict[str, Any]:
+    """Every stage's and both whole layers' median microseconds per T (needs a GPU and
+    vLLM)."""
+    from ramp.adapters.plan import make_inputs, ramp_layers, vllm_engine_layer
+    from ramp.adapters.runtime import config_entry
+    from ramp.hardware import detect_gpu
+    from ramp.kernels.cuda_timing import device_info
+    from ramp.kernels.workload import make_weights
+    from ramp.models import get_model
+
+    spec = get_model(model_name)
+    problems = (spec.problem("w13"), spec.problem("w2"))
+    gpu = detect_gpu()
+    engine_name, engine_run = vllm_engine_layer()
+    triton_layer, configs_of = ramp_layers(gpu.name, problems, profile_dir)["triton"]
+    w13 = make_weights(problems[0], 1, seed=seed)[0]
+    w2 = make_weights(problems[1], 1, seed=seed + 1)[0]
+    calls = []
+    for t in tokens:
+        x, ids, weights = make_inputs(problems, t, routing, seed + t)
+        call = time_stages(problems, x, w13, w2, ids, weights, config_entry(configs_of(t)),
+                           gpu.sms, triton_layer, engine_run)
+        calls.append({"tokens": t, **call})
+        print(f"T={t:>5}: RaMP {call['ramp_whole']:7.1f} us ("
+              + ", ".join(f"{k} {v:.1f}" for k, v in call["ramp"].items())
+              + f"); vLLM {call['vllm_whole']:7.1f} us ("
+              + ", ".join(f"{k} {v:.1f}" for k, v in call["vllm"].items()) + ")", flush=True)
+    return {"device": device_info(), "engine": engine_name, "model": spec.name,
+            "routing": routing, "seed": seed,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "calls": with_rest(calls)}
+
+
+def time_stages(problems, x, w13, w2, ids, weights, configs, sms: int, triton_layer,
+                engine_run) -> dict[str, Any]:
+    """One T: RaMP's and vLLM's stages alone and their whole layers, on the same inputs."""
+    import torch
+    from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
+
+    from bench.vllm_baseline import vllm_config, vllm_gemm
+    from ramp.kernels.cuda_timing import time_graph
+    from ramp.kernels.layers import local_routing, top_k_sum
+    from ramp.kernels.triton.fused_moe import moe_gemm
+
+    cfg13, cfg2, occ13, occ2 = configs
+    t, top_k = ids.shape
+    experts = w13.shape[0]
+    routing = local_routing(ids, weights, experts, None)
+    inter = x.new_empty(ids.numel(), w2.shape[2])
+    down = x.new_empty(ids.numel(), w2.shape[1])
+    out = x.new_empty(t, w2.shape[1])
+    ramp = {
+        "route": time_graph(lambda i: local_routing(ids, weights, experts, None)),
+        "w13": time_graph(lambda i: moe_gemm(x, w13, routing, cfg13, inter, gemm="w13",
+                                             num_sms=sms, occupancy=occ13)),
+        "w2": time_graph(lambda i: moe_gemm(inter, w2, routing, cfg2, down, gemm="w2",
+                                            num_sms=sms, occupancy=occ2)),
+        "top_k_sum": time_graph(lambda i: top_k_sum(down, top_k, out)),
+    }
+    ramp_whole = time_graph(lambda i: triton_layer(x, w13, w2, ids, weights, out))
+    cfg = vllm_config(problems[0], t)
+    prep = moe_align_block_size(ids, cfg["BLOCK_SIZE_M"], experts)
+    c13 = x.new_empty(t, top_k, w13.shape[1])
+    a2 = torch.randn_like(inter)
+    c2 = x.new_empty(t, top_k, w2.shape[1])
+    tw = weights.float().contiguous()
+    vllm = {
+        "align": time_graph(lambda i: moe_align_block_size(ids, cfg["BLOCK_SIZE_M"], experts)),
+        "w13": time_graph(lambda i: vllm_gemm(problems[0], x, w13, ids, tw, cfg, c13, prep)),
+        "w2": time_graph(lambda i: vllm_gemm(problems[1], a2, w2, ids, tw, cfg, c2, prep)),
+    }
+    vllm_whole = time_graph(lambda i: engine_run(x, w13, w2, ids, weights, None))
+    return {"ramp": ramp, "ramp_whole": ramp_whole,
+            "ramp_configs": {"w13": cfg13.name, "w2": cfg2.name},
+            "vllm": vllm, "vllm_whole": vllm_whole, "vllm_config": cfg}
+
+
+def with_rest(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each call's ``ramp_rest`` / ``vllm_rest``: the whole layer minus its timed stages
+    (never below 0: stages timed alone may overlap less than in the layer)."""
+    for c in calls:
+        c["ramp_rest"] = max(0.0, c["ramp_whole"] - sum(c["ramp"].values()))
+        c["vllm_rest"] = max(0.0, c["vllm_whole"] - sum(c["vllm"].values()))
+    return calls
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{result['model']} ({result['routing']} routing), us: "
+             "RaMP whole = route + w13 + w2 + top_k_sum + rest | vLLM whole = align + w13 "
+             "+ w2 + rest (SiLU*mul, moe_sum, gaps)"]
+    for c in result["calls"]:
+        r, v = c["ramp"], c["vllm"]
+        lines.append(f"T={c['tokens']:>5}  RaMP {c['ramp_whole']:7.1f} = "
+                     + " + ".join(f"{r[k]:.1f}" for k in RAMP_STAGES)
+                     + f" + {c['ramp_rest']:.1f}   vLLM {c['vllm_whole']:7.1f} = "
+                     + " + ".join(f"{v[k]:.1f}" for k in VLLM_STAGES)
+                     + f" + {c['vllm_rest']:.1f}")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Stacked bars per T: RaMP's stages left, vLLM's right, as a share of vLLM's whole
+    layer (so the bars compare across T)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    calls = result["calls"]
+    x = np.arange(len(calls))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(calls) + 2), 4.2))
+    for offset, who, stages in ((-0.2, "ramp", RAMP_STAGES), (0.2, "vllm", VLLM_STAGES)):
+        bottom = np.zeros(len(calls))
+        for k, stage in enumerate((*stages, "rest")):
+            vals = np.array([(c[who][stage] if stage != "rest" else c[f"{who}_rest"])
+                             / c["vllm_whole"] for c in calls])
+            ax.bar(x + offset, vals, 0.38, bottom=bottom, color=f"C{k}",
+                   edgecolor="k" if who == "vllm" else "none", linewidth=0.4,
+                   label=f"{'RaMP' if who == 'ramp' else 'vLLM'} {stage}")
+            bottom += vals
+    ax.set_xticks(x, [str(c["tokens"]) for c in calls])
+    ax.set_xlabel("tokens per step T (left bar: RaMP's Triton path, right: vLLM)")
+    ax.set_ylabel("share of vLLM's whole layer")
+    ax.set_title(f"MoE layer stages: {result['model']}, {result['device'].get('device', '?')}, "
+                 f"{result['routing']} routing", fontsize=10)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ramp.errors import InputError
+    from ramp.plaindata import read_json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model")
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    ap.add_argument("--routing", default="uniform", help="a ramp.histograms routing spec")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile-dir", default=None)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--report", type=Path, metavar="FILE")
+    args = ap.parse_args(argv)
+    try:
+        if args.report:
+            result = read_json(args.report, "layer-parts result")
+            if not isinstance(result, dict) or not isinstance(result.get("calls"), list):
+                raise InputError(f"{args.report}: field 'calls' must be a list")
+            for i, c in enumerate(result["calls"]):
+                for key in ("tokens", "ramp", "ramp_whole", "vllm", "vllm_whole"):
+                    if not isinstance(c, dict) or key not in c:
+                        raise InputError(f"{args.report}: calls[{i}]: missing field {key!r}")
+            with_rest(result["calls"])
+            print(table(result))
+            plot(result, args.report.with_suffix(".png"))
+            return 0
+        if not args.model or not args.out:
+            raise InputError("options --model and --out are required (or --report FILE)")
+        try:
+            tokens = [int(v) for v in args.tokens.split(",")]
+        except ValueError:
+            raise InputError(f"option --tokens: {args.tokens!r} is not comma-separated "
+                             "integers") from None
+        result = measure(args.model, tokens, args.routing, args.seed, args.profile_dir)
+        result["command"] = "python3 bench/layer_parts.py " + " ".join(argv)
+        args.out.mkdir(parents=True, exist_ok=True)
+        gpu = "H200" if "H200" in result["device"]["device"] else "gpu"
+        path = args.out / f"{gpu}_{result['model']}_layer-parts.json"
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(table(result))
+        print(f"wrote {path} and {plot(result, path.with_suffix('.png')).name}")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
