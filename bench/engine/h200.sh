@@ -6,6 +6,8 @@
 #   bash bench/engine/h200.sh families MODEL...   the family tests, then grouped_mm and CuTe
 #                                                 profiles (CuTe: carry [".whl"], made by
 #                                                 bench/carry_cutlass.sh)
+#   bash bench/engine/h200.sh kernels MODEL...    roofline side by side (bench/roofline.py)
+#                                                 and the layer's stages (layer_parts.py)
 #   bash bench/engine/h200.sh engine MODEL [bench.py options]
 # Profiles and plans go to /tmp/ramp-profiles on the GPU machine (RAMP_PROFILE_DIR for the
 # engine stage, which must follow while the machine is warm) and, packed, to $OUT.
@@ -50,6 +52,16 @@ case $stage in
       done
     done
     tar czf "$OUT/families.tar.gz" -C "$prof" . ;;
+  kernels)  # vLLM for its baselines; the CuTe family where .whl was carried
+    source bench/device_env.sh
+    for model in "$@"; do
+      data=()
+      [ "$model" = deepseek-v2-lite ] && [ -d .carry/routing ] && data=(--data .carry/routing)
+      python3 bench/roofline.py measure --model "$model" "${data[@]}" --out "$OUT/roofline" \
+        2>&1 | grep -v "^WARNING" | tee -a "$OUT/kernels.log"
+      python3 bench/layer_parts.py --model "$model" --out "$OUT/layer-parts" \
+        2>&1 | grep -v "^WARNING" | tee -a "$OUT/kernels.log"
+    done ;;
   engine)
     model=$1; shift
     RAMP_PROFILE_DIR=$prof python3 bench/engine/bench.py --model "$model" --out "$OUT" \
