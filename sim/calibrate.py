@@ -336,10 +336,12 @@ def _ramp_served(calls: Any, where: str) -> bool:
     path -> calls) show a call served by a RaMP path; a file without them is trusted."""
     if calls is None:
         return True
-    if not isinstance(calls, dict) or not all(isinstance(v, dict) for v in calls.values()):
-        raise InputError(f"{where}: expected {{'eager': {{layer: {{path: calls}}}}, ...}}")
-    return any(n > 0 for per_layer in calls.values() for per_path in per_layer.values()
-               for path, n in per_path.items() if path != "engine")
+    try:
+        return any(n > 0 for per_layer in calls.values() for per_path in per_layer.values()
+                   for path, n in per_path.items() if path != "engine")
+    except (AttributeError, TypeError):
+        raise InputError(f"{where}: expected {{'eager': {{layer: {{path: calls}}}}, ...}}, "
+                         f"got {calls!r:.80}") from None
 
 
 @dataclass

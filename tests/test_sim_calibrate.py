@@ -141,6 +141,7 @@ def test_results_file_validation(tmp_path, results_dir):
         (lambda d: d["runs"][0].update(total_tok_per_s=-1), "field 'total_tok_per_s' must be"),
         (lambda d: d.update(device="Voodoo3"), "unknown GPU 'Voodoo3'"),
         (lambda d: d.update(ramp_calls=3), "ramp_calls: expected {'eager'"),
+        (lambda d: d.update(ramp_calls={"eager": {"w13": 5}}), "ramp_calls: expected"),
     ]
     for change, message in cases:
         data = json.loads(json.dumps(good))
