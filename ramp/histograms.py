@@ -16,6 +16,9 @@ Kinds and their parameters:
     realistic  no parameters: ``tokens`` consecutive tokens of the generator fitted to real
                routing (``ramp.realistic.DEFAULT``; passages route alike, skew persists at
                large T); each sample is another layer
+    collapsed  no parameters: every token routed to experts ``0 .. top_k - 1``, what an
+               engine's router does with dummy weights (all logits nearly equal, so top-k
+               picks the first ids: the trace recorded inside vLLM); the seed is unused
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ import numpy as np
 from ramp.errors import InputError
 from ramp.problem import validate_histogram
 
-KINDS = ("uniform", "zipf", "hot", "dirichlet", "realistic")
+KINDS = ("uniform", "zipf", "hot", "dirichlet", "realistic", "collapsed")
 _PARAMS: dict[str, dict[str, float]] = {
     "uniform": {},
     "realistic": {},
+    "collapsed": {},
     "zipf": {"s": 1.0},
     "hot": {"hot_fraction": 0.5, "hot_experts": 1},
     "dirichlet": {"alpha": 1.0},
@@ -237,6 +241,9 @@ def sample_histograms(
             out[:] = default_routing().histograms(num_experts, top_k, tokens, n, rng)
         return out
     for i in range(n):
+        if kind == "collapsed":
+            out[i, :top_k] = tokens
+            continue
         if kind == "hot":
             out[i] = _hot_counts(num_experts, tokens, top_k, float(merged["hot_fraction"]),
                                  merged["hot_experts"], rng)

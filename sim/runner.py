@@ -12,6 +12,7 @@ import numpy as np
 from ramp.errors import CapacityError, InputError
 from ramp.expert_parallel import PLACEMENTS
 from ramp.hardware import get_gpu
+from ramp.histograms import sample_histograms
 from ramp.models import MoEModel, get_model
 from ramp.sim.costs import Calibration, Layout, StepCoster, build_layout
 from ramp.sim.engine import MODES, EngineConfig, RunResult, SwitchConfig, simulate
@@ -135,9 +136,8 @@ def collapsed_pool(model: MoEModel, seed: int = 0, samples: int = 16) -> Routing
                          source="collapsed:dummy-weights")
 
     def step(i: int, phase: str, tokens: int) -> TraceStep:
-        hists = np.zeros((model.moe_layers, model.num_experts), dtype=np.int64)
-        hists[:, :model.top_k] = tokens
-        return TraceStep(i, phase, tokens, hists)
+        hist = sample_histograms("collapsed", model.num_experts, tokens, model.top_k)
+        return TraceStep(i, phase, tokens, np.repeat(hist, model.moe_layers, axis=0))
 
     return RoutingPool(header, [step(0, "prefill", 2048), step(1, "decode", 256)],
                        seed=seed, samples=samples)

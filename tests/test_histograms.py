@@ -35,6 +35,7 @@ KIND_PARAMS = st.sampled_from([
     ("hot", {"hot_fraction": 0.3, "hot_experts": 1}),
     ("dirichlet", {"alpha": 0.05}),
     ("dirichlet", {"alpha": 2.0}),
+    ("collapsed", {}),
 ])
 
 
@@ -48,6 +49,13 @@ def test_invariants(shape: tuple[int, int, int], kind_params: tuple[str, dict], 
     assert h.shape == (n, experts) and h.dtype == np.int64
     assert np.all(h.sum(axis=1) == tokens * top_k)
     assert np.all(h >= 0) and np.all(h <= tokens)
+
+
+def test_collapsed_routes_every_token_to_the_first_experts():
+    assert parse_histogram_spec("collapsed:tokens=256,seed=3", 8, 2).tolist() == [
+        256, 256, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(InputError, match="collapsed"):
+        parse_histogram_spec("collapsed:tokens=4,s=1", 8, 2)
 
 
 @settings(max_examples=30, deadline=None)
