@@ -10,9 +10,11 @@ Each stage is timed alone, replayed from a CUDA graph (``kernels.cuda_timing``),
 same inputs as the whole layer: RaMP's routing (histogram and counting sort, one
 kernel), its w13 GEMM (SiLU*mul fused), its w2 GEMM (weighting and scatter fused) and
 the top-k sum, with the configurations the Triton path runs at that T (each GEMM's
-static-table configuration, as the layer plan times it); vLLM's ``moe_align_block_size``
-and its two GEMMs with the config it picks (``bench/vllm_baseline.py``), next to its
-whole ``fused_experts``. ``rest`` is the whole layer minus its timed stages: what the
+static-table configuration, as the layer plan times it); vLLM's expert assignment
+(``moe_align_block_size``, none at T*k*4 <= E) and its two GEMMs with the config it
+picks (``bench/vllm_baseline.py``), next to its whole ``fused_experts``. Consecutive
+calls read alternating weight copies, as the profiler's timers do, so no stage is
+timed from L2. ``rest`` is the whole layer minus its timed stages: what the
 stages not timed alone cost (vLLM's SiLU*mul and moe_sum) plus the gaps between
 kernels. A stage fused away saves at most its own time and one gap. Writes
 ``<gpu>_<model>_layer-parts.json`` and a stacked-bar plot beside it.
@@ -28,9 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+# ``bench.vllm_baseline`` is a sibling script: the checkout's root must be importable,
+# after the installed packages (its ramp/ alone lacks ramp.kernels, ramp.sim, ...)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 RAMP_STAGES = ("route", "w13", "w2", "top_k_sum")
-VLLM_STAGES = ("align", "w13", "w2")
+VLLM_STAGES = ("assign", "w13", "w2")
 
 
 def measure(model_name: str, tokens: Sequence[int], routing: str, seed: int,
@@ -41,7 +47,7 @@ def measure(model_name: str, tokens: Sequence[int], routing: str, seed: int,
     from ramp.adapters.runtime import config_entry
     from ramp.hardware import detect_gpu
     from ramp.kernels.cuda_timing import device_info
-    from ramp.kernels.workload import make_weights
+    from ramp.kernels.workload import make_weights, weight_copies
     from ramp.models import get_model
 
     spec = get_model(model_name)
@@ -49,8 +55,9 @@ def measure(model_name: str, tokens: Sequence[int], routing: str, seed: int,
     gpu = detect_gpu()
     engine_name, engine_run = vllm_engine_layer()
     triton_layer, configs_of = ramp_layers(gpu.name, problems, profile_dir)["triton"]
-    w13 = make_weights(problems[0], 1, seed=seed)[0]
-    w2 = make_weights(problems[1], 1, seed=seed + 1)[0]
+    copies = max(2, *(weight_copies(p) for p in problems))
+    w13 = make_weights(problems[0], copies, seed=seed)
+    w2 = make_weights(problems[1], copies, seed=seed + 1)
     calls = []
     for t in tokens:
         x, ids, weights = make_inputs(problems, t, routing, seed + t)
@@ -67,19 +74,21 @@ def measure(model_name: str, tokens: Sequence[int], routing: str, seed: int,
             "calls": with_rest(calls)}
 
 
-def time_stages(problems, x, w13, w2, ids, weights, configs, sms: int, triton_layer,
+def time_stages(problems, x, w13s, w2s, ids, weights, configs, sms: int, triton_layer,
                 engine_run) -> dict[str, Any]:
-    """One T: RaMP's and vLLM's stages alone and their whole layers, on the same inputs."""
+    """One T: RaMP's and vLLM's stages alone and their whole layers, on the same inputs;
+    call ``i`` of a timing reads weight copy ``i mod copies``."""
     import torch
-    from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
 
-    from bench.vllm_baseline import vllm_config, vllm_gemm
+    from bench.vllm_baseline import expert_assignment, vllm_config, vllm_gemm
     from ramp.kernels.cuda_timing import time_graph
     from ramp.kernels.layers import local_routing, top_k_sum
     from ramp.kernels.triton.fused_moe import moe_gemm
 
     cfg13, cfg2, occ13, occ2 = configs
     t, top_k = ids.shape
+    n = len(w13s)
+    w13, w2 = w13s[0], w2s[0]
     experts = w13.shape[0]
     routing = local_routing(ids, weights, experts, None)
     inter = x.new_empty(ids.numel(), w2.shape[2])
@@ -87,28 +96,31 @@ def time_stages(problems, x, w13, w2, ids, weights, configs, sms: int, triton_la
     out = x.new_empty(t, w2.shape[1])
     ramp = {
         "route": time_graph(lambda i: local_routing(ids, weights, experts, None)),
-        "w13": time_graph(lambda i: moe_gemm(x, w13, routing, cfg13, inter, gemm="w13",
-                                             num_sms=sms, occupancy=occ13)),
-        "w2": time_graph(lambda i: moe_gemm(inter, w2, routing, cfg2, down, gemm="w2",
+        "w13": time_graph(lambda i: moe_gemm(x, w13s[i % n], routing, cfg13, inter,
+                                             gemm="w13", num_sms=sms, occupancy=occ13)),
+        "w2": time_graph(lambda i: moe_gemm(inter, w2s[i % n], routing, cfg2, down, gemm="w2",
                                             num_sms=sms, occupancy=occ2)),
         "top_k_sum": time_graph(lambda i: top_k_sum(down, top_k, out)),
     }
-    ramp_whole = time_graph(lambda i: triton_layer(x, w13, w2, ids, weights, out))
+    ramp_whole = time_graph(lambda i: triton_layer(x, w13s[i % n], w2s[i % n], ids, weights,
+                                                   out))
     cfg = vllm_config(problems[0], t)
-    prep = moe_align_block_size(ids, cfg["BLOCK_SIZE_M"], experts)
+    prep = expert_assignment(ids, cfg, experts)
     c13 = x.new_empty(t, top_k, w13.shape[1])
     a2 = torch.randn_like(inter)
     c2 = x.new_empty(t, top_k, w2.shape[1])
     tw = weights.float().contiguous()
     vllm = {
-        "align": time_graph(lambda i: moe_align_block_size(ids, cfg["BLOCK_SIZE_M"], experts)),
-        "w13": time_graph(lambda i: vllm_gemm(problems[0], x, w13, ids, tw, cfg, c13, prep)),
-        "w2": time_graph(lambda i: vllm_gemm(problems[1], a2, w2, ids, tw, cfg, c2, prep)),
+        "assign": time_graph(lambda i: expert_assignment(ids, cfg, experts)),
+        "w13": time_graph(lambda i: vllm_gemm(problems[0], x, w13s[i % n], tw, cfg, c13, prep)),
+        "w2": time_graph(lambda i: vllm_gemm(problems[1], a2, w2s[i % n], tw, cfg, c2, prep)),
     }
-    vllm_whole = time_graph(lambda i: engine_run(x, w13, w2, ids, weights, None))
+    vllm_whole = time_graph(lambda i: engine_run(x, w13s[i % n], w2s[i % n], ids, weights,
+                                                 None))
     return {"ramp": ramp, "ramp_whole": ramp_whole,
             "ramp_configs": {"w13": cfg13.name, "w2": cfg2.name},
-            "vllm": vllm, "vllm_whole": vllm_whole, "vllm_config": cfg}
+            "vllm": vllm, "vllm_whole": vllm_whole, "vllm_config": cfg,
+            "vllm_naive_assignment": prep[0] is None}
 
 
 def with_rest(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,7 +134,7 @@ def with_rest(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{result['model']} ({result['routing']} routing), us: "
-             "RaMP whole = route + w13 + w2 + top_k_sum + rest | vLLM whole = align + w13 "
+             "RaMP whole = route + w13 + w2 + top_k_sum + rest | vLLM whole = assign + w13 "
              "+ w2 + rest (SiLU*mul, moe_sum, gaps)"]
     for c in result["calls"]:
         r, v = c["ramp"], c["vllm"]

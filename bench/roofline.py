@@ -45,6 +45,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+# ``bench.vllm_baseline`` is a sibling script: the checkout's root must be importable,
+# after the installed packages (its ramp/ alone lacks ramp.kernels, ramp.sim, ...)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 
 from ramp.costmodel import WaveCostModel
@@ -68,6 +72,7 @@ BASELINES = "roofline-baselines"
 PREFILL_T, PREFILL_MIN, PREFILL_GEOMEAN = 1024, 0.80, 0.85
 DECODE_T, DECODE_MIN, T1_MIN = (4, 256), 0.90, 0.85
 VS_VLLM_GEOMEAN = 1.3
+MAX_REL_ERR = 2e-2  # vLLM's output vs float32, as the families' timers check theirs
 
 
 def roofline_calls(model: MoEModel, problem: MoEProblem, tokens: Sequence[int],
@@ -124,6 +129,20 @@ def measure_shape(problem: MoEProblem, model: MoEModel, families: Sequence[str],
     gpu = detect_gpu().name
     hists, labels = roofline_calls(model, problem, args.tokens, recordings, args.seed)
     stem = f"{gpu}_{problem.key}"
+    # the baselines first: a family that fails or a call cut at its limit keeps them
+    base: dict[str, Any] = {"schema": BASELINES, "gpu": gpu, "problem": problem.to_dict(),
+                            "labels": labels, "command": command, "device": device_info(),
+                            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            "read_bandwidth_bytes_per_s": read_bandwidth(),
+                            "matmul_flops": matmul_flops()}
+    try:
+        from bench.vllm_baseline import vllm_times
+    except ImportError as exc:
+        base["vllm"] = f"not run: {exc}"
+        print(f"{problem.key} vLLM: {base['vllm']}", flush=True)
+    else:
+        base["vllm"] = vllm_times(problem, hists)
+    (out / f"{stem}_{BASELINES}.json").write_text(json.dumps(base, indent=1) + "\n")
     for family in families:
         profile = find_profile(gpu, problem, family=family)
         if profile is not None:  # the bank the profile ranks
@@ -136,28 +155,17 @@ def measure_shape(problem: MoEProblem, model: MoEModel, families: Sequence[str],
         try:
             timer = get_family(family).make_timer(problem, [space[i] for i in picked],
                                                   TimerOptions(jobs=args.jobs, progress=False))
-        except ImportError as exc:  # e.g. the CuTe DSL was not carried
-            print(f"{problem.key} {family}: skipped ({exc})", flush=True)
+            print(f"{problem.key} {family}: {len(timer.bank)} of {len(space)} configurations "
+                  f"compiled and checked in {time.monotonic() - t0:.0f} s", flush=True)
+            meas = measure(timer, gpu, problem, hists, labels, progress=False)
+        except Exception as exc:  # e.g. the CuTe DSL not carried: the other families go on
+            print(f"{problem.key} {family}: not measured ({type(exc).__name__}: {exc})",
+                  flush=True)
             continue
-        print(f"{problem.key} {family}: {len(timer.bank)} of {len(space)} configurations "
-              f"compiled and checked in {time.monotonic() - t0:.0f} s", flush=True)
-        meas = measure(timer, gpu, problem, hists, labels, progress=False)
-        meas.provenance.update(command=command, configs_picked=len(picked), top=args.top,
+        meas.provenance.update(command=command, configs_picked=len(timer.bank), top=args.top,
                                profile=None if profile is None else profile.key)
         meas.save(out / f"{stem}_{family}.roofline.json")
         getattr(timer, "close", lambda: None)()
-    base: dict[str, Any] = {"schema": BASELINES, "gpu": gpu, "problem": problem.to_dict(),
-                            "labels": labels, "command": command, "device": device_info(),
-                            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                            "read_bandwidth_bytes_per_s": read_bandwidth(),
-                            "matmul_flops": matmul_flops()}
-    try:
-        from bench.vllm_baseline import vllm_times
-    except ImportError as exc:
-        base["vllm"] = f"not run: {exc}"
-    else:
-        base["vllm"] = vllm_times(problem, hists)
-    (out / f"{stem}_{BASELINES}.json").write_text(json.dumps(base, indent=1) + "\n")
     print(f"{problem.key}: wrote {stem}_*.roofline.json and {stem}_{BASELINES}.json",
           flush=True)
 
@@ -252,7 +260,9 @@ def report(paths: Sequence[Path], command: str) -> dict[str, Any]:
                 "ramp_us": None if not np.isfinite(ramp_us[i]) else float(ramp_us[i]),
                 "ramp_family": fam[i], "ramp_config": str(ramp_cfg[i]),
                 "best_us": min(measured) if measured else None,
-                "vllm_us": None if isinstance(vllm, str) else float(vllm[i]["us"]),
+                "vllm_us": None if isinstance(vllm, str) or not _checked(vllm[i])
+                else float(vllm[i]["us"]),
+                "vllm_rel_err": None if isinstance(vllm, str) else vllm[i].get("rel_err"),
                 "vllm_config": None if isinstance(vllm, str) else vllm[i]["config"],
                 "grouped_mm_us": fam_best.get("grouped_mm"),
                 "family_best_us": fam_best,
@@ -265,6 +275,12 @@ def report(paths: Sequence[Path], command: str) -> dict[str, Any]:
                                                   for c in ceilings.values()),
             "matmul_flops": _median(c["matmul_flops"] for c in ceilings.values()),
             "ceilings_by_shape": ceilings, "targets": targets, "calls": calls}
+
+
+def _checked(entry: dict[str, Any]) -> bool:
+    """A vLLM time counts only where its output matched float32 (as every family's)."""
+    err = entry.get("rel_err")
+    return isinstance(err, (int, float)) and np.isfinite(err) and err < MAX_REL_ERR
 
 
 def _median(values) -> float | None:
@@ -418,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _recordings(data: Path | None, model: MoEModel) -> list[tuple[str, Any]]:
-    """The ``--data`` recordings (none without the option)."""
+    """The ``--data`` recordings (none without the option); a recording of another
+    architecture is an error (``read_recording``), so pass it with its model only."""
     if data is None:
         return []
     from ramp.traces.real import read_recording

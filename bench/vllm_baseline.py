@@ -7,9 +7,11 @@ module raises ImportError and the benchmarks record the baseline as not run.
 
 Timed as vLLM launches one GEMM (``dispatch_fused_moe_kernel`` with the config
 ``try_get_optimal_moe_config`` returns for M = T: its tuned table for the GPU, else its
-default), inside a CUDA graph, with ``moe_align_block_size`` outside the timed region
-(vLLM runs it once per layer, for both GEMMs) and, for w13, without the separate
-silu_and_mul kernel that RaMP's w13 fuses. Both omissions favour vLLM.
+default), inside a CUDA graph, with its expert assignment (``expert_assignment``:
+``moe_align_block_size``, or at T*k*4 <= E none, the kernel's naive path) outside the
+timed region (vLLM prepares it once per layer, for both GEMMs) and, for w13, without
+the separate silu_and_mul kernel that RaMP's w13 fuses. Both omissions favour vLLM.
+Each output is checked against float32 (``rel_err``; ``MAX_REL_ERR``).
 """
 
 from __future__ import annotations
@@ -28,17 +30,30 @@ from ramp.problem import MoEProblem
 try:
     import triton.language as tl
     from vllm.model_executor.layers.fused_moe import fused_moe as vllm_fused_moe
-    from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
 except ImportError as exc:  # no vLLM here: the caller records "not run"
     raise ImportError(f"vLLM is not importable here ({exc})") from exc
+
+MAX_REL_ERR = 2e-2  # as the plan tool's check of every path
 
 EXPECTED = ("A", "B", "C", "A_scale", "B_scale", "B_zp", "topk_weights", "sorted_token_ids",
             "expert_ids", "num_tokens_post_padded", "mul_routed_weight", "top_k", "config",
             "compute_type")
 _params = tuple(inspect.signature(vllm_fused_moe.dispatch_fused_moe_kernel).parameters)
-if _params[:len(EXPECTED)] != EXPECTED:
-    raise ImportError(f"vLLM's dispatch_fused_moe_kernel takes {_params[:len(EXPECTED)]}, "
-                      f"not 0.26's {EXPECTED}")
+if _params[:len(EXPECTED)] != EXPECTED or not hasattr(vllm_fused_moe,
+                                                      "_prepare_expert_assignment"):
+    raise ImportError(f"vLLM's fused_moe is not 0.26's (dispatch_fused_moe_kernel takes "
+                      f"{_params[:len(EXPECTED)]}; _prepare_expert_assignment is needed)")
+
+
+def expert_assignment(topk_ids: torch.Tensor, cfg: dict[str, Any], num_experts: int
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """What vLLM's fused_experts prepares before its GEMMs: ``moe_align_block_size``, or
+    with few slots per expert (T*k*4 <= E) its naive assignment (no alignment kernel,
+    ``sorted_token_ids`` None)."""
+    tokens, top_k = topk_ids.shape
+    return vllm_fused_moe._prepare_expert_assignment(topk_ids, cfg, tokens, top_k,
+                                                     num_experts, None,
+                                                     ignore_invalid_experts=True)
 
 
 def vllm_weight_shapes(problem: MoEProblem) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -56,9 +71,9 @@ def vllm_config(problem: MoEProblem, tokens: int) -> dict[str, Any]:
     return dict(vllm_fused_moe.try_get_optimal_moe_config(w1, w2, problem.top_k, None, tokens))
 
 
-def vllm_gemm(problem: MoEProblem, acts: torch.Tensor, w: torch.Tensor, topk_ids: torch.Tensor,
+def vllm_gemm(problem: MoEProblem, acts: torch.Tensor, w: torch.Tensor,
               topk_weights: torch.Tensor, cfg: dict[str, Any], out: torch.Tensor,
-              prep: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+              prep: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]) -> None:
     """One GEMM as fused_experts_impl launches it: w13 [T, H] -> [T, k, 2I] (a row per
     slot); w2, its rows the slots [T*k, I], as top-k 1 -> [T, k, H] scaled by the slot's
     routing weight."""
@@ -84,16 +99,16 @@ def vllm_times(problem: MoEProblem, hists: np.ndarray, seed: int = 0) -> list[di
         cfg = vllm_config(problem, tokens)
         ids = call.topk_ids.to(torch.int32)
         tw = call.topk_weights.float().contiguous()
-        prep = moe_align_block_size(ids, cfg["BLOCK_SIZE_M"], problem.num_experts)
+        prep = expert_assignment(ids, cfg, problem.num_experts)
         result = torch.full((tokens, problem.top_k, problem.n), float("nan"),
                             dtype=weights[0].dtype, device="cuda")
-        vllm_gemm(problem, call.activations, weights[0], ids, tw, cfg, result, prep)
+        vllm_gemm(problem, call.activations, weights[0], tw, cfg, result, prep)
         err = _rel_err(problem, call, weights[0], result.reshape(ids.numel(), problem.n))
-        us = time_graph(lambda i, call=call, ids=ids, tw=tw, cfg=cfg, prep=prep, r=result:
-                        vllm_gemm(problem, call.activations, weights[i % len(weights)], ids,
-                                  tw, cfg, r, prep))
+        us = time_graph(lambda i, call=call, tw=tw, cfg=cfg, prep=prep, r=result:
+                        vllm_gemm(problem, call.activations, weights[i % len(weights)], tw,
+                                  cfg, r, prep))
         out.append({"us": us, "config": cfg, "rel_err": err,
-                    "table": _table_name(problem, source)})
+                    "naive_assignment": prep[0] is None, "table": _table_name(problem, source)})
     return out
 
 

@@ -16,7 +16,7 @@ _SPEC.loader.exec_module(lp)
 def _result():
     calls = [{"tokens": t, "ramp": {"route": 3.0, "w13": 10.0 * t, "w2": 6.0 * t,
                                     "top_k_sum": 2.0},
-              "ramp_whole": 16.0 * t + 7.0, "vllm": {"align": 4.0, "w13": 11.0 * t,
+              "ramp_whole": 16.0 * t + 7.0, "vllm": {"assign": 4.0, "w13": 11.0 * t,
                                                      "w2": 6.5 * t},
               "vllm_whole": 17.5 * t + 4.0 + 6.0} for t in (1, 8)]
     return {"device": {"device": "test"}, "model": "m", "routing": "uniform", "calls": calls}

@@ -40,16 +40,22 @@ def _files(tmp_path: Path, seed: int = 0, families=("triton", "grouped_mm")):
         idx = rf.configs_to_time(profile, hists, 8)
         times = profile.model.predict(hists)[:, idx] * rng.lognormal(0, 0.03, (len(hists),
                                                                               len(idx)))
+        # grouped_mm's timer runs the one tile PyTorch picks (the profile predicts the
+        # other at inf): NaN there, as the real files have
+        times[~np.isfinite(times)] = np.nan
+        assert family != "grouped_mm" or np.isnan(times).sum(axis=1).min() >= 1
         meas = Measurements("H200", PROBLEM, profile.model.bank.subset(idx), family,
                             profile.family_version, hists, labels, times)
         path = tmp_path / f"H200_{PROBLEM.key}_{family}.roofline.json"
         meas.save(path)
         paths.append(path)
-        best = np.minimum(best, times.min(axis=1))
+        best = np.fmin(best, np.nanmin(times, axis=1))
     base = {"schema": rf.BASELINES, "gpu": "H200", "problem": PROBLEM.to_dict(),
             "labels": labels, "command": "test", "device": {"device": "NVIDIA H200"},
             "read_bandwidth_bytes_per_s": 4.46e12, "matmul_flops": 7.9e14,
-            "vllm": [{"us": float(1.1 * b), "config": {"BLOCK_SIZE_M": 16}} for b in best]}
+            "vllm": [{"us": float(1.1 * b), "config": {"BLOCK_SIZE_M": 16}, "rel_err": 1e-3}
+                     for b in best]}
+    base["vllm"][0]["rel_err"] = 0.5  # a wrong output: its time must not count
     path = tmp_path / f"H200_{PROBLEM.key}_{rf.BASELINES}.json"
     path.write_text(json.dumps(base))
     return [*paths, path], hists, best
@@ -89,12 +95,13 @@ def test_report_floors_picks_bests_and_targets(tmp_path):
         assert c["floor_us"] == pytest.approx(floor)
         # the files keep microseconds to 3 decimals
         assert c["best_us"] == pytest.approx(best[i], abs=1e-3)
-        assert c["vllm_us"] == pytest.approx(1.1 * best[i])
+        assert c["vllm_us"] == (None if i == 0 else pytest.approx(1.1 * best[i]))
         assert c["ramp_config"] == model.bank.configs[picks[i]].name
         assert c["ramp_us"] >= c["best_us"] and c["best_us"] == min(c["family_best_us"].values())
         assert c["grouped_mm_us"] == c["family_best_us"]["grouped_mm"]
     t = result["targets"][PROBLEM.key]
-    assert t["vs_vllm_min"] == pytest.approx(min(c["vllm_us"] / c["ramp_us"] for c in calls))
+    assert t["vs_vllm_min"] == pytest.approx(min(c["vllm_us"] / c["ramp_us"] for c in calls
+                                                 if c["vllm_us"]))
     assert t["met"]["vs_vllm_min"] == (t["vs_vllm_min"] >= 1.0)
     prefill = [c["floor_us"] / c["ramp_us"] for c in calls if c["tokens"] >= 1024]
     assert t["prefill_floor_fraction_min"] == pytest.approx(min(prefill))
