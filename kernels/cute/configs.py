@@ -42,7 +42,8 @@ FAMILY_VERSION = "2"  # 2: pingpong and swap-AB thin tiles
 
 BLOCK_M = (64, 128)
 # Swap-AB tiles (token rows on wgmma's N side). N=8 is valid PTX, but nvidia-cutlass-dsl
-# 4.3.5 rejects its accumulator layout in cute.gemm ("invalid layout of A/B/D").
+# 4.3.5 rejects its accumulator layout in cute.gemm ("invalid layout of A/B/D"); 4.6.0
+# compiles it (not run on a GPU yet, so not in the space).
 THIN_BLOCK_M = (16, 32)
 BLOCK_N = (64, 128, 256)
 BLOCK_K = 64
