@@ -26,10 +26,11 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile
   --target /tmp/ramp-site . >/tmp/ramp-install.log 2>&1 || cat /tmp/ramp-install.log >&2
 rm -rf build
 export PYTHONPATH="/tmp/ramp-site:$site${PYTHONPATH:+:$PYTHONPATH}"
-# the CuTe DSL and quack, where an earlier call unpacked them (bench/device_env.sh with
-# both halves of .whl/cutlass_dsl-4.6.0-cp312.tar.xz carried): the plans measure the cute
-# path and the engine runs it only then
-[ -f "$site/.cutlass_dsl-4.6.0" ] &&
-  export PYTHONPATH="$PYTHONPATH:$site/nvidia_cutlass_dsl/dsl_packages"
+# the CuTe DSL (and quack with 4.6), where an earlier call unpacked it (bench/device_env.sh;
+# /tmp/site/.cutlass_dsl names the version): the plans measure the cute path and the
+# engine runs it only then
+for dsl_dir in "$site"/nvidia_cutlass_dsl/{dsl,python}_packages; do
+  [ -f "$site/.cutlass_dsl" ] && [ -d "$dsl_dir" ] && export PYTHONPATH="$PYTHONPATH:$dsl_dir"
+done
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
        VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
