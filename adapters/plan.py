@@ -83,7 +83,13 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
     """RaMP's paths (every one of ``kernels.layers.LAYER_PATHS``) for this GPU and layer:
     ``name -> (layer, what it runs at T)``; a path whose profiles are missing is left out."""
     from ramp.adapters.runtime import config_entry
-    from ramp.kernels.layers import LAYER_PATHS, PathInputs, PathUnavailable, build_path
+    from ramp.kernels.layers import (
+        LAYER_PATHS,
+        PATH_FAMILY,
+        PathInputs,
+        PathUnavailable,
+        build_path,
+    )
 
     @functools.cache  # read once: the configured paths ask for their configurations every call
     def profiles(family: str) -> tuple[Profile, Profile]:
@@ -110,17 +116,16 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
                 "occupancy_w13": int(tables[0].model.bank.occupancy[idx[0]]),
                 "occupancy_w2": int(tables[1].model.bank.occupancy[idx[1]])}
 
-    def family_configs(family: str) -> Callable[[], Callable[[int], Any]]:
-        def configs():
-            profiles(family)
-            return functools.cache(lambda tokens: config_entry(config_at(family, tokens)))
-        return configs
+    def configs_of(path: str) -> Callable[[int], Any]:
+        """What a configured path runs at T (its family's static tables)."""
+        family = PATH_FAMILY[path]
+        profiles(family)  # PathUnavailable where this GPU has none
+        return functools.cache(lambda tokens: config_entry(config_at(family, tokens)))
 
-    configured = ("triton", "cute")  # paths named after the family whose profiles they read
     inputs = PathInputs(torch.cuda.get_device_properties(0).multi_processor_count,
-                        poly_models=poly_models, triton_configs=family_configs("triton"),
-                        cute_configs=family_configs("cute"))
-    records = {name: functools.partial(config_at, name) for name in configured}
+                        poly_models=poly_models, configs=configs_of)
+    records = {name: functools.partial(config_at, family)
+               for name, family in PATH_FAMILY.items()}
     paths = {}
     for name in LAYER_PATHS:
         try:

@@ -301,8 +301,7 @@ class RampMoERuntime:
 
         inputs = PathInputs(live_sms,
                             poly_models=lambda: self._poly_models(gpu, problems, live_sms),
-                            triton_configs=lambda: _plan_configs(plan, "triton"),
-                            cute_configs=lambda: _plan_configs(plan, "cute"))
+                            configs=lambda path: _plan_configs(plan, path))
         paths: dict[str, LayerPath] = {}
         while missing := sorted(plan.paths_used() - {ENGINE} - set(paths)):
             for name in missing:
@@ -521,8 +520,10 @@ def config_entry(entry: Mapping[str, Any]) -> tuple[Any, Any, int, int]:
 
 
 def _plan_configs(plan: LayerPlan, path: str) -> Callable[[int], tuple[Any, Any, int, int]]:
-    """The configurations the plan timed for ``path`` (named after its kernel family:
-    ``triton`` or ``cute``), per bucket (``kernels.layers.ConfigsAt``)."""
+    """The configurations the plan timed for ``path`` (of its kernel family,
+    ``kernels.layers.PATH_FAMILY``), per bucket (``kernels.layers.ConfigsAt``)."""
+    from ramp.kernels.layers import PATH_FAMILY
+
     configs = {i: config_entry(entry) for i, entry in enumerate(plan.configs.get(path, ()))
                if entry is not None}
     missing = [plan.tokens[i] for i, c in enumerate(plan.choices)
@@ -531,7 +532,7 @@ def _plan_configs(plan: LayerPlan, path: str) -> Callable[[int], tuple[Any, Any,
         raise Unsupported(f"layer plan {plan.key} chooses the {path} path at T={missing} "
                           "but records no configuration for it")
     families = sorted({cfg.family for entry in configs.values() for cfg in entry[:2]}
-                      - {path})
+                      - {PATH_FAMILY[path]})
     if families:
         raise Unsupported(f"layer plan {plan.key} records {families} configurations for "
                           f"the {path} path")

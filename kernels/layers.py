@@ -27,7 +27,7 @@ import torch
 from ramp.config import KernelConfig
 from ramp.kernels.grouped_mm import grouped_mm_layer
 from ramp.kernels.routing import Routing, route
-from ramp.kernels.triton.fused_moe import moe_gemm
+from ramp.kernels.triton.fused_moe import FUSED_ROUTING_MAX_SLOTS, moe_gemm, moe_gemm_w13_routed
 from ramp.kernels.triton.poly import PolyGemm
 
 if TYPE_CHECKING:
@@ -105,6 +105,27 @@ def configured_layer(launch: Callable[..., torch.Tensor], configs_at: ConfigsAt,
     return layer
 
 
+def routed_layer(configs_at: ConfigsAt, num_sms: int) -> Layer:
+    """``configured_layer`` over the Triton family with its routing stage fused into w13
+    (``moe_gemm_w13_routed``: one launch fewer) for calls of at most
+    ``FUSED_ROUTING_MAX_SLOTS`` slots without an expert map; other calls route first, as
+    the triton path does. The grid still depends only on T and the configuration."""
+    routed_first = configured_layer(moe_gemm, configs_at, num_sms)
+
+    def layer(hidden, w13, w2, ids, weights, out=None, expert_map=None):
+        if expert_map is not None or ids.numel() > FUSED_ROUTING_MAX_SLOTS:
+            return routed_first(hidden, w13, w2, ids, weights, out, expert_map)
+        cfg13, cfg2, _, occ2 = configs_at(hidden.shape[0])
+        rows = ids.numel()
+        inter = hidden.new_empty(rows, w2.shape[2])
+        routing = moe_gemm_w13_routed(hidden, w13, ids, weights, w13.shape[0], cfg13, inter)
+        down = hidden.new_empty(rows, w2.shape[1])
+        moe_gemm(inter, w2, routing, cfg2, down, gemm="w2", num_sms=num_sms, occupancy=occ2)
+        return top_k_sum(down, ids.shape[1], out)
+
+    return layer
+
+
 def grouped_mm_path(hidden, w13, w2, ids, weights, out=None, expert_map=None):
     """``torch._grouped_mm`` on RaMP's on-GPU routing."""
     routing = local_routing(ids, weights, w13.shape[0], expert_map)
@@ -124,14 +145,13 @@ class PathInputs:
 
     ``num_sms``: the device's SM count, None on the Triton interpreter (no device).
     ``poly_models``: the sync-free kernel's fitted (w13, w2) cost models, from the
-    ``triton-poly`` profiles. ``triton_configs`` / ``cute_configs``: that family's
-    configurations per T.
+    ``triton-poly`` profiles. ``configs``: a configured path's name -> its
+    configurations per T (configurations of ``PATH_FAMILY[name]``).
     """
 
     num_sms: int | None
     poly_models: Callable[[], tuple[WaveCostModel, WaveCostModel]] | None = None
-    triton_configs: Callable[[], ConfigsAt] | None = None
-    cute_configs: Callable[[], ConfigsAt] | None = None
+    configs: Callable[[str], ConfigsAt] | None = None
 
 
 INTERPRETER_SMS = 4  # the Triton interpreter: any small positive grid bound works
@@ -145,20 +165,26 @@ def _poly_path(inputs: PathInputs) -> Layer:
                       inputs.num_sms or w13_model.num_sms)
 
 
+def _configs(inputs: PathInputs, path: str) -> ConfigsAt:
+    if inputs.configs is None:
+        raise PathUnavailable(f"no {PATH_FAMILY[path]} configurations per size")
+    return inputs.configs(path)  # a bad record is reported wherever it is read
+
+
 def _triton_path(inputs: PathInputs) -> Layer:
-    if inputs.triton_configs is None:
-        raise PathUnavailable("no Triton configurations per size")
-    return configured_layer(moe_gemm, inputs.triton_configs(),
+    return configured_layer(moe_gemm, _configs(inputs, "triton"),
                             inputs.num_sms or INTERPRETER_SMS)
+
+
+def _triton_fused_path(inputs: PathInputs) -> Layer:
+    return routed_layer(_configs(inputs, "triton-fused"), inputs.num_sms or INTERPRETER_SMS)
 
 
 def _cute_path(inputs: PathInputs) -> Layer:
     """The CuTe family, imported here: nvidia-cutlass-dsl is an optional dependency, and
     it has no interpreter, so the path needs the DSL and a GPU. Each configuration
     compiles on its first call (the runtime's warm-up, before any graph capture)."""
-    if inputs.cute_configs is None:
-        raise PathUnavailable("no CuTe configurations per size")
-    configs_at = inputs.cute_configs()  # a bad record is reported wherever it is read
+    configs_at = _configs(inputs, "cute")
     try:
         from ramp.kernels.cute.launch import moe_gemm as cute_gemm
     except ImportError as exc:
@@ -171,10 +197,15 @@ def _cute_path(inputs: PathInputs) -> Layer:
 
 LAYER_PATHS: dict[str, Callable[[PathInputs], Layer]] = {
     "triton": _triton_path,
+    "triton-fused": _triton_fused_path,
     "triton-poly": _poly_path,
     "cute": _cute_path,
     "grouped_mm": lambda inputs: grouped_mm_path,
 }
+
+
+# The kernel family whose configurations (one per GEMM and T) a configured path runs.
+PATH_FAMILY = {"triton": "triton", "triton-fused": "triton", "cute": "cute"}
 
 
 def build_path(name: str, inputs: PathInputs) -> Layer:

@@ -36,7 +36,7 @@ from ramp.problem import MoEProblem
 
 SCHEMA = "ramp-layer-plan/1"
 ENGINE = "engine"
-PATHS = (ENGINE, "triton", "triton-poly", "cute", "grouped_mm")
+PATHS = (ENGINE, "triton", "triton-fused", "triton-poly", "cute", "grouped_mm")
 DEFAULT_MARGIN = 0.02
 
 

@@ -82,7 +82,8 @@ ENGINE_NAME = "test-engine"
 TRITON_CFG = {"w13": KernelConfig("triton", 16, 32, 32).to_dict(),
               "w2": KernelConfig("triton", 16, 64, 32, persistent=True).to_dict()}
 CUTE_CFG = {"w13": cute_configs()[0].to_dict(), "w2": cute_configs()[1].to_dict()}
-RECORDED = {"triton": TRITON_CFG, "cute": CUTE_CFG}  # what the configured paths ran
+RECORDED = {"triton": TRITON_CFG, "triton-fused": TRITON_CFG,  # what the configured
+            "cute": CUTE_CFG}                                 # paths ran
 
 
 def save_plan(directory: Path, paths: dict[int, str], dtype: str = "float16",
@@ -320,7 +321,7 @@ def test_dispatch_matches_float32_reference(tmp_path, caplog):
     assert "RaMP dispatch active for H100-SXM/w13-E8-N64-K64-top2-float16" in caplog.text
 
 
-@pytest.mark.parametrize("path", ["triton", "grouped_mm", "triton-poly"])
+@pytest.mark.parametrize("path", ["triton", "triton-fused", "grouped_mm", "triton-poly"])
 def test_every_path_matches_float32_reference(tmp_path, path):
     """Each path a layer plan can choose computes the layer (outputs poisoned first,
     every row checked), at sizes in two buckets."""
@@ -335,7 +336,7 @@ def test_every_path_matches_float32_reference(tmp_path, path):
         assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2, (path, tokens)
 
 
-@pytest.mark.parametrize("path", ["triton", "grouped_mm", "triton-poly"])
+@pytest.mark.parametrize("path", ["triton", "triton-fused", "grouped_mm", "triton-poly"])
 def test_expert_parallel_layer_computes_the_local_share(tmp_path, path):
     """EP=2 as vLLM calls it: 16 global experts, this rank holds 4..11 as local 0..7,
     ids are global and the expert map sends the other ranks' experts to -1. The result is
@@ -628,11 +629,10 @@ def test_layer_paths_are_the_plans_paths_and_say_what_they_miss(no_cutlass):
     assert callable(build_path("grouped_mm", bare))
     with pytest.raises(PathUnavailable, match="triton-poly profiles"):
         build_path("triton-poly", bare)
-    with pytest.raises(PathUnavailable, match="Triton configurations"):
-        build_path("triton", bare)
-    with pytest.raises(PathUnavailable, match="no CuTe configurations"):
-        build_path("cute", bare)
-    configured = PathInputs(num_sms=132, cute_configs=lambda: lambda tokens: None)
+    for name, family in (("triton", "triton"), ("triton-fused", "triton"), ("cute", "cute")):
+        with pytest.raises(PathUnavailable, match=f"no {family} configurations"):
+            build_path(name, bare)
+    configured = PathInputs(num_sms=132, configs=lambda path: lambda tokens: None)
     with pytest.raises(PathUnavailable, match="needs nvidia-cutlass-dsl, which does not "
                                               "import here"):
         build_path("cute", configured)
@@ -648,7 +648,7 @@ def test_cute_path_needs_a_gpu():
     from ramp.kernels.layers import PathInputs, PathUnavailable, build_path
 
     with pytest.raises(PathUnavailable, match="CUDA GPU only"):
-        build_path("cute", PathInputs(num_sms=None, cute_configs=lambda: lambda t: None))
+        build_path("cute", PathInputs(num_sms=None, configs=lambda path: lambda t: None))
 
 
 def test_plan_choosing_cute_without_the_dsl_moves_only_its_sizes(tmp_path, caplog,

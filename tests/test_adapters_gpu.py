@@ -25,7 +25,7 @@ from ramp.layerplan import LayerPlan  # noqa: E402
 from ramp.trace import read_steps  # noqa: E402
 
 QWEN = dict(experts=128, hidden=2048, inter=768, top_k=8)  # Qwen3-30B-A3B, TP=1
-PATHS = ("triton", "triton-poly", "cute", "grouped_mm")
+PATHS = ("triton", "triton-fused", "triton-poly", "cute", "grouped_mm")
 PLAN_TOKENS = (1, 64, 512, 8192)
 
 

@@ -21,7 +21,11 @@ pytest.importorskip("triton")
 
 from ramp.config import KernelConfig  # noqa: E402
 from ramp.kernels.routing import route  # noqa: E402
-from ramp.kernels.triton.fused_moe import fused_moe, moe_gemm  # noqa: E402
+from ramp.kernels.triton.fused_moe import (  # noqa: E402
+    fused_moe,
+    moe_gemm,
+    moe_gemm_w13_routed,
+)
 
 DEVICE = "cuda" if ON_GPU else "cpu"
 
@@ -128,6 +132,64 @@ def test_row_tile_classes_match_float32_reference(dtype, tokens, top_k, routing,
     assert not torch.isnan(inter).any() and not torch.isnan(slots).any(), f"seed {seed}"
     out = slots.view(tokens, top_k, -1).sum(dim=1)
     assert rel_err(out, reference(x, w13, w2, ids, weights)) < 1e-2, f"seed {seed}"
+
+
+FUSED_CASES = [
+    # tokens, top_k, routing, block_m, block_n, persistent (run one-tile-per-CTA)
+    (1, 2, "random", 16, 32, False),       # T = 1
+    (13, 2, "random", 16, 64, True),       # ragged, empty experts
+    (9, 1, "hot", 32, 32, False),          # one hot expert over one tile, the rest empty
+    (40, 2, "one-hot", 16, 32, False),     # a hot expert over 3 row tiles
+    (150, 4, "random", 32, 64, False),     # 600 slots: the slot scan takes 10 steps
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,top_k,routing,bm,bn,persistent", FUSED_CASES)
+def test_fused_routing_w13_writes_a_routing_w2_can_use(dtype, tokens, top_k, routing, bm,
+                                                       bn, persistent):
+    """The w13 with the routing fused in: the counts and sorted slots it writes are the
+    routing (a histogram equal to bincount, a permutation grouped by expert and in slot
+    order within one), its rows equal the routed w13's for every slot, and w2 on its
+    routing gives the layer (NaN-poisoned outputs, every row written, float32 ref)."""
+    seed = case_seed("fused", dtype, tokens, top_k, routing, bm, bn, persistent)
+    x, w13, w2, ids, weights = make_inputs(tokens, top_k=top_k, dtype=dtype, routing=routing,
+                                           seed=seed, **SIZES)
+    cfg = KernelConfig("triton", bm, bn, 32, persistent=persistent)
+    rows, experts = tokens * top_k, SIZES["experts"]
+    inter = torch.full((rows, SIZES["inter"]), float("nan"), dtype=dtype, device=DEVICE)
+    fused = moe_gemm_w13_routed(x, w13, ids, weights, experts, cfg, inter)
+    flat = ids.reshape(-1).cpu()
+    assert fused.counts.cpu().tolist() == torch.bincount(flat, minlength=experts).tolist()
+    slots = fused.sorted_slots.cpu().long()
+    assert torch.equal(torch.sort(slots).values, torch.arange(rows)), f"seed {seed}"
+    order = flat[slots] * rows + slots  # by expert, then slot
+    assert torch.equal(order, torch.sort(order).values), f"seed {seed}"
+    assert not torch.isnan(inter).any(), f"seed {seed}"
+    routed = route(ids, weights, experts)
+    plain = torch.full_like(inter, float("nan"))
+    moe_gemm(x, w13, routed, cfg, plain, gemm="w13", num_sms=2)
+    by_slot, by_slot_plain = torch.empty_like(inter), torch.empty_like(plain)
+    by_slot[fused.sorted_slots.long()] = inter
+    by_slot_plain[routed.sorted_slots.long()] = plain
+    assert torch.equal(by_slot, by_slot_plain), f"seed {seed}"
+    down = torch.full((rows, SIZES["hidden"]), float("nan"), dtype=dtype, device=DEVICE)
+    moe_gemm(inter, w2, fused, cfg, down, gemm="w2", num_sms=2)
+    assert not torch.isnan(down).any(), f"seed {seed}"
+    out = down.view(tokens, top_k, -1).sum(dim=1)
+    assert rel_err(out, reference(x, w13, w2, ids, weights)) < 1e-2, f"seed {seed}"
+
+
+def test_fused_routing_refuses_what_it_cannot_run():
+    x, w13, _, ids, weights = make_inputs(4, top_k=2, dtype=torch.float16, seed=1, **SIZES)
+    inter = torch.empty(8, SIZES["inter"], dtype=torch.float16, device=DEVICE)
+    two_class = KernelConfig("triton-tiles", 32, 32, 32, small_block_m=16, small_rows=8)
+    with pytest.raises(ValueError, match="one-class"):
+        moe_gemm_w13_routed(x, w13, ids, weights, SIZES["experts"], two_class, inter)
+    many = torch.zeros(600, 2, dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match="at most 1024"):
+        moe_gemm_w13_routed(x, w13, many, torch.ones(600, 2, device=DEVICE),
+                            SIZES["experts"], KernelConfig("triton", 16, 32, 32), inter)
 
 
 def test_route_counts_and_permutation():

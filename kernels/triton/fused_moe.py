@@ -14,7 +14,16 @@ import triton
 from ramp.config import KernelConfig
 from ramp.geometry import max_class_row_tiles
 from ramp.kernels.routing import Routing, pow2, route
-from ramp.kernels.triton.moe_gemm import moe_gemm_kernel, moe_gemm_tiles_kernel
+from ramp.kernels.triton.moe_gemm import (
+    moe_gemm_kernel,
+    moe_gemm_tiles_kernel,
+    moe_gemm_w13_routed_kernel,
+)
+
+# Calls of at most this many slots (T * top_k) may fuse the routing into w13: each of its
+# CTAs scans every slot id, which costs little only while they are few (decode sizes).
+FUSED_ROUTING_MAX_SLOTS = 1024
+SLOT_BLOCK = 64  # slot ids one step of that scan reads
 
 
 def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
@@ -79,6 +88,39 @@ def moe_gemm(
     if grid > 0:
         kernel[(grid,)](*args, **kwargs)
     return out
+
+
+def moe_gemm_w13_routed(a: torch.Tensor, w: torch.Tensor, topk_ids: torch.Tensor,
+                        topk_weights: torch.Tensor, num_experts: int, cfg: KernelConfig,
+                        out: torch.Tensor) -> Routing:
+    """``moe_gemm(gemm="w13")`` with the routing stage fused in (no ``route`` launch
+    before it): returns the routing it computed and wrote, which w2 then takes. For
+    calls of at most ``FUSED_ROUTING_MAX_SLOTS`` slots; one tile per CTA (a persistent
+    configuration's tile runs one-tile-per-CTA here), one-class configurations only."""
+    if cfg.small_rows:
+        raise ValueError(f"{cfg.name}: the fused-routing w13 takes one-class configurations")
+    tokens, top_k = topk_ids.shape
+    flat = topk_ids.reshape(-1).to(torch.int32)
+    if flat.numel() > FUSED_ROUTING_MAX_SLOTS:
+        raise ValueError(f"{flat.numel()} slots: the fused routing takes at most "
+                         f"{FUSED_ROUTING_MAX_SLOTS}")
+    dev = flat.device
+    routing = Routing(torch.empty(num_experts, dtype=torch.int32, device=dev),
+                      torch.empty(flat.numel(), dtype=torch.int32, device=dev),
+                      topk_weights.reshape(-1).float(), tokens, top_k, num_experts)
+    n, k = w.shape[1], w.shape[2]
+    out_cols, out_n = cfg.output_tiling("w13", n)
+    grid = max_class_row_tiles(flat.numel(), num_experts, cfg) * triton.cdiv(out_cols, out_n)
+    _, sizes, constexprs = launch_abi(a, w, routing, out, "w13", cfg)
+    for fixed in ("GATHER_A", "SCATTER_C", "SILU_MUL"):  # the kernel is w13's
+        constexprs.pop(fixed)
+    if grid > 0:
+        moe_gemm_w13_routed_kernel[(grid,)](
+            a, w, out, flat, flat.numel(), routing.counts, routing.sorted_slots,
+            routing.topk_weights, *sizes, **constexprs, BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SLOT_BLOCK=SLOT_BLOCK,
+            EVEN_K=k % cfg.block_k == 0)
+    return routing
 
 
 def compile_gemm(a, w, routing, cfg, out, *, gemm: str, num_sms: int):

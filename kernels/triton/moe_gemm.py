@@ -28,14 +28,7 @@ def moe_route_kernel(
     an expert is whatever the atomics give: it changes no result, each row is independent.
     """
     experts = tl.arange(0, E_POW2)
-    counts = tl.zeros([E_POW2], dtype=tl.int32)
-    for start in range(0, num_slots, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        # Masked lanes count as expert 0 (a histogram bin must be in range); undone below.
-        ids = tl.load(topk_ids_ptr + offs, mask=offs < num_slots, other=0)
-        counts += tl.histogram(ids, E_POW2)
-    padding = tl.cdiv(num_slots, BLOCK) * BLOCK - num_slots
-    counts -= tl.where(experts == 0, padding, 0)
+    counts = _count_experts(topk_ids_ptr, num_slots, experts, E_POW2, BLOCK)
     tl.store(counts_ptr + experts, counts, mask=experts < E)
     tl.store(cursor_ptr + experts, tl.cumsum(counts, 0) - counts, mask=experts < E)
     tl.debug_barrier()
@@ -45,6 +38,40 @@ def moe_route_kernel(
         ids = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
         pos = tl.atomic_add(cursor_ptr + ids, 1, mask=valid)
         tl.store(sorted_slots_ptr + pos, offs, mask=valid)
+
+
+@triton.jit
+def _count_experts(topk_ids_ptr, num_slots, experts, E_POW2: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """The expert histogram of ``num_slots`` flat top-k ids, in registers."""
+    counts = tl.zeros([E_POW2], dtype=tl.int32)
+    for start in range(0, num_slots, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        # Masked lanes count as expert 0 (a histogram bin must be in range); undone below.
+        ids = tl.load(topk_ids_ptr + offs, mask=offs < num_slots, other=0)
+        counts += tl.histogram(ids, E_POW2)
+    padding = tl.cdiv(num_slots, BLOCK) * BLOCK - num_slots
+    return counts - tl.where(experts == 0, padding, 0)
+
+
+@triton.jit
+def _expert_slots(topk_ids_ptr, num_slots, expert, first, BLOCK_M: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """Slots of occurrences ``first .. first + BLOCK_M`` of ``expert`` among the flat ids,
+    in slot order (0 past its last occurrence): one row tile's sorted slots, found
+    without a routing pass."""
+    want = first + tl.arange(0, BLOCK_M)
+    slots = tl.zeros([BLOCK_M], dtype=tl.int32)
+    seen = 0
+    for start in range(0, num_slots, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ids = tl.load(topk_ids_ptr + offs, mask=offs < num_slots, other=-1)
+        hit = (ids == expert).to(tl.int32)
+        rank = seen + tl.cumsum(hit, 0) - hit  # this occurrence's index among the expert's
+        match = (rank[None, :] == want[:, None]) & (hit[None, :] == 1)
+        slots += tl.sum(tl.where(match, offs[None, :], 0), 1)
+        seen += tl.sum(hit, 0)
+    return slots
 
 
 @triton.jit
@@ -207,6 +234,44 @@ def moe_gemm_kernel(
                        N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
                        stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                        GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+
+
+@triton.jit
+def moe_gemm_w13_routed_kernel(
+    a_ptr, b_ptr, c_ptr, topk_ids_ptr, num_slots, counts_ptr, sorted_slots_ptr,
+    topk_weights_ptr,
+    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    E: tl.constexpr, E_POW2: tl.constexpr, TOP_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, SLOT_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """``moe_gemm_kernel``'s w13 (gather, SiLU*mul) with the routing stage fused in, for
+    calls of few slots: every CTA counts the flat top-k ids itself and finds its row
+    tile's slots (in slot order), so no routing kernel runs before it. It leaves the
+    routing it used behind for w2 (``moe_gemm_kernel`` unchanged): CTA 0 writes the
+    counts, every CTA its rows' sorted slots (the CTAs of one row tile write the same
+    values). One tile per CTA; the grid depends only on T and the configuration."""
+    experts = tl.arange(0, E_POW2)
+    counts = _count_experts(topk_ids_ptr, num_slots, experts, E_POW2, SLOT_BLOCK)
+    tile = tl.program_id(0)
+    if tile == 0:
+        tl.store(counts_ptr + experts, counts, mask=experts < E)
+    row_offsets = tl.cumsum(counts, 0) - counts
+    tiles_cum = tl.cumsum((counts + BLOCK_M - 1) // BLOCK_M, 0)
+    num_m_tiles = tl.max(tiles_cum, 0)
+    n_tiles = _col_tiles(N, BLOCK_N, True)
+    if tile < num_m_tiles * n_tiles:
+        m_tile, n_tile = _raster(tile, num_m_tiles, n_tiles, GROUP_M)
+        expert, count, first_row = _owner(m_tile, experts, counts, tiles_cum, BLOCK_M)
+        row_offset = _pick(row_offsets, experts, expert)
+        local = first_row + tl.arange(0, BLOCK_M)
+        slots = _expert_slots(topk_ids_ptr, num_slots, expert, first_row, BLOCK_M, SLOT_BLOCK)
+        tl.store(sorted_slots_ptr + row_offset + local, slots, mask=local < count)
+        tl.debug_barrier()  # the tile body reads the slots back: visible within the CTA
+        _tile_body(expert, count, first_row, row_offset, n_tile,
+                   a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
+                   N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm,
+                   stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, True, False, True, EVEN_K)
 
 
 @triton.jit
