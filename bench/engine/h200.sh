@@ -2,7 +2,8 @@
 # The H200 runs behind the engine results, one stage per device call (each < 10 min):
 #   bash bench/engine/h200.sh profiles MODEL...   Triton + sync-free profiles, layer plans
 #   bash bench/engine/h200.sh triton MODEL...     Triton + sync-free profiles only (no vLLM)
-#   bash bench/engine/h200.sh plans MODEL...      layer plans only (profiles already there)
+#   bash bench/engine/h200.sh plans MODEL...      layer plans only (profiles already there;
+#                                                 ROUTINGS="...;collapsed" adds routings)
 #   bash bench/engine/h200.sh families MODEL...   the family tests, then grouped_mm and CuTe
 #                                                 profiles (CuTe: carry [".whl"], made by
 #                                                 bench/carry_cutlass.sh)
@@ -31,7 +32,8 @@ case $stage in
   plans)
     for model in "$@"; do  # from /tmp: the checkout's ramp/ would shadow the installed one
       (cd /tmp && python3 -m ramp.adapters.plan --model "$model" --profile-dir "$prof" \
-        --out "$prof" --details "$prof/details") 2>&1 | grep -v "^WARNING" |
+        --out "$prof" --details "$prof/details" ${ROUTINGS:+--routings "$ROUTINGS"}) 2>&1 |
+        grep -v "^WARNING" |
         tee -a "$OUT/profiles.log"
     done
     tar czf "$OUT/profiles.tar.gz" -C "$prof" . ;;
