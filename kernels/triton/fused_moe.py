@@ -42,14 +42,19 @@ def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
     return buffers, sizes, constexprs
 
 
+def _max_tiles(cfg: KernelConfig, gemm: str, n: int, rows: int, num_experts: int) -> int:
+    """Upper bound on the output tiles of a call of ``rows`` slots, from T and the
+    configuration only: the one-tile-per-CTA grid."""
+    out_cols, out_n = cfg.output_tiling(gemm, n)
+    return max_class_row_tiles(rows, num_experts, cfg) * triton.cdiv(out_cols, out_n)
+
+
 def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
     """Kernel, grid, positional and keyword arguments of one call: ``moe_gemm_kernel``,
     or ``moe_gemm_tiles_kernel`` for a configuration with two row-tile classes."""
-    n, k = w.shape[1], w.shape[2]
-    out_cols, out_n = cfg.output_tiling(gemm, n)
-    rows = routing.sorted_slots.numel()
-    tiles = (max_class_row_tiles(rows, routing.num_experts, cfg)
-             * triton.cdiv(out_cols, out_n))
+    k = w.shape[2]
+    tiles = _max_tiles(cfg, gemm, w.shape[1], routing.sorted_slots.numel(),
+                       routing.num_experts)
     grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
     buffers, sizes, constexprs = launch_abi(a, w, routing, out, gemm, cfg)
     kwargs = dict(constexprs, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
@@ -108,9 +113,8 @@ def moe_gemm_w13_routed(a: torch.Tensor, w: torch.Tensor, topk_ids: torch.Tensor
     routing = Routing(torch.empty(num_experts, dtype=torch.int32, device=dev),
                       torch.empty(flat.numel(), dtype=torch.int32, device=dev),
                       topk_weights.reshape(-1).float(), tokens, top_k, num_experts)
-    n, k = w.shape[1], w.shape[2]
-    out_cols, out_n = cfg.output_tiling("w13", n)
-    grid = max_class_row_tiles(flat.numel(), num_experts, cfg) * triton.cdiv(out_cols, out_n)
+    k = w.shape[2]
+    grid = _max_tiles(cfg, "w13", w.shape[1], flat.numel(), num_experts)
     _, sizes, constexprs = launch_abi(a, w, routing, out, "w13", cfg)
     for fixed in ("GATHER_A", "SCATTER_C", "SILU_MUL"):  # the kernel is w13's
         constexprs.pop(fixed)

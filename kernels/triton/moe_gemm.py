@@ -75,12 +75,17 @@ def _expert_slots(topk_ids_ptr, num_slots, expert, first, BLOCK_M: tl.constexpr,
 
 
 @triton.jit
+def _schedule(counts, BLOCK_M: tl.constexpr):
+    """Row offsets and inclusive row-tile cumsum of per-expert counts, in registers."""
+    return tl.cumsum(counts, 0) - counts, tl.cumsum((counts + BLOCK_M - 1) // BLOCK_M, 0)
+
+
+@triton.jit
 def _tile_schedule(counts_ptr, BLOCK_M: tl.constexpr, E: tl.constexpr, E_POW2: tl.constexpr):
-    """Per-expert counts, row offsets and inclusive row-tile cumsum, all in registers."""
+    """Per-expert counts (loaded), row offsets and inclusive row-tile cumsum."""
     experts = tl.arange(0, E_POW2)
     counts = tl.load(counts_ptr + experts, mask=experts < E, other=0)
-    row_offsets = tl.cumsum(counts, 0) - counts
-    tiles_cum = tl.cumsum((counts + BLOCK_M - 1) // BLOCK_M, 0)
+    row_offsets, tiles_cum = _schedule(counts, BLOCK_M)
     return experts, counts, row_offsets, tiles_cum
 
 
@@ -256,8 +261,7 @@ def moe_gemm_w13_routed_kernel(
     tile = tl.program_id(0)
     if tile == 0:
         tl.store(counts_ptr + experts, counts, mask=experts < E)
-    row_offsets = tl.cumsum(counts, 0) - counts
-    tiles_cum = tl.cumsum((counts + BLOCK_M - 1) // BLOCK_M, 0)
+    row_offsets, tiles_cum = _schedule(counts, BLOCK_M)
     num_m_tiles = tl.max(tiles_cum, 0)
     n_tiles = _col_tiles(N, BLOCK_N, True)
     if tile < num_m_tiles * n_tiles:
