@@ -181,6 +181,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ramp.clitools import positive_ints
     from ramp.errors import InputError
     from ramp.plaindata import read_json
 
@@ -209,11 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not args.model or not args.out:
             raise InputError("options --model and --out are required (or --report FILE)")
-        try:
-            tokens = [int(v) for v in args.tokens.split(",")]
-        except ValueError:
-            raise InputError(f"option --tokens: {args.tokens!r} is not comma-separated "
-                             "integers") from None
+        tokens = positive_ints(args.tokens, "--tokens")
         result = measure(args.model, tokens, args.routing, args.seed, args.profile_dir)
         result["command"] = "python3 bench/layer_parts.py " + " ".join(argv)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ramp.clitools import positive_ints
 from ramp.errors import InputError, RampError
 from ramp.expert_parallel import ExpertPlacement
 from ramp.models import MoEModel, get_model
@@ -461,16 +462,6 @@ def load_recordings(data: Path, model: MoEModel) -> list[tuple[str, TokenRouting
     return [(p.stem, read_recording(p, model)) for p in paths]
 
 
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"option {option}: {text!r} is not comma-separated integers") from None
-    if any(v < 1 for v in values):
-        raise InputError(f"option {option}: values must be >= 1")
-    return values
-
-
 def measure(args: argparse.Namespace, command: str) -> Path:
     """Build the calls, print the estimate, time every view, write the result."""
     from ramp.families import get_family
@@ -481,7 +472,7 @@ def measure(args: argparse.Namespace, command: str) -> Path:
     for v in views:
         view_degree(v)
     recordings = load_recordings(Path(args.data), model)
-    calls = build_calls(recordings, _ints(args.tokens, "--tokens"), views, args.placement,
+    calls = build_calls(recordings, positive_ints(args.tokens, "--tokens"), views, args.placement,
                         args.samples, args.seed)
     gpu = detect_gpu().name
     extra = args.extra_families

@@ -51,6 +51,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from ramp.clitools import positive_ints
 from ramp.costmodel import WaveCostModel
 from ramp.dispatch import GuardedDispatcher
 from ramp.errors import InputError, RampError
@@ -405,14 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {args.out} and {args.out.with_suffix('.png').name}")
             return 0
         model = get_model(args.model)
-        try:
-            tokens = [int(v) for v in args.tokens.split(",")]
-        except ValueError:
-            raise InputError(f"option --tokens: {args.tokens!r} is not comma-separated "
-                             "integers") from None
-        if not tokens or min(tokens) < 1:
-            raise InputError("option --tokens: values must be >= 1")
-        args.tokens = tokens
+        args.tokens = positive_ints(args.tokens, "--tokens")
         families = (args.families.split(",") if args.families else None)
         for f in families or ():
             if f not in FAMILIES:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ramp.errors import RampError
+from ramp.errors import InputError, RampError
 from ramp.plaindata import os_reason
 
 
@@ -113,3 +113,15 @@ def check_output_dir(path: str | None, option: str) -> None:
         probe.unlink()
     except (OSError, ValueError) as exc:
         raise _bad_path(f"cannot write into {path} ({os_reason(exc)})", option) from None
+
+
+def positive_ints(text: str, option: str) -> list[int]:
+    """A comma-separated option of whole numbers >= 1 (``--tokens 1,4,16``), or an
+    InputError naming the option."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"option {option}: {text!r} is not comma-separated integers") from None
+    if any(v < 1 for v in values):
+        raise InputError(f"option {option}: values must be >= 1")
+    return values
