@@ -210,7 +210,7 @@ def load_inputs(paths: Sequence[Path]) -> dict[str, tuple[dict[str, Any], dict[s
 
 def ramp_choice(per_family: dict[str, Measurements]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """RaMP across the families with a shipped profile: per call the chosen family, the
-    chosen configuration's measured time (NaN where it was not timed) and its name index.
+    chosen configuration's measured time (NaN where it was not timed) and its name.
     The primary family's static table and measured error guard the choice."""
     primary = per_family[PRIMARY]
     profiles = {f: find_profile(m.gpu, m.problem, family=f) for f, m in per_family.items()}
@@ -221,15 +221,15 @@ def ramp_choice(per_family: dict[str, Measurements]) -> tuple[list[str], np.ndar
     static = profiles[PRIMARY].dispatcher("static")
     picks = GuardedDispatcher(model, static, profiles[PRIMARY].error).choose_batch(primary.hists)
     owner = [f for f in names for _ in profiles[f].model.bank.configs]
+    columns = {f: {c: j for j, c in enumerate(per_family[f].bank.configs)} for f in names}
     families, times, configs = [], np.full(len(picks), np.nan), []
     for i, k in enumerate(picks):
         family, cfg = owner[k], model.bank.configs[k]
-        meas = per_family[family]
-        col = {c: j for j, c in enumerate(meas.bank.configs)}.get(cfg)
+        col = columns[family].get(cfg)
         families.append(family)
         configs.append(cfg.name)
         if col is not None:
-            times[i] = meas.times[i, col]
+            times[i] = per_family[family].times[i, col]
     return families, times, np.array(configs)
 
 
