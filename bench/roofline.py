@@ -216,7 +216,9 @@ def ramp_choice(per_family: dict[str, Measurements]) -> tuple[list[str], np.ndar
     profiles = {f: find_profile(m.gpu, m.problem, family=f) for f, m in per_family.items()}
     if profiles[PRIMARY] is None:
         raise InputError(f"no shipped {PRIMARY} profile for {primary.gpu} {primary.problem.key}")
-    names = [f for f in per_family if profiles[f] is not None]
+    # the primary family first: the static table's picks index its bank, which must
+    # then be the head of the concatenated one
+    names = [PRIMARY] + [f for f in per_family if f != PRIMARY and profiles[f] is not None]
     model = WaveCostModel.concat([profiles[f].model for f in names])
     static = profiles[PRIMARY].dispatcher("static")
     picks = GuardedDispatcher(model, static, profiles[PRIMARY].error).choose_batch(primary.hists)
