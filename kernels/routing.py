@@ -13,8 +13,13 @@ prepare/finalize apart from the experts. The interface:
   cumulative sum of ``counts`` (consumers derive it on the device: a cumulative sum
   over E in registers, or ``torch.cumsum``); ``topk_weights`` [T*k] float32, flat.
 
-One launch (``moe_route_kernel``, a single CTA), no host sync, a grid that depends on
-nothing: capturable in a CUDA graph. Order within an expert is whatever the atomics
+Up to ``ROUTE_BLOCK`` slots one launch of one CTA (``moe_route_kernel``); more slots
+two launches over ``cdiv(slots, ROUTE_SPLIT_BLOCK)`` CTAs (per-CTA histograms, then
+each CTA's scatter from their prefix sums), because the single CTA's two loops grew
+with the slots: on the H200 it took 3.1 us at 96 slots, 10.8 us at 1,536 and 27 us at
+4,096 (Qwen3-30B-A3B, T = 512), where vLLM's ``moe_align_block_size`` took 5-6 us
+(``bench/results/H200/H200_*_layer-parts.json``). No host sync, and a grid that depends
+on T alone: capturable in a CUDA graph. Order within an expert is whatever the atomics
 give; no consumer depends on it (each row is independent).
 """
 
@@ -24,9 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ramp.kernels.triton.moe_gemm import moe_route_kernel
+from ramp.kernels.triton.moe_gemm import (
+    moe_route_count_kernel,
+    moe_route_kernel,
+    moe_route_scatter_kernel,
+)
 
-ROUTE_BLOCK = 1024  # slots one loop step of the routing CTA reads
+ROUTE_BLOCK = 1024  # slots one loop step of the single routing CTA reads; above, split
+ROUTE_SPLIT_BLOCK = 256  # slots per CTA of the split routing
 
 
 @dataclass(frozen=True)
@@ -47,14 +57,24 @@ def pow2(x: int) -> int:
 
 
 def route(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) -> Routing:
-    """Count and counting-sort the token-expert slots on the GPU (one launch, no sync)."""
+    """Count and counting-sort the token-expert slots on the GPU (no sync)."""
     tokens, top_k = topk_ids.shape
     flat = topk_ids.reshape(-1).to(torch.int32)
-    dev = topk_ids.device
+    slots, e_pow2, dev = flat.numel(), pow2(num_experts), topk_ids.device
     counts = torch.empty(num_experts, dtype=torch.int32, device=dev)
-    cursor = torch.empty(num_experts, dtype=torch.int32, device=dev)
-    sorted_slots = torch.empty(flat.numel(), dtype=torch.int32, device=dev)
-    moe_route_kernel[(1,)](flat, counts, cursor, sorted_slots, flat.numel(), E=num_experts,
-                           E_POW2=pow2(num_experts), BLOCK=ROUTE_BLOCK)
+    sorted_slots = torch.empty(slots, dtype=torch.int32, device=dev)
+    if slots <= ROUTE_BLOCK:
+        cursor = torch.empty(num_experts, dtype=torch.int32, device=dev)
+        moe_route_kernel[(1,)](flat, counts, cursor, sorted_slots, slots, E=num_experts,
+                               E_POW2=e_pow2, BLOCK=ROUTE_BLOCK)
+    else:
+        ctas = -(-slots // ROUTE_SPLIT_BLOCK)
+        partial = torch.empty(ctas, e_pow2, dtype=torch.int32, device=dev)
+        cursor = torch.empty(ctas, e_pow2, dtype=torch.int32, device=dev)
+        moe_route_count_kernel[(ctas,)](flat, partial, slots, E_POW2=e_pow2,
+                                        BLOCK=ROUTE_SPLIT_BLOCK)
+        moe_route_scatter_kernel[(ctas,)](flat, partial, counts, cursor, sorted_slots, slots,
+                                          ctas, E=num_experts, E_POW2=e_pow2,
+                                          BLOCK=ROUTE_SPLIT_BLOCK)
     return Routing(counts, sorted_slots, topk_weights.reshape(-1).float(), tokens, top_k,
                    num_experts)

@@ -224,16 +224,26 @@ def test_every_row_is_written(gemm, cfg):
     assert not torch.isnan(out).any()
 
 
-def test_route_many_slots_matches_bincount():
-    """More slots than one routing block, a power-of-two expert count (no spare bin)."""
-    seed = case_seed("route_many_slots")
+@pytest.mark.parametrize("tokens, experts", [
+    (600, 128),   # 4,800 slots: the split routing, a power-of-two expert count (no spare bin)
+    (128, 128),   # 1,024 slots: the largest single-CTA call
+    (129, 60),    # 1,032 slots: the smallest split call, its last CTA 8 slots
+    (700, 60),    # a last CTA partly filled, E not a power of two
+])
+def test_route_many_slots_matches_bincount(tokens, experts):
+    """Both routing kernels: the histogram, a permutation of the slots, sorted by expert."""
+    seed = case_seed(f"route_many_slots-{tokens}-{experts}")
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.rand(600, 128, generator=gen).topk(8, dim=1).indices.to(DEVICE)
-    routing = route(ids, torch.ones(600, 8, device=DEVICE), num_experts=128)
-    expected = torch.bincount(ids.reshape(-1).cpu(), minlength=128)
+    logits = torch.rand(tokens, experts, generator=gen)
+    logits[: tokens // 2, 0] += 1.0   # a hot expert, as real routing has
+    ids = logits.topk(8, dim=1).indices.to(DEVICE)
+    routing = route(ids, torch.ones(tokens, 8, device=DEVICE), num_experts=experts)
+    expected = torch.bincount(ids.reshape(-1).cpu(), minlength=experts)
     assert routing.counts.cpu().tolist() == expected.tolist(), f"seed {seed}"
     slots = routing.sorted_slots.cpu().long()
-    assert torch.equal(torch.sort(slots).values, torch.arange(ids.numel()))
+    assert torch.equal(torch.sort(slots).values, torch.arange(ids.numel())), f"seed {seed}"
+    in_order = ids.reshape(-1).cpu()[slots]
+    assert torch.equal(in_order, torch.sort(in_order).values), f"seed {seed}"
 
 
 @pytest.mark.parametrize("gemm", ["w13", "w2"])

@@ -41,6 +41,47 @@ def moe_route_kernel(
 
 
 @triton.jit
+def moe_route_count_kernel(topk_ids_ptr, partial_ptr, num_slots, E_POW2: tl.constexpr,
+                           BLOCK: tl.constexpr):
+    """Routing of many slots, step 1 of 2: CTA ``c`` writes the histogram of slots
+    ``c * BLOCK ..+ BLOCK`` to ``partial[c]`` (no atomics, nothing to zero first)."""
+    cta = tl.program_id(0)
+    first = cta * BLOCK
+    counts = _count_experts(topk_ids_ptr + first, tl.minimum(num_slots - first, BLOCK),
+                            tl.arange(0, E_POW2), E_POW2, BLOCK)
+    tl.store(partial_ptr + cta * E_POW2 + tl.arange(0, E_POW2), counts)
+
+
+@triton.jit
+def moe_route_scatter_kernel(
+    topk_ids_ptr, partial_ptr, counts_ptr, cursor_ptr, sorted_slots_ptr, num_slots, num_ctas,
+    E: tl.constexpr, E_POW2: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Routing of many slots, step 2 of 2: every CTA sums the partial histograms (the
+    whole one, and the part of the CTAs before it), so its slots of expert ``e`` go to
+    ``offsets[e] + (rows of e before this CTA) + ...``; CTA 0 writes the counts. The
+    same sort as ``moe_route_kernel``, its two loops spread over ``num_ctas`` CTAs."""
+    cta = tl.program_id(0)
+    experts = tl.arange(0, E_POW2)
+    counts = tl.zeros([E_POW2], dtype=tl.int32)
+    before = tl.zeros([E_POW2], dtype=tl.int32)
+    for c in range(0, num_ctas):
+        part = tl.load(partial_ptr + c * E_POW2 + experts)
+        counts += part
+        before += tl.where(c < cta, part, 0)
+    if cta == 0:
+        tl.store(counts_ptr + experts, counts, mask=experts < E)
+    cursor = cursor_ptr + cta * E_POW2
+    tl.store(cursor + experts, tl.cumsum(counts, 0) - counts + before)
+    tl.debug_barrier()
+    offs = cta * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < num_slots
+    ids = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
+    pos = tl.atomic_add(cursor + ids, 1, mask=valid)
+    tl.store(sorted_slots_ptr + pos, offs, mask=valid)
+
+
+@triton.jit
 def _count_experts(topk_ids_ptr, num_slots, experts, E_POW2: tl.constexpr,
                    BLOCK: tl.constexpr):
     """The expert histogram of ``num_slots`` flat top-k ids, in registers."""
