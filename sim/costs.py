@@ -34,10 +34,13 @@ import numpy as np
 from ramp.errors import CapacityError, InputError
 from ramp.expert_parallel import ExpertPlacement
 from ramp.hardware import GPUSpec
+from ramp.histograms import parse_histogram_spec
 from ramp.models import MoEModel
 from ramp.problem import DTYPE_BYTES
 from ramp.sim.moe import PLAN_POLICIES, GemmCost, LayerPlanCost, resolve_gemm, resolve_plan
 from ramp.sim.routing import RoutingPool
+
+PLAN_REFERENCE_SAMPLES = 4  # histograms per plan routing and T behind routing_factor
 
 LAYOUTS = ("tp", "ep")
 EXACT_TOKENS = 256  # steps up to this many tokens get their own routing and cost
@@ -262,6 +265,8 @@ class StepCoster:
         self._dense_inv = 1.0 / cal.dense_efficiency
         self._attn_inv = 1.0 / cal.attention_efficiency
         self._moe: dict[tuple[str, int, int, int], dict[str, float]] = {}
+        self._plan_reference: dict[tuple[str, int], float] = {}
+        self._statics: dict[str, list] = {}
         self._placements = {
             name: ExpertPlacement.make(ep_placement, model.num_experts, layout.gpus,
                                        pool.mean_load() if ep_placement == "balanced" else None)
@@ -271,30 +276,74 @@ class StepCoster:
                     sample: int) -> dict[str, float]:
         """Routed-expert time of a whole step per policy, seconds (plan policies: the
         whole MoE layers, at the step's exact token count)."""
-        plan = self.plan_seconds(layout, tokens)
-        if plan and not layout.gemms[0].dispatchers:
-            return plan
         bucket = token_bucket(tokens)
         if bucket != tokens:
             sample %= max(1, self.pool.samples // 4)
         key = (layout.name, bucket, phase_class, sample)
+        plan_only = layout.plan is not None and not layout.gemms[0].dispatchers
         hit = self._moe.get(key)
         if hit is None:
-            hit = self._moe[key] = self._moe_uncached(layout, bucket, phase_class, sample)
-        scaled = hit if bucket == tokens else {p: t * tokens / bucket for p, t in hit.items()}
+            hists = self.pool.hists(bucket, phase_class, sample)
+            hit = ({"routing_factor": self.routing_factor(layout, bucket, hists)} if plan_only
+                   else self.moe_of(layout, hists))
+            self._moe[key] = hit
+        plan = self.plan_seconds(layout, tokens, hit["routing_factor"])
+        if plan_only:
+            return plan
+        scaled = {p: t * tokens / bucket for p, t in hit.items() if p != "routing_factor"}
         return {**scaled, **plan}
 
-    def plan_seconds(self, layout: Layout, tokens: int) -> dict[str, float]:
+    def plan_seconds(self, layout: Layout, tokens: int,
+                     routing_factor: float = 1.0) -> dict[str, float]:
         """Seconds of a step's MoE layers per plan policy from the layer plan (every
-        layer sees all ``tokens``; no histogram: the plan is measured per token count)."""
+        layer sees all ``tokens``), times the step's ``routing_factor``."""
         if layout.plan is None:
             return {}
-        scale = 1e-6 * self.cal.moe_scale * self.model.moe_layers
+        scale = 1e-6 * self.cal.moe_scale * self.model.moe_layers * routing_factor
         return {p: layout.plan.layer_us(p, tokens) * scale for p in PLAN_POLICIES}
 
-    def _moe_uncached(self, layout: Layout, tokens: int, phase_class: int,
-                      sample: int) -> dict[str, float]:
-        return self.moe_of(layout, self.pool.hists(tokens, phase_class, sample))
+    def routing_factor(self, layout: Layout, tokens: int, hists: np.ndarray) -> float:
+        """How much dearer a step's routing makes a layer than the routings its plan was
+        timed under: the GEMMs' cost under the profiles' static tables on the step's
+        histograms ``hists`` [moe_layers, E] over the same on the plan's routings at the
+        same T (the geometric mean over them, as the plan summarises its times).
+
+        A plan measures the whole layer per T, blind to the histogram; the engine runs
+        were routed otherwise (dummy weights put every token on the first top-k experts:
+        a DeepSeek-V2-Lite decode-heavy run made 26.3k tok/s so and 18.1k with spread
+        routers, the same plan). 1.0 for a plan that does not record its routings."""
+        routings = layout.plan.plan.times_us_by_routing if layout.plan else {}
+        if not routings:
+            return 1.0
+        ref_key = (layout.name, tokens)
+        ref = self._plan_reference.get(ref_key)
+        if ref is None:
+            experts, top_k = self.model.num_experts, self.model.top_k
+            means = [self._static_us(layout, np.stack([parse_histogram_spec(
+                f"{r}{',' if ':' in r else ':'}tokens={tokens},seed={seed}", experts, top_k)
+                for seed in range(PLAN_REFERENCE_SAMPLES)])).mean() for r in routings]
+            ref = self._plan_reference[ref_key] = float(np.exp(np.mean(np.log(means))))
+        return float(self._static_us(layout, hists).mean()) / ref
+
+    def _static_us(self, layout: Layout, hists: np.ndarray) -> np.ndarray:
+        """Microseconds of both GEMMs per histogram under the static tables (EP: the
+        slowest shard of each)."""
+        placement = self._placements.get(layout.name)
+        shards = placement.ep if placement else 1
+        local = placement.view(hists).hists.reshape(len(hists) * shards, -1) if placement \
+            else hists
+        total = 0.0
+        for gemm, static in zip(layout.gemms, self._static_tables(layout)):
+            pred = gemm.profile.model.predict(local)
+            total = total + pred[np.arange(len(local)), static.choose_batch(local)]
+        return total.reshape(len(hists), shards).max(axis=1)
+
+    def _static_tables(self, layout: Layout):
+        tables = self._statics.get(layout.name)
+        if tables is None:
+            tables = self._statics[layout.name] = [g.profile.dispatcher("static")
+                                                    for g in layout.gemms]
+        return tables
 
     def moe_of(self, layout: Layout, hists: np.ndarray) -> dict[str, float]:
         """Routed-expert GEMM seconds per policy of a step with global histograms
@@ -311,7 +360,8 @@ class StepCoster:
         out = {p: float(us.reshape(layers, shards).max(axis=1).sum() * scale)
                for p, us in total.items()}
         tokens = round(float(hists.sum()) / (layers * self.model.top_k))
-        return {**out, **self.plan_seconds(layout, tokens)}
+        factor = self.routing_factor(layout, tokens, hists) if layout.plan else 1.0
+        return {**out, **self.plan_seconds(layout, tokens, factor), "routing_factor": factor}
 
     def rooflines(self, layout: Layout, tokens, pairs, context, maximum=max):
         """(dense GEMM roofline, attention roofline, collectives) seconds of steps, before

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from ramp.errors import InputError
 from ramp.hardware import get_gpu
+from ramp.histograms import sample_histograms
 from ramp.layerplan import LayerPlan, embedded_layer_plans, load_layer_plan
 from ramp.models import get_model
 from ramp.sim.calibrate import load_engine_results, simulate_run
@@ -21,7 +23,7 @@ from ramp.sim.cli import main
 from ramp.sim.costs import Calibration, StepCoster, build_layout
 from ramp.sim.moe import LayerPlanCost, resolve_plan
 from ramp.sim.routing import DECODE
-from ramp.sim.runner import synthetic_pool
+from ramp.sim.runner import collapsed_pool, synthetic_pool
 
 MODEL = get_model("olmoe-1b-7b")
 GPU = get_gpu("H200")
@@ -75,6 +77,35 @@ def test_a_path_twice_as_fast_at_8_tokens_moves_the_step_by_exactly_that(tmp_pat
     # the cost model's policies are still costed per GEMM alongside
     assert step("static", 8)[1] > 0 and step("static", 8)[1] != moe_off
     assert "plan policies: layer plan" in layout.moe_source
+
+
+def test_plan_time_follows_the_step_routing_by_the_static_cost_ratio(tmp_path):
+    """A plan timed under uniform routing, a step routed as dummy weights route (every
+    token on the first top-k experts): the layer costs the plan's time times the static
+    tables' cost on the step's histograms over theirs on uniform ones."""
+    times = {"engine": ENGINE_US, "triton": TRITON_US}
+    plan = LayerPlan(GPU.name, MODEL.problem("w13", tp=1, ep=1), "vllm 0.26.0", TOKENS,
+                     times, times_us_by_routing={"uniform": times})
+    cal = Calibration()
+    layout = build_layout("tp", GPU, MODEL, 1, ("plan", "plan-engine"), cal,
+                          plans=[str(plan.save(tmp_path / "p.json"))])
+    coster = StepCoster(GPU, MODEL, collapsed_pool(MODEL), cal, {"tp": layout})
+
+    def static_us(hists):
+        total = 0.0
+        for gemm in layout.gemms:
+            pred = gemm.profile.model.predict(hists)
+            total = total + pred[np.arange(len(hists)),
+                                 gemm.profile.dispatcher("static").choose_batch(hists)]
+        return total.mean()
+
+    uniform = np.concatenate([sample_histograms("uniform", MODEL.num_experts, 16, MODEL.top_k,
+                                                seed=s) for s in range(4)])
+    factor = static_us(coster.pool.hists(16, DECODE, 0)) / static_us(uniform)
+    assert factor < 0.9  # a few hot experts stream fewer weights than all of them
+    moe = coster.moe_seconds(layout, 16, DECODE, 0)
+    assert moe["plan-engine"] == pytest.approx(MODEL.moe_layers * 160e-6 * factor, rel=1e-9)
+    assert moe["plan"] == moe["plan-engine"]  # the plan's own choice at 16: the engine
 
 
 def test_no_plan_names_the_command_that_measures_one():
