@@ -37,6 +37,7 @@ from ramp.kernels.triton.moe_gemm import (
 
 ROUTE_BLOCK = 1024  # slots one loop step of the single routing CTA reads; above, split
 ROUTE_SPLIT_BLOCK = 256  # slots per CTA of the split routing
+ROUTE_PARTIAL_ROWS = 16  # per-CTA histograms each scatter CTA loads at once (T*k / 256 rows)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,6 @@ def route(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) 
                                         BLOCK=ROUTE_SPLIT_BLOCK)
         moe_route_scatter_kernel[(ctas,)](flat, partial, counts, cursor, sorted_slots, slots,
                                           ctas, E=num_experts, E_POW2=e_pow2,
-                                          BLOCK=ROUTE_SPLIT_BLOCK)
+                                          BLOCK=ROUTE_SPLIT_BLOCK, ROWS=ROUTE_PARTIAL_ROWS)
     return Routing(counts, sorted_slots, topk_weights.reshape(-1).float(), tokens, top_k,
                    num_experts)

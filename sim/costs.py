@@ -283,9 +283,13 @@ class StepCoster:
         plan_only = layout.plan is not None and not layout.gemms[0].dispatchers
         hit = self._moe.get(key)
         if hit is None:
-            hists = self.pool.hists(bucket, phase_class, sample)
-            hit = ({"routing_factor": self.routing_factor(layout, bucket, hists)} if plan_only
-                   else self.moe_of(layout, hists))
+            if not plan_only:
+                hit = self.moe_of(layout, self.pool.hists(bucket, phase_class, sample))
+            elif layout.plan.plan.times_us_by_routing:
+                hists = self.pool.hists(bucket, phase_class, sample)
+                hit = {"routing_factor": self.routing_factor(layout, bucket, hists)}
+            else:  # a plan that does not say its routings: its times as they are
+                hit = {"routing_factor": 1.0}
             self._moe[key] = hit
         plan = self.plan_seconds(layout, tokens, hit["routing_factor"])
         if plan_only:

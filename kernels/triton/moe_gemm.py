@@ -55,7 +55,7 @@ def moe_route_count_kernel(topk_ids_ptr, partial_ptr, num_slots, E_POW2: tl.cons
 @triton.jit
 def moe_route_scatter_kernel(
     topk_ids_ptr, partial_ptr, counts_ptr, cursor_ptr, sorted_slots_ptr, num_slots, num_ctas,
-    E: tl.constexpr, E_POW2: tl.constexpr, BLOCK: tl.constexpr,
+    E: tl.constexpr, E_POW2: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
 ):
     """Routing of many slots, step 2 of 2: every CTA sums the partial histograms (the
     whole one, and the part of the CTAs before it), so its slots of expert ``e`` go to
@@ -65,10 +65,12 @@ def moe_route_scatter_kernel(
     experts = tl.arange(0, E_POW2)
     counts = tl.zeros([E_POW2], dtype=tl.int32)
     before = tl.zeros([E_POW2], dtype=tl.int32)
-    for c in range(0, num_ctas):
-        part = tl.load(partial_ptr + c * E_POW2 + experts)
-        counts += part
-        before += tl.where(c < cta, part, 0)
+    for c0 in range(0, num_ctas, ROWS):  # ROWS partial rows per load, not one
+        rows = c0 + tl.arange(0, ROWS)
+        part = tl.load(partial_ptr + rows[:, None] * E_POW2 + experts[None, :],
+                       mask=rows[:, None] < num_ctas, other=0)
+        counts += tl.sum(part, 0)
+        before += tl.sum(tl.where(rows[:, None] < cta, part, 0), 0)
     if cta == 0:
         tl.store(counts_ptr + experts, counts, mask=experts < E)
     cursor = cursor_ptr + cta * E_POW2
