@@ -25,6 +25,8 @@ def test_online_summary_keeps_every_request():
     assert s["ttft_ms_p50"] == pytest.approx(215.0)          # from arrival: 110 and 320 ms
     assert s["tpot_ms_p50"] == pytest.approx(100.0)          # 900/9 and 1100/11 ms
     assert [r["sent"] - r["arrival"] for r in s["requests"]] == pytest.approx([0.01, 0.02])
+    assert s["offered_tok_per_s"] == pytest.approx((40 + 22) / 0.5)  # arrivals span 0.5 s
+    assert s["ttft_ms_p50_by_quarter"] == pytest.approx([110.0, 320.0])  # in arrival order
     closed = eb.summarize(RAW, online=True, closed_loop=True)
     assert closed["ttft_ms_p50"] == pytest.approx(200.0)     # from sent: 100 and 300 ms
     assert "requests" not in eb.summarize(RAW, online=False)
