@@ -246,6 +246,33 @@ def test_route_many_slots_matches_bincount(tokens, experts):
     assert torch.equal(in_order, torch.sort(in_order).values), f"seed {seed}"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
+def test_split_routing_replays_in_a_cuda_graph():
+    """The split routing (two launches, per-CTA rows) captured once and replayed on new
+    ids, all on one expert then spread: the counts and the sort follow each replay (the
+    interpreter cannot show a missing barrier; the GPU runs the CTAs' threads at once)."""
+    tokens, experts, top_k = 600, 64, 8
+    ids = torch.zeros(tokens, top_k, dtype=torch.int32, device=DEVICE)
+    weights = torch.ones(tokens, top_k, device=DEVICE)
+    route(ids, weights, experts)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        routing = route(ids, weights, experts)
+    gen = torch.Generator().manual_seed(case_seed("split_routing_graph"))
+    hot = torch.arange(top_k, dtype=torch.int32).repeat(tokens, 1)  # every token on 0..7
+    for case in (hot, torch.rand(tokens, experts, generator=gen).topk(top_k, dim=1).indices):
+        for _ in range(3):
+            ids.copy_(case.to(torch.int32))
+            graph.replay()
+            expected = torch.bincount(case.reshape(-1), minlength=experts)
+            assert routing.counts.cpu().tolist() == expected.tolist()
+            slots = routing.sorted_slots.cpu().long()
+            assert torch.equal(torch.sort(slots).values, torch.arange(tokens * top_k))
+            in_order = case.reshape(-1)[slots]
+            assert torch.equal(in_order, torch.sort(in_order).values)
+
+
 @pytest.mark.parametrize("gemm", ["w13", "w2"])
 def test_polymorphic_kernel_follows_device_side_model(gemm):
     """The sync-free kernel runs the branch its on-GPU cost model picks, and is correct."""
