@@ -26,7 +26,9 @@ summarised alone) is timed on every call (CUDA graphs; the timer
 first checks every configuration against float32 and drops the wrong ones), one timer
 per local problem, so each configuration compiles once per process. Per call:
 ``ramp_us`` (the configuration the profile's default, guarded policy picks for that
-histogram; under EP, ``Dispatcher.choose_view`` on the rank's local histogram),
+histogram; under EP, ``Dispatcher.choose_view`` on the rank's local histogram; across
+the Triton bank and every extra family with a shipped profile of the same problem,
+``Profile.across_families``),
 ``static_us`` (the profile's batch-size table) and ``oracle_us`` (best measured). The
 profile is the shipped one of the local problem, or the full problem's where no EP
 profile exists (its features, tiles, waves, active experts and rows, are histogram-
@@ -61,8 +63,9 @@ from ramp.tokenrouting import BATCHINGS, TokenRouting, count_experts
 from ramp.traces.real import read_recording
 
 TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
-# The family whose shipped profile gives RaMP's and static's picks; ``--extra-families``
-# are timed beside it on the same calls, so the oracle is the best of all of them.
+# The family whose shipped profile gives static's picks and guards RaMP's; ``--extra-families``
+# are timed beside it on the same calls, so the oracle is the best of all of them, and
+# those with a profile join RaMP's choice.
 PROFILED = "triton"
 VIEWS = ("full", "ep4", "ep8")
 
@@ -167,22 +170,42 @@ def view_problem(model: MoEModel, gemm: str, view: str, dtype: str | None = None
     return model.problem(gemm, ep=view_degree(view), dtype=dtype)
 
 
-def view_profile(gpu: str, model: MoEModel, gemm: str, view: str) -> Profile:
-    """The shipped Triton profile of the view's local problem, else the full problem's."""
+def _find_view_profile(gpu: str, model: MoEModel, gemm: str, view: str,
+                       family: str) -> Profile | None:
     for problem in (view_problem(model, gemm, view), model.problem(gemm)):
-        profile = find_profile(gpu, problem, family=PROFILED)
+        profile = find_profile(gpu, problem, family=family)
         if profile is not None:
             return profile
-    raise InputError(f"no shipped triton profile for {gpu} {model.problem(gemm).key}; "
-                     "profile it first (bench/run_gpu.py)")
+    return None
 
 
-def choices(profile: Profile, calls: Sequence[RealCall]) -> tuple[np.ndarray, np.ndarray]:
+def view_profile(gpu: str, model: MoEModel, gemm: str, view: str) -> Profile:
+    """The shipped Triton profile of the view's local problem, else the full problem's."""
+    profile = _find_view_profile(gpu, model, gemm, view, PROFILED)
+    if profile is None:
+        raise InputError(f"no shipped triton profile for {gpu} {model.problem(gemm).key}; "
+                         "profile it first (bench/run_gpu.py)")
+    return profile
+
+
+def view_profiles(primary: Profile, model: MoEModel, gemm: str, view: str,
+                  families: Sequence[str]) -> list[Profile]:
+    """The shipped profiles of ``families`` for the problem ``primary`` profiles: the
+    extra families RaMP chooses across beside the Triton bank (one without such a
+    profile is timed, not dispatched)."""
+    found = [_find_view_profile(primary.gpu, model, gemm, view, f) for f in families]
+    return [p for p in found if p is not None and p.problem == primary.problem]
+
+
+def choices(profile: Profile, calls: Sequence[RealCall], others: Sequence[Profile] = ()
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Bank indices the default (guarded) policy and the static table pick per call.
-    The calls' histograms are the local ones, so this is ``choose_view`` of the rank."""
+    The calls' histograms are the local ones, so this is ``choose_view`` of the rank.
+    With ``others`` (profiles of more families) RaMP chooses across all of them and its
+    indices run over the combined bank, ``profile``'s first (``Profile.across_families``)."""
     hists = np.stack([c.hist for c in calls]).astype(np.int64)
-    return (profile.dispatcher("ramp").choose_batch(hists),
-            profile.dispatcher("static").choose_batch(hists))
+    ramp = profile.across_families(others) if others else profile.dispatcher("ramp")
+    return ramp.choose_batch(hists), profile.dispatcher("static").choose_batch(hists)
 
 
 def configs_to_time(num_configs: int, must: np.ndarray, cap: int | None) -> list[int]:
@@ -480,10 +503,14 @@ def measure(args: argparse.Namespace, command: str) -> Path:
     for view in views:
         sel = [c for c in calls if c.view == view]
         profile = view_profile(gpu, model, args.gemm, view)
-        ramp_idx, static_idx = choices(profile, sel)
-        timed = configs_to_time(len(profile.model.bank), np.concatenate([ramp_idx, static_idx]),
+        others = view_profiles(profile, model, args.gemm, view, extra)
+        ramp_idx, static_idx = choices(profile, sel, others)
+        own = len(profile.model.bank)
+        timed = configs_to_time(own, np.concatenate([ramp_idx[ramp_idx < own], static_idx]),
                                 args.max_configs)
-        plan[view] = (sel, profile, ramp_idx, static_idx, timed)
+        combined = [*profile.model.bank.configs, *(c for o in others
+                                                   for c in o.model.bank.configs)]
+        plan[view] = (sel, profile, ramp_idx, static_idx, timed, combined, others)
     problem_of = {v: view_problem(model, args.gemm, v) for v in views}
     extra_configs = {f: get_family(f).configs(problem_of[views[0]].dtype_bytes) for f in extra}
     n_extra = sum(len(c) for c in extra_configs.values())
@@ -494,7 +521,8 @@ def measure(args: argparse.Namespace, command: str) -> Path:
           + f"); expected device time ~{est / 60:.1f} min", flush=True)
     t0 = time.monotonic()
     records, views_info, device = [], {}, None
-    for n, (view, (sel, profile, ramp_idx, static_idx, timed)) in enumerate(plan.items()):
+    for n, (view, (sel, profile, ramp_idx, static_idx, timed, combined, others)) in \
+            enumerate(plan.items()):
         problem, bank = problem_of[view], profile.model.bank.configs
         progress = f"[{n + 1}/{len(plan)}] "
         times, check = time_view(problem, PROFILED, [bank[k] for k in timed], sel, args.seed,
@@ -509,9 +537,10 @@ def measure(args: argparse.Namespace, command: str) -> Path:
             times = np.concatenate([times, more], axis=1)
             names += [c.name for c in configs]
             families += [family] * len(configs)
-        records += [call_record(c, times[i], names, families, bank[ramp_idx[i]].name,
+        records += [call_record(c, times[i], names, families, combined[ramp_idx[i]].name,
                                 bank[static_idx[i]].name) for i, c in enumerate(sel)]
         views_info[view] = {"problem": problem.key, "profile": profile.key,
+                            "ramp_families": [PROFILED, *(o.family for o in others)],
                             "placement": None if view == "full" else args.placement,
                             "configs_timed": len(timed), "bank_configs": len(bank), **check,
                             "extra_families": {f: {"configs_timed": len(extra_configs[f]),

@@ -52,8 +52,6 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from ramp.clitools import positive_ints
-from ramp.costmodel import WaveCostModel
-from ramp.dispatch import GuardedDispatcher
 from ramp.errors import InputError, RampError
 from ramp.evaluation import Ceilings, floor_us
 from ramp.histograms import parse_histogram_spec
@@ -216,12 +214,10 @@ def ramp_choice(per_family: dict[str, Measurements]) -> tuple[list[str], np.ndar
     profiles = {f: find_profile(m.gpu, m.problem, family=f) for f, m in per_family.items()}
     if profiles[PRIMARY] is None:
         raise InputError(f"no shipped {PRIMARY} profile for {primary.gpu} {primary.problem.key}")
-    # the primary family first: the static table's picks index its bank, which must
-    # then be the head of the concatenated one
     names = [PRIMARY] + [f for f in per_family if f != PRIMARY and profiles[f] is not None]
-    model = WaveCostModel.concat([profiles[f].model for f in names])
-    static = profiles[PRIMARY].dispatcher("static")
-    picks = GuardedDispatcher(model, static, profiles[PRIMARY].error).choose_batch(primary.hists)
+    ramp = profiles[PRIMARY].across_families([profiles[f] for f in names[1:]])
+    model = ramp.ramp.model
+    picks = ramp.choose_batch(primary.hists)
     owner = [f for f in names for _ in profiles[f].model.bank.configs]
     columns = {f: {c: j for j, c in enumerate(per_family[f].bank.configs)} for f in names}
     families, times, configs = [], np.full(len(picks), np.nan), []

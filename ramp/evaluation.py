@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from ramp.config import KernelConfig
-from ramp.costmodel import WaveCostModel
-from ramp.dispatch import GuardedDispatcher, OracleDispatcher, RampDispatcher
+from ramp.dispatch import OracleDispatcher, RampDispatcher
 from ramp.errors import InputError
 from ramp.profile import Profile
 from ramp.profiler import Measurements
@@ -183,15 +182,15 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
     (``GuardedDispatcher``); ``ramp_unguarded`` the model's plain argmin.
     """
     times = _aligned_times(profile, holdout)
-    model = profile.model
     for other, other_holdout in extra:
         if other_holdout.labels != holdout.labels:
             raise InputError(f"{other.key}: held-out calls differ from the primary family's")
         times = np.hstack([times, _aligned_times(other, other_holdout)])
-        model = WaveCostModel.concat([model, other.model])
     hists = holdout.hists
     static = profile.dispatcher("static")
-    ramp, unguarded = GuardedDispatcher(model, static, profile.error), RampDispatcher(model)
+    ramp = profile.across_families([other for other, _ in extra])
+    model = ramp.ramp.model
+    unguarded = RampDispatcher(model)
     skewed = ~holdout.is_uniform()
     reports = {
         "ramp": evaluate(ramp, hists, times, baseline=static).to_dict(),

@@ -9,6 +9,7 @@ family version is refused with an error that names both sides.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -65,6 +66,15 @@ class Profile:
             return static
         raise InputError(f"unknown policy {policy!r}: a profile serves {POLICIES} "
                          "('oracle' needs measured times)")
+
+    def across_families(self, others: Sequence[Profile]) -> GuardedDispatcher:
+        """RaMP choosing per call across this profile's family and ``others`` (profiles of
+        the same problem and GPU): the guarded dispatcher over the families' concatenated
+        cost models. This profile comes first, because its static table, whose picks
+        index the head of the combined bank, and its measured error guard the choice, as
+        an engine's one batch-size table would; ``.ramp.model`` is the combined model."""
+        model = WaveCostModel.concat([self.model, *(o.model for o in others)])
+        return GuardedDispatcher(model, self.dispatcher("static"), self.error)
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"model_error": self.model_error.to_dict()} if self.model_error else {}

@@ -139,6 +139,29 @@ def test_extra_families_join_the_oracle_and_are_summarised_alone(tmp_path):
     assert rr.main(["--report", str(path)]) == 2
 
 
+def test_ramp_chooses_across_the_extra_families_with_a_profile():
+    """An extra family with a shipped profile of the view's problem joins RaMP's choice
+    (the combined bank, Triton's first, so static's picks keep their indices); one
+    without a profile is only timed."""
+    from ramp.costmodel import WaveCostModel
+    from ramp.dispatch import GuardedDispatcher
+
+    calls = rr.build_calls([("syn", _routing(4096, seed=5))], [16, 1024, 4096], ["full"])
+    profile = rr.view_profile("H200", MODEL, "w13", "full")
+    others = rr.view_profiles(profile, MODEL, "w13", "full", ["cute", "triton-tiles"])
+    assert [o.family for o in others] == ["cute"]  # triton-tiles has no H200 profile
+    ramp_idx, static_idx = rr.choices(profile, calls, others)
+    hists = np.stack([c.hist for c in calls])
+    model = WaveCostModel.concat([profile.model, others[0].model])
+    expected = GuardedDispatcher(model, profile.dispatcher("static"),
+                                 profile.error).choose_batch(hists)
+    assert ramp_idx.tolist() == expected.tolist()
+    assert static_idx.tolist() == profile.dispatcher("static").choose_batch(hists).tolist()
+    assert (static_idx < len(profile.model.bank)).all()
+    alone, _ = rr.choices(profile, calls)
+    assert alone.tolist() == profile.dispatcher("ramp").choose_batch(hists).tolist()
+
+
 def test_extra_families_option_is_checked(capsys, tmp_path):
     for bad, message in (("triton", "is always timed"), ("nope", "nope")):
         assert rr.main(["--data", str(tmp_path), "--out", str(tmp_path),
