@@ -264,7 +264,7 @@ class StepCoster:
         self.graph_tokens = graph_tokens
         self._dense_inv = 1.0 / cal.dense_efficiency
         self._attn_inv = 1.0 / cal.attention_efficiency
-        self._moe: dict[tuple[str, int, int, int], dict[str, float]] = {}
+        self._moe: dict[tuple[str, int, int, int], tuple[dict[str, float], float]] = {}
         self._plan_reference: dict[tuple[str, int], float] = {}
         self._statics: dict[str, list] = {}
         self._placements = {
@@ -280,22 +280,24 @@ class StepCoster:
         if bucket != tokens:
             sample %= max(1, self.pool.samples // 4)
         key = (layout.name, bucket, phase_class, sample)
-        plan_only = layout.plan is not None and not layout.gemms[0].dispatchers
         hit = self._moe.get(key)
         if hit is None:
-            if not plan_only:
-                hit = self.moe_of(layout, self.pool.hists(bucket, phase_class, sample))
-            elif layout.plan.plan.times_us_by_routing:
-                hists = self.pool.hists(bucket, phase_class, sample)
-                hit = {"routing_factor": self.routing_factor(layout, bucket, hists)}
-            else:  # a plan that does not say its routings: its times as they are
-                hit = {"routing_factor": 1.0}
-            self._moe[key] = hit
-        plan = self.plan_seconds(layout, tokens, hit["routing_factor"])
-        if plan_only:
-            return plan
-        scaled = {p: t * tokens / bucket for p, t in hit.items() if p != "routing_factor"}
-        return {**scaled, **plan}
+            hit = self._moe[key] = self._moe_at_bucket(layout, bucket, phase_class, sample)
+        per_gemm, factor = hit
+        scaled = {p: t * tokens / bucket for p, t in per_gemm.items()}
+        return {**scaled, **self.plan_seconds(layout, tokens, factor)}
+
+    def _moe_at_bucket(self, layout: Layout, tokens: int, phase_class: int, sample: int
+                       ) -> tuple[dict[str, float], float]:
+        """The per-GEMM policies' seconds (none for a layout of plan policies only) and
+        the plan's routing factor, at a token bucket; no histogram is drawn where
+        neither needs one."""
+        plan_only = layout.plan is not None and not layout.gemms[0].dispatchers
+        if plan_only and not layout.plan.plan.times_us_by_routing:
+            return {}, 1.0
+        hists = self.pool.hists(tokens, phase_class, sample)
+        return ({} if plan_only else self._gemm_seconds(layout, hists),
+                self.routing_factor(layout, tokens, hists))
 
     def plan_seconds(self, layout: Layout, tokens: int,
                      routing_factor: float = 1.0) -> dict[str, float]:
@@ -350,9 +352,16 @@ class StepCoster:
         return tables
 
     def moe_of(self, layout: Layout, hists: np.ndarray) -> dict[str, float]:
-        """Routed-expert GEMM seconds per policy of a step with global histograms
-        ``hists`` [moe_layers, experts] (EP: each rank costs its local view under the
-        placement; each layer waits for its slowest shard)."""
+        """Routed-expert seconds per policy of a step with global histograms ``hists``
+        [moe_layers, experts]: the per-GEMM policies and the plan policies."""
+        tokens = round(float(hists.sum()) / (hists.shape[0] * self.model.top_k))
+        return {**self._gemm_seconds(layout, hists),
+                **self.plan_seconds(layout, tokens, self.routing_factor(layout, tokens, hists))}
+
+    def _gemm_seconds(self, layout: Layout, hists: np.ndarray) -> dict[str, float]:
+        """Routed-expert GEMM seconds per cost-model policy of a step with global
+        histograms ``hists`` [moe_layers, experts] (EP: each rank costs its local view
+        under the placement; each layer waits for its slowest shard)."""
         placement = self._placements.get(layout.name)
         layers, shards = hists.shape[0], placement.ep if placement else 1
         local = placement.view(hists).hists.reshape(layers * shards, -1) if placement else hists
@@ -361,11 +370,8 @@ class StepCoster:
             for policy, us in gemm.costs(local).items():
                 total[policy] = total.get(policy, 0.0) + us
         scale = 1e-6 * self.cal.moe_scale
-        out = {p: float(us.reshape(layers, shards).max(axis=1).sum() * scale)
-               for p, us in total.items()}
-        tokens = round(float(hists.sum()) / (layers * self.model.top_k))
-        factor = self.routing_factor(layout, tokens, hists) if layout.plan else 1.0
-        return {**out, **self.plan_seconds(layout, tokens, factor), "routing_factor": factor}
+        return {p: float(us.reshape(layers, shards).max(axis=1).sum() * scale)
+                for p, us in total.items()}
 
     def rooflines(self, layout: Layout, tokens, pairs, context, maximum=max):
         """(dense GEMM roofline, attention roofline, collectives) seconds of steps, before
