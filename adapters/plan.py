@@ -150,22 +150,6 @@ def _find(gpu: str, problem: MoEProblem, family: str, profile_dir: str | None
     return find_profile(gpu, problem, family=family)
 
 
-def reference_layer(x, w13, w2, ids, weights, expert_map=None) -> torch.Tensor:
-    """The layer's definition in float32, one expert at a time (under EP: this rank's
-    experts' share)."""
-    if expert_map is not None:
-        local = expert_map[ids.long()]
-        ids, weights = local.clamp(min=0), weights * (local >= 0)
-    inter = w2.shape[2]
-    out = torch.zeros(x.shape[0], w2.shape[1], dtype=torch.float32, device=x.device)
-    for e in torch.unique(ids).tolist():
-        tok, j = (ids == e).nonzero(as_tuple=True)
-        h = x[tok].float() @ w13[e].float().T
-        a = torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]
-        out.index_add_(0, tok, (a @ w2[e].float().T) * weights[tok, j, None].float())
-    return out
-
-
 def make_inputs(problems: tuple[MoEProblem, MoEProblem], tokens: int, routing: str,
                 seed: int, experts: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,6 +173,8 @@ def make_inputs(problems: tuple[MoEProblem, MoEProblem], tokens: int, routing: s
 def check(layers: dict[str, Layer], problems, w13, w2, seed: int,
           expert_map: torch.Tensor | None = None) -> dict[str, Any]:
     """Relative error of every path vs float32 at a few sizes; NaN-poisoned outputs."""
+    from ramp.kernels.layers import reference_layer
+
     errors: dict[str, Any] = {name: {} for name in layers}
     experts = None if expert_map is None else expert_map.numel()
     for tokens in CHECK_TOKENS:

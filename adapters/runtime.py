@@ -65,6 +65,9 @@ ENV = {
     "stats_path": "RAMP_STATS",
 }
 STATS_EVERY_S = 2.0  # the stats file is rewritten at most this often (and at exit)
+# a path's warm-up result against float32 (the H200 plans measured bf16 layers at 2.9e-3
+# for RaMP's Triton paths to 4.9e-3 for grouped_mm: rel_err in their details files)
+WARM_UP_TOLERANCE = 2e-2
 LayerPath = Callable[..., torch.Tensor]
 
 
@@ -543,7 +546,12 @@ def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
              top_k: int, expert_map: torch.Tensor | None) -> None:
     """Run each path once per distinct configuration it serves, at a measured size of
     its bucket on random routing, so every kernel compiles now (an eager call) and
-    never inside the engine's CUDA-graph capture."""
+    never inside the engine's CUDA-graph capture; and check its result against the
+    layer in float32 (``WARM_UP_TOLERANCE``), so that a kernel that is wrong on this GPU,
+    driver or compiler raises here and the shape stays on the engine's kernel instead
+    of serving wrong tokens."""
+    from ramp.kernels.layers import reference_layer, relative_error
+
     gen = torch.Generator(device=hidden.device).manual_seed(0)
     done = set()
     for i, (tokens, path) in enumerate(zip(layer.plan.tokens, layer.plan.choices)):
@@ -555,8 +563,12 @@ def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
         experts = w13.shape[0] if expert_map is None else expert_map.numel()
         scores = torch.rand(tokens, experts, device=hidden.device, generator=gen)
         weights, ids = torch.topk(scores, top_k)
-        layer.paths[path](x.to(hidden.dtype), w13, w2, ids.to(torch.int32), weights, None,
-                          expert_map)
+        x, ids = x.to(hidden.dtype), ids.to(torch.int32)
+        got = layer.paths[path](x, w13, w2, ids, weights, None, expert_map)
+        err = relative_error(got, reference_layer(x, w13, w2, ids, weights, expert_map))
+        if not err <= WARM_UP_TOLERANCE:  # NaN fails too
+            raise ValueError(f"path {path} at T={tokens} is wrong here: relative error "
+                             f"{err:.3g} against float32 (tolerance {WARM_UP_TOLERANCE})")
     if hidden.is_cuda:
         torch.cuda.synchronize(hidden.device)
 

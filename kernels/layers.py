@@ -39,6 +39,43 @@ Layer = Callable[..., torch.Tensor]
 ConfigsAt = Callable[[int], tuple[KernelConfig, KernelConfig, int, int]]
 
 
+REFERENCE_ROWS = 4096  # weight rows converted to float32 at a time by reference_layer
+
+
+def reference_layer(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor,
+                    weights: torch.Tensor, expert_map: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """The layer's definition in float32, one expert at a time (under EP: this rank's
+    experts' share), each weight converted a block of ``REFERENCE_ROWS`` rows at a time so
+    that checking a Mixtral-sized expert inside a serving process needs ~64 MB, not 0.5 GB."""
+    if expert_map is not None:
+        local = expert_map[ids.long()]
+        ids, weights = local.clamp(min=0), weights * (local >= 0)
+    inter = w2.shape[2]
+    out = torch.zeros(x.shape[0], w2.shape[1], dtype=torch.float32, device=x.device)
+    for e in torch.unique(ids).tolist():
+        tok, j = (ids == e).nonzero(as_tuple=True)
+        h = _float32_matmul_t(x[tok], w13[e])
+        a = torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]
+        out.index_add_(0, tok, _float32_matmul_t(a, w2[e]) * weights[tok, j, None].float())
+    return out
+
+
+def _float32_matmul_t(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``a @ w.T`` in float32."""
+    a = a.float()
+    return torch.cat([a @ w[r:r + REFERENCE_ROWS].float().T
+                      for r in range(0, w.shape[0], REFERENCE_ROWS)], dim=1)
+
+
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """``|got - ref| / |ref|`` (Frobenius); NaN anywhere in ``got`` gives NaN, and an
+    all-zero reference compares absolutely."""
+    diff = float((got.float() - ref).norm())
+    scale = float(ref.norm())
+    return diff / scale if scale > 0 else diff
+
+
 def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None) -> torch.Tensor:
     return torch.sum(rows.view(rows.shape[0] // top_k, top_k, -1), dim=1, out=out)
 

@@ -336,6 +336,31 @@ def test_every_path_matches_float32_reference(tmp_path, path):
         assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2, (path, tokens)
 
 
+def test_a_path_wrong_at_warm_up_leaves_the_shape_to_the_engine(tmp_path, monkeypatch, caplog):
+    """A kernel that runs but computes a wrong layer on this machine (a compiler or
+    driver bug, a missing barrier) is caught by the warm-up's float32 check: the engine's
+    kernel serves the shape, and the reason is logged once."""
+    import ramp.kernels.layers as layers
+
+    real = layers.build_path
+
+    def off_by_a_bit(name, inputs):
+        path = real(name, inputs)
+        return lambda *args: path(*args) * 1.05
+
+    monkeypatch.setattr(layers, "build_path", off_by_a_bit)
+    runtime = dispatch_runtime(tmp_path, plan={4: "triton", 32: "triton"})
+    engine = Engine()
+    x, w13, w2, ids, weights = make_layer(3, seed=13)
+    with caplog.at_level(logging.WARNING, logger="ramp.adapters"):
+        assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
+        assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
+    assert engine.calls == 2
+    (reason, count), = runtime.stats.fallbacks.items()
+    assert "path triton at T=4 is wrong here: relative error" in reason and count == 2
+    assert caplog.text.count("is wrong here") == 1
+
+
 @pytest.mark.parametrize("path", ["triton", "triton-fused", "grouped_mm", "triton-poly"])
 def test_expert_parallel_layer_computes_the_local_share(tmp_path, path):
     """EP=2 as vLLM calls it: 16 global experts, this rank holds 4..11 as local 0..7,
