@@ -33,11 +33,8 @@ def moe_route_kernel(
     tl.store(cursor_ptr + experts, tl.cumsum(counts, 0) - counts, mask=experts < E)
     tl.debug_barrier()
     for start in range(0, num_slots, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        valid = offs < num_slots
-        ids = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
-        pos = tl.atomic_add(cursor_ptr + ids, 1, mask=valid)
-        tl.store(sorted_slots_ptr + pos, offs, mask=valid)
+        _scatter_slots(topk_ids_ptr, cursor_ptr, sorted_slots_ptr,
+                       start + tl.arange(0, BLOCK), num_slots)
 
 
 @triton.jit
@@ -47,9 +44,10 @@ def moe_route_count_kernel(topk_ids_ptr, partial_ptr, num_slots, E_POW2: tl.cons
     ``c * BLOCK ..+ BLOCK`` to ``partial[c]`` (no atomics, nothing to zero first)."""
     cta = tl.program_id(0)
     first = cta * BLOCK
+    experts = tl.arange(0, E_POW2)
     counts = _count_experts(topk_ids_ptr + first, tl.minimum(num_slots - first, BLOCK),
-                            tl.arange(0, E_POW2), E_POW2, BLOCK)
-    tl.store(partial_ptr + cta * E_POW2 + tl.arange(0, E_POW2), counts)
+                            experts, E_POW2, BLOCK)
+    tl.store(partial_ptr + cta * E_POW2 + experts, counts)
 
 
 @triton.jit
@@ -76,10 +74,17 @@ def moe_route_scatter_kernel(
     cursor = cursor_ptr + cta * E_POW2
     tl.store(cursor + experts, tl.cumsum(counts, 0) - counts + before)
     tl.debug_barrier()
-    offs = cta * BLOCK + tl.arange(0, BLOCK)
+    _scatter_slots(topk_ids_ptr, cursor, sorted_slots_ptr, cta * BLOCK + tl.arange(0, BLOCK),
+                   num_slots)
+
+
+@triton.jit
+def _scatter_slots(topk_ids_ptr, cursor_ptr, sorted_slots_ptr, offs, num_slots):
+    """Counting-sort scatter of the slots ``offs``: each claims the next position of its
+    expert from ``cursor`` (atomics) and writes its slot index there."""
     valid = offs < num_slots
     ids = tl.load(topk_ids_ptr + offs, mask=valid, other=0)
-    pos = tl.atomic_add(cursor + ids, 1, mask=valid)
+    pos = tl.atomic_add(cursor_ptr + ids, 1, mask=valid)
     tl.store(sorted_slots_ptr + pos, offs, mask=valid)
 
 
