@@ -266,7 +266,6 @@ class StepCoster:
         self._attn_inv = 1.0 / cal.attention_efficiency
         self._moe: dict[tuple[str, int, int, int], tuple[dict[str, float], float]] = {}
         self._plan_reference: dict[tuple[str, int], float] = {}
-        self._statics: dict[str, list] = {}
         self._placements = {
             name: ExpertPlacement.make(ep_placement, model.num_experts, layout.gpus,
                                        pool.mean_load() if ep_placement == "balanced" else None)
@@ -334,22 +333,21 @@ class StepCoster:
     def _static_us(self, layout: Layout, hists: np.ndarray) -> np.ndarray:
         """Microseconds of both GEMMs per histogram under the static tables (EP: the
         slowest shard of each)."""
-        placement = self._placements.get(layout.name)
-        shards = placement.ep if placement else 1
-        local = placement.view(hists).hists.reshape(len(hists) * shards, -1) if placement \
-            else hists
+        local, shards = self._local_view(layout, hists)
         total = 0.0
-        for gemm, static in zip(layout.gemms, self._static_tables(layout)):
+        for gemm in layout.gemms:
             pred = gemm.profile.model.predict(local)
-            total = total + pred[np.arange(len(local)), static.choose_batch(local)]
+            chosen = gemm.profile.dispatcher("static").choose_batch(local)
+            total = total + pred[np.arange(len(local)), chosen]
         return total.reshape(len(hists), shards).max(axis=1)
 
-    def _static_tables(self, layout: Layout):
-        tables = self._statics.get(layout.name)
-        if tables is None:
-            tables = self._statics[layout.name] = [g.profile.dispatcher("static")
-                                                    for g in layout.gemms]
-        return tables
+    def _local_view(self, layout: Layout, hists: np.ndarray) -> tuple[np.ndarray, int]:
+        """Each shard's local histograms [H * shards, local E] of global ``hists`` [H, E]
+        under the layout's expert placement, and the shard count (1: no EP)."""
+        placement = self._placements.get(layout.name)
+        if placement is None:
+            return hists, 1
+        return placement.view(hists).hists.reshape(len(hists) * placement.ep, -1), placement.ep
 
     def moe_of(self, layout: Layout, hists: np.ndarray) -> dict[str, float]:
         """Routed-expert seconds per policy of a step with global histograms ``hists``
@@ -362,9 +360,8 @@ class StepCoster:
         """Routed-expert GEMM seconds per cost-model policy of a step with global
         histograms ``hists`` [moe_layers, experts] (EP: each rank costs its local view
         under the placement; each layer waits for its slowest shard)."""
-        placement = self._placements.get(layout.name)
-        layers, shards = hists.shape[0], placement.ep if placement else 1
-        local = placement.view(hists).hists.reshape(layers * shards, -1) if placement else hists
+        local, shards = self._local_view(layout, hists)
+        layers = hists.shape[0]
         total: dict[str, np.ndarray] = {}
         for gemm in layout.gemms:
             for policy, us in gemm.costs(local).items():
