@@ -15,6 +15,7 @@ views (the hook reads shapes, never data).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import subprocess
@@ -75,7 +76,7 @@ def measure(model_name: str, tokens: int, calls: int) -> dict:
         experts = TritonExperts()
         args = (out, hidden, w13, w2, weights, ids, "silu", -1, None, None, None, None,
                 None, None, False)
-        names = list(vllm_adapter.inspect.signature(TritonExperts.apply).parameters)[1:]
+        names = list(inspect.signature(TritonExperts.apply).parameters)[1:]
         kwargs = dict(zip(names, args))
         result = {
             "bare_us": per_call_us(lambda: TritonExperts.apply(experts, *args), calls),
