@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ramp.errors import InputError
+from ramp.queueing import queue_growth
 from ramp.sim.engine import RunResult
 
 
@@ -95,27 +96,11 @@ def summarize(run: RunResult, slo: SLO = SLO()) -> dict[str, Any]:
     }
 
 
-OVERLOAD_GROWTH = 4.0  # TTFT p50 of the last tenth of arrivals over the first tenth's
-
-
 def overload(run: RunResult, lat: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Whether the offered load exceeded what the replica serves: the queue grew through
-    the run, seen as a TTFT p50 of the last tenth of the arrivals above
-    ``OVERLOAD_GROWTH`` times the first tenth's and above 1 s. Not judged for a batch
-    (every request arriving at once) or fewer than 50 served requests."""
+    """Whether the offered load exceeded what the replica serves (``ramp.queueing``:
+    the queue grew through the run), over the served requests."""
     lat = request_latencies(run) if lat is None else lat
-    order = np.argsort(run.arrival[lat["served"]], kind="stable")
-    ttft = lat["ttft"][order]
-    arrivals = run.arrival[lat["served"]][order]
-    out: dict[str, Any] = {"overloaded": False, "ttft_p50_first_tenth_s": float("nan"),
-                           "ttft_p50_last_tenth_s": float("nan")}
-    if ttft.size < 50 or arrivals[-1] <= arrivals[0]:
-        return out
-    tenth = ttft.size // 10
-    first, last = float(np.median(ttft[:tenth])), float(np.median(ttft[-tenth:]))
-    out.update(overloaded=last > OVERLOAD_GROWTH * first and last > 1.0,
-               ttft_p50_first_tenth_s=first, ttft_p50_last_tenth_s=last)
-    return out
+    return queue_growth(run.arrival[lat["served"]], lat["ttft"])
 
 
 def speedup(base: dict[str, Any], new: dict[str, Any]) -> dict[str, float]:

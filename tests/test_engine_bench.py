@@ -37,3 +37,63 @@ def test_machine_state_around_a_run():
     assert host["load_1min"] >= 0 and host.get("cpu_mhz_mean", 1.0) > 0
     gpu = eb.gpu_state()  # None where nvidia-smi is missing or fails (CI)
     assert gpu is None or set(gpu) == {"sm_mhz", "mem_mhz", "temp_c", "power_w"}
+
+
+def test_gaps_between_tokens_are_pooled_into_quantiles():
+    raw = {"elapsed_s": 1.0, "requests": [
+        dict(RAW["requests"][0], gaps=[0.01] * 9),
+        dict(RAW["requests"][1], gaps=[0.01] * 10 + [0.1])]}
+    q = eb.summarize(raw, online=True)["itl_ms_quantiles"]
+    assert q["50"] == pytest.approx(10.0) and q["99"] > 50.0   # one slow step of 20
+    assert "gaps" not in eb.summarize(raw, online=True)["requests"][0]
+
+
+def test_a_growing_queue_is_called_overloaded():
+    n = 100  # TTFT grows from 50 ms to 5 s over the arrivals: the queue never drained
+    reqs = [{"arrival": 0.1 * i, "sent": 0.1 * i, "first": 0.1 * i + 0.05 + 0.05 * i,
+             "done": 0.1 * i + 6.0, "prompt": 100, "output": 10} for i in range(n)]
+    grew = eb.summarize({"elapsed_s": 20.0, "requests": reqs}, online=True)
+    assert grew["overloaded"] and grew["ttft_p50_last_tenth_s"] > 4.0
+    flat = [dict(r, first=r["arrival"] + 0.05) for r in reqs]
+    assert not eb.summarize({"elapsed_s": 20.0, "requests": flat}, online=True)["overloaded"]
+
+
+def test_summarize_rebuilds_the_results_of_a_cut_run(tmp_path):
+    """A raw log as a call cut at its limit leaves it: the header, both engines, the
+    token check, two repeats of one workload and half of the next (no file for it)."""
+    options = {"model": "deepseek-v2-lite", "modes": "off,dispatch",
+               "workloads": "decode-heavy,prefill-heavy", "concurrent": True,
+               "logprob_tol": 0.05}
+    seq = [{"token_ids": [1, 2, 3], "logprobs": [-0.1, -0.2, -0.3]}]
+    lines = [{"event": "start", "command": "python3 bench/engine/bench.py ...",
+              "date": "2026-12-01T18:40:00Z", "options": options,
+              "device": {"device": "NVIDIA H200"}, "engine": {"name": "vllm", "version": "0.26.0"}},
+             {"event": "engine", "ramp_mode": "off", "info": {"max_num_seqs": 256}},
+             {"event": "engine", "ramp_mode": "dispatch", "info": {"max_num_seqs": 256}},
+             {"workload": "match", "ramp_mode": "off", "sequences": seq},
+             {"workload": "match", "ramp_mode": "dispatch", "sequences": seq},
+             {"workload": "decode-heavy", "warmup": True, "ramp_mode": "off",
+              "total_tok_per_s": 1.0}]
+    for rep, (off, on) in enumerate([(100.0, 110.0), (100.0, 90.0), (102.0, 108.0)]):
+        lines += [{"workload": "decode-heavy", "warmup": False, "repeat": rep,
+                   "ramp_mode": "off", "total_tok_per_s": off},
+                  {"workload": "decode-heavy", "warmup": False, "repeat": rep,
+                   "ramp_mode": "dispatch", "total_tok_per_s": on}]
+    lines.append({"workload": "prefill-heavy", "warmup": False, "repeat": 0,
+                  "ramp_mode": "off", "total_tok_per_s": 50.0})
+    raw = tmp_path / "runs-deepseek-v2-lite.jsonl"
+    raw.write_text("".join(eb.json.dumps(x) + "\n" for x in lines))
+    eb.summarize_log([str(raw), "--out", str(tmp_path / "out")])
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["H200_deepseek-v2-lite_decode-heavy.json"]
+    res = eb.json.loads((tmp_path / "out" / files[0]).read_text())
+    assert res["ratio"] == pytest.approx(108.0 / 100.0) and len(res["runs"]) == 6
+    assert res["tokens_match"] is True and res["ramp_calls"] is None
+    assert res["engine"]["version"] == "0.26.0" and res["workload"]["input_len"] == 128
+
+
+def test_summarize_names_a_bad_line(tmp_path):
+    raw = tmp_path / "runs.jsonl"
+    raw.write_text('{"event": "start"\n')
+    with pytest.raises(SystemExit, match=r"runs.jsonl:1: not JSON"):
+        eb.summarize_log([str(raw), "--out", str(tmp_path)])

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from ramp.queueing import queue_growth
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MARK = "RAMP-BENCH "
@@ -63,6 +65,7 @@ OFFLINE = {w.name: w for w in (Workload("prefill-heavy", 256, 1024, 128),
                                Workload("match", 16, 256, 32))}
 # ``concurrency:C``: CONCURRENCY_WAVES * C requests of these lengths, C in flight at most
 CONCURRENCY_IN, CONCURRENCY_OUT, CONCURRENCY_WAVES = 512, 256, 3
+ITL_QUANTILES = (10, 25, 50, 75, 90, 95, 99)  # of the gaps between a request's tokens
 
 
 # --- worker: one engine, one RaMP mode ---------------------------------------------------
@@ -135,17 +138,19 @@ async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]
         params = SamplingParams(max_tokens=n_out, temperature=0.0, ignore_eos=True,
                                 logprobs=1 if want_tokens else None)
         sent = time.perf_counter()
-        first = None
+        stamps: list[float] = []  # when each engine step's tokens reached the client
         final = None
         async for out in engine.generate(TokensPrompt(prompt_token_ids=ids), params,
                                          request_id=f"r{seed}-{i}"):
-            if first is None and out.outputs and len(out.outputs[0].token_ids) > 0:
-                first = time.perf_counter()
+            if out.outputs and len(out.outputs[0].token_ids) > 0:
+                stamps.append(time.perf_counter())
             final = out
         done = time.perf_counter()
         comp = final.outputs[0]
-        r = {"arrival": arrival, "sent": sent - start, "first": (first or done) - start,
-             "done": done - start, "prompt": len(ids), "output": len(comp.token_ids)}
+        r = {"arrival": arrival, "sent": sent - start,
+             "first": (stamps[0] if stamps else done) - start, "done": done - start,
+             "prompt": len(ids), "output": len(comp.token_ids),
+             "gaps": np.diff(stamps).tolist()}
         if want_tokens:
             r["token_ids"] = list(comp.token_ids)
             r["logprobs"] = [float(lp[tok].logprob) for tok, lp in
@@ -177,17 +182,26 @@ def summarize(raw: dict[str, Any], online: bool, closed_loop: bool = False
         for name, values in (("ttft_ms", ttft), ("tpot_ms", tpot)):
             out[f"{name}_p50"] = float(np.percentile(values, 50))
             out[f"{name}_p99"] = float(np.percentile(values, 99))
+        # TPOT is each request's mean gap between tokens; the pooled gaps say which steps
+        # moved: decode-only steps make the low quantiles, steps that also prefill the
+        # high ones (DeepSeek online TPOT p50 was 6-8% worse with RaMP in two sessions
+        # while closed-loop decode at 32 sequences was 1.5% better)
+        gaps = np.concatenate([np.asarray(r.get("gaps", []), float) for r in reqs]) * 1e3
+        if gaps.size:
+            out["itl_ms_quantiles"] = {str(q): float(np.percentile(gaps, q))
+                                       for q in ITL_QUANTILES}
         if not closed_loop:
             span = max(max(r["arrival"] for r in reqs), 1e-9)
             out["request_rate"] = len(reqs) / span
             # above capacity a queue grows through the run and TTFT measures its length
             # at the end (DeepSeek at 12.6k offered / 10.3k served: TTFT p50 39 ms in the
-            # first quarter of arrivals, 348 in the last): the offered load and TTFT per
-            # quarter of the arrivals say whether a run was below capacity
+            # first quarter of arrivals, 348 in the last): the offered load, TTFT per
+            # quarter of the arrivals and ramp.queueing's verdict say which runs were
             out["offered_tok_per_s"] = (n_in + n_out) / span
             order = np.argsort([r["arrival"] for r in reqs], kind="stable")
-            out["ttft_ms_p50_by_quarter"] = [float(np.median(ttft[q])) for q in
-                                             np.array_split(order, 4) if len(q)]
+            quarters = [float(np.median(ttft[q])) for q in np.array_split(order, 4) if len(q)]
+            out["ttft_ms_p50_by_quarter"] = quarters
+            out.update(queue_growth(np.array([r["arrival"] for r in reqs]), ttft / 1e3))
         # per request, for what the percentiles hide: how late the client sent it
         # (sent - arrival), how long the engine took to the first token, the lengths
         out["requests"] = [{k: round(r[k], 5) for k in ("arrival", "sent", "first", "done")}
@@ -396,6 +410,9 @@ def main() -> None:
         args = parser(worker=True).parse_args(sys.argv[2:])
         asyncio.run(worker_main(args))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "summarize":
+        summarize_log(sys.argv[2:])
+        return
     args = parser(worker=False).parse_args()
     args.passthrough = passthrough(args)
     out = Path(args.out)
@@ -411,6 +428,8 @@ def main() -> None:
     infos: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
     raw_log = out / f"runs-{args.model}.jsonl"
+    meta = run_meta(args)
+    append(raw_log, {"event": "start", **meta})
 
     def measure(w: Worker, wl: str, seed: int, repeat: int | None) -> dict[str, Any]:
         """One run with the GPU's clocks, temperature and power before and after (drift
@@ -420,35 +439,61 @@ def main() -> None:
         res = w.run(wl, seed=seed)
         res.update(repeat=repeat, gpu_before=before, gpu_after=gpu_state(), host_before=host,
                    host_after=host_state())
-        with raw_log.open("a") as f:  # kept if the call dies before the summary
-            f.write(json.dumps({"workload": wl, "warmup": repeat is None, **res}) + "\n")
+        append(raw_log, {"workload": wl, "warmup": repeat is None, **res})
         print(f"{args.model} {wl:<14} {w.mode:<8} "
               + ("warm-up" if repeat is None else f"rep {repeat}")
               + f": {res['total_tok_per_s']:9.0f} tok/s total ({time.monotonic() - t0:.0f} s)"
               + (f", SM {before['sm_mhz']} MHz, {before['temp_c']} C" if before else "")
-              + (f"; overloaded: {res['offered_tok_per_s']:.0f} tok/s offered"
-                 if res.get("offered_tok_per_s", 0) > 1.05 * res["total_tok_per_s"] else ""),
+              + (f"; overloaded: TTFT p50 {res['ttft_p50_first_tenth_s']:.2f} s in the "
+                 f"first tenth of arrivals, {res['ttft_p50_last_tenth_s']:.2f} s in the last "
+                 f"({res['offered_tok_per_s']:.0f} tok/s offered)"
+                 if res.get("overloaded") else ""),
               flush=True)
+        return res
+
+    longest: dict[str, float] = {}  # each workload's longest run so far, seconds
+
+    def fits(wl: str, runs_needed: int) -> bool:
+        """Whether ``runs_needed`` more runs of ``wl`` end inside ``--time-budget``
+        (judged from its longest run so far), so that a call near its limit stops early
+        and still writes its results files instead of being killed mid-run."""
+        if args.time_budget is None:
+            return True
+        left = args.time_budget - (time.monotonic() - t0)
+        if left >= runs_needed * longest.get(wl, 0.0):
+            return True
+        print(f"time budget: {left:.0f} s left, skipping further {wl} runs", flush=True)
+        return False
+
+    def timed(w: Worker, wl: str, seed: int, repeat: int | None) -> dict[str, Any]:
+        start = time.monotonic()
+        res = measure(w, wl, seed, repeat)
+        longest[wl] = max(longest.get(wl, 0.0), time.monotonic() - start)
         return res
 
     def run_block(workers: dict[str, Worker], repeats: range) -> None:
         for mode, w in workers.items():
             if mode not in matches:
                 matches[mode] = w.run("match", seed=12345)["sequences"]
+                append(raw_log, {"workload": "match", "ramp_mode": mode,
+                                 "sequences": matches[mode]})
             for wl in workloads:  # every engine start: its first runs are the slow ones
                 for _ in range(args.warmup):
-                    measure(w, wl, seed=999, repeat=None)
+                    timed(w, wl, seed=999, repeat=None)
         for r in repeats:
             for wl in workloads:
                 order = list(workers) if r % 2 == 0 else list(workers)[::-1]
+                if not fits(wl, len(order)):  # a repeat is summarised only with every mode
+                    continue
                 for mode in order:
-                    runs[wl].append(measure(workers[mode], wl, seed=1000 * r + 7, repeat=r))
+                    runs[wl].append(timed(workers[mode], wl, seed=1000 * r + 7, repeat=r))
 
     if args.concurrent:
         workers = {}
         for m in modes:
             workers[m] = Worker(m, args, args.gpu_memory_utilization / len(modes), stats_dir)
             infos[m] = workers[m].info
+            append(raw_log, {"event": "engine", "ramp_mode": m, "info": infos[m]})
         try:
             run_block(workers, range(args.repeats))
         finally:
@@ -460,55 +505,117 @@ def main() -> None:
             reps = range(b * per_block, min(args.repeats, (b + 1) * per_block))
             for m in (modes if b % 2 == 0 else modes[::-1]):
                 w = Worker(m, args, args.gpu_memory_utilization, stats_dir)
-                infos.setdefault(m, w.info)
+                if m not in infos:
+                    infos[m] = w.info
+                    append(raw_log, {"event": "engine", "ramp_mode": m, "info": w.info})
                 try:
                     run_block({m: w}, reps)
                 finally:
                     w.stop()
-    write_results(args, out, modes, runs, matches, infos, stats_dir)
+    write_results(meta, out, runs, matches, infos, read_all_stats(stats_dir, modes))
 
 
-def write_results(args, out: Path, modes, runs, matches, infos, stats_dir: Path) -> None:
+def append(raw_log: Path, record: dict[str, Any]) -> None:
+    """One line of the raw log, written at once: a call cut at its limit keeps every
+    line so far, and ``bench.py summarize`` rebuilds the results files from them."""
+    with raw_log.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def run_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """What the results files say of the whole run: the command and its options, the
+    GPU and the engine's version (read once, before the engines start)."""
     from importlib.metadata import version
 
     from ramp.kernels.cuda_timing import device_info
 
-    device = device_info()
-    engine = {"name": "vllm", "version": version("vllm")}
+    options = {k: v for k, v in vars(args).items() if k != "passthrough"}
+    return {"command": "python3 bench/engine/bench.py " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "options": options, "device": device_info(),
+            "engine": {"name": "vllm", "version": version("vllm")}}
+
+
+def read_all_stats(stats_dir: Path, modes: list[str]) -> dict[str, dict[str, Any]] | None:
+    """Every mode's RAMP_STATS sums, or None where no engine left a stats file (a call
+    cut before the engines' exit, or a raw log summarised elsewhere)."""
+    stats = {m: read_stats(stats_dir, m) for m in modes}
+    return stats if any(s["files"] for s in stats.values()) else None
+
+
+def summarize_log(argv: list[str]) -> None:
+    """``bench.py summarize RAW --out DIR [--stats-dir DIR]``: the results files of a
+    raw log (``runs-<model>.jsonl``), for a call that ended before writing them."""
+    ap = argparse.ArgumentParser(prog="bench.py summarize", description=summarize_log.__doc__)
+    ap.add_argument("raw", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stats-dir", type=Path, default=None)
+    a = ap.parse_args(argv)
+    meta, infos, matches, runs = None, {}, {}, {}
+    for number, line in enumerate(a.raw.read_text().splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            sys.exit(f"error: {a.raw}:{number}: not JSON ({exc.msg})")
+        if rec.get("event") == "start":
+            meta = {k: v for k, v in rec.items() if k != "event"}
+            runs = {w: [] for w in meta["options"]["workloads"].split(",")}
+        elif rec.get("event") == "engine":
+            infos[rec["ramp_mode"]] = rec["info"]
+        elif rec.get("workload") == "match":
+            matches[rec["ramp_mode"]] = rec["sequences"]
+        elif meta is not None and not rec.get("warmup"):
+            runs[rec["workload"]].append(rec)
+    if meta is None:
+        sys.exit(f"error: {a.raw}: no 'start' line (logs of bench.py before 2026-12-01 "
+                 "lack it)")
+    modes = meta["options"]["modes"].split(",")
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_results(meta, a.out, runs, matches, infos,
+                  read_all_stats(a.stats_dir, modes) if a.stats_dir else None)
+
+
+def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
+                  stats: dict[str, dict[str, Any]] | None) -> None:
+    args = argparse.Namespace(**meta["options"])
+    modes = args.modes.split(",")
+    device = meta["device"]
     base = modes[0]
     other = "dispatch" if "dispatch" in modes else modes[-1]
-    stats = {m: read_stats(stats_dir, m) for m in modes}
     token_check = (compare_tokens(matches[base], matches[other], args.logprob_tol)
                    if base in matches and other in matches else None)
     gpu = "H200" if "H200" in device["device"] else device["device"].replace(" ", "_")
     for wl, rows in runs.items():
+        if {r["ramp_mode"] for r in rows} != set(modes):
+            print(f"{wl}: no repeat with every mode, no results file", flush=True)
+            continue
         med = {m: float(np.median([r["total_tok_per_s"] for r in rows if r["ramp_mode"] == m]))
                for m in modes}
         spread = {m: [float(min(r["total_tok_per_s"] for r in rows if r["ramp_mode"] == m)),
                       float(max(r["total_tok_per_s"] for r in rows if r["ramp_mode"] == m))]
                   for m in modes}
-        served = stats[other]
+        served = stats[other] if stats else None
         result = {
-            "model": args.model, "workload": workload_spec(wl, args, infos[base]),
-            "device": device, "engine": engine,
-            "command": "python3 bench/engine/bench.py " + " ".join(sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "modes": modes, "concurrent": bool(args.concurrent),
-            "engine_config": infos[base],
+            "model": args.model, "workload": workload_spec(wl, args, infos.get(base, {})),
+            "device": device, "engine": meta["engine"], "command": meta["command"],
+            "date": meta["date"], "modes": modes, "concurrent": bool(args.concurrent),
+            "engine_config": infos.get(base),
             "runs": rows, "median_total_tok_per_s": med, "range_total_tok_per_s": spread,
             "ratio": med[other] / med[base],
             "ratios": {m: med[m] / med[base] for m in modes[1:]},
-            "ramp_calls": {"eager": served["eager"], "captured": served["captured"]},
-            "ramp_fallbacks": served["fallbacks"],
+            # None: no RAMP_STATS file came back (the call ended before the engines did)
+            "ramp_calls": ({"eager": served["eager"], "captured": served["captured"]}
+                           if served else None),
+            "ramp_fallbacks": served["fallbacks"] if served else None,
             "tokens_match": token_check["tokens_match"] if token_check else None,
             "token_check": token_check,
         }
-        if wl == "online":
+        if "tpot_ms_p50" in rows[0]:  # online and concurrency:C
             for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
                 result[f"median_{key}"] = {m: float(np.median(
                     [r[key] for r in rows if r["ramp_mode"] == m])) for m in modes}
         tag = "" if modes == ["off", "dispatch"] else "_" + "-".join(modes[1:])
-        path = out / f"{gpu}_{args.model}_{wl}{tag}.json"
+        path = out / f"{gpu}_{args.model}_{wl.replace(':', '-')}{tag}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {path}: ratio {result['ratio']:.3f} ({other}/{base}), tokens_match "
               f"{result['tokens_match']}", flush=True)
@@ -525,6 +632,10 @@ def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:
                     max_input_len=args.online_max_in, max_output_len=args.online_max_out,
                     arrivals=[round(t, 4) for t, _, _ in reqs],
                     input_lens=[p for _, p, _ in reqs], output_lens=[o for _, _, o in reqs])
+    elif name.startswith("concurrency:"):
+        c = int(name.split(":")[1])
+        spec.update(num_prompts=CONCURRENCY_WAVES * c, concurrency=c,
+                    input_len=CONCURRENCY_IN, output_len=CONCURRENCY_OUT, arrivals=None)
     else:
         w = OFFLINE[name]
         spec.update(num_prompts=w.prompts, input_len=w.input_len, output_len=w.output_len,
@@ -584,6 +695,10 @@ def parser(worker: bool) -> argparse.ArgumentParser:
     ap.add_argument("--concurrent", action="store_true",
                     help="both engines alive at once, half the memory each")
     ap.add_argument("--stats-dir", default=None)
+    ap.add_argument("--time-budget", type=float, default=None, metavar="S",
+                    help="skip repeats that would end later than S seconds after the start "
+                         "(the device call's limit less the engines' shutdown), so the "
+                         "results files are written")
     ap.add_argument("--logprob-tol", type=float, default=0.05)
     return ap
 
