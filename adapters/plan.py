@@ -8,7 +8,8 @@ whole layer (routing, both GEMMs, activation, top-k reduction) of:
 
 - ``engine``: vLLM's ``fused_experts`` (its ``moe_align_block_size``, its Triton kernel
   with the tuned table for this GPU or its default configuration, its ``moe_sum``);
-- ``triton``: RaMP's Triton family with the profile's configuration for T;
+- ``triton``: RaMP's Triton family with the profile's configuration for T, or that of a
+  neighbouring size where it times faster (``neighbour_configs``);
 - ``cute``: RaMP's CuTe family (nvidia-cutlass-dsl) with the profiles' configuration for
   T, where this GPU has CuTe profiles of both GEMMs;
 - ``triton-poly``: the sync-free polymorphic kernel with the profile's branches;
@@ -135,6 +136,46 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
     return paths
 
 
+def neighbour_configs(config_at: Callable[[int], Any], tokens: tuple[int, ...], i: int
+                      ) -> list[Any]:
+    """What a configured path may run at ``tokens[i]``: its static tables' configuration
+    there first, then theirs at the neighbouring plan sizes, each once.
+
+    The static tables choose from the profiled sizes, and between those their choice can
+    be poor: DeepSeek-V2-Lite's plan of 2026-12-01 ran RaMP's Triton path 4-16% slower
+    than vLLM's at T = 192 and 384 under uniform routing, with the configurations of
+    T = 128 and 320, where the configurations chosen at 256 and 448 ran 2-4% faster
+    than vLLM's at those sizes. The plan times the neighbours' choices too and keeps
+    the fastest (``best_candidates``)."""
+    found = [config_at(tokens[i])]
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(tokens) and config_at(tokens[j]) not in found:
+            found.append(config_at(tokens[j]))
+    return found
+
+
+def fixed_config_layer(name: str, entry: dict[str, Any], num_sms: int) -> Layer:
+    """The configured path ``name`` running ``entry`` (a plan's configuration record) at
+    every size."""
+    from ramp.adapters.runtime import config_entry
+    from ramp.kernels.layers import PathInputs, build_path
+
+    config = config_entry(entry)
+    return build_path(name, PathInputs(num_sms, configs=lambda path: lambda tokens: config))
+
+
+def best_candidates(own: dict[str, list[list[float]]],
+                    candidates: list[dict[str, list[list[float]]]]
+                    ) -> tuple[int, dict[str, list[list[float]]]]:
+    """Of a path's own per-routing round times at one size and its candidates' (same
+    layout: ``routing -> [rounds]``), the index (0: its own) and times of the one with
+    the smallest geometric mean over routings of the median over rounds."""
+    everyone = [own, *candidates]
+    score = [geomean([float(np.median(t[r])) for r in t]) for t in everyone]
+    best = int(np.argmin(score))
+    return best, everyone[best]
+
+
 def _find(gpu: str, problem: MoEProblem, family: str, profile_dir: str | None
           ) -> Profile | None:
     if profile_dir:
@@ -173,26 +214,36 @@ def make_inputs(problems: tuple[MoEProblem, MoEProblem], tokens: int, routing: s
 def check(layers: dict[str, Layer], problems, w13, w2, seed: int,
           expert_map: torch.Tensor | None = None) -> dict[str, Any]:
     """Relative error of every path vs float32 at a few sizes; NaN-poisoned outputs."""
-    from ramp.kernels.layers import reference_layer
 
     errors: dict[str, Any] = {name: {} for name in layers}
     experts = None if expert_map is None else expert_map.numel()
     for tokens in CHECK_TOKENS:
         x, ids, weights = make_inputs(problems, tokens, "uniform", seed + tokens, experts)
-        ref = reference_layer(x, w13, w2, ids, weights, expert_map)
-        for name, run in layers.items():
-            out = torch.full((tokens, w2.shape[1]), float("nan"), dtype=x.dtype, device="cuda")
-            try:
-                got = run(x, w13, w2, ids, weights, out if name != ENGINE else None,
-                          expert_map)
-                torch.cuda.synchronize()
-            except Exception as exc:  # a path that cannot run is reported, not timed
-                errors[name][tokens] = f"{type(exc).__name__}: {exc}"
-                continue
-            if not bool(torch.isfinite(got).all()):
-                errors[name][tokens] = "rows left unwritten or non-finite"
-                continue
-            errors[name][tokens] = float((got.float() - ref).norm() / ref.norm())
+        for name, err in check_at(layers, x, ids, weights, w13, w2, expert_map).items():
+            errors[name][tokens] = err
+    return errors
+
+
+def check_at(layers: dict[str, Layer], x, ids, weights, w13, w2,
+             expert_map: torch.Tensor | None = None) -> dict[str, float | str]:
+    """Each layer's relative error against float32 on these inputs (NaN-poisoned outputs,
+    every row checked), or why it could not run."""
+    from ramp.kernels.layers import reference_layer
+
+    ref = reference_layer(x, w13, w2, ids, weights, expert_map)
+    errors: dict[str, float | str] = {}
+    for name, run in layers.items():
+        out = torch.full((x.shape[0], w2.shape[1]), float("nan"), dtype=x.dtype, device="cuda")
+        try:
+            got = run(x, w13, w2, ids, weights, out if name != ENGINE else None, expert_map)
+            torch.cuda.synchronize()
+        except Exception as exc:  # a path that cannot run is reported, not timed
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if not bool(torch.isfinite(got).all()):
+            errors[name] = "rows left unwritten or non-finite"
+            continue
+        errors[name] = float((got.float() - ref).norm() / ref.norm())
     return errors
 
 
@@ -236,18 +287,57 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
         name: {r: [[] for _ in tokens] for r in routings} for name in layers}
     t0 = time.monotonic()
     names = list(layers)
+    configured = [n for n in names if n in ramp and ramp[n][1](tokens[0]) is not None]
+    configs = {n: [ramp[n][1](t) for t in tokens] for n in configured}
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    # per configured path and size: the neighbours' configurations, their layers, times
+    alternatives: dict[str, list[list[tuple[dict, Layer]]]] = {
+        n: [[(c, fixed_config_layer(n, c, sms))
+             for c in neighbour_configs(ramp[n][1], tokens, i)[1:]] for i in range(len(tokens))]
+        for n in configured}
+    candidate_log: dict[str, dict[str, list[dict[str, Any]]]] = {n: {} for n in configured}
     for i, t in enumerate(tokens):
+        alts = {f"{n}#{k}": alt for n in configured
+                for k, alt in enumerate(alternatives[n][i], 1)}
+        alt_times = {a: {r: [] for r in routings} for a in alts}
+        if alts:  # each neighbour's configuration is checked at this size before timing
+            x, ids, weights = make_inputs(problems, t, "uniform", seed + t, experts)
+            alt_errors = check_at({a: layer for a, (_, layer) in alts.items()}, x, ids,
+                                  weights, w13s[0], w2s[0], expert_map)
+            for a in [a for a, e in alt_errors.items() if not isinstance(e, float)
+                      or e > MAX_REL_ERR]:
+                print(f"{model} T={t}: candidate {a} {alts[a][0]} failed its check "
+                      f"({alt_errors[a]}); not timed", flush=True)
+                del alts[a], alt_times[a]
+        timed = names + list(alts)
         for routing in routings:
             x, ids, weights = make_inputs(problems, t, routing, seed + 17 * i, experts)
             outs = {n: torch.empty(t, w2s[0].shape[1], dtype=x.dtype, device="cuda")
-                    for n in names}
+                    for n in timed}
             for rnd in range(rounds):
-                for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-                    run, out = layers[name], (outs[name] if name != ENGINE else None)
+                for name in timed[rnd % len(timed):] + timed[:rnd % len(timed)]:
+                    run = layers[name] if name in layers else alts[name][1]
+                    out = outs[name] if name != ENGINE else None
                     us = time_graph(lambda j, run=run, out=out, x=x, ids=ids, w=weights: run(
                         x, w13s[j % WEIGHT_COPIES], w2s[j % WEIGHT_COPIES], ids, w, out,
                         expert_map))
-                    times[name][routing][i].append(us)
+                    (times[name][routing][i] if name in layers
+                     else alt_times[name][routing]).append(us)
+        for n in configured:
+            keys = [a for a in alts if a.split("#")[0] == n]
+            if not keys:
+                continue
+            own = {r: times[n][r][i] for r in routings}
+            best, chosen = best_candidates(own, [alt_times[a] for a in keys])
+            candidate_log[n][str(t)] = [
+                {"config": c, "chosen": k == best,
+                 "times_us": {r: float(np.median(ts[r])) for r in routings}}
+                for k, (c, ts) in enumerate([(configs[n][i], own)]
+                                            + [(alts[a][0], alt_times[a]) for a in keys])]
+            if best:
+                configs[n][i] = alts[keys[best - 1]][0]
+                for r in routings:
+                    times[n][r][i] = chosen[r]
         line = "  ".join(f"{n} {np.median(times[n][routings[0]][i]):8.1f}" for n in names)
         print(f"{model} T={t:<6} {line}   ({time.monotonic() - t0:.0f} s)", flush=True)
 
@@ -256,8 +346,7 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
         gpu=gpu.name, problem=problems[0], engine=engine_name, tokens=tuple(tokens),
         times_us=geomean_over_routings(per_routing),
         times_us_by_routing=per_routing,
-        configs={n: tuple(ramp[n][1](t) for t in tokens) for n in names
-                 if n in ramp and ramp[n][1](tokens[0]) is not None},
+        configs={n: tuple(configs[n]) for n in configured},
         provenance={**device_info(), "engine": engine_name,
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]]),
@@ -272,7 +361,9 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     details = {"model": model, "ep": ep, "gpu": gpu.name, "device": device_info(),
                "engine": engine_name, "command": plan.provenance["command"],
                "tokens": list(tokens), "routings": list(routings), "rounds": rounds,
-               "rel_err": errors, "times_us": times, "plan": plan.to_dict(),
+               "rel_err": errors, "times_us": times,
+               # where a neighbour's configuration was timed: every candidate's medians
+               "config_candidates": candidate_log, "plan": plan.to_dict(),
                "speedup_vs_engine": {str(k): v for k, v in plan.speedup().items()}}
     return plan, details
 

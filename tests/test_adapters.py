@@ -458,6 +458,22 @@ def test_a_plan_without_a_path_gives_its_sizes_to_the_next_measured_one(tmp_path
         full.without({"engine"})
 
 
+def test_the_plan_offers_the_neighbouring_sizes_configurations():
+    from ramp.adapters.plan import best_candidates, neighbour_configs
+
+    table = {1: "a", 2: "a", 4: "b", 8: "c"}  # the static tables' choice per size
+    tokens = (1, 2, 4, 8)
+    assert neighbour_configs(table.get, tokens, 0) == ["a"]       # its neighbour is the same
+    assert neighbour_configs(table.get, tokens, 1) == ["a", "b"]
+    assert neighbour_configs(table.get, tokens, 2) == ["b", "a", "c"]
+    assert neighbour_configs(table.get, tokens, 3) == ["c", "b"]
+    own = {"uniform": [10.0, 11.0, 10.5], "zipf": [12.0, 12.0, 12.0]}
+    faster = {"uniform": [9.0, 9.5, 9.0], "zipf": [11.0, 11.5, 11.0]}
+    mixed = {"uniform": [8.0, 8.0, 8.0], "zipf": [20.0, 20.0, 20.0]}  # geomean 12.6: worse
+    assert best_candidates(own, [mixed, faster]) == (2, faster)
+    assert best_candidates(own, [mixed]) == (0, own)
+
+
 def test_plans_rederive_from_their_details_without_a_gpu(tmp_path):
     """``--from-details``: the per-round timings of a details file give the plan under
     the current rule; a file that is not one is a one-line error with exit status 2."""

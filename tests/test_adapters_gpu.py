@@ -107,6 +107,31 @@ def dispatch(runtime, *args, **kwargs):
     return out
 
 
+def test_a_neighbours_configuration_passes_the_plans_check():
+    """The layer plan times each configured path with its neighbouring sizes'
+    configurations too (``neighbour_configs``) and checks each first (``check_at``):
+    here the Triton path with T=1's and T=8192's configuration at T=64 (Qwen3 shape),
+    and a layer that leaves rows unwritten is caught."""
+    from ramp.adapters.plan import check_at, fixed_config_layer, ramp_layers
+    from ramp.hardware import detect_gpu
+    from ramp.models import get_model
+
+    model = get_model("qwen3-30b-a3b")
+    layers = ramp_layers(detect_gpu().name, (model.problem("w13"), model.problem("w2")), None)
+    if "triton" not in layers:
+        pytest.skip("no embedded triton profiles for this GPU")
+    config_at = layers["triton"][1]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    w13, w2 = qwen_weights()
+    x = torch.randn(64, QWEN["hidden"], device="cuda").bfloat16()
+    ids, weights = routing(64, seed=3)
+    candidates = {f"T={t}": fixed_config_layer("triton", config_at(t), sms) for t in (1, 8192)}
+    candidates["unwritten"] = lambda x, w13, w2, ids, w, out, expert_map: out
+    errors = check_at(candidates, x, ids, weights, w13, w2)
+    assert errors["T=1"] < 2e-2 and errors["T=8192"] < 2e-2
+    assert errors["unwritten"] == "rows left unwritten or non-finite"
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("tokens,skew", [(1, 0.0), (37, 0.0), (512, 2.0), (4096, 0.0)])
 def test_every_path_matches_reference(tmp_path, path, tokens, skew):
