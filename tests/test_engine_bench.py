@@ -97,3 +97,17 @@ def test_summarize_names_a_bad_line(tmp_path):
     raw.write_text('{"event": "start"\n')
     with pytest.raises(SystemExit, match=r"runs.jsonl:1: not JSON"):
         eb.summarize_log([str(raw), "--out", str(tmp_path)])
+
+
+def test_kernel_summary_of_a_profiled_run():
+    ev = [{"ph": "X", "cat": "kernel", "name": "fused_moe_kernel", "ts": 0.0, "dur": 40.0},
+          {"ph": "X", "cat": "kernel", "name": "attention", "ts": 20.0, "dur": 40.0},  # overlaps
+          {"ph": "X", "cat": "kernel", "name": "fused_moe_kernel", "ts": 100.0, "dur": 20.0},
+          {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 500.0}]
+    s = eb.kernel_summary(ev)
+    assert s["kernel_count"] == 3 and s["span_ms"] == pytest.approx(0.12)
+    assert s["gpu_busy_ms"] == pytest.approx(0.08)     # [0, 60] and [100, 120]
+    assert s["busy_fraction"] == pytest.approx(0.08 / 0.12)
+    assert s["moe_fraction"] == pytest.approx(60.0 / 100.0)
+    assert s["kernels"][0] == {"name": "fused_moe_kernel", "calls": 2, "total_ms": 0.06}
+    assert eb.kernel_summary(ev[3:]) == {"kernel_count": 0}

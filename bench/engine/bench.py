@@ -66,6 +66,7 @@ OFFLINE = {w.name: w for w in (Workload("prefill-heavy", 256, 1024, 128),
 # ``concurrency:C``: CONCURRENCY_WAVES * C requests of these lengths, C in flight at most
 CONCURRENCY_IN, CONCURRENCY_OUT, CONCURRENCY_WAVES = 512, 256, 3
 ITL_QUANTILES = (10, 25, 50, 75, 90, 95, 99)  # of the gaps between a request's tokens
+PROFILE_TABLE_LINES = 120  # of vLLM's profiler table (sorted by CUDA time) kept per run
 
 
 # --- worker: one engine, one RaMP mode ---------------------------------------------------
@@ -246,7 +247,15 @@ async def worker_main(args: argparse.Namespace) -> None:
 
     vocab = json.loads((HERE / "models" / args.model / "config.json").read_text())["vocab_size"]
     t0 = time.perf_counter()
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(args.model, args)))
+    extra: dict[str, Any] = {}
+    if args.profile_dir:  # torch profiler in the engine core, started per profiled run
+        from vllm.config import ProfilerConfig
+
+        extra["profiler_config"] = ProfilerConfig(
+            profiler="torch", torch_profiler_dir=str(Path(args.profile_dir).resolve()),
+            torch_profiler_with_stack=False, ignore_frontend=True,
+            max_iterations=args.profile_iterations)
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(args.model, args), **extra))
     sched = engine.vllm_config.scheduler_config
     comp = engine.vllm_config.compilation_config
     info = {"event": "ready", "start_s": round(time.perf_counter() - t0, 1),
@@ -280,8 +289,12 @@ async def worker_main(args: argparse.Namespace) -> None:
         else:
             w = OFFLINE[name]
             reqs = [(0.0, w.input_len, w.output_len)] * w.prompts
+        if cmd.get("profile"):
+            await engine.start_profile()
         raw = await run_requests(engine, vocab, reqs, seed, want_tokens=name == "match",
                                  concurrency=concurrency)
+        if cmd.get("profile"):
+            await engine.stop_profile()
         result = summarize(raw, online=name == "online" or concurrency is not None,
                            closed_loop=concurrency is not None)
         if name == "match":
@@ -321,9 +334,10 @@ class Worker:
         raise RuntimeError(f"{self.mode} engine exited (code {self.proc.wait()}) before "
                            f"'{event}'")
 
-    def run(self, workload: str, seed: int) -> dict[str, Any]:
+    def run(self, workload: str, seed: int, profile: bool = False) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"workload": workload, "seed": seed}) + "\n")
+        self.proc.stdin.write(json.dumps({"workload": workload, "seed": seed,
+                                          "profile": profile}) + "\n")
         self.proc.stdin.flush()
         result = self._wait("result")
         result["ramp_mode"] = self.mode
@@ -488,14 +502,48 @@ def main() -> None:
                 for mode in order:
                     runs[wl].append(timed(workers[mode], wl, seed=1000 * r + 7, repeat=r))
 
+    profiled = [w for w in (args.profile_workloads or "").split(",") if w]
+    trace_root = Path(f"/tmp/ramp-traces-{args.model}")
+
+    def profile_runs(w: Worker) -> None:
+        """One run of each ``--profile-workloads`` entry under vLLM's torch profiler,
+        after the timed repeats (the profiler slows what it records): its kernels summed
+        by name into ``profile-<model>-<mode>-<workload>.json``."""
+        for wl in profiled:
+            if not fits(wl, 2):
+                continue
+            folder = trace_root / w.mode
+            before = set(folder.rglob("*.json.gz"))
+            res = w.run(wl, seed=4242, profile=True)
+            traces = sorted(set(folder.rglob("*.json.gz")) - before)
+            summary = {"model": args.model, "ramp_mode": w.mode, "workload": wl,
+                       "iterations": args.profile_iterations,
+                       "total_tok_per_s_profiled": res["total_tok_per_s"],
+                       "traces": [t.name for t in traces],
+                       **(kernel_summary(trace_events(traces)) if traces else {})}
+            path = out / f"profile-{args.model}-{w.mode}-{wl.replace(':', '-')}.json"
+            path.write_text(json.dumps(summary, indent=1) + "\n")
+            for table in folder.glob("profiler_out_*.txt"):  # vLLM's table, CPU ops too
+                lines = table.read_text().splitlines()[:PROFILE_TABLE_LINES]
+                path.with_suffix(f".{table.stem}.txt").write_text("\n".join(lines) + "\n")
+            print(f"wrote {path.name}: " + (f"GPU busy {summary['busy_fraction']:.0%} of "
+                  f"{summary['span_ms']:.0f} ms, MoE kernels {summary['moe_fraction']:.0%}"
+                  if traces else "no trace written"), flush=True)
+
+    def profile_args(mode: str) -> tuple[str, ...]:
+        return (f"--profile-dir={trace_root / mode}",) if profiled else ()
+
     if args.concurrent:
         workers = {}
         for m in modes:
-            workers[m] = Worker(m, args, args.gpu_memory_utilization / len(modes), stats_dir)
+            workers[m] = Worker(m, args, args.gpu_memory_utilization / len(modes), stats_dir,
+                                extra=profile_args(m))
             infos[m] = workers[m].info
             append(raw_log, {"event": "engine", "ramp_mode": m, "info": infos[m]})
         try:
             run_block(workers, range(args.repeats))
+            for w in workers.values():
+                profile_runs(w)
         finally:
             for w in workers.values():
                 w.stop()
@@ -504,12 +552,15 @@ def main() -> None:
         for b in range(args.blocks):
             reps = range(b * per_block, min(args.repeats, (b + 1) * per_block))
             for m in (modes if b % 2 == 0 else modes[::-1]):
-                w = Worker(m, args, args.gpu_memory_utilization, stats_dir)
+                w = Worker(m, args, args.gpu_memory_utilization, stats_dir,
+                           extra=profile_args(m) if b == args.blocks - 1 else ())
                 if m not in infos:
                     infos[m] = w.info
                     append(raw_log, {"event": "engine", "ramp_mode": m, "info": w.info})
                 try:
                     run_block({m: w}, reps)
+                    if b == args.blocks - 1:
+                        profile_runs(w)
                 finally:
                     w.stop()
     write_results(meta, out, runs, matches, infos, read_all_stats(stats_dir, modes))
@@ -520,6 +571,48 @@ def append(raw_log: Path, record: dict[str, Any]) -> None:
     line so far, and ``bench.py summarize`` rebuilds the results files from them."""
     with raw_log.open("a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def trace_events(paths: list[Path]) -> list[dict[str, Any]]:
+    """The events of torch profiler traces (``*.pt.trace.json.gz``)."""
+    import gzip
+
+    events: list[dict[str, Any]] = []
+    for path in paths:
+        with gzip.open(path, "rt") as f:
+            events += json.load(f).get("traceEvents", [])
+    return events
+
+
+def kernel_summary(events: list[dict[str, Any]], top: int = 40) -> dict[str, Any]:
+    """GPU kernels of a profiled run, summed by name: the ``top`` largest, how busy the
+    GPU was over the span from the first kernel to the last (well below 1: the host
+    does not keep it fed), and the share of kernels with ``moe`` in their name (RaMP's
+    route/GEMM kernels, vLLM's fused_moe, align and moe_sum; not the top-k sums or
+    activations that either runs through other kernels)."""
+    kernels = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                      if e.get("ph") == "X" and e.get("cat") == "kernel"),
+                     key=lambda k: k[0])
+    if not kernels:
+        return {"kernel_count": 0}
+    by_name: dict[str, list[float]] = {}
+    busy, end = 0.0, -np.inf
+    for start, stop, name in kernels:
+        entry = by_name.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += stop - start
+        busy += max(0.0, stop - max(start, end))  # the union of the kernels' intervals
+        end = max(end, stop)
+    span = end - kernels[0][0]
+    total = sum(v[1] for v in by_name.values())
+    moe = sum(v[1] for n, v in by_name.items() if "moe" in n.lower())
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"kernel_count": len(kernels), "span_ms": span / 1e3, "gpu_busy_ms": busy / 1e3,
+            "busy_fraction": busy / span if span > 0 else float("nan"),
+            "kernel_ms": total / 1e3, "moe_ms": moe / 1e3,
+            "moe_fraction": moe / total if total > 0 else float("nan"),
+            "kernels": [{"name": n[:160], "calls": c, "total_ms": t / 1e3}
+                        for n, (c, t) in ranked]}
 
 
 def run_meta(args: argparse.Namespace) -> dict[str, Any]:
@@ -645,7 +738,7 @@ def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:
 
 PASSTHROUGH = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
                "online_requests", "time_scale", "online_max_in", "online_max_out",
-               "router_logit_std", "tensor_parallel_size")
+               "router_logit_std", "tensor_parallel_size", "profile_iterations")
 
 
 def passthrough(args: argparse.Namespace) -> list[str]:
@@ -679,9 +772,17 @@ def parser(worker: bool) -> argparse.ArgumentParser:
                     help="re-draw every MoE router so its logits have this std (dummy "
                          "weights route every token to the same experts); 1.0 spread "
                          "DeepSeek-V2-Lite's routing in vLLM 0.26 (docs/engine.md)")
+    ap.add_argument("--profile-iterations", type=int, default=300,
+                    help="engine steps each profiled run records (vLLM's ProfilerConfig."
+                         "max_iterations)")
     if worker:
+        ap.add_argument("--profile-dir", default=None)
         return ap
     ap.add_argument("--out", required=True)
+    ap.add_argument("--profile-workloads", default=None, metavar="W1,W2",
+                    help="after the repeats, one run of each under vLLM's torch profiler "
+                         "per mode: profile-<model>-<mode>-<workload>.json (kernels by name, "
+                         "GPU busy fraction, MoE share)")
     ap.add_argument("--modes", default="off,dispatch",
                     help="first is the baseline; ratio = dispatch (else the last) / first; "
                          "add record to measure recording's cost")
