@@ -176,7 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train each fold on every model's other workloads (default: "
                              "the held-out run's own model only)")
     args = parser.parse_args(argv)
-    paths = sorted(p for p in args.dir.glob("*.json") if p.name != OUTPUT_NAME)
+    paths = []
+    for p in sorted(args.dir.glob("*.json")):
+        if p.name == OUTPUT_NAME:
+            continue
+        if (json.loads(p.read_text()).get("workload") or {}).get("concurrency") is not None:
+            print(f"{p.name}: closed-loop workload, not simulated (load_engine_results)")
+            continue
+        paths.append(p)
     if not paths:
         print(f"{args.dir}: no engine results files (*.json)", file=sys.stderr)
         return 2

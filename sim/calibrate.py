@@ -271,6 +271,10 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
                   if isinstance(device, dict) else device).name
     wl = _field(data, "workload", dict, where)
     w_where = f"{where} workload"
+    if wl.get("concurrency") is not None:
+        raise InputError(f"{w_where}: field 'concurrency' is {wl['concurrency']!r}: a "
+                         "closed-loop client, which the simulator does not replay (it "
+                         "replays arrivals, or all requests at once)")
     ints = {k: _field(wl, k, int, w_where)
             for k in ("num_prompts", "max_num_seqs", "max_num_batched_tokens")}
     if min(ints.values()) < 1:

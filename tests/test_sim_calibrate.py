@@ -142,6 +142,8 @@ def test_results_file_validation(tmp_path, results_dir):
         (lambda d: d.update(device="Voodoo3"), "unknown GPU 'Voodoo3'"),
         (lambda d: d.update(ramp_calls=3), "ramp_calls: expected {'eager'"),
         (lambda d: d.update(ramp_calls={"eager": {"w13": 5}}), "ramp_calls: expected"),
+        (lambda d: d["workload"].update(concurrency=32),
+         "field 'concurrency' is 32: a closed-loop client"),
     ]
     for change, message in cases:
         data = json.loads(json.dumps(good))
