@@ -20,6 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
+from ramp.queueing import queue_growth
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,6 +45,16 @@ def served(data: dict) -> str:
     return f"{eager} eager / {captured} captured" if eager or captured else "-"
 
 
+def overloaded(run: dict) -> bool:
+    """``ramp.queueing``'s verdict on an online run, from its requests where the run
+    predates the ``overloaded`` field."""
+    if "overloaded" in run or "requests" not in run:
+        return bool(run.get("overloaded"))
+    reqs = run["requests"]
+    return queue_growth(np.array([r["arrival"] for r in reqs]),
+                        np.array([r["first"] - r["arrival"] for r in reqs]))["overloaded"]
+
+
 def table(results: list[tuple[str, dict]]) -> str:
     lines = ["| file | modes | median tok/s | ratio (range of repeats) | online TTFT / TPOT "
              "p50 ms | RaMP calls (eager / graph captures) | tokens match |",
@@ -55,6 +69,9 @@ def table(results: list[tuple[str, dict]]) -> str:
         if "median_ttft_ms_p50" in d:
             online = " / ".join(f"{d['median_ttft_ms_p50'][m]:.0f}, {d['median_tpot_ms_p50'][m]:.1f}"
                                 for m in (base, other)) + f" ({base} / {other})"
+            over = sum(overloaded(r) for r in d["runs"])
+            if over:  # TTFT then measures a queue (ramp.queueing)
+                online += f"; {over} of {len(d['runs'])} runs overloaded"
         lines.append(f"| `{name}` | {base} vs {other} | {med[base]:.0f} / {med[other]:.0f} | "
                      f"**{d['ratio']:.3f}x** ({ratio_lo:.2f}-{ratio_hi:.2f}) | {online or '-'} | "
                      f"{served(d)} | {d['tokens_match']} |")
