@@ -97,8 +97,9 @@ def ramp_gain(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         by.setdefault((r["source"], r["model"], r["workload"]), {})[
             f"{r['ramp_mode']}:{r['metric']}"] = r
     out = []
-    for (_, model, workload), got in by.items():
-        entry: dict[str, Any] = {"model": model, "workload": workload}
+    for (source, model, workload), got in by.items():
+        entry: dict[str, Any] = {"model": model, "workload": workload,
+                                 "source": Path(source).name}
         for metric, invert in (("throughput_tok_s", False), ("tpot_p50_s", True)):
             off, on = got.get(f"off:{metric}"), got.get(f"dispatch:{metric}")
             if off is None or on is None or on["policy"] == off["policy"]:
@@ -107,7 +108,7 @@ def ramp_gain(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 a, b = off[what], on[what]
                 entry[f"{metric}_{what}"] = (None if a is None or b is None
                                              else (a / b if invert else b / a))
-        if len(entry) > 2:
+        if len(entry) > 3:
             out.append(entry)
     return out
 
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + ("-" if cal is None else f"{cal:.1%}"))
         for g in part["ramp_gain"]:
             fmt = (lambda v: "-" if v is None else f"{v:.3f}x")  # noqa: E731
-            print(f"  RaMP gain {g['model']} {g['workload']}: throughput measured "
+            print(f"  RaMP gain {g['source']}: throughput measured "
                   f"{fmt(g.get('throughput_tok_s_measured'))}, predicted "
                   f"{fmt(g.get('throughput_tok_s_predicted_calibrated'))}")
     print(f"wrote {out}")

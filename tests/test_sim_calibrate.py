@@ -183,7 +183,7 @@ def test_ramp_gain_leaves_out_a_dispatch_engine_that_ran_no_ramp_call():
                 for mode, policy, tok_s in (("off", "plan-engine", 100.0),
                                             ("dispatch", dispatch_policy, 110.0))]
     gains = fidelity.ramp_gain(rows("a.json", "plan") + rows("aa.json", "plan-engine"))
-    assert len(gains) == 1
+    assert len(gains) == 1 and gains[0]["source"] == "a.json"  # which file each gain is of
     assert gains[0]["throughput_tok_s_measured"] == pytest.approx(1.1)
 
 

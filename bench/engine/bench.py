@@ -83,6 +83,8 @@ def engine_args(model: str, args: argparse.Namespace) -> dict[str, Any]:
         kwargs["attention_backend"] = args.attention_backend
     if args.max_num_batched_tokens:
         kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if args.max_cudagraph_capture_size:
+        kwargs["max_cudagraph_capture_size"] = args.max_cudagraph_capture_size
     if args.tensor_parallel_size > 1:
         kwargs["tensor_parallel_size"] = args.tensor_parallel_size
     if args.enable_expert_parallel:
@@ -736,7 +738,8 @@ def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-PASSTHROUGH = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "attention_backend",
+PASSTHROUGH = ("max_model_len", "max_num_seqs", "max_num_batched_tokens",
+               "max_cudagraph_capture_size", "attention_backend",
                "online_requests", "time_scale", "online_max_in", "online_max_out",
                "router_logit_std", "tensor_parallel_size", "profile_iterations")
 
@@ -757,6 +760,10 @@ def parser(worker: bool) -> argparse.ArgumentParser:
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
+    ap.add_argument("--max-cudagraph-capture-size", type=int, default=None,
+                    help="vLLM's largest CUDA-graph size (default min(2 x max_num_seqs, "
+                         "512)): steps above it run eager, an estimated ~50 ms of host time "
+                         "each for DeepSeek (the simulator's fit, docs/engine.md)")
     ap.add_argument("--attention-backend", default=None,
                     help="FLASH_ATTN (GQA, needs the FA3 extension) or TRITON_ATTN; "
                          "DeepSeek always TRITON_MLA")
