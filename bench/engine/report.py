@@ -138,6 +138,54 @@ def layer_table(directory: Path) -> str:
     return "\n".join(lines)
 
 
+PAIR_PARTS = 5  # arrival-order slices of an online run's requests
+
+
+def paired_tpot(data: dict, parts: int = PAIR_PARTS) -> list[dict]:
+    """Per repeat of an online file: the TPOT p50 of each mode and RaMP / off per
+    slice of the requests in arrival order. Both modes serve the same requests at the same
+    arrival times, so a slice compares like with like: the first slices decode while few
+    prefills run, the later ones carry the queue's prefill chunks (which steps RaMP
+    loses in)."""
+    modes = data["modes"]
+    base, other = modes[0], "dispatch" if "dispatch" in modes else modes[-1]
+    by_repeat: dict[int, dict[str, dict]] = {}
+    for run in data["runs"]:
+        if "requests" in run:
+            by_repeat.setdefault(run["repeat"], {})[run["ramp_mode"]] = run
+    out = []
+    for repeat, runs in sorted(by_repeat.items()):
+        if base not in runs or other not in runs:
+            continue
+        reqs = {m: runs[m]["requests"] for m in (base, other)}
+        arrival = np.array([r["arrival"] for r in reqs[base]])
+        if len(reqs[other]) != arrival.size or not np.allclose(
+                arrival, [r["arrival"] for r in reqs[other]]):
+            continue  # not the same requests: nothing to pair
+        tpot = {m: np.array([(r["done"] - r["first"]) / (r["output"] - 1)
+                             if r["output"] > 1 else np.nan for r in reqs[m]]) * 1e3
+                for m in (base, other)}
+        slices = np.array_split(np.argsort(arrival, kind="stable"), parts)
+        out.append({"repeat": repeat,
+                    "tpot_ms_p50": {m: [float(np.nanmedian(tpot[m][i])) for i in slices]
+                                    for m in (base, other)},
+                    "ratio": [float(np.nanmedian(tpot[other][i] / tpot[base][i]))
+                              for i in slices]})
+    return out
+
+
+def paired_table(results: list[tuple[str, dict]]) -> str:
+    lines = ["| online file, repeat | TPOT p50 ms off, per fifth of the requests in arrival order | RaMP / off "
+             "TPOT (paired requests) |", "|---|---|---|"]
+    for name, d in results:
+        for row in paired_tpot(d):
+            base = d["modes"][0]
+            lines.append(f"| `{name}` {row['repeat']} | "
+                         + ", ".join(f"{v:.1f}" for v in row["tpot_ms_p50"][base]) + " | "
+                         + ", ".join(f"{v:.3f}" for v in row["ratio"]) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,6 +199,10 @@ def main() -> None:
     print(table(results))
     print()
     print(layer_table(directory))
+    paired = paired_table(results)
+    if paired:
+        print()
+        print(paired)
     print(f"wrote {plot(results, Path(args.plot or directory / 'engine.png'))}")
 
 

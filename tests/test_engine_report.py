@@ -1,0 +1,46 @@
+"""bench/engine/report.py on the CPU: the paired comparison of online runs (both modes
+serve the same requests at the same arrival times) and the overload verdict of runs that
+predate the field."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location(
+    "engine_report", Path(__file__).resolve().parents[1] / "bench" / "engine" / "report.py")
+er = importlib.util.module_from_spec(_SPEC)
+sys.modules["engine_report"] = er
+_SPEC.loader.exec_module(er)
+
+
+def _run(mode: str, repeat: int, tpot_s: list[float]) -> dict:
+    reqs = [{"arrival": 0.1 * i, "sent": 0.1 * i, "first": 0.1 * i + 0.05,
+             "done": 0.1 * i + 0.05 + 9 * t, "prompt": 100, "output": 10}
+            for i, t in enumerate(tpot_s)]
+    return {"ramp_mode": mode, "repeat": repeat, "requests": reqs}
+
+
+def test_paired_tpot_compares_the_same_requests_slice_by_slice():
+    off = [0.010] * 5 + [0.020] * 5
+    on = [0.010] * 5 + [0.022] * 5       # RaMP 10% slower on the later half only
+    data = {"modes": ["off", "dispatch"],
+            "runs": [_run("off", 0, off), _run("dispatch", 0, on), _run("off", 1, off)]}
+    rows = er.paired_tpot(data, parts=2)
+    assert len(rows) == 1                # repeat 1 has no dispatch run to pair with
+    assert rows[0]["ratio"] == pytest.approx([1.0, 1.1])
+    assert rows[0]["tpot_ms_p50"]["off"] == pytest.approx([10.0, 20.0])
+    moved = _run("dispatch", 0, on)
+    moved["requests"][0]["arrival"] = 5.0  # other arrival times: not the same requests
+    assert er.paired_tpot({"modes": ["off", "dispatch"],
+                           "runs": [_run("off", 0, off), moved]}) == []
+
+
+def test_old_runs_get_the_overload_verdict_from_their_requests():
+    grown = _run("off", 0, [0.01] * 100)
+    for i, r in enumerate(grown["requests"]):
+        r["first"] = r["arrival"] + 0.05 + 0.05 * i   # TTFT 50 ms -> 5 s
+    assert er.overloaded(grown)
+    assert not er.overloaded(_run("off", 0, [0.01] * 100))
+    assert er.overloaded({"overloaded": True}) and not er.overloaded({})
