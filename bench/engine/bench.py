@@ -67,6 +67,7 @@ OFFLINE = {w.name: w for w in (Workload("prefill-heavy", 256, 1024, 128),
 CONCURRENCY_IN, CONCURRENCY_OUT, CONCURRENCY_WAVES = 512, 256, 3
 ITL_QUANTILES = (10, 25, 50, 75, 90, 95, 99)  # of the gaps between a request's tokens
 PROFILE_TABLE_LINES = 120  # of vLLM's profiler table (sorted by CUDA time) kept per run
+PROFILE_COST = 2.0  # a profiled run's time in unprofiled runs (tracing, export, table)
 
 
 # --- worker: one engine, one RaMP mode ---------------------------------------------------
@@ -429,7 +430,15 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "summarize":
         summarize_log(sys.argv[2:])
         return
-    args = parser(worker=False).parse_args()
+    ap = parser(worker=False)
+    args = ap.parse_args()
+    workloads_given = args.workloads.split(",")
+    stray = [w for w in (args.profile_workloads or "").split(",") if w and w not in workloads_given]
+    if stray:  # a profiled run reuses the workload's warm-up and its timed length
+        ap.error(f"--profile-workloads {','.join(stray)}: not in --workloads")
+    if args.time_budget is not None and not args.concurrent:
+        ap.error("--time-budget needs --concurrent: one engine after the other, the first "
+                 "would spend the budget before the second starts")
     args.passthrough = passthrough(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -507,15 +516,14 @@ def main() -> None:
     profiled = [w for w in (args.profile_workloads or "").split(",") if w]
     trace_root = Path(f"/tmp/ramp-traces-{args.model}")
 
-    def profile_runs(w: Worker) -> None:
-        """One run of each ``--profile-workloads`` entry under vLLM's torch profiler,
-        after the timed repeats (the profiler slows what it records): its kernels summed
-        by name into ``profile-<model>-<mode>-<workload>.json``."""
-        for wl in profiled:
-            if not fits(wl, 2):
-                continue
-            folder = trace_root / w.mode
-            before = set(folder.rglob("*.json.gz"))
+    def profile_one(w: Worker, wl: str) -> None:
+        """One run of ``wl`` under vLLM's torch profiler, after the timed repeats (the
+        profiler slows what it records): its kernels summed by name into
+        ``profile-<model>-<mode>-<workload>.json``. A failure here is logged and loses
+        nothing else of the call."""
+        folder = trace_root / w.mode
+        before, started = set(folder.rglob("*.json.gz")), time.time()
+        try:
             res = w.run(wl, seed=4242, profile=True)
             traces = sorted(set(folder.rglob("*.json.gz")) - before)
             summary = {"model": args.model, "ramp_mode": w.mode, "workload": wl,
@@ -526,11 +534,24 @@ def main() -> None:
             path = out / f"profile-{args.model}-{w.mode}-{wl.replace(':', '-')}.json"
             path.write_text(json.dumps(summary, indent=1) + "\n")
             for table in folder.glob("profiler_out_*.txt"):  # vLLM's table, CPU ops too
-                lines = table.read_text().splitlines()[:PROFILE_TABLE_LINES]
-                path.with_suffix(f".{table.stem}.txt").write_text("\n".join(lines) + "\n")
-            print(f"wrote {path.name}: " + (f"GPU busy {summary['busy_fraction']:.0%} of "
-                  f"{summary['span_ms']:.0f} ms, MoE kernels {summary['moe_fraction']:.0%}"
-                  if traces else "no trace written"), flush=True)
+                if table.stat().st_mtime >= started:  # not an earlier run's
+                    lines = table.read_text().splitlines()[:PROFILE_TABLE_LINES]
+                    path.with_suffix(f".{table.stem}.txt").write_text("\n".join(lines) + "\n")
+            print(f"wrote {path.name}: " + (
+                f"GPU busy {summary['busy_fraction']:.0%} of {summary['span_ms']:.0f} ms, "
+                f"MoE kernels {summary['moe_fraction']:.0%}" if "busy_fraction" in summary
+                else "no GPU kernels in a trace" if traces else "no trace written"), flush=True)
+        except Exception as exc:  # the timed results must still be written
+            print(f"profiled {wl} run of {w.mode} failed: {type(exc).__name__}: {exc}",
+                  flush=True)
+
+    def profile_runs(workers: dict[str, Worker]) -> None:
+        """Each profiled workload on every engine in turn (so that a budget cut leaves
+        pairs), while its runs, at twice their unprofiled time, fit the budget."""
+        for wl in profiled:
+            if fits(wl, PROFILE_COST * len(workers)):
+                for w in workers.values():
+                    profile_one(w, wl)
 
     def profile_args(mode: str) -> tuple[str, ...]:
         return (f"--profile-dir={trace_root / mode}",) if profiled else ()
@@ -544,8 +565,7 @@ def main() -> None:
             append(raw_log, {"event": "engine", "ramp_mode": m, "info": infos[m]})
         try:
             run_block(workers, range(args.repeats))
-            for w in workers.values():
-                profile_runs(w)
+            profile_runs(workers)
         finally:
             for w in workers.values():
                 w.stop()
@@ -562,7 +582,7 @@ def main() -> None:
                 try:
                     run_block({m: w}, reps)
                     if b == args.blocks - 1:
-                        profile_runs(w)
+                        profile_runs({m: w})
                 finally:
                     w.stop()
     write_results(meta, out, runs, matches, infos, read_all_stats(stats_dir, modes))
@@ -638,6 +658,12 @@ def read_all_stats(stats_dir: Path, modes: list[str]) -> dict[str, dict[str, Any
     return stats if any(s["files"] for s in stats.values()) else None
 
 
+def bad_input(message: str) -> None:
+    """The project's rule for bad input: one line naming the file, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def summarize_log(argv: list[str]) -> None:
     """``bench.py summarize RAW --out DIR [--stats-dir DIR]``: the results files of a
     raw log (``runs-<model>.jsonl``), for a call that ended before writing them."""
@@ -651,7 +677,7 @@ def summarize_log(argv: list[str]) -> None:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            sys.exit(f"error: {a.raw}:{number}: not JSON ({exc.msg})")
+            bad_input(f"{a.raw}:{number}: not JSON ({exc.msg})")
         if rec.get("event") == "start":
             meta = {k: v for k, v in rec.items() if k != "event"}
             runs = {w: [] for w in meta["options"]["workloads"].split(",")}
@@ -662,8 +688,7 @@ def summarize_log(argv: list[str]) -> None:
         elif meta is not None and not rec.get("warmup"):
             runs[rec["workload"]].append(rec)
     if meta is None:
-        sys.exit(f"error: {a.raw}: no 'start' line (logs of bench.py before 2026-12-01 "
-                 "lack it)")
+        bad_input(f"{a.raw}: no 'start' line (logs of bench.py before 2026-12-01 lack it)")
     modes = meta["options"]["modes"].split(",")
     a.out.mkdir(parents=True, exist_ok=True)
     write_results(meta, a.out, runs, matches, infos,
