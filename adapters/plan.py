@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import sys
 import time
@@ -47,6 +48,9 @@ from ramp.profile import Profile, find_profile, load_profile
 from ramp.regret import geomean
 
 GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
+# the batch sizes vLLM 0.26 captures CUDA graphs for by default (max 512): a call inside
+# a graph has one of these sizes, an eager call any size above
+ENGINE_GRAPH_SIZES = (1, 2, 4, *range(8, 257, 8), *range(272, 513, 16))
 EAGER_SIZES = (768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
 TOKENS = GRAPH_SIZES + EAGER_SIZES
 # The guard takes a path only where it wins under every one of these: balanced, skewed,
@@ -134,6 +138,21 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
         except PathUnavailable as exc:
             print(f"ramp.adapters.plan: path {name} left out: {exc}", flush=True)
     return paths
+
+
+def interval_starts(tokens: tuple[int, ...], graph_sizes: tuple[int, ...] = ENGINE_GRAPH_SIZES
+                    ) -> tuple[int | None, ...]:
+    """Per plan size, the smallest size an engine hands its bucket (``LayerPlan.bucket``:
+    a call takes the decision of the smallest measured size >= its own): the next CUDA-
+    graph size after the previous plan size, or that size + 1 beyond the graphs; None
+    where that is the plan size itself. A bucket's configuration was chosen at its plan
+    size and runs at every size down to this one, where its row tiles fit worst."""
+    out: list[int | None] = [None]
+    for below, size in itertools.pairwise(tokens):
+        start = (next(g for g in graph_sizes if g > below) if size <= graph_sizes[-1]
+                 else below + 1)
+        out.append(start if start < size else None)
+    return tuple(out)
 
 
 def neighbour_configs(config_at: Callable[[int], Any], tokens: tuple[int, ...], i: int
@@ -296,10 +315,31 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
              for c in neighbour_configs(ramp[n][1], tokens, i)[1:]] for i in range(len(tokens))]
         for n in configured}
     candidate_log: dict[str, dict[str, list[dict[str, Any]]]] = {n: {} for n in configured}
+    starts = interval_starts(tuple(tokens))
+    start_times: dict[str, dict[str, list[list[float]]]] = {
+        name: {r: [[] for _ in tokens] for r in routings} for name in names}
+
+    def time_rounds(timed: dict[str, Layer], size: int, routing: str, inputs_seed: int,
+                    into: Callable[[str], list[float]]) -> None:
+        """Every layer of ``timed`` at ``size`` tokens under ``routing``, alternating,
+        ``rounds`` CUDA-graph replays each, appended to ``into(name)``."""
+        x, ids, weights = make_inputs(problems, size, routing, inputs_seed, experts)
+        outs = {n: torch.empty(size, w2s[0].shape[1], dtype=x.dtype, device="cuda")
+                for n in timed}
+        order = list(timed)
+        for rnd in range(rounds):
+            for name in order[rnd % len(order):] + order[:rnd % len(order)]:
+                run, out = timed[name], (outs[name] if name != ENGINE else None)
+                into(name).append(time_graph(
+                    lambda j, run=run, out=out, x=x, ids=ids, w=weights: run(
+                        x, w13s[j % WEIGHT_COPIES], w2s[j % WEIGHT_COPIES], ids, w, out,
+                        expert_map)))
+
     for i, t in enumerate(tokens):
         alts = {f"{n}#{k}": alt for n in configured
                 for k, alt in enumerate(alternatives[n][i], 1)}
         alt_times = {a: {r: [] for r in routings} for a in alts}
+        alt_errors: dict[str, float | str] = {}
         if alts:  # each neighbour's configuration is checked at this size before timing
             x, ids, weights = make_inputs(problems, t, "uniform", seed + t, experts)
             alt_errors = check_at({a: layer for a, (_, layer) in alts.items()}, x, ids,
@@ -309,43 +349,47 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
                 print(f"{model} T={t}: candidate {a} {alts[a][0]} failed its check "
                       f"({alt_errors[a]}); not timed", flush=True)
                 del alts[a], alt_times[a]
-        timed = names + list(alts)
+        timed = {**layers, **{a: layer for a, (_, layer) in alts.items()}}
         for routing in routings:
-            x, ids, weights = make_inputs(problems, t, routing, seed + 17 * i, experts)
-            outs = {n: torch.empty(t, w2s[0].shape[1], dtype=x.dtype, device="cuda")
-                    for n in timed}
-            for rnd in range(rounds):
-                for name in timed[rnd % len(timed):] + timed[:rnd % len(timed)]:
-                    run = layers[name] if name in layers else alts[name][1]
-                    out = outs[name] if name != ENGINE else None
-                    us = time_graph(lambda j, run=run, out=out, x=x, ids=ids, w=weights: run(
-                        x, w13s[j % WEIGHT_COPIES], w2s[j % WEIGHT_COPIES], ids, w, out,
-                        expert_map))
-                    (times[name][routing][i] if name in layers
-                     else alt_times[name][routing]).append(us)
+            time_rounds(timed, t, routing, seed + 17 * i,
+                        lambda name, r=routing, i=i, alt=alt_times: (
+                            times[name][r][i] if name in layers else alt[name][r]))
         for n in configured:
             keys = [a for a in alts if a.split("#")[0] == n]
             if not keys:
                 continue
             own = {r: times[n][r][i] for r in routings}
             best, chosen = best_candidates(own, [alt_times[a] for a in keys])
+            # rel_err: each neighbour's check at this size (the path's own configuration
+            # was checked with the path, at CHECK_TOKENS: None here)
             candidate_log[n][str(t)] = [
-                {"config": c, "chosen": k == best,
+                {"config": c, "chosen": k == best, "rel_err": err,
                  "times_us": {r: float(np.median(ts[r])) for r in routings}}
-                for k, (c, ts) in enumerate([(configs[n][i], own)]
-                                            + [(alts[a][0], alt_times[a]) for a in keys])]
+                for k, (c, ts, err) in enumerate(
+                    [(configs[n][i], own, None)]
+                    + [(alts[a][0], alt_times[a], alt_errors[a]) for a in keys])]
             if best:
                 configs[n][i] = alts[keys[best - 1]][0]
                 for r in routings:
                     times[n][r][i] = chosen[r]
+        if starts[i] is not None:  # the bucket's configurations at its smallest size
+            at_start = {n: (fixed_config_layer(n, configs[n][i], sms) if n in configured
+                            else layers[n]) for n in names}
+            for routing in routings:
+                time_rounds(at_start, starts[i], routing, seed + 17 * i + 1,
+                            lambda name, r=routing, i=i: start_times[name][r][i])
         line = "  ".join(f"{n} {np.median(times[n][routings[0]][i]):8.1f}" for n in names)
+        if starts[i] is not None:
+            line += f"   | T={starts[i]}: " + "  ".join(
+                f"{n} {np.median(start_times[n][routings[0]][i]):.1f}" for n in names)
         print(f"{model} T={t:<6} {line}   ({time.monotonic() - t0:.0f} s)", flush=True)
 
     per_routing = medians_by_routing(times)
     plan = LayerPlan(
         gpu=gpu.name, problem=problems[0], engine=engine_name, tokens=tuple(tokens),
         times_us=geomean_over_routings(per_routing),
-        times_us_by_routing=per_routing,
+        times_us_by_routing=per_routing, interval_starts=starts,
+        interval_start_times_us_by_routing=medians_by_routing(start_times),
         configs={n: tuple(configs[n]) for n in configured},
         provenance={**device_info(), "engine": engine_name,
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -361,7 +405,8 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     details = {"model": model, "ep": ep, "gpu": gpu.name, "device": device_info(),
                "engine": engine_name, "command": plan.provenance["command"],
                "tokens": list(tokens), "routings": list(routings), "rounds": rounds,
-               "rel_err": errors, "times_us": times,
+               "rel_err": errors, "times_us": times, "interval_starts": list(starts),
+               "interval_start_times_us": start_times,
                # where a neighbour's configuration was timed: every candidate's medians
                "config_candidates": candidate_log, "plan": plan.to_dict(),
                "speedup_vs_engine": {str(k): v for k, v in plan.speedup().items()}}
@@ -369,10 +414,12 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
 
 
 def medians_by_routing(times: dict[str, dict[str, list[list[float]]]]
-                       ) -> dict[str, dict[str, tuple[float, ...]]]:
-    """``path -> routing -> per T [round times]`` as ``routing -> path -> per T median``."""
+                       ) -> dict[str, dict[str, tuple[float | None, ...]]]:
+    """``path -> routing -> per T [round times]`` as ``routing -> path -> per T median``
+    (None where nothing was timed: a size without an interval start)."""
     routings = next(iter(times.values()))
-    return {r: {name: tuple(float(np.median(rounds)) for rounds in per_r[r])
+    return {r: {name: tuple(float(np.median(rounds)) if rounds else None
+                            for rounds in per_r[r])
                 for name, per_r in times.items()} for r in routings}
 
 
@@ -396,6 +443,9 @@ def rederive(details_path: Path) -> tuple[LayerPlan, dict[str, Any]]:
     per_routing = medians_by_routing(details["times_us"])
     fields = {**details["plan"], "times_us": geomean_over_routings(per_routing),
               "times_us_by_routing": per_routing}
+    if isinstance(details.get("interval_start_times_us"), dict):
+        fields["interval_start_times_us_by_routing"] = medians_by_routing(
+            details["interval_start_times_us"])
     fields["provenance"] = {**fields.get("provenance", {}), "rederived": {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]])}}

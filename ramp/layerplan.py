@@ -16,7 +16,10 @@ the live histogram), ``cute`` (RaMP's CuTe DSL sm90 family, the profiles' per-T
 configuration; needs nvidia-cutlass-dsl), ``grouped_mm`` (torch._grouped_mm on
 expert-sorted rows).
 A call of T tokens takes the decision of the smallest measured size >= T (engines pad a
-graph's batch up to its captured size), or of the largest measured size beyond it.
+graph's batch up to its captured size), or of the largest measured size beyond it. So a
+bucket serves every size from just above the previous measured one: where the plan also
+timed that smallest size (``interval_starts``), with the bucket's configuration, a path
+must win there too: a tile tuned at 1,024 tokens may lose at 769.
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ class LayerPlan:
     # knows a call's routing, so a path that wins on average may lose on this one)
     times_us_by_routing: dict[str, dict[str, tuple[float | None, ...]]] = field(
         default_factory=dict)
+    # per token count, the smallest size the engine hands that bucket when the plan timed
+    # it too (null: not timed, or the measured size itself), and routing spec -> path ->
+    # us per token count there, each path with the bucket's configuration
+    interval_starts: tuple[int | None, ...] = ()
+    interval_start_times_us_by_routing: dict[str, dict[str, tuple[float | None, ...]]] = (
+        field(default_factory=dict))
 
     def __post_init__(self) -> None:
         if not self.tokens or list(self.tokens) != sorted(set(self.tokens)) or self.tokens[0] < 1:
@@ -79,6 +88,19 @@ class LayerPlan:
         for routing, per_path in self.times_us_by_routing.items():
             for path, times in per_path.items():
                 where = f"times_us_by_routing[{routing!r}][{path!r}]"
+                if path not in self.times_us:
+                    raise InputError(f"layer plan: {where} is not a path of 'times_us'")
+                self._check_times(where, times)
+        if self.interval_starts and len(self.interval_starts) != len(self.tokens):
+            raise InputError("layer plan: 'interval_starts' must give one entry per token "
+                             "count (or none)")
+        for i, start in enumerate(self.interval_starts):
+            if start is not None and not (i > 0 and self.tokens[i - 1] < start < self.tokens[i]):
+                raise InputError(f"layer plan: interval_starts[{i}] = {start} is not between "
+                                 "the previous measured token count and this one")
+        for routing, per_path in self.interval_start_times_us_by_routing.items():
+            for path, times in per_path.items():
+                where = f"interval_start_times_us_by_routing[{routing!r}][{path!r}]"
                 if path not in self.times_us:
                     raise InputError(f"layer plan: {where} is not a path of 'times_us'")
                 self._check_times(where, times)
@@ -111,15 +133,21 @@ class LayerPlan:
             best, best_us = ENGINE, engine
             for path, times in self.times_us.items():
                 t = times[i]
-                if path == ENGINE or t is None or not self._wins_every_routing(path, i):
+                if (path == ENGINE or t is None
+                        or not self._wins_every_routing(path, i, self.times_us_by_routing)
+                        or not self._wins_every_routing(
+                            path, i, self.interval_start_times_us_by_routing)):
                     continue
                 if engine is None or (t < engine * (1 - self.margin) and t < best_us):
                     best, best_us = path, t
             out.append(best)
         return tuple(out)
 
-    def _wins_every_routing(self, path: str, i: int) -> bool:
-        for per_path in self.times_us_by_routing.values():
+    def _wins_every_routing(self, path: str, i: int,
+                            table: dict[str, dict[str, tuple[float | None, ...]]]) -> bool:
+        """Whether ``path`` beats the engine by the margin at index ``i`` under every
+        routing of ``table`` that timed both (vacuously where none did)."""
+        for per_path in table.values():
             if ENGINE not in per_path or path not in per_path:
                 continue  # this routing did not time both
             engine, t = per_path[ENGINE][i], per_path[path][i]
@@ -154,7 +182,10 @@ class LayerPlan:
             times_us={p: t for p, t in self.times_us.items() if p not in paths},
             configs={p: c for p, c in self.configs.items() if p not in paths},
             times_us_by_routing={r: {p: t for p, t in per.items() if p not in paths}
-                                 for r, per in self.times_us_by_routing.items()})
+                                 for r, per in self.times_us_by_routing.items()},
+            interval_start_times_us_by_routing={
+                r: {p: t for p, t in per.items() if p not in paths}
+                for r, per in self.interval_start_times_us_by_routing.items()})
 
     def speedup(self) -> dict[int, float]:
         """Engine time / chosen path's time per measured token count (>= 1 by design)."""
@@ -174,6 +205,10 @@ class LayerPlan:
                 "configs": {p: list(v) for p, v in self.configs.items()},
                 "times_us_by_routing": {r: {p: list(v) for p, v in per_path.items()}
                                         for r, per_path in self.times_us_by_routing.items()},
+                "interval_starts": list(self.interval_starts),
+                "interval_start_times_us_by_routing": {
+                    r: {p: list(v) for p, v in per_path.items()}
+                    for r, per_path in self.interval_start_times_us_by_routing.items()},
                 "provenance": self.provenance}
 
     @classmethod

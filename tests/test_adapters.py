@@ -440,6 +440,31 @@ def test_a_path_must_win_under_every_routing(tmp_path):
                   times_us_by_routing={"uniform": {"engine": (1.0,)}})
 
 
+def test_a_path_must_win_at_its_buckets_smallest_size_too(tmp_path):
+    """A bucket's configuration runs from just above the previous plan size: where the
+    plan timed that size too, a path that wins at the plan size but loses there is not
+    taken (a tile chosen at 1,024 tokens is at its worst at 769)."""
+    from ramp.adapters.plan import interval_starts
+
+    plan = save_plan(tmp_path, {1: "engine"})
+    times = {"engine": (10.0, 10.0, 10.0), "triton": (9.0, 9.0, 9.0)}
+    starts = {"uniform": {"engine": (None, 8.0, 8.0), "triton": (None, 7.0, 8.5)}}
+    guarded = LayerPlan(plan.gpu, plan.problem, "e", (1, 8, 1024), times,
+                        times_us_by_routing={"uniform": times}, interval_starts=(None, 5, 769),
+                        interval_start_times_us_by_routing=starts)
+    assert guarded.choices == ("triton", "triton", "engine")
+    again = LayerPlan.from_dict(json.loads(json.dumps(guarded.to_dict())), "x")
+    assert again == guarded and again.choices == guarded.choices
+    assert guarded.without({"triton"}).interval_start_times_us_by_routing == {
+        "uniform": {"engine": (None, 8.0, 8.0)}}
+    with pytest.raises(InputError, match=r"interval_starts\[2\] = 1024 is not between"):
+        LayerPlan(plan.gpu, plan.problem, "e", (1, 8, 1024), times,
+                  interval_starts=(None, 5, 1024))
+    # vLLM's graph sizes inside its CUDA graphs (up to 512), any size beyond
+    assert interval_starts((1, 2, 8, 48, 192, 256, 320, 512, 768, 1024)) == (
+        None, None, 4, 16, 56, 200, 272, 336, 513, 769)
+
+
 def test_a_plan_without_a_path_gives_its_sizes_to_the_next_measured_one(tmp_path):
     """A runtime without the CuTe DSL drops the cute path: where triton is next and beats
     the engine by the margin it inherits the size, elsewhere the engine does."""
@@ -497,6 +522,25 @@ def test_plans_rederive_from_their_details_without_a_gpu(tmp_path):
                           str(details), "--out", str(out)], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "field 'times_us' missing" in res.stderr and str(details) in res.stderr
+
+
+def test_plans_rederive_their_interval_starts_too(tmp_path):
+    plan = save_plan(tmp_path, {1: "engine", 8: "engine"})
+    rounds = {"engine": {"uniform": [[10.0, 10.0, 10.0], [10.0, 10.0, 10.0]]},
+              "triton": {"uniform": [[9.0, 9.0, 9.0], [9.0, 9.0, 9.0]]}}
+    at_start = {"engine": {"uniform": [[], [8.0, 8.1, 7.9]]},
+                "triton": {"uniform": [[], [8.4, 8.5, 8.6]]}}  # loses at T=5
+    details = tmp_path / "d.json"
+    details.write_text(json.dumps({"times_us": rounds, "interval_start_times_us": at_start,
+                                   "plan": {**plan.to_dict(), "interval_starts": [None, 5]}}))
+    out = tmp_path / "plans"
+    res = subprocess.run([sys.executable, "-m", "ramp.adapters.plan", "--from-details",
+                          str(details), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (written,) = out.glob("*.json")
+    again = load_layer_plan(written)
+    assert again.choices == ("triton", "engine")
+    assert again.interval_start_times_us_by_routing["uniform"]["triton"] == (None, 8.5)
 
 
 def test_vllm_hook_runs_ramp_or_the_original(tmp_path):
