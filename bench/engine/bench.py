@@ -142,7 +142,9 @@ async def run_requests(engine, vocab: int, requests: list[tuple[float, int, int]
         params = SamplingParams(max_tokens=n_out, temperature=0.0, ignore_eos=True,
                                 logprobs=1 if want_tokens else None)
         sent = time.perf_counter()
-        stamps: list[float] = []  # when each engine step's tokens reached the client
+        # when each output reached the client: one per engine step, except where the
+        # front end merged several steps' tokens into one yield under load
+        stamps: list[float] = []
         final = None
         async for out in engine.generate(TokensPrompt(prompt_token_ids=ids), params,
                                          request_id=f"r{seed}-{i}"):
