@@ -133,6 +133,43 @@ def test_a_neighbours_configuration_passes_the_plans_check():
     assert errors["unwritten"] == "rows left unwritten or non-finite"
 
 
+def test_plan_measurement_runs_end_to_end(monkeypatch):
+    """``python -m ramp.adapters.plan``'s measurement at a few sizes, RaMP's Triton
+    path standing in for vLLM's layer (these tests run without vLLM): the neighbours'
+    configurations, the timings at each bucket's smallest size, the plan they make."""
+    import json
+
+    from ramp.adapters import plan as plan_module
+    from ramp.hardware import detect_gpu
+    from ramp.models import get_model
+
+    model = get_model("qwen3-30b-a3b")
+    problems = (model.problem("w13"), model.problem("w2"))
+    layers = plan_module.ramp_layers(detect_gpu().name, problems, None)
+    if "triton" not in layers:
+        pytest.skip("no embedded triton profiles for this GPU")
+    triton = layers["triton"][0]
+
+    def engine(x, w13, w2, ids, weights, out=None, expert_map=None):
+        return triton(x, w13, w2, ids, weights,
+                      torch.empty(x.shape[0], w2.shape[1], dtype=x.dtype, device=x.device),
+                      expert_map)
+
+    monkeypatch.setattr(plan_module, "vllm_engine_layer", lambda: ("stand-in 0", engine))
+    plan, details = plan_module.measure("qwen3-30b-a3b", None, (1, 4, 48), ("uniform",), 1)
+    assert plan.interval_starts == (None, 2, 8)
+    starts = plan.interval_start_times_us_by_routing["uniform"]
+    assert set(starts) == set(plan.times_us)
+    assert all(t[0] is None and t[1] > 0 and t[2] > 0 for t in starts.values())
+    assert set(details["config_candidates"]) <= set(plan.configs)
+    for per_size in details["config_candidates"].values():
+        for entries in per_size.values():
+            assert sum(e["chosen"] for e in entries) == 1
+            assert all(e["rel_err"] is None or e["rel_err"] < 2e-2 for e in entries)
+    again = plan_module.LayerPlan.from_dict(json.loads(json.dumps(plan.to_dict())), "x")
+    assert again == plan
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("tokens,skew", [(1, 0.0), (37, 0.0), (512, 2.0), (4096, 0.0)])
 def test_every_path_matches_reference(tmp_path, path, tokens, skew):
