@@ -99,6 +99,13 @@ def test_summarize_names_a_bad_line(tmp_path, capsys):
         eb.summarize_log([str(raw), "--out", str(tmp_path)])
     assert exit_.value.code == 2
     assert "runs.jsonl:1: not JSON" in capsys.readouterr().err
+    start = {"event": "start", "command": "c", "date": "d", "device": {}, "engine": {},
+             "options": {"workloads": "online", "modes": "off,dispatch"}}
+    raw.write_text(eb.json.dumps(start) + "\n" + eb.json.dumps(
+        {"workload": "online", "ramp_mode": "off", "repeat": 0}) + "\n")
+    with pytest.raises(SystemExit):
+        eb.summarize_log([str(raw), "--out", str(tmp_path)])
+    assert "runs.jsonl:2: missing field 'total_tok_per_s'" in capsys.readouterr().err
 
 
 def test_kernel_summary_of_a_profiled_run():

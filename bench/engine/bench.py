@@ -666,6 +666,13 @@ def bad_input(message: str) -> None:
     sys.exit(2)
 
 
+def need(record: dict[str, Any], where: str, *fields: str) -> None:
+    """A raw-log line's required fields, else ``bad_input`` naming the first missing."""
+    for name in fields:
+        if name not in record:
+            bad_input(f"{where}: missing field {name!r}")
+
+
 def summarize_log(argv: list[str]) -> None:
     """``bench.py summarize RAW --out DIR [--stats-dir DIR]``: the results files of a
     raw log (``runs-<model>.jsonl``), for a call that ended before writing them."""
@@ -680,14 +687,22 @@ def summarize_log(argv: list[str]) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             bad_input(f"{a.raw}:{number}: not JSON ({exc.msg})")
+        where = f"{a.raw}:{number}"
         if rec.get("event") == "start":
+            need(rec, where, "command", "date", "options", "device", "engine")
             meta = {k: v for k, v in rec.items() if k != "event"}
             runs = {w: [] for w in meta["options"]["workloads"].split(",")}
         elif rec.get("event") == "engine":
+            need(rec, where, "ramp_mode", "info")
             infos[rec["ramp_mode"]] = rec["info"]
         elif rec.get("workload") == "match":
+            need(rec, where, "ramp_mode", "sequences")
             matches[rec["ramp_mode"]] = rec["sequences"]
         elif meta is not None and not rec.get("warmup"):
+            need(rec, where, "workload", "ramp_mode", "total_tok_per_s")
+            if rec["workload"] not in runs:
+                bad_input(f"{where}: field 'workload' is {rec['workload']!r}, not "
+                          f"one of the start line's {sorted(runs)}")
             runs[rec["workload"]].append(rec)
     if meta is None:
         bad_input(f"{a.raw}: no 'start' line (logs of bench.py before 2026-12-01 lack it)")
