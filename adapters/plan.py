@@ -30,7 +30,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ import torch
 
 from ramp.errors import InputError, RampError
 from ramp.histograms import parse_histogram_spec
-from ramp.layerplan import ENGINE, LayerPlan
+from ramp.layerplan import DEFAULT_MARGIN, ENGINE, LayerPlan, beats_engine
 from ramp.models import get_model
 from ramp.plaindata import locate, read_json
 from ramp.problem import MoEProblem
@@ -183,16 +183,25 @@ def fixed_config_layer(name: str, entry: dict[str, Any], num_sms: int) -> Layer:
     return build_path(name, PathInputs(num_sms, configs=lambda path: lambda tokens: config))
 
 
-def best_candidates(own: dict[str, list[list[float]]],
-                    candidates: list[dict[str, list[list[float]]]]
-                    ) -> tuple[int, dict[str, list[list[float]]]]:
-    """Of a path's own per-routing round times at one size and its candidates' (same
-    layout: ``routing -> [rounds]``), the index (0: its own) and times of the one with
-    the smallest geometric mean over routings of the median over rounds."""
-    everyone = [own, *candidates]
-    score = [geomean([float(np.median(t[r])) for r in t]) for t in everyone]
-    best = int(np.argmin(score))
-    return best, everyone[best]
+def guard_passes(engine: dict[str, list[float]], path: dict[str, list[float]],
+                 margin: float = DEFAULT_MARGIN) -> bool:
+    """``LayerPlan``'s guard on round times at one size (``routing -> [rounds]``): the path
+    measured and beating the engine by ``margin`` on the median under every routing."""
+    return all(beats_engine(float(np.median(engine[r])),
+                            float(np.median(path[r])) if path.get(r) else None, margin)
+               for r in engine)
+
+
+def best_candidate(candidates: list[dict[str, list[float]]], allowed: Sequence[int]) -> int:
+    """Of a configured path's candidates' round times at one size (``routing ->
+    [rounds]``; index 0 its own configuration), the index among ``allowed`` with the
+    smallest geometric mean over routings of the median over rounds (one that failed
+    somewhere, no rounds there, comes last)."""
+    def score(k: int) -> float:
+        medians = [float(np.median(v)) for v in candidates[k].values() if v]
+        return geomean(medians) if len(medians) == len(candidates[k]) else float("inf")
+
+    return min(allowed, key=score)
 
 
 def _find(gpu: str, problem: MoEProblem, family: str, profile_dir: str | None
@@ -322,18 +331,31 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     def time_rounds(timed: dict[str, Layer], size: int, routing: str, inputs_seed: int,
                     into: Callable[[str], list[float]]) -> None:
         """Every layer of ``timed`` at ``size`` tokens under ``routing``, alternating,
-        ``rounds`` CUDA-graph replays each, appended to ``into(name)``."""
+        ``rounds`` CUDA-graph replays each, appended to ``into(name)``. A RaMP layer that
+        fails is reported and left untimed here (None in the plan: never chosen), so the
+        rest of the measurement goes on; the engine's failing stops it."""
         x, ids, weights = make_inputs(problems, size, routing, inputs_seed, experts)
         outs = {n: torch.empty(size, w2s[0].shape[1], dtype=x.dtype, device="cuda")
                 for n in timed}
-        order = list(timed)
+        order, failed = list(timed), set()
         for rnd in range(rounds):
             for name in order[rnd % len(order):] + order[:rnd % len(order)]:
+                if name in failed:
+                    continue
                 run, out = timed[name], (outs[name] if name != ENGINE else None)
-                into(name).append(time_graph(
-                    lambda j, run=run, out=out, x=x, ids=ids, w=weights: run(
+                try:
+                    us = time_graph(lambda j, run=run, out=out, x=x, ids=ids, w=weights: run(
                         x, w13s[j % WEIGHT_COPIES], w2s[j % WEIGHT_COPIES], ids, w, out,
-                        expert_map)))
+                        expert_map))
+                except Exception as exc:
+                    if name == ENGINE:
+                        raise
+                    print(f"{model} T={size} {routing}: {name} failed ({type(exc).__name__}: "
+                          f"{exc}); not timed here", flush=True)
+                    failed.add(name)
+                    into(name).clear()
+                    continue
+                into(name).append(us)
 
     for i, t in enumerate(tokens):
         alts = {f"{n}#{k}": alt for n in configured
@@ -354,34 +376,62 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
             time_rounds(timed, t, routing, seed + 17 * i,
                         lambda name, r=routing, i=i, alt=alt_times: (
                             times[name][r][i] if name in layers else alt[name][r]))
-        for n in configured:
-            keys = [a for a in alts if a.split("#")[0] == n]
-            if not keys:
-                continue
-            own = {r: times[n][r][i] for r in routings}
-            best, chosen = best_candidates(own, [alt_times[a] for a in keys])
-            # rel_err: each neighbour's check at this size (the path's own configuration
-            # was checked with the path, at CHECK_TOKENS: None here)
-            candidate_log[n][str(t)] = [
-                {"config": c, "chosen": k == best, "rel_err": err,
-                 "times_us": {r: float(np.median(ts[r])) for r in routings}}
-                for k, (c, ts, err) in enumerate(
-                    [(configs[n][i], own, None)]
-                    + [(alts[a][0], alt_times[a], alt_errors[a]) for a in keys])]
-            if best:
-                configs[n][i] = alts[keys[best - 1]][0]
-                for r in routings:
-                    times[n][r][i] = chosen[r]
-        if starts[i] is not None:  # the bucket's configurations at its smallest size
-            at_start = {n: (fixed_config_layer(n, configs[n][i], sms) if n in configured
-                            else layers[n]) for n in names}
+        # the bucket's smallest size: every path, and every candidate configuration of
+        # the configured ones (``#0``: its own), each checked against float32 there first
+        at_start: dict[str, dict[str, list[float]]] = {}
+        if starts[i] is not None:
+            start_layers: dict[str, Layer] = {n: layers[n] for n in names if n not in configured}
+            for n in configured:
+                start_layers[f"{n}#0"] = fixed_config_layer(n, configs[n][i], sms)
+            start_layers.update({a: layer for a, (_, layer) in alts.items()})
+            x, ids, weights = make_inputs(problems, starts[i], "uniform", seed + starts[i],
+                                          experts)
+            start_errors = check_at({k: v for k, v in start_layers.items() if k != ENGINE},
+                                    x, ids, weights, w13s[0], w2s[0], expert_map)
+            for k, e in start_errors.items():
+                if not isinstance(e, float) or e > MAX_REL_ERR:
+                    print(f"{model} T={starts[i]}: {k} failed its check ({e}); not timed",
+                          flush=True)
+                    del start_layers[k]
+            at_start = {k: {r: [] for r in routings} for k in start_layers}
             for routing in routings:
-                time_rounds(at_start, starts[i], routing, seed + 17 * i + 1,
-                            lambda name, r=routing, i=i: start_times[name][r][i])
-        line = "  ".join(f"{n} {np.median(times[n][routings[0]][i]):8.1f}" for n in names)
+                time_rounds(start_layers, starts[i], routing, seed + 17 * i + 1,
+                            lambda name, r=routing, got=at_start: got[name][r])
+            for n in names:
+                if n not in configured:
+                    for r in routings:
+                        start_times[n][r][i] = at_start.get(n, {}).get(r, [])
+        engine_at = {r: times[ENGINE][r][i] for r in routings}
+        engine_start = at_start.get(ENGINE)
+        for n in configured:
+            keys = [f"{n}#0", *[a for a in alts if a.split("#")[0] == n]]
+            found = [{r: times[n][r][i] for r in routings}] + [alt_times[a] for a in keys[1:]]
+            at_edge = [at_start.get(k, {r: [] for r in routings}) for k in keys]
+            entries = [configs[n][i]] + [alts[a][0] for a in keys[1:]]
+            # the fastest of those that pass the guard at both ends, else the fastest
+            passing = [k for k in range(len(keys)) if guard_passes(engine_at, found[k]) and (
+                engine_start is None or guard_passes(engine_start, at_edge[k]))]
+            best = best_candidate(found, passing or range(len(keys)))
+            if len(keys) > 1 or starts[i] is not None:
+                # rel_err: a neighbour's check at this size (the path's own configuration
+                # was checked with the path, at CHECK_TOKENS: None here)
+                candidate_log[n][str(t)] = [
+                    {"config": c, "chosen": k == best, "passes_guard": k in passing,
+                     "rel_err": alt_errors.get(keys[k]),
+                     "times_us": {r: float(np.median(v)) if v else None
+                                  for r, v in found[k].items()},
+                     "start_times_us": {r: float(np.median(v)) if v else None
+                                        for r, v in at_edge[k].items()}}
+                    for k, c in enumerate(entries)]
+            configs[n][i] = entries[best]
+            for r in routings:
+                times[n][r][i] = found[best][r]
+                if starts[i] is not None:
+                    start_times[n][r][i] = at_edge[best][r]
+        line = "  ".join(f"{n} {shown_median(times[n][routings[0]][i])}" for n in names)
         if starts[i] is not None:
             line += f"   | T={starts[i]}: " + "  ".join(
-                f"{n} {np.median(start_times[n][routings[0]][i]):.1f}" for n in names)
+                f"{n} {shown_median(start_times[n][routings[0]][i])}" for n in names)
         print(f"{model} T={t:<6} {line}   ({time.monotonic() - t0:.0f} s)", flush=True)
 
     per_routing = medians_by_routing(times)
@@ -400,7 +450,9 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
                     "max_rel_err": {n: max(e.values()) for n, e in errors.items()
                                     if n in layers},
                     "measure_seconds": round(time.monotonic() - t0, 1),
-                    "expert_placement": "contiguous, rank 0" if ep > 1 else None},
+                    "expert_placement": "contiguous, rank 0" if ep > 1 else None,
+                    # what interval_starts assumed the engine captures graphs for
+                    "interval_starts_graph_sizes": list(ENGINE_GRAPH_SIZES)},
         ep=ep)
     details = {"model": model, "ep": ep, "gpu": gpu.name, "device": device_info(),
                "engine": engine_name, "command": plan.provenance["command"],
@@ -423,13 +475,20 @@ def medians_by_routing(times: dict[str, dict[str, list[list[float]]]]
                 for name, per_r in times.items()} for r in routings}
 
 
-def geomean_over_routings(per_routing: dict[str, dict[str, tuple[float, ...]]]
-                          ) -> dict[str, tuple[float, ...]]:
-    """One time per path and T: the geometric mean over routings."""
+def geomean_over_routings(per_routing: dict[str, dict[str, tuple[float | None, ...]]]
+                          ) -> dict[str, tuple[float | None, ...]]:
+    """One time per path and T: the geometric mean over routings (None where a routing
+    has none: the path failed there, and is never chosen)."""
     tables = list(per_routing.values())
-    return {name: tuple(geomean([t[name][i] for t in tables])
+    return {name: tuple(None if any(t[name][i] is None for t in tables)
+                        else geomean([t[name][i] for t in tables])
                         for i in range(len(tables[0][name])))
             for name in tables[0]}
+
+
+def shown_median(rounds: list[float]) -> str:
+    """A progress line's median of round times (``-``: not timed)."""
+    return f"{np.median(rounds):8.1f}" if rounds else "       -"
 
 
 def rederive(details_path: Path) -> tuple[LayerPlan, dict[str, Any]]:
@@ -440,6 +499,11 @@ def rederive(details_path: Path) -> tuple[LayerPlan, dict[str, Any]]:
         if not isinstance(details.get(name), dict):
             raise InputError(locate(f"{details_path}: field {name!r} missing or not an "
                                     "object (not a --details file?)", details, name))
+    engine_rounds = details["times_us"].get(ENGINE, {})
+    if not engine_rounds or any(not rounds for per_t in engine_rounds.values()
+                                for rounds in per_t):
+        raise InputError(f"{details_path}: field 'times_us' has no {ENGINE!r} rounds at "
+                         "some size (the guard needs the engine's time everywhere)")
     per_routing = medians_by_routing(details["times_us"])
     fields = {**details["plan"], "times_us": geomean_over_routings(per_routing),
               "times_us_by_routing": per_routing}

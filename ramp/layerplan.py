@@ -43,6 +43,12 @@ PATHS = (ENGINE, "triton", "triton-fused", "triton-poly", "cute", "grouped_mm")
 DEFAULT_MARGIN = 0.02
 
 
+def beats_engine(engine_us: float, path_us: float | None, margin: float) -> bool:
+    """The guard's test at one size under one routing: the path measured, and faster
+    than the engine's kernel by more than ``margin``."""
+    return path_us is not None and path_us < engine_us * (1 - margin)
+
+
 @dataclass(frozen=True)
 class LayerPlan:
     """Measured whole-layer times per token count and path, and the guarded choice."""
@@ -151,7 +157,7 @@ class LayerPlan:
             if ENGINE not in per_path or path not in per_path:
                 continue  # this routing did not time both
             engine, t = per_path[ENGINE][i], per_path[path][i]
-            if engine is not None and (t is None or not t < engine * (1 - self.margin)):
+            if engine is not None and not beats_engine(engine, t, self.margin):
                 return False
         return True
 

@@ -484,7 +484,7 @@ def test_a_plan_without_a_path_gives_its_sizes_to_the_next_measured_one(tmp_path
 
 
 def test_the_plan_offers_the_neighbouring_sizes_configurations():
-    from ramp.adapters.plan import best_candidates, neighbour_configs
+    from ramp.adapters.plan import best_candidate, guard_passes, neighbour_configs
 
     table = {1: "a", 2: "a", 4: "b", 8: "c"}  # the static tables' choice per size
     tokens = (1, 2, 4, 8)
@@ -495,8 +495,13 @@ def test_the_plan_offers_the_neighbouring_sizes_configurations():
     own = {"uniform": [10.0, 11.0, 10.5], "zipf": [12.0, 12.0, 12.0]}
     faster = {"uniform": [9.0, 9.5, 9.0], "zipf": [11.0, 11.5, 11.0]}
     mixed = {"uniform": [8.0, 8.0, 8.0], "zipf": [20.0, 20.0, 20.0]}  # geomean 12.6: worse
-    assert best_candidates(own, [mixed, faster]) == (2, faster)
-    assert best_candidates(own, [mixed]) == (0, own)
+    failed = {"uniform": [], "zipf": [1.0]}                            # no rounds somewhere
+    assert best_candidate([own, mixed, faster, failed], range(4)) == 2
+    assert best_candidate([own, mixed, faster], [0, 1]) == 0   # only those the guard passed
+    engine = {"uniform": [10.0, 10.0, 10.0], "zipf": [12.5, 12.5, 12.5]}
+    assert guard_passes(engine, faster)                        # 9.0 < 9.8 and 11.0 < 12.25
+    assert not guard_passes(engine, own)                       # 10.5 is not below 9.8
+    assert not guard_passes(engine, failed)
 
 
 def test_plans_rederive_from_their_details_without_a_gpu(tmp_path):
