@@ -29,7 +29,12 @@ nothing to train on gets no calibrated prediction (null). Uncalibrated = the def
 ``Calibration``.
 
     python bench/sim_fidelity.py [--dir bench/results/engine] [--out .../sim_fidelity.json]
-                                 [--across-models]
+                                 [--across-models] [--model NAME] [--trace FILE]
+
+``--trace`` adds a recorded trace's measured step times (``step_ms``) to every fold that
+trains on its model, each step an equation as ``ramp-sim calibrate`` takes them: the
+overheads are then pinned by thousands of steps of another run (DeepSeek-V2-Lite's
+recorded trace: ``docs/sim.md`` for what that did to the held-out errors).
 
 writes one row per (run, metric): ``model``, ``workload``, ``policy``, ``metric``,
 ``measured``, ``predicted_uncalibrated``, ``predicted_calibrated``, ``error`` (relative,
@@ -52,17 +57,22 @@ from typing import Any
 
 import numpy as np
 
-from ramp.errors import RampError
+from ramp.errors import InputError, RampError
+from ramp.models import get_model
 from ramp.sim.calibrate import (
     FITTED,
+    MODES,
     MOE_COSTS,
     EngineRun,
+    Equation,
     calibrate_runs,
     load_engine_results,
     simulate_run,
+    trace_equations,
 )
 from ramp.sim.costs import Calibration
 from ramp.sim.routing import RoutingPool
+from ramp.trace import TraceReader
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "results" / "engine"
 OUTPUT_NAME = "sim_fidelity.json"
@@ -114,15 +124,20 @@ def ramp_gain(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
-             profiles: Sequence[str] = (), across_models: bool = False) -> dict[str, Any]:
-    """Rows and summary (module docstring) for measured engine ``runs``."""
+             profiles: Sequence[str] = (), across_models: bool = False,
+             steps: dict[str, list[Equation]] | None = None) -> dict[str, Any]:
+    """Rows and summary (module docstring) for measured engine ``runs``; ``steps``:
+    per model, equations of recorded traces' measured step times, added to every fold
+    that trains on that model."""
     pools: dict[str, RoutingPool] = {}
     axis, folds = _folds(runs, across_models)
     rows: list[dict[str, Any]] = []
     calibrations: dict[str, Any] = {}
     for (model, held), tested in folds.items():
         train = [r for r in runs if getattr(r, axis) != held and model in ("*", r.model)]
-        cal = calibrate_runs(train, base, profiles, pools=pools) if train else None
+        extra = [e for m, eqs in (steps or {}).items() if model in ("*", m) for e in eqs]
+        cal = (calibrate_runs(train, base, profiles, extra=extra, pools=pools) if train
+               else None)
         calibrations[held if model == "*" else f"{model}/{held}"] = (
             None if cal is None else {k: getattr(cal, k) for k in FITTED})
         for run in tested:
@@ -159,6 +174,24 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
             "ramp_gain": ramp_gain(rows), "rows": rows}
 
 
+def trace_steps(traces: Sequence[str], runs: Sequence[EngineRun], moe_costs: str,
+                args: argparse.Namespace) -> dict[str, list[Equation]]:
+    """Per model, the step equations of ``traces`` (recorded in record mode: the
+    engine's own kernel ran, costed like the off runs), on the GPU of that model's runs."""
+    out: dict[str, list[Equation]] = {}
+    for path in traces:
+        with TraceReader(path) as reader:
+            model = get_model(reader.header.model).name
+        gpus = {r.gpu for r in runs if r.model == model}
+        if len(gpus) != 1:
+            raise InputError(f"--trace {path}: its model {model} has runs on {sorted(gpus)} "
+                             "here; need exactly one GPU")
+        out.setdefault(model, []).extend(trace_equations(
+            path, gpus.pop(), DEFAULT_CALIBRATION, MODES[moe_costs]["record"],
+            args.profile, args.plan))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
@@ -173,13 +206,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the other --moe-costs way (its summary and RaMP gains)")
     parser.add_argument("--plan", action="append", default=[],
                         help="layer plan JSON before the embedded ones (repeatable)")
+    parser.add_argument("--trace", action="append", default=[], metavar="FILE",
+                        help="a recorded trace whose steps carry step_ms (repeatable): its "
+                             "steps join every fold that trains on its model (a trace has "
+                             "no context lengths, so it informs the overheads, not "
+                             "attention)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME",
+                        help="only this catalog model's runs (repeatable)")
     parser.add_argument("--across-models", action="store_true",
                         help="train each fold on every model's other workloads (default: "
                              "the held-out run's own model only)")
     args = parser.parse_args(argv)
     paths = []
     for p in sorted(args.dir.glob("*.json")):
-        if p.name == OUTPUT_NAME:
+        if p.name.startswith(OUTPUT_NAME.removesuffix(".json")):  # this script's outputs
             continue
         if (json.loads(p.read_text()).get("workload") or {}).get("concurrency") is not None:
             print(f"{p.name}: closed-loop workload, not simulated (load_engine_results)")
@@ -190,12 +230,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         runs = [r for p in paths for r in load_engine_results(p, args.moe_costs, args.plan)]
-        result = {"moe_costs": args.moe_costs,
-                  **fidelity(runs, profiles=args.profile, across_models=args.across_models)}
+        if args.model:
+            wanted = {get_model(m).name for m in args.model}
+            runs = [r for r in runs if r.model in wanted]
+            paths = [p for p in paths if any(r.source == str(p) for r in runs)]
+        result = {"moe_costs": args.moe_costs, "traces": [str(t) for t in args.trace],
+                  **fidelity(runs, profiles=args.profile, across_models=args.across_models,
+                             steps=trace_steps(args.trace, runs, args.moe_costs, args))}
         if not args.no_alternative:
             other = next(m for m in MOE_COSTS if m != args.moe_costs)
             alt = fidelity([r.with_moe_costs(other, args.plan) for r in runs],
-                           profiles=args.profile, across_models=args.across_models)
+                           profiles=args.profile, across_models=args.across_models,
+                           steps=trace_steps(args.trace, runs, other, args))
             result["alternative"] = {"moe_costs": other, "summary": alt["summary"],
                                      "ramp_gain": alt["ramp_gain"],
                                      "calibrations_by_fold": alt["calibrations_by_fold"]}

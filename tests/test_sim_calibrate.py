@@ -288,3 +288,24 @@ def test_calibrate_cli_writes_yaml_that_replay_reads(tmp_path):
     res = CliRunner().invoke(main, ["replay", str(path), "--gpu", "H200", "--requests", "20",
                                     "--calibration", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
+
+
+def test_fidelity_takes_a_traces_steps_into_its_models_folds(results_dir, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("sim_fidelity",
+                                                  REPO / "bench" / "sim_fidelity.py")
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+    trace = _timed_trace(tmp_path / "timed.jsonl")
+    out = tmp_path / "fid.json"
+    assert fidelity.main(["--dir", str(results_dir), "--out", str(out), "--model", MODEL,
+                          "--trace", str(trace), "--moe-costs", "model",
+                          "--no-alternative"]) == 0
+    result = json.loads(out.read_text())
+    assert result["traces"] == [str(trace)]
+    assert {r["model"] for r in result["rows"]} == {get_model(MODEL).name}
+    assert set(result["calibrations_by_fold"]) == {
+        f"{get_model(MODEL).name}/{w}" for w in ("prefill-heavy", "decode-heavy", "online")}
+    # a trace of a model without runs here has no GPU to be costed on
+    assert fidelity.main(["--dir", str(results_dir), "--out", str(out), "--model",
+                          "qwen3-30b-a3b", "--trace", str(trace), "--no-alternative"]) == 2
+    assert "has runs on [] here" in capsys.readouterr().err
