@@ -91,12 +91,7 @@ class LayerPlan:
             if path not in self.times_us or len(per_t) != len(self.tokens):
                 raise InputError(f"layer plan: configs[{path!r}] must give one entry per "
                                  "token count of a timed path")
-        for routing, per_path in self.times_us_by_routing.items():
-            for path, times in per_path.items():
-                where = f"times_us_by_routing[{routing!r}][{path!r}]"
-                if path not in self.times_us:
-                    raise InputError(f"layer plan: {where} is not a path of 'times_us'")
-                self._check_times(where, times)
+        self._check_by_routing("times_us_by_routing", self.times_us_by_routing)
         if self.interval_starts and len(self.interval_starts) != len(self.tokens):
             raise InputError("layer plan: 'interval_starts' must give one entry per token "
                              "count (or none)")
@@ -104,16 +99,22 @@ class LayerPlan:
             if start is not None and not (i > 0 and self.tokens[i - 1] < start < self.tokens[i]):
                 raise InputError(f"layer plan: interval_starts[{i}] = {start} is not between "
                                  "the previous measured token count and this one")
-        for routing, per_path in self.interval_start_times_us_by_routing.items():
-            for path, times in per_path.items():
-                where = f"interval_start_times_us_by_routing[{routing!r}][{path!r}]"
-                if path not in self.times_us:
-                    raise InputError(f"layer plan: {where} is not a path of 'times_us'")
-                self._check_times(where, times)
+        self._check_by_routing("interval_start_times_us_by_routing",
+                               self.interval_start_times_us_by_routing)
         if not 0 <= self.margin < 1:
             raise InputError(f"layer plan: margin {self.margin} must be in [0, 1)")
         if isinstance(self.ep, bool) or not isinstance(self.ep, int) or not 1 <= self.ep <= 1024:
             raise InputError(f"layer plan: ep {self.ep!r} must be an int in 1..1024")
+
+    def _check_by_routing(self, name: str,
+                          table: dict[str, dict[str, tuple[float | None, ...]]]) -> None:
+        """A ``routing -> path -> times`` table: paths of ``times_us``, one time each."""
+        for routing, per_path in table.items():
+            for path, times in per_path.items():
+                where = f"{name}[{routing!r}][{path!r}]"
+                if path not in self.times_us:
+                    raise InputError(f"layer plan: {where} is not a path of 'times_us'")
+                self._check_times(where, times)
 
     def _check_times(self, where: str, times: tuple[float | None, ...]) -> None:
         """One time per token count, each positive or null (not measured)."""

@@ -504,6 +504,12 @@ def test_the_plan_offers_the_neighbouring_sizes_configurations():
     assert not guard_passes(engine, failed)
 
 
+def rederive_cli(details: Path, out: Path) -> subprocess.CompletedProcess:
+    """``python -m ramp.adapters.plan --from-details DETAILS --out OUT``."""
+    return subprocess.run([sys.executable, "-m", "ramp.adapters.plan", "--from-details",
+                           str(details), "--out", str(out)], capture_output=True, text=True)
+
+
 def test_plans_rederive_from_their_details_without_a_gpu(tmp_path):
     """``--from-details``: the per-round timings of a details file give the plan under
     the current rule; a file that is not one is a one-line error with exit status 2."""
@@ -514,8 +520,7 @@ def test_plans_rederive_from_their_details_without_a_gpu(tmp_path):
     details.write_text(json.dumps({"times_us": rounds, "plan": {
         **plan.to_dict(), "times_us": {"engine": [10.0], "triton": [9.0]}}}))
     out = tmp_path / "plans"
-    res = subprocess.run([sys.executable, "-m", "ramp.adapters.plan", "--from-details",
-                          str(details), "--out", str(out)], capture_output=True, text=True)
+    res = rederive_cli(details, out)
     assert res.returncode == 0, res.stderr
     (written,) = out.glob("*.json")
     again = load_layer_plan(written)
@@ -523,8 +528,7 @@ def test_plans_rederive_from_their_details_without_a_gpu(tmp_path):
     assert again.times_us_by_routing["uniform"]["triton"] == (10.3,)
     assert json.loads(details.read_text())["plan"]["choices"] == ["engine"]
     details.write_text("{}")
-    res = subprocess.run([sys.executable, "-m", "ramp.adapters.plan", "--from-details",
-                          str(details), "--out", str(out)], capture_output=True, text=True)
+    res = rederive_cli(details, out)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "field 'times_us' missing" in res.stderr and str(details) in res.stderr
 
@@ -539,8 +543,7 @@ def test_plans_rederive_their_interval_starts_too(tmp_path):
     details.write_text(json.dumps({"times_us": rounds, "interval_start_times_us": at_start,
                                    "plan": {**plan.to_dict(), "interval_starts": [None, 5]}}))
     out = tmp_path / "plans"
-    res = subprocess.run([sys.executable, "-m", "ramp.adapters.plan", "--from-details",
-                          str(details), "--out", str(out)], capture_output=True, text=True)
+    res = rederive_cli(details, out)
     assert res.returncode == 0, res.stderr
     (written,) = out.glob("*.json")
     again = load_layer_plan(written)
