@@ -165,7 +165,7 @@ def neighbour_configs(config_at: Callable[[int], Any], tokens: tuple[int, ...], 
     than vLLM's at T = 192 and 384 under uniform routing, with the configurations of
     T = 128 and 320, where the configurations chosen at 256 and 448 ran 2-4% faster
     than vLLM's at those sizes. The plan times the neighbours' choices too and keeps
-    the fastest (``best_candidates``)."""
+    the fastest that passes the guard at both ends of the bucket (``best_candidate``)."""
     found = [config_at(tokens[i])]
     for j in (i - 1, i + 1):
         if 0 <= j < len(tokens) and config_at(tokens[j]) not in found:
@@ -328,6 +328,21 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     start_times: dict[str, dict[str, list[list[float]]]] = {
         name: {r: [[] for _ in tokens] for r in routings} for name in names}
 
+    def checked(candidates: dict[str, Layer], size: int
+                ) -> tuple[dict[str, Layer], dict[str, float | str]]:
+        """Those of ``candidates`` within ``MAX_REL_ERR`` of float32 at ``size`` (the
+        others reported, not timed), and every one's error."""
+        x, ids, weights = make_inputs(problems, size, "uniform", seed + size, experts)
+        errors = check_at(candidates, x, ids, weights, w13s[0], w2s[0], expert_map)
+        passed = {}
+        for name, layer in candidates.items():
+            if isinstance(errors[name], float) and errors[name] <= MAX_REL_ERR:
+                passed[name] = layer
+            else:
+                print(f"{model} T={size}: {name} failed its check ({errors[name]}); not timed",
+                      flush=True)
+        return passed, errors
+
     def time_rounds(timed: dict[str, Layer], size: int, routing: str, inputs_seed: int,
                     into: Callable[[str], list[float]]) -> None:
         """Every layer of ``timed`` at ``size`` tokens under ``routing``, alternating,
@@ -363,14 +378,8 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
         alt_times = {a: {r: [] for r in routings} for a in alts}
         alt_errors: dict[str, float | str] = {}
         if alts:  # each neighbour's configuration is checked at this size before timing
-            x, ids, weights = make_inputs(problems, t, "uniform", seed + t, experts)
-            alt_errors = check_at({a: layer for a, (_, layer) in alts.items()}, x, ids,
-                                  weights, w13s[0], w2s[0], expert_map)
-            for a in [a for a, e in alt_errors.items() if not isinstance(e, float)
-                      or e > MAX_REL_ERR]:
-                print(f"{model} T={t}: candidate {a} {alts[a][0]} failed its check "
-                      f"({alt_errors[a]}); not timed", flush=True)
-                del alts[a], alt_times[a]
+            passed, alt_errors = checked({a: layer for a, (_, layer) in alts.items()}, t)
+            alts = {a: alt for a, alt in alts.items() if a in passed}
         timed = {**layers, **{a: layer for a, (_, layer) in alts.items()}}
         for routing in routings:
             time_rounds(timed, t, routing, seed + 17 * i,
@@ -384,15 +393,9 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
             for n in configured:
                 start_layers[f"{n}#0"] = fixed_config_layer(n, configs[n][i], sms)
             start_layers.update({a: layer for a, (_, layer) in alts.items()})
-            x, ids, weights = make_inputs(problems, starts[i], "uniform", seed + starts[i],
-                                          experts)
-            start_errors = check_at({k: v for k, v in start_layers.items() if k != ENGINE},
-                                    x, ids, weights, w13s[0], w2s[0], expert_map)
-            for k, e in start_errors.items():
-                if not isinstance(e, float) or e > MAX_REL_ERR:
-                    print(f"{model} T={starts[i]}: {k} failed its check ({e}); not timed",
-                          flush=True)
-                    del start_layers[k]
+            passed = checked({k: v for k, v in start_layers.items() if k != ENGINE},
+                             starts[i])[0]
+            start_layers = {k: v for k, v in start_layers.items() if k == ENGINE or k in passed}
             at_start = {k: {r: [] for r in routings} for k in start_layers}
             for routing in routings:
                 time_rounds(start_layers, starts[i], routing, seed + 17 * i + 1,
@@ -468,7 +471,7 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
 def medians_by_routing(times: dict[str, dict[str, list[list[float]]]]
                        ) -> dict[str, dict[str, tuple[float | None, ...]]]:
     """``path -> routing -> per T [round times]`` as ``routing -> path -> per T median``
-    (None where nothing was timed: a size without an interval start)."""
+    (None where nothing was timed: a size without an interval start, a failed layer)."""
     routings = next(iter(times.values()))
     return {r: {name: tuple(float(np.median(rounds)) if rounds else None
                             for rounds in per_r[r])
