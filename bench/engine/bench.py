@@ -197,17 +197,19 @@ def summarize(raw: dict[str, Any], online: bool, closed_loop: bool = False
             out["itl_ms_quantiles"] = {str(q): float(np.percentile(gaps, q))
                                        for q in ITL_QUANTILES}
         if not closed_loop:
-            span = max(max(r["arrival"] for r in reqs), 1e-9)
+            arrivals = np.array([r["arrival"] for r in reqs])
+            span = max(float(arrivals.max()), 1e-9)
             out["request_rate"] = len(reqs) / span
             # above capacity a queue grows through the run and TTFT measures its length
             # at the end (DeepSeek at 12.6k offered / 10.3k served: TTFT p50 39 ms in the
             # first quarter of arrivals, 348 in the last): the offered load, TTFT per
             # quarter of the arrivals and ramp.queueing's verdict say which runs were
+            # over capacity
             out["offered_tok_per_s"] = (n_in + n_out) / span
-            order = np.argsort([r["arrival"] for r in reqs], kind="stable")
-            quarters = [float(np.median(ttft[q])) for q in np.array_split(order, 4) if len(q)]
-            out["ttft_ms_p50_by_quarter"] = quarters
-            out.update(queue_growth(np.array([r["arrival"] for r in reqs]), ttft / 1e3))
+            order = np.argsort(arrivals, kind="stable")
+            out["ttft_ms_p50_by_quarter"] = [float(np.median(ttft[q])) for q in
+                                             np.array_split(order, 4) if len(q)]
+            out.update(queue_growth(arrivals, ttft / 1e3))
         # per request, for what the percentiles hide: how late the client sent it
         # (sent - arrival), how long the engine took to the first token, the lengths
         out["requests"] = [{k: round(r[k], 5) for k in ("arrival", "sent", "first", "done")}
@@ -434,8 +436,9 @@ def main() -> None:
         return
     ap = parser(worker=False)
     args = ap.parse_args()
-    workloads_given = args.workloads.split(",")
-    stray = [w for w in (args.profile_workloads or "").split(",") if w and w not in workloads_given]
+    workloads = args.workloads.split(",")
+    profiled = [w for w in (args.profile_workloads or "").split(",") if w]
+    stray = [w for w in profiled if w not in workloads]
     if stray:  # a profiled run reuses the workload's warm-up and its timed length
         ap.error(f"--profile-workloads {','.join(stray)}: not in --workloads")
     if args.time_budget is not None and not args.concurrent:
@@ -449,7 +452,6 @@ def main() -> None:
     for old in stats_dir.glob("*.json"):
         old.unlink()
     modes = args.modes.split(",")
-    workloads = args.workloads.split(",")
     runs: dict[str, list[dict[str, Any]]] = {w: [] for w in workloads}
     matches: dict[str, list[dict]] = {}
     infos: dict[str, dict[str, Any]] = {}
@@ -515,7 +517,6 @@ def main() -> None:
                 for mode in order:
                     runs[wl].append(timed(workers[mode], wl, seed=1000 * r + 7, repeat=r))
 
-    profiled = [w for w in (args.profile_workloads or "").split(",") if w]
     trace_root = Path(f"/tmp/ramp-traces-{args.model}")
 
     def profile_one(w: Worker, wl: str) -> None:
