@@ -66,6 +66,7 @@ from ramp.sim.calibrate import (
     EngineRun,
     Equation,
     calibrate_runs,
+    closed_loop,
     load_engine_results,
     simulate_run,
     trace_equations,
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in sorted(args.dir.glob("*.json")):
         if p.name.startswith(OUTPUT_NAME.removesuffix(".json")):  # this script's outputs
             continue
-        if (json.loads(p.read_text()).get("workload") or {}).get("concurrency") is not None:
+        if closed_loop(json.loads(p.read_text()).get("workload") or {}):
             print(f"{p.name}: closed-loop workload, not simulated (load_engine_results)")
             continue
         paths.append(p)

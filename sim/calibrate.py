@@ -257,6 +257,12 @@ def _tp_of(data: dict[str, Any]) -> int:
     return int(match.group(1)) if match else 1
 
 
+def closed_loop(workload: dict[str, Any]) -> bool:
+    """Whether an engine results file's ``workload`` was a closed-loop client
+    (``bench.py concurrency:C``), which the simulator does not replay."""
+    return workload.get("concurrency") is not None
+
+
 def load_engine_results(path: str | Path, moe_costs: str = "model",
                         plans: Sequence[str] = ()) -> list[EngineRun]:
     """The runs of one results file, one per ``ramp_mode`` (the schema bench/engine/
@@ -271,7 +277,7 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
                   if isinstance(device, dict) else device).name
     wl = _field(data, "workload", dict, where)
     w_where = f"{where} workload"
-    if wl.get("concurrency") is not None:
+    if closed_loop(wl):
         raise InputError(f"{w_where}: field 'concurrency' is {wl['concurrency']!r}: a "
                          "closed-loop client, which the simulator does not replay (it "
                          "replays arrivals, or all requests at once)")
