@@ -542,7 +542,9 @@ def main() -> None:
                     path.with_suffix(f".{table.stem}.txt").write_text("\n".join(lines) + "\n")
             print(f"wrote {path.name}: " + (
                 f"GPU busy {summary['busy_fraction']:.0%} of {summary['span_ms']:.0f} ms, "
-                f"MoE kernels {summary['moe_fraction']:.0%}" if "busy_fraction" in summary
+                f"MoE kernels {summary['moe_fraction']:.0%} by name, "
+                f"{summary['moe_op_fraction']:.0%} inside the MoE ops (eager steps)"
+                if "busy_fraction" in summary
                 else "no GPU kernels in a trace" if traces else "no trace written"), flush=True)
         except Exception as exc:  # the timed results must still be written
             print(f"profiled {wl} run of {w.mode} failed: {type(exc).__name__}: {exc}",
@@ -609,25 +611,52 @@ def trace_events(paths: list[Path]) -> list[dict[str, Any]]:
     return events
 
 
+MOE_OP_PREFIX = "vllm::moe_forward"  # vLLM's MoE custom ops (moe_forward, moe_forward_shared)
+
+
+def moe_op_kernels(events: list[dict[str, Any]]) -> set[int]:
+    """Correlation ids of the kernels launched inside vLLM's MoE custom ops: every kernel
+    of the layer's routed experts whatever its name (SiLU, top-k sum, routing included)
+    and, for ``moe_forward_shared``, its shared experts. Only eager steps count: a CUDA
+    graph's kernels share the correlation of the graph launch, outside any op."""
+    ops: dict[Any, list[tuple[float, float]]] = {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("cat") == "cpu_op" and \
+                str(e.get("name", "")).startswith(MOE_OP_PREFIX):
+            ops.setdefault(e.get("tid"), []).append((e["ts"], e["ts"] + e["dur"]))
+    ids: set[int] = set()
+    for e in events:
+        windows = ops.get(e.get("tid"))
+        if windows and e.get("ph") == "X" and e.get("cat") == "cuda_runtime" and \
+                "correlation" in e.get("args", {}) and \
+                any(a <= e["ts"] <= b for a, b in windows):
+            ids.add(e["args"]["correlation"])
+    return ids
+
+
 def kernel_summary(events: list[dict[str, Any]], top: int = 40) -> dict[str, Any]:
     """GPU kernels of a profiled run, summed by name: the ``top`` largest, how busy the
-    GPU was over the span from the first kernel to the last (well below 1: the host
-    does not keep it fed), and the share of kernels with ``moe`` in their name (RaMP's
-    route/GEMM kernels, vLLM's fused_moe, align and moe_sum; not the top-k sums or
-    activations that either runs through other kernels)."""
-    kernels = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
-                      if e.get("ph") == "X" and e.get("cat") == "kernel"),
+    GPU was over the span from the first kernel to the last (the profiler slows the host
+    several times over, so this describes the profiled run only), and the MoE share two
+    ways: ``moe_op_ms``, the kernels launched inside vLLM's MoE custom ops in eager steps
+    (all of the layer's kernels, shared experts included where the op runs them), and
+    ``moe_ms``, kernels with ``moe`` in their name (also in CUDA graphs, but blind to
+    activations and top-k sums run through other kernels)."""
+    kernels = sorted(((e["ts"], e["ts"] + e["dur"], e["name"], e.get("args", {}).get("correlation"))
+                      for e in events if e.get("ph") == "X" and e.get("cat") == "kernel"),
                      key=lambda k: k[0])
     if not kernels:
         return {"kernel_count": 0}
+    in_moe_op = moe_op_kernels(events)
     by_name: dict[str, list[float]] = {}
-    busy, end = 0.0, -np.inf
-    for start, stop, name in kernels:
+    busy, end, moe_op = 0.0, -np.inf, 0.0
+    for start, stop, name, correlation in kernels:
         entry = by_name.setdefault(name, [0, 0.0])
         entry[0] += 1
         entry[1] += stop - start
         busy += max(0.0, stop - max(start, end))  # the union of the kernels' intervals
         end = max(end, stop)
+        moe_op += (stop - start) if correlation in in_moe_op else 0.0
     span = end - kernels[0][0]
     total = sum(v[1] for v in by_name.values())
     moe = sum(v[1] for n, v in by_name.items() if "moe" in n.lower())
@@ -636,6 +665,7 @@ def kernel_summary(events: list[dict[str, Any]], top: int = 40) -> dict[str, Any
             "busy_fraction": busy / span if span > 0 else float("nan"),
             "kernel_ms": total / 1e3, "moe_ms": moe / 1e3,
             "moe_fraction": moe / total if total > 0 else float("nan"),
+            "moe_op_ms": moe_op / 1e3, "moe_op_fraction": moe_op / total if total > 0 else float("nan"),
             "kernels": [{"name": n[:160], "calls": c, "total_ms": t / 1e3}
                         for n, (c, t) in ranked]}
 
