@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import triton
 
 from ramp.config import KernelConfig
 from ramp.kernels.grouped_mm import grouped_mm_layer
 from ramp.kernels.routing import Routing, route
 from ramp.kernels.triton.fused_moe import FUSED_ROUTING_MAX_SLOTS, moe_gemm, moe_gemm_w13_routed
+from ramp.kernels.triton.moe_gemm import moe_top_k_sum_kernel
 from ramp.kernels.triton.poly import PolyGemm
 
 if TYPE_CHECKING:
@@ -76,8 +78,19 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
+TOP_K_SUM_BLOCK = 1024  # columns one CTA of the top-k sum adds
+
+
 def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None) -> torch.Tensor:
-    return torch.sum(rows.view(rows.shape[0] // top_k, top_k, -1), dim=1, out=out)
+    """Each token's ``top_k`` consecutive rows of ``rows`` [T*k, K] added into ``out``
+    [T, K] (a new tensor when None): one kernel, a grid of T x cdiv(K, 1024) that depends
+    on T alone (capturable), float32 accumulation."""
+    tokens, width = rows.shape[0] // top_k, rows.shape[1]
+    dense = out if out is not None and out.is_contiguous() else rows.new_empty(tokens, width)
+    if tokens:
+        moe_top_k_sum_kernel[(tokens, triton.cdiv(width, TOP_K_SUM_BLOCK))](
+            rows.contiguous(), dense, width, TOP_K=top_k, BLOCK=TOP_K_SUM_BLOCK)
+    return dense if out is None or dense is out else out.copy_(dense)
 
 
 def local_routing(ids: torch.Tensor, weights: torch.Tensor, num_experts: int,

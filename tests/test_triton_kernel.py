@@ -246,6 +246,36 @@ def test_route_many_slots_matches_bincount(tokens, experts):
     assert torch.equal(in_order, torch.sort(in_order).values), f"seed {seed}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,top_k,width,contiguous_out", [
+    (1, 1, 64, True),
+    (7, 6, 1500, True),     # two column blocks, the second partly masked
+    (5, 8, 2048, False),    # an engine's output view with a row stride: written through a copy
+    (0, 2, 64, True),       # an empty call launches nothing
+])
+def test_top_k_sum_matches_float32_sum(dtype, tokens, top_k, width, contiguous_out):
+    """The finalize kernel: each token's top-k rows added in float32, every output row
+    written (NaN-poisoned before), columns past a block's end left alone."""
+    from ramp.kernels.layers import top_k_sum
+
+    seed = case_seed(f"top_k_sum-{tokens}-{top_k}-{width}-{dtype}")
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randn(tokens * top_k, width, generator=gen).to(dtype).to(DEVICE)
+    backing = torch.full((tokens, width + (0 if contiguous_out else 3)), float("nan"),
+                         dtype=dtype, device=DEVICE)
+    out = backing[:, :width]
+    got = top_k_sum(rows, top_k, out)
+    assert got.data_ptr() == out.data_ptr(), "the caller's tensor receives the sum"
+    ref = rows.float().cpu().view(tokens, top_k, width).sum(dim=1)
+    assert not torch.isnan(got.float()).any(), f"seed {seed}: a row left unwritten"
+    if tokens:
+        assert rel_err(got, ref) < 1e-2, f"seed {seed}"
+    if not contiguous_out:
+        assert torch.isnan(backing[:, width:].float()).all(), "wrote past the view"
+    fresh = top_k_sum(rows, top_k, None)
+    assert fresh.shape == (tokens, width) and torch.equal(fresh, got)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
 def test_split_routing_replays_in_a_cuda_graph():
