@@ -83,14 +83,21 @@ TOP_K_SUM_BLOCK = 1024  # columns one CTA of the top-k sum adds
 
 def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None) -> torch.Tensor:
     """Each token's ``top_k`` consecutive rows of ``rows`` [T*k, K] added into ``out``
-    [T, K] (a new tensor when None): one kernel, a grid of T x cdiv(K, 1024) that depends
-    on T alone (capturable), float32 accumulation."""
+    [T, K] (a new tensor when None; any row stride, any float dtype): one kernel, a grid
+    of T x cdiv(K, 1024) that depends on T alone (capturable), float32 accumulation."""
     tokens, width = rows.shape[0] // top_k, rows.shape[1]
-    dense = out if out is not None and out.is_contiguous() else rows.new_empty(tokens, width)
+    if rows.shape[0] != tokens * top_k:
+        raise ValueError(f"top_k_sum: {rows.shape[0]} rows are not a multiple of top_k {top_k}")
+    if out is not None and tuple(out.shape) != (tokens, width):
+        raise ValueError(f"top_k_sum: out is {tuple(out.shape)}, the sum is {(tokens, width)}")
+    if out is None:
+        out = rows.new_empty(tokens, width)
+    dense = out if out.stride(1) == 1 else torch.empty_like(out, memory_format=torch.contiguous_format)
     if tokens:
         moe_top_k_sum_kernel[(tokens, triton.cdiv(width, TOP_K_SUM_BLOCK))](
-            rows.contiguous(), dense, width, TOP_K=top_k, BLOCK=TOP_K_SUM_BLOCK)
-    return dense if out is None or dense is out else out.copy_(dense)
+            rows.contiguous(), dense, width, dense.stride(0), TOP_K=top_k,
+            BLOCK=TOP_K_SUM_BLOCK)
+    return out if dense is out else out.copy_(dense)
 
 
 def local_routing(ids: torch.Tensor, weights: torch.Tensor, num_experts: int,

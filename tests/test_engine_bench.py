@@ -124,23 +124,28 @@ def test_kernel_summary_of_a_profiled_run():
 
 
 def test_the_moe_ops_kernels_are_those_launched_inside_it_whatever_their_names():
-    def launch(ts, corr, tid=1):
-        return {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts,
-                "dur": 1.0, "tid": tid, "args": {"correlation": corr}}
+    def launch(ts, corr, tid=1, cat="cuda_runtime"):
+        return {"ph": "X", "cat": cat, "name": "cudaLaunchKernel", "ts": ts, "dur": 1.0,
+                "pid": 0, "tid": tid, "args": {"correlation": corr}}
 
     def kernel(name, ts, dur, corr):
         return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur,
                 "tid": 7, "args": {"correlation": corr}}
 
-    ev = [{"ph": "X", "cat": "cpu_op", "name": "vllm::moe_forward_shared", "ts": 10.0,
-           "dur": 20.0, "tid": 1},
-          launch(12.0, 1), launch(15.0, 2), launch(40.0, 3), launch(16.0, 4, tid=2),
+    def op(ts, dur):
+        return {"ph": "X", "cat": "cpu_op", "name": "vllm::moe_forward_shared", "ts": ts,
+                "dur": dur, "pid": 0, "tid": 1}
+
+    ev = [op(10.0, 20.0), op(50.0, 5.0), op(52.0, 1.0),  # the last one nested in the second
+          launch(12.0, 1), launch(15.0, 2, cat="cuda_driver"),  # Triton: cuLaunchKernel
+          launch(40.0, 3), launch(16.0, 4, tid=2), launch(53.5, 6),
           kernel("moe_gemm_kernel", 100.0, 30.0, 1),
           kernel("reduce_kernel", 130.0, 10.0, 2),    # the top-k sum: no "moe" in its name
-          kernel("attention", 140.0, 50.0, 3),        # launched after the op
-          kernel("other_thread", 190.0, 5.0, 4),      # another thread's launch
-          kernel("graph_kernel", 195.0, 5.0, None)]   # replayed in a CUDA graph
+          kernel("attention", 140.0, 40.0, 3),        # launched between the ops
+          kernel("other_thread", 180.0, 5.0, 4),      # another thread's launch
+          kernel("graph_kernel", 185.0, 5.0, None),   # replayed in a CUDA graph
+          kernel("moe_gemm_kernel", 190.0, 10.0, 6)]  # inside the second op
     s = eb.kernel_summary(ev)
-    assert s["moe_op_ms"] == pytest.approx(0.040)
-    assert s["moe_op_fraction"] == pytest.approx(40.0 / 100.0)
-    assert s["moe_ms"] == pytest.approx(0.030)
+    assert s["moe_op_ms"] == pytest.approx(0.050)
+    assert s["moe_op_fraction"] == pytest.approx(50.0 / 100.0)
+    assert s["moe_ms"] == pytest.approx(0.040)

@@ -250,7 +250,7 @@ def test_route_many_slots_matches_bincount(tokens, experts):
 @pytest.mark.parametrize("tokens,top_k,width,contiguous_out", [
     (1, 1, 64, True),
     (7, 6, 1500, True),     # two column blocks, the second partly masked
-    (5, 8, 2048, False),    # an engine's output view with a row stride: written through a copy
+    (5, 8, 2048, False),    # an engine's output view with a row stride, written in place
     (0, 2, 64, True),       # an empty call launches nothing
 ])
 def test_top_k_sum_matches_float32_sum(dtype, tokens, top_k, width, contiguous_out):
@@ -274,6 +274,15 @@ def test_top_k_sum_matches_float32_sum(dtype, tokens, top_k, width, contiguous_o
         assert torch.isnan(backing[:, width:].float()).all(), "wrote past the view"
     fresh = top_k_sum(rows, top_k, None)
     assert fresh.shape == (tokens, width) and torch.equal(fresh, got)
+    wide = top_k_sum(rows, top_k, torch.full((tokens, width), float("nan"), device=DEVICE))
+    if tokens:  # a float32 out: the float32 sum, rounded once
+        assert rel_err(wide, ref) < 1e-5, f"seed {seed}"
+    columns = torch.full((width, tokens), float("nan"), dtype=dtype, device=DEVICE).T
+    assert torch.equal(top_k_sum(rows, top_k, columns), got)  # column-major: through a copy
+    with pytest.raises(ValueError, match="out is"):
+        top_k_sum(rows, top_k, torch.empty(tokens + 1, width, dtype=dtype, device=DEVICE))
+    with pytest.raises(ValueError, match="not a multiple"):
+        top_k_sum(torch.empty(top_k + 1, width, dtype=dtype, device=DEVICE), top_k + 2, None)
 
 
 @pytest.mark.gpu

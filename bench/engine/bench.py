@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import subprocess
@@ -614,36 +615,52 @@ def trace_events(paths: list[Path]) -> list[dict[str, Any]]:
 MOE_OP_PREFIX = "vllm::moe_forward"  # vLLM's MoE custom ops (moe_forward, moe_forward_shared)
 
 
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")  # cudaLaunchKernel; Triton's cuLaunchKernel
+GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
 def moe_op_kernels(events: list[dict[str, Any]]) -> set[int]:
-    """Correlation ids of the kernels launched inside vLLM's MoE custom ops: every kernel
+    """Correlation ids of the GPU work launched inside vLLM's MoE custom ops: every kernel
     of the layer's routed experts whatever its name (SiLU, top-k sum, routing included)
     and, for ``moe_forward_shared``, its shared experts. Only eager steps count: a CUDA
     graph's kernels share the correlation of the graph launch, outside any op."""
-    ops: dict[Any, list[tuple[float, float]]] = {}
+    windows: dict[tuple[Any, Any], list[tuple[float, float]]] = {}
     for e in events:
         if e.get("ph") == "X" and e.get("cat") == "cpu_op" and \
                 str(e.get("name", "")).startswith(MOE_OP_PREFIX):
-            ops.setdefault(e.get("tid"), []).append((e["ts"], e["ts"] + e["dur"]))
+            windows.setdefault((e.get("pid"), e.get("tid")), []).append(
+                (e["ts"], e["ts"] + e["dur"]))
+    starts: dict[tuple[Any, Any], list[float]] = {}
+    ends: dict[tuple[Any, Any], list[float]] = {}
+    for thread, spans in windows.items():  # merged, so that one bisect finds the window
+        merged: list[list[float]] = []
+        for a, b in sorted(spans):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        starts[thread], ends[thread] = [m[0] for m in merged], [m[1] for m in merged]
     ids: set[int] = set()
     for e in events:
-        windows = ops.get(e.get("tid"))
-        if windows and e.get("ph") == "X" and e.get("cat") == "cuda_runtime" and \
-                "correlation" in e.get("args", {}) and \
-                any(a <= e["ts"] <= b for a, b in windows):
-            ids.add(e["args"]["correlation"])
+        thread = (e.get("pid"), e.get("tid"))
+        if thread in starts and e.get("ph") == "X" and e.get("cat") in LAUNCH_CATEGORIES \
+                and "correlation" in e.get("args", {}):
+            i = bisect.bisect_right(starts[thread], e["ts"]) - 1
+            if i >= 0 and e["ts"] <= ends[thread][i]:
+                ids.add(e["args"]["correlation"])
     return ids
 
 
 def kernel_summary(events: list[dict[str, Any]], top: int = 40) -> dict[str, Any]:
-    """GPU kernels of a profiled run, summed by name: the ``top`` largest, how busy the
-    GPU was over the span from the first kernel to the last (the profiler slows the host
+    """GPU kernels (and copies and memsets) of a profiled run, summed by name: the ``top``
+    largest, how busy the GPU was over the span from the first kernel to the last (the profiler slows the host
     several times over, so this describes the profiled run only), and the MoE share two
     ways: ``moe_op_ms``, the kernels launched inside vLLM's MoE custom ops in eager steps
     (all of the layer's kernels, shared experts included where the op runs them), and
     ``moe_ms``, kernels with ``moe`` in their name (also in CUDA graphs, but blind to
     activations and top-k sums run through other kernels)."""
     kernels = sorted(((e["ts"], e["ts"] + e["dur"], e["name"], e.get("args", {}).get("correlation"))
-                      for e in events if e.get("ph") == "X" and e.get("cat") == "kernel"),
+                      for e in events if e.get("ph") == "X" and e.get("cat") in GPU_CATEGORIES),
                      key=lambda k: k[0])
     if not kernels:
         return {"kernel_count": 0}
