@@ -88,6 +88,9 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
               default=8192, show_default=True)
 @click.option("--max-seqs", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--no-chunked-prefill", is_flag=True)
+@click.option("--no-async-scheduling", is_flag=True,
+              help="Plan each step after the last one ends (vLLM --no-async-scheduling); "
+                   "by default the next step is planned while one runs, as vLLM 0.26 does.")
 @click.option("--kv-capacity", type=click.IntRange(min=1),
               help="KV-cache tokens (default: from GPU memory).")
 @click.option("--cuda-graph-tokens", type=click.IntRange(min=0),
@@ -108,8 +111,8 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 @click.option("--no-progress", is_flag=True)
 def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean, gpu, gpus,
            model_name, mode, ep_placement, policies, plans, profiles, max_batched_tokens, max_seqs,
-           no_chunked_prefill, kv_capacity, cuda_graph_tokens, switch_cost, slo_ttft, slo_tpot,
-           calibration_path, samples, seed, lenient, json_out, plot_dir, no_progress):
+           no_chunked_prefill, no_async_scheduling, kv_capacity, cuda_graph_tokens, switch_cost,
+           slo_ttft, slo_tpot, calibration_path, samples, seed, lenient, json_out, plot_dir, no_progress):
     """Replay a routing TRACE (path or shipped name) under a request workload."""
     check_output_file(json_out, "--json")
     check_output_dir(plot_dir, "--plot-dir")
@@ -117,7 +120,8 @@ def replay(trace, arrivals, time_scale, requests, rate, prompt_mean, output_mean
         gpu=gpu, model=model_name, gpus=gpus, mode=mode,
         policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
         engine=EngineConfig(max_batched_tokens, max_seqs, not no_chunked_prefill,
-                            kv_capacity=kv_capacity, cuda_graph_tokens=cuda_graph_tokens),
+                            kv_capacity=kv_capacity, cuda_graph_tokens=cuda_graph_tokens,
+                            async_scheduling=not no_async_scheduling),
         calibration=_calibration(calibration_path), switch=SwitchConfig(cost_s=switch_cost),
         slo=SLO(slo_ttft, slo_tpot),
         profiles=tuple(profiles), ep_placement=ep_placement, plans=tuple(plans),

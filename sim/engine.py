@@ -13,6 +13,12 @@ step they end on. Each step the scheduler, like vLLM's:
    longer than the remaining budget is chunked (``chunked_prefill``) or waits;
 3. costs the step (``StepCoster``) and advances simulated time by it.
 
+Under ``async_scheduling`` (vLLM's default since V1 0.11, and SGLang's overlap
+scheduler) the engine plans step N+1 while step N runs, so a request that arrives during a
+busy step N is admitted no earlier than step N+2: admission sees the arrivals up to the
+start of the step that just ended, unless nothing else could run (then the scheduler has
+blocked on that step and admits what has arrived since).
+
 A request whose prefill completes emits its first token at the end of that step; each
 later step emits one token. Under the ``switch`` layout policy the replica moves between
 the TP and EP layouts when the number of requests in the system crosses thresholds,
@@ -64,6 +70,9 @@ class EngineConfig:
     # largest step replayed from a CUDA graph (vLLM's max_cudagraph_capture_size); None:
     # vLLM's default min(2 * max_seqs, 512); 0: every step eager (--enforce-eager)
     cuda_graph_tokens: int | None = None
+    # step N+1 planned while step N runs (vLLM 0.26: a queue of two batches, on unless
+    # speculative decoding or a pooling model turns it off): a new arrival waits a step more
+    async_scheduling: bool = True
 
     @property
     def graph_tokens(self) -> int:
@@ -185,6 +194,7 @@ class _Engine:
         self.ctx_sum = 0
         self.admitted = 0
         self.step = 0
+        self.last_start = -math.inf  # start of the step that ended last
         self.idle: simpy.Event | None = None
         # per step: start, duration, tokens, decoding requests, MoE part, layout (1: ep),
         # attention pairs, context tokens, requests waiting, KV tokens in use
@@ -225,7 +235,8 @@ class _Engine:
                     self.switches.append((env.now, target, len(self.decoding), self.switch.cost_s))
                     yield env.timeout(self.switch.cost_s)
                     self.layout = self.layouts[target]
-            n_dec, chunks, tokens, pairs, context = self._schedule()
+            n_dec, chunks, tokens, pairs, context = self._schedule(env.now)
+            self.last_start = env.now
             phase = PREFILL if chunks else DECODE
             dt, moe = self.coster.step_seconds(self.layout, self.policy, tokens, pairs, context,
                                                phase, self.step % self.samples)
@@ -267,8 +278,11 @@ class _Engine:
         self.preempted_at.append(self.step)
         self.waiting.appendleft(req)
 
-    def _schedule(self) -> tuple[int, list[tuple[_Req, int]], int, float, float]:
+    def _schedule(self, now: float) -> tuple[int, list[tuple[_Req, int]], int, float, float]:
         cfg, cap, block = self.cfg, self.capacity, self.cfg.block_size
+        # the arrivals the scheduler saw when it planned this step (async: at the start
+        # of the step before)
+        seen = self.last_start if cfg.async_scheduling else now
         while True:
             while self.decoding and self.kv_used + len(self.decoding) > cap:
                 self._preempt_latest()
@@ -288,6 +302,8 @@ class _Engine:
             seqs = n_dec + len(self.prefilling)
             while self.waiting and budget > 0 and seqs < cfg.max_seqs:
                 req = self.waiting[0]
+                if req.arrival > seen:  # FIFO: every later request arrived later too
+                    break
                 c = min(req.target, budget)
                 if (c < req.target and not cfg.chunked_prefill) or self.kv_used + c + block > cap:
                     break
@@ -301,6 +317,9 @@ class _Engine:
                 seqs += 1
             if n_dec or chunks:
                 break
+            if seen < now:  # nothing was planned: the scheduler waited, and admits at once
+                seen = now
+                continue
             self._preempt_latest()  # prefills hold the whole cache and none can grow
         self.kv_used += n_dec
         pairs = float(self.ctx_sum + n_dec)

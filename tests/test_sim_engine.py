@@ -46,6 +46,21 @@ def test_single_request_ttft_is_prefill_step_and_tpot_is_decode_step():
     assert [c[2] for c in costs.calls[1:]] == [100.0, 101.0, 102.0, 103.0]
 
 
+def test_async_scheduling_admits_an_arrival_during_a_busy_step_a_step_later():
+    """vLLM plans step N+1 while step N runs: request B, arriving halfway through A's
+    first decode step, misses the step planned at that step's start and prefills in the
+    one after; without async scheduling it prefills in the next step. At an idle engine
+    both admit at once (the single-request test)."""
+    arrivals = [Arrival(0.0, 100, 50), Arrival(step(100) + step(1) / 2, 100, 5)]
+    for planned_ahead, waits in ((True, [step(1)]), (False, [])):
+        run = simulate(arrivals, LinearCosts(), "static",
+                       EngineConfig(async_scheduling=planned_ahead))
+        ttft = request_latencies(run)["ttft"]
+        assert ttft[0] == pytest.approx(step(100))
+        assert ttft[1] == pytest.approx(step(1) / 2 + sum(waits) + step(101))
+        assert run.step_tokens.tolist()[:4] == [100, 1] + ([1, 101] if planned_ahead else [101, 2])
+
+
 def test_fixed_batch():
     n, prompt, output = 8, 64, 10
     run = simulate([Arrival(0.0, prompt, output)] * n, LinearCosts(), "static")
