@@ -1,17 +1,13 @@
 """Fit the non-MoE step costs of ``Calibration`` to measured engine runs.
 
-The step time is linear in six parameters once the rooflines are computed:
+The step time is linear in five parameters once the rooflines are computed:
 
     step = x0 * 1us + x1 * layers * 1us + x2 * gemm + x3 * attention + x4 * eager * 1us
-           + x5 * piecewise * 1us + (collectives + MoE)
+           + (collectives + MoE)
 
 with ``x0 = step_overhead_us``, ``x1 = layer_overhead_us``, ``x2 = 1/dense_efficiency``,
-``x3 = 1/attention_efficiency``, ``x4 = eager_overhead_us``, ``x5 =
-piecewise_overhead_us`` (``StepCoster.rooflines`` gives gemm and attention; ``eager`` is
-1 on steps above the CUDA-graph size, ``piecewise`` on the smaller steps that carry a
-prefill). Offline workloads have almost no such small prefill steps, so ``x5`` is seen in
-online runs only; a trace's steps do not say whether they carry a prefill (the recorder
-cannot tell), so a trace sees ``x5`` only where a step's phase is ``prefill``.
+``x3 = 1/attention_efficiency``, ``x4 = eager_overhead_us`` (``StepCoster.rooflines``
+gives gemm and attention; ``eager`` is 1 on steps above the CUDA-graph size).
 
 Two sources of measurements:
 
@@ -59,7 +55,7 @@ from ramp.sim.runner import SimConfig, collapsed_pool, prepare, routing_for
 from ramp.trace import Arrival, TraceReader
 
 FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency",
-          "eager_overhead_us", "piecewise_overhead_us")
+          "eager_overhead_us")
 PRIOR_WEIGHT = 0.01
 DEFAULT_CALIBRATION = Calibration()
 WORKLOADS = ("prefill-heavy", "decode-heavy", "online")
@@ -83,29 +79,27 @@ FIT_METRICS = ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s")
 def _x(cal: Calibration) -> np.ndarray:
     return np.array([cal.step_overhead_us, cal.layer_overhead_us,
                      1 / cal.dense_efficiency, 1 / cal.attention_efficiency,
-                     cal.eager_overhead_us, cal.piecewise_overhead_us])
+                     cal.eager_overhead_us])
 
 
 def _with_x(cal: Calibration, x: np.ndarray) -> Calibration:
     return dataclasses.replace(cal, step_overhead_us=float(x[0]), layer_overhead_us=float(x[1]),
                                dense_efficiency=float(1 / x[2]),
                                attention_efficiency=float(1 / x[3]),
-                               eager_overhead_us=float(x[4]),
-                               piecewise_overhead_us=float(x[5]))
+                               eager_overhead_us=float(x[4]))
 
 
 def step_features(coster: StepCoster, layout: Layout, tokens: np.ndarray, pairs: np.ndarray,
-                  context: np.ndarray, prefill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``F`` [steps, 6] and the collective time [steps] of steps (``prefill``: which
-    carry a prefill): step time = ``F @ x + collectives + MoE`` (module docstring)."""
+                  context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``F`` [steps, 5] and the collective time [steps] of steps: step time =
+    ``F @ x + collectives + MoE`` (module docstring)."""
     tokens = np.array([graph_size(int(t), coster.graph_tokens) for t in np.asarray(tokens)],
                       dtype=float)
     gemm, attn, comm = coster.rooflines(layout, tokens, pairs, context, np.maximum)
     ones = np.ones_like(np.asarray(gemm, dtype=float))
     eager = (tokens > coster.graph_tokens) * 1e-6
-    piecewise = ((tokens <= coster.graph_tokens) & np.asarray(prefill, dtype=bool)) * 1e-6
     feats = np.stack([ones * 1e-6, ones * coster.model.layers * 1e-6, gemm, attn,
-                      ones * eager, ones * piecewise], axis=1)
+                      ones * eager], axis=1)
     return feats, np.broadcast_to(np.asarray(comm, dtype=float), ones.shape)
 
 
@@ -134,7 +128,7 @@ def fit(equations: Sequence[Equation], base: Calibration) -> Calibration:
     rows += list(np.diag(weight / scale))
     rhs += list(weight * x0 / scale)
     lower = np.array([0.0, 0.0, 1 / base.kernel_efficiency_ceiling,
-                      1 / base.kernel_efficiency_ceiling, 0.0, 0.0])
+                      1 / base.kernel_efficiency_ceiling, 0.0])
     result = lsq_linear(np.array(rows), np.array(rhs), bounds=(lower, np.inf))
     return _with_x(base, np.maximum(result.x, lower))
 
@@ -160,8 +154,7 @@ def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str =
     layout = coster.layouts[mode]
     tokens = np.array([s.tokens for s in steps], dtype=float)
     feats, comm = step_features(coster, layout, tokens, np.zeros_like(tokens),
-                                np.zeros_like(tokens),
-                                np.array([s.phase == "prefill" for s in steps]))
+                                np.zeros_like(tokens))
     return [Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a,
                      float(c) + coster.moe_of(layout, step.hists)[policy])
             for step, a, c in zip(steps, feats, comm)]
@@ -406,7 +399,7 @@ def run_equations(run: EngineRun, sim: Simulated, metrics: Sequence[str] = FIT_M
     res, coster = sim.run, sim.coster
     layout = next(iter(coster.layouts.values()))
     feats, comm = step_features(coster, layout, res.step_tokens.astype(float), res.step_pairs,
-                                res.step_context, res.step_tokens > res.step_decode)
+                                res.step_context)
     cum_f = np.vstack([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
     cum_c = np.concatenate([[0.0], np.cumsum(comm + res.step_moe)])
     end = res.step_start + res.step_time

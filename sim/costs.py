@@ -5,10 +5,7 @@
 - overhead: per step and per layer (scheduler, sampling, launch of a CUDA-graph
   replay), plus ``eager_overhead_us`` on steps of more tokens than the engine captured
   CUDA graphs for (vLLM: ``min(2 * max_num_seqs, 512)``): those launch every kernel
-  from Python (docs/sim.md, "Fidelity"); and ``piecewise_overhead_us`` on the smaller
-  steps that carry a prefill: vLLM 0.26's default ``FULL_AND_PIECEWISE`` replays a whole
-  CUDA graph only for decode-only batches and runs a batch with a prefill as graph
-  pieces with the attention launched eagerly between them;
+  from Python (docs/sim.md, "Fidelity");
 
 - dense GEMMs (attention projections, router, shared experts, dense layers, LM head):
   one roofline over the step, ``max(FLOPs / peak, weight bytes / HBM bandwidth)``;
@@ -41,7 +38,7 @@ from ramp.histograms import parse_histogram_spec
 from ramp.models import MoEModel
 from ramp.problem import DTYPE_BYTES
 from ramp.sim.moe import PLAN_POLICIES, GemmCost, LayerPlanCost, resolve_gemm, resolve_plan
-from ramp.sim.routing import PREFILL, RoutingPool
+from ramp.sim.routing import RoutingPool
 
 PLAN_REFERENCE_SAMPLES = 4  # histograms per plan routing and T behind routing_factor
 
@@ -88,13 +85,7 @@ class Calibration:
     ``eager_overhead_us`` is the host time a step without a CUDA graph adds (every
     kernel launched from Python: vLLM 0.26 on an H200 spends ~50 ms on a 2048-token step
     of a 27-layer MoE, bench/results/engine/H200_deepseek-v2-lite_recorded.jsonl.gz;
-    the default is an order of magnitude, fit it); ``piecewise_overhead_us`` what a
-    prefill-carrying step within the graph sizes adds over a decode-only one (its
-    attention launched between graph pieces; DeepSeek-V2-Lite in vLLM 0.26 on an H200:
-    prompts of 91-396 tokens arriving at an idle engine saw their first token after
-    20-34 ms, where a graph step of that size takes 8-10 ms,
-    bench/results/raw/H200/runs-deepseek-v2-lite_plan6.jsonl; an order of magnitude too,
-    and the output path's latency is in it). Memory: vLLM sizes
+    the default is an order of magnitude, fit it). Memory: vLLM sizes
     the KV cache from ``gpu_memory_utilization`` of the GPU's memory minus weights, the
     peak activations of a ``max_batched_tokens`` forward pass, and ``runtime_reserve_gib``
     (CUDA graphs, NCCL buffers, cuBLAS workspaces: vLLM V1 logs ~0.3-0.6 GiB for graphs).
@@ -106,7 +97,6 @@ class Calibration:
     step_overhead_us: float = 1500.0
     layer_overhead_us: float = 20.0
     eager_overhead_us: float = 10000.0
-    piecewise_overhead_us: float = 15000.0
     collective_latency_us: float = 10.0
     dense_efficiency: float = 1.0
     attention_efficiency: float = 1.0
@@ -128,7 +118,6 @@ class Calibration:
                                  f"that the kernels would beat the datasheet), got "
                                  f"{getattr(self, name)}")
         for name in ("step_overhead_us", "layer_overhead_us", "eager_overhead_us",
-                     "piecewise_overhead_us",
                      "collective_latency_us", "runtime_reserve_gib"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise InputError(f"calibration.{name} must be finite and >= 0, got "
@@ -257,8 +246,7 @@ class StepCoster:
     Steps above EXACT_TOKENS vary less from step to step (more tokens average the
     routing out) and use a quarter of the pool's routing samples. ``ep_placement`` places
     the experts of an ``ep`` layout (``ramp.expert_parallel.PLACEMENTS``). Steps of more
-    than ``graph_tokens`` tokens run without a CUDA graph (``eager_overhead_us``); smaller
-    ones with a prefill as graph pieces (``piecewise_overhead_us``)."""
+    than ``graph_tokens`` tokens run without a CUDA graph (``eager_overhead_us``)."""
 
     def __init__(self, gpu: GPUSpec, model: MoEModel, pool: RoutingPool, cal: Calibration,
                  layouts: dict[str, Layout], ep_placement: str = "contiguous",
@@ -273,7 +261,6 @@ class StepCoster:
         self._link = gpu.interconnect_bandwidth * cal.interconnect_efficiency
         self._fixed = (cal.step_overhead_us + model.layers * cal.layer_overhead_us) * 1e-6
         self._eager = cal.eager_overhead_us * 1e-6
-        self._piecewise = cal.piecewise_overhead_us * 1e-6
         self.graph_tokens = graph_tokens
         self._dense_inv = 1.0 / cal.dense_efficiency
         self._attn_inv = 1.0 / cal.attention_efficiency
@@ -401,13 +388,10 @@ class StepCoster:
                     + layout.collectives * self.cal.collective_latency_us * 1e-6)
         return gemm, attn, comm
 
-    def overhead_seconds(self, tokens: int, prefill: bool = False) -> float:
+    def overhead_seconds(self, tokens: int) -> float:
         """Fixed host and small-kernel time of a ``tokens``-token step: a CUDA-graph
-        replay up to ``graph_tokens`` (as pieces when the step carries a ``prefill``),
-        eager launches above."""
-        if tokens > self.graph_tokens:
-            return self._fixed + self._eager
-        return self._fixed + (self._piecewise if prefill else 0.0)
+        replay up to ``graph_tokens``, eager launches above."""
+        return self._fixed + (self._eager if tokens > self.graph_tokens else 0.0)
 
     def dense_seconds(self, layout: Layout, tokens: int, pairs: float,
                       context: float) -> float:
@@ -420,5 +404,5 @@ class StepCoster:
         """(step time, MoE part) in seconds; a graphed step at its padded size."""
         tokens = graph_size(tokens, self.graph_tokens)  # padded rows are computed too
         moe = self.moe_seconds(layout, tokens, phase_class, sample)[policy]
-        return (self.overhead_seconds(tokens, phase_class == PREFILL)
-                + self.dense_seconds(layout, tokens, pairs, context) + moe, moe)
+        return (self.overhead_seconds(tokens) + self.dense_seconds(layout, tokens, pairs, context)
+                + moe, moe)

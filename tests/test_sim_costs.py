@@ -167,11 +167,7 @@ def test_graph_padding_and_eager_overhead():
         return coster.step_seconds(layout, "static", tokens, 0.0, 0.0, PREFILL, 0)[0]
 
     assert cost(237) == pytest.approx(cost(240), rel=1e-12)  # padded to 240
-    # the eager step, over a graph step that replays pieces (it carries a prefill)
-    assert cost(513) - cost(512) == pytest.approx(0.040 - 0.015, rel=0.05)
-    decode = coster.step_seconds(layout, "static", 512, 0.0, 0.0, DECODE, 0)[0]
-    # piecewise_overhead_us (the two phases draw different routing samples: microseconds)
-    assert cost(512) - decode == pytest.approx(0.015, abs=1e-4)
+    assert cost(513) - cost(512) == pytest.approx(0.040, rel=0.05)  # the eager step
     assert cost(1024) - cost(513) < 0.040  # its overhead does not grow with tokens
     eager_only = StepCoster(gpu, OLMOE, pool, cal, {"tp": layout}, graph_tokens=0)
     assert eager_only.step_seconds(layout, "static", 1, 0.0, 0.0, DECODE, 0)[0] > 0.040
