@@ -1,17 +1,13 @@
 """Fit the non-MoE step costs of ``Calibration`` to measured engine runs.
 
-The step time is linear in six parameters once the rooflines are computed and each
-step's dense GEMMs are known to be compute- or weight-bound:
+The step time is linear in five parameters once the rooflines are computed:
 
-    step = x0 * 1us + x1 * layers * 1us + x2 * compute + x5 * weights + x3 * attention
-           + x4 * eager * 1us + (collectives + MoE)
+    step = x0 * 1us + x1 * layers * 1us + x2 * gemm + x3 * attention + x4 * eager * 1us
+           + (collectives + MoE)
 
 with ``x0 = step_overhead_us``, ``x1 = layer_overhead_us``, ``x2 = 1/dense_efficiency``,
-``x3 = 1/attention_efficiency``, ``x4 = eager_overhead_us``, ``x5 =
-1/dense_bandwidth_efficiency`` (``StepCoster.rooflines`` gives the dense GEMMs' compute
-and weight-read times and attention; a step's dense time is the larger of
-``x2 * compute`` and ``x5 * weights``, so only that one is its feature, the bound taken
-under the calibration being refined; ``eager`` is 1 on steps above the CUDA-graph size).
+``x3 = 1/attention_efficiency``, ``x4 = eager_overhead_us`` (``StepCoster.rooflines``
+gives gemm and attention; ``eager`` is 1 on steps above the CUDA-graph size).
 
 Two sources of measurements:
 
@@ -59,7 +55,7 @@ from ramp.sim.runner import SimConfig, collapsed_pool, prepare, routing_for
 from ramp.trace import Arrival, TraceReader
 
 FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency",
-          "eager_overhead_us", "dense_bandwidth_efficiency")
+          "eager_overhead_us")
 PRIOR_WEIGHT = 0.01
 DEFAULT_CALIBRATION = Calibration()
 WORKLOADS = ("prefill-heavy", "decode-heavy", "online")
@@ -83,32 +79,27 @@ FIT_METRICS = ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s")
 def _x(cal: Calibration) -> np.ndarray:
     return np.array([cal.step_overhead_us, cal.layer_overhead_us,
                      1 / cal.dense_efficiency, 1 / cal.attention_efficiency,
-                     cal.eager_overhead_us, 1 / cal.dense_bandwidth_efficiency])
+                     cal.eager_overhead_us])
 
 
 def _with_x(cal: Calibration, x: np.ndarray) -> Calibration:
     return dataclasses.replace(cal, step_overhead_us=float(x[0]), layer_overhead_us=float(x[1]),
                                dense_efficiency=float(1 / x[2]),
                                attention_efficiency=float(1 / x[3]),
-                               eager_overhead_us=float(x[4]),
-                               dense_bandwidth_efficiency=float(1 / x[5]))
+                               eager_overhead_us=float(x[4]))
 
 
 def step_features(coster: StepCoster, layout: Layout, tokens: np.ndarray, pairs: np.ndarray,
                   context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``F`` [steps, 6] and the collective time [steps] of steps: step time =
+    """``F`` [steps, 5] and the collective time [steps] of steps: step time =
     ``F @ x + collectives + MoE`` (module docstring)."""
     tokens = np.array([graph_size(int(t), coster.graph_tokens) for t in np.asarray(tokens)],
                       dtype=float)
-    compute, weights, attn, comm = coster.rooflines(layout, tokens, pairs, context,
-                                                    np.maximum)
-    ones = np.ones_like(np.asarray(compute, dtype=float))
-    weights = ones * weights
-    bound = compute * (1 / coster.cal.dense_efficiency) >= \
-        weights * (1 / coster.cal.dense_bandwidth_efficiency)
+    gemm, attn, comm = coster.rooflines(layout, tokens, pairs, context, np.maximum)
+    ones = np.ones_like(np.asarray(gemm, dtype=float))
     eager = (tokens > coster.graph_tokens) * 1e-6
-    feats = np.stack([ones * 1e-6, ones * coster.model.layers * 1e-6, compute * bound, attn,
-                      ones * eager, weights * ~bound], axis=1)
+    feats = np.stack([ones * 1e-6, ones * coster.model.layers * 1e-6, gemm, attn,
+                      ones * eager], axis=1)
     return feats, np.broadcast_to(np.asarray(comm, dtype=float), ones.shape)
 
 
@@ -136,8 +127,8 @@ def fit(equations: Sequence[Equation], base: Calibration) -> Calibration:
     weight = PRIOR_WEIGHT * np.sqrt(len(equations))
     rows += list(np.diag(weight / scale))
     rhs += list(weight * x0 / scale)
-    ceiling = 1 / base.kernel_efficiency_ceiling
-    lower = np.array([0.0, 0.0, ceiling, ceiling, 0.0, ceiling])
+    lower = np.array([0.0, 0.0, 1 / base.kernel_efficiency_ceiling,
+                      1 / base.kernel_efficiency_ceiling, 0.0])
     result = lsq_linear(np.array(rows), np.array(rhs), bounds=(lower, np.inf))
     return _with_x(base, np.maximum(result.x, lower))
 

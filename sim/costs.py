@@ -77,11 +77,8 @@ class Calibration:
 
     Defaults: ``flops_efficiency``/``bandwidth_efficiency`` are the H100 measurements
     quoted in ``ramp.hardware`` (bf16 matmul at 795 of 989 TFLOP/s; copy at 3.0 of 3.35
-    TB/s; bench/results/raw/*_baselines.json record them per run), the hardware
-    ceilings; ``dense_efficiency`` / ``dense_bandwidth_efficiency`` are what the engine's
-    dense GEMMs reach of the compute ceiling (large steps) and of the bandwidth ceiling
-    (small steps, weight reads), ``attention_efficiency`` its attention kernels' share of
-    their roofline (fitted; at most the datasheet,
+    TB/s; bench/results/raw/*_baselines.json record them per run), the hardware ceilings; ``dense_efficiency``/``attention_efficiency`` are what the engine's dense
+    GEMMs and attention kernels reach of those ceilings (fitted; at most the datasheet,
     ``1 / max(flops_efficiency, bandwidth_efficiency)``). The overheads are typical of a
     CUDA-graph decode step of vLLM V1 (scheduler, sampling, launch) and of the per-layer
     small kernels (norms, rotary, router top-k, MoE align/permute);
@@ -102,7 +99,6 @@ class Calibration:
     eager_overhead_us: float = 10000.0
     collective_latency_us: float = 10.0
     dense_efficiency: float = 1.0
-    dense_bandwidth_efficiency: float = 1.0
     attention_efficiency: float = 1.0
     moe_scale: float = 1.0  # multiplies cost-model times (profile kernels vs the engine's)
     gpu_memory_utilization: float = 0.9
@@ -116,7 +112,7 @@ class Calibration:
                 raise InputError(f"calibration.{name} must be in (0, 1], got "
                                  f"{getattr(self, name)}")
         ceiling = self.kernel_efficiency_ceiling
-        for name in ("dense_efficiency", "dense_bandwidth_efficiency", "attention_efficiency"):
+        for name in ("dense_efficiency", "attention_efficiency"):
             if not 0 < getattr(self, name) <= ceiling * (1 + 1e-9):
                 raise InputError(f"calibration.{name} must be in (0, {ceiling:.4g}] (above "
                                  f"that the kernels would beat the datasheet), got "
@@ -267,7 +263,6 @@ class StepCoster:
         self._eager = cal.eager_overhead_us * 1e-6
         self.graph_tokens = graph_tokens
         self._dense_inv = 1.0 / cal.dense_efficiency
-        self._dense_bw_inv = 1.0 / cal.dense_bandwidth_efficiency
         self._attn_inv = 1.0 / cal.attention_efficiency
         self._moe: dict[tuple[str, int, int, int], tuple[dict[str, float], float]] = {}
         self._plan_reference: dict[tuple[str, int], float] = {}
@@ -376,29 +371,22 @@ class StepCoster:
                 for p, us in total.items()}
 
     def rooflines(self, layout: Layout, tokens, pairs, context, maximum=max):
-        """(dense GEMM compute, dense GEMM weight reads, attention roofline, collectives)
-        seconds of steps, before the kernel efficiencies: floats, or arrays with
-        ``maximum=np.maximum`` (what ``ramp-sim calibrate`` regresses on). The dense GEMMs
-        take the larger of their two parts once each has its efficiency
-        (``dense_seconds``): one efficiency for both made a fit to prefill's slow eager
-        steps inflate the weight reads of every small decode step.
+        """(dense GEMM roofline, attention roofline, collectives) seconds of steps, before
+        the dense and attention kernel efficiencies: floats, or arrays with
+        ``maximum=np.maximum`` (what ``ramp-sim calibrate`` regresses on).
 
         ``pairs``: attention (query, context) token pairs of the step; ``context``: KV
         tokens read (decode contexts plus prefill prefixes).
         """
-        compute = tokens * layout.flops_per_token / self._peak
-        weights = layout.weight_bytes / self._bw
+        gemm = maximum(tokens * layout.flops_per_token / self._peak,
+                       layout.weight_bytes / self._bw)
         attn = maximum(pairs * layout.attn_flops_per_pair / self._peak,
                        context * layout.kv_read_per_token / self._bw)
         comm = 0.0
         if layout.collectives:
             comm = (tokens * layout.comm_bytes_per_token / self._link
                     + layout.collectives * self.cal.collective_latency_us * 1e-6)
-        return compute, weights, attn, comm
-
-    def dense_seconds_of(self, compute, weights, maximum=max):
-        """The dense GEMMs' seconds from their two roofline parts (``rooflines``)."""
-        return maximum(compute * self._dense_inv, weights * self._dense_bw_inv)
+        return gemm, attn, comm
 
     def overhead_seconds(self, tokens: int) -> float:
         """Fixed host and small-kernel time of a ``tokens``-token step: a CUDA-graph
@@ -408,8 +396,8 @@ class StepCoster:
     def dense_seconds(self, layout: Layout, tokens: int, pairs: float,
                       context: float) -> float:
         """Everything but the routed experts and fixed overheads, seconds."""
-        compute, weights, attn, comm = self.rooflines(layout, tokens, pairs, context)
-        return self.dense_seconds_of(compute, weights) + attn * self._attn_inv + comm
+        gemm, attn, comm = self.rooflines(layout, tokens, pairs, context)
+        return gemm * self._dense_inv + attn * self._attn_inv + comm
 
     def step_seconds(self, layout: Layout, policy: str, tokens: int, pairs: float,
                      context: float, phase_class: int, sample: int) -> tuple[float, float]:
