@@ -235,6 +235,7 @@ class _Engine:
                     self.switches.append((env.now, target, len(self.decoding), self.switch.cost_s))
                     yield env.timeout(self.switch.cost_s)
                     self.layout = self.layouts[target]
+                    self.last_start = env.now  # the stall drained the planned batch
             n_dec, chunks, tokens, pairs, context = self._schedule(env.now)
             self.last_start = env.now
             phase = PREFILL if chunks else DECODE

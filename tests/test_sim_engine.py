@@ -155,6 +155,23 @@ def test_switch_mode_moves_with_load():
     assert summary["switches"] == len(targets)
 
 
+def test_an_arrival_during_a_layout_switch_is_planned_right_after_it():
+    """A switch drains the steps planned ahead: the first step after the stall sees
+    every request that arrived during it (async scheduling or not)."""
+    # two requests decode on TP; a burst arriving mid-step moves the replica to EP
+    arrivals = [Arrival(0.0, 10, 200)] * 2 + [Arrival(0.05, 10, 200)] * 25
+    switch = SwitchConfig(cost_s=0.25, up=20, down=5)
+    cfg = EngineConfig(1024, 64)
+    when, to, _, stall = simulate(arrivals, LinearCosts(), "static", cfg, "switch",
+                                  switch).switches[0]
+    assert to == "ep" and when > 0.05
+    late = Arrival(when + stall / 2, 10, 3)
+    run = simulate(arrivals + [late], LinearCosts(), "static", cfg, "switch", switch)
+    j = int(np.searchsorted(run.step_start, when + stall - 1e-12))
+    k = int(np.flatnonzero(run.arrival == late.time)[0])
+    assert run.first_token[k] == pytest.approx(run.step_start[j] + run.step_time[j])
+
+
 def test_switch_auto_threshold_is_the_crossover():
     # EP step (2A + B/2 T) beats TP (A + B T) from T > 2A/B = 400
     run = simulate([Arrival(0.0, 1, 2)], LinearCosts(), "static", EngineConfig(1024, 1024),
