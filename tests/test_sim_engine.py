@@ -166,7 +166,7 @@ def test_an_arrival_during_a_layout_switch_is_planned_right_after_it():
                                   switch).switches[0]
     assert to == "ep" and when > 0.05
     late = Arrival(when + stall / 2, 10, 3)
-    run = simulate(arrivals + [late], LinearCosts(), "static", cfg, "switch", switch)
+    run = simulate([*arrivals, late], LinearCosts(), "static", cfg, "switch", switch)
     j = int(np.searchsorted(run.step_start, when + stall - 1e-12))
     k = int(np.flatnonzero(run.arrival == late.time)[0])
     assert run.first_token[k] == pytest.approx(run.step_start[j] + run.step_time[j])
