@@ -613,8 +613,6 @@ def trace_events(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 MOE_OP_PREFIX = "vllm::moe_forward"  # vLLM's MoE custom ops (moe_forward, moe_forward_shared)
-
-
 LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")  # cudaLaunchKernel; Triton's cuLaunchKernel
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
@@ -653,13 +651,14 @@ def moe_op_kernels(events: list[dict[str, Any]]) -> set[int]:
 
 def kernel_summary(events: list[dict[str, Any]], top: int = 40) -> dict[str, Any]:
     """GPU kernels (and copies and memsets) of a profiled run, summed by name: the ``top``
-    largest, how busy the GPU was over the span from the first kernel to the last (the profiler slows the host
-    several times over, so this describes the profiled run only), and the MoE share two
-    ways: ``moe_op_ms``, the kernels launched inside vLLM's MoE custom ops in eager steps
+    largest, how busy the GPU was over the span from the first kernel to the last (the
+    profiler slows the host several times over, so this describes the profiled run
+    only), and the MoE share two ways: ``moe_op_ms``, the kernels launched inside vLLM's MoE custom ops in eager steps
     (all of the layer's kernels, shared experts included where the op runs them), and
     ``moe_ms``, kernels with ``moe`` in their name (also in CUDA graphs, but blind to
     activations and top-k sums run through other kernels)."""
-    kernels = sorted(((e["ts"], e["ts"] + e["dur"], e["name"], e.get("args", {}).get("correlation"))
+    kernels = sorted(((e["ts"], e["ts"] + e["dur"], e["name"],
+                       e.get("args", {}).get("correlation"))
                       for e in events if e.get("ph") == "X" and e.get("cat") in GPU_CATEGORIES),
                      key=lambda k: k[0])
     if not kernels:
@@ -682,7 +681,8 @@ def kernel_summary(events: list[dict[str, Any]], top: int = 40) -> dict[str, Any
             "busy_fraction": busy / span if span > 0 else float("nan"),
             "kernel_ms": total / 1e3, "moe_ms": moe / 1e3,
             "moe_fraction": moe / total if total > 0 else float("nan"),
-            "moe_op_ms": moe_op / 1e3, "moe_op_fraction": moe_op / total if total > 0 else float("nan"),
+            "moe_op_ms": moe_op / 1e3,
+            "moe_op_fraction": moe_op / total if total > 0 else float("nan"),
             "kernels": [{"name": n[:160], "calls": c, "total_ms": t / 1e3}
                         for n, (c, t) in ranked]}
 
