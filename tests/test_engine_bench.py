@@ -88,6 +88,7 @@ def test_summarize_rebuilds_the_results_of_a_cut_run(tmp_path):
     assert files == ["H200_deepseek-v2-lite_decode-heavy.json"]
     res = eb.json.loads((tmp_path / "out" / files[0]).read_text())
     assert res["ratio"] == pytest.approx(108.0 / 100.0) and len(res["runs"]) == 6
+    assert res["paired_ratio_median"] == pytest.approx(108.0 / 102.0)  # the middle of 1.10, 0.90, 1.06
     assert res["tokens_match"] is True and res["ramp_calls"] is None
     assert res["engine"]["version"] == "0.26.0" and res["workload"]["input_len"] == 128
 
@@ -149,3 +150,45 @@ def test_the_moe_ops_kernels_are_those_launched_inside_it_whatever_their_names()
     assert s["moe_op_ms"] == pytest.approx(0.050)
     assert s["moe_op_fraction"] == pytest.approx(50.0 / 100.0)
     assert s["moe_ms"] == pytest.approx(0.040)
+
+
+def raw_log(path, options, throughputs):
+    """A raw log of one engine start: header, both engines, the token check and one
+    alternating (off, dispatch) pair per entry of ``throughputs``."""
+    seq = [{"token_ids": [1, 2, 3], "logprobs": [-0.1, -0.2, -0.3]}]
+    lines = [{"event": "start", "command": f"bench.py {path.name}", "date": "2026-12-01",
+              "options": options, "device": {"device": "NVIDIA H200"},
+              "engine": {"name": "vllm", "version": "0.26.0"}},
+             {"event": "engine", "ramp_mode": "off", "info": {"max_num_seqs": 256}},
+             {"workload": "match", "ramp_mode": "off", "sequences": seq},
+             {"workload": "match", "ramp_mode": "dispatch", "sequences": seq}]
+    for rep, (off, on) in enumerate(throughputs):
+        lines += [{"workload": "decode-heavy", "repeat": rep, "ramp_mode": m,
+                   "total_tok_per_s": v} for m, v in (("off", off), ("dispatch", on))]
+    path.write_text("".join(eb.json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_summarize_pools_engine_starts(tmp_path, capsys):
+    """Two calls of one configuration pool into one file whose ratio is over all the
+    repeats and whose ratio_by_start shows each start; a log of another configuration
+    is refused, naming the option."""
+    options = {"model": "deepseek-v2-lite", "modes": "off,dispatch", "concurrent": True,
+               "workloads": "decode-heavy", "logprob_tol": 0.05, "repeats": 2,
+               "max_cudagraph_capture_size": 2048}
+    a = raw_log(tmp_path / "a.jsonl", options, [(100.0, 90.0), (100.0, 92.0)])
+    b = raw_log(tmp_path / "b.jsonl", dict(options, repeats=1), [(100.0, 120.0)])
+    eb.summarize_log([str(a), str(b), "--out", str(tmp_path / "out"), "--tag", "capture2048"])
+    res = eb.json.loads(
+        (tmp_path / "out" / "H200_deepseek-v2-lite_decode-heavy_capture2048.json").read_text())
+    assert len(res["runs"]) == 6 and res["starts"] == 2
+    assert res["ratio"] == pytest.approx(92.0 / 100.0)
+    assert res["ratio_by_start"] == pytest.approx([0.91, 1.2])
+    assert res["paired_ratio_median"] == pytest.approx(0.92)  # of 0.90, 0.92, 1.20
+    assert res["command"] == ["bench.py a.jsonl", "bench.py b.jsonl"]
+    c = raw_log(tmp_path / "c.jsonl", dict(options, max_cudagraph_capture_size=None),
+                [(100.0, 100.0)])
+    with pytest.raises(SystemExit) as exit_:
+        eb.summarize_log([str(a), str(c), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "c.jsonl:1: field 'options.max_cudagraph_capture_size'" in capsys.readouterr().err

@@ -721,21 +721,22 @@ def need(record: dict[str, Any], where: str, *fields: str) -> None:
             bad_input(f"{where}: missing field {name!r}")
 
 
-def summarize_log(argv: list[str]) -> None:
-    """``bench.py summarize RAW --out DIR [--stats-dir DIR]``: the results files of a
-    raw log (``runs-<model>.jsonl``), for a call that ended before writing them."""
-    ap = argparse.ArgumentParser(prog="bench.py summarize", description=summarize_log.__doc__)
-    ap.add_argument("raw", type=Path)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stats-dir", type=Path, default=None)
-    a = ap.parse_args(argv)
+# Engine options that change how long a call runs, not what the engine serves: logs that
+# differ only in these pool into one results file.
+RUN_LENGTH_OPTIONS = ("repeats", "warmup", "time_budget", "profile_workloads",
+                      "profile_iterations", "out", "stats_dir", "workloads")
+
+
+def read_raw_log(raw: Path, start: int = 0):
+    """One raw log's header, engine infos, token checks and summarised runs by workload;
+    each run is tagged with ``start`` (which engine start it came from when pooled)."""
     meta, infos, matches, runs = None, {}, {}, {}
-    for number, line in enumerate(a.raw.read_text().splitlines(), 1):
+    for number, line in enumerate(raw.read_text().splitlines(), 1):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            bad_input(f"{a.raw}:{number}: not JSON ({exc.msg})")
-        where = f"{a.raw}:{number}"
+            bad_input(f"{raw}:{number}: not JSON ({exc.msg})")
+        where = f"{raw}:{number}"
         if rec.get("event") == "start":
             need(rec, where, "command", "date", "options", "device", "engine")
             meta = {k: v for k, v in rec.items() if k != "event"}
@@ -751,17 +752,56 @@ def summarize_log(argv: list[str]) -> None:
             if rec["workload"] not in runs:
                 bad_input(f"{where}: field 'workload' is {rec['workload']!r}, not "
                           f"one of the start line's {sorted(runs)}")
-            runs[rec["workload"]].append(rec)
+            runs[rec["workload"]].append(dict(rec, start=start))
     if meta is None:
-        bad_input(f"{a.raw}: no 'start' line (logs of bench.py before 2026-12-01 lack it)")
+        bad_input(f"{raw}: no 'start' line (logs of bench.py before 2026-12-01 lack it)")
+    return meta, infos, matches, runs
+
+
+def pool_raw_logs(raws: list[Path]):
+    """Several calls' raw logs as one: the repeats of every engine start side by side.
+    The logs must agree on the model, modes, device, engine and every engine option but
+    those in ``RUN_LENGTH_OPTIONS``; the token checks of the first log stand for all."""
+    meta, infos, matches, runs = read_raw_log(raws[0])
+    same = {k: v for k, v in meta["options"].items() if k not in RUN_LENGTH_OPTIONS}
+    commands = [meta["command"]]
+    for start, raw in enumerate(raws[1:], 1):
+        other, _, _, more = read_raw_log(raw, start)
+        for key, value in same.items():
+            if other["options"].get(key) != value:
+                bad_input(f"{raw}:1: field 'options.{key}' is {other['options'].get(key)!r}, "
+                          f"{raws[0]} has {value!r}: not the same engine, not pooled")
+        for key in ("device", "engine"):
+            if other[key] != meta[key]:
+                bad_input(f"{raw}:1: field {key!r} differs from {raws[0]}'s: not pooled")
+        commands.append(other["command"])
+        for wl, rows in more.items():
+            runs.setdefault(wl, []).extend(rows)
+    if len(raws) > 1:
+        meta = dict(meta, command=commands, starts=len(raws))
+    return meta, infos, matches, runs
+
+
+def summarize_log(argv: list[str]) -> None:
+    """``bench.py summarize RAW... --out DIR [--stats-dir DIR] [--tag TAG]``: the results
+    files of raw logs (``runs-<model>.jsonl``), for a call that ended before writing
+    them, or to pool the repeats of several calls (engine starts) of one configuration."""
+    ap = argparse.ArgumentParser(prog="bench.py summarize", description=summarize_log.__doc__)
+    ap.add_argument("raw", type=Path, nargs="+")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stats-dir", type=Path, default=None)
+    ap.add_argument("--tag", default="",
+                    help="appended to the results files' names (e.g. capture2048)")
+    a = ap.parse_args(argv)
+    meta, infos, matches, runs = pool_raw_logs(a.raw)
     modes = meta["options"]["modes"].split(",")
     a.out.mkdir(parents=True, exist_ok=True)
     write_results(meta, a.out, runs, matches, infos,
-                  read_all_stats(a.stats_dir, modes) if a.stats_dir else None)
+                  read_all_stats(a.stats_dir, modes) if a.stats_dir else None, a.tag)
 
 
 def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
-                  stats: dict[str, dict[str, Any]] | None) -> None:
+                  stats: dict[str, dict[str, Any]] | None, tag: str = "") -> None:
     args = argparse.Namespace(**meta["options"])
     modes = args.modes.split(",")
     device = meta["device"]
@@ -795,15 +835,46 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             "tokens_match": token_check["tokens_match"] if token_check else None,
             "token_check": token_check,
         }
+        result["paired_ratio_median"] = paired_ratio_median(rows, base, other)
+        if "starts" in meta:  # pooled logs: how far apart the engine starts are
+            result["starts"] = meta["starts"]
+            result["ratio_by_start"] = [start_ratio(rows, s, base, other)
+                                        for s in range(meta["starts"])]
         if "tpot_ms_p50" in rows[0]:  # online and concurrency:C
             for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
                 result[f"median_{key}"] = {m: float(np.median(
                     [r[key] for r in rows if r["ramp_mode"] == m])) for m in modes}
-        tag = "" if modes == ["off", "dispatch"] else "_" + "-".join(modes[1:])
-        path = out / f"{gpu}_{args.model}_{wl.replace(':', '-')}{tag}.json"
+        suffix = "" if modes == ["off", "dispatch"] else "_" + "-".join(modes[1:])
+        suffix += f"_{tag}" if tag else ""
+        path = out / f"{gpu}_{args.model}_{wl.replace(':', '-')}{suffix}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {path}: ratio {result['ratio']:.3f} ({other}/{base}), tokens_match "
               f"{result['tokens_match']}", flush=True)
+
+
+def paired_ratio_median(rows: list[dict[str, Any]], base: str, other: str) -> float | None:
+    """The median over repeats of ``other`` / ``base`` within each repeat (runs that
+    alternate back to back share the machine's drift, which a ratio of medians over
+    engine starts does not cancel); None where no repeat has both modes."""
+    by_pair: dict[tuple[int, int], dict[str, float]] = {}
+    for r in rows:
+        if "repeat" in r:
+            by_pair.setdefault((r.get("start", 0), r["repeat"]), {})[r["ramp_mode"]] = \
+                r["total_tok_per_s"]
+    ratios = [p[other] / p[base] for p in by_pair.values() if base in p and other in p]
+    return float(np.median(ratios)) if ratios else None
+
+
+def start_ratio(rows: list[dict[str, Any]], start: int, base: str, other: str) -> float | None:
+    """Median ``other`` over median ``base`` throughput among one engine start's runs,
+    None where that start lacks a mode."""
+    med = {}
+    for mode in (base, other):
+        tps = [r["total_tok_per_s"] for r in rows if r["start"] == start and r["ramp_mode"] == mode]
+        if not tps:
+            return None
+        med[mode] = float(np.median(tps))
+    return med[other] / med[base]
 
 
 def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:

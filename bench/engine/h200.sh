@@ -8,7 +8,8 @@
 #                                                 profiles (CuTe: carry [".whl"], made by
 #                                                 bench/carry_cutlass.sh)
 #   bash bench/engine/h200.sh kernels MODEL...    roofline side by side (bench/roofline.py)
-#                                                 and the layer's stages (layer_parts.py)
+#                                                 and the layer's stages (layer_parts.py),
+#                                                 packed in $OUT/kernels.tar.gz
 #   bash bench/engine/h200.sh engine MODEL [bench.py options]
 # Profiles and plans go to /tmp/ramp-profiles on the GPU machine (RAMP_PROFILE_DIR for the
 # engine stage, which must follow while the machine is warm) and, packed, to $OUT.
@@ -63,7 +64,9 @@ case $stage in
         2>&1 | grep -v "^WARNING" | tee -a "$OUT/kernels.log"
       python3 bench/layer_parts.py --model "$model" --out "$OUT/layer-parts" \
         2>&1 | grep -v "^WARNING" | tee -a "$OUT/kernels.log"
-    done ;;
+    done  # packed: a call brings back at most 8 files
+    tar czf "$OUT/kernels.tar.gz" -C "$OUT" roofline layer-parts &&
+      rm -rf "$OUT/roofline" "$OUT/layer-parts" ;;
   engine)
     model=$1; shift
     RAMP_PROFILE_DIR=$prof python3 bench/engine/bench.py --model "$model" --out "$OUT" \
