@@ -152,7 +152,7 @@ def test_the_moe_ops_kernels_are_those_launched_inside_it_whatever_their_names()
     assert s["moe_ms"] == pytest.approx(0.040)
 
 
-def raw_log(path, options, throughputs):
+def raw_log(path, options, throughputs, dispatch_first=False):
     """A raw log of one engine start: header, both engines, the token check and one
     alternating (off, dispatch) pair per entry of ``throughputs``."""
     seq = [{"token_ids": [1, 2, 3], "logprobs": [-0.1, -0.2, -0.3]}]
@@ -163,32 +163,50 @@ def raw_log(path, options, throughputs):
              {"workload": "match", "ramp_mode": "off", "sequences": seq},
              {"workload": "match", "ramp_mode": "dispatch", "sequences": seq}]
     for rep, (off, on) in enumerate(throughputs):
+        pair = [("off", off), ("dispatch", on)]
         lines += [{"workload": "decode-heavy", "repeat": rep, "ramp_mode": m,
-                   "total_tok_per_s": v} for m, v in (("off", off), ("dispatch", on))]
+                   "total_tok_per_s": v} for m, v in (pair[::-1] if dispatch_first else pair)]
     path.write_text("".join(eb.json.dumps(x) + "\n" for x in lines))
     return path
 
 
 def test_summarize_pools_engine_starts(tmp_path, capsys):
     """Two calls of one configuration pool into one file whose ratio is over all the
-    repeats and whose ratio_by_start shows each start; a log of another configuration
-    is refused, naming the option."""
+    repeats, paired within each repeat whatever mode ran first, and whose ratio_by_call
+    shows each call; logs of another configuration, a log named twice and a log with two
+    start lines are refused, naming the field or line."""
     options = {"model": "deepseek-v2-lite", "modes": "off,dispatch", "concurrent": True,
                "workloads": "decode-heavy", "logprob_tol": 0.05, "repeats": 2,
                "max_cudagraph_capture_size": 2048}
     a = raw_log(tmp_path / "a.jsonl", options, [(100.0, 90.0), (100.0, 92.0)])
-    b = raw_log(tmp_path / "b.jsonl", dict(options, repeats=1), [(100.0, 120.0)])
+    b = raw_log(tmp_path / "b.jsonl", dict(options, repeats=1), [(100.0, 120.0)],
+                dispatch_first=True)
     eb.summarize_log([str(a), str(b), "--out", str(tmp_path / "out"), "--tag", "capture2048"])
     res = eb.json.loads(
         (tmp_path / "out" / "H200_deepseek-v2-lite_decode-heavy_capture2048.json").read_text())
-    assert len(res["runs"]) == 6 and res["starts"] == 2
+    assert len(res["runs"]) == 6 and res["calls"] == 2
     assert res["ratio"] == pytest.approx(92.0 / 100.0)
-    assert res["ratio_by_start"] == pytest.approx([0.91, 1.2])
-    assert res["paired_ratio_median"] == pytest.approx(0.92)  # of 0.90, 0.92, 1.20
+    assert res["ratio_by_call"] == pytest.approx([0.91, 1.2])
+    assert res["paired_ratio_median"] == pytest.approx(0.92)  # the middle of 0.90, 0.92, 1.20
     assert res["command"] == ["bench.py a.jsonl", "bench.py b.jsonl"]
+    assert res["tokens_match"] is True and res["token_checks_per_call"] == [True, True]
+    assert "--tag capture2048" in res["summarize_command"]
+
+    def refused(*logs, allow=()):
+        with pytest.raises(SystemExit) as exit_:
+            eb.summarize_log([*map(str, logs), "--out", str(tmp_path / "out"),
+                              *[f"--allow-differing={o}" for o in allow]])
+        assert exit_.value.code == 2
+        return capsys.readouterr().err
+
     c = raw_log(tmp_path / "c.jsonl", dict(options, max_cudagraph_capture_size=None),
                 [(100.0, 100.0)])
-    with pytest.raises(SystemExit) as exit_:
-        eb.summarize_log([str(a), str(c), "--out", str(tmp_path / "out")])
-    assert exit_.value.code == 2
-    assert "c.jsonl:1: field 'options.max_cudagraph_capture_size'" in capsys.readouterr().err
+    assert "c.jsonl: field 'options.max_cudagraph_capture_size'" in refused(a, c)
+    d = raw_log(tmp_path / "d.jsonl", dict(options, profile_workloads="decode-heavy"),
+                [(100.0, 100.0)])  # an option only the later log has
+    assert "d.jsonl: field 'options.profile_workloads'" in refused(a, d)
+    eb.summarize_log([str(a), str(d), "--out", str(tmp_path / "ok"),
+                      "--allow-differing", "profile_workloads"])
+    assert "a log named twice" in refused(a, a)
+    (tmp_path / "e.jsonl").write_text(a.read_text() + a.read_text())
+    assert "e.jsonl:9: a second 'start' line" in refused(tmp_path / "e.jsonl")

@@ -721,15 +721,14 @@ def need(record: dict[str, Any], where: str, *fields: str) -> None:
             bad_input(f"{where}: missing field {name!r}")
 
 
-# Engine options that change how long a call runs, not what the engine serves: logs that
-# differ only in these pool into one results file.
-RUN_LENGTH_OPTIONS = ("repeats", "warmup", "time_budget", "profile_workloads",
-                      "profile_iterations", "out", "stats_dir", "workloads")
+# Options that change how long a call runs, not what its engines serve: logs that differ
+# only in these pool into one results file (``summarize --allow-differing`` adds others).
+RUN_LENGTH_OPTIONS = ("repeats", "warmup", "time_budget", "out", "stats_dir", "workloads")
 
 
-def read_raw_log(raw: Path, start: int = 0):
+def read_raw_log(raw: Path, call: int = 0):
     """One raw log's header, engine infos, token checks and summarised runs by workload;
-    each run is tagged with ``start`` (which engine start it came from when pooled)."""
+    each run is tagged with ``call`` (which log it came from when pooled)."""
     meta, infos, matches, runs = None, {}, {}, {}
     for number, line in enumerate(raw.read_text().splitlines(), 1):
         try:
@@ -738,7 +737,11 @@ def read_raw_log(raw: Path, start: int = 0):
             bad_input(f"{raw}:{number}: not JSON ({exc.msg})")
         where = f"{raw}:{number}"
         if rec.get("event") == "start":
+            if meta is not None:
+                bad_input(f"{where}: a second 'start' line: one call per log (pool several "
+                          "logs instead)")
             need(rec, where, "command", "date", "options", "device", "engine")
+            need(rec["options"], f"{where} options", "workloads", "modes")
             meta = {k: v for k, v in rec.items() if k != "event"}
             runs = {w: [] for w in meta["options"]["workloads"].split(",")}
         elif rec.get("event") == "engine":
@@ -752,33 +755,39 @@ def read_raw_log(raw: Path, start: int = 0):
             if rec["workload"] not in runs:
                 bad_input(f"{where}: field 'workload' is {rec['workload']!r}, not "
                           f"one of the start line's {sorted(runs)}")
-            runs[rec["workload"]].append(dict(rec, start=start))
+            runs[rec["workload"]].append(dict(rec, call=call))
     if meta is None:
         bad_input(f"{raw}: no 'start' line (logs of bench.py before 2026-12-01 lack it)")
     return meta, infos, matches, runs
 
 
-def pool_raw_logs(raws: list[Path]):
-    """Several calls' raw logs as one: the repeats of every engine start side by side.
-    The logs must agree on the model, modes, device, engine and every engine option but
-    those in ``RUN_LENGTH_OPTIONS``; the token checks of the first log stand for all."""
+def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()):
+    """Several calls' raw logs as one, each call's repeats tagged with its index. The
+    logs must agree on the device, the engine and every option but ``RUN_LENGTH_OPTIONS``
+    and ``allowed``; every log's token check is kept (``token_checks``)."""
+    if len({r.resolve() for r in raws}) < len(raws):
+        bad_input(f"{' '.join(map(str, raws))}: a log named twice would count twice")
     meta, infos, matches, runs = read_raw_log(raws[0])
-    same = {k: v for k, v in meta["options"].items() if k not in RUN_LENGTH_OPTIONS}
-    commands = [meta["command"]]
-    for start, raw in enumerate(raws[1:], 1):
-        other, _, _, more = read_raw_log(raw, start)
-        for key, value in same.items():
-            if other["options"].get(key) != value:
-                bad_input(f"{raw}:1: field 'options.{key}' is {other['options'].get(key)!r}, "
-                          f"{raws[0]} has {value!r}: not the same engine, not pooled")
+    skip = set(RUN_LENGTH_OPTIONS) | set(allowed)
+    commands, all_matches = [meta["command"]], [matches]
+    for call, raw in enumerate(raws[1:], 1):
+        other, _, more_matches, more = read_raw_log(raw, call)
+        for key in sorted((set(meta["options"]) | set(other["options"])) - skip):
+            mine, theirs = meta["options"].get(key), other["options"].get(key)
+            if mine != theirs:
+                bad_input(f"{raw}: field 'options.{key}' is {theirs!r}, {raws[0]} has "
+                          f"{mine!r}: not the same engines, not pooled (--allow-differing "
+                          f"{key} if it does not change them)")
         for key in ("device", "engine"):
             if other[key] != meta[key]:
-                bad_input(f"{raw}:1: field {key!r} differs from {raws[0]}'s: not pooled")
+                bad_input(f"{raw}: field {key!r} differs from {raws[0]}'s: not pooled")
         commands.append(other["command"])
+        all_matches.append(more_matches)
         for wl, rows in more.items():
             runs.setdefault(wl, []).extend(rows)
     if len(raws) > 1:
-        meta = dict(meta, command=commands, starts=len(raws))
+        meta = dict(meta, command=commands, calls=len(raws), token_checks=all_matches,
+                    allowed_differing=sorted(allowed))
     return meta, infos, matches, runs
 
 
@@ -792,8 +801,13 @@ def summarize_log(argv: list[str]) -> None:
     ap.add_argument("--stats-dir", type=Path, default=None)
     ap.add_argument("--tag", default="",
                     help="appended to the results files' names (e.g. capture2048)")
+    ap.add_argument("--allow-differing", action="append", default=[], metavar="OPTION",
+                    help="pool logs that differ in this bench.py option too (e.g. "
+                         "profile_workloads: a call that ends with profiled runs)")
     a = ap.parse_args(argv)
-    meta, infos, matches, runs = pool_raw_logs(a.raw)
+    meta, infos, matches, runs = pool_raw_logs(a.raw, tuple(a.allow_differing))
+    if "calls" in meta:
+        meta["summarize_command"] = "python3 bench/engine/bench.py summarize " + " ".join(argv)
     modes = meta["options"]["modes"].split(",")
     a.out.mkdir(parents=True, exist_ok=True)
     write_results(meta, a.out, runs, matches, infos,
@@ -835,11 +849,18 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             "tokens_match": token_check["tokens_match"] if token_check else None,
             "token_check": token_check,
         }
-        result["paired_ratio_median"] = paired_ratio_median(rows, base, other)
-        if "starts" in meta:  # pooled logs: how far apart the engine starts are
-            result["starts"] = meta["starts"]
-            result["ratio_by_start"] = [start_ratio(rows, s, base, other)
-                                        for s in range(meta["starts"])]
+        # alternating pairs share the machine's drift only when both engines are alive
+        result["paired_ratio_median"] = (paired_ratio_median(rows, base, other)
+                                         if args.concurrent else None)
+        if "calls" in meta:  # pooled logs: how far apart the calls (engine starts) are
+            by_call = [call_ratio(rows, c, base, other) for c in range(meta["calls"])]
+            checks = [compare_tokens(m[base], m[other], args.logprob_tol)["tokens_match"]
+                      for m in meta["token_checks"] if base in m and other in m]
+            result.update(calls=sum(r is not None for r in by_call), ratio_by_call=by_call,
+                          summarize_command=meta["summarize_command"],
+                          allowed_differing=meta["allowed_differing"],
+                          tokens_match=all(checks) if checks else None,
+                          token_checks_per_call=checks)
         if "tpot_ms_p50" in rows[0]:  # online and concurrency:C
             for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
                 result[f"median_{key}"] = {m: float(np.median(
@@ -859,18 +880,18 @@ def paired_ratio_median(rows: list[dict[str, Any]], base: str, other: str) -> fl
     by_pair: dict[tuple[int, int], dict[str, float]] = {}
     for r in rows:
         if "repeat" in r:
-            by_pair.setdefault((r.get("start", 0), r["repeat"]), {})[r["ramp_mode"]] = \
+            by_pair.setdefault((r.get("call", 0), r["repeat"]), {})[r["ramp_mode"]] = \
                 r["total_tok_per_s"]
     ratios = [p[other] / p[base] for p in by_pair.values() if base in p and other in p]
     return float(np.median(ratios)) if ratios else None
 
 
-def start_ratio(rows: list[dict[str, Any]], start: int, base: str, other: str) -> float | None:
-    """Median ``other`` over median ``base`` throughput among one engine start's runs,
-    None where that start lacks a mode."""
+def call_ratio(rows: list[dict[str, Any]], call: int, base: str, other: str) -> float | None:
+    """Median ``other`` over median ``base`` throughput among one pooled call's runs,
+    None where that call lacks a mode (or the workload)."""
     med = {}
     for mode in (base, other):
-        tps = [r["total_tok_per_s"] for r in rows if r["start"] == start and r["ramp_mode"] == mode]
+        tps = [r["total_tok_per_s"] for r in rows if r["call"] == call and r["ramp_mode"] == mode]
         if not tps:
             return None
         med[mode] = float(np.median(tps))

@@ -65,8 +65,9 @@ case $stage in
       python3 bench/layer_parts.py --model "$model" --out "$OUT/layer-parts" \
         2>&1 | grep -v "^WARNING" | tee -a "$OUT/kernels.log"
     done  # packed: a call brings back at most 8 files
-    tar czf "$OUT/kernels.tar.gz" -C "$OUT" roofline layer-parts &&
-      rm -rf "$OUT/roofline" "$OUT/layer-parts" ;;
+    made=(); for d in roofline layer-parts; do [ -d "$OUT/$d" ] && made+=("$d"); done
+    [ ${#made[@]} -gt 0 ] && tar czf "$OUT/kernels.tar.gz" -C "$OUT" "${made[@]}" &&
+      (cd "$OUT" && rm -rf "${made[@]}") ;;
   engine)
     model=$1; shift
     RAMP_PROFILE_DIR=$prof python3 bench/engine/bench.py --model "$model" --out "$OUT" \

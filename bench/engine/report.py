@@ -75,9 +75,9 @@ def table(results: list[tuple[str, dict]]) -> str:
         ratio = f"**{d['ratio']:.3f}x** ({ratio_lo:.2f}-{ratio_hi:.2f})"
         if d.get("paired_ratio_median") is not None:
             ratio += f"; paired {d['paired_ratio_median']:.3f}x"
-        if "ratio_by_start" in d:  # pooled engine starts
-            ratio += "; by start " + ", ".join("-" if r is None else f"{r:.3f}"
-                                               for r in d["ratio_by_start"])
+        if "ratio_by_call" in d:  # pooled calls (engine starts)
+            ratio += "; by call " + ", ".join("-" if r is None else f"{r:.3f}"
+                                              for r in d["ratio_by_call"])
         lines.append(f"| `{name}` | {base} vs {other} | {med[base]:.0f} / {med[other]:.0f} | "
                      f"{ratio} | {online or '-'} | "
                      f"{served(d)} | {d['tokens_match']} |")
