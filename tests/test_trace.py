@@ -218,9 +218,9 @@ def _live_writer(path, start, stop, appended, cuts):
     cuts.value = sum("cut a torn last line" in str(w.message) for w in seen)
 
 
-def _slow_writer(path, start, mid_line):
-    """Appends forever, each line in 64-byte writes; ``mid_line`` is set while a line is
-    half written, which is when the test kills this process."""
+def _slow_writer(path, start, hold, mid_line):
+    """Appends forever, each line in 64-byte writes; once ``hold`` is set it stops in the
+    middle of its next line and sets ``mid_line``, so the test's kill lands there."""
     import ramp.trace as trace_module
 
     real_write = os.write
@@ -228,14 +228,15 @@ def _slow_writer(path, start, mid_line):
     def slow(fd, data):
         n = real_write(fd, data[:64])
         if n < len(data):
-            mid_line.value = 1
+            if hold.value:
+                mid_line.value = 1
+                time.sleep(60)  # killed here
             time.sleep(0.002)
         return n
 
     trace_module.os.write = slow
     with TraceWriter(path, HEADER) as writer:
         for i in itertools.count(start):
-            mid_line.value = 0
             writer.append(step(i, tokens=40))
 
 
@@ -286,10 +287,12 @@ def test_concurrent_appenders_killed_or_failing_never_corrupt_a_line(tmp_path):
         p.start()
     kills = 0
     for victim in range(8):
-        mid_line = ctx.Value("i", 0)
-        proc = ctx.Process(target=_slow_writer, args=(path, 100_000 * (victim + 1), mid_line))
+        hold, mid_line = ctx.Value("i", 0), ctx.Value("i", 0)
+        proc = ctx.Process(target=_slow_writer,
+                           args=(path, 100_000 * (victim + 1), hold, mid_line))
         proc.start()
         time.sleep(rng.uniform(0.0, 0.05))
+        hold.value = 1
         deadline = time.monotonic() + 30
         while not mid_line.value and time.monotonic() < deadline:
             time.sleep(0.0005)
