@@ -531,6 +531,8 @@ def main() -> None:
             res = w.run(wl, seed=4242, profile=True)
             traces = sorted(set(folder.rglob("*.json.gz")) - before)
             summary = {"model": args.model, "ramp_mode": w.mode, "workload": wl,
+                       **{k: meta[k] for k in ("command", "device", "engine")},
+                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "iterations": args.profile_iterations,
                        "total_tok_per_s_profiled": res["total_tok_per_s"],
                        "traces": [t.name for t in traces],
