@@ -532,8 +532,7 @@ def main() -> None:
             traces = sorted(set(folder.rglob("*.json.gz")) - before)
             summary = {"model": args.model, "ramp_mode": w.mode, "workload": wl,
                        **{k: meta[k] for k in ("command", "device", "engine")},
-                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "iterations": args.profile_iterations,
+                       "date": utc_now(), "iterations": args.profile_iterations,
                        "total_tok_per_s_profiled": res["total_tok_per_s"],
                        "traces": [t.name for t in traces],
                        **(kernel_summary(trace_events(traces)) if traces else {})}
@@ -689,6 +688,11 @@ def kernel_summary(events: list[dict[str, Any]], top: int = 40) -> dict[str, Any
                         for n, (c, t) in ranked]}
 
 
+def utc_now() -> str:
+    """The results files' timestamp: UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def run_meta(args: argparse.Namespace) -> dict[str, Any]:
     """What the results files say of the whole run: the command and its options, the
     GPU and the engine's version (read once, before the engines start)."""
@@ -698,8 +702,7 @@ def run_meta(args: argparse.Namespace) -> dict[str, Any]:
 
     options = {k: v for k, v in vars(args).items() if k != "passthrough"}
     return {"command": "python3 bench/engine/bench.py " + " ".join(sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "options": options, "device": device_info(),
+            "date": utc_now(), "options": options, "device": device_info(),
             "engine": {"name": "vllm", "version": version("vllm")}}
 
 
@@ -726,9 +729,11 @@ def need(record: dict[str, Any], where: str, *fields: str) -> None:
 # Options that change how long a call runs, not what its engines serve: logs that differ
 # only in these pool into one results file (``summarize --allow-differing`` adds others).
 RUN_LENGTH_OPTIONS = ("repeats", "warmup", "time_budget", "out", "stats_dir", "workloads")
+# a raw log read: its start line, the engines' infos and token checks by mode, runs by workload
+RawLog = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, list[dict[str, Any]]]]
 
 
-def read_raw_log(raw: Path, call: int = 0):
+def read_raw_log(raw: Path, call: int = 0) -> RawLog:
     """One raw log's header, engine infos, token checks and summarised runs by workload;
     each run is tagged with ``call`` (which log it came from when pooled)."""
     meta, infos, matches, runs = None, {}, {}, {}
@@ -763,7 +768,7 @@ def read_raw_log(raw: Path, call: int = 0):
     return meta, infos, matches, runs
 
 
-def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()):
+def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
     """Several calls' raw logs as one, each call's repeats tagged with its index. The
     logs must agree on the device, the engine and every option but ``RUN_LENGTH_OPTIONS``
     and ``allowed``; every log's token check is kept (``token_checks``)."""
