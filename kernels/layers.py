@@ -18,6 +18,7 @@ name): the engine runtime builds the paths its plan chooses from it, and the pla
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ import triton
 from ramp.config import KernelConfig
 from ramp.kernels.grouped_mm import grouped_mm_layer
 from ramp.kernels.routing import Routing, route
+from ramp.kernels.triton.configs import TMA
 from ramp.kernels.triton.fused_moe import FUSED_ROUTING_MAX_SLOTS, moe_gemm, moe_gemm_w13_routed
 from ramp.kernels.triton.moe_gemm import moe_top_k_sum_kernel
 from ramp.kernels.triton.poly import PolyGemm
@@ -233,6 +235,20 @@ def _triton_path(inputs: PathInputs) -> Layer:
                             inputs.num_sms or INTERPRETER_SMS)
 
 
+def _triton_tma_path(inputs: PathInputs) -> Layer:
+    """The triton path's configurations with their operand tiles through TMA
+    descriptors (``TMA`` variant; weights for both GEMMs, w2's activations too)."""
+    configs_at = _configs(inputs, "triton-tma")
+
+    def tma_configs_at(tokens: int) -> tuple[KernelConfig, KernelConfig, int, int]:
+        cfg13, cfg2, occ13, occ2 = configs_at(tokens)
+        return (dataclasses.replace(cfg13, variant=TMA),
+                dataclasses.replace(cfg2, variant=TMA), occ13, occ2)
+
+    return configured_layer(moe_gemm, functools.cache(tma_configs_at),
+                            inputs.num_sms or INTERPRETER_SMS)
+
+
 def _triton_fused_path(inputs: PathInputs) -> Layer:
     return routed_layer(_configs(inputs, "triton-fused"), inputs.num_sms or INTERPRETER_SMS)
 
@@ -255,6 +271,7 @@ def _cute_path(inputs: PathInputs) -> Layer:
 LAYER_PATHS: dict[str, Callable[[PathInputs], Layer]] = {
     "triton": _triton_path,
     "triton-fused": _triton_fused_path,
+    "triton-tma": _triton_tma_path,
     "triton-poly": _poly_path,
     "cute": _cute_path,
     "grouped_mm": lambda inputs: grouped_mm_path,
@@ -262,7 +279,8 @@ LAYER_PATHS: dict[str, Callable[[PathInputs], Layer]] = {
 
 
 # The kernel family whose configurations (one per GEMM and T) a configured path runs.
-PATH_FAMILY = {"triton": "triton", "triton-fused": "triton", "cute": "cute"}
+PATH_FAMILY = {"triton": "triton", "triton-fused": "triton", "triton-tma": "triton",
+               "cute": "cute"}
 
 
 def build_path(name: str, inputs: PathInputs) -> Layer:

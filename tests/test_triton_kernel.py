@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 
 from ramp.config import KernelConfig  # noqa: E402
 from ramp.kernels.routing import route  # noqa: E402
+from ramp.kernels.triton.configs import TMA  # noqa: E402
 from ramp.kernels.triton.fused_moe import (  # noqa: E402
     fused_moe,
     moe_gemm,
@@ -82,12 +83,15 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("tokens,top_k,routing,bm,bn,bk,persistent", CASES)
+@pytest.mark.parametrize("variant", ["", TMA])
 def test_fused_moe_matches_float32_reference(dtype, tokens, top_k, routing, bm, bn, bk,
-                                             persistent):
+                                             persistent, variant):
+    """Pointer loads and TMA descriptors (weights, and w2's activations, whose boxes
+    read past an expert's rows into the next one's and past the tensor's end)."""
     seed = case_seed(dtype, tokens, top_k, routing, bm, bn, bk, persistent)
     x, w13, w2, ids, weights = make_inputs(tokens, top_k=top_k, dtype=dtype, routing=routing,
                                            seed=seed, **SIZES)
-    cfg = KernelConfig("triton", bm, bn, bk, persistent=persistent)
+    cfg = KernelConfig("triton", bm, bn, bk, persistent=persistent, variant=variant)
     out = fused_moe(x, w13, w2, ids, weights, cfg, cfg)
     assert out.shape == (tokens, SIZES["hidden"])
     assert torch.isfinite(out).all(), f"seed {seed}"
@@ -205,6 +209,7 @@ def test_route_counts_and_permutation():
 @pytest.mark.parametrize("gemm", ["w13", "w2"])
 @pytest.mark.parametrize("cfg", [
     KernelConfig("triton", 16, 64, 32, persistent=True),
+    KernelConfig("triton", 16, 64, 32, persistent=True, variant=TMA),
     KernelConfig("triton-tiles", 32, 64, 32, persistent=True, small_block_m=16, small_rows=2),
 ], ids=lambda c: c.name)
 def test_every_row_is_written(gemm, cfg):

@@ -28,6 +28,7 @@ BLOCK_N = (32, 64, 128, 256)  # 32 only with thin row tiles: many CTAs for decod
 BLOCK_K = (64, 128)
 WARPS_STAGES = ((4, 3), (4, 4), (8, 3), (8, 4))
 GROUP_M = 8
+TMA = "tma"  # variant: operand tiles through TMA tensor descriptors (sm90 and later)
 TILES_FAMILY = "triton-tiles"
 TILES_FAMILY_VERSION = "1"
 LARGE_BLOCK_M = (64, 128)           # the hot experts' tile

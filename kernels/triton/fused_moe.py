@@ -14,6 +14,7 @@ import triton
 from ramp.config import KernelConfig
 from ramp.geometry import max_class_row_tiles
 from ramp.kernels.routing import Routing, pow2, route
+from ramp.kernels.triton.configs import TMA
 from ramp.kernels.triton.moe_gemm import (
     moe_gemm_kernel,
     moe_gemm_tiles_kernel,
@@ -49,6 +50,25 @@ def _max_tiles(cfg: KernelConfig, gemm: str, n: int, rows: int, num_experts: int
     return max_class_row_tiles(rows, num_experts, cfg) * triton.cdiv(out_cols, out_n)
 
 
+def tma_descriptors(a, w, cfg: KernelConfig, gemm: str) -> dict:
+    """The ``TMA`` variant's operand descriptors (``_tile_body``): the weights as
+    [E * N, K] in boxes of one tile's columns, and for w2 (rows contiguous in
+    expert-sorted order) the activations as [rows, K] in boxes of one row tile."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    num_experts, n, k = w.shape
+    if w.stride(2) != 1 or w.stride(0) != n * w.stride(1):
+        raise ValueError(f"{cfg.name}: TMA needs the weights [E, N, K] contiguous, got "
+                         f"strides {tuple(w.stride())}")
+    _, out_n = cfg.output_tiling(gemm, n)
+    descs = dict(b_desc=TensorDescriptor(w, [num_experts * n, k], [w.stride(1), 1],
+                                         [out_n, cfg.block_k]), TMA_B=True)
+    if gemm == "w2":
+        descs.update(a_desc=TensorDescriptor(a, list(a.shape), [a.stride(0), 1],
+                                             [cfg.block_m, cfg.block_k]), TMA_A=True)
+    return descs
+
+
 def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
     """Kernel, grid, positional and keyword arguments of one call: ``moe_gemm_kernel``,
     or ``moe_gemm_tiles_kernel`` for a configuration with two row-tile classes."""
@@ -59,6 +79,10 @@ def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
     buffers, sizes, constexprs = launch_abi(a, w, routing, out, gemm, cfg)
     kwargs = dict(constexprs, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   PERSISTENT=cfg.persistent, EVEN_K=k % cfg.block_k == 0)
+    if cfg.variant == TMA:
+        if cfg.small_rows:
+            raise ValueError(f"{cfg.name}: the TMA variant takes one-class configurations")
+        kwargs.update(tma_descriptors(a, w, cfg, gemm))
     if cfg.small_rows:
         kernel = moe_gemm_tiles_kernel
         kwargs.update(SMALL_ROWS=cfg.small_rows, BM_SMALL=cfg.small_block_m,

@@ -207,6 +207,7 @@ def _gemm_tile(
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, GATHER_A: tl.constexpr,
     SCATTER_C: tl.constexpr, SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
+    a_desc, b_desc, TMA_A: tl.constexpr, TMA_B: tl.constexpr,
 ):
     m_tile, n_tile = _raster(tile, num_m_tiles, n_tiles, GROUP_M)
     expert, count, first_row = _owner(m_tile, experts, counts, tiles_cum, BLOCK_M)
@@ -214,7 +215,7 @@ def _gemm_tile(
                a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
                N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm,
                stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GATHER_A, SCATTER_C, SILU_MUL,
-               EVEN_K)
+               EVEN_K, a_desc, b_desc, TMA_A, TMA_B)
 
 
 @triton.jit
@@ -225,9 +226,17 @@ def _tile_body(
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr,
     SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
+    a_desc, b_desc, TMA_A: tl.constexpr, TMA_B: tl.constexpr,
 ):
     """One output tile: rows ``first_row ..+ BLOCK_M`` of ``expert`` (``count`` rows,
-    starting at ``row_offset`` in expert-sorted order), column tile ``n_tile``."""
+    starting at ``row_offset`` in expert-sorted order), column tile ``n_tile``.
+
+    ``TMA_B``: the weight tiles come through the tensor descriptor ``b_desc`` (the
+    weights as [E * N, K], boxes of [OUT_N, BLOCK_K]) instead of pointer loads;
+    ``TMA_A``: so do the activation tiles (``a_desc``: [rows, K], boxes of [BLOCK_M,
+    BLOCK_K]), for w2 only, whose rows are contiguous in expert-sorted order. Box rows
+    past this expert's (the next expert's rows or columns) are computed and never
+    stored; past the tensor's end TMA reads zeros."""
     local = first_row + tl.arange(0, BLOCK_M)
     row_ok = local < count
     pos = row_offset + local  # row in expert-sorted order
@@ -247,20 +256,29 @@ def _tile_body(
     if SILU_MUL:
         up_ptrs = b_ptrs + out_cols * stride_bn
         acc_up = tl.zeros([BLOCK_M, OUT_N], dtype=tl.float32)
+    b_row = expert * N + n_tile * OUT_N  # the gate (or only) box's first weight row
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
+        if TMA_A:
+            a = a_desc.load([row_offset + first_row, k0])
+        elif EVEN_K:
             a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < K - k0)[None, :], other=0.0)
+        if TMA_B:
+            b = b_desc.load([b_row, k0]).T
+        elif EVEN_K:
             b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
         else:
-            k_ok = offs_k < K - k0
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=(offs_k < K - k0)[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc)
         if SILU_MUL:
-            if EVEN_K:
+            if TMA_B:
+                u = b_desc.load([b_row + out_cols, k0]).T
+            elif EVEN_K:
                 u = tl.load(up_ptrs, mask=n_ok[None, :], other=0.0)
             else:
-                u = tl.load(up_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+                u = tl.load(up_ptrs, mask=(offs_k < K - k0)[:, None] & n_ok[None, :],
+                            other=0.0)
             acc_up = tl.dot(a, u, acc_up)
             up_ptrs += BLOCK_K * stride_bk
         a_ptrs += BLOCK_K * stride_ak
@@ -284,18 +302,21 @@ def moe_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr,
     GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr, SILU_MUL: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    EVEN_K: tl.constexpr, a_desc=None, b_desc=None, TMA_A: tl.constexpr = False,
+    TMA_B: tl.constexpr = False,
 ):
     """Grouped GEMM over expert-sorted rows: C[rows of e] = A[rows of e] @ W[e]^T.
 
     One-tile-per-CTA (grid = an upper bound on tiles from T; surplus CTAs exit) or
-    persistent (grid <= one wave; CTAs stride over tiles).
+    persistent (grid <= one wave; CTAs stride over tiles). ``TMA_A``/``TMA_B``: operand
+    tiles through tensor descriptors (``_tile_body``).
     """
     if PERSISTENT:
         _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
                           N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
                           stride_cm, stride_cn, E, E_POW2, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K,
-                          GROUP_M, GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+                          GROUP_M, GATHER_A, SCATTER_C, SILU_MUL, EVEN_K,
+                          a_desc, b_desc, TMA_A, TMA_B)
     else:
         experts, counts, row_offsets, tiles_cum, num_m_tiles, n_tiles = _grid_tiles(
             counts_ptr, N, E, E_POW2, BLOCK_M, BLOCK_N, SILU_MUL)
@@ -305,7 +326,7 @@ def moe_gemm_kernel(
                        a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
                        N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
                        stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                       GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+                       GATHER_A, SCATTER_C, SILU_MUL, EVEN_K, a_desc, b_desc, TMA_A, TMA_B)
 
 
 @triton.jit
@@ -342,7 +363,8 @@ def moe_gemm_w13_routed_kernel(
         _tile_body(expert, count, first_row, row_offset, n_tile,
                    a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
                    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm,
-                   stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, True, False, True, EVEN_K)
+                   stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, True, False, True, EVEN_K,
+                   None, None, False, False)
 
 
 @triton.jit
@@ -365,7 +387,7 @@ def _class_tile(
                    a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
                    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm,
                    stride_cn, TOP_K, BM_LARGE, BLOCK_N, BLOCK_K, GATHER_A, SCATTER_C,
-                   SILU_MUL, EVEN_K)
+                   SILU_MUL, EVEN_K, None, None, False, False)
     else:
         expert, count, first_row = _owner(m_tile - num_large, experts, counts, small_cum,
                                           BM_SMALL)
@@ -373,7 +395,7 @@ def _class_tile(
                    a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
                    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm,
                    stride_cn, TOP_K, BM_SMALL, BLOCK_N, BLOCK_K, GATHER_A, SCATTER_C,
-                   SILU_MUL, EVEN_K)
+                   SILU_MUL, EVEN_K, None, None, False, False)
 
 
 @triton.jit
@@ -447,6 +469,7 @@ def _persistent_tiles(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr,
     SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr,
+    a_desc, b_desc, TMA_A: tl.constexpr, TMA_B: tl.constexpr,
 ):
     experts, counts, row_offsets, tiles_cum, num_m_tiles, n_tiles = _grid_tiles(
         counts_ptr, N, E, E_POW2, BLOCK_M, BLOCK_N, SILU_MUL)
@@ -455,7 +478,7 @@ def _persistent_tiles(
                    a_ptr, b_ptr, c_ptr, sorted_slots_ptr, topk_weights_ptr,
                    N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
                    stride_cm, stride_cn, TOP_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                   GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+                   GATHER_A, SCATTER_C, SILU_MUL, EVEN_K, a_desc, b_desc, TMA_A, TMA_B)
 
 
 @triton.jit
@@ -517,19 +540,19 @@ def moe_gemm_poly_kernel(
         _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
                           N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
                           stride_cm, stride_cn, E, E_POW2, TOP_K, BM0, BN0, BK0, GROUP_M,
-                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K, None, None, False, False)
     elif choice == 1:
         _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
                           N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
                           stride_cm, stride_cn, E, E_POW2, TOP_K, BM1, BN1, BK1, GROUP_M,
-                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K, None, None, False, False)
     elif choice == 2:
         _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
                           N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
                           stride_cm, stride_cn, E, E_POW2, TOP_K, BM2, BN2, BK2, GROUP_M,
-                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K, None, None, False, False)
     else:
         _persistent_tiles(a_ptr, b_ptr, c_ptr, counts_ptr, sorted_slots_ptr, topk_weights_ptr,
                           N, K, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
                           stride_cm, stride_cn, E, E_POW2, TOP_K, BM3, BN3, BK3, GROUP_M,
-                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K)
+                          GATHER_A, SCATTER_C, SILU_MUL, EVEN_K, None, None, False, False)
