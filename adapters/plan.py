@@ -20,6 +20,10 @@ poisoned with NaN first, every row checked); a path that fails is left out. Timi
 CUDA-graph replays (``ramp.kernels.cuda_timing.time_graph``), paths alternating, several
 rounds; the plan keeps the median per path and T (geometric mean over routings), and
 ``LayerPlan.choices`` picks a RaMP path only where it beats the engine by the margin.
+Each path's host time to issue one eager call (``host_us``: calls issued behind a spin
+kernel, so none waits on the GPU) is measured at every size too: eager engine steps are
+host-bound, and ``LayerPlan.eager_choices`` takes a path there only if it costs the host
+no more than the engine's kernel.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ ROUTINGS = ("uniform", "zipf:s=1.2", "realistic", "hot:hot_fraction=0.9")
 CHECK_TOKENS = (1, 48, 1024)
 MAX_REL_ERR = 2e-2
 WEIGHT_COPIES = 2  # one layer's weights are far larger than L2; two copies alternate
+# host-time measurement: calls issued per sample (fewer where their GPU time would make
+# the wait after each sample long), samples per path and size, and the spin kernel that
+# holds the GPU meanwhile (torch.cuda._sleep cycles: ~15 ms at the H200's 1.98 GHz)
+HOST_CALLS, HOST_SAMPLES, HOST_GPU_BUDGET_US, HOST_SPIN_CYCLES = 20, 3, 40_000.0, 3 * 10**7
 
 Layer = Callable[..., torch.Tensor]
 
@@ -275,6 +283,32 @@ def check_at(layers: dict[str, Layer], x, ids, weights, w13, w2,
     return errors
 
 
+def host_us(call: Callable[[], object], calls: int) -> float | None:
+    """Microseconds the host takes to issue one eager ``call``: ``calls`` calls issued
+    while a spin kernel queued first holds the GPU, so no launch waits on the device
+    (what a host-bound eager engine step pays for the layer), then run. None where the
+    spin ended before the host finished issuing (a launch may have waited)."""
+    torch.cuda.synchronize()
+    torch.cuda._sleep(HOST_SPIN_CYCLES)
+    spun = torch.cuda.Event()
+    spun.record()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    elapsed = time.perf_counter() - start
+    overran = spun.query()
+    torch.cuda.synchronize()
+    return None if overran else elapsed / calls * 1e6
+
+
+def host_calls(gpu_us: float | None) -> int:
+    """Calls per host-time sample: ``HOST_CALLS``, fewer (at least 3) where their GPU
+    time would exceed ``HOST_GPU_BUDGET_US``."""
+    if not gpu_us:
+        return HOST_CALLS
+    return max(3, min(HOST_CALLS, int(HOST_GPU_BUDGET_US / gpu_us)))
+
+
 def contiguous_expert_map(experts: int, ep: int, rank: int = 0) -> torch.Tensor:
     """vLLM's expert map of ``rank`` under contiguous placement: global -> local or -1."""
     local = experts // ep
@@ -437,19 +471,55 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
                 f"{n} {shown_median(start_times[n][routings[0]][i])}" for n in names)
         print(f"{model} T={t:<6} {line}   ({time.monotonic() - t0:.0f} s)", flush=True)
 
+    def host_times(routing: str) -> dict[str, tuple[float | None, ...]]:
+        """Every path's host time per eager call at every size (configured paths with
+        the configuration the plan keeps there), paths alternating over
+        ``HOST_SAMPLES`` samples; the median, None where no sample held."""
+        out: dict[str, list[float | None]] = {n: [] for n in names}
+        for i, t in enumerate(tokens):
+            x, ids, weights = make_inputs(problems, t, routing, seed + 31 * i, experts)
+            buf = torch.empty(t, w2s[0].shape[1], dtype=x.dtype, device="cuda")
+            samples: dict[str, list[float]] = {n: [] for n in names}
+            for _ in range(HOST_SAMPLES):
+                for n in names:
+                    run = (fixed_config_layer(n, configs[n][i], sms) if n in configured
+                           else layers[n])
+                    call = functools.partial(run, x, w13s[0], w2s[0], ids, weights,
+                                             None if n == ENGINE else buf, expert_map)
+                    gpu = times[n][routing][i]
+                    try:
+                        us = host_us(call, host_calls(float(np.median(gpu)) if gpu else None))
+                    except Exception as exc:  # a path failing here failed its timing too
+                        print(f"{model} T={t}: {n} host time not measured "
+                              f"({type(exc).__name__}: {exc})", flush=True)
+                        torch.cuda.synchronize()
+                        continue
+                    if us is not None:
+                        samples[n].append(us)
+            for n in names:
+                out[n].append(float(np.median(samples[n])) if samples[n] else None)
+            print(f"{model} T={t:<6} host us per eager call: " + "  ".join(
+                f"{n} {out[n][-1]:.1f}" if out[n][-1] is not None else f"{n} -"
+                for n in names), flush=True)
+        return {n: tuple(v) for n, v in out.items()}
+
+    host = host_times(routings[0])
     per_routing = medians_by_routing(times)
     plan = LayerPlan(
         gpu=gpu.name, problem=problems[0], engine=engine_name, tokens=tuple(tokens),
         times_us=geomean_over_routings(per_routing),
         times_us_by_routing=per_routing, interval_starts=starts,
         interval_start_times_us_by_routing=medians_by_routing(start_times),
-        configs={n: tuple(configs[n]) for n in configured},
+        configs={n: tuple(configs[n]) for n in configured}, host_us=host,
         provenance={**device_info(), "engine": engine_name,
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]]),
                     "routings": list(routings), "rounds": rounds,
                     "statistic": "geometric mean over routings of the median over rounds "
                                  "of CUDA-graph replay medians",
+                    "host_statistic": f"median of {HOST_SAMPLES} samples of up to "
+                                      f"{HOST_CALLS} eager calls issued behind a spin "
+                                      f"kernel, routing {routings[0]}",
                     "max_rel_err": {n: max(e.values()) for n, e in errors.items()
                                     if n in layers},
                     "measure_seconds": round(time.monotonic() - t0, 1),

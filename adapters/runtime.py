@@ -238,8 +238,8 @@ class RampMoERuntime:
             layer_paths = self._layer(hidden_states, w13, w2, topk_ids, topk_weights,
                                       global_num_experts, expert_map)
             tokens = hidden_states.shape[0]
-            path = layer_paths.plan.choose(tokens)
             capturing = hidden_states.is_cuda and torch.cuda.is_current_stream_capturing()
+            path = layer_paths.plan.choose(tokens, eager=not capturing)
             self._count(layer_paths.key, path, capturing)
             if path == ENGINE:
                 return fallback()
@@ -497,19 +497,25 @@ def _describe(key: tuple[Any, ...]) -> str:
 
 def _buckets_of(plan: LayerPlan, path: str) -> str:
     """The measured token counts whose bucket ``plan`` gives to ``path``, e.g. '128, 192'."""
-    return ", ".join(str(t) for t, p in zip(plan.tokens, plan.choices) if p == path)
+    return ", ".join(str(t) for t, graphed, eager in zip(plan.tokens, plan.choices,
+                                                         plan.eager_choices)
+                     if path in (graphed, eager))
 
 
 def _plan_summary(plan: LayerPlan) -> str:
+    return (f"in CUDA graphs {_runs(plan.tokens, plan.choices)}; eager "
+            f"{_runs(plan.tokens, plan.eager_choices)}")
+
+
+def _runs(tokens: tuple[int, ...], choices: tuple[str, ...]) -> str:
+    """Runs of equal choices over the measured token counts, e.g. 'T<=8: triton; ...'."""
     runs, start = [], 0
-    choices = plan.choices
     for i in range(1, len(choices) + 1):
         if i == len(choices) or choices[i] != choices[start]:
-            runs.append(f"T<={plan.tokens[i - 1]}: {choices[start]}" if start == 0 else
-                        f"T {plan.tokens[start - 1] + 1}..{plan.tokens[i - 1]}: "
-                        f"{choices[start]}")
+            runs.append(f"T<={tokens[i - 1]}: {choices[start]}" if start == 0 else
+                        f"T {tokens[start - 1] + 1}..{tokens[i - 1]}: {choices[start]}")
             start = i
-    return "; ".join(runs) + f" (beyond {plan.tokens[-1]}: {choices[-1]})"
+    return "; ".join(runs) + f" (beyond {tokens[-1]}: {choices[-1]})"
 
 
 def config_entry(entry: Mapping[str, Any]) -> tuple[Any, Any, int, int]:
@@ -529,8 +535,9 @@ def _plan_configs(plan: LayerPlan, path: str) -> Callable[[int], tuple[Any, Any,
 
     configs = {i: config_entry(entry) for i, entry in enumerate(plan.configs.get(path, ()))
                if entry is not None}
-    missing = [plan.tokens[i] for i, c in enumerate(plan.choices)
-               if c == path and i not in configs]
+    missing = [plan.tokens[i] for i, chosen in enumerate(zip(plan.choices,
+                                                            plan.eager_choices))
+               if path in chosen and i not in configs]
     if missing:
         raise Unsupported(f"layer plan {plan.key} chooses the {path} path at T={missing} "
                           "but records no configuration for it")
@@ -554,7 +561,9 @@ def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
 
     gen = torch.Generator(device=hidden.device).manual_seed(0)
     done = set()
-    for i, (tokens, path) in enumerate(zip(layer.plan.tokens, layer.plan.choices)):
+    plan = layer.plan
+    for i, tokens, path in [(i, t, p) for choices in (plan.choices, plan.eager_choices)
+                            for i, (t, p) in enumerate(zip(plan.tokens, choices))]:
         what = (path, repr(layer.plan.configs.get(path, [None] * len(layer.plan.tokens))[i]))
         if path == ENGINE or what in done:
             continue

@@ -15,6 +15,12 @@ table), ``triton`` (RaMP's Triton family, the profile's per-T configuration),
 the live histogram), ``cute`` (RaMP's CuTe DSL sm90 family, the profiles' per-T
 configuration; needs nvidia-cutlass-dsl), ``grouped_mm`` (torch._grouped_mm on
 expert-sorted rows).
+Eager calls (outside any CUDA graph: prefill steps beyond the engine's captured sizes,
+or ``enforce_eager``) pay every launch's host time again, and vLLM's eager prefill steps
+are host-bound (Qwen3-30B-A3B on the H200: GPU busy 56-61% of a prefill-heavy run's
+steps), so there a path must also cost the host no more than the engine's kernel does
+(``host_us``, measured per path and size); a plan without host times gives every eager
+call to the engine. Calls inside a graph replay without the host and take ``choices``.
 A call of T tokens takes the decision of the smallest measured size >= T (engines pad a
 graph's batch up to its captured size), or of the largest measured size beyond it. So a
 bucket serves every size from just above the previous measured one: where the plan also
@@ -27,6 +33,7 @@ from __future__ import annotations
 import bisect
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
@@ -39,7 +46,7 @@ from ramp.problem import MoEProblem
 
 SCHEMA = "ramp-layer-plan/1"
 ENGINE = "engine"
-PATHS = (ENGINE, "triton", "triton-fused", "triton-poly", "cute", "grouped_mm")
+PATHS = (ENGINE, "triton", "triton-fused", "triton-tma", "triton-poly", "cute", "grouped_mm")
 DEFAULT_MARGIN = 0.02
 
 
@@ -77,6 +84,9 @@ class LayerPlan:
     interval_starts: tuple[int | None, ...] = ()
     interval_start_times_us_by_routing: dict[str, dict[str, tuple[float | None, ...]]] = (
         field(default_factory=dict))
+    # path -> per token count, microseconds the host takes to issue one eager call (the
+    # GPU held busy meanwhile): what an eager step pays for the layer on the host
+    host_us: dict[str, tuple[float | None, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tokens or list(self.tokens) != sorted(set(self.tokens)) or self.tokens[0] < 1:
@@ -101,6 +111,10 @@ class LayerPlan:
                                  "the previous measured token count and this one")
         self._check_by_routing("interval_start_times_us_by_routing",
                                self.interval_start_times_us_by_routing)
+        for path, times in self.host_us.items():
+            if path not in self.times_us:
+                raise InputError(f"layer plan: host_us[{path!r}] is not a path of 'times_us'")
+            self._check_times(f"host_us[{path!r}]", times)
         if not 0 <= self.margin < 1:
             raise InputError(f"layer plan: margin {self.margin} must be in [0, 1)")
         if isinstance(self.ep, bool) or not isinstance(self.ep, int) or not 1 <= self.ep <= 1024:
@@ -131,24 +145,43 @@ class LayerPlan:
 
     @cached_property
     def choices(self) -> tuple[str, ...]:
-        """The path of every measured token count: the fastest path that beats the engine
-        by more than ``margin``, under every routing of ``times_us_by_routing`` too;
-        else the engine."""
-        out = []
-        for i in range(len(self.tokens)):
-            engine = self.times_us[ENGINE][i]
-            best, best_us = ENGINE, engine
-            for path, times in self.times_us.items():
-                t = times[i]
-                if (path == ENGINE or t is None
-                        or not self._wins_every_routing(path, i, self.times_us_by_routing)
-                        or not self._wins_every_routing(
-                            path, i, self.interval_start_times_us_by_routing)):
-                    continue
-                if engine is None or (t < engine * (1 - self.margin) and t < best_us):
-                    best, best_us = path, t
-            out.append(best)
-        return tuple(out)
+        """The path of every measured token count inside a CUDA graph: the fastest path
+        that beats the engine by more than ``margin``, under every routing of
+        ``times_us_by_routing`` too; else the engine."""
+        return tuple(self._fastest_guarded(i, lambda path: True)
+                     for i in range(len(self.tokens)))
+
+    @cached_property
+    def eager_choices(self) -> tuple[str, ...]:
+        """The path of every measured token count for an eager call: the fastest of the
+        paths ``choices`` may take there whose measured host time is at most the
+        engine's; else the engine (also wherever host times are missing)."""
+        def cheap_on_host(i: int) -> Callable[[str], bool]:
+            engine = self.host_us.get(ENGINE, (None,) * len(self.tokens))[i]
+
+            def ok(path: str) -> bool:
+                host = self.host_us.get(path, (None,) * len(self.tokens))[i]
+                return engine is not None and host is not None and host <= engine
+            return ok
+
+        return tuple(self._fastest_guarded(i, cheap_on_host(i))
+                     for i in range(len(self.tokens)))
+
+    def _fastest_guarded(self, i: int, allowed: Callable[[str], bool]) -> str:
+        """At index ``i``: the fastest ``allowed`` path beating the engine by the margin,
+        on the summary and under every routing measured; else the engine."""
+        engine = self.times_us[ENGINE][i]
+        best, best_us = ENGINE, engine
+        for path, times in self.times_us.items():
+            t = times[i]
+            if (path == ENGINE or t is None or not allowed(path)
+                    or not self._wins_every_routing(path, i, self.times_us_by_routing)
+                    or not self._wins_every_routing(
+                        path, i, self.interval_start_times_us_by_routing)):
+                continue
+            if engine is None or (t < engine * (1 - self.margin) and t < best_us):
+                best, best_us = path, t
+        return best
 
     def _wins_every_routing(self, path: str, i: int,
                             table: dict[str, dict[str, tuple[float | None, ...]]]) -> bool:
@@ -166,9 +199,10 @@ class LayerPlan:
         """Index of the measured token count whose decision a call of ``tokens`` takes."""
         return min(bisect.bisect_left(self.tokens, tokens), len(self.tokens) - 1)
 
-    def choose(self, tokens: int) -> str:
-        """The path for a call of ``tokens`` tokens (host-side: no device data read)."""
-        return self.choices[self.bucket(tokens)]
+    def choose(self, tokens: int, eager: bool = False) -> str:
+        """The path for a call of ``tokens`` tokens (host-side: no device data read),
+        captured in a CUDA graph or, with ``eager``, run eagerly."""
+        return (self.eager_choices if eager else self.choices)[self.bucket(tokens)]
 
     def config(self, path: str, tokens: int) -> dict[str, Any] | None:
         """What ``path`` ran at the bucket of ``tokens`` (None: nothing recorded)."""
@@ -176,7 +210,7 @@ class LayerPlan:
         return None if per_t is None else per_t[self.bucket(tokens)]
 
     def paths_used(self) -> set[str]:
-        return set(self.choices)
+        return set(self.choices) | set(self.eager_choices)
 
     def without(self, paths: set[str]) -> LayerPlan:
         """This plan as if ``paths`` had never been timed: their buckets go to the next
@@ -192,7 +226,8 @@ class LayerPlan:
                                  for r, per in self.times_us_by_routing.items()},
             interval_start_times_us_by_routing={
                 r: {p: t for p, t in per.items() if p not in paths}
-                for r, per in self.interval_start_times_us_by_routing.items()})
+                for r, per in self.interval_start_times_us_by_routing.items()},
+            host_us={p: t for p, t in self.host_us.items() if p not in paths})
 
     def speedup(self) -> dict[int, float]:
         """Engine time / chosen path's time per measured token count (>= 1 by design)."""
@@ -216,12 +251,14 @@ class LayerPlan:
                 "interval_start_times_us_by_routing": {
                     r: {p: list(v) for p, v in per_path.items()}
                     for r, per_path in self.interval_start_times_us_by_routing.items()},
+                "host_us": {p: list(v) for p, v in self.host_us.items()},
+                "eager_choices": list(self.eager_choices),
                 "provenance": self.provenance}
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> LayerPlan:
         """A plan from its JSON object (``to_dict``), every field's type checked
-        (``choices`` follows from the times and is not read)."""
+        (``choices`` and ``eager_choices`` follow from the times and are not read)."""
         if not isinstance(data, dict):
             raise InputError(f"{where}: a layer plan is a JSON object")
         if data.get("schema") != SCHEMA:
@@ -231,7 +268,7 @@ class LayerPlan:
             if name not in data:
                 raise InputError(locate(f"{where}: missing field {name!r}", data))
         fields = copy.copy(data)  # a copy of what read_json read still knows its lines
-        for name in ("schema", "choices"):
+        for name in ("schema", "choices", "eager_choices"):
             fields.pop(name, None)
         return from_mapping(cls, fields, where)
 

@@ -305,7 +305,8 @@ class StepCoster:
         if layout.plan is None:
             return {}
         scale = 1e-6 * self.cal.moe_scale * self.model.moe_layers * routing_factor
-        return {p: layout.plan.layer_us(p, tokens) * scale for p in PLAN_POLICIES}
+        eager = tokens > self.graph_tokens
+        return {p: layout.plan.layer_us(p, tokens, eager) * scale for p in PLAN_POLICIES}
 
     def routing_factor(self, layout: Layout, tokens: int, hists: np.ndarray) -> float:
         """How much dearer a step's routing makes a layer than the routings its plan was

@@ -70,13 +70,14 @@ class LayerPlanCost:
     plan: LayerPlan
     source: str
 
-    def path(self, policy: str, tokens: int) -> str:
-        """The path ``policy`` runs for a ``tokens``-token call."""
-        return self.plan.choose(tokens) if policy == "plan" else ENGINE
+    def path(self, policy: str, tokens: int, eager: bool = False) -> str:
+        """The path ``policy`` runs for a ``tokens``-token call, in a CUDA graph or
+        (``eager``) not: the plan's eager choice weighs the host's cost too."""
+        return self.plan.choose(tokens, eager) if policy == "plan" else ENGINE
 
-    def layer_us(self, policy: str, tokens: int) -> float:
+    def layer_us(self, policy: str, tokens: int, eager: bool = False) -> float:
         """Microseconds of one MoE layer of ``tokens`` tokens under ``policy``."""
-        plan, path = self.plan, self.path(policy, tokens)
+        plan, path = self.plan, self.path(policy, tokens, eager)
         times, sizes = plan.times_us[path], plan.tokens
         hi = plan.bucket(tokens)
         if times[hi] is None:

@@ -83,21 +83,24 @@ TRITON_CFG = {"w13": KernelConfig("triton", 16, 32, 32).to_dict(),
               "w2": KernelConfig("triton", 16, 64, 32, persistent=True).to_dict()}
 CUTE_CFG = {"w13": cute_configs()[0].to_dict(), "w2": cute_configs()[1].to_dict()}
 RECORDED = {"triton": TRITON_CFG, "triton-fused": TRITON_CFG,  # what the configured
-            "cute": CUTE_CFG}                                 # paths ran
+            "triton-tma": TRITON_CFG, "cute": CUTE_CFG}       # paths ran
 
 
 def save_plan(directory: Path, paths: dict[int, str], dtype: str = "float16",
               gpu: str = "H100-SXM", ep: int = 1) -> LayerPlan:
     """A layer plan for the tiny layer whose measured winner at each T is ``paths[T]``
-    (made-up times: the winner 1 us, the engine 10 us, other paths 20 us)."""
+    (made-up times: the winner 1 us, the engine 10 us, other paths 20 us), in CUDA
+    graphs and eager alike (made-up host times: the engine's the dearest)."""
     tokens = sorted(paths)
     names = {"engine", *paths.values()}
     times = {n: tuple(1.0 if paths[t] == n else 10.0 if n == "engine" else 20.0
                       for t in tokens) for n in names}
     configs = {name: tuple(cfg for _ in tokens) for name, cfg in RECORDED.items()
                if name in names}
+    host = {n: (100.0 if n == "engine" else 50.0,) * len(tokens) for n in names}
     plan = LayerPlan(gpu, MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, dtype, "w13"),
-                     f"{ENGINE_NAME} 1", tuple(tokens), times, configs=configs, ep=ep)
+                     f"{ENGINE_NAME} 1", tuple(tokens), times, configs=configs, ep=ep,
+                     host_us=host)
     plan.save(directory / f"{plan.key}.json")
     return plan
 
@@ -321,7 +324,8 @@ def test_dispatch_matches_float32_reference(tmp_path, caplog):
     assert "RaMP dispatch active for H100-SXM/w13-E8-N64-K64-top2-float16" in caplog.text
 
 
-@pytest.mark.parametrize("path", ["triton", "triton-fused", "grouped_mm", "triton-poly"])
+@pytest.mark.parametrize("path", ["triton", "triton-fused", "triton-tma", "grouped_mm",
+                                  "triton-poly"])
 def test_every_path_matches_float32_reference(tmp_path, path):
     """Each path a layer plan can choose computes the layer (outputs poisoned first,
     every row checked), at sizes in two buckets."""
@@ -361,7 +365,8 @@ def test_a_path_wrong_at_warm_up_leaves_the_shape_to_the_engine(tmp_path, monkey
     assert caplog.text.count("is wrong here") == 1
 
 
-@pytest.mark.parametrize("path", ["triton", "triton-fused", "grouped_mm", "triton-poly"])
+@pytest.mark.parametrize("path", ["triton", "triton-fused", "triton-tma", "grouped_mm",
+                                  "triton-poly"])
 def test_expert_parallel_layer_computes_the_local_share(tmp_path, path):
     """EP=2 as vLLM calls it: 16 global experts, this rank holds 4..11 as local 0..7,
     ids are global and the expert map sends the other ranks' experts to -1. The result is
@@ -420,6 +425,56 @@ def test_layer_plan_choice_and_round_trip(tmp_path):
         LayerPlan(plan.gpu, plan.problem, "e", (1,), {"triton": (1.0,)})
     with pytest.raises(InputError, match="ascending"):
         LayerPlan(plan.gpu, plan.problem, "e", (8, 1), {"engine": (1.0, 1.0)})
+
+
+def test_eager_calls_take_a_path_only_where_it_costs_the_host_no_more(tmp_path):
+    """An eager call pays its launches on the host, and vLLM's eager prefill steps are
+    host-bound: there the plan takes the fastest GPU-side path whose measured host time
+    is at most the engine's (the next fastest if the fastest's is dearer), and the
+    engine wherever host times are missing. Calls in CUDA graphs take ``choices``."""
+    plan = save_plan(tmp_path, {1: "engine"})
+    times = {"engine": (10.0, 10.0, 10.0), "triton": (8.0, 8.0, 8.0),
+             "triton-tma": (7.0, 7.0, 7.0)}
+    host = {"engine": (100.0, 100.0, 100.0), "triton": (90.0, 120.0, 100.0),
+            "triton-tma": (95.0, 130.0, None)}
+    guarded = LayerPlan(plan.gpu, plan.problem, "e", (1, 8, 1024), times, host_us=host)
+    assert guarded.choices == ("triton-tma",) * 3
+    assert guarded.eager_choices == ("triton-tma", "engine", "triton")
+    assert [guarded.choose(t, eager=True) for t in (1, 8, 9, 5000)] == [
+        "triton-tma", "engine", "triton", "triton"]
+    assert guarded.paths_used() == {"triton-tma", "triton", "engine"}
+    again = LayerPlan.from_dict(json.loads(json.dumps(guarded.to_dict())), "x")
+    assert again == guarded and again.eager_choices == guarded.eager_choices
+    assert guarded.without({"triton-tma"}).eager_choices == ("triton", "engine", "triton")
+    unmeasured = LayerPlan(plan.gpu, plan.problem, "e", (1, 8, 1024), times)
+    assert unmeasured.eager_choices == ("engine",) * 3
+    assert unmeasured.choices == guarded.choices
+    with pytest.raises(InputError, match=r"host_us\['cute'\] is not a path"):
+        LayerPlan(plan.gpu, plan.problem, "e", (1, 8, 1024), times,
+                  host_us={"cute": (1.0, 1.0, 1.0)})
+    with pytest.raises(InputError, match=r"host_us\['triton'\] has 1 values"):
+        LayerPlan(plan.gpu, plan.problem, "e", (1, 8, 1024), times,
+                  host_us={"triton": (1.0,)})
+
+
+def test_an_eager_call_without_host_times_runs_the_engine(tmp_path):
+    """The runtime passes an eager call (no CUDA-graph capture: every call on the CPU)
+    to the engine where its plan measured no host times, and counts it there."""
+    save_profiles(tmp_path, plan={1: "engine"})
+    tokens = (4, 32)
+    times = {"engine": (10.0, 10.0), "triton": (1.0, 1.0)}
+    plan = LayerPlan("H100-SXM", MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, "float16",
+                                            "w13"),
+                     f"{ENGINE_NAME} 1", tokens, times,
+                     configs={"triton": (TRITON_CFG, TRITON_CFG)})
+    plan.save(tmp_path / f"{plan.key}.json")
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    engine = Engine()
+    x, w13, w2, ids, weights = make_layer(3, seed=5)
+    assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
+    assert engine.calls == 1
+    assert runtime.stats.eager == {("H100-SXM/w13-E8-N64-K64-top2-float16", "engine"): 1}
 
 
 def test_a_path_must_win_under_every_routing(tmp_path):
@@ -722,7 +777,8 @@ def test_layer_paths_are_the_plans_paths_and_say_what_they_miss(no_cutlass):
     assert callable(build_path("grouped_mm", bare))
     with pytest.raises(PathUnavailable, match="triton-poly profiles"):
         build_path("triton-poly", bare)
-    for name, family in (("triton", "triton"), ("triton-fused", "triton"), ("cute", "cute")):
+    for name, family in (("triton", "triton"), ("triton-fused", "triton"),
+                         ("triton-tma", "triton"), ("cute", "cute")):
         with pytest.raises(PathUnavailable, match=f"no {family} configurations"):
             build_path(name, bare)
     configured = PathInputs(num_sms=132, configs=lambda path: lambda tokens: None)

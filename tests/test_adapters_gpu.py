@@ -25,7 +25,7 @@ from ramp.layerplan import LayerPlan  # noqa: E402
 from ramp.trace import read_steps  # noqa: E402
 
 QWEN = dict(experts=128, hidden=2048, inter=768, top_k=8)  # Qwen3-30B-A3B, TP=1
-PATHS = ("triton", "triton-fused", "triton-poly", "cute", "grouped_mm")
+PATHS = ("triton", "triton-fused", "triton-tma", "triton-poly", "cute", "grouped_mm")
 PLAN_TOKENS = (1, 64, 512, 8192)
 
 
@@ -49,8 +49,9 @@ def forcing_runtime(tmp_path: Path, path: str, ep: int = 1) -> RampMoERuntime:
     configs = ({path: tuple(config_at(t) for t in PLAN_TOKENS)}
                if config_at(PLAN_TOKENS[0]) is not None else {})
     times = {"engine": (2.0,) * len(PLAN_TOKENS), path: (1.0,) * len(PLAN_TOKENS)}
+    host = {"engine": (2.0,) * len(PLAN_TOKENS), path: (1.0,) * len(PLAN_TOKENS)}
     plan = LayerPlan(gpu, problems[0], "gpu-test 1", PLAN_TOKENS, times, configs=configs,
-                     ep=ep)
+                     ep=ep, host_us=host)
     plan.save(tmp_path / f"{plan.key}.json")
     return RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path)),
                           engine="gpu-test")

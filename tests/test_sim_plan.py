@@ -74,6 +74,10 @@ def test_a_path_twice_as_fast_at_8_tokens_moves_the_step_by_exactly_that(tmp_pat
     assert moe_on == pytest.approx(MODEL.moe_layers * 50e-6, rel=1e-12)
     assert off - on == pytest.approx(MODEL.moe_layers * 50e-6, rel=1e-9)
     assert step("plan", 16) == step("plan-engine", 16)  # the engine wins its own bucket
+    # a step above the graph sizes is eager: without host times the plan gives it to
+    # the engine, as the runtime does
+    coster.graph_tokens = 4
+    assert step("plan", 8) == step("plan-engine", 8)
     # the cost model's policies are still costed per GEMM alongside
     assert step("static", 8)[1] > 0 and step("static", 8)[1] != moe_off
     assert "plan policies: layer plan" in layout.moe_source

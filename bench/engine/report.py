@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ramp.layerplan import LayerPlan
 from ramp.queueing import queue_growth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,13 +117,16 @@ def plot(results: list[tuple[str, dict]], path: Path) -> Path:
     return path
 
 
-def shipped_vs_best(details: dict) -> list[tuple[int, str, float, str]]:
+def shipped_vs_best(details: dict, eager: bool = False) -> list[tuple[int, str, float, str]]:
     """Per (T, routing): (T, routing, chosen path's time / best of engine and
-    grouped_mm, the faster of those two)."""
-    plan, per_routing = details["plan"], details["plan"].get("times_us_by_routing", {})
+    grouped_mm, the faster of those two), for calls in CUDA graphs or, with ``eager``,
+    eager calls (the plan's choices under this RaMP's rule, re-derived from its times)."""
+    plan = LayerPlan.from_dict(details["plan"], "layer plan details")
+    per_routing = plan.times_us_by_routing
     out = []
     for routing, times in per_routing.items():
-        for i, (tokens, path) in enumerate(zip(plan["tokens"], plan["choices"])):
+        choices = plan.eager_choices if eager else plan.choices
+        for i, (tokens, path) in enumerate(zip(plan.tokens, choices)):
             rivals = {p: times[p][i] for p in ("engine", "grouped_mm")
                       if p in times and times[p][i] is not None}
             rival = min(rivals, key=rivals.get)
@@ -131,16 +135,19 @@ def shipped_vs_best(details: dict) -> list[tuple[int, str, float, str]]:
 
 
 def layer_table(directory: Path) -> str:
-    lines = ["| layer plan | worst shipped / best of (engine, grouped_mm) | where | "
-             "(T, routing) above 1.02 |", "|---|---|---|---|"]
+    lines = ["| layer plan | calls | worst shipped / best of (engine, grouped_mm) | where | "
+             "(T, routing) above 1.02 |", "|---|---|---|---|---|"]
     for path in sorted((directory / "layer").glob("*_layer.json")):
-        rows = shipped_vs_best(json.loads(path.read_text()))
-        if not rows:
-            continue
-        worst = max(rows, key=lambda r: r[2])
-        over = [f"{t} {r} {x:.3f} ({rival})" for t, r, x, rival in rows if x > 1.02]
-        lines.append(f"| `{path.name}` | {worst[2]:.3f} | T={worst[0]} {worst[1]} "
-                     f"({worst[3]}) | {'; '.join(over) or 'none'} |")
+        details = json.loads(path.read_text())
+        for eager in (False, True):
+            rows = shipped_vs_best(details, eager)
+            if not rows:
+                continue
+            worst = max(rows, key=lambda r: r[2])
+            over = [f"{t} {r} {x:.3f} ({rival})" for t, r, x, rival in rows if x > 1.02]
+            lines.append(f"| `{path.name}` | {'eager' if eager else 'in CUDA graphs'} | "
+                         f"{worst[2]:.3f} | T={worst[0]} {worst[1]} ({worst[3]}) | "
+                         f"{'; '.join(over) or 'none'} |")
     return "\n".join(lines)
 
 
