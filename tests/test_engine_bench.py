@@ -210,3 +210,32 @@ def test_summarize_pools_engine_starts(tmp_path, capsys):
     assert "a log named twice" in refused(a, a)
     (tmp_path / "e.jsonl").write_text(a.read_text() + a.read_text())
     assert "e.jsonl:9: a second 'start' line" in refused(tmp_path / "e.jsonl")
+    assert res["ramp_calls"] is None and res["ramp_calls_calls"] == 0  # no counts anywhere
+
+
+def test_summarize_sums_the_calls_served_counts(tmp_path):
+    """RaMP's served calls of pooled calls: a log's own stats line, plus calls' results
+    files for logs written without one (each call counted once, however many of its
+    workloads' files are named)."""
+    options = {"model": "deepseek-v2-lite", "modes": "off,dispatch", "concurrent": True,
+               "workloads": "decode-heavy", "logprob_tol": 0.05}
+    shape = "H200/w13-E64-N2816-K2048-top6-bfloat16"
+    a = raw_log(tmp_path / "a.jsonl", options, [(100.0, 90.0)])
+    served = {"eager": {shape: {"engine": 3, "triton-tma": 5}}, "captured": {shape: {"triton": 2}},
+              "fallbacks": {"why": 1}, "files": 1}
+    with a.open("a") as f:
+        f.write(eb.json.dumps({"event": "stats", "stats": {"dispatch": served}}) + "\n")
+    b = raw_log(tmp_path / "b.jsonl", options, [(100.0, 110.0)])
+    b_results = {"command": "bench.py b.jsonl", "date": "2026-12-01",
+                 "ramp_calls": {"eager": {shape: {"triton-tma": 7}}, "captured": {}},
+                 "ramp_fallbacks": {}}
+    for wl in ("decode-heavy", "prefill-heavy"):  # one call's two files: counted once
+        (tmp_path / f"b-{wl}.json").write_text(eb.json.dumps(b_results))
+    eb.summarize_log([str(a), str(b), "--out", str(tmp_path / "out"), "--stats-from",
+                      str(tmp_path / "b-decode-heavy.json"),
+                      str(tmp_path / "b-prefill-heavy.json")])
+    res = eb.json.loads((tmp_path / "out" / "H200_deepseek-v2-lite_decode-heavy.json")
+                        .read_text())
+    assert res["ramp_calls"] == {"eager": {shape: {"engine": 3, "triton-tma": 12}},
+                                 "captured": {shape: {"triton": 2}}}
+    assert res["ramp_fallbacks"] == {"why": 1} and res["ramp_calls_calls"] == 2

@@ -592,7 +592,10 @@ def main() -> None:
                         profile_runs({m: w})
                 finally:
                     w.stop()
-    write_results(meta, out, runs, matches, infos, read_all_stats(stats_dir, modes))
+    stats = read_all_stats(stats_dir, modes)
+    if stats:  # in the raw log too: ``summarize`` pools it with other calls' counts
+        append(raw_log, {"event": "stats", "stats": stats})
+    write_results(meta, out, runs, matches, infos, stats)
 
 
 def append(raw_log: Path, record: dict[str, Any]) -> None:
@@ -735,8 +738,10 @@ RawLog = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, list[di
 
 def read_raw_log(raw: Path, call: int = 0) -> RawLog:
     """One raw log's header, engine infos, token checks and summarised runs by workload;
-    each run is tagged with ``call`` (which log it came from when pooled)."""
-    meta, infos, matches, runs = None, {}, {}, {}
+    each run is tagged with ``call`` (which log it came from when pooled). The header
+    gets ``stats``: the RAMP_STATS sums per mode its call logged at the end (None where
+    it logged none: cut at its limit, or written before 2026-12-02)."""
+    meta, infos, matches, runs, stats = None, {}, {}, {}, None
     for number, line in enumerate(raw.read_text().splitlines(), 1):
         try:
             rec = json.loads(line)
@@ -754,6 +759,9 @@ def read_raw_log(raw: Path, call: int = 0) -> RawLog:
         elif rec.get("event") == "engine":
             need(rec, where, "ramp_mode", "info")
             infos[rec["ramp_mode"]] = rec["info"]
+        elif rec.get("event") == "stats":
+            need(rec, where, "stats")
+            stats = rec["stats"]
         elif rec.get("workload") == "match":
             need(rec, where, "ramp_mode", "sequences")
             matches[rec["ramp_mode"]] = rec["sequences"]
@@ -765,7 +773,49 @@ def read_raw_log(raw: Path, call: int = 0) -> RawLog:
             runs[rec["workload"]].append(dict(rec, call=call))
     if meta is None:
         bad_input(f"{raw}: no 'start' line (logs of bench.py before 2026-12-01 lack it)")
+    meta["stats"] = stats
     return meta, infos, matches, runs
+
+
+def add_stats(into: dict[str, dict[str, Any]] | None, more: dict[str, dict[str, Any]] | None
+              ) -> dict[str, dict[str, Any]] | None:
+    """Two calls' RAMP_STATS sums per mode (``read_stats``' shape) added together."""
+    if not more:
+        return into
+    out = json.loads(json.dumps(into or {}))
+    for mode, per in more.items():
+        dst = out.setdefault(mode, {"eager": {}, "captured": {}, "fallbacks": {}, "files": 0})
+        dst["files"] += per.get("files", 0)
+        for kind in ("eager", "captured"):
+            for shape, paths in per.get(kind, {}).items():
+                for path, n in paths.items():
+                    dst[kind].setdefault(shape, {})
+                    dst[kind][shape][path] = dst[kind][shape].get(path, 0) + n
+        for reason, n in per.get("fallbacks", {}).items():
+            dst["fallbacks"][reason] = dst["fallbacks"].get(reason, 0) + n
+    return out
+
+
+def stats_of_results(paths: list[Path], mode: str) -> tuple[dict[str, dict[str, Any]] | None,
+                                                            int]:
+    """The served calls that calls' own results files recorded (``ramp_calls``,
+    ``ramp_fallbacks``: the ``mode`` engine's), summed once per call (a call's files of
+    several workloads repeat its counts), and how many calls gave them."""
+    seen, total = set(), None
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            bad_input(f"{path}: not a results file ({exc})")
+        need(data, str(path), "command", "date", "ramp_calls")
+        call = (json.dumps(data["command"]), data["date"])
+        if call in seen or not data["ramp_calls"]:
+            continue
+        seen.add(call)
+        total = add_stats(total, {mode: {**data["ramp_calls"],
+                                         "fallbacks": data.get("ramp_fallbacks") or {},
+                                         "files": 1}})
+    return total, len(seen)
 
 
 def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
@@ -777,8 +827,11 @@ def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
     meta, infos, matches, runs = read_raw_log(raws[0])
     skip = set(RUN_LENGTH_OPTIONS) | set(allowed)
     commands, all_matches = [meta["command"]], [matches]
+    stats_calls = int(meta["stats"] is not None)
     for call, raw in enumerate(raws[1:], 1):
         other, _, more_matches, more = read_raw_log(raw, call)
+        meta["stats"] = add_stats(meta["stats"], other["stats"])
+        stats_calls += other["stats"] is not None
         for key in sorted((set(meta["options"]) | set(other["options"])) - skip):
             mine, theirs = meta["options"].get(key), other["options"].get(key)
             if mine != theirs:
@@ -795,17 +848,25 @@ def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
     if len(raws) > 1:
         meta = dict(meta, command=commands, calls=len(raws), token_checks=all_matches,
                     allowed_differing=sorted(allowed))
+    meta["stats_calls"] = stats_calls
     return meta, infos, matches, runs
 
 
 def summarize_log(argv: list[str]) -> None:
-    """``bench.py summarize RAW... --out DIR [--stats-dir DIR] [--tag TAG]``: the results
-    files of raw logs (``runs-<model>.jsonl``), for a call that ended before writing
-    them, or to pool the repeats of several calls (engine starts) of one configuration."""
+    """``bench.py summarize RAW... --out DIR [--stats-dir DIR] [--stats-from FILE...]
+    [--tag TAG]``: the results files of raw logs (``runs-<model>.jsonl``), for a call
+    that ended before writing them, or to pool the repeats of several calls (engine
+    starts) of one configuration. RaMP's served calls come from the raw logs' stats
+    lines, ``--stats-dir`` (RAMP_STATS files) and ``--stats-from`` (calls' own results
+    files, for logs written before the stats line), summed; ``ramp_calls_calls`` says
+    how many calls they cover."""
     ap = argparse.ArgumentParser(prog="bench.py summarize", description=summarize_log.__doc__)
     ap.add_argument("raw", type=Path, nargs="+")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stats-dir", type=Path, default=None)
+    ap.add_argument("--stats-from", type=Path, nargs="+", default=[], metavar="RESULTS",
+                    help="calls' own results files whose ramp_calls to add (one per call "
+                         "is enough; a call's repeated counts are taken once)")
     ap.add_argument("--tag", default="",
                     help="appended to the results files' names (e.g. capture2048)")
     ap.add_argument("--allow-differing", action="append", default=[], metavar="OPTION",
@@ -816,9 +877,13 @@ def summarize_log(argv: list[str]) -> None:
     if "calls" in meta:
         meta["summarize_command"] = "python3 bench/engine/bench.py summarize " + " ".join(argv)
     modes = meta["options"]["modes"].split(",")
+    other = "dispatch" if "dispatch" in modes else modes[-1]
+    from_results, result_calls = stats_of_results(a.stats_from, other)
+    stats = add_stats(add_stats(meta["stats"], from_results),
+                      read_all_stats(a.stats_dir, modes) if a.stats_dir else None)
+    meta["stats_calls"] += result_calls
     a.out.mkdir(parents=True, exist_ok=True)
-    write_results(meta, a.out, runs, matches, infos,
-                  read_all_stats(a.stats_dir, modes) if a.stats_dir else None, a.tag)
+    write_results(meta, a.out, runs, matches, infos, stats, a.tag)
 
 
 def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
@@ -853,6 +918,8 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             "ramp_calls": ({"eager": served["eager"], "captured": served["captured"]}
                            if served else None),
             "ramp_fallbacks": served["fallbacks"] if served else None,
+            # pooled logs: how many of the calls those counts cover
+            **({"ramp_calls_calls": meta["stats_calls"]} if "calls" in meta else {}),
             "tokens_match": token_check["tokens_match"] if token_check else None,
             "token_check": token_check,
         }
