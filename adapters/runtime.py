@@ -137,6 +137,7 @@ class _Layer:
     key: str
     plan: LayerPlan
     paths: dict[str, LayerPath]
+    primed: set[tuple[str, int]] = field(default_factory=set)  # (path, T) run eagerly once
 
 
 @dataclass
@@ -242,6 +243,9 @@ class RampMoERuntime:
             path = layer_paths.plan.choose(tokens, eager=not capturing)
             self._count(layer_paths.key, path, capturing)
             if path == ENGINE:
+                if not capturing:
+                    self._prime(layer_paths, tokens, hidden_states, w13, w2, topk_ids,
+                                topk_weights, expert_map)
                 return fallback()
             # Catches what fails at launch (compilation, arguments, launch resources). A
             # device fault inside the kernel is asynchronous: it surfaces at the engine's
@@ -262,6 +266,27 @@ class RampMoERuntime:
         except Unsupported as exc:
             self.log_fallback(str(exc))
             return fallback()
+
+    def _prime(self, layer: _Layer, tokens: int, hidden: torch.Tensor, w13: torch.Tensor,
+               w2: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+               expert_map: torch.Tensor | None) -> None:
+        """An eager call of a size whose CUDA graph would run a RaMP path, handed to the
+        engine for its host cost: run that path once too (its result unused), once per
+        size, so that every kernel and specialization the graph needs is compiled before
+        the engine captures it (engines run each size eagerly first; a compile inside a
+        capture would break it). A failure here leaves the shape to the engine."""
+        graphed = layer.plan.choose(tokens)
+        if graphed == ENGINE or (graphed, tokens) in layer.primed:
+            return
+        layer.primed.add((graphed, tokens))
+        try:
+            layer.paths[graphed](hidden, w13, w2, ids, weights, None, expert_map)
+        except Exception as exc:
+            reason = (f"{layer.key}: RaMP {graphed} path failed at T={tokens} before its "
+                      f"CUDA graph ({type(exc).__name__}: {exc}); this shape stays on the "
+                      "engine kernel")
+            self._layers[_key(hidden, w13, ids, expert_map)] = reason
+            raise Unsupported(reason) from exc
 
     def _count(self, key: str, path: str, capturing: bool) -> None:
         (self.stats.captured if capturing else self.stats.eager)[key, path] += 1

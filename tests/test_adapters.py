@@ -474,7 +474,44 @@ def test_an_eager_call_without_host_times_runs_the_engine(tmp_path):
     x, w13, w2, ids, weights = make_layer(3, seed=5)
     assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
     assert engine.calls == 1
-    assert runtime.stats.eager == {("H100-SXM/w13-E8-N64-K64-top2-float16", "engine"): 1}
+    key = "H100-SXM/w13-E8-N64-K64-top2-float16"
+    assert runtime.stats.eager == {(key, "engine"): 1}
+    # a CUDA graph of this size would run triton: it ran once, eagerly, to compile
+    # everything before a capture; once per size
+    layer, = [v for v in runtime._layers.values() if not isinstance(v, str)]
+    assert layer.primed == {("triton", 3)}
+    runtime.fused_moe(x, w13, w2, ids, weights, engine)
+    x20, w13, w2, ids20, weights20 = make_layer(20, seed=6)
+    runtime.fused_moe(x20, w13, w2, ids20, weights20, engine)
+    assert layer.primed == {("triton", 3), ("triton", 20)} and engine.calls == 3
+
+
+def test_a_path_failing_when_primed_leaves_the_shape_to_the_engine(tmp_path, caplog):
+    """The eager run that compiles a graph size's path fails: the engine serves this
+    and every later call of the shape, and the reason is logged once."""
+    save_profiles(tmp_path, plan={1: "engine"})
+    plan = LayerPlan("H100-SXM", MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, "float16",
+                                            "w13"),
+                     f"{ENGINE_NAME} 1", (4, 32), {"engine": (10.0, 10.0), "triton": (1.0, 1.0)},
+                     configs={"triton": (TRITON_CFG, TRITON_CFG)})
+    plan.save(tmp_path / f"{plan.key}.json")
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    engine = Engine()
+    x, w13, w2, ids, weights = make_layer(3, seed=7)
+    runtime.fused_moe(x, w13, w2, ids, weights, engine)  # builds the layer (and primes 3)
+    layer, = [v for v in runtime._layers.values() if not isinstance(v, str)]
+
+    def broken(*args):
+        raise RuntimeError("no compiler here")
+
+    layer.paths["triton"] = broken
+    x9, w13, w2, ids9, weights9 = make_layer(9, seed=8)
+    with caplog.at_level(logging.WARNING, logger="ramp.adapters"):
+        for _ in range(2):
+            assert runtime.fused_moe(x9, w13, w2, ids9, weights9, engine) == "engine result"
+    assert engine.calls == 3
+    assert caplog.text.count("failed at T=9 before its CUDA graph") == 1
 
 
 def test_a_path_must_win_under_every_routing(tmp_path):
