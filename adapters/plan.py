@@ -35,6 +35,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,14 @@ import torch
 
 from ramp.errors import InputError, RampError
 from ramp.histograms import parse_histogram_spec
-from ramp.layerplan import DEFAULT_MARGIN, ENGINE, LayerPlan, beats_engine
+from ramp.layerplan import (
+    DEFAULT_MARGIN,
+    ENGINE,
+    LayerPlan,
+    beats_engine,
+    find_layer_plan,
+    load_layer_plan,
+)
 from ramp.models import get_model
 from ramp.plaindata import locate, read_json
 from ramp.problem import MoEProblem
@@ -471,39 +479,12 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
                 f"{n} {shown_median(start_times[n][routings[0]][i])}" for n in names)
         print(f"{model} T={t:<6} {line}   ({time.monotonic() - t0:.0f} s)", flush=True)
 
-    def host_times(routing: str) -> dict[str, tuple[float | None, ...]]:
-        """Every path's host time per eager call at every size (configured paths with
-        the configuration the plan keeps there), paths alternating over
-        ``HOST_SAMPLES`` samples; the median, None where no sample held."""
-        out: dict[str, list[float | None]] = {n: [] for n in names}
-        for i, t in enumerate(tokens):
-            x, ids, weights = make_inputs(problems, t, routing, seed + 31 * i, experts)
-            buf = torch.empty(t, w2s[0].shape[1], dtype=x.dtype, device="cuda")
-            samples: dict[str, list[float]] = {n: [] for n in names}
-            for _ in range(HOST_SAMPLES):
-                for n in names:
-                    run = (fixed_config_layer(n, configs[n][i], sms) if n in configured
-                           else layers[n])
-                    call = functools.partial(run, x, w13s[0], w2s[0], ids, weights,
-                                             None if n == ENGINE else buf, expert_map)
-                    gpu = times[n][routing][i]
-                    try:
-                        us = host_us(call, host_calls(float(np.median(gpu)) if gpu else None))
-                    except Exception as exc:  # a path failing here failed its timing too
-                        print(f"{model} T={t}: {n} host time not measured "
-                              f"({type(exc).__name__}: {exc})", flush=True)
-                        torch.cuda.synchronize()
-                        continue
-                    if us is not None:
-                        samples[n].append(us)
-            for n in names:
-                out[n].append(float(np.median(samples[n])) if samples[n] else None)
-            print(f"{model} T={t:<6} host us per eager call: " + "  ".join(
-                f"{n} {out[n][-1]:.1f}" if out[n][-1] is not None else f"{n} -"
-                for n in names), flush=True)
-        return {n: tuple(v) for n, v in out.items()}
-
-    host = host_times(routings[0])
+    host = host_times(
+        model, problems, tokens, routings[0], seed, experts, w13s[0], w2s[0], expert_map,
+        lambda i: {n: fixed_config_layer(n, configs[n][i], sms) if n in configured
+                   else layers[n] for n in names},
+        {n: [float(np.median(r)) if r else None for r in times[n][routings[0]]]
+         for n in names})
     per_routing = medians_by_routing(times)
     plan = LayerPlan(
         gpu=gpu.name, problem=problems[0], engine=engine_name, tokens=tuple(tokens),
@@ -536,6 +517,79 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
                "config_candidates": candidate_log, "plan": plan.to_dict(),
                "speedup_vs_engine": {str(k): v for k, v in plan.speedup().items()}}
     return plan, details
+
+
+def host_times(model: str, problems, tokens: tuple[int, ...], routing: str, seed: int,
+               experts: int, w13: torch.Tensor, w2: torch.Tensor,
+               expert_map: torch.Tensor | None, layers_at: Callable[[int], dict[str, Layer]],
+               gpu_us: dict[str, list[float | None]]) -> dict[str, tuple[float | None, ...]]:
+    """Every path's host time per eager call (``host_us``) at every size: ``layers_at(i)``
+    the paths as the plan runs them at ``tokens[i]``, ``gpu_us`` their GPU times there
+    (to size each sample), paths alternating over ``HOST_SAMPLES`` samples; the median,
+    None where no sample held."""
+    out: dict[str, list[float | None]] = {n: [] for n in gpu_us}
+    for i, t in enumerate(tokens):
+        x, ids, weights = make_inputs(problems, t, routing, seed + 31 * i, experts)
+        buf = torch.empty(t, w2.shape[1], dtype=x.dtype, device="cuda")
+        layers = layers_at(i)
+        samples: dict[str, list[float]] = {n: [] for n in layers}
+        for _ in range(HOST_SAMPLES):
+            for n, run in layers.items():
+                call = functools.partial(run, x, w13, w2, ids, weights,
+                                         None if n == ENGINE else buf, expert_map)
+                try:
+                    us = host_us(call, host_calls(gpu_us[n][i]))
+                except Exception as exc:  # a path failing here failed its timing too
+                    print(f"{model} T={t}: {n} host time not measured "
+                          f"({type(exc).__name__}: {exc})", flush=True)
+                    torch.cuda.synchronize()
+                    continue
+                if us is not None:
+                    samples[n].append(us)
+        for n in out:
+            out[n].append(float(np.median(samples[n])) if samples.get(n) else None)
+        print(f"{model} T={t:<6} host us per eager call: " + "  ".join(
+            f"{n} {out[n][-1]:.1f}" if out[n][-1] is not None else f"{n} -" for n in out),
+            flush=True)
+    return {n: tuple(v) for n, v in out.items()}
+
+
+def add_host_times(model: str, plan: LayerPlan, profile_dir: str | None, seed: int = 0
+                   ) -> LayerPlan:
+    """``plan`` with every path's host time per eager call measured on this GPU (its
+    GPU times and configurations kept): what a plan measured before ``host_us`` needs
+    for eager calls, in a fraction of a full measurement's time."""
+    from ramp.kernels.workload import make_weights
+
+    spec = get_model(model)
+    ep = plan.ep
+    problems = (spec.problem("w13", ep=ep), spec.problem("w2", ep=ep))
+    if problems[0] != plan.problem:
+        raise InputError(f"layer plan {plan.key} is not of {model}'s layer at ep={ep}")
+    expert_map = contiguous_expert_map(spec.num_experts, ep) if ep > 1 else None
+    engine_name, engine_run = vllm_engine_layer()
+    if engine_name != plan.engine:
+        raise InputError(f"layer plan {plan.key} timed {plan.engine}, this process has "
+                         f"{engine_name}: measure a new plan")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    ramp = ramp_layers(plan.gpu, problems, profile_dir)
+    names = [n for n in plan.times_us if n == ENGINE or n in ramp]
+
+    def layers_at(i: int) -> dict[str, Layer]:
+        return {n: engine_run if n == ENGINE else
+                fixed_config_layer(n, plan.configs[n][i], sms)
+                if plan.configs.get(n) and plan.configs[n][i] is not None else ramp[n][0]
+                for n in names}
+
+    w13 = make_weights(problems[0], 1, seed=seed)[0]
+    w2 = make_weights(problems[1], 1, seed=seed + 1)[0]
+    host = host_times(model, problems, plan.tokens, ROUTINGS[0], seed, spec.num_experts,
+                      w13, w2, expert_map, layers_at,
+                      {n: list(plan.times_us[n]) for n in names})
+    return replace(plan, host_us=host, provenance={
+        **plan.provenance, "host_measured": {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]])}})
 
 
 def medians_by_routing(times: dict[str, dict[str, list[list[float]]]]
@@ -592,6 +646,23 @@ def rederive(details_path: Path) -> tuple[LayerPlan, dict[str, Any]]:
     return plan, details
 
 
+def host_plan(model: str, files: Sequence[Path], ep: int) -> LayerPlan:
+    """The plan of ``model``'s layer at ``ep`` among ``files``, else the embedded one for
+    this GPU and vLLM."""
+    from ramp.hardware import detect_gpu
+
+    gpu = detect_gpu()
+    if gpu is None:
+        raise SystemExit("ramp.adapters.plan: no CUDA GPU visible")
+    problem = get_model(model).problem("w13", ep=ep)
+    plan = find_layer_plan(gpu.name, problem, "vllm", [load_layer_plan(f) for f in files],
+                           ep)
+    if plan is None:
+        raise InputError(f"no vllm layer plan for {gpu.name} {problem.key} (ep={ep}) "
+                         "among --plan files or embedded ones: measure one with --model")
+    return plan
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ramp.adapters.plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -600,6 +671,12 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--from-details", nargs="+", type=Path, metavar="FILE",
                       help="no GPU: re-derive the plans of earlier --details files under "
                            "this RaMP's rule (the files are rewritten with the new plan)")
+    what.add_argument("--host-times", nargs="+", metavar="MODEL",
+                      help="on the GPU: add host times per eager call to the plans of "
+                           "these models (--plan files, else the embedded ones), their "
+                           "GPU times kept")
+    ap.add_argument("--plan", action="append", default=[], type=Path,
+                    help="with --host-times: a plan file to use before the embedded one")
     ap.add_argument("--out", required=True, help="directory for <gpu>_<shape>_layer.json")
     ap.add_argument("--details", help="directory for per-round timings and errors")
     ap.add_argument("--profile-dir", help="profiles to use before the embedded ones")
@@ -617,6 +694,11 @@ def main(argv: list[str] | None = None) -> None:
         path = plan.save(Path(args.out) / f"{plan.key}.json")
         details_path.write_text(json.dumps(details, indent=1) + "\n")
         print(f"wrote {path}: {dict(zip(plan.tokens, plan.choices))}", flush=True)
+    for model in args.host_times or ():
+        plan = host_plan(model, args.plan, args.ep)
+        plan = add_host_times(model, plan, args.profile_dir)
+        path = plan.save(Path(args.out) / f"{plan.key}.json")
+        print(f"wrote {path}: eager {dict(zip(plan.tokens, plan.eager_choices))}", flush=True)
     for model in args.model or ():
         plan, details = measure(model, args.profile_dir, tokens,
                                 tuple(args.routings.split(";")), args.rounds, ep=args.ep)

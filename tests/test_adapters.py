@@ -457,6 +457,14 @@ def test_eager_calls_take_a_path_only_where_it_costs_the_host_no_more(tmp_path):
                   host_us={"triton": (1.0,)})
 
 
+def test_host_samples_hold_fewer_calls_where_the_gpu_would_keep_the_host_waiting():
+    from ramp.adapters.plan import HOST_CALLS, HOST_GPU_BUDGET_US, host_calls
+
+    assert host_calls(None) == HOST_CALLS == host_calls(10.0)
+    assert host_calls(HOST_GPU_BUDGET_US / 5) == 5
+    assert host_calls(1e9) == 3  # at least three calls a sample
+
+
 def test_an_eager_call_without_host_times_runs_the_engine(tmp_path):
     """The runtime passes an eager call (no CUDA-graph capture: every call on the CPU)
     to the engine where its plan measured no host times, and counts it there."""

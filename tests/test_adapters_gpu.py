@@ -355,3 +355,17 @@ def test_record_cost_per_layer(tokens, tmp_path, capsys):
               f"{eager['record']:.0f} us ({(eager['record'] - eager['off']) / 48:.1f} us "
               "per layer, mostly the kernel launch on the host)")
     assert per_layer < (5.0 if tokens <= 64 else 10.0)  # H100: 3.1 and 6.4 us
+
+
+def test_host_time_of_an_eager_call_is_measured_behind_the_spin():
+    """``host_us``: the issue time of a few launches, the GPU held busy meanwhile (never
+    None for calls this quick), and more for a call that launches more."""
+    from ramp.adapters.plan import host_us
+
+    x = torch.zeros(16, device="cuda")
+    one = host_us(lambda: x.add_(1), 20)
+    ten = host_us(lambda: [x.add_(1) for _ in range(10)], 20)
+    assert one is not None and ten is not None and 0 < one < ten
+    torch.cuda.synchronize()
+    assert float(x[0]) == 20 + 200  # every call ran, after the spin
+
