@@ -68,6 +68,9 @@ STATS_EVERY_S = 2.0  # the stats file is rewritten at most this often (and at ex
 # a path's warm-up result against float32 (the H200 plans measured bf16 layers at 2.9e-3
 # for RaMP's Triton paths to 4.9e-3 for grouped_mm: rel_err in their details files)
 WARM_UP_TOLERANCE = 2e-2
+# the largest eager call primed for a later CUDA graph of its size (_prime): engines
+# capture graphs up to a few thousand tokens (vLLM's max_cudagraph_capture_size)
+PRIME_MAX_TOKENS = 8192
 LayerPath = Callable[..., torch.Tensor]
 
 
@@ -242,10 +245,10 @@ class RampMoERuntime:
             capturing = hidden_states.is_cuda and torch.cuda.is_current_stream_capturing()
             path = layer_paths.plan.choose(tokens, eager=not capturing)
             self._count(layer_paths.key, path, capturing)
+            if not capturing:
+                self._prime(layer_paths, path, tokens, hidden_states, w13, w2, topk_ids,
+                            topk_weights, expert_map)
             if path == ENGINE:
-                if not capturing:
-                    self._prime(layer_paths, tokens, hidden_states, w13, w2, topk_ids,
-                                topk_weights, expert_map)
                 return fallback()
             # Catches what fails at launch (compilation, arguments, launch resources). A
             # device fault inside the kernel is asynchronous: it surfaces at the engine's
@@ -267,16 +270,20 @@ class RampMoERuntime:
             self.log_fallback(str(exc))
             return fallback()
 
-    def _prime(self, layer: _Layer, tokens: int, hidden: torch.Tensor, w13: torch.Tensor,
-               w2: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+    def _prime(self, layer: _Layer, eager_path: str, tokens: int, hidden: torch.Tensor,
+               w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
                expert_map: torch.Tensor | None) -> None:
-        """An eager call of a size whose CUDA graph would run a RaMP path, handed to the
-        engine for its host cost: run that path once too (its result unused), once per
-        size, so that every kernel and specialization the graph needs is compiled before
-        the engine captures it (engines run each size eagerly first; a compile inside a
-        capture would break it). A failure here leaves the shape to the engine."""
+        """An eager call of a size whose CUDA graph would run another RaMP path than
+        this call does (the eager choice weighs host cost): run the graph's path once
+        too (its result unused), once per size up to ``PRIME_MAX_TOKENS``, so that what
+        the graph runs has run before the engine captures it (engines run each size
+        eagerly first; anything left to compile or load inside a capture would break
+        it). The kernels compile once whatever T (``do_not_specialize`` on the sizes),
+        and the warm-up compiles each configuration: this covers what they miss. A
+        failure here leaves the shape to the engine."""
         graphed = layer.plan.choose(tokens)
-        if graphed == ENGINE or (graphed, tokens) in layer.primed:
+        if (graphed in (ENGINE, eager_path) or tokens > PRIME_MAX_TOKENS
+                or (graphed, tokens) in layer.primed):
             return
         layer.primed.add((graphed, tokens))
         try:

@@ -19,7 +19,8 @@ Eager calls (outside any CUDA graph: prefill steps beyond the engine's captured 
 or ``enforce_eager``) pay every launch's host time again, and vLLM's eager prefill steps
 are host-bound (Qwen3-30B-A3B on the H200: GPU busy 56-61% of a prefill-heavy run's
 steps), so there a path must also cost the host no more than the engine's kernel does
-(``host_us``, measured per path and size); a plan without host times gives every eager
+(``host_us``, measured per path and size), or keep the GPU busier than the host and
+save more GPU time than it adds host time; a plan without host times gives every eager
 call to the engine. Calls inside a graph replay without the host and take ``choices``.
 A call of T tokens takes the decision of the smallest measured size >= T (engines pad a
 graph's batch up to its captured size), or of the largest measured size beyond it. So a
@@ -154,24 +155,36 @@ class LayerPlan:
     @cached_property
     def eager_choices(self) -> tuple[str, ...]:
         """The path of every measured token count for an eager call: the fastest of the
-        paths ``choices`` may take there whose measured host time is at most the
-        engine's; else the engine (also wherever host times are missing)."""
-        def cheap_on_host(i: int) -> Callable[[str], bool]:
-            engine = self.host_us.get(ENGINE, (None,) * len(self.tokens))[i]
+        paths ``choices`` may take there that costs the host no more than the engine's
+        kernel, or whose layer keeps the GPU busier than the host (GPU time >= host
+        time) and saves more GPU time than it adds host time; else the engine (also
+        wherever host times are missing). An eager step is bound by the host or by the
+        GPU: the first kind of path is never slower in either, the second only loses
+        in a step its own GPU work does not bound."""
+        missing = (None,) * len(self.tokens)
+
+        def eager_ok(i: int) -> Callable[[str], bool]:
+            engine_host = self.host_us.get(ENGINE, missing)[i]
+            engine_gpu = self.times_us[ENGINE][i]
 
             def ok(path: str) -> bool:
-                host = self.host_us.get(path, (None,) * len(self.tokens))[i]
-                return engine is not None and host is not None and host <= engine
+                host, gpu = self.host_us.get(path, missing)[i], self.times_us[path][i]
+                if engine_host is None or host is None:
+                    return False
+                return host <= engine_host or (
+                    gpu is not None and engine_gpu is not None and gpu >= host
+                    and engine_gpu - gpu >= host - engine_host)
             return ok
 
-        return tuple(self._fastest_guarded(i, cheap_on_host(i))
-                     for i in range(len(self.tokens)))
+        return tuple(self._fastest_guarded(i, eager_ok(i)) for i in range(len(self.tokens)))
 
     def _fastest_guarded(self, i: int, allowed: Callable[[str], bool]) -> str:
         """At index ``i``: the fastest ``allowed`` path beating the engine by the margin,
         on the summary and under every routing measured; else the engine."""
         engine = self.times_us[ENGINE][i]
-        best, best_us = ENGINE, engine
+        # an engine not timed here guards nothing: the fastest allowed path
+        limit = float("inf") if engine is None else engine * (1 - self.margin)
+        best, best_us = ENGINE, limit
         for path, times in self.times_us.items():
             t = times[i]
             if (path == ENGINE or t is None or not allowed(path)
@@ -179,7 +192,7 @@ class LayerPlan:
                     or not self._wins_every_routing(
                         path, i, self.interval_start_times_us_by_routing)):
                 continue
-            if engine is None or (t < engine * (1 - self.margin) and t < best_us):
+            if t < best_us:
                 best, best_us = path, t
         return best
 
@@ -230,7 +243,8 @@ class LayerPlan:
             host_us={p: t for p, t in self.host_us.items() if p not in paths})
 
     def speedup(self) -> dict[int, float]:
-        """Engine time / chosen path's time per measured token count (>= 1 by design)."""
+        """Engine time / chosen path's time per measured token count, for calls in CUDA
+        graphs (>= 1 by design)."""
         out = {}
         for i, (t, path) in enumerate(zip(self.tokens, self.choices)):
             engine, chosen = self.times_us[ENGINE][i], self.times_us[path][i]

@@ -465,6 +465,19 @@ def test_host_samples_hold_fewer_calls_where_the_gpu_would_keep_the_host_waiting
     assert host_calls(1e9) == 3  # at least three calls a sample
 
 
+def test_an_eager_path_dearer_on_the_host_must_be_gpu_bound_and_save_more(tmp_path):
+    """A path that adds host time still takes an eager size where its layer keeps the
+    GPU busier than the host and saves more GPU time than it adds (a large prefill
+    step on big experts), not where the saving is smaller or the layer host-bound."""
+    plan = save_plan(tmp_path, {1: "engine"})
+    times = {"engine": (2000.0, 1000.0, 500.0), "triton-tma": (1500.0, 950.0, 300.0)}
+    host = {"engine": (800.0, 800.0, 400.0), "triton-tma": (900.0, 900.0, 450.0)}
+    guarded = LayerPlan(plan.gpu, plan.problem, "e", (1024, 2048, 4096), times, host_us=host)
+    assert guarded.choices == ("triton-tma",) * 3
+    # saves 500 us for 100 more of host; saves 50 for 100; host-bound (300 < 450)
+    assert guarded.eager_choices == ("triton-tma", "engine", "engine")
+
+
 def test_an_eager_call_without_host_times_runs_the_engine(tmp_path):
     """The runtime passes an eager call (no CUDA-graph capture: every call on the CPU)
     to the engine where its plan measured no host times, and counts it there."""
@@ -492,6 +505,33 @@ def test_an_eager_call_without_host_times_runs_the_engine(tmp_path):
     x20, w13, w2, ids20, weights20 = make_layer(20, seed=6)
     runtime.fused_moe(x20, w13, w2, ids20, weights20, engine)
     assert layer.primed == {("triton", 3), ("triton", 20)} and engine.calls == 3
+
+
+def test_an_eager_call_on_another_path_primes_the_graphs_path(tmp_path):
+    """Where the eager choice (cheapest on the host) is another RaMP path than a CUDA
+    graph of the size would run, the eager call runs its own path and primes the
+    graph's once."""
+    save_profiles(tmp_path, plan={1: "engine"})
+    plan = LayerPlan("H100-SXM", MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, "float16",
+                                            "w13"),
+                     f"{ENGINE_NAME} 1", (4, 32),
+                     {"engine": (10.0, 10.0), "triton": (1.0, 1.0), "triton-fused": (2.0, 2.0)},
+                     configs={"triton": (TRITON_CFG, TRITON_CFG),
+                              "triton-fused": (TRITON_CFG, TRITON_CFG)},
+                     host_us={"engine": (100.0, 100.0), "triton": (200.0, 200.0),
+                              "triton-fused": (50.0, 50.0)})
+    assert plan.choices == ("triton", "triton") and plan.eager_choices == ("triton-fused",) * 2
+    plan.save(tmp_path / f"{plan.key}.json")
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    engine = Engine()
+    x, w13, w2, ids, weights = make_layer(3, seed=9)
+    out = runtime.fused_moe(x, w13, w2, ids, weights, engine)
+    ref = reference(x, w13, w2, ids, weights)
+    assert engine.calls == 0 and float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
+    layer, = [v for v in runtime._layers.values() if not isinstance(v, str)]
+    assert layer.primed == {("triton", 3)}
+    assert runtime.stats.eager == {("H100-SXM/w13-E8-N64-K64-top2-float16", "triton-fused"): 1}
 
 
 def test_a_path_failing_when_primed_leaves_the_shape_to_the_engine(tmp_path, caplog):

@@ -20,6 +20,7 @@ if not ON_GPU:  # must be set before Triton is first imported
 pytest.importorskip("triton")
 
 from ramp.config import KernelConfig  # noqa: E402
+from ramp.kernels.layers import configured_layer  # noqa: E402
 from ramp.kernels.routing import route  # noqa: E402
 from ramp.kernels.triton.configs import TMA  # noqa: E402
 from ramp.kernels.triton.fused_moe import (  # noqa: E402
@@ -96,6 +97,24 @@ def test_fused_moe_matches_float32_reference(dtype, tokens, top_k, routing, bm, 
     assert out.shape == (tokens, SIZES["hidden"])
     assert torch.isfinite(out).all(), f"seed {seed}"
     assert rel_err(out, reference(x, w13, w2, ids, weights)) < 1e-2, f"seed {seed}"
+
+
+@pytest.mark.parametrize("variant", ["", TMA])
+def test_boxes_past_an_experts_columns_and_a_k_tail(variant):
+    """Sizes no tile divides: w13's last gate box runs into the up rows and its last up
+    box into the next expert's rows (inter 48, 32 output columns a tile), w2's last box
+    past the hidden columns (80, 64 a tile), a K tail in both GEMMs (80 and 48 by 32):
+    the layer against float32. T = 0 launches nothing and returns no rows."""
+    sizes = dict(hidden=80, inter=48, experts=4)
+    seed = case_seed("boxes", variant)
+    x, w13, w2, ids, weights = make_inputs(7, top_k=2, dtype=torch.float16, seed=seed,
+                                           **sizes)
+    cfg = KernelConfig("triton", 16, 64, 32, variant=variant)
+    out = fused_moe(x, w13, w2, ids, weights, cfg, cfg)
+    assert rel_err(out, reference(x, w13, w2, ids, weights)) < 1e-2, f"seed {seed}"
+    assert fused_moe(x[:0], w13, w2, ids[:0], weights[:0], cfg, cfg).shape == (0, 80)
+    layer = configured_layer(moe_gemm, lambda tokens: (cfg, cfg, 1, 1), num_sms=4)
+    assert layer(x[:0], w13, w2, ids[:0], weights[:0]).shape == (0, 80)
 
 
 TILE_CASES = [

@@ -63,8 +63,8 @@ def tma_descriptors(a, w, cfg: KernelConfig, gemm: str) -> dict:
     _, out_n = cfg.output_tiling(gemm, n)
     descs = dict(b_desc=TensorDescriptor(w, [num_experts * n, k], [w.stride(1), 1],
                                          [out_n, cfg.block_k]), TMA_B=True)
-    if gemm == "w2":
-        descs.update(a_desc=TensorDescriptor(a, list(a.shape), [a.stride(0), 1],
+    if gemm == "w2":  # the descriptor checks that a's rows are contiguous
+        descs.update(a_desc=TensorDescriptor(a, list(a.shape), list(a.stride()),
                                              [cfg.block_m, cfg.block_k]), TMA_A=True)
     return descs
 
@@ -82,7 +82,8 @@ def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
     if cfg.variant == TMA:
         if cfg.small_rows:
             raise ValueError(f"{cfg.name}: the TMA variant takes one-class configurations")
-        kwargs.update(tma_descriptors(a, w, cfg, gemm))
+        if grid > 0:  # no call launches at T = 0, and a descriptor needs rows
+            kwargs.update(tma_descriptors(a, w, cfg, gemm))
     if cfg.small_rows:
         kernel = moe_gemm_tiles_kernel
         kwargs.update(SMALL_ROWS=cfg.small_rows, BM_SMALL=cfg.small_block_m,
@@ -126,8 +127,9 @@ def moe_gemm_w13_routed(a: torch.Tensor, w: torch.Tensor, topk_ids: torch.Tensor
     before it): returns the routing it computed and wrote, which w2 then takes. For
     calls of at most ``FUSED_ROUTING_MAX_SLOTS`` slots; one tile per CTA (a persistent
     configuration's tile runs one-tile-per-CTA here), one-class configurations only."""
-    if cfg.small_rows:
-        raise ValueError(f"{cfg.name}: the fused-routing w13 takes one-class configurations")
+    if cfg.small_rows or cfg.variant == TMA:
+        raise ValueError(f"{cfg.name}: the fused-routing w13 takes one-class pointer-load "
+                         "configurations")
     tokens, top_k = topk_ids.shape
     flat = topk_ids.reshape(-1).to(torch.int32)
     if flat.numel() > FUSED_ROUTING_MAX_SLOTS:
@@ -180,7 +182,7 @@ def fused_moe(
     moe_gemm(hidden, w13, routing, cfg13, inter, gemm="w13", num_sms=num_sms)
     slots = torch.empty(rows, w2.shape[1], dtype=hidden.dtype, device=hidden.device)
     moe_gemm(inter, w2, routing, cfg2, slots, gemm="w2", num_sms=num_sms)
-    return slots.view(tokens, topk_ids.shape[1], -1).sum(dim=1)
+    return slots.view(tokens, topk_ids.shape[1], w2.shape[1]).sum(dim=1)
 
 
 def _num_sms(device: torch.device) -> int:

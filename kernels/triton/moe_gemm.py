@@ -1,5 +1,9 @@
 """Triton kernels of the fused-MoE layer: routing and one grouped GEMM for both projections.
 
+Integer arguments that follow T (slot and CTA counts) are not specialised on
+(``do_not_specialize``): each kernel compiles once per configuration, whatever T, so the
+warm-up at a few sizes compiles everything a later CUDA-graph capture of any size runs.
+
 No host sync anywhere: the routing kernel counts the histogram and permutes token-expert
 rows on the GPU, and every GEMM CTA derives its tile schedule from the device-side counts
 itself (a cumulative sum over E in registers), so the launch grid depends only on T and
@@ -16,7 +20,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['num_slots'])
 def moe_route_kernel(
     topk_ids_ptr, counts_ptr, cursor_ptr, sorted_slots_ptr, num_slots,
     E: tl.constexpr, E_POW2: tl.constexpr, BLOCK: tl.constexpr,
@@ -37,7 +41,7 @@ def moe_route_kernel(
                        start + tl.arange(0, BLOCK), num_slots)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['num_slots'])
 def moe_route_count_kernel(topk_ids_ptr, partial_ptr, num_slots, E_POW2: tl.constexpr,
                            BLOCK: tl.constexpr):
     """Routing of many slots, step 1 of 2: CTA ``c`` writes the histogram of slots
@@ -50,7 +54,7 @@ def moe_route_count_kernel(topk_ids_ptr, partial_ptr, num_slots, E_POW2: tl.cons
     tl.store(partial_ptr + cta * E_POW2 + experts, counts)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['num_slots', 'num_ctas'])
 def moe_route_scatter_kernel(
     topk_ids_ptr, partial_ptr, counts_ptr, cursor_ptr, sorted_slots_ptr, num_slots, num_ctas,
     E: tl.constexpr, E_POW2: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
@@ -329,7 +333,7 @@ def moe_gemm_kernel(
                        GATHER_A, SCATTER_C, SILU_MUL, EVEN_K, a_desc, b_desc, TMA_A, TMA_B)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['num_slots'])
 def moe_gemm_w13_routed_kernel(
     a_ptr, b_ptr, c_ptr, topk_ids_ptr, num_slots, counts_ptr, sorted_slots_ptr,
     topk_weights_ptr,
