@@ -703,7 +703,8 @@ def main(argv: list[str] | None = None) -> None:
         plan, details = measure(model, args.profile_dir, tokens,
                                 tuple(args.routings.split(";")), args.rounds, ep=args.ep)
         path = plan.save(Path(args.out) / f"{plan.key}.json")
-        print(f"wrote {path}: {dict(zip(plan.tokens, plan.choices))}", flush=True)
+        print(f"wrote {path}: in CUDA graphs {dict(zip(plan.tokens, plan.choices))}; eager "
+              f"{dict(zip(plan.tokens, plan.eager_choices))}", flush=True)
         if args.details:
             ep = f"-ep{args.ep}" if args.ep > 1 else ""
             d = Path(args.details) / f"{plan.gpu}_{model}{ep}_layer.json"
