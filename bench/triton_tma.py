@@ -15,6 +15,10 @@ times every configuration once on the same call (cold L2: rotating weight copies
 the file keeps each configuration's median over ``--rounds`` rounds. Writes
 ``<gpu>_triton-tma.json``: per shape and T the medians, the twin ratios (TMA / plain, < 1
 is TMA faster) and the best of each side; prints a table.
+
+    # any machine: the plot of a results file (best of each side, TFLOP/s per GEMM and T)
+    python3 bench/triton_tma.py plot bench/results/H200/H200_triton-tma.json \
+        --out bench/results/H200/H200_triton-tma.png
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ramp.layerplan import find_layer_plan
 from ramp.models import get_model
 
 TOKENS = (512, 1024, 2048, 4096, 8192)
+DENSE_BF16_TFLOPS = 790  # the H200's dense bf16 matmul rate the roofline run measured
 # deeper pipelines than the plans' picks: TMA frees the registers and issue slots that
 # pointer loads of the weight tiles take
 EXTRA = (
@@ -105,7 +110,54 @@ def measure_shape(model: str, gemm: str, tokens: tuple[int, ...], rounds: int,
     return result
 
 
+def tflops(problem: dict[str, Any], tokens: int, us: float) -> float:
+    """Useful TFLOP/s of one GEMM call of ``tokens`` tokens taking ``us``."""
+    return 2 * tokens * problem["top_k"] * problem["n"] * problem["k"] / us / 1e6
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Best pointer-load and best TMA configuration per GEMM and T, in TFLOP/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = results["shapes"]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(2.6 * len(shapes), 3.6), sharey=True)
+    for ax, (name, shape) in zip(np.atleast_1d(axes), shapes.items()):
+        tokens = sorted(shape["tokens"], key=int)
+        x = np.arange(len(tokens))
+        for offset, side, color in ((-0.2, "best_plain", "tab:gray"),
+                                    (0.2, "best_tma", "tab:blue")):
+            vals = [tflops(shape["problem"], int(t), shape["tokens"][t][side]["us"])
+                    if shape["tokens"][t][side] else np.nan for t in tokens]
+            ax.bar(x + offset, vals, 0.4, color=color,
+                   label="pointer loads" if side == "best_plain" else "TMA")
+        ax.axhline(DENSE_BF16_TFLOPS, ls="--", lw=0.8, color="k",
+                   label=f"dense bf16 ({DENSE_BF16_TFLOPS}, fifth session)")
+        ax.set_xticks(x, [f"T={t}" for t in tokens], fontsize=8)
+        ax.set_title(name.replace("/", " "), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("TFLOP/s (best configuration)")
+    np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"Triton grouped GEMM, pointer loads vs TMA: {results['device']['device']}, "
+                 f"{results['routing']} routing, median of {results['rounds']} rounds",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plot"]:
+        ap = argparse.ArgumentParser(prog="triton_tma.py plot")
+        ap.add_argument("results", type=Path)
+        ap.add_argument("--out", type=Path, required=True)
+        a = ap.parse_args(argv[1:])
+        print(f"wrote {plot(json.loads(a.results.read_text()), a.out)}")
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["qwen3-30b-a3b", "deepseek-v2-lite"])
     ap.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
