@@ -327,8 +327,8 @@ def contiguous_expert_map(experts: int, ep: int, rank: int = 0) -> torch.Tensor:
 
 
 def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
-            routings: tuple[str, ...], rounds: int, seed: int = 0, ep: int = 1
-            ) -> tuple[LayerPlan, dict[str, Any]]:
+            routings: tuple[str, ...], rounds: int, seed: int = 0, ep: int = 1,
+            eager_graphs: bool = False) -> tuple[LayerPlan, dict[str, Any]]:
     from ramp.hardware import detect_gpu
     from ramp.kernels.cuda_timing import device_info, time_graph
     from ramp.kernels.workload import make_weights
@@ -484,7 +484,7 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
         lambda i: {n: fixed_config_layer(n, configs[n][i], sms) if n in configured
                    else layers[n] for n in names},
         {n: [float(np.median(r)) if r else None for r in times[n][routings[0]]]
-         for n in names})
+         for n in names}, eager_graphs)
     per_routing = medians_by_routing(times)
     plan = LayerPlan(
         gpu=gpu.name, problem=problems[0], engine=engine_name, tokens=tuple(tokens),
@@ -492,6 +492,7 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
         times_us_by_routing=per_routing, interval_starts=starts,
         interval_start_times_us_by_routing=medians_by_routing(start_times),
         configs={n: tuple(configs[n]) for n in configured}, host_us=host,
+        eager_graphs=eager_graphs,
         provenance={**device_info(), "engine": engine_name,
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]]),
@@ -522,16 +523,26 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
 def host_times(model: str, problems, tokens: tuple[int, ...], routing: str, seed: int,
                experts: int, w13: torch.Tensor, w2: torch.Tensor,
                expert_map: torch.Tensor | None, layers_at: Callable[[int], dict[str, Layer]],
-               gpu_us: dict[str, list[float | None]]) -> dict[str, tuple[float | None, ...]]:
+               gpu_us: dict[str, list[float | None]], eager_graphs: bool = False
+               ) -> dict[str, tuple[float | None, ...]]:
     """Every path's host time per eager call (``host_us``) at every size: ``layers_at(i)``
     the paths as the plan runs them at ``tokens[i]``, ``gpu_us`` their GPU times there
     (to size each sample), paths alternating over ``HOST_SAMPLES`` samples; the median,
-    None where no sample held."""
+    None where no sample held. ``eager_graphs``: RaMP's paths as the runtime then runs
+    eager calls, replayed from per-size CUDA graphs (captured by warm-up calls first)."""
+    from ramp.kernels.eager_graphs import MIN_CALLS, EagerGraphs
+
     out: dict[str, list[float | None]] = {n: [] for n in gpu_us}
     for i, t in enumerate(tokens):
         x, ids, weights = make_inputs(problems, t, routing, seed + 31 * i, experts)
         buf = torch.empty(t, w2.shape[1], dtype=x.dtype, device="cuda")
         layers = layers_at(i)
+        if eager_graphs:
+            layers = {n: run if n == ENGINE else EagerGraphs(run) for n, run in layers.items()}
+            for n, run in layers.items():  # compile, then capture, outside the samples
+                for _ in range(MIN_CALLS):
+                    run(x, w13, w2, ids, weights, None if n == ENGINE else buf, expert_map)
+            torch.cuda.synchronize()
         samples: dict[str, list[float]] = {n: [] for n in layers}
         for _ in range(HOST_SAMPLES):
             for n, run in layers.items():
@@ -554,11 +565,12 @@ def host_times(model: str, problems, tokens: tuple[int, ...], routing: str, seed
     return {n: tuple(v) for n, v in out.items()}
 
 
-def add_host_times(model: str, plan: LayerPlan, profile_dir: str | None, seed: int = 0
-                   ) -> LayerPlan:
+def add_host_times(model: str, plan: LayerPlan, profile_dir: str | None, seed: int = 0,
+                   eager_graphs: bool = False) -> LayerPlan:
     """``plan`` with every path's host time per eager call measured on this GPU (its
     GPU times and configurations kept): what a plan measured before ``host_us`` needs
-    for eager calls, in a fraction of a full measurement's time."""
+    for eager calls, in a fraction of a full measurement's time. ``eager_graphs``: with
+    RaMP's eager calls replayed from per-size CUDA graphs, as the runtime will run them."""
     from ramp.kernels.workload import make_weights
 
     spec = get_model(model)
@@ -585,8 +597,8 @@ def add_host_times(model: str, plan: LayerPlan, profile_dir: str | None, seed: i
     w2 = make_weights(problems[1], 1, seed=seed + 1)[0]
     host = host_times(model, problems, plan.tokens, ROUTINGS[0], seed, spec.num_experts,
                       w13, w2, expert_map, layers_at,
-                      {n: list(plan.times_us[n]) for n in names})
-    return replace(plan, host_us=host, provenance={
+                      {n: list(plan.times_us[n]) for n in names}, eager_graphs)
+    return replace(plan, host_us=host, eager_graphs=eager_graphs, provenance={
         **plan.provenance, "host_measured": {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]])}})
@@ -677,6 +689,9 @@ def main(argv: list[str] | None = None) -> None:
                            "GPU times kept")
     ap.add_argument("--plan", action="append", default=[], type=Path,
                     help="with --host-times: a plan file to use before the embedded one")
+    ap.add_argument("--eager-graphs", action="store_true",
+                    help="measure (and have the runtime run) RaMP's eager calls replayed "
+                         "from per-size CUDA graphs (kernels.eager_graphs)")
     ap.add_argument("--out", required=True, help="directory for <gpu>_<shape>_layer.json")
     ap.add_argument("--details", help="directory for per-round timings and errors")
     ap.add_argument("--profile-dir", help="profiles to use before the embedded ones")
@@ -696,12 +711,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {path}: {dict(zip(plan.tokens, plan.choices))}", flush=True)
     for model in args.host_times or ():
         plan = host_plan(model, args.plan, args.ep)
-        plan = add_host_times(model, plan, args.profile_dir)
+        plan = add_host_times(model, plan, args.profile_dir, eager_graphs=args.eager_graphs)
         path = plan.save(Path(args.out) / f"{plan.key}.json")
         print(f"wrote {path}: eager {dict(zip(plan.tokens, plan.eager_choices))}", flush=True)
     for model in args.model or ():
         plan, details = measure(model, args.profile_dir, tokens,
-                                tuple(args.routings.split(";")), args.rounds, ep=args.ep)
+                                tuple(args.routings.split(";")), args.rounds, ep=args.ep,
+                                eager_graphs=args.eager_graphs)
         path = plan.save(Path(args.out) / f"{plan.key}.json")
         print(f"wrote {path}: in CUDA graphs {dict(zip(plan.tokens, plan.choices))}; eager "
               f"{dict(zip(plan.tokens, plan.eager_choices))}", flush=True)

@@ -141,6 +141,9 @@ class _Layer:
     plan: LayerPlan
     paths: dict[str, LayerPath]
     primed: set[tuple[str, int]] = field(default_factory=set)  # (path, T) run eagerly once
+    # what eager calls run per path: the paths themselves, or (a plan measured so) the
+    # paths with recurring sizes replayed from CUDA graphs (``kernels.eager_graphs``)
+    eager_paths: dict[str, LayerPath] = field(default_factory=dict)
 
 
 @dataclass
@@ -255,9 +258,9 @@ class RampMoERuntime:
             # next synchronizing call, not here (run with CUDA_LAUNCH_BLOCKING=1 to see it
             # at this launch). _warm_up runs every path once and synchronizes, so a fault
             # there keeps the shape on the engine kernel.
+            run = layer_paths.paths[path] if capturing else layer_paths.eager_paths[path]
             try:
-                result = layer_paths.paths[path](hidden_states, w13, w2, topk_ids,
-                                                 topk_weights, out, expert_map)
+                result = run(hidden_states, w13, w2, topk_ids, topk_weights, out, expert_map)
                 if scale not in (None, 1.0):
                     result.mul_(scale)
             except Exception as exc:
@@ -351,8 +354,14 @@ class RampMoERuntime:
                                       "measured path")
                     plan = plan.without({name})
         paths = {name: p for name, p in paths.items() if name in plan.paths_used()}
+        if plan.eager_graphs:
+            from ramp.kernels.eager_graphs import EagerGraphs
+
+            eager_paths = {name: EagerGraphs(p) for name, p in paths.items()}
+        else:
+            eager_paths = dict(paths)
         layer = _Layer(f"{gpu}/{problems[0].key}" + (f"/ep{ep}" if ep > 1 else ""), plan,
-                       paths)
+                       paths, eager_paths=eager_paths)
         try:
             _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map)
         except Exception as exc:

@@ -88,6 +88,9 @@ class LayerPlan:
     # path -> per token count, microseconds the host takes to issue one eager call (the
     # GPU held busy meanwhile): what an eager step pays for the layer on the host
     host_us: dict[str, tuple[float | None, ...]] = field(default_factory=dict)
+    # RaMP's host times were measured with eager calls replayed from per-size CUDA graphs
+    # (``kernels.eager_graphs``): the runtime then runs eager calls so, as measured
+    eager_graphs: bool = False
 
     def __post_init__(self) -> None:
         if not self.tokens or list(self.tokens) != sorted(set(self.tokens)) or self.tokens[0] < 1:
@@ -266,6 +269,7 @@ class LayerPlan:
                     r: {p: list(v) for p, v in per_path.items()}
                     for r, per_path in self.interval_start_times_us_by_routing.items()},
                 "host_us": {p: list(v) for p, v in self.host_us.items()},
+                "eager_graphs": self.eager_graphs,
                 "eager_choices": list(self.eager_choices),
                 "provenance": self.provenance}
 

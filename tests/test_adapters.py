@@ -1027,3 +1027,47 @@ def test_sglang_hook_installs_on_the_installed_engine():
     finally:
         sglang_adapter.disable()
     assert module.fused_experts is original
+
+
+def test_eager_graphs_wrapper_passes_through_off_the_gpu_and_checks_its_settings():
+    """``kernels.eager_graphs.EagerGraphs`` on the CPU (the interpreter has no CUDA
+    graphs) runs the layer as it is, every time; its settings are checked."""
+    from ramp.kernels.eager_graphs import EagerGraphs
+
+    calls = []
+
+    def layer(*args):
+        calls.append(args[0].shape[0])
+        return args[0] * 2
+
+    wrapped = EagerGraphs(layer)
+    x = torch.ones(3, 4)
+    for _ in range(3):
+        assert torch.equal(wrapped(x, x, x, x, x), x * 2)
+    assert calls == [3, 3, 3] and wrapped.captures == 0 and not wrapped.sizes
+    with pytest.raises(ValueError, match="min_calls >= 2"):
+        EagerGraphs(layer, min_calls=1)
+
+
+def test_a_plan_measured_with_eager_graphs_has_the_runtime_run_them(tmp_path):
+    """A plan whose host times were measured with eager calls replayed from CUDA graphs
+    makes the runtime wrap its paths so for eager calls (and only for them); the flag
+    survives the JSON round trip; results stay the layer's."""
+    from ramp.kernels.eager_graphs import EagerGraphs
+
+    save_profiles(tmp_path, plan={4: "triton", 32: "triton"})
+    plan = save_plan(tmp_path, {4: "triton", 32: "triton"})
+    graphed = dataclasses.replace(plan, eager_graphs=True)
+    again = LayerPlan.from_dict(json.loads(json.dumps(graphed.to_dict())), "x")
+    assert again.eager_graphs and again == graphed
+    graphed.save(tmp_path / f"{plan.key}.json")
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    engine = Engine()
+    x, w13, w2, ids, weights = make_layer(3, seed=10)
+    out = runtime.fused_moe(x, w13, w2, ids, weights, engine)
+    ref = reference(x, w13, w2, ids, weights)
+    assert engine.calls == 0 and float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
+    layer, = [v for v in runtime._layers.values() if not isinstance(v, str)]
+    assert isinstance(layer.eager_paths["triton"], EagerGraphs)
+    assert layer.eager_paths["triton"].layer is layer.paths["triton"]

@@ -369,3 +369,45 @@ def test_host_time_of_an_eager_call_is_measured_behind_the_spin():
     torch.cuda.synchronize()
     assert float(x[0]) == 20 + 200  # every call ran, after the spin
 
+
+
+def test_eager_graphs_replay_each_layers_weights_at_each_size():
+    """``kernels.eager_graphs.EagerGraphs`` over the triton-tma path (Qwen3 shape): two
+    layers' weights alternating at two sizes, outputs poisoned first. The first call of a
+    size runs eagerly, the next ones replay one graph per (layer, size) captured on first
+    use; every result equals the unwrapped layer's and float32's; inside a capture of
+    the engine's own the call passes through."""
+    from ramp.adapters.runtime import config_entry
+    from ramp.kernels.eager_graphs import EagerGraphs
+    from ramp.kernels.layers import PathInputs, build_path
+
+    cfg = {"w13": {"family": "triton", "block_m": 64, "block_n": 128, "block_k": 64,
+                   "num_warps": 4, "num_stages": 3, "persistent": True, "group_m": 8},
+           "w2": {"family": "triton", "block_m": 64, "block_n": 128, "block_k": 64,
+                  "num_warps": 4, "num_stages": 3, "persistent": True, "group_m": 8}}
+    configs = config_entry(cfg)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    plain = build_path("triton-tma", PathInputs(sms, configs=lambda path: lambda t: configs))
+    wrapped = EagerGraphs(plain)
+    layers = [qwen_weights(seed) for seed in (1, 2)]
+    for rnd in range(3):
+        for tokens in (96, 160):
+            for li, (w13, w2) in enumerate(layers):
+                gen = torch.Generator(device="cuda").manual_seed(100 * rnd + tokens + li)
+                x = torch.randn(tokens, QWEN["hidden"], generator=gen, device="cuda").bfloat16()
+                ids, weights = routing(tokens, seed=rnd * 7 + li)
+                out = torch.full((tokens, QWEN["hidden"]), float("nan"), dtype=torch.bfloat16,
+                                 device="cuda")
+                got = wrapped(x, w13, w2, ids, weights, out)
+                assert got is out and bool(torch.isfinite(out).all())
+                want = plain(x, w13, w2, ids, weights, None)
+                assert torch.allclose(out.float(), want.float(), rtol=1e-2, atol=1e-2)
+                assert rel_err(out, reference(x, w13, w2, ids, weights)) < 2e-2
+    assert wrapped.captures == 4 and sorted(wrapped.sizes) == [96, 160]
+    graph = torch.cuda.CUDAGraph()
+    w13, w2 = layers[0]
+    x = torch.randn(96, QWEN["hidden"], device="cuda").bfloat16()
+    ids, weights = routing(96, seed=3)
+    with torch.cuda.graph(graph):
+        wrapped(x, w13, w2, ids, weights, None)
+    assert wrapped.captures == 4  # the engine's capture: passed through, none of its own

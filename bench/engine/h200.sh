@@ -5,7 +5,9 @@
 #   bash bench/engine/h200.sh plans MODEL...      layer plans only (profiles already there;
 #                                                 ROUTINGS="...;collapsed" adds routings)
 #   bash bench/engine/h200.sh host MODEL...       host times per eager call added to the
-#                                                 embedded plans (their GPU times kept)
+#                                                 embedded plans (their GPU times kept;
+#                                                 EAGER_GRAPHS=1: eager calls replayed
+#                                                 from per-size CUDA graphs)
 #   bash bench/engine/h200.sh families MODEL...   the family tests, then grouped_mm and CuTe
 #                                                 profiles (CuTe: carry [".whl"], made by
 #                                                 bench/carry_cutlass.sh)
@@ -42,7 +44,8 @@ case $stage in
     tar czf "$OUT/profiles.tar.gz" -C "$prof" . ;;
   host)  # from /tmp, as plans
     (cd /tmp && python3 -m ramp.adapters.plan --host-times "$@" --profile-dir "$prof" \
-      --out "$prof") 2>&1 | grep -v "^WARNING" | tee -a "$OUT/profiles.log"
+      --out "$prof" ${EAGER_GRAPHS:+--eager-graphs}) 2>&1 | grep -v "^WARNING" |
+      tee -a "$OUT/profiles.log"
     tar czf "$OUT/profiles.tar.gz" -C "$prof" . ;;
   families)  # FAMILIES="grouped_mm cute" by default; TESTS=0 skips the tests
     source bench/device_env.sh  # the CuTe DSL, and this checkout first on PYTHONPATH
