@@ -65,7 +65,8 @@ class EagerGraphs:
         self.seen: Counter = Counter()
         self.sizes: OrderedDict[int, _Size] = OrderedDict()
         self.captures = 0
-        self._pool = None
+        self._pool = None     # one memory pool for every capture: one replays at a time
+        self._side = None     # the capture stream
 
     def __call__(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                  ids: torch.Tensor, weights: torch.Tensor, out: torch.Tensor | None = None,
@@ -109,9 +110,9 @@ class EagerGraphs:
         for the engine's work so far (the copies into the static inputs among it)."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+            self._side = torch.cuda.Stream(device=size.x.device)
         graph = torch.cuda.CUDAGraph()
-        current = torch.cuda.current_stream()
-        side = torch.cuda.Stream(device=size.x.device)
+        current, side = torch.cuda.current_stream(), self._side
         side.wait_stream(current)
         with torch.cuda.stream(side):
             graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
