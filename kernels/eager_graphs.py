@@ -10,12 +10,12 @@ the host then pays three input copies, one replay and one output copy.
 
 ``EagerGraphs(layer)`` wraps a layer callable (``kernels.layers``' contract). A call runs
 the layer as it is inside an engine's own capture, off the GPU, and the first
-``min_calls - 1`` times a size is seen (the layer has then run at that T, so every kernel
-is compiled); after that, the call's inputs are copied into static buffers of that T
-(shared by every layer, which run one after the other on the stream), the graph of
-this layer's weights at that T is captured on first use (into one memory pool that all
-captures share: only one replays at a time) and replayed, and the static output is copied
-out. At most ``max_sizes`` sizes keep graphs (least recently used dropped). Capture uses
+``min_calls - 1`` times this layer's weights see a size (a size of one step only is
+never captured; one seen again has run, so every kernel is compiled). After that, the
+call's inputs are copied into static buffers of that T (shared by every layer, which run
+one after the other on the stream), the graph of this layer's weights at that T is
+captured on first use (into one memory pool that all captures share: only one replays
+at a time) and replayed, and the static output is copied out. At most ``max_sizes`` sizes keep graphs (least recently used dropped). Capture uses
 ``capture_begin``/``capture_end`` on a side stream in thread-local mode: no device
 synchronisation, no garbage collection, nothing that disturbs the engine's other threads.
 """
@@ -31,6 +31,7 @@ import torch
 Layer = Callable[..., torch.Tensor]
 MIN_CALLS = 2     # eager calls of a size before its graphs are captured
 MAX_SIZES = 4     # sizes whose graphs are kept
+MAX_SEEN = 1 << 16  # (size, layer) counts kept before they start over
 
 
 @dataclass
@@ -74,12 +75,15 @@ class EagerGraphs:
         tokens = hidden.shape[0]
         if (not hidden.is_cuda or tokens == 0 or torch.cuda.is_current_stream_capturing()):
             return self.layer(hidden, w13, w2, ids, weights, out, expert_map)
-        self.seen[tokens] += 1
-        if self.seen[tokens] < self.min_calls:
-            return self.layer(hidden, w13, w2, ids, weights, out, expert_map)
-        size = self._size(tokens, hidden, ids, weights, w2.shape[1])
         key = (w13.data_ptr(), w2.data_ptr(), tuple(w13.shape), tuple(w2.shape),
                None if expert_map is None else expert_map.data_ptr())
+        # per layer: a size its steps keep coming back to, not one step's 48 layers
+        if len(self.seen) >= MAX_SEEN:
+            self.seen.clear()
+        self.seen[tokens, key] += 1
+        if self.seen[tokens, key] < self.min_calls:
+            return self.layer(hidden, w13, w2, ids, weights, out, expert_map)
+        size = self._size(tokens, hidden, ids, weights, w2.shape[1])
         size.x.copy_(hidden)
         size.ids.copy_(ids)
         size.weights.copy_(weights)
