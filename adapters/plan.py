@@ -559,6 +559,9 @@ def host_times(model: str, problems, tokens: tuple[int, ...], routing: str, seed
                     samples[n].append(us)
         for n in out:
             out[n].append(float(np.median(samples[n])) if samples.get(n) else None)
+        if eager_graphs:  # this size's graphs go with its wrappers: give their pools back
+            del layers
+            torch.cuda.empty_cache()
         print(f"{model} T={t:<6} host us per eager call: " + "  ".join(
             f"{n} {out[n][-1]:.1f}" if out[n][-1] is not None else f"{n} -" for n in out),
             flush=True)
