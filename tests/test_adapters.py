@@ -478,19 +478,26 @@ def test_an_eager_path_dearer_on_the_host_must_be_gpu_bound_and_save_more(tmp_pa
     assert guarded.eager_choices == ("triton-tma", "engine", "engine")
 
 
+def timed_plan_runtime(tmp_path, times: dict[str, tuple[float, float]],
+                       host_us: dict[str, tuple[float, float]] | None = None):
+    """A dispatch runtime over the tiny layer's profiles and a plan of T = 4 and 32 with
+    these times (``host_us``: host times per eager call), the Triton configuration
+    recorded for every RaMP path."""
+    save_profiles(tmp_path, plan={1: "engine"})
+    plan = LayerPlan("H100-SXM", MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, "float16",
+                                            "w13"),
+                     f"{ENGINE_NAME} 1", (4, 32), times,
+                     configs={p: (TRITON_CFG, TRITON_CFG) for p in times if p != "engine"},
+                     host_us=host_us or {})
+    plan.save(tmp_path / f"{plan.key}.json")
+    return plan, RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                           gpu="H100-SXM"), engine=ENGINE_NAME)
+
+
 def test_an_eager_call_without_host_times_runs_the_engine(tmp_path):
     """The runtime passes an eager call (no CUDA-graph capture: every call on the CPU)
     to the engine where its plan measured no host times, and counts it there."""
-    save_profiles(tmp_path, plan={1: "engine"})
-    tokens = (4, 32)
-    times = {"engine": (10.0, 10.0), "triton": (1.0, 1.0)}
-    plan = LayerPlan("H100-SXM", MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, "float16",
-                                            "w13"),
-                     f"{ENGINE_NAME} 1", tokens, times,
-                     configs={"triton": (TRITON_CFG, TRITON_CFG)})
-    plan.save(tmp_path / f"{plan.key}.json")
-    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
-                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    _, runtime = timed_plan_runtime(tmp_path, {"engine": (10.0, 10.0), "triton": (1.0, 1.0)})
     engine = Engine()
     x, w13, w2, ids, weights = make_layer(3, seed=5)
     assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
@@ -507,29 +514,30 @@ def test_an_eager_call_without_host_times_runs_the_engine(tmp_path):
     assert layer.primed == {("triton", 3), ("triton", 20)} and engine.calls == 3
 
 
-def test_an_eager_call_on_another_path_primes_the_graphs_path(tmp_path):
-    """Where the eager choice (cheapest on the host) is another RaMP path than a CUDA
-    graph of the size would run, the eager call runs its own path and primes the
-    graph's once."""
-    save_profiles(tmp_path, plan={1: "engine"})
-    plan = LayerPlan("H100-SXM", MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, "float16",
-                                            "w13"),
-                     f"{ENGINE_NAME} 1", (4, 32),
-                     {"engine": (10.0, 10.0), "triton": (1.0, 1.0), "triton-fused": (2.0, 2.0)},
-                     configs={"triton": (TRITON_CFG, TRITON_CFG),
-                              "triton-fused": (TRITON_CFG, TRITON_CFG)},
-                     host_us={"engine": (100.0, 100.0), "triton": (200.0, 200.0),
-                              "triton-fused": (50.0, 50.0)})
-    assert plan.choices == ("triton", "triton") and plan.eager_choices == ("triton-fused",) * 2
-    plan.save(tmp_path / f"{plan.key}.json")
+def served_once(tmp_path, seed: int):
+    """A dispatch runtime over ``tmp_path``'s profiles and plan, one 3-token call that
+    RaMP serves (checked against float32), and the layer it built."""
     runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
                                         gpu="H100-SXM"), engine=ENGINE_NAME)
     engine = Engine()
-    x, w13, w2, ids, weights = make_layer(3, seed=9)
+    x, w13, w2, ids, weights = make_layer(3, seed=seed)
     out = runtime.fused_moe(x, w13, w2, ids, weights, engine)
     ref = reference(x, w13, w2, ids, weights)
     assert engine.calls == 0 and float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
     layer, = [v for v in runtime._layers.values() if not isinstance(v, str)]
+    return runtime, layer
+
+
+def test_an_eager_call_on_another_path_primes_the_graphs_path(tmp_path):
+    """Where the eager choice (cheapest on the host) is another RaMP path than a CUDA
+    graph of the size would run, the eager call runs its own path and primes the
+    graph's once."""
+    plan, _ = timed_plan_runtime(
+        tmp_path, {"engine": (10.0, 10.0), "triton": (1.0, 1.0), "triton-fused": (2.0, 2.0)},
+        host_us={"engine": (100.0, 100.0), "triton": (200.0, 200.0),
+                 "triton-fused": (50.0, 50.0)})
+    assert plan.choices == ("triton", "triton") and plan.eager_choices == ("triton-fused",) * 2
+    runtime, layer = served_once(tmp_path, seed=9)
     assert layer.primed == {("triton", 3)}
     assert runtime.stats.eager == {("H100-SXM/w13-E8-N64-K64-top2-float16", "triton-fused"): 1}
 
@@ -537,14 +545,7 @@ def test_an_eager_call_on_another_path_primes_the_graphs_path(tmp_path):
 def test_a_path_failing_when_primed_leaves_the_shape_to_the_engine(tmp_path, caplog):
     """The eager run that compiles a graph size's path fails: the engine serves this
     and every later call of the shape, and the reason is logged once."""
-    save_profiles(tmp_path, plan={1: "engine"})
-    plan = LayerPlan("H100-SXM", MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, "float16",
-                                            "w13"),
-                     f"{ENGINE_NAME} 1", (4, 32), {"engine": (10.0, 10.0), "triton": (1.0, 1.0)},
-                     configs={"triton": (TRITON_CFG, TRITON_CFG)})
-    plan.save(tmp_path / f"{plan.key}.json")
-    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
-                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    _, runtime = timed_plan_runtime(tmp_path, {"engine": (10.0, 10.0), "triton": (1.0, 1.0)})
     engine = Engine()
     x, w13, w2, ids, weights = make_layer(3, seed=7)
     runtime.fused_moe(x, w13, w2, ids, weights, engine)  # builds the layer (and primes 3)
@@ -1061,13 +1062,6 @@ def test_a_plan_measured_with_eager_graphs_has_the_runtime_run_them(tmp_path):
     again = LayerPlan.from_dict(json.loads(json.dumps(graphed.to_dict())), "x")
     assert again.eager_graphs and again == graphed
     graphed.save(tmp_path / f"{plan.key}.json")
-    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
-                                        gpu="H100-SXM"), engine=ENGINE_NAME)
-    engine = Engine()
-    x, w13, w2, ids, weights = make_layer(3, seed=10)
-    out = runtime.fused_moe(x, w13, w2, ids, weights, engine)
-    ref = reference(x, w13, w2, ids, weights)
-    assert engine.calls == 0 and float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
-    layer, = [v for v in runtime._layers.values() if not isinstance(v, str)]
+    _, layer = served_once(tmp_path, seed=10)
     assert isinstance(layer.eager_paths["triton"], EagerGraphs)
     assert layer.eager_paths["triton"].layer is layer.paths["triton"]
