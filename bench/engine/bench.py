@@ -437,6 +437,7 @@ def main() -> None:
         return
     ap = parser(worker=False)
     args = ap.parse_args()
+    args.workloads = ",".join(w for item in args.workloads for w in item.split(",") if w)
     workloads = args.workloads.split(",")
     profiled = [w for w in (args.profile_workloads or "").split(",") if w]
     stray = [w for w in profiled if w not in workloads]
@@ -1049,7 +1050,8 @@ def parser(worker: bool) -> argparse.ArgumentParser:
     ap.add_argument("--modes", default="off,dispatch",
                     help="first is the baseline; ratio = dispatch (else the last) / first; "
                          "add record to measure recording's cost")
-    ap.add_argument("--workloads", default="prefill-heavy,decode-heavy,online")
+    ap.add_argument("--workloads", nargs="+", default=["prefill-heavy,decode-heavy,online"],
+                    help="comma- or space-separated")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1,
                     help="runs of each workload per engine start before the repeats, "
