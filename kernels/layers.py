@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import triton
 
 from ramp.config import KernelConfig
 from ramp.kernels.grouped_mm import grouped_mm_layer
@@ -96,7 +95,7 @@ def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None) -> torch
         out = rows.new_empty(tokens, width)
     dense = out if out.stride(1) == 1 else torch.empty_like(out, memory_format=torch.contiguous_format)
     if tokens:
-        moe_top_k_sum_kernel[(tokens, triton.cdiv(width, TOP_K_SUM_BLOCK))](
+        moe_top_k_sum_kernel[(tokens, -(-width // TOP_K_SUM_BLOCK))](
             rows.contiguous(), dense, width, dense.stride(0), TOP_K=top_k,
             BLOCK=TOP_K_SUM_BLOCK)
     return out if dense is out else out.copy_(dense)

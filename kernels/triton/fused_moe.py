@@ -8,6 +8,9 @@ on the host and can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 import triton
 
@@ -52,46 +55,71 @@ def _max_tiles(cfg: KernelConfig, gemm: str, n: int, rows: int, num_experts: int
 
 def tma_descriptors(a, w, cfg: KernelConfig, gemm: str) -> dict:
     """The ``TMA`` variant's operand descriptors (``_tile_body``): the weights as
-    [E * N, K] in boxes of one tile's columns, and for w2 (rows contiguous in
-    expert-sorted order) the activations as [rows, K] in boxes of one row tile."""
+    [E * N, K] in boxes of one tile's columns (made once per weight tensor, address
+    and box), and for w2 (rows contiguous in expert-sorted order) the activations as
+    [rows, K] in boxes of one row tile."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    num_experts, n, k = w.shape
-    if w.stride(2) != 1 or w.stride(0) != n * w.stride(1):
-        raise ValueError(f"{cfg.name}: TMA needs the weights [E, N, K] contiguous, got "
-                         f"strides {tuple(w.stride())}")
-    _, out_n = cfg.output_tiling(gemm, n)
-    descs = dict(b_desc=TensorDescriptor(w, [num_experts * n, k], [w.stride(1), 1],
-                                         [out_n, cfg.block_k]), TMA_B=True)
+    _, out_n = cfg.output_tiling(gemm, w.shape[1])
+    descs = dict(b_desc=_weight_descriptor(w, w.data_ptr(), tuple(w.shape), w.stride(),
+                                           out_n, cfg.block_k, cfg.name), TMA_B=True)
     if gemm == "w2":  # the descriptor checks that a's rows are contiguous
         descs.update(a_desc=TensorDescriptor(a, list(a.shape), list(a.stride()),
                                              [cfg.block_m, cfg.block_k]), TMA_A=True)
     return descs
 
 
+@functools.lru_cache(maxsize=512)
+def _weight_descriptor(w, data_ptr: int, shape: tuple, strides: tuple, out_n: int,
+                       block_k: int, name: str):
+    """The weights' descriptor, keyed by the tensor and its address, shape and strides
+    (a weight whose storage moves gets a new one): an engine passes the same weight
+    tensors every call, and each descriptor holds its tensor, as the engine does."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    num_experts, n, k = shape
+    if strides[2] != 1 or strides[0] != n * strides[1]:
+        raise ValueError(f"{name}: TMA needs the weights [E, N, K] contiguous, got "
+                         f"strides {strides}")
+    return TensorDescriptor(w, [num_experts * n, k], [strides[1], 1], [out_n, block_k])
+
+
+@functools.lru_cache(maxsize=4096)
+def _launch_plan(cfg: KernelConfig, gemm: str, n: int, k: int, rows: int,
+                 num_experts: int, top_k: int, num_sms: int, occupancy: int
+                 ) -> tuple[Any, int, dict]:
+    """Kernel, grid and constexprs of a call, which follow from the configuration and
+    the call's sizes alone: computed once per combination (an eager call pays each
+    line of Python on the host). The keyword dict is shared: callers copy before
+    adding to it."""
+    tiles = _max_tiles(cfg, gemm, n, rows, num_experts)
+    grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
+    silu = gemm == "w13"
+    kwargs = dict(E=num_experts, E_POW2=pow2(num_experts), TOP_K=top_k, GROUP_M=cfg.group_m,
+                  GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                  PERSISTENT=cfg.persistent, EVEN_K=k % cfg.block_k == 0)
+    if cfg.variant == TMA and cfg.small_rows:
+        raise ValueError(f"{cfg.name}: the TMA variant takes one-class configurations")
+    if cfg.small_rows:
+        kwargs.update(SMALL_ROWS=cfg.small_rows, BM_SMALL=cfg.small_block_m,
+                      BM_LARGE=cfg.block_m)
+        return moe_gemm_tiles_kernel, grid, kwargs
+    kwargs.update(BLOCK_M=cfg.block_m)
+    return moe_gemm_kernel, grid, kwargs
+
+
 def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
     """Kernel, grid, positional and keyword arguments of one call: ``moe_gemm_kernel``,
     or ``moe_gemm_tiles_kernel`` for a configuration with two row-tile classes."""
-    k = w.shape[2]
-    tiles = _max_tiles(cfg, gemm, w.shape[1], routing.sorted_slots.numel(),
-                       routing.num_experts)
-    grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
-    buffers, sizes, constexprs = launch_abi(a, w, routing, out, gemm, cfg)
-    kwargs = dict(constexprs, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                  PERSISTENT=cfg.persistent, EVEN_K=k % cfg.block_k == 0)
-    if cfg.variant == TMA:
-        if cfg.small_rows:
-            raise ValueError(f"{cfg.name}: the TMA variant takes one-class configurations")
-        if grid > 0:  # no call launches at T = 0, and a descriptor needs rows
-            kwargs.update(tma_descriptors(a, w, cfg, gemm))
-    if cfg.small_rows:
-        kernel = moe_gemm_tiles_kernel
-        kwargs.update(SMALL_ROWS=cfg.small_rows, BM_SMALL=cfg.small_block_m,
-                      BM_LARGE=cfg.block_m)
-    else:
-        kernel = moe_gemm_kernel
-        kwargs.update(BLOCK_M=cfg.block_m)
-    return kernel, grid, (*buffers, *sizes), kwargs
+    kernel, grid, kwargs = _launch_plan(cfg, gemm, w.shape[1], w.shape[2],
+                                        routing.sorted_slots.numel(), routing.num_experts,
+                                        routing.top_k, num_sms, occupancy)
+    args = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights,
+            w.shape[1], w.shape[2], *a.stride(), *w.stride(), *out.stride())
+    if cfg.variant == TMA and grid > 0:  # no call launches at T = 0; a descriptor needs rows
+        kwargs = dict(kwargs, **tma_descriptors(a, w, cfg, gemm))
+    return kernel, grid, args, kwargs
 
 
 def moe_gemm(
