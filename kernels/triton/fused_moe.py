@@ -34,16 +34,27 @@ def launch_abi(a, w, routing: Routing, out, gemm: str, cfg: KernelConfig
                ) -> tuple[tuple, tuple, dict]:
     """What every MoE GEMM kernel of this family takes, in its argument order: the
     buffers, the sizes and strides, and the constexprs fixed by the call and launch
-    (the one-configuration and the polymorphic kernels both build on this)."""
+    (the one-configuration and the polymorphic kernels both build on this); the
+    constexprs are the caller's to change."""
+    buffers, sizes = launch_operands(a, w, routing, out)
+    return buffers, sizes, dict(_call_constexprs(cfg, gemm, routing.num_experts,
+                                                 routing.top_k))
+
+
+def launch_operands(a, w, routing: Routing, out) -> tuple[tuple, tuple]:
+    """The buffers, then the sizes and strides, every kernel of the family takes."""
+    return ((a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights),
+            (w.shape[1], w.shape[2], *a.stride(), *w.stride(), *out.stride()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_constexprs(cfg: KernelConfig, gemm: str, num_experts: int, top_k: int) -> dict:
+    """The constexprs every kernel of the family takes, fixed by the configuration and
+    the layer (shared: callers copy before changing them)."""
     silu = gemm == "w13"
-    buffers = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights)
-    sizes = (w.shape[1], w.shape[2], a.stride(0), a.stride(1), w.stride(0), w.stride(1),
-             w.stride(2), out.stride(0), out.stride(1))
-    constexprs = dict(E=routing.num_experts, E_POW2=pow2(routing.num_experts),
-                      TOP_K=routing.top_k, GROUP_M=cfg.group_m, GATHER_A=silu,
-                      SCATTER_C=not silu, SILU_MUL=silu, num_warps=cfg.num_warps,
-                      num_stages=cfg.num_stages)
-    return buffers, sizes, constexprs
+    return dict(E=num_experts, E_POW2=pow2(num_experts), TOP_K=top_k, GROUP_M=cfg.group_m,
+                GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
 
 
 def _max_tiles(cfg: KernelConfig, gemm: str, n: int, rows: int, num_experts: int) -> int:
@@ -60,9 +71,14 @@ def tma_descriptors(a, w, cfg: KernelConfig, gemm: str) -> dict:
     [rows, K] in boxes of one row tile."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    _, out_n = cfg.output_tiling(gemm, w.shape[1])
-    descs = dict(b_desc=_weight_descriptor(w, w.data_ptr(), tuple(w.shape), w.stride(),
-                                           out_n, cfg.block_k, cfg.name), TMA_B=True)
+    n = w.shape[1]
+    strides = w.stride()
+    if strides[2] != 1 or strides[0] != n * strides[1]:
+        raise ValueError(f"{cfg.name}: TMA needs the weights [E, N, K] contiguous, got "
+                         f"strides {strides}")
+    _, out_n = cfg.output_tiling(gemm, n)
+    descs = dict(b_desc=_weight_descriptor(w, w.data_ptr(), tuple(w.shape), strides, out_n,
+                                           cfg.block_k), TMA_B=True)
     if gemm == "w2":  # the descriptor checks that a's rows are contiguous
         descs.update(a_desc=TensorDescriptor(a, list(a.shape), list(a.stride()),
                                              [cfg.block_m, cfg.block_k]), TMA_A=True)
@@ -71,16 +87,13 @@ def tma_descriptors(a, w, cfg: KernelConfig, gemm: str) -> dict:
 
 @functools.lru_cache(maxsize=512)
 def _weight_descriptor(w, data_ptr: int, shape: tuple, strides: tuple, out_n: int,
-                       block_k: int, name: str):
-    """The weights' descriptor, keyed by the tensor and its address, shape and strides
-    (a weight whose storage moves gets a new one): an engine passes the same weight
-    tensors every call, and each descriptor holds its tensor, as the engine does."""
+                       block_k: int):
+    """The (contiguous) weights' descriptor, keyed by the tensor and its address, shape
+    and strides (a weight whose storage moves gets a new one): an engine passes the same
+    weight tensors every call, and each descriptor holds its tensor, as the engine does."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     num_experts, n, k = shape
-    if strides[2] != 1 or strides[0] != n * strides[1]:
-        raise ValueError(f"{name}: TMA needs the weights [E, N, K] contiguous, got "
-                         f"strides {strides}")
     return TensorDescriptor(w, [num_experts * n, k], [strides[1], 1], [out_n, block_k])
 
 
@@ -94,11 +107,8 @@ def _launch_plan(cfg: KernelConfig, gemm: str, n: int, k: int, rows: int,
     adding to it."""
     tiles = _max_tiles(cfg, gemm, n, rows, num_experts)
     grid = min(tiles, num_sms * occupancy) if cfg.persistent else tiles
-    silu = gemm == "w13"
-    kwargs = dict(E=num_experts, E_POW2=pow2(num_experts), TOP_K=top_k, GROUP_M=cfg.group_m,
-                  GATHER_A=silu, SCATTER_C=not silu, SILU_MUL=silu, num_warps=cfg.num_warps,
-                  num_stages=cfg.num_stages, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                  PERSISTENT=cfg.persistent, EVEN_K=k % cfg.block_k == 0)
+    kwargs = dict(_call_constexprs(cfg, gemm, num_experts, top_k), BLOCK_N=cfg.block_n,
+                  BLOCK_K=cfg.block_k, PERSISTENT=cfg.persistent, EVEN_K=k % cfg.block_k == 0)
     if cfg.variant == TMA and cfg.small_rows:
         raise ValueError(f"{cfg.name}: the TMA variant takes one-class configurations")
     if cfg.small_rows:
@@ -115,8 +125,8 @@ def _launch(a, w, routing, cfg, out, gemm, num_sms, occupancy):
     kernel, grid, kwargs = _launch_plan(cfg, gemm, w.shape[1], w.shape[2],
                                         routing.sorted_slots.numel(), routing.num_experts,
                                         routing.top_k, num_sms, occupancy)
-    args = (a, w, out, routing.counts, routing.sorted_slots, routing.topk_weights,
-            w.shape[1], w.shape[2], *a.stride(), *w.stride(), *out.stride())
+    buffers, sizes = launch_operands(a, w, routing, out)
+    args = (*buffers, *sizes)
     if cfg.variant == TMA and grid > 0:  # no call launches at T = 0; a descriptor needs rows
         kwargs = dict(kwargs, **tma_descriptors(a, w, cfg, gemm))
     return kernel, grid, args, kwargs
