@@ -395,18 +395,28 @@ def host_state() -> dict[str, float]:
 
 def read_stats(stats_dir: Path, mode: str) -> dict[str, Any]:
     """Sum of the RAMP_STATS files the mode's engine processes wrote."""
-    total: dict[str, Any] = {"eager": {}, "captured": {}, "fallbacks": {}, "files": 0}
+    total = no_served_calls()
     for path in sorted(stats_dir.glob(f"{mode}.*.json")):
-        d = json.loads(path.read_text())
-        total["files"] += 1
-        for kind in ("eager", "captured"):
-            for shape, per in d[kind].items():
-                dst = total[kind].setdefault(shape, {})
-                for p, n in per.items():
-                    dst[p] = dst.get(p, 0) + n
-        for reason, n in d["fallbacks"].items():
-            total["fallbacks"][reason] = total["fallbacks"].get(reason, 0) + n
+        add_served_calls(total, {**json.loads(path.read_text()), "files": 1})
     return total
+
+
+def no_served_calls() -> dict[str, Any]:
+    """An empty sum of RaMP's served calls (``read_stats``' shape)."""
+    return {"eager": {}, "captured": {}, "fallbacks": {}, "files": 0}
+
+
+def add_served_calls(total: dict[str, Any], more: dict[str, Any]) -> None:
+    """Add one count of RaMP's served calls (per shape and path, eager and captured;
+    fallbacks per reason; files) into ``total``."""
+    total["files"] += more.get("files", 0)
+    for kind in ("eager", "captured"):
+        for shape, per in more.get(kind, {}).items():
+            dst = total[kind].setdefault(shape, {})
+            for path, n in per.items():
+                dst[path] = dst.get(path, 0) + n
+    for reason, n in more.get("fallbacks", {}).items():
+        total["fallbacks"][reason] = total["fallbacks"].get(reason, 0) + n
 
 
 def compare_tokens(a: list[dict], b: list[dict], tol: float) -> dict[str, Any]:
@@ -785,15 +795,7 @@ def add_stats(into: dict[str, dict[str, Any]] | None, more: dict[str, dict[str, 
         return into
     out = json.loads(json.dumps(into or {}))
     for mode, per in more.items():
-        dst = out.setdefault(mode, {"eager": {}, "captured": {}, "fallbacks": {}, "files": 0})
-        dst["files"] += per.get("files", 0)
-        for kind in ("eager", "captured"):
-            for shape, paths in per.get(kind, {}).items():
-                for path, n in paths.items():
-                    dst[kind].setdefault(shape, {})
-                    dst[kind][shape][path] = dst[kind][shape].get(path, 0) + n
-        for reason, n in per.get("fallbacks", {}).items():
-            dst["fallbacks"][reason] = dst["fallbacks"].get(reason, 0) + n
+        add_served_calls(out.setdefault(mode, no_served_calls()), per)
     return out
 
 
