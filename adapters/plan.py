@@ -494,8 +494,7 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
         configs={n: tuple(configs[n]) for n in configured}, host_us=host,
         eager_graphs=eager_graphs,
         provenance={**device_info(), "engine": engine_name,
-                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]]),
+                    **this_run(),
                     "routings": list(routings), "rounds": rounds,
                     "statistic": "geometric mean over routings of the median over rounds "
                                  "of CUDA-graph replay medians",
@@ -601,10 +600,14 @@ def add_host_times(model: str, plan: LayerPlan, profile_dir: str | None, seed: i
     host = host_times(model, problems, plan.tokens, ROUTINGS[0], seed, spec.num_experts,
                       w13, w2, expert_map, layers_at,
                       {n: list(plan.times_us[n]) for n in names}, eager_graphs)
-    return replace(plan, host_us=host, eager_graphs=eager_graphs, provenance={
-        **plan.provenance, "host_measured": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]])}})
+    return replace(plan, host_us=host, eager_graphs=eager_graphs,
+                   provenance={**plan.provenance, "host_measured": this_run()})
+
+
+def this_run() -> dict[str, str]:
+    """When and by which command this plan tool ran: a plan's provenance."""
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]])}
 
 
 def medians_by_routing(times: dict[str, dict[str, list[list[float]]]]
@@ -652,9 +655,7 @@ def rederive(details_path: Path) -> tuple[LayerPlan, dict[str, Any]]:
     if isinstance(details.get("interval_start_times_us"), dict):
         fields["interval_start_times_us_by_routing"] = medians_by_routing(
             details["interval_start_times_us"])
-    fields["provenance"] = {**fields.get("provenance", {}), "rederived": {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python3 -m ramp.adapters.plan", *sys.argv[1:]])}}
+    fields["provenance"] = {**fields.get("provenance", {}), "rederived": this_run()}
     plan = LayerPlan.from_dict(fields, str(details_path))
     details = {**details, "plan": plan.to_dict(),
                "speedup_vs_engine": {str(k): v for k, v in plan.speedup().items()}}
