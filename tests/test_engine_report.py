@@ -44,3 +44,23 @@ def test_old_runs_get_the_overload_verdict_from_their_requests():
     assert er.overloaded(grown)
     assert not er.overloaded(_run("off", 0, [0.01] * 100))
     assert er.overloaded({"overloaded": True}) and not er.overloaded({})
+
+
+def test_eager_rows_take_the_shipped_plans_host_times_of_the_same_gpu_times():
+    """The layer details of a full measurement carry no host times once ``--host-times``
+    added them to the shipped plan: the eager check takes the shipped ones, and only for
+    the GPU times they were measured beside."""
+    import json
+    from dataclasses import replace
+
+    from ramp.layerplan import ENGINE, LayerPlan
+
+    details = Path(__file__).resolve().parents[1] / "bench/results/engine/layer"
+    plan = LayerPlan.from_dict(
+        json.loads((details / "H200_qwen3-30b-a3b_layer.json").read_text())["plan"], "test")
+    shipped = er.with_shipped_host_times(plan)
+    assert shipped.host_us and set(shipped.eager_choices) != {ENGINE}
+    other = replace(plan, times_us={n: tuple(t * 1.01 if t else t for t in v)
+                                    for n, v in plan.times_us.items()})
+    assert er.with_shipped_host_times(other).host_us == {}
+    assert set(er.with_shipped_host_times(other).eager_choices) == {ENGINE}

@@ -81,8 +81,10 @@ case $stage in
     model=$1; shift
     RAMP_PROFILE_DIR=$prof python3 bench/engine/bench.py --model "$model" --out "$OUT" \
       --stats-dir "/tmp/ramp-stats-$model" "$@" 2>&1 | tee "$OUT/engine-$model.log"
+    status=$?  # bench.py's (pipefail), not the trace loop's: no trace is no failure
     for f in /tmp/ramp-stats-"$model"/trace.*.jsonl; do
-      [ -f "$f" ] && gzip -c "$f" > "$OUT/$(basename "$f").gz"
-    done ;;
+      if [ -f "$f" ]; then gzip -c "$f" > "$OUT/$(basename "$f").gz"; fi
+    done
+    exit $status ;;
   *) echo "h200.sh: unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ramp.layerplan import LayerPlan
+from ramp.layerplan import LayerPlan, find_layer_plan
 from ramp.queueing import queue_growth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,11 +118,22 @@ def plot(results: list[tuple[str, dict]], path: Path) -> Path:
     return path
 
 
+def with_shipped_host_times(plan: LayerPlan) -> LayerPlan:
+    """``plan`` with the host times of the shipped plan of the same GPU times, where it
+    has none: a full measurement's details carry none when ``--host-times`` added them to
+    the shipped plan later, and without them every eager call would be the engine's."""
+    shipped = find_layer_plan(plan.gpu, plan.problem, plan.engine.split()[0], ep=plan.ep)
+    if plan.host_us or shipped is None or shipped.times_us != plan.times_us:
+        return plan
+    return replace(plan, host_us=shipped.host_us, eager_graphs=shipped.eager_graphs)
+
+
 def shipped_vs_best(details: dict, eager: bool = False) -> list[tuple[int, str, float, str]]:
     """Per (T, routing): (T, routing, chosen path's time / best of engine and
     grouped_mm, the faster of those two), for calls in CUDA graphs or, with ``eager``,
-    eager calls (the plan's choices under this RaMP's rule, re-derived from its times)."""
-    plan = LayerPlan.from_dict(details["plan"], "layer plan details")
+    eager calls (the plan's choices under this RaMP's rule, re-derived from its times
+    and the shipped host times, ``with_shipped_host_times``)."""
+    plan = with_shipped_host_times(LayerPlan.from_dict(details["plan"], "layer plan details"))
     per_routing = plan.times_us_by_routing
     out = []
     for routing, times in per_routing.items():
