@@ -63,8 +63,13 @@ ENV = {
     "poll_seconds": "RAMP_POLL_SECONDS",
     "hold_seconds": "RAMP_HOLD_SECONDS",
     "stats_path": "RAMP_STATS",
+    "eager_variant_path": "RAMP_EAGER_VARIANT_FILE",
 }
 STATS_EVERY_S = 2.0  # the stats file is rewritten at most this often (and at exit)
+# how eager calls may run (RAMP_EAGER_VARIANT_FILE): as the layer plan says, on the
+# engine's kernel, or the plan's paths launched kernel by kernel (no eager graphs)
+EAGER_VARIANTS = ("plan", "engine", "launch")
+EAGER_VARIANT_EVERY_S = 0.2  # the variant file is re-read at most this often
 # a path's warm-up result against float32 (the H200 plans measured bf16 layers at 2.9e-3
 # for RaMP's Triton paths to 4.9e-3 for grouped_mm: rel_err in their details files)
 WARM_UP_TOLERANCE = 2e-2
@@ -88,6 +93,9 @@ class RampConfig:
     poll_seconds: float = 0.05      # record: how often the writer thread looks
     hold_seconds: float = 30.0      # record: quiet time after the last graph capture
     stats_path: str | None = None   # dispatch: JSON of calls per path ({pid} expands)
+    # dispatch: a file naming one of EAGER_VARIANTS, re-read while serving, so that one
+    # engine start can compare ways of running eager calls (bench.py --modes dispatch:V)
+    eager_variant_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -179,6 +187,7 @@ class RampMoERuntime:
         self._logged: set[str] = set()
         self.stats = RuntimeStats()
         self._stats_written = 0.0
+        self._eager_variant, self._variant_read = "plan", -float("inf")
         self.recorder: TraceRecorder | None = None
         if config.mode == "record":
             from ramp.adapters.recorder import TraceRecorder
@@ -246,7 +255,9 @@ class RampMoERuntime:
                                       global_num_experts, expert_map)
             tokens = hidden_states.shape[0]
             capturing = hidden_states.is_cuda and torch.cuda.is_current_stream_capturing()
-            path = layer_paths.plan.choose(tokens, eager=not capturing)
+            variant = "plan" if capturing else self.eager_variant()
+            path = (ENGINE if variant == "engine"
+                    else layer_paths.plan.choose(tokens, eager=not capturing))
             self._count(layer_paths.key, path, capturing)
             if not capturing:
                 self._prime(layer_paths, path, tokens, hidden_states, w13, w2, topk_ids,
@@ -258,7 +269,8 @@ class RampMoERuntime:
             # next synchronizing call, not here (run with CUDA_LAUNCH_BLOCKING=1 to see it
             # at this launch). _warm_up runs every path once and synchronizes, so a fault
             # there keeps the shape on the engine kernel.
-            run = layer_paths.paths[path] if capturing else layer_paths.eager_paths[path]
+            run = (layer_paths.paths[path] if capturing or variant == "launch"
+                   else layer_paths.eager_paths[path])
             try:
                 result = run(hidden_states, w13, w2, topk_ids, topk_weights, out, expert_map)
                 if scale not in (None, 1.0):
@@ -272,6 +284,35 @@ class RampMoERuntime:
         except Unsupported as exc:
             self.log_fallback(str(exc))
             return fallback()
+
+    def eager_variant(self) -> str:
+        """How eager calls run now: ``plan`` (as the layer plan says), ``engine`` (the
+        engine's kernel) or ``launch`` (the plan's paths, kernel by kernel even where
+        the plan replays eager calls from CUDA graphs), from ``eager_variant_path``,
+        re-read at most every ``EAGER_VARIANT_EVERY_S``; ``plan`` without the setting or
+        the file. Calls inside a capture always take the plan's choice: a graph keeps
+        what it captured."""
+        path = self.config.eager_variant_path
+        if not path:
+            return "plan"
+        now = time.monotonic()
+        if now - self._variant_read < EAGER_VARIANT_EVERY_S:
+            return self._eager_variant
+        self._variant_read = now
+        try:
+            text = Path(path).read_text().strip()
+        except FileNotFoundError:
+            text = "plan"
+        except OSError as exc:
+            self.log_fallback(f"eager variant file {path} unreadable ({exc}); eager calls "
+                              "run as the plan says")
+            text = "plan"
+        if text not in EAGER_VARIANTS:
+            self.log_fallback(f"{path}: eager variant {text!r} is not one of "
+                              f"{', '.join(EAGER_VARIANTS)}; eager calls run as the plan says")
+            text = "plan"
+        self._eager_variant = text
+        return text
 
     def _prime(self, layer: _Layer, eager_path: str, tokens: int, hidden: torch.Tensor,
                w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,

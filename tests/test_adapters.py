@@ -1065,3 +1065,56 @@ def test_a_plan_measured_with_eager_graphs_has_the_runtime_run_them(tmp_path):
     _, layer = served_once(tmp_path, seed=10)
     assert isinstance(layer.eager_paths["triton"], EagerGraphs)
     assert layer.eager_paths["triton"].layer is layer.paths["triton"]
+
+
+def test_eager_calls_follow_the_variant_file_one_engine_start_compares(tmp_path, monkeypatch,
+                                                                      caplog):
+    """``RAMP_EAGER_VARIANT_FILE`` (``bench.py --modes dispatch:V``): ``engine`` gives
+    eager calls to the engine's kernel, ``launch`` runs the plan's path without its eager
+    graphs, ``plan`` (or no file) as the plan says; a bad name is logged and the plan
+    serves. Results stay the layer's."""
+    from ramp.adapters import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "EAGER_VARIANT_EVERY_S", 0.0)
+    plan, _ = timed_plan_runtime(
+        tmp_path, {"engine": (10.0, 10.0), "triton": (1.0, 1.0)},
+        host_us={"engine": (100.0, 100.0), "triton": (50.0, 50.0)})
+    dataclasses.replace(plan, eager_graphs=True).save(tmp_path / f"{plan.key}.json")
+    variant = tmp_path / "eager-variant"
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM", eager_variant_path=str(variant)),
+                             engine=ENGINE_NAME)
+    assert RampConfig.from_env({ENV["eager_variant_path"]: str(variant)}
+                               ).eager_variant_path == str(variant)
+    engine = Engine()
+    x, w13, w2, ids, weights = make_layer(3, seed=11)
+    ref = reference(x, w13, w2, ids, weights)
+
+    def served(expect_engine: bool) -> None:
+        calls = engine.calls
+        out = runtime.fused_moe(x, w13, w2, ids, weights, engine)
+        assert engine.calls == calls + expect_engine
+        if not expect_engine:
+            assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
+
+    served(expect_engine=False)                       # no file: the plan, eager graphs
+    layer, = [v for v in runtime._layers.values() if not isinstance(v, str)]
+    replayed = []
+    graphs = layer.eager_paths["triton"]
+    layer.eager_paths["triton"] = lambda *a: replayed.append(1) or graphs(*a)
+    served(expect_engine=False)
+    assert replayed == [1]
+    variant.write_text("engine\n")
+    served(expect_engine=True)
+    variant.write_text("launch")
+    served(expect_engine=False)
+    assert replayed == [1]                            # the path itself, not its graphs
+    variant.write_text("plan")
+    served(expect_engine=False)
+    assert replayed == [1, 1]
+    variant.write_text("fastest")
+    with caplog.at_level(logging.WARNING):
+        served(expect_engine=False)
+    assert "'fastest' is not one of plan, engine, launch" in caplog.text
+    key = "H100-SXM/w13-E8-N64-K64-top2-float16"
+    assert runtime.stats.eager == {(key, "triton"): 5, (key, "engine"): 1}

@@ -239,3 +239,61 @@ def test_summarize_sums_the_calls_served_counts(tmp_path):
     assert res["ramp_calls"] == {"eager": {shape: {"engine": 3, "triton-tma": 12}},
                                  "captured": {shape: {"triton": 2}}}
     assert res["ramp_fallbacks"] == {"why": 1} and res["ramp_calls_calls"] == 2
+
+
+def test_eager_variant_labels_share_the_dispatch_engine():
+    """``--modes off,dispatch,dispatch:launch``: labels on one dispatch engine, each
+    variant one the runtime knows, and only with both engines alive."""
+    assert eb.check_modes(["off", "dispatch", "dispatch:launch", "dispatch:engine"], True) is None
+    assert [eb.engine_mode(m) for m in ("off", "dispatch:launch")] == ["off", "dispatch"]
+    assert [eb.eager_variant(m) for m in ("dispatch", "dispatch:engine")] == ["plan", "engine"]
+    assert "dispatch:V" in eb.check_modes(["off", "dispatch:fastest"], True)
+    assert "dispatch:V" in eb.check_modes(["off", "record:launch"], True)
+    assert "--concurrent" in eb.check_modes(["off", "dispatch:launch"], False)
+    assert "each once" in eb.check_modes(["off", "dispatch", "dispatch"], True)
+
+
+def test_a_variant_run_sets_the_engines_eager_variant_first(tmp_path, monkeypatch):
+    """Each run of a label writes its variant where the engine's RaMP reads it, before
+    the run, and comes back under its label."""
+    monkeypatch.setattr(eb, "EAGER_VARIANT_EVERY_S", 0.0)
+
+    class Engine:
+        variant_file = tmp_path / "eager-variant.dispatch"
+        info = {"max_num_seqs": 256}
+
+        def run(self, workload, seed, profile=False):
+            return {"ramp_mode": "dispatch", "seen": self.variant_file.read_text().strip()}
+
+    engine = Engine()
+    runs = [eb.VariantRun(m, engine, eb.eager_variant(m))
+            for m in ("dispatch", "dispatch:launch", "dispatch")]
+    got = [r.run("prefill-heavy", seed=1) for r in runs]
+    assert [(g["ramp_mode"], g["seen"]) for g in got] == [
+        ("dispatch", "plan"), ("dispatch:launch", "launch"), ("dispatch", "plan")]
+    assert runs[0].info is engine.info
+
+
+def test_summarize_keeps_every_variant_paired_with_off(tmp_path):
+    """A raw log of three labels: a results file named by them, and each label's median
+    paired ratio to off."""
+    options = {"model": "qwen3-30b-a3b", "modes": "off,dispatch,dispatch:launch",
+               "workloads": "prefill-heavy", "concurrent": True, "logprob_tol": 0.05}
+    lines = [{"event": "start", "command": "python3 bench/engine/bench.py ...",
+              "date": "2026-12-02T18:40:00Z", "options": options,
+              "device": {"device": "NVIDIA H200"}, "engine": {"name": "vllm", "version": "0.26.0"}}]
+    lines += [{"event": "engine", "ramp_mode": m, "info": {"max_num_seqs": 256}}
+              for m in ("off", "dispatch", "dispatch:launch")]
+    for rep, tps in enumerate([(100.0, 110.0, 95.0), (90.0, 108.0, 90.0), (100.0, 100.0, 99.0)]):
+        lines += [{"workload": "prefill-heavy", "warmup": False, "repeat": rep,
+                   "ramp_mode": m, "total_tok_per_s": t}
+                  for m, t in zip(("off", "dispatch", "dispatch:launch"), tps)]
+    raw = tmp_path / "runs-qwen3-30b-a3b.jsonl"
+    raw.write_text("".join(eb.json.dumps(x) + "\n" for x in lines))
+    eb.summarize_log([str(raw), "--out", str(tmp_path / "out")])
+    path, = (tmp_path / "out").iterdir()
+    assert path.name == "H200_qwen3-30b-a3b_prefill-heavy_dispatch-dispatch-launch.json"
+    res = eb.json.loads(path.read_text())
+    assert res["paired_ratios"]["dispatch"] == pytest.approx(1.1)
+    assert res["paired_ratios"]["dispatch:launch"] == pytest.approx(0.99)
+    assert res["ratio"] == pytest.approx(108.0 / 100.0)

@@ -8,7 +8,11 @@ mode and sends it workloads one at a time over stdin; the worker runs them on vL
 async engine (dummy weights, token-id prompts, greedy, ``ignore_eos``) and writes one JSON
 result per run. With ``--concurrent`` both engines are alive at once (each with half the
 GPU memory) and every repeat alternates off/dispatch; otherwise the modes run one after
-the other (``--blocks`` splits the repeats into alternating engine starts). Every engine
+the other (``--blocks`` splits the repeats into alternating engine starts). A mode
+``dispatch:V`` (``--concurrent``) shares the dispatch engine and runs with its eager calls
+set to V first (``plan``, ``engine``, ``launch``: ``RAMP_EAGER_VARIANT_FILE``), so that
+ways of running eager steps compare within one engine start, free of the ~15% between
+starts; graphs keep what they captured (the plan's choice). Every engine
 start first runs each workload ``--warmup`` times (default 1) unsummarised: an engine's
 first run of a workload is the slow one (Mixtral decode-heavy: 8,089 then 8,723 tok/s).
 
@@ -45,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from ramp.adapters.runtime import EAGER_VARIANT_EVERY_S, EAGER_VARIANTS
 from ramp.queueing import queue_growth
 
 HERE = Path(__file__).resolve().parent
@@ -314,16 +319,46 @@ async def worker_main(args: argparse.Namespace) -> None:
 
 # --- coordinator -------------------------------------------------------------------------
 
+def engine_mode(label: str) -> str:
+    """The RaMP mode of the engine a ``--modes`` label runs on (``dispatch:launch``:
+    ``dispatch``)."""
+    return label.split(":")[0]
+
+
+def eager_variant(label: str) -> str:
+    """How a label's eager calls run on its engine (``RAMP_EAGER_VARIANT_FILE``)."""
+    return label.split(":")[1] if ":" in label else "plan"
+
+
+def check_modes(modes: list[str], concurrent: bool) -> str | None:
+    """What is wrong with ``--modes`` (None: nothing): labels repeat, or a variant is
+    unknown, not on the dispatch engine, or without ``--concurrent``."""
+    if len(set(modes)) != len(modes) or len(modes) < 2:
+        return f"--modes {','.join(modes)}: at least two, each once"
+    for label in modes:
+        if ":" not in label:
+            continue
+        if engine_mode(label) != "dispatch" or eager_variant(label) not in EAGER_VARIANTS:
+            return (f"--modes: {label!r} is not dispatch:V with V one of "
+                    f"{', '.join(EAGER_VARIANTS)}")
+        if not concurrent:
+            return f"--modes {label}: eager variants share one engine, so need --concurrent"
+    return None
+
+
 class Worker:
-    """One engine process in one RaMP mode, driven over stdin, read over stdout."""
+    """One engine process in one RaMP mode, driven over stdin, read over stdout;
+    ``variant_file``: the file its RaMP reads the eager variant from."""
 
     def __init__(self, mode: str, args: argparse.Namespace, util: float, stats_dir: Path,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), variant_file: Path | None = None) -> None:
         self.mode = mode
+        self.variant_file = variant_file
         env = dict(os.environ, RAMP_MODE=mode,
                    RAMP_STATS=str(stats_dir / f"{mode}.{{pid}}.json"),
                    RAMP_TRACE=str(stats_dir / f"trace.{mode}.rank{{rank}}.jsonl"),
-                   RAMP_MODEL=args.model, RAMP_HOLD_SECONDS="5")
+                   RAMP_MODEL=args.model, RAMP_HOLD_SECONDS="5",
+                   **({"RAMP_EAGER_VARIANT_FILE": str(variant_file)} if variant_file else {}))
         cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--model", args.model,
                "--gpu-memory-utilization", str(util), *args.passthrough, *extra]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -364,6 +399,36 @@ class Worker:
         for line in self.proc.stdout:  # the engine's shutdown lines (RaMP's summary)
             if "RaMP" in line or "Traceback" in line:
                 print(f"[{self.mode}] {line}", end="", flush=True)
+
+
+@dataclass
+class VariantRun:
+    """A ``--modes`` label on a shared engine: its runs with the engine's eager calls set
+    to ``variant`` first, labelled ``mode``."""
+
+    mode: str
+    worker: Worker
+    variant: str
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.worker.info
+
+    def run(self, workload: str, seed: int, profile: bool = False) -> dict[str, Any]:
+        assert self.worker.variant_file is not None
+        write_variant(self.worker.variant_file, self.variant)
+        result = self.worker.run(workload, seed, profile)
+        result["ramp_mode"] = self.mode
+        return result
+
+
+def write_variant(path: Path, variant: str) -> None:
+    """Set the eager variant an engine's RaMP reads, then wait out its re-read interval
+    (twice), so that the next run's first eager call already has it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(variant + "\n")
+    tmp.replace(path)
+    time.sleep(2 * EAGER_VARIANT_EVERY_S + 0.1)
 
 
 def gpu_state() -> dict[str, float] | None:
@@ -464,6 +529,9 @@ def main() -> None:
     for old in stats_dir.glob("*.json"):
         old.unlink()
     modes = args.modes.split(",")
+    wrong = check_modes(modes, args.concurrent)
+    if wrong:
+        ap.error(wrong)
     runs: dict[str, list[dict[str, Any]]] = {w: [] for w in workloads}
     matches: dict[str, list[dict]] = {}
     infos: dict[str, dict[str, Any]] = {}
@@ -481,7 +549,7 @@ def main() -> None:
         res.update(repeat=repeat, gpu_before=before, gpu_after=gpu_state(), host_before=host,
                    host_after=host_state())
         append(raw_log, {"workload": wl, "warmup": repeat is None, **res})
-        print(f"{args.model} {wl:<14} {w.mode:<8} "
+        print(f"{args.model} {wl:<14} {w.mode:<15} "
               + ("warm-up" if repeat is None else f"rep {repeat}")
               + f": {res['total_tok_per_s']:9.0f} tok/s total ({time.monotonic() - t0:.0f} s)"
               + (f", SM {before['sm_mhz']} MHz, {before['temp_c']} C" if before else "")
@@ -536,7 +604,7 @@ def main() -> None:
         profiler slows what it records): its kernels summed by name into
         ``profile-<model>-<mode>-<workload>.json``. A failure here is logged and loses
         nothing else of the call."""
-        folder = trace_root / w.mode
+        folder = trace_root / engine_mode(w.mode)
         before, started = set(folder.rglob("*.json.gz")), time.time()
         try:
             res = w.run(wl, seed=4242, profile=True)
@@ -547,7 +615,8 @@ def main() -> None:
                        "total_tok_per_s_profiled": res["total_tok_per_s"],
                        "traces": [t.name for t in traces],
                        **(kernel_summary(trace_events(traces)) if traces else {})}
-            path = out / f"profile-{args.model}-{w.mode}-{wl.replace(':', '-')}.json"
+            path = out / f"profile-{args.model}-{w.mode.replace(':', '-')}-" \
+                f"{wl.replace(':', '-')}.json"
             path.write_text(json.dumps(summary, indent=1) + "\n")
             for table in folder.glob("profiler_out_*.txt"):  # vLLM's table, CPU ops too
                 if table.stat().st_mtime >= started:  # not an earlier run's
@@ -575,17 +644,25 @@ def main() -> None:
         return (f"--profile-dir={trace_root / mode}",) if profiled else ()
 
     if args.concurrent:
-        workers = {}
-        for m in modes:
-            workers[m] = Worker(m, args, args.gpu_memory_utilization / len(modes), stats_dir,
-                                extra=profile_args(m))
-            infos[m] = workers[m].info
-            append(raw_log, {"event": "engine", "ramp_mode": m, "info": infos[m]})
+        engines = list(dict.fromkeys(engine_mode(m) for m in modes))
+        shared = [e for e in engines if sum(engine_mode(m) == e for m in modes) > 1]
+        started: dict[str, Worker] = {}
+        workers: dict[str, Worker | VariantRun] = {}
         try:
+            for e in engines:
+                started[e] = Worker(e, args, args.gpu_memory_utilization / len(engines),
+                                    stats_dir, extra=profile_args(e),
+                                    variant_file=(stats_dir / f"eager-variant.{e}"
+                                                  if e in shared else None))
+            for m in modes:
+                w = started[engine_mode(m)]
+                workers[m] = VariantRun(m, w, eager_variant(m)) if w.variant_file else w
+                infos[m] = w.info
+                append(raw_log, {"event": "engine", "ramp_mode": m, "info": infos[m]})
             run_block(workers, range(args.repeats))
             profile_runs(workers)
         finally:
-            for w in workers.values():
+            for w in started.values():
                 w.stop()
     else:
         per_block = -(-args.repeats // args.blocks)
@@ -929,6 +1006,9 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
         # alternating pairs share the machine's drift only when both engines are alive
         result["paired_ratio_median"] = (paired_ratio_median(rows, base, other)
                                          if args.concurrent else None)
+        if args.concurrent and len(modes) > 2:
+            result["paired_ratios"] = {m: paired_ratio_median(rows, base, m)
+                                       for m in modes[1:]}
         if "calls" in meta:  # pooled logs: how far apart the calls (engine starts) are
             by_call = [call_ratio(rows, c, base, other) for c in range(meta["calls"])]
             checks = [compare_tokens(m[base], m[other], args.logprob_tol)["tokens_match"]
@@ -942,7 +1022,8 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
                 result[f"median_{key}"] = {m: float(np.median(
                     [r[key] for r in rows if r["ramp_mode"] == m])) for m in modes}
-        suffix = "" if modes == ["off", "dispatch"] else "_" + "-".join(modes[1:])
+        suffix = ("" if modes == ["off", "dispatch"]
+                  else "_" + "-".join(modes[1:]).replace(":", "-"))
         suffix += f"_{tag}" if tag else ""
         path = out / f"{gpu}_{args.model}_{wl.replace(':', '-')}{suffix}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
@@ -1051,7 +1132,9 @@ def parser(worker: bool) -> argparse.ArgumentParser:
                          "GPU busy fraction, MoE share)")
     ap.add_argument("--modes", default="off,dispatch",
                     help="first is the baseline; ratio = dispatch (else the last) / first; "
-                         "add record to measure recording's cost")
+                         "add record to measure recording's cost; dispatch:V (V: "
+                         f"{', '.join(EAGER_VARIANTS)}; --concurrent) runs on the dispatch "
+                         "engine with its eager calls set to V")
     ap.add_argument("--workloads", nargs="+", default=["prefill-heavy,decode-heavy,online"],
                     help="comma- or space-separated")
     ap.add_argument("--repeats", type=int, default=3)
