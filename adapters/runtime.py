@@ -163,6 +163,9 @@ class RuntimeStats:
     eager: Counter = field(default_factory=Counter)      # (shape, path) -> calls
     captured: Counter = field(default_factory=Counter)   # (shape, path) -> captures
     fallbacks: Counter = field(default_factory=Counter)  # reason -> calls
+    # layer -> which plan serves it (key, when measured, host times, eager graphs): what
+    # a results file needs to say which plan an engine ran
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         def nest(counter: Counter) -> dict[str, dict[str, int]]:
@@ -171,7 +174,8 @@ class RuntimeStats:
                 out.setdefault(shape, {})[path] = n
             return out
         return {"pid": os.getpid(), "eager": nest(self.eager),
-                "captured": nest(self.captured), "fallbacks": dict(self.fallbacks)}
+                "captured": nest(self.captured), "fallbacks": dict(self.fallbacks),
+                "plans": self.plans}
 
 
 class RampMoERuntime:
@@ -410,6 +414,10 @@ class RampMoERuntime:
                               f"({type(exc).__name__}: {exc}); this shape stays on the "
                               "engine kernel") from exc
         logger.info("RaMP dispatch active for %s: %s", layer.key, _plan_summary(plan))
+        self.stats.plans[layer.key] = {
+            "plan": plan.key, "measured": plan.provenance.get("date"),
+            "host_measured": plan.provenance.get("host_measured", {}).get("date"),
+            "eager_graphs": plan.eager_graphs}
         return layer
 
     def _poly_models(self, gpu: str, problems: tuple[MoEProblem, MoEProblem],
@@ -492,12 +500,30 @@ class RampMoERuntime:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(self.stats.to_dict(), indent=1) + "\n")
+            tmp.write_text(json.dumps({**self.stats.to_dict(),
+                                       "eager_graphs": self._eager_graph_counts()},
+                                      indent=1) + "\n")
             tmp.replace(path)
         except OSError as exc:
             self.log_fallback(f"stats not written to {path}: {exc}")
             return None
         return path
+
+    def _eager_graph_counts(self) -> dict[str, dict[str, int]]:
+        """Per layer shape whose plan replays eager calls from CUDA graphs: graphs
+        captured, replays, and wrappers turned off by a failed capture."""
+        from ramp.kernels.eager_graphs import EagerGraphs
+
+        counts: dict[str, dict[str, int]] = {}
+        for layer in self._layers.values():
+            wrappers = [] if isinstance(layer, str) else [
+                p for p in layer.eager_paths.values() if isinstance(p, EagerGraphs)]
+            if wrappers:
+                counts[layer.key] = {
+                    "captures": sum(w.captures for w in wrappers),
+                    "replays": sum(w.replays for w in wrappers),
+                    "disabled": sum(w.disabled for w in wrappers)}
+        return counts
 
     def close(self) -> None:
         """Flush and close the trace (record mode), write the stats; safe to call twice."""

@@ -69,6 +69,7 @@ class EagerGraphs:
         self.seen: Counter = Counter()
         self.sizes: OrderedDict[tuple, _Size] = OrderedDict()
         self.captures = 0
+        self.replays = 0
         self.disabled = False  # a capture failed: every call runs the layer as it is
         self._pool = None      # one memory pool for every capture: one replays at a time
         self._side = None      # the capture stream
@@ -105,6 +106,7 @@ class EagerGraphs:
             size.graphs[key] = self._capture(size, w13, w2, expert_map)
         else:
             graph.replay()
+            self.replays += 1
         return size.out.clone() if out is None else out.copy_(size.out)
 
     def _size(self, tokens: int, hidden: torch.Tensor, ids: torch.Tensor,

@@ -410,6 +410,10 @@ def test_plan_hands_slower_buckets_to_the_engine(tmp_path):
     assert written["eager"] == {"H100-SXM/w13-E8-N64-K64-top2-float16":
                                 {"engine": 4, "triton-poly": 2}}
     assert written["captured"] == {} and written["fallbacks"] == {}
+    # which plan served (a results file says so), and no eager graphs without the flag
+    served = written["plans"]["H100-SXM/w13-E8-N64-K64-top2-float16"]
+    assert served["plan"] == "H100-SXM_w13-E8-N64-K64-top2-float16_layer"
+    assert served["eager_graphs"] is False and written["eager_graphs"] == {}
 
 
 def test_layer_plan_choice_and_round_trip(tmp_path):
@@ -1118,3 +1122,8 @@ def test_eager_calls_follow_the_variant_file_one_engine_start_compares(tmp_path,
     assert "'fastest' is not one of plan, engine, launch" in caplog.text
     key = "H100-SXM/w13-E8-N64-K64-top2-float16"
     assert runtime.stats.eager == {(key, "triton"): 5, (key, "engine"): 1}
+    layer.eager_paths["triton"] = graphs
+    assert runtime.stats.plans[key]["eager_graphs"] is True
+    # off the GPU the wrapper passes every call through: nothing captured or replayed
+    assert runtime._eager_graph_counts() == {key: {"captures": 0, "replays": 0,
+                                                   "disabled": 0}}

@@ -222,7 +222,10 @@ def test_summarize_sums_the_calls_served_counts(tmp_path):
     shape = "H200/w13-E64-N2816-K2048-top6-bfloat16"
     a = raw_log(tmp_path / "a.jsonl", options, [(100.0, 90.0)])
     served = {"eager": {shape: {"engine": 3, "triton-tma": 5}}, "captured": {shape: {"triton": 2}},
-              "fallbacks": {"why": 1}, "files": 1}
+              "fallbacks": {"why": 1}, "files": 1,
+              "plans": {shape: {"plan": "H200_w13-E64-N2816-K2048-top6-bfloat16_layer",
+                                "eager_graphs": True}},
+              "eager_graphs": {shape: {"captures": 26, "replays": 900, "disabled": 0}}}
     with a.open("a") as f:
         f.write(eb.json.dumps({"event": "stats", "stats": {"dispatch": served}}) + "\n")
     b = raw_log(tmp_path / "b.jsonl", options, [(100.0, 110.0)])
@@ -239,6 +242,8 @@ def test_summarize_sums_the_calls_served_counts(tmp_path):
     assert res["ramp_calls"] == {"eager": {shape: {"engine": 3, "triton-tma": 12}},
                                  "captured": {shape: {"triton": 2}}}
     assert res["ramp_fallbacks"] == {"why": 1} and res["ramp_calls_calls"] == 2
+    assert res["ramp_plans"] == served["plans"]
+    assert res["ramp_eager_graphs"] == {shape: {"captures": 26, "replays": 900, "disabled": 0}}
 
 
 def test_eager_variant_labels_share_the_dispatch_engine():
@@ -259,8 +264,9 @@ def test_a_variant_run_sets_the_engines_eager_variant_first(tmp_path, monkeypatc
     monkeypatch.setattr(eb, "EAGER_VARIANT_EVERY_S", 0.0)
 
     class Engine:
-        variant_file = tmp_path / "eager-variant.dispatch"
-        info = {"max_num_seqs": 256}
+        def __init__(self) -> None:
+            self.variant_file = tmp_path / "eager-variant.dispatch"
+            self.info = {"max_num_seqs": 256}
 
         def run(self, workload, seed, profile=False):
             return {"ramp_mode": "dispatch", "seen": self.variant_file.read_text().strip()}

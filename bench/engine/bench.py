@@ -30,7 +30,8 @@ temperature, power from nvidia-smi), ``host_before``/``host_after`` (load averag
 clock) and for online runs TTFT/TPOT p50/p99 and every request's arrival, sent, first
 token and done times), ``ratio``
 (median of the second mode / median of ``off``), ``ramp_calls``, ``ramp_fallbacks``,
-``tokens_match``.
+``ramp_plans`` (the plan that served each layer shape: key, dates, eager graphs),
+``ramp_eager_graphs`` (their captures, replays and failures), ``tokens_match``.
 """
 
 from __future__ import annotations
@@ -468,13 +469,20 @@ def read_stats(stats_dir: Path, mode: str) -> dict[str, Any]:
 
 def no_served_calls() -> dict[str, Any]:
     """An empty sum of RaMP's served calls (``read_stats``' shape)."""
-    return {"eager": {}, "captured": {}, "fallbacks": {}, "files": 0}
+    return {"eager": {}, "captured": {}, "fallbacks": {}, "plans": {}, "eager_graphs": {},
+            "files": 0}
 
 
 def add_served_calls(total: dict[str, Any], more: dict[str, Any]) -> None:
     """Add one count of RaMP's served calls (per shape and path, eager and captured;
-    fallbacks per reason; files) into ``total``."""
+    fallbacks per reason; files; eager graphs' captures, replays and failures per shape)
+    into ``total``, and the plans that served each shape."""
     total["files"] += more.get("files", 0)
+    total.setdefault("plans", {}).update(more.get("plans", {}))
+    for shape, counts in more.get("eager_graphs", {}).items():
+        dst = total.setdefault("eager_graphs", {}).setdefault(shape, {})
+        for name, n in counts.items():
+            dst[name] = dst.get(name, 0) + n
     for kind in ("eager", "captured"):
         for shape, per in more.get(kind, {}).items():
             dst = total[kind].setdefault(shape, {})
@@ -582,13 +590,14 @@ def main() -> None:
 
     def run_block(workers: dict[str, Worker], repeats: range) -> None:
         for mode, w in workers.items():
-            if mode not in matches:
-                matches[mode] = w.run("match", seed=12345)["sequences"]
-                append(raw_log, {"workload": "match", "ramp_mode": mode,
-                                 "sequences": matches[mode]})
             for wl in workloads:  # every engine start: its first runs are the slow ones
                 for _ in range(args.warmup):
                     timed(w, wl, seed=999, repeat=None)
+            if mode not in matches:  # after the warm-up: its 2,048-token prefill steps
+                # then replay the eager graphs the warm-up captured, and are checked too
+                matches[mode] = w.run("match", seed=12345)["sequences"]
+                append(raw_log, {"workload": "match", "ramp_mode": mode,
+                                 "sequences": matches[mode]})
         for r in repeats:
             for wl in workloads:
                 order = list(workers) if r % 2 == 0 else list(workers)[::-1]
@@ -998,6 +1007,9 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             "ramp_calls": ({"eager": served["eager"], "captured": served["captured"]}
                            if served else None),
             "ramp_fallbacks": served["fallbacks"] if served else None,
+            # which plan served each shape, and its eager graphs' captures and replays
+            "ramp_plans": served.get("plans") if served else None,
+            "ramp_eager_graphs": served.get("eager_graphs") if served else None,
             # pooled logs: how many of the calls those counts cover
             **({"ramp_calls_calls": meta["stats_calls"]} if "calls" in meta else {}),
             "tokens_match": token_check["tokens_match"] if token_check else None,
