@@ -3,8 +3,8 @@
 An engine's eager steps (prefill chunks beyond its captured sizes) are host-bound: in
 vLLM 0.26 on the H200 a Qwen3-30B-A3B prefill-heavy run kept the GPU busy 56-61% of its
 profiled steps, and RaMP's eager layer (five Triton launches and their Python) cost the
-host ~400 us a call (``adapters.plan.host_us``; ~83 us more than vLLM's kernel under
-vLLM's profiler). Replayed, it costs ~70-100 us. A layer path's launches depend only on T and the
+host 207-630 us a call with TMA (``adapters.plan.host_us``; ~83 us more than vLLM's
+kernel under vLLM's profiler). Replayed, 46-163 us. A layer path's launches depend only on T and the
 tensors' addresses, so an eager call of a size that recurs (prefill chunks are mostly
 ``max_num_batched_tokens`` tokens) can replay a graph captured once per (layer, T):
 the host then pays three input copies, one replay and one output copy.
