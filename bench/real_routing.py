@@ -2,7 +2,7 @@
 
     source bench/device_env.sh
     python3 bench/real_routing.py --data DIR --gemm w13 --out $OUT     # on the GPU
-    python3 bench/real_routing.py --report OUT/real-routing.json       # any machine
+    python3 bench/real_routing.py --report OUT/real-routing-w13.json.gz # any machine
 
 ``DIR`` holds routing recordings (``*.npz``, the repack of ``../shared/data/routing/
 esft-dsv2lite``; never committed: the device call carries a copy in an ignored folder).
@@ -32,7 +32,7 @@ the Triton bank and every extra family with a shipped profile of the same proble
 ``static_us`` (the profile's batch-size table) and ``oracle_us`` (best measured). The
 profile is the shipped one of the local problem, or the full problem's where no EP
 profile exists (its features, tiles, waves, active experts and rows, are histogram-
-level). Writes ``real-routing-<gemm>.json`` (every call's histogram and every
+level). Writes ``real-routing-<gemm>.json.gz`` (every call's histogram and every
 configuration's time, so ``--report`` recomputes the summary and the plot anywhere) and
 ``real-routing-<gemm>.png``.
 """
@@ -40,6 +40,7 @@ configuration's time, so ``--report`` recomputes the summary and the plot anywhe
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import sys
@@ -71,8 +72,17 @@ VIEWS = ("full", "ep4", "ep8")
 
 
 def output_name(gemm: str) -> str:
-    """One results file per GEMM, so the w13 and w2 runs can share a folder."""
-    return f"real-routing-{gemm}.json"
+    """One results file per GEMM, so the w13 and w2 runs can share a folder; compressed
+    (every configuration's time on every call: 2.4 MB of JSON each, ~10x less gzipped,
+    and every committed byte travels to the GPU machine with each device call)."""
+    return f"real-routing-{gemm}.json.gz"
+
+
+def plot_path(path: Path) -> Path:
+    """The plot beside a results file (``real-routing-w13.json[.gz]`` ->
+    ``real-routing-w13.png``)."""
+    name = path.name.removesuffix(".gz").removesuffix(".json")
+    return path.with_name(name + ".png")
 
 
 # Device-time estimate: seconds per (configuration, call) and per timer (compile and
@@ -472,9 +482,11 @@ def report(path: Path) -> dict[str, Any]:
 
 
 def write(result: dict[str, Any], path: Path) -> None:
-    """The JSON, and the plot beside it."""
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, path.with_suffix(".png"))
+    """The JSON (gzip-compressed for a ``.gz`` name, reproducibly: no time stamp in the
+    stream), and the plot beside it."""
+    text = (json.dumps(result, indent=1) + "\n").encode()
+    path.write_bytes(gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)
+    plot(result, plot_path(path))
 
 
 def load_recordings(data: Path, model: MoEModel) -> list[tuple[str, TokenRouting]]:
@@ -562,7 +574,7 @@ def measure(args: argparse.Namespace, command: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     write(result, out)
     print(table(result["summary"]))
-    print(f"wrote {out} and {out.with_suffix('.png').name} in {time.monotonic() - t0:.0f} s "
+    print(f"wrote {out} and {plot_path(out).name} in {time.monotonic() - t0:.0f} s "
           f"(estimated {est:.0f} s)")
     return out
 
@@ -595,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.report:
             print(table(report(args.report)["summary"]))
-            print(f"rewrote {args.report} and {args.report.with_suffix('.png').name}")
+            print(f"rewrote {args.report} and {plot_path(args.report).name}")
             return 0
         for option in ("data", "out"):
             if getattr(args, option) is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import json
 import math
 import re
@@ -21,6 +22,7 @@ import sys
 import types
 import typing
 import weakref
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,14 +137,24 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
+GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of a gzip stream
+
+
 def read_text(path: str | Path, what: str) -> str:
-    """The UTF-8 text of a file; unreadable files and bytes that are not UTF-8 raise
-    InputError naming the file (and the line of the first bad byte)."""
+    """The UTF-8 text of a file, plain or gzip-compressed (large results files are
+    committed compressed); unreadable files, corrupt gzip streams and bytes that are not
+    UTF-8 raise InputError naming the file (and the line of the first bad byte)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read {what} ({os_reason(exc)})") from None
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: {what} is a corrupt or truncated gzip stream "
+                             f"({exc})") from None
     return decode_utf8(data, str(path), what)
 
 

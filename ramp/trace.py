@@ -37,7 +37,7 @@ from typing import IO, Any
 import numpy as np
 
 from ramp.errors import InputError, RampError
-from ramp.plaindata import decode_utf8, os_reason, parse_json
+from ramp.plaindata import GZIP_MAGIC, decode_utf8, os_reason, parse_json
 from ramp.problem import DTYPE_BYTES, MAX_EXPERTS, validate_histogram
 
 TRACE_FORMAT = "ramp-trace/1"
@@ -252,7 +252,6 @@ def _parse_topk(ids: Any, header: TraceHeader, tokens: int, hists: np.ndarray,
     return arr.astype(np.int32)
 
 
-GZIP_MAGIC = b"\x1f\x8b"
 _TAIL_CHUNK = 1 << 20  # bytes read at a time when searching back for a line break
 
 

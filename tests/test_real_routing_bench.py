@@ -2,6 +2,7 @@
 views), the summary and the report; the EP call's inputs through the Triton interpreter.
 The timing itself needs a GPU (CUDA graphs) and runs there."""
 
+import gzip
 import importlib.util
 import json
 import os
@@ -177,13 +178,26 @@ def test_report_recomputes_summary_and_plot(tmp_path):
     expected = rr.summarize(result["calls"])
     for c in result["calls"]:                 # the report must not trust stored picks' times
         c["ramp_us"] = c["static_us"] = c["oracle_us"] = -1.0
-    path = tmp_path / rr.output_name("w13")
-    path.write_text(json.dumps(result))
+    path = tmp_path / rr.output_name("w13")       # real-routing-w13.json.gz
+    path.write_bytes(gzip.compress(json.dumps(result).encode()))
     assert rr.main(["--report", str(path)]) == 0
-    again = json.loads(path.read_text())
+    again = json.loads(gzip.decompress(path.read_bytes()))  # rewritten compressed
     assert again["summary"]["full"]["ramp_vs_static"] == pytest.approx(
         expected["full"]["ramp_vs_static"])
-    assert path.with_suffix(".png").stat().st_size > 10_000
+    assert (tmp_path / "real-routing-w13.png").stat().st_size > 10_000
+    plain = tmp_path / "real-routing-w2.json"      # an uncompressed file stays so
+    plain.write_text(json.dumps(result))
+    assert rr.main(["--report", str(plain)]) == 0
+    assert json.loads(plain.read_text())["summary"] == again["summary"]
+
+
+def test_a_truncated_compressed_result_is_one_line_naming_the_file(tmp_path, capsys):
+    result, *_ = _result(seed=6)
+    path = tmp_path / rr.output_name("w13")
+    path.write_bytes(gzip.compress(json.dumps(result).encode())[:200])
+    assert rr.main(["--report", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(path) in err and "gzip" in err
 
 
 def test_report_and_options_bad_input(tmp_path, capsys):
