@@ -404,6 +404,7 @@ def test_eager_graphs_replay_each_layers_weights_at_each_size():
                 assert torch.allclose(out.float(), want.float(), rtol=1e-2, atol=1e-2)
                 assert rel_err(out, reference(x, w13, w2, ids, weights)) < 2e-2
     assert wrapped.captures == 4 and sorted(k[0] for k in wrapped.sizes) == [96, 160]
+    assert wrapped.replays == 4  # the last round's calls, one per (layer, size)
     assert not wrapped.disabled
     graph = torch.cuda.CUDAGraph()
     w13, w2 = layers[0]
