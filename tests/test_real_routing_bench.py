@@ -267,3 +267,19 @@ def test_ep_call_inputs_compute_the_local_experts_rows():
         expected = torch.nn.functional.silu(gate) * up
         got = call.out[pos].float().cpu()
         assert float((got - expected).norm() / expected.norm()) < 1e-2
+
+
+def test_the_tuned_table_picks_with_the_other_calls_of_its_size_only():
+    """``tuned_table_us``: each call gets the configuration best on the *other* calls of
+    its T (relative to each one's best, geometric mean), never its own timings; a call
+    alone at its T gets none; a configuration untimed on one of them is not a candidate."""
+    def call(tokens, times):
+        return {"tokens": tokens, "configs": ["a", "b", "c"], "times_us": times}
+
+    rows = [call(8, [1.0, 1.5, 3.0]),    # its own best is a, but the others say b
+            call(8, [2.0, 1.0, 3.0]),
+            call(8, [3.0, 1.0, None]),
+            call(64, [5.0, 4.0, 3.0])]     # alone at its T
+    assert rr.tuned_table_us(rows) == [1.5, 1.0, 1.0, None]
+    rows[1]["times_us"][1] = None        # b and c each untimed on a neighbour of call 0
+    assert rr.tuned_table_us(rows)[0] == 1.0
