@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from ramp.adapters import eager_variant
 from ramp.errors import InputError, ProfileMismatchError, RampError
 from ramp.layerplan import ENGINE, LayerPlan, find_layer_plan, load_layer_plan
 from ramp.problem import MoEProblem
@@ -66,10 +67,6 @@ ENV = {
     "eager_variant_path": "RAMP_EAGER_VARIANT_FILE",
 }
 STATS_EVERY_S = 2.0  # the stats file is rewritten at most this often (and at exit)
-# how eager calls may run (RAMP_EAGER_VARIANT_FILE): as the layer plan says, on the
-# engine's kernel, or the plan's paths launched kernel by kernel (no eager graphs)
-EAGER_VARIANTS = ("plan", "engine", "launch")
-EAGER_VARIANT_EVERY_S = 0.2  # the variant file is re-read at most this often
 # a path's warm-up result against float32 (the H200 plans measured bf16 layers at 2.9e-3
 # for RaMP's Triton paths to 4.9e-3 for grouped_mm: rel_err in their details files)
 WARM_UP_TOLERANCE = 2e-2
@@ -93,8 +90,8 @@ class RampConfig:
     poll_seconds: float = 0.05      # record: how often the writer thread looks
     hold_seconds: float = 30.0      # record: quiet time after the last graph capture
     stats_path: str | None = None   # dispatch: JSON of calls per path ({pid} expands)
-    # dispatch: a file naming one of EAGER_VARIANTS, re-read while serving, so that one
-    # engine start can compare ways of running eager calls (bench.py --modes dispatch:V)
+    # dispatch: a file naming how eager calls run (``adapters.eager_variant``), re-read
+    # while serving, so one engine start compares them (bench.py --modes dispatch:V)
     eager_variant_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -192,6 +189,8 @@ class RampMoERuntime:
         self.stats = RuntimeStats()
         self._stats_written = 0.0
         self._eager_variant, self._variant_read = "plan", -float("inf")
+        self._eager_graphs: list[tuple[str, Any]] = []  # (layer key, EagerGraphs), kept
+        # when a layer is dropped after a failure, so its counts stay in the stats
         self.recorder: TraceRecorder | None = None
         if config.mode == "record":
             from ramp.adapters.recorder import TraceRecorder
@@ -290,33 +289,23 @@ class RampMoERuntime:
             return fallback()
 
     def eager_variant(self) -> str:
-        """How eager calls run now: ``plan`` (as the layer plan says), ``engine`` (the
-        engine's kernel) or ``launch`` (the plan's paths, kernel by kernel even where
-        the plan replays eager calls from CUDA graphs), from ``eager_variant_path``,
-        re-read at most every ``EAGER_VARIANT_EVERY_S``; ``plan`` without the setting or
-        the file. Calls inside a capture always take the plan's choice: a graph keeps
-        what it captured."""
+        """How eager calls run now (``adapters.eager_variant.VARIANTS``), from
+        ``eager_variant_path``, re-read at most every ``REREAD_S``; ``plan`` without the
+        setting, the file or a valid name (a bad file is logged once, not counted as a
+        fallback: no call fell back). Calls inside a capture always take the plan's
+        choice: a graph keeps what it captured."""
         path = self.config.eager_variant_path
         if not path:
             return "plan"
         now = time.monotonic()
-        if now - self._variant_read < EAGER_VARIANT_EVERY_S:
+        if now - self._variant_read < eager_variant.REREAD_S:
             return self._eager_variant
         self._variant_read = now
-        try:
-            text = Path(path).read_text().strip()
-        except FileNotFoundError:
-            text = "plan"
-        except OSError as exc:
-            self.log_fallback(f"eager variant file {path} unreadable ({exc}); eager calls "
-                              "run as the plan says")
-            text = "plan"
-        if text not in EAGER_VARIANTS:
-            self.log_fallback(f"{path}: eager variant {text!r} is not one of "
-                              f"{', '.join(EAGER_VARIANTS)}; eager calls run as the plan says")
-            text = "plan"
-        self._eager_variant = text
-        return text
+        self._eager_variant, problem = eager_variant.read(path)
+        if problem is not None and problem not in self._logged:
+            self._logged.add(problem)
+            logger.warning("RaMP: %s", problem)
+        return self._eager_variant
 
     def _prime(self, layer: _Layer, eager_path: str, tokens: int, hidden: torch.Tensor,
                w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
@@ -399,14 +388,14 @@ class RampMoERuntime:
                                       "measured path")
                     plan = plan.without({name})
         paths = {name: p for name, p in paths.items() if name in plan.paths_used()}
+        key = f"{gpu}/{problems[0].key}" + (f"/ep{ep}" if ep > 1 else "")
         if plan.eager_graphs:
             from ramp.kernels.eager_graphs import EagerGraphs
 
             eager_paths = {name: EagerGraphs(p) for name, p in paths.items()}
         else:
             eager_paths = dict(paths)
-        layer = _Layer(f"{gpu}/{problems[0].key}" + (f"/ep{ep}" if ep > 1 else ""), plan,
-                       paths, eager_paths=eager_paths)
+        layer = _Layer(key, plan, paths, eager_paths=eager_paths)
         try:
             _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map)
         except Exception as exc:
@@ -414,6 +403,8 @@ class RampMoERuntime:
                               f"({type(exc).__name__}: {exc}); this shape stays on the "
                               "engine kernel") from exc
         logger.info("RaMP dispatch active for %s: %s", layer.key, _plan_summary(plan))
+        if plan.eager_graphs:
+            self._eager_graphs += [(key, w) for w in eager_paths.values()]
         self.stats.plans[layer.key] = {
             "plan": plan.key, "measured": plan.provenance.get("date"),
             "host_measured": plan.provenance.get("host_measured", {}).get("date"),
@@ -512,17 +503,12 @@ class RampMoERuntime:
     def _eager_graph_counts(self) -> dict[str, dict[str, int]]:
         """Per layer shape whose plan replays eager calls from CUDA graphs: graphs
         captured, replays, and wrappers turned off by a failed capture."""
-        from ramp.kernels.eager_graphs import EagerGraphs
-
         counts: dict[str, dict[str, int]] = {}
-        for layer in self._layers.values():
-            wrappers = [] if isinstance(layer, str) else [
-                p for p in layer.eager_paths.values() if isinstance(p, EagerGraphs)]
-            if wrappers:
-                counts[layer.key] = {
-                    "captures": sum(w.captures for w in wrappers),
-                    "replays": sum(w.replays for w in wrappers),
-                    "disabled": sum(w.disabled for w in wrappers)}
+        for key, w in self._eager_graphs:
+            c = counts.setdefault(key, {"captures": 0, "replays": 0, "disabled": 0})
+            c["captures"] += w.captures
+            c["replays"] += w.replays
+            c["disabled"] += w.disabled
         return counts
 
     def close(self) -> None:

@@ -1077,9 +1077,9 @@ def test_eager_calls_follow_the_variant_file_one_engine_start_compares(tmp_path,
     eager calls to the engine's kernel, ``launch`` runs the plan's path without its eager
     graphs, ``plan`` (or no file) as the plan says; a bad name is logged and the plan
     serves. Results stay the layer's."""
-    from ramp.adapters import runtime as runtime_module
+    from ramp.adapters import eager_variant
 
-    monkeypatch.setattr(runtime_module, "EAGER_VARIANT_EVERY_S", 0.0)
+    monkeypatch.setattr(eager_variant, "REREAD_S", 0.0)
     plan, _ = timed_plan_runtime(
         tmp_path, {"engine": (10.0, 10.0), "triton": (1.0, 1.0)},
         host_us={"engine": (100.0, 100.0), "triton": (50.0, 50.0)})
@@ -1120,8 +1120,11 @@ def test_eager_calls_follow_the_variant_file_one_engine_start_compares(tmp_path,
     with caplog.at_level(logging.WARNING):
         served(expect_engine=False)
     assert "'fastest' is not one of plan, engine, launch" in caplog.text
+    variant.write_bytes(b"\xff\xfe")                # not UTF-8: logged, the plan serves
+    served(expect_engine=False)
+    assert "unreadable" in caplog.text and runtime.stats.fallbacks == {}
     key = "H100-SXM/w13-E8-N64-K64-top2-float16"
-    assert runtime.stats.eager == {(key, "triton"): 5, (key, "engine"): 1}
+    assert runtime.stats.eager == {(key, "triton"): 6, (key, "engine"): 1}
     layer.eager_paths["triton"] = graphs
     assert runtime.stats.plans[key]["eager_graphs"] is True
     # off the GPU the wrapper passes every call through: nothing captured or replayed

@@ -242,7 +242,7 @@ def test_summarize_sums_the_calls_served_counts(tmp_path):
     assert res["ramp_calls"] == {"eager": {shape: {"engine": 3, "triton-tma": 12}},
                                  "captured": {shape: {"triton": 2}}}
     assert res["ramp_fallbacks"] == {"why": 1} and res["ramp_calls_calls"] == 2
-    assert res["ramp_plans"] == served["plans"]
+    assert res["ramp_plans"] == {shape: [served["plans"][shape]]}  # distinct plans, a list
     assert res["ramp_eager_graphs"] == {shape: {"captures": 26, "replays": 900, "disabled": 0}}
 
 
@@ -256,12 +256,14 @@ def test_eager_variant_labels_share_the_dispatch_engine():
     assert "dispatch:V" in eb.check_modes(["off", "record:launch"], True)
     assert "--concurrent" in eb.check_modes(["off", "dispatch:launch"], False)
     assert "each once" in eb.check_modes(["off", "dispatch", "dispatch"], True)
+    assert "dispatch:V" in eb.check_modes(["off", "dispatch:launch:x"], True)
+    assert eb.engines_of(["off", "dispatch:launch", "dispatch:engine"]) == ["off", "dispatch"]
 
 
 def test_a_variant_run_sets_the_engines_eager_variant_first(tmp_path, monkeypatch):
     """Each run of a label writes its variant where the engine's RaMP reads it, before
     the run, and comes back under its label."""
-    monkeypatch.setattr(eb, "EAGER_VARIANT_EVERY_S", 0.0)
+    monkeypatch.setattr(eb.variant_file, "REREAD_S", 0.0)
 
     class Engine:
         def __init__(self) -> None:

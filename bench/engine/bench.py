@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ramp.adapters.runtime import EAGER_VARIANT_EVERY_S, EAGER_VARIANTS
+from ramp.adapters import eager_variant as variant_file
 from ramp.queueing import queue_growth
 
 HERE = Path(__file__).resolve().parent
@@ -328,7 +328,12 @@ def engine_mode(label: str) -> str:
 
 def eager_variant(label: str) -> str:
     """How a label's eager calls run on its engine (``RAMP_EAGER_VARIANT_FILE``)."""
-    return label.split(":")[1] if ":" in label else "plan"
+    return label.split(":", 1)[1] if ":" in label else "plan"
+
+
+def engines_of(modes: list[str]) -> list[str]:
+    """The engines (RaMP modes) that ``--modes``' labels run on, in order."""
+    return list(dict.fromkeys(engine_mode(m) for m in modes))
 
 
 def check_modes(modes: list[str], concurrent: bool) -> str | None:
@@ -339,9 +344,10 @@ def check_modes(modes: list[str], concurrent: bool) -> str | None:
     for label in modes:
         if ":" not in label:
             continue
-        if engine_mode(label) != "dispatch" or eager_variant(label) not in EAGER_VARIANTS:
+        if (engine_mode(label) != "dispatch"
+                or eager_variant(label) not in variant_file.VARIANTS):
             return (f"--modes: {label!r} is not dispatch:V with V one of "
-                    f"{', '.join(EAGER_VARIANTS)}")
+                    f"{', '.join(variant_file.VARIANTS)}")
         if not concurrent:
             return f"--modes {label}: eager variants share one engine, so need --concurrent"
     return None
@@ -352,14 +358,16 @@ class Worker:
     ``variant_file``: the file its RaMP reads the eager variant from."""
 
     def __init__(self, mode: str, args: argparse.Namespace, util: float, stats_dir: Path,
-                 extra: tuple[str, ...] = (), variant_file: Path | None = None) -> None:
+                 extra: tuple[str, ...] = (), variant_path: Path | None = None) -> None:
         self.mode = mode
-        self.variant_file = variant_file
+        self.variant_file = variant_path
+        if variant_path is not None:  # an earlier call's file must not reach this engine
+            variant_file.write(variant_path, "plan", wait=False)
         env = dict(os.environ, RAMP_MODE=mode,
                    RAMP_STATS=str(stats_dir / f"{mode}.{{pid}}.json"),
                    RAMP_TRACE=str(stats_dir / f"trace.{mode}.rank{{rank}}.jsonl"),
                    RAMP_MODEL=args.model, RAMP_HOLD_SECONDS="5",
-                   **({"RAMP_EAGER_VARIANT_FILE": str(variant_file)} if variant_file else {}))
+                   **({"RAMP_EAGER_VARIANT_FILE": str(variant_path)} if variant_path else {}))
         cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--model", args.model,
                "--gpu-memory-utilization", str(util), *args.passthrough, *extra]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -417,19 +425,10 @@ class VariantRun:
 
     def run(self, workload: str, seed: int, profile: bool = False) -> dict[str, Any]:
         assert self.worker.variant_file is not None
-        write_variant(self.worker.variant_file, self.variant)
+        variant_file.write(self.worker.variant_file, self.variant)
         result = self.worker.run(workload, seed, profile)
         result["ramp_mode"] = self.mode
         return result
-
-
-def write_variant(path: Path, variant: str) -> None:
-    """Set the eager variant an engine's RaMP reads, then wait out its re-read interval
-    (twice), so that the next run's first eager call already has it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(variant + "\n")
-    tmp.replace(path)
-    time.sleep(2 * EAGER_VARIANT_EVERY_S + 0.1)
 
 
 def gpu_state() -> dict[str, float] | None:
@@ -478,7 +477,11 @@ def add_served_calls(total: dict[str, Any], more: dict[str, Any]) -> None:
     fallbacks per reason; files; eager graphs' captures, replays and failures per shape)
     into ``total``, and the plans that served each shape."""
     total["files"] += more.get("files", 0)
-    total.setdefault("plans", {}).update(more.get("plans", {}))
+    for shape, served in more.get("plans", {}).items():  # every distinct plan per shape:
+        plans = total.setdefault("plans", {}).setdefault(shape, [])  # pooled calls may
+        for entry in served if isinstance(served, list) else [served]:  # have run others
+            if entry not in plans:
+                plans.append(entry)
     for shape, counts in more.get("eager_graphs", {}).items():
         dst = total.setdefault("eager_graphs", {}).setdefault(shape, {})
         for name, n in counts.items():
@@ -653,16 +656,16 @@ def main() -> None:
         return (f"--profile-dir={trace_root / mode}",) if profiled else ()
 
     if args.concurrent:
-        engines = list(dict.fromkeys(engine_mode(m) for m in modes))
-        shared = [e for e in engines if sum(engine_mode(m) == e for m in modes) > 1]
+        engines = engines_of(modes)
+        varied = {engine_mode(m) for m in modes if ":" in m}  # engines with a variant file
         started: dict[str, Worker] = {}
         workers: dict[str, Worker | VariantRun] = {}
         try:
             for e in engines:
                 started[e] = Worker(e, args, args.gpu_memory_utilization / len(engines),
                                     stats_dir, extra=profile_args(e),
-                                    variant_file=(stats_dir / f"eager-variant.{e}"
-                                                  if e in shared else None))
+                                    variant_path=(stats_dir / f"eager-variant.{e}"
+                                                  if e in varied else None))
             for m in modes:
                 w = started[engine_mode(m)]
                 workers[m] = VariantRun(m, w, eager_variant(m)) if w.variant_file else w
@@ -689,7 +692,7 @@ def main() -> None:
                         profile_runs({m: w})
                 finally:
                     w.stop()
-    stats = read_all_stats(stats_dir, modes)
+    stats = read_all_stats(stats_dir, engines_of(modes))
     if stats:  # in the raw log too: ``summarize`` pools it with other calls' counts
         append(raw_log, {"event": "stats", "stats": stats})
     write_results(meta, out, runs, matches, infos, stats)
@@ -807,8 +810,8 @@ def run_meta(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def read_all_stats(stats_dir: Path, modes: list[str]) -> dict[str, dict[str, Any]] | None:
-    """Every mode's RAMP_STATS sums, or None where no engine left a stats file (a call
-    cut before the engines' exit, or a raw log summarised elsewhere)."""
+    """Every engine's (RaMP mode's) RAMP_STATS sums, or None where no engine left a stats
+    file (a call cut before the engines' exit, or a raw log summarised elsewhere)."""
     stats = {m: read_stats(stats_dir, m) for m in modes}
     return stats if any(s["files"] for s in stats.values()) else None
 
@@ -879,9 +882,10 @@ def add_stats(into: dict[str, dict[str, Any]] | None, more: dict[str, dict[str, 
     """Two calls' RAMP_STATS sums per mode (``read_stats``' shape) added together."""
     if not more:
         return into
-    out = json.loads(json.dumps(into or {}))
-    for mode, per in more.items():
-        add_served_calls(out.setdefault(mode, no_served_calls()), per)
+    out: dict[str, dict[str, Any]] = {}
+    for stats in (into or {}, more):
+        for mode, per in stats.items():
+            add_served_calls(out.setdefault(mode, no_served_calls()), per)
     return out
 
 
@@ -967,9 +971,9 @@ def summarize_log(argv: list[str]) -> None:
         meta["summarize_command"] = "python3 bench/engine/bench.py summarize " + " ".join(argv)
     modes = meta["options"]["modes"].split(",")
     other = "dispatch" if "dispatch" in modes else modes[-1]
-    from_results, result_calls = stats_of_results(a.stats_from, other)
+    from_results, result_calls = stats_of_results(a.stats_from, engine_mode(other))
     stats = add_stats(add_stats(meta["stats"], from_results),
-                      read_all_stats(a.stats_dir, modes) if a.stats_dir else None)
+                      read_all_stats(a.stats_dir, engines_of(modes)) if a.stats_dir else None)
     meta["stats_calls"] += result_calls
     a.out.mkdir(parents=True, exist_ok=True)
     write_results(meta, a.out, runs, matches, infos, stats, a.tag)
@@ -994,7 +998,9 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
         spread = {m: [float(min(r["total_tok_per_s"] for r in rows if r["ramp_mode"] == m)),
                       float(max(r["total_tok_per_s"] for r in rows if r["ramp_mode"] == m))]
                   for m in modes}
-        served = stats[other] if stats else None
+        served = stats.get(engine_mode(other)) if stats else None
+        # labels sharing the engine: its counts cover all their runs, warm-ups too
+        cover = [m for m in modes if engine_mode(m) == engine_mode(other)]
         result = {
             "model": args.model, "workload": workload_spec(wl, args, infos.get(base, {})),
             "device": device, "engine": meta["engine"], "command": meta["command"],
@@ -1010,6 +1016,7 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             # which plan served each shape, and its eager graphs' captures and replays
             "ramp_plans": served.get("plans") if served else None,
             "ramp_eager_graphs": served.get("eager_graphs") if served else None,
+            **({"ramp_calls_cover": cover} if len(cover) > 1 else {}),
             # pooled logs: how many of the calls those counts cover
             **({"ramp_calls_calls": meta["stats_calls"]} if "calls" in meta else {}),
             "tokens_match": token_check["tokens_match"] if token_check else None,
@@ -1021,6 +1028,9 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
         if args.concurrent and len(modes) > 2:
             result["paired_ratios"] = {m: paired_ratio_median(rows, base, m)
                                        for m in modes[1:]}
+            result["tokens_match_by_mode"] = {
+                m: compare_tokens(matches[base], matches[m], args.logprob_tol)["tokens_match"]
+                for m in modes[1:] if base in matches and m in matches}
         if "calls" in meta:  # pooled logs: how far apart the calls (engine starts) are
             by_call = [call_ratio(rows, c, base, other) for c in range(meta["calls"])]
             checks = [compare_tokens(m[base], m[other], args.logprob_tol)["tokens_match"]
@@ -1145,8 +1155,8 @@ def parser(worker: bool) -> argparse.ArgumentParser:
     ap.add_argument("--modes", default="off,dispatch",
                     help="first is the baseline; ratio = dispatch (else the last) / first; "
                          "add record to measure recording's cost; dispatch:V (V: "
-                         f"{', '.join(EAGER_VARIANTS)}; --concurrent) runs on the dispatch "
-                         "engine with its eager calls set to V")
+                         f"{', '.join(variant_file.VARIANTS)}; --concurrent) runs on the "
+                         "dispatch engine with its eager calls set to V")
     ap.add_argument("--workloads", nargs="+", default=["prefill-heavy,decode-heavy,online"],
                     help="comma- or space-separated")
     ap.add_argument("--repeats", type=int, default=3)
