@@ -325,16 +325,20 @@ def finish_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return calls
 
 
-def tuned_table_us(rows: Sequence[dict[str, Any]]) -> list[float | None]:
+def tuned_table_us(rows: Sequence[dict[str, Any]], held_out: str = "call"
+                   ) -> list[float | None]:
     """Per call of one view: the time of the configuration that a table tuned on real
     routing per T picks, the table tuned on the view's *other* calls of that T (leave one
-    out: no call picks with its own timings): the configuration of the lowest geometric
-    mean, over those calls, of its time relative to each call's best, among those timed
-    on all of them. What a measured per-T table blind to the histogram reaches, the bar
-    a routing-aware choice has to clear; None without another call at that T."""
+    out: no call picks with its own timings; ``held_out="recording"``: only calls of the
+    other recordings, so the table never saw this call's data set): the configuration of
+    the lowest geometric mean, over those calls, of its time relative to each call's
+    best, among those timed on all of them. What a measured per-T table blind to the
+    histogram reaches, the bar a routing-aware choice has to clear; None without such a
+    call at that T."""
     out: list[float | None] = []
     for c in rows:
-        others = [o for o in rows if o["tokens"] == c["tokens"] and o is not c]
+        others = [o for o in rows if o["tokens"] == c["tokens"] and o is not c
+                  and (held_out == "call" or o["recording"] != c["recording"])]
         if not others:
             out.append(None)
             continue
@@ -356,8 +360,9 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     ``oracle_vs_static``; ``oracle_vs_static_by_family``: the best of each timed family
     alone), mean regrets against the oracle, the worst T bucket of RaMP over static, the
     fraction of the oracle's (log) gain RaMP captures, the same speedups per T, and a
-    per-T table tuned on the view's other calls (``tuned_table_us``: its mean regret and
-    RaMP's speedup over it). Calls whose picks were not measured are counted, not used."""
+    per-T table tuned on the view's other calls and one tuned on the other recordings'
+    calls only (``tuned_table_us``: their mean regrets and RaMP's speedups over them).
+    Calls whose picks were not measured are counted, not used."""
     out = {}
     for view in dict.fromkeys(c["view"] for c in calls):
         rows = [c for c in calls if c["view"] == view]
@@ -373,7 +378,10 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                   [c for c in ok if c["tokens"] == t], families)}
                      for t in np.unique(tokens)}
         g_ramp, g_oracle = geomean(static / ramp), geomean(static / oracle)
-        tuned = [(t, c) for t, c in zip(tuned_table_us(ok), ok) if t is not None]
+        tables = {name: [(t, c) for t, c in zip(tuned_table_us(ok, held_out), ok)
+                         if t is not None]
+                  for name, held_out in (("tuned_table", "call"),
+                                         ("tuned_table_other_recording", "recording"))}
         worst = min(by_tokens, key=lambda t: by_tokens[t]["ramp_vs_static"]) if ok else None
         out[view] = {
             "calls": len(ok), "unmeasured_picks": len(rows) - len(ok),
@@ -386,10 +394,10 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "worst_tokens": worst,
             "oracle_gain_captured": math.log(g_ramp) / math.log(g_oracle)
             if g_oracle is not None and g_oracle > 1 + 1e-9 else None,
-            "tuned_table_mean_regret": float(np.mean([t / c["oracle_us"] - 1
-                                                      for t, c in tuned])) if tuned else None,
-            "ramp_vs_tuned_table": geomean([t / c["ramp_us"] for t, c in tuned])
-            if tuned else None,
+            **{f"{name}_mean_regret": float(np.mean([t / c["oracle_us"] - 1 for t, c in got]))
+               if got else None for name, got in tables.items()},
+            **{f"ramp_vs_{name}": geomean([t / c["ramp_us"] for t, c in got]) if got else None
+               for name, got in tables.items()},
             "by_tokens": by_tokens,
         }
     return out
@@ -413,7 +421,9 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
                      f"oracle gain captured {_pct(s['oracle_gain_captured'])}; a per-T "
                      f"table tuned on the other calls: regret "
                      f"{_pct(s.get('tuned_table_mean_regret'))}, RaMP / it "
-                     f"{_f(s.get('ramp_vs_tuned_table'))}x")
+                     f"{_f(s.get('ramp_vs_tuned_table'))}x (tuned on the other recordings: "
+                     f"{_pct(s.get('tuned_table_other_recording_mean_regret'))}, "
+                     f"{_f(s.get('ramp_vs_tuned_table_other_recording'))}x)")
         families = list(s.get("oracle_vs_static_by_family") or {})
         extra = families if len(families) > 1 else []  # one family: its oracle is the oracle
         lines.append(f"  {'T':>5} {'calls':>5} {'ramp/static':>11} {'oracle/static':>13}"

@@ -283,3 +283,13 @@ def test_the_tuned_table_picks_with_the_other_calls_of_its_size_only():
     assert rr.tuned_table_us(rows) == [1.5, 1.0, 1.0, None]
     rows[1]["times_us"][1] = None        # b and c each untimed on a neighbour of call 0
     assert rr.tuned_table_us(rows)[0] == 1.0
+
+
+def test_a_table_held_out_by_recording_never_sees_the_calls_data_set():
+    """``held_out="recording"``: only the other recordings' calls of the size tune it."""
+    def call(rec, times):
+        return {"tokens": 8, "recording": rec, "configs": ["a", "b"], "times_us": times}
+
+    rows = [call("law", [1.0, 2.0]), call("law", [1.0, 2.0]), call("intent", [2.0, 1.0])]
+    assert rr.tuned_table_us(rows) == [1.0, 1.0, 2.0]                 # the other law call
+    assert rr.tuned_table_us(rows, held_out="recording") == [2.0, 2.0, 2.0]
