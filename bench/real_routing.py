@@ -325,14 +325,15 @@ def finish_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return calls
 
 
-def tuned_table_us(rows: Sequence[dict[str, Any]], held_out: str = "call"
-                   ) -> list[float | None]:
+def tuned_table_us(rows: Sequence[dict[str, Any]], held_out: str = "call",
+                   family: str | None = None) -> list[float | None]:
     """Per call of one view: the time of the configuration that a table tuned on real
     routing per T picks, the table tuned on the view's *other* calls of that T (leave one
     out: no call picks with its own timings; ``held_out="recording"``: only calls of the
     other recordings, so the table never saw this call's data set): the configuration of
     the lowest geometric mean, over those calls, of its time relative to each call's
-    best, among those timed on all of them. What a measured per-T table blind to the
+    best, among those timed on all of them (of ``family`` only, given one: the family
+    RaMP dispatches, for a like-for-like bar). What a measured per-T table blind to the
     histogram reaches, the bar a routing-aware choice has to clear; None without such a
     call at that T."""
     out: list[float | None] = []
@@ -348,7 +349,9 @@ def tuned_table_us(rows: Sequence[dict[str, Any]], held_out: str = "call"
             for name, t in zip(o["configs"], o["times_us"]):
                 if t is not None:
                     rel.setdefault(name, []).append(math.log(t / best))
-        mine = {n: t for n, t in zip(c["configs"], c["times_us"]) if t is not None}
+        mine = {n: t for n, t, f in zip(c["configs"], c["times_us"],
+                                        c.get("families") or [PROFILED] * len(c["configs"]))
+                if t is not None and family in (None, f)}
         scores = {n: float(np.mean(v)) for n, v in rel.items()
                   if len(v) == len(others) and n in mine}
         out.append(mine[min(scores, key=scores.get)] if scores else None)
@@ -360,8 +363,9 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     ``oracle_vs_static``; ``oracle_vs_static_by_family``: the best of each timed family
     alone), mean regrets against the oracle, the worst T bucket of RaMP over static, the
     fraction of the oracle's (log) gain RaMP captures, the same speedups per T, and a
-    per-T table tuned on the view's other calls and one tuned on the other recordings'
-    calls only (``tuned_table_us``: their mean regrets and RaMP's speedups over them).
+    per-T table tuned on the view's other calls, one tuned on the other recordings' calls
+    only, and one of the profiled family's configurations only, which RaMP chooses among
+    (``tuned_table_us``: their mean regrets and RaMP's speedups over them).
     Calls whose picks were not measured are counted, not used."""
     out = {}
     for view in dict.fromkeys(c["view"] for c in calls):
@@ -378,10 +382,12 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                   [c for c in ok if c["tokens"] == t], families)}
                      for t in np.unique(tokens)}
         g_ramp, g_oracle = geomean(static / ramp), geomean(static / oracle)
-        tables = {name: [(t, c) for t, c in zip(tuned_table_us(ok, held_out), ok)
+        tables = {name: [(t, c) for t, c in zip(tuned_table_us(ok, held_out, family), ok)
                          if t is not None]
-                  for name, held_out in (("tuned_table", "call"),
-                                         ("tuned_table_other_recording", "recording"))}
+                  for name, held_out, family in (
+                      ("tuned_table", "call", None),
+                      ("tuned_table_other_recording", "recording", None),
+                      (f"tuned_table_{PROFILED}", "call", PROFILED))}
         worst = min(by_tokens, key=lambda t: by_tokens[t]["ramp_vs_static"]) if ok else None
         out[view] = {
             "calls": len(ok), "unmeasured_picks": len(rows) - len(ok),
@@ -423,7 +429,9 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
                      f"{_pct(s.get('tuned_table_mean_regret'))}, RaMP / it "
                      f"{_f(s.get('ramp_vs_tuned_table'))}x (tuned on the other recordings: "
                      f"{_pct(s.get('tuned_table_other_recording_mean_regret'))}, "
-                     f"{_f(s.get('ramp_vs_tuned_table_other_recording'))}x)")
+                     f"{_f(s.get('ramp_vs_tuned_table_other_recording'))}x; of {PROFILED} "
+                     f"only: {_pct(s.get(f'tuned_table_{PROFILED}_mean_regret'))}, "
+                     f"{_f(s.get(f'ramp_vs_tuned_table_{PROFILED}'))}x)")
         families = list(s.get("oracle_vs_static_by_family") or {})
         extra = families if len(families) > 1 else []  # one family: its oracle is the oracle
         lines.append(f"  {'T':>5} {'calls':>5} {'ramp/static':>11} {'oracle/static':>13}"

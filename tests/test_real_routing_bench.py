@@ -293,3 +293,12 @@ def test_a_table_held_out_by_recording_never_sees_the_calls_data_set():
     rows = [call("law", [1.0, 2.0]), call("law", [1.0, 2.0]), call("intent", [2.0, 1.0])]
     assert rr.tuned_table_us(rows) == [1.0, 1.0, 2.0]                 # the other law call
     assert rr.tuned_table_us(rows, held_out="recording") == [2.0, 2.0, 2.0]
+
+
+def test_a_table_of_one_family_picks_among_its_configurations_only():
+    """``family``: the like-for-like bar for RaMP, which dispatches the profiled family."""
+    rows = [{"tokens": 8, "recording": r, "configs": ["t1", "x1"],
+             "families": ["triton", "triton-tiles"], "times_us": [2.0, 1.0]}
+            for r in ("law", "intent")]
+    assert rr.tuned_table_us(rows) == [1.0, 1.0]
+    assert rr.tuned_table_us(rows, family="triton") == [2.0, 2.0]
