@@ -3,6 +3,7 @@
     source bench/device_env.sh
     python3 bench/real_routing.py --data DIR --gemm w13 --out $OUT     # on the GPU
     python3 bench/real_routing.py --report OUT/real-routing-w13.json.gz # any machine
+    python3 bench/real_routing.py --report FILE --repick   # picks made again by this RaMP
 
 ``DIR`` holds routing recordings (``*.npz``, the repack of ``../shared/data/routing/
 esft-dsv2lite``; never committed: the device call carries a copy in an ignored folder).
@@ -213,7 +214,13 @@ def choices(profile: Profile, calls: Sequence[RealCall], others: Sequence[Profil
     The calls' histograms are the local ones, so this is ``choose_view`` of the rank.
     With ``others`` (profiles of more families) RaMP chooses across all of them and its
     indices run over the combined bank, ``profile``'s first (``Profile.across_families``)."""
-    hists = np.stack([c.hist for c in calls]).astype(np.int64)
+    return picks(profile, np.stack([c.hist for c in calls]), others)
+
+
+def picks(profile: Profile, hists: np.ndarray, others: Sequence[Profile] = ()
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """``choices`` on the histograms [calls, E] themselves."""
+    hists = hists.astype(np.int64)
     ramp = profile.across_families(others) if others else profile.dispatcher("ramp")
     return ramp.choose_batch(hists), profile.dispatcher("static").choose_batch(hists)
 
@@ -301,6 +308,38 @@ def call_record(c: RealCall, times: np.ndarray, configs: Sequence[str],
             "configs": list(configs), "families": list(families),
             "times_us": [None if not math.isfinite(x) else float(x) for x in times],
             "ramp_config": ramp_config, "static_config": static_config}
+
+
+def repick(result: dict[str, Any]) -> dict[str, list[str]]:
+    """Every call's RaMP and static picks made again, from its stored local histogram, by
+    this RaMP's dispatchers over the shipped profiles of the view (the Triton bank's, and
+    those of the file's extra families that now have one: RaMP then chooses across
+    them), so that a new profile or cost model is judged on timings already measured
+    (a pick that was not timed counts as unmeasured). Returns the families RaMP chose
+    across per view."""
+    prov = result.get("provenance") or {}
+    for name in ("gpu", "model", "gemm"):
+        if name not in prov:
+            raise InputError(f"--repick: field 'provenance.{name}' missing (a file that "
+                             "measure() did not write?)")
+    for i, c in enumerate(result["calls"]):
+        if not isinstance(c.get("hist"), list):
+            raise InputError(f"--repick: calls[{i}]: field 'hist' missing or not a list")
+    model = get_model(prov["model"])
+    across: dict[str, list[str]] = {}
+    for view in dict.fromkeys(c["view"] for c in result["calls"]):
+        rows = [c for c in result["calls"] if c["view"] == view]
+        profile = view_profile(prov["gpu"], model, prov["gemm"], view)
+        others = view_profiles(profile, model, prov["gemm"], view,
+                               prov.get("extra_families") or [])
+        ramp_idx, static_idx = picks(profile, np.array([c["hist"] for c in rows]), others)
+        combined = [*profile.model.bank.configs,
+                    *(c for o in others for c in o.model.bank.configs)]
+        for c, r, st in zip(rows, ramp_idx, static_idx):
+            c["ramp_config"] = combined[r].name
+            c["static_config"] = profile.model.bank.configs[st].name
+        across[view] = [PROFILED, *(o.family for o in others)]
+    return across
 
 
 def finish_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -512,9 +551,10 @@ REQUIRED = ("label", "tokens", "view", "order", "configs", "times_us", "ramp_con
             "static_config")
 
 
-def report(path: Path) -> dict[str, Any]:
+def report(path: Path, again: bool = False) -> dict[str, Any]:
     """Recompute every call's picks' times, the summary and the plot from a result file;
-    rewrites its ``summary`` (and ``calls`` times) in place."""
+    rewrites its ``summary`` (and ``calls`` times) in place. ``again``: the picks are
+    made anew first (``repick``)."""
     from ramp.plaindata import read_json
 
     result = read_json(path, "real-routing result")
@@ -529,6 +569,9 @@ def report(path: Path) -> dict[str, Any]:
             if key in c and len(c[key]) != len(c["configs"]):
                 raise InputError(f"{path}: calls[{i}]: field {key!r} has {len(c[key])} "
                                  f"entries for {len(c['configs'])} configs")
+    if again:
+        for view, families in repick(result).items():
+            result.setdefault("views", {}).setdefault(view, {})["ramp_families"] = families
     result["summary"] = summarize(finish_calls(calls))
     write(result, path)
     return result
@@ -655,11 +698,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "oracle_vs_static_by_family says what each family alone reaches")
     ap.add_argument("--report", type=Path, metavar="FILE",
                     help="no GPU: recompute summary, table and plot of a result file")
+    ap.add_argument("--repick", action="store_true",
+                    help="with --report: RaMP's and static's picks made again by this "
+                         "RaMP and the shipped profiles (e.g. a new family's), on the "
+                         "histograms and timings in the file")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     try:
         if args.report:
-            print(table(report(args.report)["summary"]))
+            print(table(report(args.report, args.repick)["summary"]))
             print(f"rewrote {args.report} and {plot_path(args.report).name}")
             return 0
         for option in ("data", "out"):

@@ -302,3 +302,28 @@ def test_a_table_of_one_family_picks_among_its_configurations_only():
             for r in ("law", "intent")]
     assert rr.tuned_table_us(rows) == [1.0, 1.0]
     assert rr.tuned_table_us(rows, family="triton") == [2.0, 2.0]
+
+
+def test_repick_makes_the_picks_again_from_the_stored_histograms(tmp_path, capsys):
+    """``--report --repick``: the picks come from this RaMP's dispatchers over the
+    shipped profiles and the calls' own histograms, so a file measured with the same
+    profiles gets its own picks back, and a stale pick is replaced; a file without the
+    provenance to find its profiles is one line, exit 2."""
+    result, *_ = _result(seed=7)
+    result["provenance"] = {"gpu": "H200", "model": MODEL.name, "gemm": "w13"}
+    stored = [(c["ramp_config"], c["static_config"]) for c in result["calls"]]
+    result["calls"][0]["ramp_config"] = "not-a-config"
+    assert rr.repick(result) == {"full": ["triton"]}
+    assert [(c["ramp_config"], c["static_config"]) for c in result["calls"]] == stored
+    path = tmp_path / rr.output_name("w13")
+    result["calls"][1]["static_config"] = "not-a-config"
+    path.write_bytes(gzip.compress(json.dumps(result).encode()))
+    assert rr.main(["--report", str(path), "--repick"]) == 0
+    again = json.loads(gzip.decompress(path.read_bytes()))
+    assert [(c["ramp_config"], c["static_config"]) for c in again["calls"]] == stored
+    assert again["views"]["full"]["ramp_families"] == ["triton"]
+    del result["provenance"]
+    path.write_bytes(gzip.compress(json.dumps(result).encode()))
+    assert rr.main(["--report", str(path), "--repick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "provenance.gpu" in err
