@@ -268,7 +268,8 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
     """The runs of one results file, one per ``ramp_mode`` (the schema bench/engine/
     bench.py writes: ``device`` a name or ``{"device": name, ...}``; offline workloads
     with ``input_len``/``output_len``, online ones with per-request ``input_lens``/
-    ``output_lens`` and ``arrivals``)."""
+    ``output_lens`` and ``arrivals``). Eager variants (``dispatch:V`` labels) are left
+    out: they differ in host time per eager call, which the simulator does not model."""
     where = str(path)
     data = read_json(path, "engine results")
     model = get_model(_field(data, "model", str, where)).name
@@ -298,6 +299,8 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
     by_mode: dict[str, list[dict[str, Any]]] = {}
     for i, run in enumerate(runs):
         mode = _field(run, "ramp_mode", str, f"{where} runs[{i}]")
+        if mode.startswith("dispatch:"):  # an eager variant on the dispatch engine
+            continue  # (bench.py --modes dispatch:V): the step model has no host time per path
         if mode not in MODES["model"]:
             raise InputError(f"{where} runs[{i}]: field 'ramp_mode' is {mode!r}, not one of "
                              f"{sorted(MODES['model'])}")

@@ -64,3 +64,16 @@ def test_eager_rows_take_the_shipped_plans_host_times_of_the_same_gpu_times():
                                     for n, v in plan.times_us.items()})
     assert er.with_shipped_host_times(other).host_us == {}
     assert set(er.with_shipped_host_times(other).eager_choices) == {ENGINE}
+
+
+def test_the_table_shows_every_labels_paired_ratio():
+    """A file of ``--modes off,dispatch,dispatch:launch``: each label's paired ratio."""
+    runs = [{"ramp_mode": m, "repeat": 0, "total_tok_per_s": t}
+            for m, t in (("off", 100.0), ("dispatch", 105.0), ("dispatch:launch", 97.0))]
+    d = {"modes": ["off", "dispatch", "dispatch:launch"], "runs": runs,
+         "median_total_tok_per_s": {r["ramp_mode"]: r["total_tok_per_s"] for r in runs},
+         "range_total_tok_per_s": {r["ramp_mode"]: [r["total_tok_per_s"]] * 2 for r in runs},
+         "ratio": 1.05, "paired_ratio_median": 1.05, "tokens_match": True,
+         "paired_ratios": {"dispatch": 1.05, "dispatch:launch": 0.97}}
+    row = er.table([("f.json", d)]).splitlines()[-1]
+    assert "paired per mode dispatch 1.050x, dispatch:launch 0.970x" in row

@@ -170,6 +170,18 @@ def test_a_dispatch_run_that_ran_no_ramp_call_is_simulated_as_the_engine(tmp_pat
         assert runs["dispatch"].policy == policy and runs["off"].policy == "plan-engine"
 
 
+def test_eager_variant_runs_are_left_out_and_the_others_kept(tmp_path, results_dir):
+    """``bench.py --modes off,dispatch,dispatch:launch``: the variant's runs differ in host
+    time per eager call, which the step model lacks, so they are not simulated; the
+    plain modes of the same file still are."""
+    data = json.loads((results_dir / f"H200_{MODEL}_decode-heavy.json").read_text())
+    data["runs"] += [{**data["runs"][0], "ramp_mode": "dispatch"},
+                     {**data["runs"][0], "ramp_mode": "dispatch:launch"}]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    assert sorted(r.ramp_mode for r in load_engine_results(path)) == ["dispatch", "off"]
+
+
 def test_ramp_gain_leaves_out_a_dispatch_engine_that_ran_no_ramp_call():
     spec = importlib.util.spec_from_file_location("sim_fidelity",
                                                   REPO / "bench" / "sim_fidelity.py")

@@ -77,6 +77,9 @@ def table(results: list[tuple[str, dict]]) -> str:
         ratio = f"**{d['ratio']:.3f}x** ({ratio_lo:.2f}-{ratio_hi:.2f})"
         if d.get("paired_ratio_median") is not None:
             ratio += f"; paired {d['paired_ratio_median']:.3f}x"
+        if len(d.get("paired_ratios") or {}) > 1:  # more labels (eager variants)
+            ratio += "; paired per mode " + ", ".join(
+                f"{m} {'-' if r is None else f'{r:.3f}x'}" for m, r in d["paired_ratios"].items())
         if "ratio_by_call" in d:  # pooled calls (engine starts)
             ratio += "; by call " + ", ".join("-" if r is None else f"{r:.3f}"
                                               for r in d["ratio_by_call"])
