@@ -267,11 +267,11 @@ def test_a_variant_run_sets_the_engines_eager_variant_first(tmp_path, monkeypatc
 
     class Engine:
         def __init__(self) -> None:
-            self.variant_file = tmp_path / "eager-variant.dispatch"
+            self.variant_path = tmp_path / "eager-variant.dispatch"
             self.info = {"max_num_seqs": 256}
 
         def run(self, workload, seed, profile=False):
-            return {"ramp_mode": "dispatch", "seen": self.variant_file.read_text().strip()}
+            return {"ramp_mode": "dispatch", "seen": self.variant_path.read_text().strip()}
 
     engine = Engine()
     runs = [eb.VariantRun(m, engine, eb.eager_variant(m))

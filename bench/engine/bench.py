@@ -355,12 +355,12 @@ def check_modes(modes: list[str], concurrent: bool) -> str | None:
 
 class Worker:
     """One engine process in one RaMP mode, driven over stdin, read over stdout;
-    ``variant_file``: the file its RaMP reads the eager variant from."""
+    ``variant_path``: the file its RaMP reads the eager variant from."""
 
     def __init__(self, mode: str, args: argparse.Namespace, util: float, stats_dir: Path,
                  extra: tuple[str, ...] = (), variant_path: Path | None = None) -> None:
         self.mode = mode
-        self.variant_file = variant_path
+        self.variant_path = variant_path
         if variant_path is not None:  # an earlier call's file must not reach this engine
             variant_file.write(variant_path, "plan", wait=False)
         env = dict(os.environ, RAMP_MODE=mode,
@@ -424,8 +424,8 @@ class VariantRun:
         return self.worker.info
 
     def run(self, workload: str, seed: int, profile: bool = False) -> dict[str, Any]:
-        assert self.worker.variant_file is not None
-        variant_file.write(self.worker.variant_file, self.variant)
+        assert self.worker.variant_path is not None
+        variant_file.write(self.worker.variant_path, self.variant)
         result = self.worker.run(workload, seed, profile)
         result["ramp_mode"] = self.mode
         return result
@@ -482,15 +482,11 @@ def add_served_calls(total: dict[str, Any], more: dict[str, Any]) -> None:
         for entry in served if isinstance(served, list) else [served]:  # have run others
             if entry not in plans:
                 plans.append(entry)
-    for shape, counts in more.get("eager_graphs", {}).items():
-        dst = total.setdefault("eager_graphs", {}).setdefault(shape, {})
-        for name, n in counts.items():
-            dst[name] = dst.get(name, 0) + n
-    for kind in ("eager", "captured"):
+    for kind in ("eager", "captured", "eager_graphs"):  # shape -> path (or count) -> n
         for shape, per in more.get(kind, {}).items():
-            dst = total[kind].setdefault(shape, {})
-            for path, n in per.items():
-                dst[path] = dst.get(path, 0) + n
+            dst = total.setdefault(kind, {}).setdefault(shape, {})
+            for name, n in per.items():
+                dst[name] = dst.get(name, 0) + n
     for reason, n in more.get("fallbacks", {}).items():
         total["fallbacks"][reason] = total["fallbacks"].get(reason, 0) + n
 
@@ -668,7 +664,7 @@ def main() -> None:
                                                   if e in varied else None))
             for m in modes:
                 w = started[engine_mode(m)]
-                workers[m] = VariantRun(m, w, eager_variant(m)) if w.variant_file else w
+                workers[m] = VariantRun(m, w, eager_variant(m)) if w.variant_path else w
                 infos[m] = w.info
                 append(raw_log, {"event": "engine", "ramp_mode": m, "info": infos[m]})
             run_block(workers, range(args.repeats))
