@@ -302,9 +302,8 @@ class RampMoERuntime:
             return self._eager_variant
         self._variant_read = now
         self._eager_variant, problem = eager_variant.read(path)
-        if problem is not None and problem not in self._logged:
-            self._logged.add(problem)
-            logger.warning("RaMP: %s", problem)
+        if problem is not None:
+            self._warn_once(f"RaMP: {problem}")
         return self._eager_variant
 
     def _prime(self, layer: _Layer, eager_path: str, tokens: int, hidden: torch.Tensor,
@@ -479,9 +478,14 @@ class RampMoERuntime:
     def log_fallback(self, reason: str) -> None:
         """Log that the engine kernel runs instead of RaMP, once per distinct reason."""
         self.stats.fallbacks[reason] += 1
-        if reason not in self._logged:
-            self._logged.add(reason)
-            logger.warning("RaMP falls back to the engine kernel: %s", reason)
+        self._warn_once(f"RaMP falls back to the engine kernel: {reason}")
+
+    def _warn_once(self, message: str) -> None:
+        """Log ``message`` as a warning the first time only (engines call per layer and
+        step: a repeated reason must not flood the log)."""
+        if message not in self._logged:
+            self._logged.add(message)
+            logger.warning("%s", message)
 
     def write_stats(self) -> Path | None:
         """Write ``RuntimeStats`` to ``stats_path`` (atomically: readers never see half)."""
