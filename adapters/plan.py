@@ -53,7 +53,7 @@ from ramp.layerplan import (
     find_layer_plan,
     load_layer_plan,
 )
-from ramp.models import get_model
+from ramp.models import MoEModel, get_model
 from ramp.plaindata import locate, read_json
 from ramp.problem import MoEProblem
 from ramp.profile import Profile, find_profile, load_profile
@@ -317,6 +317,13 @@ def host_calls(gpu_us: float | None) -> int:
     return max(3, min(HOST_CALLS, int(HOST_GPU_BUDGET_US / gpu_us)))
 
 
+def local_layer(spec: MoEModel, ep: int) -> tuple[tuple[MoEProblem, MoEProblem], torch.Tensor | None]:
+    """Rank 0's local (w13, w2) problems of ``spec``'s layer under ``ep``-way expert
+    parallelism, and vLLM's expert map for it (None without EP): what a plan times."""
+    problems = (spec.problem("w13", ep=ep), spec.problem("w2", ep=ep))
+    return problems, contiguous_expert_map(spec.num_experts, ep) if ep > 1 else None
+
+
 def contiguous_expert_map(experts: int, ep: int, rank: int = 0) -> torch.Tensor:
     """vLLM's expert map of ``rank`` under contiguous placement: global -> local or -1."""
     local = experts // ep
@@ -334,8 +341,7 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     from ramp.kernels.workload import make_weights
 
     spec = get_model(model)
-    problems = (spec.problem("w13", ep=ep), spec.problem("w2", ep=ep))
-    expert_map = contiguous_expert_map(spec.num_experts, ep) if ep > 1 else None
+    problems, expert_map = local_layer(spec, ep)
     experts = spec.num_experts
     gpu = detect_gpu()
     if gpu is None:
@@ -577,10 +583,9 @@ def add_host_times(model: str, plan: LayerPlan, profile_dir: str | None, seed: i
 
     spec = get_model(model)
     ep = plan.ep
-    problems = (spec.problem("w13", ep=ep), spec.problem("w2", ep=ep))
+    problems, expert_map = local_layer(spec, ep)
     if problems[0] != plan.problem:
         raise InputError(f"layer plan {plan.key} is not of {model}'s layer at ep={ep}")
-    expert_map = contiguous_expert_map(spec.num_experts, ep) if ep > 1 else None
     engine_name, engine_run = vllm_engine_layer()
     if engine_name != plan.engine:
         raise InputError(f"layer plan {plan.key} timed {plan.engine}, this process has "
