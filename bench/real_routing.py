@@ -310,6 +310,18 @@ def call_record(c: RealCall, times: np.ndarray, configs: Sequence[str],
             "ramp_config": ramp_config, "static_config": static_config}
 
 
+def combined_bank(profile: Profile, others: Sequence[Profile]) -> list:
+    """The configurations RaMP's indices run over when it chooses across families:
+    ``profile``'s bank first, then each of ``others``' (``Profile.across_families``)."""
+    return [*profile.model.bank.configs, *(c for o in others for c in o.model.bank.configs)]
+
+
+def call_families(call: dict[str, Any]) -> list[str]:
+    """Each timed configuration's family in a call of a results file (files from before
+    ``--extra-families`` timed the profiled family only and do not say so)."""
+    return call.get("families") or [PROFILED] * len(call["configs"])
+
+
 def repick(result: dict[str, Any]) -> dict[str, list[str]]:
     """Every call's RaMP and static picks made again, from its stored local histogram, by
     this RaMP's dispatchers over the shipped profiles of the view (the Triton bank's, and
@@ -333,8 +345,7 @@ def repick(result: dict[str, Any]) -> dict[str, list[str]]:
         others = view_profiles(profile, model, prov["gemm"], view,
                                prov.get("extra_families") or [])
         ramp_idx, static_idx = picks(profile, np.array([c["hist"] for c in rows]), others)
-        combined = [*profile.model.bank.configs,
-                    *(c for o in others for c in o.model.bank.configs)]
+        combined = combined_bank(profile, others)
         for c, r, st in zip(rows, ramp_idx, static_idx):
             c["ramp_config"] = combined[r].name
             c["static_config"] = profile.model.bank.configs[st].name
@@ -357,7 +368,7 @@ def finish_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name, t in zip(("ramp", "static", "oracle"), chosen[0]):
             c[f"{name}_us"] = float(t) if np.isfinite(t) else None
         c["oracle_config"] = c["configs"][oracle]
-        families = np.array(c.get("families") or [PROFILED] * len(times))
+        families = np.array(call_families(c))
         c["oracle_us_by_family"] = {
             f: float(np.nanmin(times[families == f])) if np.isfinite(times[families == f]).any()
             else None for f in dict.fromkeys(families.tolist())}
@@ -388,8 +399,7 @@ def tuned_table_us(rows: Sequence[dict[str, Any]], held_out: str = "call",
             for name, t in zip(o["configs"], o["times_us"]):
                 if t is not None:
                     rel.setdefault(name, []).append(math.log(t / best))
-        mine = {n: t for n, t, f in zip(c["configs"], c["times_us"],
-                                        c.get("families") or [PROFILED] * len(c["configs"]))
+        mine = {n: t for n, t, f in zip(c["configs"], c["times_us"], call_families(c))
                 if t is not None and family in (None, f)}
         scores = {n: float(np.mean(v)) for n, v in rel.items()
                   if len(v) == len(others) and n in mine}
@@ -616,8 +626,7 @@ def measure(args: argparse.Namespace, command: str) -> Path:
         own = len(profile.model.bank)
         timed = configs_to_time(own, np.concatenate([ramp_idx[ramp_idx < own], static_idx]),
                                 args.max_configs)
-        combined = [*profile.model.bank.configs, *(c for o in others
-                                                   for c in o.model.bank.configs)]
+        combined = combined_bank(profile, others)
         plan[view] = (sel, profile, ramp_idx, static_idx, timed, combined, others)
     problem_of = {v: view_problem(model, args.gemm, v) for v in views}
     extra_configs = {f: get_family(f).configs(problem_of[views[0]].dtype_bytes) for f in extra}
