@@ -14,8 +14,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=cutlass_dsl-4.6.0-cp312.tar.xz
-exclude=$(git rev-parse --git-path info/exclude)  # a worktree's .git is a file
-grep -qsx '/.whl/' "$exclude" || echo '/.whl/' >> "$exclude"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

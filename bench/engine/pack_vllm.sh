@@ -19,7 +19,6 @@ deps_list=$shared/engines/vllm-$version-gpu-deps.txt
 for f in "$prune" "$deps_list"; do
   [ -f "$f" ] || { echo "pack_vllm.sh: $f not found (set RAMP_SHARED)" >&2; exit 2; }
 done
-grep -qx '/.carry/' .git/info/exclude || echo '/.carry/' >> .git/info/exclude
 out=.carry/vllm
 mkdir -p "$out/deps"
 tmp=$(mktemp -d)
