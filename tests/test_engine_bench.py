@@ -305,3 +305,42 @@ def test_summarize_keeps_every_variant_paired_with_off(tmp_path):
     assert res["paired_ratios"]["dispatch"] == pytest.approx(1.1)
     assert res["paired_ratios"]["dispatch:launch"] == pytest.approx(0.99)
     assert res["ratio"] == pytest.approx(108.0 / 100.0)
+
+
+def test_pooled_starts_of_differing_labels_pair_each_label_with_its_own_starts(tmp_path, capsys):
+    """An ``off,dispatch`` start pooled with an ``off,dispatch,dispatch:launch`` start
+    (``--allow-differing modes``): the modes are both starts' labels; a label that only
+    the second start ran is set against that start's ``off`` alone, and its token check
+    is that start's (the first start has none for it)."""
+    seq = [{"token_ids": [1, 2, 3], "logprobs": [-0.1, -0.2, -0.3]}]
+    other = [{"token_ids": [1, 2, 4], "logprobs": [-0.1, -0.2, -0.3]}]
+
+    def start(path, modes, tps, launch_seq=seq):
+        options = {"model": "qwen3-30b-a3b", "modes": ",".join(modes), "concurrent": True,
+                   "workloads": "prefill-heavy", "logprob_tol": 0.05}
+        lines = [{"event": "start", "command": f"bench.py {path.name}", "date": "2026-12-02",
+                  "options": options, "device": {"device": "NVIDIA H200"},
+                  "engine": {"name": "vllm", "version": "0.26.0"}},
+                 *({"event": "engine", "ramp_mode": m, "info": {"max_num_seqs": 256}}
+                   for m in modes),
+                 *({"workload": "match", "ramp_mode": m,
+                    "sequences": launch_seq if m == "dispatch:launch" else seq} for m in modes),
+                 *({"workload": "prefill-heavy", "repeat": 0, "ramp_mode": m,
+                    "total_tok_per_s": t} for m, t in zip(modes, tps))]
+        path.write_text("".join(eb.json.dumps(x) + "\n" for x in lines))
+        return str(path)
+
+    a = start(tmp_path / "a.jsonl", ["off", "dispatch"], [100.0, 110.0])
+    b = start(tmp_path / "b.jsonl", ["off", "dispatch", "dispatch:launch"],
+              [200.0, 210.0, 180.0], launch_seq=other)
+    with pytest.raises(SystemExit):
+        eb.summarize_log([a, b, "--out", str(tmp_path / "no")])
+    assert "options.modes" in capsys.readouterr().err
+    eb.summarize_log([a, b, "--out", str(tmp_path / "out"), "--allow-differing", "modes"])
+    path, = (tmp_path / "out").iterdir()
+    res = eb.json.loads(path.read_text())
+    assert res["modes"] == ["off", "dispatch", "dispatch:launch"]
+    assert res["ratios"]["dispatch:launch"] == pytest.approx(180.0 / 200.0)  # not / 150
+    assert res["ratios"]["dispatch"] == pytest.approx(160.0 / 150.0)
+    assert res["paired_ratios"]["dispatch:launch"] == pytest.approx(0.9)
+    assert res["tokens_match_by_mode"] == {"dispatch": True, "dispatch:launch": False}

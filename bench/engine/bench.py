@@ -910,7 +910,9 @@ def stats_of_results(paths: list[Path], mode: str) -> tuple[dict[str, dict[str, 
 def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
     """Several calls' raw logs as one, each call's repeats tagged with its index. The
     logs must agree on the device, the engine and every option but ``RUN_LENGTH_OPTIONS``
-    and ``allowed``; every log's token check is kept (``token_checks``)."""
+    and ``allowed``; every log's token check is kept (``token_checks``). With ``modes``
+    allowed to differ, the pooled log's modes are all the logs' labels (e.g. one call's
+    ``off,dispatch`` and another's ``off,dispatch,dispatch:launch``)."""
     if len({r.resolve() for r in raws}) < len(raws):
         bad_input(f"{' '.join(map(str, raws))}: a log named twice would count twice")
     meta, infos, matches, runs = read_raw_log(raws[0])
@@ -932,6 +934,9 @@ def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
                 bad_input(f"{raw}: field {key!r} differs from {raws[0]}'s: not pooled")
         commands.append(other["command"])
         all_matches.append(more_matches)
+        if "modes" in allowed:  # every log's labels, the first log's baseline first
+            labels = meta["options"]["modes"].split(",") + other["options"]["modes"].split(",")
+            meta["options"] = dict(meta["options"], modes=",".join(dict.fromkeys(labels)))
         for wl, rows in more.items():
             runs.setdefault(wl, []).extend(rows)
     if len(raws) > 1:
@@ -1003,8 +1008,8 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             "date": meta["date"], "modes": modes, "concurrent": bool(args.concurrent),
             "engine_config": infos.get(base),
             "runs": rows, "median_total_tok_per_s": med, "range_total_tok_per_s": spread,
-            "ratio": med[other] / med[base],
-            "ratios": {m: med[m] / med[base] for m in modes[1:]},
+            "ratio": same_calls_ratio(rows, base, other),
+            "ratios": {m: same_calls_ratio(rows, base, m) for m in modes[1:]},
             # None: no RAMP_STATS file came back (the call ended before the engines did)
             "ramp_calls": ({"eager": served["eager"], "captured": served["captured"]}
                            if served else None),
@@ -1024,9 +1029,13 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
         if args.concurrent and len(modes) > 2:
             result["paired_ratios"] = {m: paired_ratio_median(rows, base, m)
                                        for m in modes[1:]}
+            # every call's token check that has both labels (pooled logs: not only the
+            # first call's, which may lack a label)
+            per_call = meta.get("token_checks", [matches])
             result["tokens_match_by_mode"] = {
-                m: compare_tokens(matches[base], matches[m], args.logprob_tol)["tokens_match"]
-                for m in modes[1:] if base in matches and m in matches}
+                m: all(compare_tokens(t[base], t[m], args.logprob_tol)["tokens_match"]
+                       for t in per_call if base in t and m in t)
+                for m in modes[1:] if any(base in t and m in t for t in per_call)}
         if "calls" in meta:  # pooled logs: how far apart the calls (engine starts) are
             by_call = [call_ratio(rows, c, base, other) for c in range(meta["calls"])]
             checks = [compare_tokens(m[base], m[other], args.logprob_tol)["tokens_match"]
@@ -1047,6 +1056,16 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {path}: ratio {result['ratio']:.3f} ({other}/{base}), tokens_match "
               f"{result['tokens_match']}", flush=True)
+
+
+def same_calls_ratio(rows: list[dict[str, Any]], base: str, other: str) -> float:
+    """Median ``other`` over median ``base`` throughput, ``base`` taken from the calls
+    (engine starts) that ran ``other`` only: pooled logs whose modes differ would
+    otherwise set one start's label against every start's baseline."""
+    calls = {r.get("call", 0) for r in rows if r["ramp_mode"] == other}
+    tps = {m: [r["total_tok_per_s"] for r in rows
+               if r["ramp_mode"] == m and r.get("call", 0) in calls] for m in (base, other)}
+    return float(np.median(tps[other]) / np.median(tps[base]))
 
 
 def paired_ratio_median(rows: list[dict[str, Any]], base: str, other: str) -> float | None:
