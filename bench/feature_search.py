@@ -6,11 +6,12 @@ training measurements and report two regrets:
 
 - ``loo``: leave-one-out on the training calls (each call dispatched by fits that did
   not see it): the selection criterion, which never touches held-out data;
-- ``held-out``: the fit on all training calls, dispatched on the held-out calls.
+- ``held-out``: the fit on all training calls, dispatched on the held-out calls (NaN
+  for a shape profiled with ``--skip-holdout``, which has no held-out file).
 
-Usage: python bench/feature_search.py FAMILY [--top N]   (FAMILY: triton, cute, ...)
-Reads bench/results/raw/*_FAMILY.{profile,train,holdout}.json. docs/perf/cute.md has
-the results.
+Usage: python bench/feature_search.py FAMILY [--raw DIR] [--top N]   (FAMILY: triton,
+cute, triton-tiles, ...). Reads DIR/*_FAMILY.{profile,train,holdout}.json (DIR: default
+bench/results/raw). docs/perf/cute.md and docs/perf/triton.md have the results.
 """
 
 from __future__ import annotations
@@ -48,26 +49,32 @@ def candidate_features(plan: GeometryPlan, hists: np.ndarray) -> dict[str, np.nd
 
 def regrets(shape_files: tuple[Path, Path, Path], sets: list[tuple[str, ...]]
             ) -> dict[tuple[str, ...], tuple[float, float]]:
+    """(LOO regret, held-out regret) per feature set for one shape's files; held-out is
+    NaN where the held-out file does not exist."""
     profile = load_profile(shape_files[0])
-    train, holdout = Measurements.load(shape_files[1]), Measurements.load(shape_files[2])
+    train = Measurements.load(shape_files[1])
+    holdout = Measurements.load(shape_files[2]) if shape_files[2].exists() else None
     bank = profile.model.bank
     plan = GeometryPlan(bank, profile.problem, profile.model.num_sms)
     times = train.times[:, [train.bank.index(c) for c in bank.configs]]
-    held = _aligned_times(profile, holdout)
-    feats, held_feats = candidate_features(plan, train.hists), candidate_features(
-        plan, holdout.hists)
+    feats = candidate_features(plan, train.hists)
     out = {}
     for names in sets:
         x = np.stack([feats[n] for n in names], axis=-1)
-        xh = np.stack([held_feats[n] for n in names], axis=-1)
         loo = loo_predictions(x, times)
-        pred = np.full(held.shape, np.inf)
-        for c in range(len(bank)):
-            ok = np.isfinite(times[:, c])
-            p, _ = nnls(x[ok, c] / times[ok, c][:, None], np.ones(int(ok.sum())))
-            pred[:, c] = xh[:, c] @ p
         loo = np.where(np.isfinite(loo), loo, np.inf)
-        out[names] = (_regret(times, loo), _regret(held, pred))
+        held_regret = float("nan")
+        if holdout is not None:
+            held = _aligned_times(profile, holdout)
+            held_feats = candidate_features(plan, holdout.hists)
+            xh = np.stack([held_feats[n] for n in names], axis=-1)
+            pred = np.full(held.shape, np.inf)
+            for c in range(len(bank)):
+                ok = np.isfinite(times[:, c])
+                p, _ = nnls(x[ok, c] / times[ok, c][:, None], np.ones(int(ok.sum())))
+                pred[:, c] = xh[:, c] @ p
+            held_regret = _regret(held, pred)
+        out[names] = (_regret(times, loo), held_regret)
     return out
 
 
@@ -79,13 +86,15 @@ def _regret(times: np.ndarray, pred: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family")
+    parser.add_argument("--raw", type=Path, default=RAW,
+                        help="folder of the raw profile/train/holdout files")
     parser.add_argument("--top", type=int, default=10)
     args = parser.parse_args()
     names = [n for n in (*FEATURE_NAMES, "partial_waves", "full_waves", "max_expert_waves",
                          "cold_waves", "hot_waves") if n != "launch"]
     sets = [("launch", *s) for s in itertools.combinations(names, 3)]
     results: dict[tuple[str, ...], dict[str, tuple[float, float]]] = {}
-    for profile in sorted(RAW.glob(f"*_{args.family}.profile.json")):
+    for profile in sorted(args.raw.glob(f"*_{args.family}.profile.json")):
         stem = str(profile)[: -len(".profile.json")]
         shape = profile.name.split("_")[1].removesuffix("-bfloat16")
         files = (profile, Path(stem + ".train.json"), Path(stem + ".holdout.json"))

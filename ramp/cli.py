@@ -255,6 +255,8 @@ def fit(measurements, out) -> None:
         raise InputError(f"{measurements}: field 'provenance.sms' (the GPU's SM count) "
                          f"must be an int >= 1, got {sms!r}")
     profile = fit_profile(meas, sms)
+    if "command" in meas.provenance:  # the command that timed them, kept beside this one
+        profile.provenance["measured_by"] = meas.provenance["command"]
     profile.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
     stats = [s for s in profile.model.fit_stats if s is not None]
     click.echo(f"wrote {profile.save(out)}: {len(stats)} configs, median MAPE "

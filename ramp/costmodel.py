@@ -40,14 +40,14 @@ if TYPE_CHECKING:
 
 DEFAULT_FEATURES = ("launch", "waves", "active_experts", "tile_waves")
 # Feature sets chosen per kernel family by leave-one-out regret on the training calls
-# (bench/feature_search.py, docs/perf/cute.md): the CuTe family's tile work is better
-# described by its routed rows than by its padded tiles (swap-AB thin tiles, epilogues
-# that store only valid rows). The two-class Triton family swaps tile_waves for
-# padded_rows: for a one-class tile the two are proportional (block_m * tile_waves), so
-# nothing is lost, and with two classes a cold expert's small tile weighs its own rows
-# (not yet chosen by measurement: docs/perf/triton.md says what to run).
+# (bench/feature_search.py; docs/perf/cute.md, docs/perf/triton.md): the tile work of
+# the CuTe family (swap-AB thin tiles, epilogues that store only valid rows) and of the
+# two-class Triton family is better described by the routed rows' waves than by their
+# padded tiles. For triton-tiles on the H200 (DeepSeek-V2-Lite w13 and w2) this set's
+# LOO regret is 1.03% against 3.00% for padded_rows (means over the two GEMMs), whose
+# fit predicted a big-tile launch 3x too fast on the EP views' few active experts.
 FAMILY_FEATURES = {"cute": ("launch", "waves", "active_experts", "row_waves"),
-                   "triton-tiles": ("launch", "waves", "active_experts", "padded_rows")}
+                   "triton-tiles": ("launch", "waves", "active_experts", "row_waves")}
 MAX_FEATURES = 4
 ANALYTIC_LAUNCH_US = 4.0  # launch + prologue of a graph-replayed kernel, measured order
 MAX_SMS = 4096  # bound on num_sms read from a file (an H100 has 132)

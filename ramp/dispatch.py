@@ -9,6 +9,8 @@ can swap policies:
 - ``RampDispatcher``: argmin of the wave cost model on the live histogram.
 - ``GuardedDispatcher``: the static choice, unless the model predicts a gain over it
   larger than the model's measured error allows (RaMP's default policy).
+- ``CrossFamilyDispatcher``: the guarded choice over several kernel families, another
+  family taking over only beyond both families' errors.
 - ``OracleDispatcher``: argmin of measured times (exhaustive search); the regret floor.
 """
 
@@ -161,6 +163,47 @@ class GuardedDispatcher(Dispatcher):
         tokens = hists.sum(axis=1) // self.static.top_k
         return self._pick(self.ramp.model.predict(hists), tokens,
                           self.static.choose_tokens(tokens))
+
+
+class CrossFamilyDispatcher(GuardedDispatcher):
+    """RaMP choosing across kernel families, one family's model never trusted against
+    another's without both errors.
+
+    The combined bank holds the primary family's configurations first, then each other
+    family's (``sizes``: configurations per family, ``errors``: each family's measured
+    ``ModelError``). Per call the primary family's guarded choice ``p`` is made as in
+    ``GuardedDispatcher``; another family's best configuration ``o`` replaces it only if
+    ``pred_p * (1 - e_p) > pred_o * (1 + e_o)`` (of several such families, the one with
+    the lowest prediction, whatever their order). Models fitted apart can be biased
+    against each other where neither was trained (the EP views' few active experts): a
+    plain argmin over the combined predictions then trades one family's optimism for
+    regret, which this rule leaves at the primary family's choice.
+    """
+
+    def __init__(self, model: WaveCostModel, static: StaticDispatcher,
+                 errors: list[ModelError], sizes: list[int]) -> None:
+        if len(errors) != len(sizes) or sum(sizes) != len(model.bank):
+            raise InputError(f"CrossFamilyDispatcher: {len(errors)} errors and family "
+                             f"sizes {sizes} for a bank of {len(model.bank)}")
+        super().__init__(model, static, errors[0])
+        self.errors, self.sizes = errors, sizes
+
+    def _pick(self, pred: np.ndarray, tokens: np.ndarray, static: np.ndarray) -> np.ndarray:
+        rows = np.arange(pred.shape[0])
+        head = self.sizes[0]
+        pick = super()._pick(pred[:, :head], tokens, static)
+        bar = pred[rows, pick] * (1.0 - self.errors[0].at(tokens))
+        # every other family's best against the primary's bar; the fastest that clears it
+        best_us = np.full(pred.shape[0], np.inf)
+        start = head
+        for size, error in zip(self.sizes[1:], self.errors[1:]):
+            best = start + np.argmin(pred[:, start:start + size], axis=1)
+            clears = (pred[rows, best] * (1.0 + error.at(tokens)) < bar) & (
+                pred[rows, best] < best_us)
+            pick = np.where(clears, best, pick)
+            best_us = np.where(clears, pred[rows, best], best_us)
+            start += size
+        return pick
 
 
 class StaticDispatcher(Dispatcher):

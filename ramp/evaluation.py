@@ -178,8 +178,10 @@ def evaluate_profile(profile: Profile, holdout: Measurements,
     same calls): RaMP then chooses across all families per call, while static dispatch
     stays the primary family's batch-size table, as in an engine.
 
-    ``ramp`` is the default policy, guarded by the primary profile's measured model error
-    (``GuardedDispatcher``); ``ramp_unguarded`` the model's plain argmin.
+    ``ramp`` is the default policy: guarded by the primary profile's measured model error
+    (``GuardedDispatcher``), and with ``extra`` across families
+    (``CrossFamilyDispatcher``: another family only beyond both families' errors);
+    ``ramp_unguarded`` the model's plain argmin.
     """
     times = _aligned_times(profile, holdout)
     for other, other_holdout in extra:

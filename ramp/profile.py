@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ramp.costmodel import ModelError, WaveCostModel
-from ramp.dispatch import Dispatcher, GuardedDispatcher, RampDispatcher, StaticDispatcher
+from ramp.dispatch import (
+    CrossFamilyDispatcher,
+    Dispatcher,
+    GuardedDispatcher,
+    RampDispatcher,
+    StaticDispatcher,
+)
 from ramp.errors import InputError, ProfileMismatchError
 from ramp.plaindata import locate, read_json, type_name
 from ramp.problem import MoEProblem
@@ -67,14 +73,17 @@ class Profile:
         raise InputError(f"unknown policy {policy!r}: a profile serves {POLICIES} "
                          "('oracle' needs measured times)")
 
-    def across_families(self, others: Sequence[Profile]) -> GuardedDispatcher:
+    def across_families(self, others: Sequence[Profile]) -> CrossFamilyDispatcher:
         """RaMP choosing per call across this profile's family and ``others`` (profiles of
-        the same problem and GPU): the guarded dispatcher over the families' concatenated
-        cost models. This profile comes first, because its static table, whose picks
-        index the head of the combined bank, and its measured error guard the choice, as
-        an engine's one batch-size table would; ``.ramp.model`` is the combined model."""
+        the same problem and GPU): ``CrossFamilyDispatcher`` over the families'
+        concatenated cost models. This profile comes first, because its static table,
+        whose picks index the head of the combined bank, and its measured error guard the
+        choice, as an engine's one batch-size table would; another family takes over only
+        beyond both families' errors. ``.ramp.model`` is the combined model."""
         model = WaveCostModel.concat([self.model, *(o.model for o in others)])
-        return GuardedDispatcher(model, self.dispatcher("static"), self.error)
+        return CrossFamilyDispatcher(model, self.dispatcher("static"),
+                                     [self.error, *(o.error for o in others)],
+                                     [len(p.model.bank) for p in (self, *others)])
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"model_error": self.model_error.to_dict()} if self.model_error else {}

@@ -65,3 +65,6 @@ def test_evaluate_and_fit_reproduce_results(tmp_path):
     res = run("fit", f"{raw}_grouped_mm.train.json", "--out", str(tmp_path / "g.json"))
     assert res.exit_code == 0, res.output
     assert "2 configs" in res.output
+    measured = json.loads(Path(f"{raw}_grouped_mm.train.json").read_text())["provenance"]
+    fitted = json.loads((tmp_path / "g.json").read_text())["provenance"]
+    assert fitted["measured_by"] == measured["command"]  # the GPU command survives the refit

@@ -1,10 +1,18 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
 from ramp.costmodel import ModelError, WaveCostModel
-from ramp.dispatch import GuardedDispatcher, OracleDispatcher, RampDispatcher, StaticDispatcher
+from ramp.dispatch import (
+    CrossFamilyDispatcher,
+    GuardedDispatcher,
+    OracleDispatcher,
+    RampDispatcher,
+    StaticDispatcher,
+)
 from ramp.errors import InputError
 from ramp.problem import MoEProblem
 from ramp.regret import evaluate
@@ -135,6 +143,69 @@ def test_guard_never_leaves_static_for_a_gain_inside_the_margin(bank, problem):
         moved_calls += int(moved.sum())
         kept_calls += int(((gain > 0) & ~moved).sum())
     assert moved_calls > 20 and kept_calls > 20  # both sides of the margin were exercised
+
+
+def test_another_family_takes_over_only_beyond_both_errors(bank, problem):
+    """Across two families: the primary family's guarded choice, unless the other
+    family's best stays ahead with both predictions read pessimistically; taken whenever
+    it does."""
+    other_bank = KernelBank.build([dataclasses.replace(c, family="u") for c in bank.configs],
+                                  occupancy=[1, 2] * 4)
+    switched = kept = 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        base = rng.uniform(0.5, 5, (1, 4))
+        primary, other = (WaveCostModel(b, problem, 4,
+                                        base * rng.uniform(0.5, 1.5, (len(bank), 4)))
+                          for b in (bank, other_bank))
+        tokens = rng.integers(1, 300, size=100)
+        hists = np.stack([rng.multinomial(t * problem.top_k, rng.dirichlet(np.full(8, 0.3)))
+                          for t in tokens])
+        uniform = {t: primary.predict(rng.multinomial(t * problem.top_k, np.full(8, 1 / 8), 4))
+                   for t in (1, 16, 128)}
+        static = StaticDispatcher.tune(uniform, problem.top_k)
+        e_p, e_o = (ModelError((1, 16, 128), tuple(rng.uniform(0, 0.1, 3))) for _ in range(2))
+        cross = CrossFamilyDispatcher(WaveCostModel.concat([primary, other]), static,
+                                      [e_p, e_o], [len(bank), len(bank)])
+        alone = GuardedDispatcher(primary, static, e_p).choose_batch(hists)
+        choice = cross.choose_batch(hists)
+        pred_p, pred_o = primary.predict(hists), other.predict(hists)
+        rows = np.arange(len(hists))
+        ahead = (pred_o.min(axis=1) * (1 + e_o.at(tokens))
+                 < pred_p[rows, alone] * (1 - e_p.at(tokens)))
+        assert (choice[~ahead] == alone[~ahead]).all()
+        assert (choice[ahead] == len(bank) + pred_o.argmin(axis=1)[ahead]).all()
+        assert [cross.choose(h) for h in hists] == choice.tolist()
+        switched += int(ahead.sum())
+        kept += int((~ahead & (pred_o.min(axis=1) < pred_p[rows, alone])).sum())
+    assert switched > 20 and kept > 20  # both sides of the bar were exercised
+    with pytest.raises(InputError, match="family sizes"):
+        CrossFamilyDispatcher(WaveCostModel.concat([primary, other]), static, [e_p, e_o],
+                              [len(bank), 1])
+
+
+def test_of_several_families_clearing_the_bar_the_fastest_wins_in_any_order():
+    """Primary 100 us (exact model), family A 80 us at 10% error, family B 75 us exact:
+    both clear the primary's bar and B, the faster, is chosen whichever comes first; a
+    family that does not clear it is never chosen, however fast it claims to be."""
+    problem = MoEProblem(8, 64, 64, 2)
+
+    def one(family: str, us: float) -> WaveCostModel:
+        bank = KernelBank.build([KernelConfig(family, 16, 64, 64)], occupancy=[1])
+        return WaveCostModel(bank, problem, 4, np.array([[us, 0.0, 0.0, 0.0]]))
+
+    hist = np.array([2, 0, 0, 0, 0, 0, 0, 0])
+    exact, loose = ModelError((1,), (0.0,)), ModelError((1,), (0.1,))
+    static = StaticDispatcher({1: 0}, 2, 1)
+    for order in ((("a", 80.0, loose), ("b", 75.0, exact)),
+                  (("b", 75.0, exact), ("a", 80.0, loose))):
+        models = [one("p", 100.0), *(one(f, us) for f, us, _ in order)]
+        cross = CrossFamilyDispatcher(WaveCostModel.concat(models), static,
+                                      [exact, *(e for *_, e in order)], [1, 1, 1])
+        assert cross.ramp.model.bank.configs[cross.choose(hist)].family == "b"
+    claims = CrossFamilyDispatcher(WaveCostModel.concat([one("p", 100.0), one("c", 95.0)]),
+                                   static, [exact, ModelError((1,), (0.1,))], [1, 1])
+    assert claims.choose(hist) == 0  # 95 * 1.1 > 100: not beyond both errors
 
 
 def test_guard_margin_and_error_buckets():

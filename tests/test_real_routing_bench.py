@@ -145,17 +145,19 @@ def test_ramp_chooses_across_the_extra_families_with_a_profile():
     (the combined bank, Triton's first, so static's picks keep their indices); one
     without a profile is only timed."""
     from ramp.costmodel import WaveCostModel
-    from ramp.dispatch import GuardedDispatcher
+    from ramp.dispatch import CrossFamilyDispatcher
 
     calls = rr.build_calls([("syn", _routing(4096, seed=5))], [16, 1024, 4096], ["full"])
     profile = rr.view_profile("H200", MODEL, "w13", "full")
-    others = rr.view_profiles(profile, MODEL, "w13", "full", ["cute", "triton-tiles"])
-    assert [o.family for o in others] == ["cute"]  # triton-tiles has no H200 profile
+    others = rr.view_profiles(profile, MODEL, "w13", "full",
+                              ["cute", "triton-tiles", "unprofiled"])
+    assert [o.family for o in others] == ["cute", "triton-tiles"]  # "unprofiled": none
     ramp_idx, static_idx = rr.choices(profile, calls, others)
     hists = np.stack([c.hist for c in calls])
-    model = WaveCostModel.concat([profile.model, others[0].model])
-    expected = GuardedDispatcher(model, profile.dispatcher("static"),
-                                 profile.error).choose_batch(hists)
+    model = WaveCostModel.concat([profile.model, *(o.model for o in others)])
+    expected = CrossFamilyDispatcher(
+        model, profile.dispatcher("static"), [profile.error, *(o.error for o in others)],
+        [len(p.model.bank) for p in (profile, *others)]).choose_batch(hists)
     assert ramp_idx.tolist() == expected.tolist()
     assert static_idx.tolist() == profile.dispatcher("static").choose_batch(hists).tolist()
     assert (static_idx < len(profile.model.bank)).all()

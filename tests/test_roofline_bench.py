@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ramp.costmodel import WaveCostModel
-from ramp.dispatch import GuardedDispatcher
+from ramp.dispatch import CrossFamilyDispatcher
 from ramp.models import get_model
 from ramp.profile import find_profile
 from ramp.profiler import Measurements
@@ -87,8 +87,9 @@ def test_report_floors_picks_bests_and_targets(tmp_path):
     assert len(calls) == len(hists) and result["matmul_flops"] == 7.9e14
     profiles = [find_profile("H200", PROBLEM, family=f) for f in ("triton", "grouped_mm")]
     model = WaveCostModel.concat([p.model for p in profiles])
-    picks = GuardedDispatcher(model, profiles[0].dispatcher("static"),
-                              profiles[0].error).choose_batch(hists)
+    picks = CrossFamilyDispatcher(model, profiles[0].dispatcher("static"),
+                                  [p.error for p in profiles],
+                                  [len(p.model.bank) for p in profiles]).choose_batch(hists)
     for i, c in enumerate(calls):
         rows, active = hists[i].sum(), np.count_nonzero(hists[i])
         floor = max((active * PROBLEM.expert_weight_bytes
