@@ -217,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--across-models", action="store_true",
                         help="train each fold on every model's other workloads (default: "
                              "the held-out run's own model only)")
+    parser.add_argument("--eager-host-fraction", type=float,
+                        default=DEFAULT_CALIBRATION.eager_host_fraction, metavar="F",
+                        help="share of a plan path's host time beyond the engine's per "
+                             "eager MoE call that an eager step pays (Calibration; "
+                             "default %(default)s)")
     args = parser.parse_args(argv)
     paths = []
     for p in sorted(args.dir.glob("*.json")):
@@ -230,17 +235,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.dir}: no engine results files (*.json)", file=sys.stderr)
         return 2
     try:
+        base = dataclasses.replace(DEFAULT_CALIBRATION,
+                                   eager_host_fraction=args.eager_host_fraction)
         runs = [r for p in paths for r in load_engine_results(p, args.moe_costs, args.plan)]
         if args.model:
             wanted = {get_model(m).name for m in args.model}
             runs = [r for r in runs if r.model in wanted]
             paths = [p for p in paths if any(r.source == str(p) for r in runs)]
         result = {"moe_costs": args.moe_costs, "traces": [str(t) for t in args.trace],
-                  **fidelity(runs, profiles=args.profile, across_models=args.across_models,
+                  **fidelity(runs, base, profiles=args.profile,
+                             across_models=args.across_models,
                              steps=trace_steps(args.trace, runs, args.moe_costs, args))}
         if not args.no_alternative:
             other = next(m for m in MOE_COSTS if m != args.moe_costs)
-            alt = fidelity([r.with_moe_costs(other, args.plan) for r in runs],
+            alt = fidelity([r.with_moe_costs(other, args.plan) for r in runs], base,
                            profiles=args.profile, across_models=args.across_models,
                            steps=trace_steps(args.trace, runs, other, args))
             result["alternative"] = {"moe_costs": other, "summary": alt["summary"],

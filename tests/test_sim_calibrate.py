@@ -114,9 +114,11 @@ def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
     # (across models: 3 folds, half the simulations of the per-model default)
     # the results files' model has no layer plan: MoE from the cost model
     assert fidelity.main(["--dir", str(results_dir), "--out", str(out),
-                          "--across-models", "--moe-costs", "model", "--no-alternative"]) == 0
+                          "--across-models", "--moe-costs", "model", "--no-alternative",
+                          "--eager-host-fraction", "0.5"]) == 0
     result = json.loads(out.read_text())
     assert result["held_out_by"] == "workload" and result["across_models"]
+    assert result["base_calibration"]["eager_host_fraction"] == 0.5  # what it simulated with
     assert set(result["calibrations_by_fold"]) == {"prefill-heavy", "decode-heavy", "online"}
     rows = result["rows"]
     assert {r["workload"] for r in rows} == {"prefill-heavy", "decode-heavy", "online"}

@@ -83,6 +83,32 @@ def test_a_path_twice_as_fast_at_8_tokens_moves_the_step_by_exactly_that(tmp_pat
     assert "plan policies: layer plan" in layout.moe_source
 
 
+def test_an_eager_step_moves_by_the_paths_host_time_beyond_the_engines(tmp_path):
+    """With host times in the plan an eager call may take RaMP's path (cheaper for the
+    host here: 60 against 300 us a call); the eager step's MoE part then holds the GPU
+    time plus ``eager_host_fraction`` of the host difference per MoE layer, the engine
+    kernel's own host time being in the calibrated eager overhead."""
+    plan = LayerPlan(GPU.name, MODEL.problem("w13", tp=1, ep=1), "vllm 0.26.0", TOKENS,
+                     {"engine": ENGINE_US, "triton": TRITON_US},
+                     host_us={"engine": (300.0,) * 3, "triton": (60.0,) * 3})
+    path = str(plan.save(tmp_path / "p.json"))
+    for fraction in (1.0, 0.25, 0.0):
+        cal = Calibration(eager_host_fraction=fraction)
+        layout = build_layout("tp", GPU, MODEL, 1, ("plan", "plan-engine"), cal, plans=[path])
+        coster = StepCoster(GPU, MODEL, synthetic_pool(MODEL, steps=6, prefill_tokens=64),
+                            cal, {"tp": layout}, graph_tokens=4)
+        moe = coster.moe_seconds(layout, 8, DECODE, 0)
+        assert layout.plan.path("plan", 8, eager=True) == "triton"
+        assert moe["plan-engine"] == pytest.approx(MODEL.moe_layers * 100e-6, rel=1e-12)
+        assert moe["plan"] == pytest.approx(
+            MODEL.moe_layers * (50e-6 + fraction * (60e-6 - 300e-6)), rel=1e-9, abs=1e-12)
+        coster.graph_tokens = 512  # in a CUDA graph: no host time at all
+        assert coster.moe_seconds(layout, 8, DECODE, 0)["plan"] == pytest.approx(
+            MODEL.moe_layers * 50e-6, rel=1e-12)
+    with pytest.raises(InputError, match="eager_host_fraction"):
+        Calibration(eager_host_fraction=-0.5)
+
+
 def test_plan_time_follows_the_step_routing_by_the_static_cost_ratio(tmp_path):
     """A plan timed under uniform routing, a step routed as dummy weights route (every
     token on the first top-k experts): the layer costs the plan's time times the static
