@@ -199,13 +199,13 @@ def view_profile(gpu: str, model: MoEModel, gemm: str, view: str) -> Profile:
     return profile
 
 
-def view_profiles(primary: Profile, model: MoEModel, gemm: str, view: str,
-                  families: Sequence[str]) -> list[Profile]:
-    """The shipped profiles of ``families`` for the problem ``primary`` profiles: the
-    extra families RaMP chooses across beside the Triton bank (one without such a
+def view_profiles(primary: Profile, families: Sequence[str]) -> list[Profile]:
+    """The shipped profiles of ``families`` for the problem ``primary`` profiles (the
+    view's local problem where the Triton bank has a profile of it, else the full one):
+    the extra families RaMP chooses across beside the Triton bank (one without such a
     profile is timed, not dispatched)."""
-    found = [_find_view_profile(primary.gpu, model, gemm, view, f) for f in families]
-    return [p for p in found if p is not None and p.problem == primary.problem]
+    found = [find_profile(primary.gpu, primary.problem, family=f) for f in families]
+    return [p for p in found if p is not None]
 
 
 def choices(profile: Profile, calls: Sequence[RealCall], others: Sequence[Profile] = ()
@@ -342,8 +342,7 @@ def repick(result: dict[str, Any]) -> dict[str, list[str]]:
     for view in dict.fromkeys(c["view"] for c in result["calls"]):
         rows = [c for c in result["calls"] if c["view"] == view]
         profile = view_profile(prov["gpu"], model, prov["gemm"], view)
-        others = view_profiles(profile, model, prov["gemm"], view,
-                               prov.get("extra_families") or [])
+        others = view_profiles(profile, prov.get("extra_families") or [])
         ramp_idx, static_idx = picks(profile, np.array([c["hist"] for c in rows]), others)
         combined = combined_bank(profile, others)
         for c, r, st in zip(rows, ramp_idx, static_idx):
@@ -621,7 +620,7 @@ def measure(args: argparse.Namespace, command: str) -> Path:
     for view in views:
         sel = [c for c in calls if c.view == view]
         profile = view_profile(gpu, model, args.gemm, view)
-        others = view_profiles(profile, model, args.gemm, view, extra)
+        others = view_profiles(profile, extra)
         ramp_idx, static_idx = choices(profile, sel, others)
         own = len(profile.model.bank)
         timed = configs_to_time(own, np.concatenate([ramp_idx[ramp_idx < own], static_idx]),

@@ -156,7 +156,9 @@ def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str =
     feats, comm = step_features(coster, layout, tokens, np.zeros_like(tokens),
                                 np.zeros_like(tokens))
     return [Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a,
-                     float(c) + coster.moe_of(layout, step.hists)[policy])
+                     float(c) + coster.moe_of(layout, step.hists)[policy]
+                     + coster.eager_host_seconds(layout, policy,
+                                                 graph_size(step.tokens, coster.graph_tokens)))
             for step, a, c in zip(steps, feats, comm)]
 
 
@@ -269,7 +271,8 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
     bench.py writes: ``device`` a name or ``{"device": name, ...}``; offline workloads
     with ``input_len``/``output_len``, online ones with per-request ``input_lens``/
     ``output_lens`` and ``arrivals``). Eager variants (``dispatch:V`` labels) are left
-    out: they differ in host time per eager call, which the simulator does not model."""
+    out: they run eager calls otherwise than the plan, whose host times the simulator
+    takes (``Calibration.eager_host_fraction``), measured them."""
     where = str(path)
     data = read_json(path, "engine results")
     model = get_model(_field(data, "model", str, where)).name
@@ -300,7 +303,7 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
     for i, run in enumerate(runs):
         mode = _field(run, "ramp_mode", str, f"{where} runs[{i}]")
         if mode.startswith("dispatch:"):  # an eager variant on the dispatch engine
-            continue  # (bench.py --modes dispatch:V): the step model has no host time per path
+            continue  # (bench.py --modes dispatch:V): not the plan's way of running them
         if mode not in MODES["model"]:
             raise InputError(f"{where} runs[{i}]: field 'ramp_mode' is {mode!r}, not one of "
                              f"{sorted(MODES['model'])}")
@@ -404,7 +407,9 @@ def run_equations(run: EngineRun, sim: Simulated, metrics: Sequence[str] = FIT_M
     feats, comm = step_features(coster, layout, res.step_tokens.astype(float), res.step_pairs,
                                 res.step_context)
     cum_f = np.vstack([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
-    cum_c = np.concatenate([[0.0], np.cumsum(comm + res.step_moe)])
+    host = [coster.eager_host_seconds(layout, res.policy, graph_size(int(t), coster.graph_tokens))
+            for t in res.step_tokens]
+    cum_c = np.concatenate([[0.0], np.cumsum(comm + res.step_moe + np.array(host))])
     end = res.step_start + res.step_time
 
     def span(anchor: float, until: float) -> tuple[np.ndarray, float]:

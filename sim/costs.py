@@ -313,12 +313,20 @@ class StepCoster:
             return {}
         scale = 1e-6 * self.cal.moe_scale * self.model.moe_layers * routing_factor
         eager = tokens > self.graph_tokens
-        out = {p: layout.plan.layer_us(p, tokens, eager) * scale for p in PLAN_POLICIES}
-        if eager:  # the engine kernel's host time is in eager_overhead_us; a path's differs
-            host = 1e-6 * self.cal.eager_host_fraction * self.model.moe_layers
-            out = {p: t + host * layout.plan.eager_host_delta_us(p, tokens)
-                   for p, t in out.items()}
-        return out
+        return {p: layout.plan.layer_us(p, tokens, eager) * scale for p in PLAN_POLICIES}
+
+    def eager_host_seconds(self, layout: Layout, policy: str, tokens: int) -> float:
+        """Host time an eager step of ``tokens`` tokens spends on its MoE layers under a
+        plan ``policy`` beyond what the engine's kernel costs (negative where the path
+        costs the host less), ``eager_host_fraction`` of the plan's ``host_us`` difference
+        per layer; 0 in a CUDA graph, without a plan, or for the cost model's policies.
+        Kept apart from the MoE part: the engine kernel's own host time is in
+        ``eager_overhead_us``, so this can be negative."""
+        if (layout.plan is None or policy not in PLAN_POLICIES or tokens <= self.graph_tokens
+                or self.cal.eager_host_fraction == 0):
+            return 0.0
+        return (1e-6 * self.cal.eager_host_fraction * self.model.moe_layers
+                * layout.plan.eager_host_delta_us(policy, tokens))
 
     def routing_factor(self, layout: Layout, tokens: int, hists: np.ndarray) -> float:
         """How much dearer a step's routing makes a layer than the routings its plan was
@@ -418,4 +426,4 @@ class StepCoster:
         tokens = graph_size(tokens, self.graph_tokens)  # padded rows are computed too
         moe = self.moe_seconds(layout, tokens, phase_class, sample)[policy]
         return (self.overhead_seconds(tokens) + self.dense_seconds(layout, tokens, pairs, context)
-                + moe, moe)
+                + moe + self.eager_host_seconds(layout, policy, tokens), moe)

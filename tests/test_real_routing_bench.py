@@ -149,8 +149,7 @@ def test_ramp_chooses_across_the_extra_families_with_a_profile():
 
     calls = rr.build_calls([("syn", _routing(4096, seed=5))], [16, 1024, 4096], ["full"])
     profile = rr.view_profile("H200", MODEL, "w13", "full")
-    others = rr.view_profiles(profile, MODEL, "w13", "full",
-                              ["cute", "triton-tiles", "unprofiled"])
+    others = rr.view_profiles(profile, ["cute", "triton-tiles", "unprofiled"])
     assert [o.family for o in others] == ["cute", "triton-tiles"]  # "unprofiled": none
     ramp_idx, static_idx = rr.choices(profile, calls, others)
     hists = np.stack([c.hist for c in calls])

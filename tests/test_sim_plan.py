@@ -85,9 +85,9 @@ def test_a_path_twice_as_fast_at_8_tokens_moves_the_step_by_exactly_that(tmp_pat
 
 def test_an_eager_step_moves_by_the_paths_host_time_beyond_the_engines(tmp_path):
     """With host times in the plan an eager call may take RaMP's path (cheaper for the
-    host here: 60 against 300 us a call); the eager step's MoE part then holds the GPU
-    time plus ``eager_host_fraction`` of the host difference per MoE layer, the engine
-    kernel's own host time being in the calibrated eager overhead."""
+    host here: 60 against 300 us a call); the eager step then pays its GPU time plus
+    ``eager_host_fraction`` of the host difference per MoE layer (outside its MoE part),
+    the engine kernel's own host time being in the calibrated eager overhead."""
     plan = LayerPlan(GPU.name, MODEL.problem("w13", tp=1, ep=1), "vllm 0.26.0", TOKENS,
                      {"engine": ENGINE_US, "triton": TRITON_US},
                      host_us={"engine": (300.0,) * 3, "triton": (60.0,) * 3})
@@ -97,14 +97,20 @@ def test_an_eager_step_moves_by_the_paths_host_time_beyond_the_engines(tmp_path)
         layout = build_layout("tp", GPU, MODEL, 1, ("plan", "plan-engine"), cal, plans=[path])
         coster = StepCoster(GPU, MODEL, synthetic_pool(MODEL, steps=6, prefill_tokens=64),
                             cal, {"tp": layout}, graph_tokens=4)
-        moe = coster.moe_seconds(layout, 8, DECODE, 0)
         assert layout.plan.path("plan", 8, eager=True) == "triton"
-        assert moe["plan-engine"] == pytest.approx(MODEL.moe_layers * 100e-6, rel=1e-12)
-        assert moe["plan"] == pytest.approx(
-            MODEL.moe_layers * (50e-6 + fraction * (60e-6 - 300e-6)), rel=1e-9, abs=1e-12)
+
+        def step(policy: str, coster=coster, layout=layout) -> tuple[float, float]:
+            return coster.step_seconds(layout, policy, 8, 0.0, 0.0, DECODE, 0)
+
+        (on, moe_on), (off, moe_off) = step("plan"), step("plan-engine")
+        assert moe_off == pytest.approx(MODEL.moe_layers * 100e-6, rel=1e-12)
+        assert moe_on == pytest.approx(MODEL.moe_layers * 50e-6, rel=1e-12)  # GPU only
+        assert off - on == pytest.approx(
+            MODEL.moe_layers * (50e-6 - fraction * (60e-6 - 300e-6)), rel=1e-9)
         coster.graph_tokens = 512  # in a CUDA graph: no host time at all
-        assert coster.moe_seconds(layout, 8, DECODE, 0)["plan"] == pytest.approx(
-            MODEL.moe_layers * 50e-6, rel=1e-12)
+        assert coster.eager_host_seconds(layout, "plan", 8) == 0.0
+        assert step("plan-engine")[0] - step("plan")[0] == pytest.approx(
+            MODEL.moe_layers * 50e-6, rel=1e-9)
     with pytest.raises(InputError, match="eager_host_fraction"):
         Calibration(eager_host_fraction=-0.5)
 

@@ -1054,17 +1054,21 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
         suffix += f"_{tag}" if tag else ""
         path = out / f"{gpu}_{args.model}_{wl.replace(':', '-')}{suffix}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {path}: ratio {result['ratio']:.3f} ({other}/{base}), tokens_match "
+        ratio = "-" if result["ratio"] is None else f"{result['ratio']:.3f}"
+        print(f"wrote {path}: ratio {ratio} ({other}/{base}), tokens_match "
               f"{result['tokens_match']}", flush=True)
 
 
-def same_calls_ratio(rows: list[dict[str, Any]], base: str, other: str) -> float:
+def same_calls_ratio(rows: list[dict[str, Any]], base: str, other: str) -> float | None:
     """Median ``other`` over median ``base`` throughput, ``base`` taken from the calls
     (engine starts) that ran ``other`` only: pooled logs whose modes differ would
-    otherwise set one start's label against every start's baseline."""
+    otherwise set one start's label against every start's baseline. None where no call
+    ran both."""
     calls = {r.get("call", 0) for r in rows if r["ramp_mode"] == other}
     tps = {m: [r["total_tok_per_s"] for r in rows
                if r["ramp_mode"] == m and r.get("call", 0) in calls] for m in (base, other)}
+    if not tps[base] or not tps[other]:
+        return None
     return float(np.median(tps[other]) / np.median(tps[base]))
 
 
