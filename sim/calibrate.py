@@ -157,8 +157,7 @@ def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str =
                                 np.zeros_like(tokens))
     return [Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a,
                      float(c) + coster.moe_of(layout, step.hists)[policy]
-                     + coster.eager_host_seconds(layout, policy,
-                                                 graph_size(step.tokens, coster.graph_tokens)))
+                     + coster.eager_host_seconds(layout, policy, step.tokens))
             for step, a, c in zip(steps, feats, comm)]
 
 
@@ -407,8 +406,7 @@ def run_equations(run: EngineRun, sim: Simulated, metrics: Sequence[str] = FIT_M
     feats, comm = step_features(coster, layout, res.step_tokens.astype(float), res.step_pairs,
                                 res.step_context)
     cum_f = np.vstack([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
-    host = [coster.eager_host_seconds(layout, res.policy, graph_size(int(t), coster.graph_tokens))
-            for t in res.step_tokens]
+    host = [coster.eager_host_seconds(layout, res.policy, int(t)) for t in res.step_tokens]
     cum_c = np.concatenate([[0.0], np.cumsum(comm + res.step_moe + np.array(host))])
     end = res.step_start + res.step_time
 

@@ -321,7 +321,8 @@ class StepCoster:
         costs the host less), ``eager_host_fraction`` of the plan's ``host_us`` difference
         per layer; 0 in a CUDA graph, without a plan, or for the cost model's policies.
         Kept apart from the MoE part: the engine kernel's own host time is in
-        ``eager_overhead_us``, so this can be negative."""
+        ``eager_overhead_us``, so this can be negative. Padding to a graph size never
+        crosses ``graph_tokens``, so padded and unpadded counts give the same time."""
         if (layout.plan is None or policy not in PLAN_POLICIES or tokens <= self.graph_tokens
                 or self.cal.eager_host_fraction == 0):
             return 0.0

@@ -1065,11 +1065,21 @@ def same_calls_ratio(rows: list[dict[str, Any]], base: str, other: str) -> float
     otherwise set one start's label against every start's baseline. None where no call
     ran both."""
     calls = {r.get("call", 0) for r in rows if r["ramp_mode"] == other}
-    tps = {m: [r["total_tok_per_s"] for r in rows
-               if r["ramp_mode"] == m and r.get("call", 0) in calls] for m in (base, other)}
-    if not tps[base] or not tps[other]:
-        return None
-    return float(np.median(tps[other]) / np.median(tps[base]))
+    return median_ratio(rows, base, other, calls)
+
+
+def median_ratio(rows: list[dict[str, Any]], base: str, other: str,
+                 calls: set[int]) -> float | None:
+    """Median ``other`` over median ``base`` throughput among the runs of ``calls``,
+    None where those runs lack either mode."""
+    med = {}
+    for mode in (base, other):
+        tps = [r["total_tok_per_s"] for r in rows
+               if r.get("call", 0) in calls and r["ramp_mode"] == mode]
+        if not tps:
+            return None
+        med[mode] = float(np.median(tps))
+    return med[other] / med[base]
 
 
 def paired_ratio_median(rows: list[dict[str, Any]], base: str, other: str) -> float | None:
@@ -1088,13 +1098,7 @@ def paired_ratio_median(rows: list[dict[str, Any]], base: str, other: str) -> fl
 def call_ratio(rows: list[dict[str, Any]], call: int, base: str, other: str) -> float | None:
     """Median ``other`` over median ``base`` throughput among one pooled call's runs,
     None where that call lacks a mode (or the workload)."""
-    med = {}
-    for mode in (base, other):
-        tps = [r["total_tok_per_s"] for r in rows if r["call"] == call and r["ramp_mode"] == mode]
-        if not tps:
-            return None
-        med[mode] = float(np.median(tps))
-    return med[other] / med[base]
+    return median_ratio(rows, base, other, {call})
 
 
 def workload_spec(name: str, args, info: dict[str, Any]) -> dict[str, Any]:
