@@ -14,6 +14,9 @@
 #   bash bench/engine/h200.sh kernels MODEL...    roofline side by side (bench/roofline.py)
 #                                                 and the layer's stages (layer_parts.py),
 #                                                 packed in $OUT/kernels.tar.gz
+#   bash bench/engine/h200.sh ep-profiles MODEL EP...  Triton and triton-tiles profiles of
+#                                                 the local problem one GPU runs under each
+#                                                 EP degree (E/EP experts), to $OUT only
 #   bash bench/engine/h200.sh engine MODEL [bench.py options]
 # Profiles and plans go to /tmp/ramp-profiles on the GPU machine (RAMP_PROFILE_DIR for the
 # engine stage, which must follow while the machine is warm) and, packed, to $OUT.
@@ -64,6 +67,17 @@ case $stage in
       done
     done
     tar czf "$OUT/families.tar.gz" -C "$prof" . ;;
+  ep-profiles)  # local rows reach T*top_k, so tokens stop at 2048 (real ranks: 2..~10k rows);
+    # kept out of $prof: profiles there would be the engine stage's
+    model=$1; shift; local=/tmp/ramp-ep-profiles; mkdir -p "$local"
+    for ep in "$@"; do for family in triton triton-tiles; do for gemm in w13 w2; do
+      (cd /tmp && python3 -m ramp profile --model "$model" --gemm "$gemm" --ep "$ep" \
+        --family "$family" --budget "${BUDGET:-30}" --no-progress --out "$local" \
+        --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048 \
+        --routings "${ROUTINGS:-uniform;realistic;zipf:s=1.2}") 2>&1 |
+        grep -v "^WARNING" | tee -a "$OUT/ep-profiles.log"
+    done; done; done
+    tar czf "$OUT/ep-profiles.tar.gz" -C "$local" . ;;
   kernels)  # vLLM for its baselines; the CuTe family where .whl was carried
     source bench/device_env.sh
     for model in "$@"; do
