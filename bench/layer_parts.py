@@ -82,7 +82,8 @@ def time_stages(problems, x, w13s, w2s, ids, weights, configs, sms: int, triton_
 
     from bench.vllm_baseline import expert_assignment, vllm_config, vllm_gemm
     from ramp.kernels.cuda_timing import time_graph
-    from ramp.kernels.layers import local_routing, top_k_sum
+    from ramp.kernels.layers import top_k_sum
+    from ramp.kernels.routing import local_routing
     from ramp.kernels.triton.fused_moe import moe_gemm
 
     cfg13, cfg2, occ13, occ2 = configs

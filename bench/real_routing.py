@@ -15,7 +15,7 @@ seen in every view:
 - ``epN``: expert parallelism over N ranks (``--placement``, contiguous by default as
   in the engines): the busiest rank's local call, its ``E/N`` experts and the tokens
   that reach it, routed with an expert map as RaMP's EP layer does
-  (``ramp.kernels.layers.local_routing``). The layer waits for its slowest rank, and
+  (``ramp.kernels.routing.local_routing``). The layer waits for its slowest rank, and
   the rank with the most rows is the one that bounds it for any configuration (time
   grows with rows), so timing the others would cost N times the device time for
   ranks that do not set the layer's time. What this misses: a less loaded rank whose
@@ -167,7 +167,7 @@ def _view_call(label, name, tokens, order, view, layer, batch, hists, ids,
         return RealCall(label, name, tokens, order, view, layer, batch, 0, hists[layer],
                         ids.astype(np.int64), None)
     ep_view = placement.view(hists)                       # [L, ep, E/ep]
-    rank = int(np.argmax(ep_view.rows[layer]))
+    rank = int(ep_view.busiest_rank[layer])
     experts = placement.experts[layer if placement.experts.shape[0] > 1 else 0, rank]
     local_ids, expert_map, hist = local_call(ids.astype(np.int64), experts,
                                              placement.num_experts)
@@ -269,7 +269,7 @@ def time_view(problem: MoEProblem, family: str, configs: list, calls: Sequence[R
     import torch
 
     from ramp.families import TimerOptions, get_family
-    from ramp.kernels.layers import local_routing
+    from ramp.kernels.routing import local_routing
     from ramp.kernels.workload import make_call_for_ids
 
     t0 = time.monotonic()

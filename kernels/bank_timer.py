@@ -17,7 +17,6 @@ import torch
 
 from ramp.bank import KernelBank
 from ramp.kernels.cuda_timing import device_info, time_graph
-from ramp.kernels.routing import route
 from ramp.kernels.workload import make_call, make_weights, weight_copies
 from ramp.problem import MoEProblem
 
@@ -42,7 +41,7 @@ def probe_call(problem: MoEProblem, seed: int = 0):
                              seed=seed)[0]
     weights = make_weights(problem, 1, seed=seed)
     call = make_call(problem, weights, hist, seed=seed)
-    return call, route(call.topk_ids, call.topk_weights, problem.num_experts)
+    return call, call.routing()
 
 
 class BankTimer:
@@ -76,7 +75,7 @@ class BankTimer:
         hist = sample_histograms("zipf", self.problem.num_experts, tokens, self.problem.top_k,
                                  seed=self.seed + 99, s=1.2)[0]
         call = make_call(self.problem, self.weights, hist, seed=self.seed + 99)
-        routing = route(call.topk_ids, call.topk_weights, self.problem.num_experts)
+        routing = call.routing()
         ref = reference_gemm(self.problem, call, routing)
         errors, keep = {}, []
         for i, (cfg, occ) in enumerate(zip(self.bank.configs, self.bank.occupancy)):
@@ -96,8 +95,7 @@ class BankTimer:
 
     def time_all(self, hist: np.ndarray) -> np.ndarray:
         call = make_call(self.problem, self.weights, hist, seed=self.seed)
-        return self.time_call(call, route(call.topk_ids, call.topk_weights,
-                                          self.problem.num_experts))
+        return self.time_call(call, call.routing())
 
     def time_call(self, call, routing) -> np.ndarray:
         """Microseconds of every configuration of the bank on one routed call (NaN where

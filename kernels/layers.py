@@ -27,7 +27,7 @@ import torch
 
 from ramp.config import KernelConfig
 from ramp.kernels.grouped_mm import grouped_mm_layer
-from ramp.kernels.routing import Routing, route
+from ramp.kernels.routing import local_routing
 from ramp.kernels.triton.configs import TMA
 from ramp.kernels.triton.fused_moe import FUSED_ROUTING_MAX_SLOTS, moe_gemm, moe_gemm_w13_routed
 from ramp.kernels.triton.moe_gemm import moe_top_k_sum_kernel
@@ -99,24 +99,6 @@ def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None) -> torch
             rows.contiguous(), dense, width, dense.stride(0), TOP_K=top_k,
             BLOCK=TOP_K_SUM_BLOCK)
     return out if dense is out else out.copy_(dense)
-
-
-def local_routing(ids: torch.Tensor, weights: torch.Tensor, num_experts: int,
-                  expert_map: torch.Tensor | None) -> Routing:
-    """The routing of this rank's experts.
-
-    Without ``expert_map`` every id is local. With it, ids are mapped and other ranks'
-    slots go to a spare bin ``num_experts`` that sorts after every local expert; the
-    returned routing counts only the local experts, so the GEMMs (which walk expert row
-    ranges from the counts) never touch those slots, and they stay out of the sum.
-    """
-    if expert_map is None:
-        return route(ids, weights, num_experts)
-    mapped = expert_map.index_select(0, ids.reshape(-1).long()).view(ids.shape)
-    spare = torch.full_like(mapped, num_experts)
-    full = route(torch.where(mapped >= 0, mapped, spare), weights, num_experts + 1)
-    return dataclasses.replace(full, counts=full.counts[:num_experts],
-                               num_experts=num_experts)
 
 
 def _rows(hidden: torch.Tensor, count: int, width: int, local_only: bool) -> torch.Tensor:

@@ -25,6 +25,7 @@ give; no consumer depends on it (each row is independent).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +80,21 @@ def route(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) 
                                           BLOCK=ROUTE_SPLIT_BLOCK, ROWS=ROUTE_PARTIAL_ROWS)
     return Routing(counts, sorted_slots, topk_weights.reshape(-1).float(), tokens, top_k,
                    num_experts)
+
+
+def local_routing(ids: torch.Tensor, weights: torch.Tensor, num_experts: int,
+                  expert_map: torch.Tensor | None) -> Routing:
+    """The routing of this rank's experts.
+
+    Without ``expert_map`` every id is local. With it, ids are mapped and other ranks'
+    slots go to a spare bin ``num_experts`` that sorts after every local expert; the
+    returned routing counts only the local experts, so the GEMMs (which walk expert row
+    ranges from the counts) never touch those slots, and they stay out of the sum.
+    """
+    if expert_map is None:
+        return route(ids, weights, num_experts)
+    mapped = expert_map.index_select(0, ids.reshape(-1).long()).view(ids.shape)
+    spare = torch.full_like(mapped, num_experts)
+    full = route(torch.where(mapped >= 0, mapped, spare), weights, num_experts + 1)
+    return dataclasses.replace(full, counts=full.counts[:num_experts],
+                               num_experts=num_experts)

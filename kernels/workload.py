@@ -8,12 +8,16 @@ Profiling and benchmarks time configurations on chosen histograms, so they need 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ramp.errors import InputError
 from ramp.problem import MoEProblem
+
+if TYPE_CHECKING:
+    from ramp.kernels.routing import Routing
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_WEIGHT_COPIES = 16  # only tiny (test) shapes need more to cover 3x L2
@@ -36,17 +40,29 @@ def topk_ids_for_histogram(hist: np.ndarray, top_k: int, seed: int = 0) -> np.nd
 
     Lays the slots out expert-major in a [top_k, T] grid: each expert's run is at most T
     long, so it never lands twice in one column (token). Tokens are then shuffled.
+
+    One EP rank's local histogram need not be whole tokens' worth of slots (its tokens
+    also route to other ranks' experts): it gets the fewest tokens that hold it, their
+    other slots on the spare id ``len(hist)`` (an expert of another rank), which
+    ``spare_expert_map`` keeps out of the routing as the engine's expert map does.
     """
     hist = np.asarray(hist, dtype=np.int64)
+    if (hist < 0).any():
+        raise InputError(f"histogram has a negative count: {hist.tolist()}")
     total = int(hist.sum())
-    if total % top_k:
-        raise InputError(f"histogram sums to {total}, not a multiple of top_k={top_k}")
-    tokens = total // top_k
-    if hist.max(initial=0) > tokens:
-        raise InputError(f"an expert has {hist.max()} rows but there are only {tokens} tokens")
-    flat = np.repeat(np.arange(hist.size), hist)
+    tokens = max(-(-total // top_k), int(hist.max(initial=0)))
+    spare = tokens * top_k - total
+    flat = np.repeat(np.arange(hist.size + 1), np.append(hist, spare))
     ids = flat.reshape(top_k, tokens).T
     return ids[np.random.default_rng(seed).permutation(tokens)]
+
+
+def spare_expert_map(num_experts: int, device: str = "cuda") -> torch.Tensor:
+    """The expert map of ids from ``topk_ids_for_histogram`` with spare slots: local ids
+    ``0..E-1`` map to themselves, the spare id ``E`` to -1 (another rank's)."""
+    emap = torch.arange(num_experts + 1, device=device, dtype=torch.int32)
+    emap[num_experts] = -1
+    return emap
 
 
 @dataclass
@@ -60,6 +76,14 @@ class GemmWorkload:
     topk_ids: torch.Tensor           # [T, k]
     topk_weights: torch.Tensor       # [T, k]
     out: torch.Tensor                # w13: [T*k, N/2]; w2: [T*k, N]
+    expert_map: torch.Tensor | None = None  # where ids name other ranks' experts
+
+    def routing(self) -> Routing:
+        """This call's ``Routing`` of its local experts (``local_routing``)."""
+        from ramp.kernels.routing import local_routing
+
+        return local_routing(self.topk_ids, self.topk_weights, self.problem.num_experts,
+                             self.expert_map)
 
 
 def make_weights(problem: MoEProblem, copies: int, device: str = "cuda",
@@ -76,16 +100,20 @@ def make_weights(problem: MoEProblem, copies: int, device: str = "cuda",
 
 def make_call(problem: MoEProblem, weights: list[torch.Tensor], hist: np.ndarray,
               device: str = "cuda", seed: int = 0) -> GemmWorkload:
-    """Activations, routing and output buffer for one histogram."""
-    return make_call_for_ids(problem, weights, topk_ids_for_histogram(hist, problem.top_k, seed),
-                             device, seed)
+    """Activations, routing and output buffer for one histogram (one EP rank's local
+    view too: its other slots then name a spare expert the call's map sends away)."""
+    ids = topk_ids_for_histogram(hist, problem.top_k, seed)
+    call = make_call_for_ids(problem, weights, ids, device, seed)
+    if ids.max(initial=0) == problem.num_experts:
+        call.expert_map = spare_expert_map(problem.num_experts, device)
+    return call
 
 
 def make_call_for_ids(problem: MoEProblem, weights: list[torch.Tensor], ids: np.ndarray,
                       device: str = "cuda", seed: int = 0) -> GemmWorkload:
     """Activations and output buffer for given top-k ids [T, top_k] (e.g. a recorded
     batch; under expert parallelism global ids that the caller routes with an expert
-    map, ``ramp.kernels.layers.local_routing``)."""
+    map, ``ramp.kernels.routing.local_routing``)."""
     tokens = ids.shape[0]
     rows = tokens * problem.top_k
     dtype = TORCH_DTYPES[problem.dtype]

@@ -121,12 +121,15 @@ def explain(profile_path, hist_spec, top) -> None:
 @click.option("--model", "model_name", required=True, help="model catalog name")
 @click.option("--gemm", type=GEMM_CHOICE, required=True)
 @click.option("--tp", type=PARALLEL, default=1, show_default=True)
-@click.option("--ep", type=PARALLEL, default=1, show_default=True)
+@click.option("--ep", type=PARALLEL, default=1, show_default=True,
+              help="profile one rank's local problem (E/EP experts) on the busiest rank's "
+                   "share of the whole layer's sampled routing")
 @click.option("--budget", type=FiniteFloat(0, low_open=True), default=600.0,
               show_default=True, help="seconds of timing")
 @click.option("--out", "out_dir", default="profiles", show_default=True,
               type=FilePath(file_okay=False))
-@click.option("--tokens", default=None, help="comma list (default 1..8192, powers of 2)")
+@click.option("--tokens", default=None,
+              help="comma list of the layer's T (default 1..8192, powers of 2)")
 @click.option("--routings", default=None, help="';'-separated specs, e.g. 'uniform;zipf:s=1.0'")
 @click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True)
 @click.option("--family", type=click.Choice(profilable_families()),
@@ -154,13 +157,15 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
     gpu = detect_gpu()
     if gpu is None:
         raise click.ClickException("no CUDA GPU visible: profiling times kernels on a GPU")
-    problem = get_model(model_name).problem(gemm, tp=tp, ep=ep)
+    model = get_model(model_name)
+    problem = model.problem(gemm, tp=tp, ep=ep)
     plan = SamplePlan(seed=seed)
     if tokens:
         plan = SamplePlan(token_list, plan.routings, seed)
     if routings:
         plan = SamplePlan(plan.tokens, tuple(routings.split(";")), seed)
-    hists, labels = plan.histograms(problem)
+    # under EP the samples are the busiest rank's share of the whole layer's routing
+    hists, labels = plan.histograms(model.problem(gemm, tp=tp), ep=ep)
     timer = get_family(family).make_timer(problem, None, TimerOptions(jobs, not no_progress))
     if getattr(timer, "dropped", None):
         click.echo(f"dropped {len(timer.dropped)} configurations that do not compile or "

@@ -311,7 +311,8 @@ class ModelError:
         times = np.asarray(times, dtype=np.float64)
         feats = GeometryPlan(bank, problem, num_sms).geometry(hists).features(tuple(features))
         rel = np.abs(loo_predictions(feats, times) / times - 1.0)
-        tokens = hists.sum(axis=1) // problem.top_k
+        # an EP rank's local view can hold fewer rows than top_k: bucket 1, as ``at`` reads
+        tokens = np.maximum(hists.sum(axis=1) // problem.top_k, 1)
         buckets = np.unique(tokens)
         error = [float(np.nanmean(rel[tokens == t])) for t in buckets]
         keep = np.isfinite(error)

@@ -120,6 +120,17 @@ class EPView:
         return self.hists.sum(axis=-1)
 
     @property
+    def busiest_rank(self) -> np.ndarray:
+        """The rank with the most rows per leading index: the one the layer waits for
+        (time grows with rows), and the one a profile of the local problem trains on."""
+        return self.rows.argmax(axis=-1)
+
+    def busiest(self) -> np.ndarray:
+        """The busiest rank's local histogram per leading index: ``[..., E/ep]``."""
+        rank = self.busiest_rank[..., None, None]
+        return np.take_along_axis(self.hists, rank, axis=-2)[..., 0, :]
+
+    @property
     def imbalance(self) -> np.ndarray:
         """Busiest rank's rows over the mean rank's (1 = balanced), per leading index."""
         rows = self.rows

@@ -21,6 +21,7 @@ from ramp.bank import KernelBank
 from ramp.costmodel import ModelError, WaveCostModel, family_features
 from ramp.dispatch import StaticDispatcher
 from ramp.errors import InputError
+from ramp.expert_parallel import ExpertPlacement
 from ramp.histograms import parse_histogram_spec
 from ramp.plaindata import locate, read_json
 from ramp.problem import MoEProblem
@@ -60,9 +61,17 @@ class SamplePlan:
     routings: tuple[str, ...] = PROFILE_ROUTINGS
     seed: int = 0
 
-    def histograms(self, problem: MoEProblem) -> tuple[np.ndarray, list[str]]:
+    def histograms(self, problem: MoEProblem, ep: int = 1) -> tuple[np.ndarray, list[str]]:
         """[H, E] histograms and their labels (``"zipf:s=1.0,tokens=64,seed=3"``), in an
-        order that covers the token range early, so a budget cut still fits every size."""
+        order that covers the token range early, so a budget cut still fits every size.
+
+        With ``ep`` > 1, ``problem`` is the whole layer's (all E experts) and each sample
+        is what the busiest of ``ep`` ranks receives of it under the contiguous placement:
+        ``E/ep`` counts, label suffix ``@ep4``. A rank gets its share of every token's
+        picks, at small T fewer rows than top_k over a few experts; local profiles
+        trained on whole tokens routed to one rank picked kernels that lost up to 31%
+        to static on real routing there (docs/routing.md, eleventh session).
+        """
         labels = []
         for rank, t in enumerate(_spread(self.tokens)):
             for j, routing in enumerate(self.routings):
@@ -71,6 +80,10 @@ class SamplePlan:
                 labels.append(f"{routing}{sep}tokens={t},seed={seed}")
         hists = np.stack([parse_histogram_spec(s, problem.num_experts, problem.top_k)
                           for s in labels])
+        if ep > 1:
+            placement = ExpertPlacement.contiguous(problem.num_experts, ep)
+            hists = placement.view(hists[:, None, :]).busiest()[:, 0, :]
+            labels = [f"{label}@ep{ep}" for label in labels]
         return hists, labels
 
 
@@ -106,7 +119,8 @@ class Measurements:
 
     @property
     def tokens(self) -> np.ndarray:
-        return self.hists.sum(axis=1) // self.problem.top_k
+        """Tokens per histogram, at least 1 (an EP rank's view can hold < top_k rows)."""
+        return np.maximum(self.hists.sum(axis=1) // self.problem.top_k, 1)
 
     def is_uniform(self) -> np.ndarray:
         return np.array([lab.startswith("uniform") for lab in self.labels])

@@ -89,3 +89,10 @@ def test_trace_info_shows_ep_views(tmp_path):
     assert [line.split()[1] for line in lines] == ["contiguous", "balanced"]
     imbalance = [float(line.split("rows ")[1].split()[0]) for line in lines]
     assert imbalance[1] <= imbalance[0]  # balanced on the trace's own load
+
+
+def test_busiest_rank_and_its_local_histogram():
+    hists = np.array([[[0, 1, 5, 0, 2, 2, 1, 1]], [[3, 3, 0, 0, 0, 0, 1, 0]]])  # [2, 1, 8]
+    view = ExpertPlacement.contiguous(8, 4).view(hists)
+    assert view.busiest_rank.tolist() == [[1], [0]]
+    assert view.busiest().tolist() == [[[5, 0]], [[3, 3]]]

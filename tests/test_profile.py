@@ -116,3 +116,31 @@ def test_fit_profile_stores_the_measured_error(bank, problem, rng):
     prof = fit_profile(meas, 4)
     assert prof.model_error is not None and prof.model_error.tokens == (1, 64)
     assert all(0 < e < 1 for e in prof.model_error.error)
+
+
+def test_ep_sample_plan_trains_on_the_busiest_ranks_share(problem, bank, rng):
+    """Under EP a rank receives its share of every token's picks: at T = 1 fewer rows
+    than top_k, over as many experts. The plan's samples are the busiest rank's view of
+    the whole layer's histograms, and fitting on them works (buckets of < top_k rows
+    count as T = 1, as the dispatchers read them)."""
+    from ramp.expert_parallel import ExpertPlacement
+    from ramp.profiler import Measurements, SamplePlan, fit_profile
+
+    layer = MoEProblem(num_experts=32, n=512, k=256, top_k=4)
+    plan = SamplePlan(tokens=(1, 2, 16, 256), routings=("uniform", "zipf:s=1.2"))
+    full, full_labels = plan.histograms(layer)
+    local, labels = plan.histograms(layer, ep=4)
+    assert local.shape == (len(full), 8)
+    assert labels == [f"{label}@ep4" for label in full_labels]
+    views = ExpertPlacement.contiguous(32, 4).view(full[:, None, :]).hists[:, 0]  # [H, 4, 8]
+    for h, v in zip(local, views):
+        assert h.sum() == v.sum(axis=1).max() and any((h == r).all() for r in v)
+    t1 = [i for i, label in enumerate(labels) if "tokens=1," in label]
+    assert all(local[i].sum() <= layer.top_k for i in t1)   # 4 picks over 4 ranks
+    assert any(local[i].sum() < layer.top_k for i in t1)
+    local_problem = MoEProblem(num_experts=8, n=512, k=256, top_k=4)
+    meas = Measurements("H100-SXM", local_problem, bank, "t", "1", local, labels,
+                        rng.uniform(5, 50, (len(labels), len(bank))))
+    assert meas.tokens.min() == 1 and meas.is_uniform().sum() == 4
+    prof = fit_profile(meas, 4)
+    assert prof.model_error.tokens[0] == 1 and min(prof.static_table) == 1

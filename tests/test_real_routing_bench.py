@@ -240,7 +240,7 @@ def test_ep_call_inputs_compute_the_local_experts_rows():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")
     from ramp.config import KernelConfig
-    from ramp.kernels.layers import local_routing
+    from ramp.kernels.routing import local_routing
     from ramp.kernels.triton.fused_moe import moe_gemm
     from ramp.kernels.workload import make_call_for_ids, make_weights
     from ramp.problem import MoEProblem

@@ -67,13 +67,12 @@ case $stage in
       done
     done
     tar czf "$OUT/families.tar.gz" -C "$prof" . ;;
-  ep-profiles)  # local rows reach T*top_k, so tokens stop at 2048 (real ranks: 2..~10k rows);
+  ep-profiles)  # the busiest rank's share of the layer's T = 1..8192 (ramp profile --ep);
     # kept out of $prof: profiles there would be the engine stage's
     model=$1; shift; local=/tmp/ramp-ep-profiles; mkdir -p "$local"
     for ep in "$@"; do for family in triton triton-tiles; do for gemm in w13 w2; do
       (cd /tmp && python3 -m ramp profile --model "$model" --gemm "$gemm" --ep "$ep" \
         --family "$family" --budget "${BUDGET:-30}" --no-progress --out "$local" \
-        --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048 \
         --routings "${ROUTINGS:-uniform;realistic;zipf:s=1.2}") 2>&1 |
         grep -v "^WARNING" | tee -a "$OUT/ep-profiles.log"
     done; done; done

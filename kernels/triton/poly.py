@@ -23,7 +23,7 @@ from ramp.families import TimerOptions
 from ramp.geometry import BASES, LINEAR_FEATURES, GeometryPlan
 from ramp.hardware import detect_gpu
 from ramp.kernels.cuda_timing import device_info, time_graph
-from ramp.kernels.routing import Routing, route
+from ramp.kernels.routing import Routing
 from ramp.kernels.triton.fused_moe import launch_abi
 from ramp.kernels.triton.moe_gemm import moe_gemm_poly_kernel
 from ramp.kernels.workload import make_call, make_weights, weight_copies
@@ -150,7 +150,7 @@ class PolyTimer:
         configs = poly_configs(branches)
         poly = PolyGemm(configs)
         call = make_call(problem, self.weights, _probe_hist(problem), seed=seed)
-        routing = route(call.topk_ids, call.topk_weights, problem.num_experts)
+        routing = call.routing()
         kernel = poly.compile(call.activations, self.weights[0], routing, call.out,
                               gemm=problem.gemm, num_sms=self.num_sms)
         occ = detect_gpu().occupancy(configs[0].num_warps, kernel.metadata.shared,
@@ -173,7 +173,7 @@ class PolyTimer:
 
     def _call(self, hist):
         call = make_call(self.problem, self.weights, hist, seed=self.seed)
-        return call, route(call.topk_ids, call.topk_weights, self.problem.num_experts)
+        return call, call.routing()
 
     def _time(self, call, routing, branch: int) -> float:
         copies = len(self.weights)
