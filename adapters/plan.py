@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ramp.errors import InputError, RampError
+from ramp.expert_parallel import local_tokens
 from ramp.histograms import parse_histogram_spec
 from ramp.layerplan import (
     DEFAULT_MARGIN,
@@ -99,10 +100,11 @@ def vllm_engine_layer() -> tuple[str, Layer]:
     return f"vllm {name}", run
 
 
-def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: str | None
-                ) -> dict[str, tuple[Layer, Callable[[int], dict[str, Any] | None]]]:
-    """RaMP's paths (every one of ``kernels.layers.LAYER_PATHS``) for this GPU and layer:
-    ``name -> (layer, what it runs at T)``; a path whose profiles are missing is left out."""
+def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: str | None,
+                ep: int = 1) -> dict[str, tuple[Layer, Callable[[int], dict[str, Any] | None]]]:
+    """RaMP's paths (every one of ``kernels.layers.LAYER_PATHS``) for this GPU and layer
+    (``problems``: one rank's under ``ep``-way expert parallelism): ``name -> (layer,
+    what it runs at the layer's T)``; a path whose profiles are missing is left out."""
     from ramp.adapters.runtime import config_entry
     from ramp.kernels.layers import (
         LAYER_PATHS,
@@ -131,7 +133,7 @@ def ramp_layers(gpu: str, problems: tuple[MoEProblem, MoEProblem], profile_dir: 
     def config_at(family: str, tokens: int) -> dict[str, Any]:
         """What the ``family`` path runs at T: each GEMM's static-table configuration."""
         tables = profiles(family)
-        idx = [s.choose_tokens(tokens) for s in statics(family)]
+        idx = [s.choose_tokens(local_tokens(tokens, ep)) for s in statics(family)]
         return {"w13": tables[0].model.bank.configs[idx[0]].to_dict(),
                 "w2": tables[1].model.bank.configs[idx[1]].to_dict(),
                 "occupancy_w13": int(tables[0].model.bank.occupancy[idx[0]]),
@@ -347,7 +349,7 @@ def measure(model: str, profile_dir: str | None, tokens: tuple[int, ...],
     if gpu is None:
         raise SystemExit("ramp.adapters.plan: no CUDA GPU visible")
     engine_name, engine_run = vllm_engine_layer()
-    ramp = ramp_layers(gpu.name, problems, profile_dir)
+    ramp = ramp_layers(gpu.name, problems, profile_dir, ep)
     layers: dict[str, Layer] = {ENGINE: engine_run, **{k: v[0] for k, v in ramp.items()}}
     w13s = make_weights(problems[0], WEIGHT_COPIES, seed=seed)
     w2s = make_weights(problems[1], WEIGHT_COPIES, seed=seed + 1)
@@ -591,7 +593,7 @@ def add_host_times(model: str, plan: LayerPlan, profile_dir: str | None, seed: i
         raise InputError(f"layer plan {plan.key} timed {plan.engine}, this process has "
                          f"{engine_name}: measure a new plan")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    ramp = ramp_layers(plan.gpu, problems, profile_dir)
+    ramp = ramp_layers(plan.gpu, problems, profile_dir, ep)
     names = [n for n in plan.times_us if n == ENGINE or n in ramp]
 
     def layers_at(i: int) -> dict[str, Layer]:

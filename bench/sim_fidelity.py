@@ -71,7 +71,7 @@ from ramp.sim.calibrate import (
     simulate_run,
     trace_equations,
 )
-from ramp.sim.costs import Calibration
+from ramp.sim.costs import EAGER_STEPS, Calibration
 from ramp.sim.routing import RoutingPool
 from ramp.trace import TraceReader
 
@@ -222,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="share of a plan path's host time beyond the engine's per "
                              "eager MoE call that an eager step pays (Calibration; "
                              "default %(default)s)")
+    parser.add_argument("--eager-step", choices=EAGER_STEPS,
+                        default=DEFAULT_CALIBRATION.eager_step,
+                        help="how an eager step's host and GPU time combine (Calibration; "
+                             "max: the longer of the two; default %(default)s)")
     args = parser.parse_args(argv)
     paths = []
     for p in sorted(args.dir.glob("*.json")):
@@ -236,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         base = dataclasses.replace(DEFAULT_CALIBRATION,
-                                   eager_host_fraction=args.eager_host_fraction)
+                                   eager_host_fraction=args.eager_host_fraction,
+                                   eager_step=args.eager_step)
         runs = [r for p in paths for r in load_engine_results(p, args.moe_costs, args.plan)]
         if args.model:
             wanted = {get_model(m).name for m in args.model}

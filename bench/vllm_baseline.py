@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ramp.errors import InputError
 from ramp.kernels.cuda_timing import time_graph
 from ramp.kernels.workload import make_call, make_weights, weight_copies
 from ramp.problem import MoEProblem
@@ -95,6 +96,10 @@ def vllm_times(problem: MoEProblem, hists: np.ndarray, seed: int = 0) -> list[di
     out = []
     for hist in hists:
         call = make_call(problem, weights, hist, seed=seed)
+        if call.expert_map is not None:
+            raise InputError(f"vLLM's baseline times whole-token calls; histogram "
+                             f"{hist.tolist()} is one EP rank's view (rows not a multiple "
+                             f"of top_k={problem.top_k})")
         tokens = call.topk_ids.shape[0]
         cfg = vllm_config(problem, tokens)
         ids = call.topk_ids.to(torch.int32)

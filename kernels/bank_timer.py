@@ -122,15 +122,18 @@ class BankTimer:
 
 def reference_gemm(problem: MoEProblem, call, routing) -> torch.Tensor:
     """float32 result of one GEMM for ``call``, in the layout the kernel writes (w13:
-    expert-sorted rows as ``routing`` permuted them; w2: slot order, weight-scaled)."""
+    expert-sorted rows as ``routing`` permuted them; w2: slot order, weight-scaled). Of a
+    local view's call only its experts' rows: the spare id's slots (other ranks') stay
+    as ``torch.empty`` left them, as the kernels leave them unwritten."""
     ids = call.topk_ids.reshape(-1)
+    local = [e for e in torch.unique(ids).tolist() if e < problem.num_experts]
     w = call.weights[0].float()
     acts = call.activations.float()
     out = torch.empty(call.out.shape, dtype=torch.float32, device=acts.device)
     if problem.gemm == "w13":
         half = problem.n // 2
         x = acts[torch.arange(ids.numel(), device=ids.device) // problem.top_k]
-        for e in torch.unique(ids).tolist():
+        for e in local:
             rows = ids == e
             g = x[rows] @ w[e, :half].T
             u = x[rows] @ w[e, half:].T
@@ -140,7 +143,7 @@ def reference_gemm(problem: MoEProblem, call, routing) -> torch.Tensor:
     slots = routing.sorted_slots.long()
     expert_at = ids[slots]
     scale = call.topk_weights.reshape(-1).float()[slots, None]
-    for e in torch.unique(ids).tolist():
+    for e in local:
         pos = torch.nonzero(expert_at == e).flatten()
         out[slots[pos]] = (acts[pos] @ w[e].T) * scale[pos]
     return out

@@ -102,6 +102,9 @@ def make_call(problem: MoEProblem, weights: list[torch.Tensor], hist: np.ndarray
               device: str = "cuda", seed: int = 0) -> GemmWorkload:
     """Activations, routing and output buffer for one histogram (one EP rank's local
     view too: its other slots then name a spare expert the call's map sends away)."""
+    if len(hist) != problem.num_experts:  # a shorter one would land its spare on an expert
+        raise InputError(f"histogram of {len(hist)} experts for a problem of "
+                         f"{problem.num_experts}")
     ids = topk_ids_for_histogram(hist, problem.top_k, seed)
     call = make_call_for_ids(problem, weights, ids, device, seed)
     if ids.max(initial=0) == problem.num_experts:

@@ -138,8 +138,21 @@ class EPView:
         return np.where(mean > 0, rows.max(axis=-1) / np.maximum(mean, 1e-300), 1.0)
 
 
-def _check_split(num_experts: int, ep: int) -> None:
+def local_tokens(tokens: int, ep: int) -> int:
+    """The token key of an EP rank's profile tables for a layer call of ``tokens``
+    tokens: a local profile keys its static table and model error on the rank's rows
+    over top_k (``SamplePlan.histograms(problem, ep)``), about ``T/ep`` for a rank's mean
+    share; at least 1."""
+    _check_ep(ep)
+    return max(1, round(tokens / ep))
+
+
+def _check_ep(ep: int) -> None:
     if isinstance(ep, bool) or not isinstance(ep, (int, np.integer)) or ep < 1:
         raise InputError(f"ep must be a positive int, got {ep!r}")
+
+
+def _check_split(num_experts: int, ep: int) -> None:
+    _check_ep(ep)
     if num_experts % ep:
         raise InputError(f"{num_experts} experts do not split evenly over ep={ep} ranks")

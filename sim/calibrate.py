@@ -7,7 +7,11 @@ The step time is linear in five parameters once the rooflines are computed:
 
 with ``x0 = step_overhead_us``, ``x1 = layer_overhead_us``, ``x2 = 1/dense_efficiency``,
 ``x3 = 1/attention_efficiency``, ``x4 = eager_overhead_us`` (``StepCoster.rooflines``
-gives gemm and attention; ``eager`` is 1 on steps above the CUDA-graph size).
+gives gemm and attention; ``eager`` is 1 on steps above the CUDA-graph size). Under
+``Calibration.eager_step`` max an eager step is linear on either side of its bound: one
+bound by its host is ``x0 + x1 * layers + x4`` plus its MoE calls' host time, one bound
+by its GPU the graphed form; which side binds is read at the iterate being linearized
+around (``step_terms``), and the fit starts with every eager step host-bound.
 
 Two sources of measurements:
 
@@ -57,6 +61,9 @@ from ramp.trace import Arrival, TraceReader
 FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency",
           "eager_overhead_us")
 PRIOR_WEIGHT = 0.01
+# added to eager_overhead_us where an eager_step max fit starts: every eager step then
+# binds on its host, so the first fit sees x4 (an eager 2,048-token step takes ~50-150 ms)
+HOST_BOUND_START_US = 100_000.0
 DEFAULT_CALIBRATION = Calibration()
 WORKLOADS = ("prefill-heavy", "decode-heavy", "online")
 # how the MoE of an engine run is costed: per GEMM by the cost model, or per layer from
@@ -101,6 +108,31 @@ def step_features(coster: StepCoster, layout: Layout, tokens: np.ndarray, pairs:
     feats = np.stack([ones * 1e-6, ones * coster.model.layers * 1e-6, gemm, attn,
                       ones * eager], axis=1)
     return feats, np.broadcast_to(np.asarray(comm, dtype=float), ones.shape)
+
+
+def step_terms(coster: StepCoster, layout: Layout, policy: str, tokens: np.ndarray,
+               pairs: np.ndarray, context: np.ndarray, moe: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Steps' times as ``F @ x + c`` around the coster's calibration: ``F`` [steps, 5]
+    from ``step_features``; ``c`` the collectives, the MoE part ``moe`` and the additive
+    eager host term, or for a host-bound eager step (``eager_step`` max) its MoE calls'
+    host time alone (module docstring)."""
+    feats, comm = step_features(coster, layout, tokens, pairs, context)
+    padded = [graph_size(int(t), coster.graph_tokens) for t in np.asarray(tokens)]
+    const = comm + np.asarray(moe, dtype=float) + np.array(
+        [coster.eager_host_seconds(layout, policy, t) for t in padded])
+    if coster.cal.eager_step != "max":
+        return feats, const
+    x = _x(coster.cal)
+    gpu = feats[:, 2:4] @ x[2:4] + comm + np.asarray(moe, dtype=float)
+    eager = feats[:, 4] > 0
+    bound = np.array([coster.host_bound(layout, policy, t, g) for t, g in zip(padded, gpu)])
+    host = np.array([coster.eager_moe_host_seconds(layout, policy, t) for t in padded])
+    feats = feats.copy()
+    feats[eager & ~bound, 4] = 0.0          # GPU-bound: the host overlaps it
+    feats[bound, 2:4] = 0.0                 # host-bound: the GPU work overlaps it
+    const = np.where(bound, host, const)
+    return feats, const
 
 
 @dataclass
@@ -153,12 +185,11 @@ def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str =
     coster = prepare(config, RoutingPool(header, steps[:1]))
     layout = coster.layouts[mode]
     tokens = np.array([s.tokens for s in steps], dtype=float)
-    feats, comm = step_features(coster, layout, tokens, np.zeros_like(tokens),
-                                np.zeros_like(tokens))
-    return [Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a,
-                     float(c) + coster.moe_of(layout, step.hists)[policy]
-                     + coster.eager_host_seconds(layout, policy, step.tokens))
-            for step, a, c in zip(steps, feats, comm)]
+    moe = np.array([coster.moe_of(layout, s.hists)[policy] for s in steps])
+    feats, const = step_terms(coster, layout, policy, tokens, np.zeros_like(tokens),
+                              np.zeros_like(tokens), moe)
+    return [Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a, float(c))
+            for step, a, c in zip(steps, feats, const)]
 
 
 # --- engine results files --------------------------------------------------------------
@@ -403,11 +434,10 @@ def run_equations(run: EngineRun, sim: Simulated, metrics: Sequence[str] = FIT_M
     simulated schedule ``sim`` (module docstring)."""
     res, coster = sim.run, sim.coster
     layout = next(iter(coster.layouts.values()))
-    feats, comm = step_features(coster, layout, res.step_tokens.astype(float), res.step_pairs,
-                                res.step_context)
+    feats, const = step_terms(coster, layout, res.policy, res.step_tokens.astype(float),
+                              res.step_pairs, res.step_context, res.step_moe)
     cum_f = np.vstack([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
-    host = [coster.eager_host_seconds(layout, res.policy, int(t)) for t in res.step_tokens]
-    cum_c = np.concatenate([[0.0], np.cumsum(comm + res.step_moe + np.array(host))])
+    cum_c = np.concatenate([[0.0], np.cumsum(const)])
     end = res.step_start + res.step_time
 
     def span(anchor: float, until: float) -> tuple[np.ndarray, float]:
@@ -455,6 +485,9 @@ def calibrate_runs(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBR
         return fit(extra, base)
     pools = {} if pools is None else pools
     cal, best, best_err = base, base, np.inf
+    if base.eager_step == "max":  # start host-bound: GPU-bound eager steps leave x4 unseen
+        cal = dataclasses.replace(base, eager_overhead_us=base.eager_overhead_us
+                                  + HOST_BOUND_START_US)
     for _ in range(iterations):
         eqs = list(extra) + [e for run in runs
                              for e in run_equations(run, simulate_run(run, cal, pools,

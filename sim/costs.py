@@ -70,6 +70,10 @@ def token_bucket(tokens: int) -> int:
     return (tokens + step // 2) // step * step
 
 
+# how an eager step's host and GPU time combine (``Calibration.eager_step``)
+EAGER_STEPS = ("additive", "max")
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Knobs that tie the model to a real engine (``ramp-sim calibrate`` fits the step
@@ -91,7 +95,13 @@ class Calibration:
     ``eager_host_fraction`` of the difference per MoE layer. 0 (the default) leaves host
     time out, 1 takes it at face value: on the tenth session's engine runs neither fits
     both models (DeepSeek-V2-Lite's runs want 0.3-0.7, Qwen3-30B-A3B's at most 0.15;
-    docs/sim.md), so it is not fitted yet. Memory: vLLM sizes
+    docs/sim.md), so it is not fitted yet. ``eager_step`` picks how an eager step's host
+    and GPU combine: ``additive`` (GPU time + ``eager_overhead_us`` + the fraction's
+    term) or ``max`` (the host launches while the GPU runs, so the step takes the longer
+    of its GPU time and its host time, ``eager_overhead_us`` of non-MoE host work plus
+    the MoE layers' calls at the plan's per-call ``host_us``; ``eager_overhead_us``
+    then means the step's host time outside the MoE calls, and the fraction must be
+    0). Memory: vLLM sizes
     the KV cache from ``gpu_memory_utilization`` of the GPU's memory minus weights, the
     peak activations of a ``max_batched_tokens`` forward pass, and ``runtime_reserve_gib``
     (CUDA graphs, NCCL buffers, cuBLAS workspaces: vLLM V1 logs ~0.3-0.6 GiB for graphs).
@@ -104,6 +114,7 @@ class Calibration:
     layer_overhead_us: float = 20.0
     eager_overhead_us: float = 10000.0
     eager_host_fraction: float = 0.0
+    eager_step: str = "additive"
     collective_latency_us: float = 10.0
     dense_efficiency: float = 1.0
     attention_efficiency: float = 1.0
@@ -129,6 +140,13 @@ class Calibration:
             if not 0 <= getattr(self, name) < math.inf:
                 raise InputError(f"calibration.{name} must be finite and >= 0, got "
                                  f"{getattr(self, name)}")
+        if self.eager_step not in EAGER_STEPS:
+            raise InputError(f"calibration.eager_step must be one of {EAGER_STEPS}, got "
+                             f"{self.eager_step!r}")
+        if self.eager_step == "max" and self.eager_host_fraction:
+            raise InputError("calibration.eager_host_fraction is the additive eager step's "
+                             "term: with eager_step max it must be 0 (host times count "
+                             "whole there)")
         if not 0 < self.moe_scale < math.inf:
             raise InputError(f"calibration.moe_scale must be finite and > 0, got "
                              f"{self.moe_scale}")
@@ -421,10 +439,35 @@ class StepCoster:
         gemm, attn, comm = self.rooflines(layout, tokens, pairs, context)
         return gemm * self._dense_inv + attn * self._attn_inv + comm
 
+    def eager_moe_host_seconds(self, layout: Layout, policy: str, tokens: int) -> float:
+        """Host seconds the MoE calls of an eager step take under a plan ``policy``: the
+        plan's ``host_us`` per call times the MoE layers; 0 where it is unknown (the cost
+        model's policies, plans without host times), which leaves the step's host side at
+        ``eager_overhead_us``."""
+        if layout.plan is None or policy not in PLAN_POLICIES:
+            return 0.0
+        us = layout.plan.host_us(policy, tokens)
+        return 0.0 if us is None else 1e-6 * self.model.moe_layers * us
+
+    def host_bound(self, layout: Layout, policy: str, tokens: int, gpu_seconds: float
+                   ) -> bool:
+        """Whether a step of ``tokens`` tokens whose GPU work takes ``gpu_seconds`` is
+        bound by its host: only an eager step under ``eager_step`` max can be."""
+        return (self.cal.eager_step == "max" and tokens > self.graph_tokens
+                and self._eager + self.eager_moe_host_seconds(layout, policy, tokens)
+                > gpu_seconds)
+
     def step_seconds(self, layout: Layout, policy: str, tokens: int, pairs: float,
                      context: float, phase_class: int, sample: int) -> tuple[float, float]:
-        """(step time, MoE part) in seconds; a graphed step at its padded size."""
+        """(step time, MoE part) in seconds; a graphed step at its padded size. An eager
+        step under ``eager_step`` max takes the longer of its GPU and host times."""
         tokens = graph_size(tokens, self.graph_tokens)  # padded rows are computed too
         moe = self.moe_seconds(layout, tokens, phase_class, sample)[policy]
-        return (self.overhead_seconds(tokens) + self.dense_seconds(layout, tokens, pairs, context)
-                + moe + self.eager_host_seconds(layout, policy, tokens), moe)
+        gpu = self.dense_seconds(layout, tokens, pairs, context) + moe
+        if self.host_bound(layout, policy, tokens, gpu):
+            return (self._fixed + self._eager
+                    + self.eager_moe_host_seconds(layout, policy, tokens), moe)
+        if self.cal.eager_step == "max":
+            return self._fixed + gpu, moe
+        return (self.overhead_seconds(tokens) + gpu
+                + self.eager_host_seconds(layout, policy, tokens), moe)

@@ -75,19 +75,20 @@ class LayerPlanCost:
         (``eager``) not: the plan's eager choice weighs the host's cost too."""
         return self.plan.choose(tokens, eager) if policy == "plan" else ENGINE
 
+    def host_us(self, policy: str, tokens: int) -> float | None:
+        """Host microseconds of one eager MoE call of ``tokens`` tokens under ``policy``
+        (the path it runs eagerly; the plan's ``host_us`` at the bucket of ``tokens``),
+        None where the plan has no host time for it."""
+        times = self.plan.host_us.get(self.path(policy, tokens, eager=True))
+        return None if times is None else times[self.plan.bucket(tokens)]
+
     def eager_host_delta_us(self, policy: str, tokens: int) -> float:
         """Host microseconds one eager MoE call of ``tokens`` tokens costs under ``policy``
-        beyond the engine's kernel (negative where it costs the host less): the plan's
-        ``host_us`` at the bucket of ``tokens``. 0 for the engine's kernel and where the
-        plan has no host time (such a plan gives eager calls to the engine anyway)."""
-        path = self.path(policy, tokens, eager=True)
-        if path == ENGINE:
-            return 0.0
-        i = self.plan.bucket(tokens)
-        host, engine = (self.plan.host_us.get(p) for p in (path, ENGINE))
-        if host is None or engine is None or host[i] is None or engine[i] is None:
-            return 0.0
-        return host[i] - engine[i]
+        beyond the engine's kernel (negative where it costs the host less). 0 for the
+        engine's kernel and where the plan has no host time (such a plan gives eager
+        calls to the engine anyway)."""
+        host, engine = self.host_us(policy, tokens), self.host_us("plan-engine", tokens)
+        return 0.0 if host is None or engine is None else host - engine
 
     def layer_us(self, policy: str, tokens: int, eager: bool = False) -> float:
         """Microseconds of one MoE layer of ``tokens`` tokens under ``policy``."""

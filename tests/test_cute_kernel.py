@@ -25,7 +25,6 @@ from ramp.kernels.cute.configs import (  # noqa: E402
     schedule,
 )
 from ramp.kernels.cute.launch import moe_gemm  # noqa: E402
-from ramp.kernels.routing import route  # noqa: E402
 from ramp.kernels.workload import make_call, make_weights  # noqa: E402
 from ramp.problem import MoEProblem  # noqa: E402
 
@@ -63,7 +62,7 @@ def check(cfg: KernelConfig, gemm: str, kind: str, seed: int) -> float:
     problem = MoEProblem(E, n, k, TOP_K, gemm=gemm)
     hist = hist_of(kind, seed)
     call = make_call(problem, make_weights(problem, 1, seed=seed), hist, seed=seed)
-    routing = route(call.topk_ids, call.topk_weights, E)
+    routing = call.routing()
     call.out.fill_(float("nan"))
     moe_gemm(call.activations, call.weights[0], routing, cfg, call.out, gemm=gemm,
              num_sms=NUM_SMS)

@@ -96,3 +96,20 @@ def test_busiest_rank_and_its_local_histogram():
     view = ExpertPlacement.contiguous(8, 4).view(hists)
     assert view.busiest_rank.tolist() == [[1], [0]]
     assert view.busiest().tolist() == [[[5, 0]], [[3, 3]]]
+
+
+def test_local_tokens_key_a_layer_call_on_a_ranks_share():
+    """A local profile's tables are keyed on the rank's rows / top_k (the plan's samples
+    of the layer): a layer call of T tokens looks them up at about T / ep."""
+    from ramp.expert_parallel import local_tokens
+    from ramp.profiler import SamplePlan
+
+    layer = get_model("deepseek-v2-lite").problem("w13")
+    hists, labels = SamplePlan(tokens=(64, 1024, 8192), routings=("uniform",)).histograms(
+        layer, ep=4)
+    for t, h in zip((64, 8192, 1024), hists):   # the plan's order: ends first
+        key = h.sum() // layer.top_k
+        assert abs(local_tokens(t, 4) / key - 1) < 0.2
+    assert local_tokens(1, 8) == 1 and local_tokens(512, 1) == 512
+    with pytest.raises(InputError, match="ep must be a positive int"):
+        local_tokens(64, 0)

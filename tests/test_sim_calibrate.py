@@ -42,11 +42,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _results_file(path: Path, model: str, workload: str, prompts: int, input_len: int,
-                  output_len: int, arrivals: list[float] | None) -> Path:
-    """An engine results file whose numbers are the simulator's under TRUTH."""
+                  output_len: int, arrivals: list[float] | None,
+                  truth: Calibration = TRUTH) -> Path:
+    """An engine results file whose numbers are the simulator's under ``truth``."""
     run = EngineRun(str(path), model, "H200", 1, workload, "static", [input_len] * prompts,
                     [output_len] * prompts, arrivals, 64, 4096)
-    m = simulate_run(run, TRUTH, {}).metrics
+    m = simulate_run(run, truth, {}).metrics
     online = {} if arrivals is None else {
         "ttft_ms_p50": 1e3 * m["ttft_p50_s"], "ttft_ms_p99": 1e3 * m["ttft_p99_s"],
         "tpot_ms_p50": 1e3 * m["tpot_p50_s"], "tpot_ms_p99": 1e3 * m["tpot_p99_s"]}
@@ -54,7 +55,7 @@ def _results_file(path: Path, model: str, workload: str, prompts: int, input_len
                {"input_lens": [input_len] * prompts, "output_lens": [output_len] * prompts})
     data = {  # the schema of bench/engine/bench.py
         "device": {"device": "NVIDIA H200", "sms": 132}, "engine": {"name": "vllm"},
-        "command": "simulated by the test, under TRUTH", "model": model,
+        "command": "simulated by the test, under a known calibration", "model": model,
         "workload": {"name": workload, "num_prompts": prompts, "arrivals": arrivals,
                      "max_num_seqs": 64, "max_num_batched_tokens": 4096, **lengths},
         "runs": [{"ramp_mode": "off", "total_tok_per_s": m["throughput_tok_s"],
@@ -97,6 +98,28 @@ def test_results_file_fit_reproduces_measurements(results_dir):
     assert cal.layer_overhead_us == pytest.approx(TRUTH.layer_overhead_us, rel=0.25)
     # steps above the CUDA-graph size (2 * max_seqs = 128 tokens here) pay it
     assert cal.eager_overhead_us == pytest.approx(TRUTH.eager_overhead_us, rel=0.15)
+
+
+def test_max_eager_step_fit_finds_the_host_time_of_host_bound_steps(tmp_path):
+    """Measurements made under ``eager_step`` max, whose eager steps (2,048-token
+    prefills of a small model) are bound by 40 ms of host time: the fit, started from
+    the defaults, finds that host time and reproduces the runs; the additive model fits
+    the same runs with a smaller eager overhead (GPU time + overhead = host time)."""
+    truth = dataclasses.replace(TRUTH, eager_step="max", eager_overhead_us=40000)
+    paths = [_results_file(tmp_path / "H200_m_prefill-heavy.json", MODEL, "prefill-heavy",
+                           48, 2048, 8, None, truth),
+             _results_file(tmp_path / "H200_m_decode-heavy.json", MODEL, "decode-heavy",
+                           96, 128, 192, None, truth)]
+    runs = [r for p in paths for r in load_engine_results(p)]
+    cal = calibrate_runs(runs, Calibration(eager_step="max"))
+    assert cal.eager_step == "max"
+    assert cal.eager_overhead_us == pytest.approx(40000, rel=0.1)
+    for run in runs:
+        after = simulate_run(run, cal, {}).metrics
+        assert after["throughput_tok_s"] == pytest.approx(
+            run.measured["throughput_tok_s"], rel=0.03)
+    additive = calibrate_runs(runs)
+    assert additive.eager_overhead_us < 0.9 * cal.eager_overhead_us
 
 
 def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):

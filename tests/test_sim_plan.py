@@ -115,6 +115,42 @@ def test_an_eager_step_moves_by_the_paths_host_time_beyond_the_engines(tmp_path)
         Calibration(eager_host_fraction=-0.5)
 
 
+def test_a_max_eager_step_takes_the_longer_of_its_host_and_gpu_time(tmp_path):
+    """``eager_step`` max: an eager step whose host work (``eager_overhead_us`` plus the
+    MoE layers' calls at the plan's ``host_us``) outlasts its GPU work takes the host
+    time, so RaMP's path gains by its lower host time, not its GPU time; with a small
+    host overhead the step is the GPU's and gains what the layer's GPU time gains."""
+    layers = MODEL.moe_layers
+    for overhead, engine_host, host_bound in ((50_000.0, 300.0, True), (0.0, 3.0, False)):
+        plan = LayerPlan(GPU.name, MODEL.problem("w13", tp=1, ep=1), "vllm 0.26.0", TOKENS,
+                         {"engine": ENGINE_US, "triton": TRITON_US},
+                         host_us={"engine": (engine_host,) * 3,
+                                  "triton": (engine_host / 5,) * 3})
+        path = str(plan.save(tmp_path / f"p{engine_host}.json"))
+        cal = Calibration(eager_step="max", eager_overhead_us=overhead)
+        layout = build_layout("tp", GPU, MODEL, 1, ("plan", "plan-engine"), cal, plans=[path])
+        coster = StepCoster(GPU, MODEL, synthetic_pool(MODEL, steps=6, prefill_tokens=64),
+                            cal, {"tp": layout}, graph_tokens=4)
+
+        def step(policy: str, coster=coster, layout=layout) -> tuple[float, float]:
+            return coster.step_seconds(layout, policy, 8, 0.0, 0.0, DECODE, 0)
+
+        (on, moe_on), (off, moe_off) = step("plan"), step("plan-engine")
+        fixed = coster.overhead_seconds(1)
+        gpu_off = coster.dense_seconds(layout, 8, 0.0, 0.0) + moe_off
+        if host_bound:
+            assert off == pytest.approx(fixed + overhead * 1e-6 + layers * 300e-6, rel=1e-9)
+            assert off - on == pytest.approx(layers * (300e-6 - 60e-6), rel=1e-9)
+            assert gpu_off < off - fixed
+        else:
+            assert off == pytest.approx(fixed + gpu_off, rel=1e-9)
+            assert off - on == pytest.approx(moe_off - moe_on, rel=1e-9) and on < off
+    with pytest.raises(InputError, match="eager_step must be one of"):
+        Calibration(eager_step="sum")
+    with pytest.raises(InputError, match="with eager_step max it must be 0"):
+        Calibration(eager_step="max", eager_host_fraction=0.5)
+
+
 def test_plan_time_follows_the_step_routing_by_the_static_cost_ratio(tmp_path):
     """A plan timed under uniform routing, a step routed as dummy weights route (every
     token on the first top-k experts): the layer costs the plan's time times the static
