@@ -64,12 +64,12 @@ from ramp.sim.calibrate import (
     MODES,
     MOE_COSTS,
     EngineRun,
-    Equation,
+    EquationsAt,
     calibrate_runs,
     closed_loop,
     load_engine_results,
     simulate_run,
-    trace_equations,
+    trace_fit,
 )
 from ramp.sim.costs import EAGER_STEPS, Calibration
 from ramp.sim.routing import RoutingPool
@@ -126,9 +126,9 @@ def ramp_gain(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
              profiles: Sequence[str] = (), across_models: bool = False,
-             steps: dict[str, list[Equation]] | None = None) -> dict[str, Any]:
+             steps: dict[str, list[EquationsAt]] | None = None) -> dict[str, Any]:
     """Rows and summary (module docstring) for measured engine ``runs``; ``steps``:
-    per model, equations of recorded traces' measured step times, added to every fold
+    per model, recorded traces' measured step times (``trace_fit``), added to every fold
     that trains on that model."""
     pools: dict[str, RoutingPool] = {}
     axis, folds = _folds(runs, across_models)
@@ -176,10 +176,11 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
 
 
 def trace_steps(traces: Sequence[str], runs: Sequence[EngineRun], moe_costs: str,
-                args: argparse.Namespace) -> dict[str, list[Equation]]:
-    """Per model, the step equations of ``traces`` (recorded in record mode: the
-    engine's own kernel ran, costed like the off runs), on the GPU of that model's runs."""
-    out: dict[str, list[Equation]] = {}
+                args: argparse.Namespace) -> dict[str, list[EquationsAt]]:
+    """Per model, the step equations of ``traces`` around any calibration (recorded in
+    record mode: the engine's own kernel ran, costed like the off runs), on the GPU of
+    that model's runs."""
+    out: dict[str, list[EquationsAt]] = {}
     for path in traces:
         with TraceReader(path) as reader:
             model = get_model(reader.header.model).name
@@ -187,9 +188,8 @@ def trace_steps(traces: Sequence[str], runs: Sequence[EngineRun], moe_costs: str
         if len(gpus) != 1:
             raise InputError(f"--trace {path}: its model {model} has runs on {sorted(gpus)} "
                              "here; need exactly one GPU")
-        out.setdefault(model, []).extend(trace_equations(
-            path, gpus.pop(), DEFAULT_CALIBRATION, MODES[moe_costs]["record"],
-            args.profile, args.plan))
+        out.setdefault(model, []).append(trace_fit(
+            path, gpus.pop(), MODES[moe_costs]["record"], args.profile, args.plan))
     return out
 
 

@@ -39,8 +39,9 @@ fixed overhead on memory-bound decode only) at their base values instead of anyw
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,9 @@ def _with_x(cal: Calibration, x: np.ndarray) -> Calibration:
 
 def step_features(coster: StepCoster, layout: Layout, tokens: np.ndarray, pairs: np.ndarray,
                   context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``F`` [steps, 5] and the collective time [steps] of steps: step time =
-    ``F @ x + collectives + MoE`` (module docstring)."""
+    """``F`` [steps, 5] and the collective time [steps] of steps: the additive step
+    time is ``F @ x + collectives + MoE`` (module docstring; ``step_terms`` adds the
+    eager host term and the max model's binding sides)."""
     tokens = np.array([graph_size(int(t), coster.graph_tokens) for t in np.asarray(tokens)],
                       dtype=float)
     gemm, attn, comm = coster.rooflines(layout, tokens, pairs, context, np.maximum)
@@ -475,23 +477,44 @@ def run_equations(run: EngineRun, sim: Simulated, metrics: Sequence[str] = FIT_M
     return out
 
 
+# equations linearized around a calibration (a trace's steps: ``trace_fit``)
+EquationsAt = Callable[[Calibration], list[Equation]]
+
+
+def trace_fit(path: str | Path, gpu: str, policy: str = "static",
+              profiles: Sequence[str] = (), plans: Sequence[str] = ()) -> EquationsAt:
+    """The steps of a trace with ``step_ms`` as equations around any calibration
+    (``trace_equations``, kept per calibration: every fold starts from the same one)."""
+    with TraceReader(path) as reader:  # fail early on a trace without step_ms
+        if not any(s.step_ms is not None for s in reader):
+            raise InputError(f"{path}: no step carries 'step_ms' (measured step time)")
+    return functools.partial(_cached_trace_equations, str(path), gpu, policy=policy,
+                             profiles=tuple(profiles), plans=tuple(plans))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_trace_equations(path: str, gpu: str, base: Calibration, policy: str,
+                            profiles: tuple[str, ...], plans: tuple[str, ...]
+                            ) -> list[Equation]:
+    return trace_equations(path, gpu, base, policy, profiles, plans)
+
+
 def calibrate_runs(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
-                   profiles: Sequence[str] = (), extra: Sequence[Equation] = (),
+                   profiles: Sequence[str] = (), extra: Sequence[EquationsAt] = (),
                    pools: dict[str, RoutingPool] | None = None,
                    iterations: int = 8) -> Calibration:
     """Fit ``base``'s step costs to the measured engine ``runs`` and ``extra`` equations
-    (a trace's steps), re-simulating until the fit settles (module docstring)."""
-    if not runs:
-        return fit(extra, base)
+    (traces' steps, ``trace_fit``), re-simulating and re-linearizing both around each
+    iterate until the fit settles (module docstring)."""
     pools = {} if pools is None else pools
     cal, best, best_err = base, base, np.inf
     if base.eager_step == "max":  # start host-bound: GPU-bound eager steps leave x4 unseen
         cal = dataclasses.replace(base, eager_overhead_us=base.eager_overhead_us
                                   + HOST_BOUND_START_US)
     for _ in range(iterations):
-        eqs = list(extra) + [e for run in runs
-                             for e in run_equations(run, simulate_run(run, cal, pools,
-                                                                      profiles))]
+        eqs = [e for at in extra for e in at(cal)] + [
+            e for run in runs
+            for e in run_equations(run, simulate_run(run, cal, pools, profiles))]
         err = rms_error(eqs, cal)  # of ``cal`` on its own schedule: what a replay shows
         if err < best_err:
             best, best_err = cal, err
@@ -517,8 +540,8 @@ def calibrate_sources(sources: Sequence[str | Path], gpu: str, base: Calibration
     with ``step_ms`` (anything else, MoE under ``policy``) together."""
     runs = [r for s in sources if str(s).endswith(".json")
             for r in load_engine_results(s, moe_costs, plans)]
-    steps = [e for s in sources if not str(s).endswith(".json")
-             for e in trace_equations(s, gpu, base, policy, profiles, plans)]
+    steps = [trace_fit(s, gpu, policy, profiles, plans) for s in sources
+             if not str(s).endswith(".json")]
     return calibrate_runs(runs, base, profiles, extra=steps)
 
 

@@ -3,6 +3,7 @@ and make, convert and inspect traces."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from ramp.expert_parallel import PLACEMENTS
 from ramp.histograms import MAX_TOKENS
 from ramp.plaindata import from_mapping, read_yaml
 from ramp.sim.calibrate import MOE_COSTS
-from ramp.sim.costs import Calibration
+from ramp.sim.costs import EAGER_STEPS, Calibration
 from ramp.sim.engine import MAX_BATCHED_TOKENS, MODES, EngineConfig, SwitchConfig
 from ramp.sim.metrics import SLO, plot_runs
 from ramp.sim.moe import SIM_POLICIES
@@ -199,12 +200,18 @@ def _calibration(path: str | None) -> Calibration:
 @click.option("--profile", "profiles", multiple=True, help="Profile JSON (repeatable).")
 @click.option("--plan", "plans", multiple=True, type=FilePath(exists=True, dir_okay=False),
               help="Layer plan JSON for the plan policies (repeatable; default: embedded).")
-def calibrate(sources, out_path, gpu, base_path, policy, moe_costs, profiles, plans):
+@click.option("--eager-step", type=click.Choice(EAGER_STEPS), default=None,
+              help="How an eager step's host and GPU time combine (default: the base "
+                   "calibration's, additive); max: the longer of the two.")
+def calibrate(sources, out_path, gpu, base_path, policy, moe_costs, profiles, plans,
+              eager_step):
     """Fit step overheads and dense/attention efficiencies to SOURCES: engine results
     files (*.json, bench/results/engine schema) and traces whose steps carry step_ms."""
     from ramp.sim.calibrate import FITTED, calibrate_sources, calibration_yaml
 
     base = _calibration(base_path)
+    if eager_step:
+        base = dataclasses.replace(base, eager_step=eager_step)
     cal = calibrate_sources(sources, gpu, base, policy, profiles, moe_costs, plans)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(calibration_yaml(cal, [str(s) for s in sources]))

@@ -5,7 +5,9 @@
 - overhead: per step and per layer (scheduler, sampling, launch of a CUDA-graph
   replay), plus ``eager_overhead_us`` on steps of more tokens than the engine captured
   CUDA graphs for (vLLM: ``min(2 * max_num_seqs, 512)``): those launch every kernel
-  from Python (docs/sim.md, "Fidelity");
+  from Python (docs/sim.md, "Fidelity"). Under ``Calibration.eager_step`` max such a
+  step is instead ``overhead + max(GPU terms, eager_overhead_us + the MoE calls' host
+  time)``: the host launches while the GPU runs;
 
 - dense GEMMs (attention projections, router, shared experts, dense layers, LM head):
   one roofline over the step, ``max(FLOPs / peak, weight bytes / HBM bandwidth)``;
@@ -101,7 +103,9 @@ class Calibration:
     of its GPU time and its host time, ``eager_overhead_us`` of non-MoE host work plus
     the MoE layers' calls at the plan's per-call ``host_us``; ``eager_overhead_us``
     then means the step's host time outside the MoE calls, and the fraction must be
-    0). Memory: vLLM sizes
+    0). The cost model's policies have no per-call host time, so under max their host
+    side is ``eager_overhead_us`` alone: use a max calibration with the MoE costing it
+    was fitted under (``--moe-costs``). Memory: vLLM sizes
     the KV cache from ``gpu_memory_utilization`` of the GPU's memory minus weights, the
     peak activations of a ``max_batched_tokens`` forward pass, and ``runtime_reserve_gib``
     (CUDA graphs, NCCL buffers, cuBLAS workspaces: vLLM V1 logs ~0.3-0.6 GiB for graphs).
@@ -338,8 +342,8 @@ class StepCoster:
         plan ``policy`` beyond what the engine's kernel costs (negative where the path
         costs the host less), ``eager_host_fraction`` of the plan's ``host_us`` difference
         per layer; 0 in a CUDA graph, without a plan, or for the cost model's policies.
-        Kept apart from the MoE part: the engine kernel's own host time is in
-        ``eager_overhead_us``, so this can be negative. Padding to a graph size never
+        Kept apart from the MoE part: in the additive step the engine kernel's own host
+        time is in ``eager_overhead_us``, so this can be negative. Padding to a graph size never
         crosses ``graph_tokens``, so padded and unpadded counts give the same time."""
         if (layout.plan is None or policy not in PLAN_POLICIES or tokens <= self.graph_tokens
                 or self.cal.eager_host_fraction == 0):
@@ -430,7 +434,8 @@ class StepCoster:
 
     def overhead_seconds(self, tokens: int) -> float:
         """Fixed host and small-kernel time of a ``tokens``-token step: a CUDA-graph
-        replay up to ``graph_tokens``, eager launches above."""
+        replay up to ``graph_tokens``, eager launches above (added to the GPU time: the
+        additive eager step's; ``step_seconds`` takes the max model's apart)."""
         return self._fixed + (self._eager if tokens > self.graph_tokens else 0.0)
 
     def dense_seconds(self, layout: Layout, tokens: int, pairs: float,

@@ -346,3 +346,14 @@ def test_fidelity_takes_a_traces_steps_into_its_models_folds(results_dir, tmp_pa
     assert fidelity.main(["--dir", str(results_dir), "--out", str(out), "--model",
                           "qwen3-30b-a3b", "--trace", str(trace), "--no-alternative"]) == 2
     assert "has runs on [] here" in capsys.readouterr().err
+
+
+def test_calibrate_cli_takes_the_eager_step_model(tmp_path):
+    """``ramp-sim calibrate --eager-step max`` fits that model and writes it, so that
+    ``replay --calibration`` runs the model the fit assumed."""
+    path = _timed_trace(tmp_path / "t.jsonl")
+    out = tmp_path / "cal.yaml"
+    result = CliRunner().invoke(main, ["calibrate", str(path), "--gpu", "H200", "--out",
+                                       str(out), "--eager-step", "max"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(out.read_text())["eager_step"] == "max"
