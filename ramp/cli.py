@@ -86,19 +86,21 @@ def profile_info(profile_path) -> None:
               help="'zipf:s=1.2,tokens=64,seed=3', 'uniform:tokens=1' or counts '3,0,5,...'")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
               help="configurations to list")
-def explain(profile_path, hist_spec, top) -> None:
+@click.option("--local", is_flag=True,
+              help="the counts are one EP rank's view (a profile of --ep N): any sum")
+def explain(profile_path, hist_spec, top, local) -> None:
     """Show the features, predicted times and the choice for one histogram."""
     from ramp.histograms import parse_histogram_spec, skew_stats
     from ramp.profile import load_profile
 
     p = load_profile(profile_path)
-    hist = parse_histogram_spec(hist_spec, p.problem.num_experts, p.problem.top_k)
+    hist = parse_histogram_spec(hist_spec, p.problem.num_experts, p.problem.top_k, local)
     model = p.model
     pred = model.predict(hist)
     geo = model.plan.geometry(hist)
     stats = skew_stats(hist)
-    tokens = int(hist.sum()) // p.problem.top_k
-    click.echo(f"problem {p.problem.key}  T={tokens}  active experts "
+    tokens = max(int(hist.sum()) // p.problem.top_k, 1)  # a local view's bucket too
+    click.echo(f"problem {p.problem.key}  T={tokens} ({int(hist.sum())} rows)  active experts "
                f"{int(stats['active_experts'])}  max/mean load {stats['max_mean_ratio']:.2f}")
     static = p.dispatcher("static").choose(hist)
     order = np.argsort(pred)

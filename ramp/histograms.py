@@ -295,12 +295,15 @@ def _parse_number(part: str, text: str) -> float:
     return value
 
 
-def parse_histogram_spec(spec: str, num_experts: int, top_k: int) -> np.ndarray:
+def parse_histogram_spec(spec: str, num_experts: int, top_k: int,
+                         local: bool = False) -> np.ndarray:
     """Parse a CLI histogram spec into one int64 histogram of length ``num_experts``.
 
     Forms: ``KIND:tokens=T[,seed=S][,param=value...]`` (e.g. ``zipf:s=1.2,tokens=64,seed=3``,
     ``uniform:tokens=1``, ``hot:hot_fraction=0.9,tokens=256``) or an explicit count list
-    ``3,0,5,...`` whose sum must be a multiple of top_k with no count above sum/top_k.
+    ``3,0,5,...`` whose sum must be a multiple of top_k with no count above sum/top_k;
+    with ``local`` (one EP rank's view, its tokens' other picks on other ranks) any
+    counts.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"histogram spec: expected a non-empty string, got {spec!r}")
@@ -308,7 +311,7 @@ def parse_histogram_spec(spec: str, num_experts: int, top_k: int) -> np.ndarray:
     kind, sep, rest = text.partition(":")
     kind = kind.strip().lower()
     if not sep and kind not in KINDS:
-        return _parse_counts(text, num_experts, top_k)
+        return _parse_counts(text, num_experts, top_k, local)
     if kind not in KINDS:
         raise InputError(f"histogram spec: unknown kind {kind!r} (use one of {KINDS} or a count list)")
     values: dict[str, float] = {}
@@ -335,7 +338,7 @@ def parse_histogram_spec(spec: str, num_experts: int, top_k: int) -> np.ndarray:
     return hist[0]
 
 
-def _parse_counts(text: str, num_experts: int, top_k: int) -> np.ndarray:
+def _parse_counts(text: str, num_experts: int, top_k: int, local: bool) -> np.ndarray:
     counts = []
     for i, part in enumerate(p.strip() for p in text.split(",")):
         if not _COUNT.fullmatch(part):  # ASCII digits: str.isdigit() also passes '²'
@@ -347,6 +350,8 @@ def _parse_counts(text: str, num_experts: int, top_k: int) -> np.ndarray:
     if total > MAX_TOKENS * top_k:
         raise InputError(f"histogram spec: counts sum to {total}, more than "
                          f"{MAX_TOKENS} tokens x top_k={top_k}")
+    if local:
+        return h
     if total % top_k:
         raise InputError(f"histogram spec: counts sum to {total}, not a multiple of top_k={top_k}")
     if h.max(initial=0) > total // top_k:

@@ -38,6 +38,17 @@ def test_profile_info_and_explain():
     assert "<- ramp" in res.output and "why:" in res.output
 
 
+def test_explain_takes_one_ep_ranks_view_with_local():
+    """Three rows of a top-8 layer on one rank: not whole tokens, refused unless
+    ``--local``, then explained at the T = 1 bucket."""
+    counts = ",".join(["1", "0", "1", "1"] + ["0"] * 124)
+    res = run("explain", "--profile", PROFILE, "--hist", counts)
+    assert res.exit_code == 2 and "not a multiple of top_k=8" in res.output
+    res = run("explain", "--profile", PROFILE, "--hist", counts, "--local")
+    assert res.exit_code == 0, res.output
+    assert "T=1 (3 rows)" in res.output and "active experts 3" in res.output
+
+
 @pytest.mark.parametrize("args,match", [
     (["regions", "--gpu", "Z80"], "unknown GPU"),
     (["explain", "--profile", PROFILE, "--hist", "zipf:s=1.2"], "missing tokens"),
