@@ -57,7 +57,7 @@ from ramp.sim.engine import EngineConfig, RunResult, simulate
 from ramp.sim.metrics import request_latencies
 from ramp.sim.routing import RoutingPool
 from ramp.sim.runner import SimConfig, collapsed_pool, prepare, routing_for
-from ramp.trace import Arrival, TraceReader
+from ramp.trace import Arrival, TraceHeader, TraceReader, TraceStep
 
 FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency",
           "eager_overhead_us")
@@ -170,15 +170,31 @@ def fit(equations: Sequence[Equation], base: Calibration) -> Calibration:
 # --- traces with measured step times ---------------------------------------------------
 
 
+def _timed_steps(path: str) -> tuple[TraceHeader, tuple[TraceStep, ...]]:
+    """A trace's header and its steps that carry ``step_ms``, read once per version of
+    the file: a fit linearizes them around every iterate."""
+    try:
+        version = Path(path).stat().st_mtime_ns
+    except OSError:
+        version = -1  # unreadable: TraceReader says why, with the file's name
+    return _read_timed_steps(path, version)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_timed_steps(path: str, mtime_ns: int) -> tuple[TraceHeader, tuple[TraceStep, ...]]:
+    with TraceReader(path) as reader:
+        header = reader.header
+        steps = tuple(s for s in reader if s.step_ms is not None)
+    if not steps:
+        raise InputError(f"{path}: no step carries 'step_ms' (measured step time)")
+    return header, steps
+
+
 def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str = "static",
                     profiles: Sequence[str] = (), plans: Sequence[str] = ()) -> list[Equation]:
     """One equation per trace step with ``step_ms``; the layout from the header's
     parallelism (``ep > 1``: expert-parallel), the MoE part from the step's histograms."""
-    with TraceReader(path) as reader:
-        header = reader.header
-        steps = [s for s in reader if s.step_ms is not None]
-    if not steps:
-        raise InputError(f"{path}: no step carries 'step_ms' (measured step time)")
+    header, steps = _timed_steps(str(path))
     tp, ep = header.tp, header.ep
     mode = "ep" if ep > 1 else "tp"
     config = SimConfig(gpu=gpu, model=header.model, gpus=max(tp, ep), mode=mode,
@@ -485,9 +501,7 @@ def trace_fit(path: str | Path, gpu: str, policy: str = "static",
               profiles: Sequence[str] = (), plans: Sequence[str] = ()) -> EquationsAt:
     """The steps of a trace with ``step_ms`` as equations around any calibration
     (``trace_equations``, kept per calibration: every fold starts from the same one)."""
-    with TraceReader(path) as reader:  # fail early on a trace without step_ms
-        if not any(s.step_ms is not None for s in reader):
-            raise InputError(f"{path}: no step carries 'step_ms' (measured step time)")
+    _timed_steps(str(path))  # fail early on a trace without step_ms
     return functools.partial(_cached_trace_equations, str(path), gpu, policy=policy,
                              profiles=tuple(profiles), plans=tuple(plans))
 
