@@ -213,10 +213,11 @@ def test_summarize_pools_engine_starts(tmp_path, capsys):
     assert res["ramp_calls"] is None and res["ramp_calls_calls"] == 0  # no counts anywhere
 
 
-def test_summarize_sums_the_calls_served_counts(tmp_path):
+def test_summarize_sums_the_calls_served_counts(tmp_path, capsys):
     """RaMP's served calls of pooled calls: a log's own stats line, plus calls' results
     files for logs written without one (each call counted once, however many of its
-    workloads' files are named)."""
+    workloads' files are named); the results file of a call whose log has its stats
+    line is refused, as it would count twice."""
     options = {"model": "deepseek-v2-lite", "modes": "off,dispatch", "concurrent": True,
                "workloads": "decode-heavy", "logprob_tol": 0.05}
     shape = "H200/w13-E64-N2816-K2048-top6-bfloat16"
@@ -244,6 +245,14 @@ def test_summarize_sums_the_calls_served_counts(tmp_path):
     assert res["ramp_fallbacks"] == {"why": 1} and res["ramp_calls_calls"] == 2
     assert res["ramp_plans"] == {shape: [served["plans"][shape]]}  # distinct plans, a list
     assert res["ramp_eager_graphs"] == {shape: {"captures": 26, "replays": 900, "disabled": 0}}
+    a_results = tmp_path / "a-decode-heavy.json"
+    a_results.write_text(eb.json.dumps(dict(b_results, command="bench.py a.jsonl")))
+    with pytest.raises(SystemExit) as exit_:
+        eb.summarize_log([str(a), str(b), "--out", str(tmp_path / "twice"),
+                          "--stats-from", str(a_results)])
+    assert exit_.value.code == 2
+    assert "a-decode-heavy.json: field 'ramp_calls'" in capsys.readouterr().err
+    assert not (tmp_path / "twice").exists()
 
 
 def test_eager_variant_labels_share_the_dispatch_engine():
@@ -344,3 +353,39 @@ def test_pooled_starts_of_differing_labels_pair_each_label_with_its_own_starts(t
     assert res["ratios"]["dispatch"] == pytest.approx(160.0 / 150.0)
     assert res["paired_ratios"]["dispatch:launch"] == pytest.approx(0.9)
     assert res["tokens_match_by_mode"] == {"dispatch": True, "dispatch:launch": False}
+
+
+def test_calls_of_one_mode_pool_into_a_ratio(tmp_path, capsys):
+    """Models of which two engines do not fit (Mixtral) run one mode per call: such a
+    call writes its raw log and no results file, and two of them pool into a file whose
+    ratio is of medians (no pairs: no repeat ran both) and whose token check compares
+    the two calls' sequences; with --concurrent one mode is refused."""
+    assert eb.check_modes(["off"], False) is None
+    assert "at least two with --concurrent" in eb.check_modes(["off"], True)
+    seq = [{"token_ids": [1, 2, 3], "logprobs": [-0.1, -0.2, -0.3]}]
+
+    def call(mode, tps):
+        options = {"model": "mixtral-8x7b", "modes": mode, "concurrent": False,
+                   "workloads": "decode-heavy", "logprob_tol": 0.05}
+        lines = [{"event": "start", "command": f"bench.py --modes {mode}",
+                  "date": "2026-12-03", "options": options, "device": {"device": "NVIDIA H200"},
+                  "engine": {"name": "vllm", "version": "0.26.0"}},
+                 {"event": "engine", "ramp_mode": mode, "info": {"max_num_seqs": 256}},
+                 {"workload": "match", "ramp_mode": mode, "sequences": seq},
+                 *({"workload": "decode-heavy", "repeat": r, "ramp_mode": mode,
+                    "total_tok_per_s": t} for r, t in enumerate(tps))]
+        path = tmp_path / f"{mode}.jsonl"
+        path.write_text("".join(eb.json.dumps(x) + "\n" for x in lines))
+        return str(path)
+
+    off, on = call("off", [100.0, 104.0, 96.0]), call("dispatch", [110.0, 99.0, 103.0])
+    eb.summarize_log([off, "--out", str(tmp_path / "alone")])
+    assert "one mode (off): no ratio, no results file" in capsys.readouterr().out
+    assert not list((tmp_path / "alone").iterdir())
+    eb.summarize_log([off, on, "--out", str(tmp_path / "out"), "--allow-differing", "modes"])
+    res = eb.json.loads((tmp_path / "out" / "H200_mixtral-8x7b_decode-heavy.json").read_text())
+    assert res["modes"] == ["off", "dispatch"]
+    assert res["ratio"] == pytest.approx(103.0 / 100.0)
+    assert res["paired_ratio_median"] is None and res["ratio_by_call"] == [None, None]
+    assert res["tokens_match"] is True and res["token_check_across_calls"] is True
+    assert res["ratio_across_calls"] is True

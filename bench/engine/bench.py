@@ -338,9 +338,12 @@ def engines_of(modes: list[str]) -> list[str]:
 
 def check_modes(modes: list[str], concurrent: bool) -> str | None:
     """What is wrong with ``--modes`` (None: nothing): labels repeat, or a variant is
-    unknown, not on the dispatch engine, or without ``--concurrent``."""
-    if len(set(modes)) != len(modes) or len(modes) < 2:
-        return f"--modes {','.join(modes)}: at least two, each once"
+    unknown, not on the dispatch engine, or without ``--concurrent``. One mode is a
+    call of one engine (for models of which two engines do not fit the GPU, nor two
+    starts one call): it writes its raw log only, for ``bench.py summarize`` to pool
+    with a call of the other mode."""
+    if len(set(modes)) != len(modes) or len(modes) < (2 if concurrent else 1):
+        return (f"--modes {','.join(modes)}: each once, and at least two with --concurrent")
     for label in modes:
         if ":" not in label:
             continue
@@ -525,9 +528,9 @@ def main() -> None:
     stray = [w for w in profiled if w not in workloads]
     if stray:  # a profiled run reuses the workload's warm-up and its timed length
         ap.error(f"--profile-workloads {','.join(stray)}: not in --workloads")
-    if args.time_budget is not None and not args.concurrent:
-        ap.error("--time-budget needs --concurrent: one engine after the other, the first "
-                 "would spend the budget before the second starts")
+    if args.time_budget is not None and not args.concurrent and "," in args.modes:
+        ap.error("--time-budget needs --concurrent or one mode: one engine after the "
+                 "other, the first would spend the budget before the second starts")
     args.passthrough = passthrough(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -885,11 +888,18 @@ def add_stats(into: dict[str, dict[str, Any]] | None, more: dict[str, dict[str, 
     return out
 
 
-def stats_of_results(paths: list[Path], mode: str) -> tuple[dict[str, dict[str, Any]] | None,
-                                                            int]:
+def call_key(record: dict[str, Any]) -> tuple[str, str]:
+    """Which call wrote a raw log's start line or a results file: its command and date."""
+    return json.dumps(record["command"]), record["date"]
+
+
+def stats_of_results(paths: list[Path], mode: str, logged: frozenset = frozenset()
+                     ) -> tuple[dict[str, dict[str, Any]] | None, int]:
     """The served calls that calls' own results files recorded (``ramp_calls``,
     ``ramp_fallbacks``: the ``mode`` engine's), summed once per call (a call's files of
-    several workloads repeat its counts), and how many calls gave them."""
+    several workloads repeat its counts), and how many calls gave them. A file of a
+    call in ``logged`` (``call_key``s of raw logs with a stats line) is refused: its
+    counts are in the pool already and would count twice."""
     seen, total = set(), None
     for path in paths:
         try:
@@ -897,7 +907,10 @@ def stats_of_results(paths: list[Path], mode: str) -> tuple[dict[str, dict[str, 
         except (OSError, json.JSONDecodeError) as exc:
             bad_input(f"{path}: not a results file ({exc})")
         need(data, str(path), "command", "date", "ramp_calls")
-        call = (json.dumps(data["command"]), data["date"])
+        call = call_key(data)
+        if call in logged:
+            bad_input(f"{path}: field 'ramp_calls' is its call's, whose raw log has a stats "
+                      "line already: it would count twice (leave it out of --stats-from)")
         if call in seen or not data["ramp_calls"]:
             continue
         seen.add(call)
@@ -917,12 +930,15 @@ def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
         bad_input(f"{' '.join(map(str, raws))}: a log named twice would count twice")
     meta, infos, matches, runs = read_raw_log(raws[0])
     skip = set(RUN_LENGTH_OPTIONS) | set(allowed)
-    commands, all_matches = [meta["command"]], [matches]
+    commands, all_matches = [meta["command"]], [dict(matches)]  # per call, not merged
     stats_calls = int(meta["stats"] is not None)
+    logged = {call_key(meta)} if meta["stats"] is not None else set()
     for call, raw in enumerate(raws[1:], 1):
         other, _, more_matches, more = read_raw_log(raw, call)
         meta["stats"] = add_stats(meta["stats"], other["stats"])
         stats_calls += other["stats"] is not None
+        if other["stats"] is not None:
+            logged.add(call_key(other))
         for key in sorted((set(meta["options"]) | set(other["options"])) - skip):
             mine, theirs = meta["options"].get(key), other["options"].get(key)
             if mine != theirs:
@@ -934,6 +950,8 @@ def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
                 bad_input(f"{raw}: field {key!r} differs from {raws[0]}'s: not pooled")
         commands.append(other["command"])
         all_matches.append(more_matches)
+        for mode, sequences in more_matches.items():  # a mode the first call did not run:
+            matches.setdefault(mode, sequences)       # its check is across calls
         if "modes" in allowed:  # every log's labels, the first log's baseline first
             labels = meta["options"]["modes"].split(",") + other["options"]["modes"].split(",")
             meta["options"] = dict(meta["options"], modes=",".join(dict.fromkeys(labels)))
@@ -943,6 +961,7 @@ def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
         meta = dict(meta, command=commands, calls=len(raws), token_checks=all_matches,
                     allowed_differing=sorted(allowed))
     meta["stats_calls"] = stats_calls
+    meta["stats_logged"] = frozenset(logged)
     return meta, infos, matches, runs
 
 
@@ -972,7 +991,8 @@ def summarize_log(argv: list[str]) -> None:
         meta["summarize_command"] = "python3 bench/engine/bench.py summarize " + " ".join(argv)
     modes = meta["options"]["modes"].split(",")
     other = "dispatch" if "dispatch" in modes else modes[-1]
-    from_results, result_calls = stats_of_results(a.stats_from, engine_mode(other))
+    from_results, result_calls = stats_of_results(a.stats_from, engine_mode(other),
+                                                  meta.pop("stats_logged"))
     stats = add_stats(add_stats(meta["stats"], from_results),
                       read_all_stats(a.stats_dir, engines_of(modes)) if a.stats_dir else None)
     meta["stats_calls"] += result_calls
@@ -990,6 +1010,11 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
     token_check = (compare_tokens(matches[base], matches[other], args.logprob_tol)
                    if base in matches and other in matches else None)
     gpu = "H200" if "H200" in device["device"] else device["device"].replace(" ", "_")
+    if len(modes) < 2:
+        print(f"one mode ({modes[0]}): no ratio, no results file; pool this call's raw log "
+              "with a call of the other mode: bench.py summarize RAW RAW --allow-differing "
+              "modes", flush=True)
+        return
     for wl, rows in runs.items():
         if {r["ramp_mode"] for r in rows} != set(modes):
             print(f"{wl}: no repeat with every mode, no results file", flush=True)
@@ -1043,8 +1068,12 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             result.update(calls=sum(r is not None for r in by_call), ratio_by_call=by_call,
                           summarize_command=meta["summarize_command"],
                           allowed_differing=meta["allowed_differing"],
-                          tokens_match=all(checks) if checks else None,
+                          tokens_match=all(checks) if checks else result["tokens_match"],
                           token_checks_per_call=checks)
+            if not checks and token_check:  # no call ran both: the first calls' of each
+                result["token_check_across_calls"] = True
+            if ran_apart(rows, base, other):
+                result["ratio_across_calls"] = True
         if "tpot_ms_p50" in rows[0]:  # online and concurrency:C
             for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
                 result[f"median_{key}"] = {m: float(np.median(
@@ -1062,10 +1091,19 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
 def same_calls_ratio(rows: list[dict[str, Any]], base: str, other: str) -> float | None:
     """Median ``other`` over median ``base`` throughput, ``base`` taken from the calls
     (engine starts) that ran ``other`` only: pooled logs whose modes differ would
-    otherwise set one start's label against every start's baseline. None where no call
-    ran both."""
+    otherwise set one start's label against every start's baseline. Where no call ran
+    both (calls of one mode each, ``ran_apart``), over all the calls."""
     calls = {r.get("call", 0) for r in rows if r["ramp_mode"] == other}
+    if ran_apart(rows, base, other):
+        calls |= {r.get("call", 0) for r in rows}
     return median_ratio(rows, base, other, calls)
+
+
+def ran_apart(rows: list[dict[str, Any]], base: str, other: str) -> bool:
+    """Whether no call (engine start) ran both modes: their ratio is then across calls,
+    with the drift between engine starts in it."""
+    return not ({r.get("call", 0) for r in rows if r["ramp_mode"] == base}
+                & {r.get("call", 0) for r in rows if r["ramp_mode"] == other})
 
 
 def median_ratio(rows: list[dict[str, Any]], base: str, other: str,
