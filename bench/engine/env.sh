@@ -1,14 +1,31 @@
 # Source on the GPU machine (bash): unpacks the carried vLLM pack once per machine,
 # installs this project (its vllm.general_plugins entry point makes every vLLM process
 # load RaMP) into /tmp/ramp-site, and exports the offline-engine environment.
-#   call 1: carry [".carry/vllm/vllm-slim.tar.xz", ".carry/vllm/deps"]
-#   call 2: carry [".carry/vllm/vllm-fa3.tar.xz"]  (FLASH_ATTN for GQA models)
-# Files carried into ignored folders stay on the machine while it is warm (30 s between
-# calls), and so does /tmp/site: a cold machine needs call 1 again.
-site=/tmp/site
-mkdir -p "$site"
-if [ -f .carry/vllm/vllm-slim.tar.xz ] && [ ! -f "$site/vllm/__init__.py" ]; then
-  tar xJf .carry/vllm/vllm-slim.tar.xz -C "$site"
+#   call 1: carry [".carry/vllm/deps", ".carry/vllm/vllm-fa3.tar.xz"] (FA3: FLASH_ATTN)
+#   call 2: carry [".carry/vllm/vllm-slim.tar.xz"], or, where the checkout is too big to
+#           travel beside it, [".carry/vllm/vllm-slim.tar.xz.1of2"] and then, in call 3,
+#           [".carry/vllm/vllm-slim.tar.xz.2of2"]: the halves wait in /tmp until all came
+# What a call unpacks or installs stays in /tmp/site while the machine is warm (30 s
+# between calls): a fresh machine (after a give-back or a lost lease) needs every piece
+# again, deps first.
+site=/tmp/site parts=/tmp/vllm-slim-parts
+mkdir -p "$site" "$parts"
+for part in .carry/vllm/vllm-slim.tar.xz.*of*; do
+  [ -f "$part" ] && cp "$part" "$parts/"
+done
+if [ ! -f "$site/vllm/__init__.py" ]; then
+  if [ -f .carry/vllm/vllm-slim.tar.xz ]; then
+    tar xJf .carry/vllm/vllm-slim.tar.xz -C "$site"
+  else
+    n=$(find "$parts" -name 'vllm-slim.tar.xz.*of*' | sed -n 's/.*of\([0-9]*\)$/\1/p' | head -1)
+    have=$(find "$parts" -name "vllm-slim.tar.xz.*of$n" | wc -l)
+    if [ -n "$n" ] && [ "$have" -eq "$n" ]; then
+      for i in $(seq 1 "$n"); do cat "$parts/vllm-slim.tar.xz.${i}of$n"; done |
+        tar xJf - -C "$site" && rm -rf "$parts"
+    elif [ -n "$n" ]; then
+      echo "env.sh: $have of $n parts of the vLLM pack here; carry the others next" >&2
+    fi
+  fi
 fi
 if [ -f .carry/vllm/vllm-fa3.tar.xz ] && [ ! -f "$site/vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so" ]; then
   tar xJf .carry/vllm/vllm-fa3.tar.xz -C "$site"

@@ -5,10 +5,13 @@
 # package registry, deletes what a bf16 Hopper run never loads, prunes the two kernel
 # libraries to sm_90 (../shared/engines/fatbin_prune.py) and packs with xz:
 #   .carry/vllm/vllm-slim.tar.xz   vLLM without FA2/FA3 (~34 MB)
+#   .carry/vllm/vllm-slim.tar.xz.{1of2,2of2}  the same in two halves
 #   .carry/vllm/vllm-fa3.tar.xz    the FA3 attention extension alone (~8 MB)
 #   .carry/vllm/deps/*.whl         ../shared/engines/vllm-<ver>-gpu-deps.txt (~16 MB)
 # .carry/ is git-ignored: nothing of vLLM is ever committed. The device tool carries at
-# most 64 MiB per call, so bench/engine/install.sh takes the pack in two calls.
+# most 64 MiB per call, the checkout included (~32 MiB by 2026-12-02), so the pieces
+# travel in separate calls and bench/engine/env.sh installs them as they arrive: the
+# whole slim pack fits beside a checkout below ~31 MiB, the halves beside any up to ~47.
 # Usage (here, once per vLLM version): bash bench/engine/pack_vllm.sh [VERSION]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,6 +49,9 @@ echo "packing" >&2
 mkdir -p "$tmp/fa3/vllm/vllm_flash_attn" && mv "$tmp/fa3.so" "$tmp/fa3/vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so"
 (cd "$tmp/fa3" && tar -cf - vllm | xz -9 -T0 > "$tmp/fa3.tar.xz")
 mv "$tmp/slim.tar.xz" "$out/vllm-slim.tar.xz"
+rm -f "$out"/vllm-slim.tar.xz.*of*
+split -n 2 --numeric-suffixes=1 -a 1 "$out/vllm-slim.tar.xz" "$out/vllm-slim.tar.xz."
+for i in 1 2; do mv "$out/vllm-slim.tar.xz.$i" "$out/vllm-slim.tar.xz.${i}of2"; done
 mv "$tmp/fa3.tar.xz" "$out/vllm-fa3.tar.xz"
 echo "$version" > "$out/VERSION"
 du -sh "$out"/* >&2
