@@ -364,7 +364,7 @@ def test_calls_of_one_mode_pool_into_a_ratio(tmp_path, capsys):
     assert "at least two with --concurrent" in eb.check_modes(["off"], True)
     seq = [{"token_ids": [1, 2, 3], "logprobs": [-0.1, -0.2, -0.3]}]
 
-    def call(mode, tps):
+    def call(mode, tps, name=""):
         options = {"model": "mixtral-8x7b", "modes": mode, "concurrent": False,
                    "workloads": "decode-heavy", "logprob_tol": 0.05}
         lines = [{"event": "start", "command": f"bench.py --modes {mode}",
@@ -374,7 +374,7 @@ def test_calls_of_one_mode_pool_into_a_ratio(tmp_path, capsys):
                  {"workload": "match", "ramp_mode": mode, "sequences": seq},
                  *({"workload": "decode-heavy", "repeat": r, "ramp_mode": mode,
                     "total_tok_per_s": t} for r, t in enumerate(tps))]
-        path = tmp_path / f"{mode}.jsonl"
+        path = tmp_path / f"{mode}{name}.jsonl"
         path.write_text("".join(eb.json.dumps(x) + "\n" for x in lines))
         return str(path)
 
@@ -388,4 +388,13 @@ def test_calls_of_one_mode_pool_into_a_ratio(tmp_path, capsys):
     assert res["ratio"] == pytest.approx(103.0 / 100.0)
     assert res["paired_ratio_median"] is None and res["ratio_by_call"] == [None, None]
     assert res["tokens_match"] is True and res["token_check_across_calls"] is True
-    assert res["ratio_across_calls"] is True
+    assert res["ratio_across_calls"] is True and res["calls"] == 2
+    # named in any order, off stays the baseline; every dispatch call's tokens checked
+    seq[0]["token_ids"] = [1, 2, 4]
+    again = call("dispatch", [120.0], name="-again")
+    eb.summarize_log([on, off, again, "--out", str(tmp_path / "any"),
+                      "--allow-differing", "modes"])
+    res = eb.json.loads((tmp_path / "any" / "H200_mixtral-8x7b_decode-heavy.json").read_text())
+    assert res["modes"] == ["off", "dispatch"] and res["calls"] == 3
+    assert res["ratio"] == pytest.approx(106.5 / 100.0)
+    assert res["token_checks_per_call"] == [True, False] and res["tokens_match"] is False

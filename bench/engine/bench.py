@@ -528,9 +528,11 @@ def main() -> None:
     stray = [w for w in profiled if w not in workloads]
     if stray:  # a profiled run reuses the workload's warm-up and its timed length
         ap.error(f"--profile-workloads {','.join(stray)}: not in --workloads")
-    if args.time_budget is not None and not args.concurrent and "," in args.modes:
-        ap.error("--time-budget needs --concurrent or one mode: one engine after the "
-                 "other, the first would spend the budget before the second starts")
+    if args.time_budget is not None and not args.concurrent and (
+            "," in args.modes or args.blocks > 1):
+        ap.error("--time-budget needs --concurrent, or one mode in one block: one engine "
+                 "start after the other, the first would spend the budget before the "
+                 "next starts")
     args.passthrough = passthrough(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -952,9 +954,11 @@ def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
         all_matches.append(more_matches)
         for mode, sequences in more_matches.items():  # a mode the first call did not run:
             matches.setdefault(mode, sequences)       # its check is across calls
-        if "modes" in allowed:  # every log's labels, the first log's baseline first
+        if "modes" in allowed:  # every log's labels, the baseline (off) first, else the
+            # first log's first: one-mode calls may be named in any order
             labels = meta["options"]["modes"].split(",") + other["options"]["modes"].split(",")
-            meta["options"] = dict(meta["options"], modes=",".join(dict.fromkeys(labels)))
+            labels = sorted(dict.fromkeys(labels), key=lambda m: m != "off")
+            meta["options"] = dict(meta["options"], modes=",".join(labels))
         for wl, rows in more.items():
             runs.setdefault(wl, []).extend(rows)
     if len(raws) > 1:
@@ -1065,14 +1069,19 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             by_call = [call_ratio(rows, c, base, other) for c in range(meta["calls"])]
             checks = [compare_tokens(m[base], m[other], args.logprob_tol)["tokens_match"]
                       for m in meta["token_checks"] if base in m and other in m]
-            result.update(calls=sum(r is not None for r in by_call), ratio_by_call=by_call,
+            apart = ran_apart(rows, base, other)
+            if not checks and base in matches:  # no call ran both: each call of ``other``
+                checks = [compare_tokens(matches[base], m[other],  # against the baseline's
+                                         args.logprob_tol)["tokens_match"]
+                          for m in meta["token_checks"] if other in m]
+                result["token_check_across_calls"] = bool(checks)
+            result.update(calls=meta["calls"] if apart else sum(r is not None for r in by_call),
+                          ratio_by_call=by_call,
                           summarize_command=meta["summarize_command"],
                           allowed_differing=meta["allowed_differing"],
-                          tokens_match=all(checks) if checks else result["tokens_match"],
+                          tokens_match=all(checks) if checks else None,
                           token_checks_per_call=checks)
-            if not checks and token_check:  # no call ran both: the first calls' of each
-                result["token_check_across_calls"] = True
-            if ran_apart(rows, base, other):
+            if apart:
                 result["ratio_across_calls"] = True
         if "tpot_ms_p50" in rows[0]:  # online and concurrency:C
             for key in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):

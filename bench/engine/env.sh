@@ -10,18 +10,26 @@
 # again, deps first.
 site=/tmp/site parts=/tmp/vllm-slim-parts
 mkdir -p "$site" "$parts"
-for part in .carry/vllm/vllm-slim.tar.xz.*of*; do
-  [ -f "$part" ] && cp "$part" "$parts/"
-done
-if [ ! -f "$site/vllm/__init__.py" ]; then
+unpack_vllm() {  # stdin: the pack; the marker only after a whole unpack, else none of it
+  if tar xJf - -C "$site"; then
+    touch "$site/.vllm-unpacked"
+  else
+    echo "env.sh: the vLLM pack did not unpack (a corrupt or mismatched part?); removed (FA3 with it), carry both again" >&2
+    rm -rf "$site/vllm" "$site"/vllm-*.dist-info
+  fi
+  rm -rf "$parts"; mkdir -p "$parts"
+}
+if [ ! -f "$site/.vllm-unpacked" ]; then
+  for part in .carry/vllm/vllm-slim.tar.xz.*of*; do
+    [ -f "$part" ] && cp "$part" "$parts/"
+  done
   if [ -f .carry/vllm/vllm-slim.tar.xz ]; then
-    tar xJf .carry/vllm/vllm-slim.tar.xz -C "$site"
+    unpack_vllm < .carry/vllm/vllm-slim.tar.xz
   else
     n=$(find "$parts" -name 'vllm-slim.tar.xz.*of*' | sed -n 's/.*of\([0-9]*\)$/\1/p' | head -1)
     have=$(find "$parts" -name "vllm-slim.tar.xz.*of$n" | wc -l)
     if [ -n "$n" ] && [ "$have" -eq "$n" ]; then
-      for i in $(seq 1 "$n"); do cat "$parts/vllm-slim.tar.xz.${i}of$n"; done |
-        tar xJf - -C "$site" && rm -rf "$parts"
+      for i in $(seq 1 "$n"); do cat "$parts/vllm-slim.tar.xz.${i}of$n"; done | unpack_vllm
     elif [ -n "$n" ]; then
       echo "env.sh: $have of $n parts of the vLLM pack here; carry the others next" >&2
     fi
@@ -34,7 +42,7 @@ if [ -d .carry/vllm/deps ] && [ ! -f "$site/.deps-installed" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .carry/vllm/deps/*.whl &&
     touch "$site/.deps-installed"
 fi
-[ -f "$site/vllm/__init__.py" ] || echo "env.sh: no vLLM in $site (carry .carry/vllm first)" >&2
+[ -f "$site/.vllm-unpacked" ] || echo "env.sh: no vLLM in $site (carry .carry/vllm first)" >&2
 for sub in kernels sim adapters traces; do  # bench/device_env.sh's links would package twice
   [ -L "ramp/$sub" ] && rm "ramp/$sub"
 done
