@@ -1,15 +1,13 @@
 """Fit the non-MoE step costs of ``Calibration`` to measured engine runs.
 
-The step time is linear in six parameters once the rooflines are computed:
+The step time is linear in five parameters once the rooflines are computed:
 
     step = x0 * 1us + x1 * layers * 1us + x2 * gemm + x3 * attention + x4 * eager * 1us
-           + x5 * piecewise * 1us + (collectives + MoE)
+           + (collectives + MoE)
 
 with ``x0 = step_overhead_us``, ``x1 = layer_overhead_us``, ``x2 = 1/dense_efficiency``,
-``x3 = 1/attention_efficiency``, ``x4 = eager_overhead_us``, ``x5 =
-piecewise_overhead_us`` (``StepCoster.rooflines`` gives gemm and attention; ``eager`` is
-1 on steps above the CUDA-graph size, ``piecewise`` on the graphed steps that carry
-prompt tokens: the recorder's "mixed" trace steps count as whole graphs). Under
+``x3 = 1/attention_efficiency``, ``x4 = eager_overhead_us`` (``StepCoster.rooflines``
+gives gemm and attention; ``eager`` is 1 on steps above the CUDA-graph size). Under
 ``Calibration.eager_step`` max an eager step is linear on either side of its bound: one
 bound by its host is ``x0 + x1 * layers + x4`` plus its MoE calls' host time, one bound
 by its GPU the graphed form; which side binds is read at the iterate being linearized
@@ -62,7 +60,7 @@ from ramp.sim.runner import SimConfig, collapsed_pool, prepare, routing_for
 from ramp.trace import Arrival, TraceHeader, TraceReader, TraceStep
 
 FITTED = ("step_overhead_us", "layer_overhead_us", "dense_efficiency", "attention_efficiency",
-          "eager_overhead_us", "piecewise_overhead_us")
+          "eager_overhead_us")
 PRIOR_WEIGHT = 0.01
 # added to eager_overhead_us where an eager_step max fit starts: every eager step then
 # binds on its host, so the first fit sees x4 (an eager 2,048-token step takes ~50-150 ms)
@@ -89,44 +87,39 @@ FIT_METRICS = ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s")
 def _x(cal: Calibration) -> np.ndarray:
     return np.array([cal.step_overhead_us, cal.layer_overhead_us,
                      1 / cal.dense_efficiency, 1 / cal.attention_efficiency,
-                     cal.eager_overhead_us, cal.piecewise_overhead_us])
+                     cal.eager_overhead_us])
 
 
 def _with_x(cal: Calibration, x: np.ndarray) -> Calibration:
     return dataclasses.replace(cal, step_overhead_us=float(x[0]), layer_overhead_us=float(x[1]),
                                dense_efficiency=float(1 / x[2]),
                                attention_efficiency=float(1 / x[3]),
-                               eager_overhead_us=float(x[4]),
-                               piecewise_overhead_us=float(x[5]))
+                               eager_overhead_us=float(x[4]))
 
 
 def step_features(coster: StepCoster, layout: Layout, tokens: np.ndarray, pairs: np.ndarray,
-                  context: np.ndarray, prefill: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``F`` [steps, 6] and the collective time [steps] of steps (``prefill``: which
-    carry prompt tokens; None: none): the additive step time is ``F @ x + collectives +
-    MoE`` (module docstring; ``step_terms`` adds the eager host term and the max model's
-    binding sides)."""
+                  context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``F`` [steps, 5] and the collective time [steps] of steps: the additive step
+    time is ``F @ x + collectives + MoE`` (module docstring; ``step_terms`` adds the
+    eager host term and the max model's binding sides)."""
     tokens = np.array([graph_size(int(t), coster.graph_tokens) for t in np.asarray(tokens)],
                       dtype=float)
     gemm, attn, comm = coster.rooflines(layout, tokens, pairs, context, np.maximum)
     ones = np.ones_like(np.asarray(gemm, dtype=float))
     eager = (tokens > coster.graph_tokens) * 1e-6
-    prefill = np.zeros(ones.shape, bool) if prefill is None else np.asarray(prefill, bool)
-    piecewise = (prefill & (tokens <= coster.graph_tokens)) * 1e-6
     feats = np.stack([ones * 1e-6, ones * coster.model.layers * 1e-6, gemm, attn,
-                      ones * eager, ones * piecewise], axis=1)
+                      ones * eager], axis=1)
     return feats, np.broadcast_to(np.asarray(comm, dtype=float), ones.shape)
 
 
 def step_terms(coster: StepCoster, layout: Layout, policy: str, tokens: np.ndarray,
-               pairs: np.ndarray, context: np.ndarray, moe: np.ndarray,
-               prefill: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Steps' times as ``F @ x + c`` around the coster's calibration: ``F`` [steps, 6]
+               pairs: np.ndarray, context: np.ndarray, moe: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Steps' times as ``F @ x + c`` around the coster's calibration: ``F`` [steps, 5]
     from ``step_features``; ``c`` the collectives, the MoE part ``moe`` and the additive
     eager host term, or for a host-bound eager step (``eager_step`` max) its MoE calls'
     host time alone (module docstring)."""
-    feats, comm = step_features(coster, layout, tokens, pairs, context, prefill)
+    feats, comm = step_features(coster, layout, tokens, pairs, context)
     padded = [graph_size(int(t), coster.graph_tokens) for t in np.asarray(tokens)]
     const = comm + np.asarray(moe, dtype=float) + np.array(
         [coster.eager_host_seconds(layout, policy, t) for t in padded])
@@ -169,7 +162,7 @@ def fit(equations: Sequence[Equation], base: Calibration) -> Calibration:
     rows += list(np.diag(weight / scale))
     rhs += list(weight * x0 / scale)
     lower = np.array([0.0, 0.0, 1 / base.kernel_efficiency_ceiling,
-                      1 / base.kernel_efficiency_ceiling, 0.0, 0.0])
+                      1 / base.kernel_efficiency_ceiling, 0.0])
     result = lsq_linear(np.array(rows), np.array(rhs), bounds=(lower, np.inf))
     return _with_x(base, np.maximum(result.x, lower))
 
@@ -212,10 +205,7 @@ def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str =
     tokens = np.array([s.tokens for s in steps], dtype=float)
     moe = np.array([coster.moe_of(layout, s.hists)[policy] for s in steps])
     feats, const = step_terms(coster, layout, policy, tokens, np.zeros_like(tokens),
-                              np.zeros_like(tokens), moe,
-                              # the recorder's steps are "mixed" (it does not see the
-                              # batch): costed as whole graphs, as before piecewise steps
-                              np.array([s.phase == "prefill" for s in steps]))
+                              np.zeros_like(tokens), moe)
     return [Equation(f"{path}:step {step.step}", "step_s", step.step_ms * 1e-3, a, float(c))
             for step, a, c in zip(steps, feats, const)]
 
@@ -463,8 +453,7 @@ def run_equations(run: EngineRun, sim: Simulated, metrics: Sequence[str] = FIT_M
     res, coster = sim.run, sim.coster
     layout = next(iter(coster.layouts.values()))
     feats, const = step_terms(coster, layout, res.policy, res.step_tokens.astype(float),
-                              res.step_pairs, res.step_context, res.step_moe,
-                              res.step_tokens > res.step_decode)
+                              res.step_pairs, res.step_context, res.step_moe)
     cum_f = np.vstack([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
     cum_c = np.concatenate([[0.0], np.cumsum(const)])
     end = res.step_start + res.step_time

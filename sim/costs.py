@@ -40,7 +40,7 @@ from ramp.histograms import parse_histogram_spec
 from ramp.models import MoEModel
 from ramp.problem import DTYPE_BYTES
 from ramp.sim.moe import PLAN_POLICIES, GemmCost, LayerPlanCost, resolve_gemm, resolve_plan
-from ramp.sim.routing import PREFILL, RoutingPool
+from ramp.sim.routing import RoutingPool
 
 PLAN_REFERENCE_SAMPLES = 4  # histograms per plan routing and T behind routing_factor
 
@@ -91,11 +91,7 @@ class Calibration:
     ``eager_overhead_us`` is the host time a step without a CUDA graph adds (every
     kernel launched from Python: vLLM 0.26 on an H200 spends ~50 ms on a 2048-token step
     of a 27-layer MoE, bench/results/engine/H200_deepseek-v2-lite_recorded.jsonl.gz;
-    the default is an order of magnitude, fit it). ``piecewise_overhead_us`` is the host
-    time a graphed step that carries prefill adds: vLLM replays such a step as piecewise
-    graphs with each layer's attention launched from Python between them (decode-only
-    steps replay one whole graph); DeepSeek-V2-Lite's MLA attention took ~10 ms of host
-    time a step that way (twelfth session's profile, docs/sim.md). That overhead holds the engine
+    the default is an order of magnitude, fit it). That overhead holds the engine
     kernel's host time per eager MoE call; a layer plan's path that costs the host more
     or less (its ``host_us``, measured per call in isolation) moves an eager step by
     ``eager_host_fraction`` of the difference per MoE layer. 0 (the default) leaves host
@@ -121,7 +117,6 @@ class Calibration:
     step_overhead_us: float = 1500.0
     layer_overhead_us: float = 20.0
     eager_overhead_us: float = 10000.0
-    piecewise_overhead_us: float = 2000.0
     eager_host_fraction: float = 0.0
     eager_step: str = "additive"
     collective_latency_us: float = 10.0
@@ -145,8 +140,7 @@ class Calibration:
                                  f"that the kernels would beat the datasheet), got "
                                  f"{getattr(self, name)}")
         for name in ("step_overhead_us", "layer_overhead_us", "eager_overhead_us",
-                     "piecewise_overhead_us", "eager_host_fraction", "collective_latency_us",
-                     "runtime_reserve_gib"):
+                     "eager_host_fraction", "collective_latency_us", "runtime_reserve_gib"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise InputError(f"calibration.{name} must be finite and >= 0, got "
                                  f"{getattr(self, name)}")
@@ -296,7 +290,6 @@ class StepCoster:
         self._link = gpu.interconnect_bandwidth * cal.interconnect_efficiency
         self._fixed = (cal.step_overhead_us + model.layers * cal.layer_overhead_us) * 1e-6
         self._eager = cal.eager_overhead_us * 1e-6
-        self._piecewise = cal.piecewise_overhead_us * 1e-6
         self.graph_tokens = graph_tokens
         self._dense_inv = 1.0 / cal.dense_efficiency
         self._attn_inv = 1.0 / cal.attention_efficiency
@@ -439,14 +432,11 @@ class StepCoster:
                     + layout.collectives * self.cal.collective_latency_us * 1e-6)
         return gemm, attn, comm
 
-    def overhead_seconds(self, tokens: int, prefill: bool = False) -> float:
+    def overhead_seconds(self, tokens: int) -> float:
         """Fixed host and small-kernel time of a ``tokens``-token step: a CUDA-graph
-        replay up to ``graph_tokens`` (piecewise where it carries ``prefill``), eager
-        launches above (added to the GPU time: the additive eager step's;
-        ``step_seconds`` takes the max model's apart)."""
-        if tokens > self.graph_tokens:
-            return self._fixed + self._eager
-        return self._fixed + (self._piecewise if prefill else 0.0)
+        replay up to ``graph_tokens``, eager launches above (added to the GPU time: the
+        additive eager step's; ``step_seconds`` takes the max model's apart)."""
+        return self._fixed + (self._eager if tokens > self.graph_tokens else 0.0)
 
     def dense_seconds(self, layout: Layout, tokens: int, pairs: float,
                       context: float) -> float:
@@ -482,10 +472,7 @@ class StepCoster:
         if self.host_bound(layout, policy, tokens, gpu):
             return (self._fixed + self._eager
                     + self.eager_moe_host_seconds(layout, policy, tokens), moe)
-        prefill = phase_class == PREFILL
-        if self.cal.eager_step == "max":  # an eager step here is GPU-bound: no host term
-            return (self._fixed + gpu
-                    + (self._piecewise if prefill and tokens <= self.graph_tokens else 0.0),
-                    moe)
-        return (self.overhead_seconds(tokens, prefill) + gpu
+        if self.cal.eager_step == "max":
+            return self._fixed + gpu, moe
+        return (self.overhead_seconds(tokens) + gpu
                 + self.eager_host_seconds(layout, policy, tokens), moe)

@@ -36,8 +36,7 @@ from ramp.trace import Arrival, TraceReader, write_trace
 from ramp.traces.generators import synthetic_trace
 
 TRUTH = Calibration(step_overhead_us=3000, layer_overhead_us=35, dense_efficiency=0.8,
-                    attention_efficiency=0.6, eager_overhead_us=30000,
-                    piecewise_overhead_us=3000)
+                    attention_efficiency=0.6, eager_overhead_us=30000)
 MODEL = "olmoe-1b-7b"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -262,8 +261,8 @@ def _timed_trace(path: Path) -> Path:
     """A routing trace whose steps carry step_ms from TRUTH (attention left out: trace
     steps carry no contexts)."""
     model = get_model(MODEL)
-    tokens = [1, 4, 16, 64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8, 32, 24, 96, 192]
-    phases = ["decode"] * 5 + ["prefill"] * 7 + ["decode"] * 2 + ["prefill"] * 3
+    tokens = [1, 4, 16, 64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8, 32]
+    phases = ["decode"] * 5 + ["prefill"] * 7 + ["decode"] * 2
     header, steps = synthetic_trace(model, None, tokens, phases, seed=1)
     gpu = get_gpu("H200")
     layout = build_layout("tp", gpu, model, 1, ("static",), TRUTH)
@@ -271,10 +270,10 @@ def _timed_trace(path: Path) -> Path:
     timed = []
     for s in steps:
         feats, comm = step_features(coster, layout, np.array([float(s.tokens)]),
-                                    np.zeros(1), np.zeros(1), np.array([s.phase == "prefill"]))
+                                    np.zeros(1), np.zeros(1))
         x = np.array([TRUTH.step_overhead_us, TRUTH.layer_overhead_us,
                       1 / TRUTH.dense_efficiency, 1 / TRUTH.attention_efficiency,
-                      TRUTH.eager_overhead_us, TRUTH.piecewise_overhead_us])
+                      TRUTH.eager_overhead_us])
         ms = 1e3 * float(feats[0] @ x + comm[0] + coster.moe_of(layout, s.hists)["static"])
         timed.append(dataclasses.replace(s, step_ms=ms))
     write_trace(path, header, timed)
@@ -305,8 +304,6 @@ def test_trace_fit_recovers_fixed_cost_and_dense_efficiency(tmp_path):
     assert cal.dense_efficiency == pytest.approx(TRUTH.dense_efficiency, rel=0.05)
     # steps above 512 tokens (the default CUDA-graph size) pay it once each
     assert cal.eager_overhead_us == pytest.approx(TRUTH.eager_overhead_us, rel=0.02)
-    # prefill steps of 24-512 tokens replay piecewise graphs: found from the 2,000 default
-    assert cal.piecewise_overhead_us == pytest.approx(TRUTH.piecewise_overhead_us, rel=0.05)
     assert cal.attention_efficiency == pytest.approx(1.0, rel=0.01)  # unseen: the prior
     with pytest.raises(InputError, match="no step carries 'step_ms'"):
         trace = tmp_path / "plain.jsonl"
