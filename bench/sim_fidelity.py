@@ -41,7 +41,9 @@ writes one row per (run, metric): ``model``, ``workload``, ``policy``, ``metric`
 calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``,
 ``trained_on``, ``routing``; a summary of mean absolute errors per metric; and
 ``ramp_gain``: per model and workload, dispatch / off throughput and off / dispatch TPOT
-p50, measured and predicted (calibrated). CPU only.
+p50, measured and predicted (calibrated); ``ttft_by_state``: per online run whose
+results file keeps each request's times, where the TTFT error sits (``ttft_by_state``).
+CPU only.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from ramp.sim.calibrate import (
     MOE_COSTS,
     EngineRun,
     EquationsAt,
+    Simulated,
     calibrate_runs,
     closed_loop,
     load_engine_results,
@@ -133,6 +136,7 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
     pools: dict[str, RoutingPool] = {}
     axis, folds = _folds(runs, across_models)
     rows: list[dict[str, Any]] = []
+    ttft_states: list[dict[str, Any]] = []
     calibrations: dict[str, Any] = {}
     for (model, held), tested in folds.items():
         train = [r for r in runs if getattr(r, axis) != held and model in ("*", r.model)]
@@ -143,7 +147,12 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
             None if cal is None else {k: getattr(cal, k) for k in FITTED})
         for run in tested:
             before = simulate_run(run, base, pools, profiles)
-            after = simulate_run(run, cal, pools, profiles).metrics if cal else None
+            calibrated = simulate_run(run, cal, pools, profiles) if cal else None
+            after = calibrated.metrics if calibrated else None
+            states = ttft_by_state(run, calibrated) if calibrated else None
+            if states:
+                ttft_states.append({"source": run.source, "ramp_mode": run.ramp_mode,
+                                    "model": run.model, "groups": states})
             source = " | ".join(lay.moe_source for lay in before.coster.layouts.values())
             for metric, measured in run.measured.items():
                 pred = after[metric] if after else None
@@ -172,7 +181,41 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
     return {"held_out_by": axis, "across_models": across_models,
             "base_calibration": dataclasses.asdict(base),
             "calibrations_by_fold": calibrations, "summary": summary,
-            "ramp_gain": ramp_gain(rows), "rows": rows}
+            "ramp_gain": ramp_gain(rows), "ttft_by_state": ttft_states, "rows": rows}
+
+
+def ttft_by_state(run: EngineRun, sim: Simulated) -> list[dict[str, Any]] | None:
+    """Where a run's TTFT error sits, from its measured per-request times (``bench.py``
+    keeps each online request's arrival, first-token and done times): medians of
+    measured and calibrated-predicted TTFT, and of their per-request gap, over the
+    requests that arrived to an idle engine (every earlier request done, as measured),
+    and over the others by prompt length: at most the largest CUDA-graph size (a
+    graphed step admits them) or above (an eager step). None where the results file
+    has no per-request times for this run's mode (files before 2026-12-02)."""
+    data = json.loads(Path(run.source).read_text())
+    repeats = [r["requests"] for r in data.get("runs", [])
+               if r.get("ramp_mode") == run.ramp_mode and r.get("requests")]
+    if not repeats or any(len(reqs) != len(run.inputs) for reqs in repeats):
+        return None
+    repeats = [sorted(reqs, key=lambda q: q["arrival"]) for reqs in repeats]
+    first = repeats[0]
+    arrival = np.array([q["arrival"] for q in first])
+    done = np.array([q["done"] for q in first])
+    idle = np.array([i == 0 or done[:i].max() < arrival[i] for i in range(len(first))])
+    long = np.array([q["prompt"] for q in first]) > sim.coster.graph_tokens
+    measured = np.median([[q["first"] - q["arrival"] for q in reqs] for reqs in repeats],
+                         axis=0) * 1e3
+    res = sim.run  # the simulator's requests are in arrival order too
+    predicted = (res.first_token - res.arrival)[np.argsort(res.arrival, kind="stable")] * 1e3
+    groups = []
+    for state, sel in (("idle", idle), ("busy, graphed prompt", ~idle & ~long),
+                       ("busy, eager prompt", ~idle & long)):
+        if sel.any():
+            groups.append({"state": state, "requests": int(sel.sum()),
+                           "measured_ms_p50": float(np.median(measured[sel])),
+                           "predicted_ms_p50": float(np.median(predicted[sel])),
+                           "gap_ms_p50": float(np.median(measured[sel] - predicted[sel]))})
+    return groups
 
 
 def trace_steps(traces: Sequence[str], runs: Sequence[EngineRun], moe_costs: str,
@@ -281,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{result['held_out_by']}"
                   + (", all models" if result["across_models"] else ", per model") + ") "
                   + ("-" if cal is None else f"{cal:.1%}"))
+        for t in part.get("ttft_by_state", []):
+            print(f"  TTFT {Path(t['source']).name} {t['ramp_mode']}: " + "; ".join(
+                f"{g['state']} ({g['requests']}) measured {g['measured_ms_p50']:.0f} ms, "
+                f"predicted {g['predicted_ms_p50']:.0f}" for g in t["groups"]))
         for g in part["ramp_gain"]:
             fmt = (lambda v: "-" if v is None else f"{v:.3f}x")  # noqa: E731
             print(f"  RaMP gain {g['source']}: throughput measured "

@@ -47,10 +47,15 @@ def _results_file(path: Path, model: str, workload: str, prompts: int, input_len
     """An engine results file whose numbers are the simulator's under ``truth``."""
     run = EngineRun(str(path), model, "H200", 1, workload, "static", [input_len] * prompts,
                     [output_len] * prompts, arrivals, 64, 4096)
-    m = simulate_run(run, truth, {}).metrics
+    sim = simulate_run(run, truth, {})
+    m, res = sim.metrics, sim.run
     online = {} if arrivals is None else {
         "ttft_ms_p50": 1e3 * m["ttft_p50_s"], "ttft_ms_p99": 1e3 * m["ttft_p99_s"],
-        "tpot_ms_p50": 1e3 * m["tpot_p50_s"], "tpot_ms_p99": 1e3 * m["tpot_p99_s"]}
+        "tpot_ms_p50": 1e3 * m["tpot_p50_s"], "tpot_ms_p99": 1e3 * m["tpot_p99_s"],
+        "requests": [{"arrival": float(a), "sent": float(a), "first": float(f),
+                      "done": float(d), "prompt": int(pr), "output": int(o)}
+                     for a, f, d, pr, o in zip(res.arrival, res.first_token, res.finish,
+                                               res.prompt, res.output)]}
     lengths = ({"input_len": input_len, "output_len": output_len} if arrivals is None else
                {"input_lens": [input_len] * prompts, "output_lens": [output_len] * prompts})
     data = {  # the schema of bench/engine/bench.py
@@ -151,6 +156,16 @@ def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
         assert row["error"] == pytest.approx(row["predicted_calibrated"] / row["measured"] - 1)
     thr = result["summary"]["throughput_tok_s"]
     assert thr["mean_abs_error_calibrated"] < thr["mean_abs_error_uncalibrated"]
+    # the online files keep each request's times: TTFT by engine state, every request in
+    # one group; measured is the truth's simulation, which the held-out fit comes near
+    states = {Path(t["source"]).name: t["groups"] for t in result["ttft_by_state"]}
+    assert set(states) == {f"H200_{m}_online.json" for m in (MODEL, "qwen3-30b-a3b")}
+    for groups in states.values():
+        assert sum(g["requests"] for g in groups) == 150
+        assert {g["state"] for g in groups} <= {"idle", "busy, graphed prompt",
+                                                "busy, eager prompt"}
+        for g in groups:
+            assert abs(g["gap_ms_p50"]) < 0.5 * g["measured_ms_p50"]
     assert fidelity.main(["--dir", str(tmp_path / "empty")]) == 2
 
 
