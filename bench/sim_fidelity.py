@@ -206,10 +206,13 @@ def ttft_by_state(run: EngineRun, sim: Simulated) -> list[dict[str, Any]] | None
     measured = np.median([[q["first"] - q["arrival"] for q in reqs] for reqs in repeats],
                          axis=0) * 1e3
     res = sim.run  # the simulator's requests are in arrival order too
-    predicted = (res.first_token - res.arrival)[np.argsort(res.arrival, kind="stable")] * 1e3
+    order = np.argsort(res.arrival, kind="stable")
+    predicted = (res.first_token - res.arrival)[order] * 1e3
+    served = res.first_token[order] >= 0  # a request the simulator rejected has no TTFT
     groups = []
     for state, sel in (("idle", idle), ("busy, graphed prompt", ~idle & ~long),
                        ("busy, eager prompt", ~idle & long)):
+        sel = sel & served
         if sel.any():
             groups.append({"state": state, "requests": int(sel.sum()),
                            "measured_ms_p50": float(np.median(measured[sel])),
