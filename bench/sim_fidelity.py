@@ -189,9 +189,11 @@ def ttft_by_state(run: EngineRun, sim: Simulated) -> list[dict[str, Any]] | None
     keeps each online request's arrival, first-token and done times): medians of
     measured and calibrated-predicted TTFT, and of their per-request gap, over the
     requests that arrived to an idle engine (every earlier request done, as measured),
-    and over the others by prompt length: at most the largest CUDA-graph size (a
-    graphed step admits them) or above (an eager step). None where the results file
-    has no per-request times for this run's mode (files before 2026-12-02)."""
+    and over the others by prompt length: at most the largest CUDA-graph size or above
+    (a busy step's size also counts its decodes, so this is the prompt's size, not the
+    step's kind). ``gap_ms_p50`` is the median of per-request gaps. None where the
+    results file has no per-request times for this run's mode, or a repeat holds
+    another count of requests."""
     data = json.loads(Path(run.source).read_text())
     repeats = [r["requests"] for r in data.get("runs", [])
                if r.get("ramp_mode") == run.ramp_mode and r.get("requests")]
@@ -210,8 +212,8 @@ def ttft_by_state(run: EngineRun, sim: Simulated) -> list[dict[str, Any]] | None
     predicted = (res.first_token - res.arrival)[order] * 1e3
     served = res.first_token[order] >= 0  # a request the simulator rejected has no TTFT
     groups = []
-    for state, sel in (("idle", idle), ("busy, graphed prompt", ~idle & ~long),
-                       ("busy, eager prompt", ~idle & long)):
+    for state, sel in (("idle", idle), ("busy, prompt <= graph size", ~idle & ~long),
+                       ("busy, prompt > graph size", ~idle & long)):
         sel = sel & served
         if sel.any():
             groups.append({"state": state, "requests": int(sel.sum()),

@@ -162,8 +162,8 @@ def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
     assert set(states) == {f"H200_{m}_online.json" for m in (MODEL, "qwen3-30b-a3b")}
     for groups in states.values():
         assert sum(g["requests"] for g in groups) == 150
-        assert {g["state"] for g in groups} <= {"idle", "busy, graphed prompt",
-                                                "busy, eager prompt"}
+        assert {g["state"] for g in groups} <= {"idle", "busy, prompt <= graph size",
+                                                "busy, prompt > graph size"}
         for g in groups:
             assert abs(g["gap_ms_p50"]) < 0.5 * g["measured_ms_p50"]
     assert fidelity.main(["--dir", str(tmp_path / "empty")]) == 2
