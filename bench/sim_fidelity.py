@@ -42,7 +42,7 @@ calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``,
 ``trained_on``, ``routing``; a summary of mean absolute errors per metric; and
 ``ramp_gain``: per model and workload, dispatch / off throughput and off / dispatch TPOT
 p50, measured and predicted (calibrated); ``ttft_by_state``: per online run whose
-results file keeps each request's times, where the TTFT error sits (``ttft_by_state``).
+results file keeps each request's times, where the TTFT error sits (``ttft_by_state()``).
 CPU only.
 """
 
@@ -203,14 +203,14 @@ def ttft_by_state(run: EngineRun, sim: Simulated) -> list[dict[str, Any]] | None
     first = repeats[0]
     arrival = np.array([q["arrival"] for q in first])
     done = np.array([q["done"] for q in first])
-    idle = np.array([i == 0 or done[:i].max() < arrival[i] for i in range(len(first))])
+    done_before = np.concatenate([[-np.inf], np.maximum.accumulate(done)[:-1]])
+    idle = done_before < arrival
     long = np.array([q["prompt"] for q in first]) > sim.coster.graph_tokens
     measured = np.median([[q["first"] - q["arrival"] for q in reqs] for reqs in repeats],
                          axis=0) * 1e3
-    res = sim.run  # the simulator's requests are in arrival order too
-    order = np.argsort(res.arrival, kind="stable")
-    predicted = (res.first_token - res.arrival)[order] * 1e3
-    served = res.first_token[order] >= 0  # a request the simulator rejected has no TTFT
+    res = sim.run  # the simulator's requests are in arrival order too (stable sort)
+    predicted = (res.first_token - res.arrival) * 1e3
+    served = res.first_token >= 0  # a request the simulator rejected has no TTFT
     groups = []
     for state, sel in (("idle", idle), ("busy, prompt <= graph size", ~idle & ~long),
                        ("busy, prompt > graph size", ~idle & long)):

@@ -1009,16 +1009,16 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
     args = argparse.Namespace(**meta["options"])
     modes = args.modes.split(",")
     device = meta["device"]
-    base = modes[0]
-    other = "dispatch" if "dispatch" in modes else modes[-1]
-    token_check = (compare_tokens(matches[base], matches[other], args.logprob_tol)
-                   if base in matches and other in matches else None)
-    gpu = "H200" if "H200" in device["device"] else device["device"].replace(" ", "_")
     if len(modes) < 2:
         print(f"one mode ({modes[0]}): no ratio, no results file; pool this call's raw log "
               "with a call of the other mode: bench.py summarize RAW RAW --allow-differing "
               "modes", flush=True)
         return
+    base = modes[0]
+    other = "dispatch" if "dispatch" in modes else modes[-1]
+    token_check = (compare_tokens(matches[base], matches[other], args.logprob_tol)
+                   if base in matches and other in matches else None)
+    gpu = "H200" if "H200" in device["device"] else device["device"].replace(" ", "_")
     for wl, rows in runs.items():
         if {r["ramp_mode"] for r in rows} != set(modes):
             print(f"{wl}: no repeat with every mode, no results file", flush=True)
