@@ -5,7 +5,7 @@ import pytest
 
 from ramp.bank import KernelBank
 from ramp.config import KernelConfig
-from ramp.costmodel import ModelError, WaveCostModel
+from ramp.costmodel import DEFAULT_FEATURES, ModelError, WaveCostModel, loo_predictions
 from ramp.dispatch import (
     CrossFamilyDispatcher,
     GuardedDispatcher,
@@ -14,6 +14,7 @@ from ramp.dispatch import (
     StaticDispatcher,
 )
 from ramp.errors import InputError
+from ramp.geometry import GeometryPlan
 from ramp.problem import MoEProblem
 from ramp.regret import evaluate
 
@@ -240,3 +241,21 @@ def test_model_error_is_out_of_sample(bank, problem, rng):
     in_sample = np.mean([s.mape for s in fitted.fit_stats])
     assert error.tokens == (1, 8, 64, 256)
     assert np.mean(error.error) > in_sample > 0.01
+
+
+def test_model_error_is_measured_at_the_pick(bank, problem, rng):
+    """One configuration is the fastest on every call but by an amount its features
+    cannot see (20% more on every other call): the model picks it everywhere and errs on
+    it by ~10%, while its error over all configurations stays near 1%. The guard must
+    read the former, or it lets such picks past (docs/routing.md)."""
+    model = WaveCostModel(bank, problem, 4, rng.uniform(0.1, 10, (len(bank), 4)))
+    tokens = np.repeat([1, 8, 64, 256], 12)
+    hists = np.stack([rng.multinomial(t * problem.top_k, rng.dirichlet(np.full(8, 0.5)))
+                      for t in tokens])
+    times = model.predict(hists)
+    times[:, 0] = times.min(axis=1) * 0.8 * np.where(np.arange(len(hists)) % 2, 1.2, 1.0)
+    error = ModelError.measure(bank, problem, 4, hists, times)
+    feats = GeometryPlan(bank, problem, 4).geometry(hists).features(DEFAULT_FEATURES)
+    over_all = np.nanmean(np.abs(loo_predictions(feats, times) / times - 1.0))
+    assert error.statistic == "loo_pick_relative_error"
+    assert min(error.error) > 0.05 > 0.02 > over_all
