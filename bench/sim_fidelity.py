@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -184,6 +185,12 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
             "ramp_gain": ramp_gain(rows), "ttft_by_state": ttft_states, "rows": rows}
 
 
+@functools.lru_cache(maxsize=8)
+def measured_runs(source: str) -> list[dict[str, Any]]:
+    """A results file's ``runs`` (read once for both of its modes)."""
+    return json.loads(Path(source).read_text()).get("runs", [])
+
+
 def ttft_by_state(run: EngineRun, sim: Simulated) -> list[dict[str, Any]] | None:
     """Where a run's TTFT error sits, from its measured per-request times (``bench.py``
     keeps each online request's arrival, first-token and done times): medians of
@@ -194,21 +201,22 @@ def ttft_by_state(run: EngineRun, sim: Simulated) -> list[dict[str, Any]] | None
     step's kind). ``gap_ms_p50`` is the median of per-request gaps. None where the
     results file has no per-request times for this run's mode, or a repeat holds
     another count of requests."""
-    data = json.loads(Path(run.source).read_text())
-    repeats = [r["requests"] for r in data.get("runs", [])
+    repeats = [r["requests"] for r in measured_runs(run.source)
                if r.get("ramp_mode") == run.ramp_mode and r.get("requests")]
     if not repeats or any(len(reqs) != len(run.inputs) for reqs in repeats):
         return None
-    repeats = [sorted(reqs, key=lambda q: q["arrival"]) for reqs in repeats]
-    first = repeats[0]
-    arrival = np.array([q["arrival"] for q in first])
-    done = np.array([q["done"] for q in first])
+    # a file's requests are in request order; the simulator's run in arrival order (a
+    # stable sort of the same offsets): pair them by that permutation
+    offsets = run.arrivals if run.arrivals is not None else [0.0] * len(run.inputs)
+    order = np.argsort(np.asarray(offsets, dtype=float), kind="stable")
+    times = {key: np.array([[reqs[i][key] for i in order] for reqs in repeats])
+             for key in ("arrival", "first", "done")}
+    arrival, done = times["arrival"][0], times["done"][0]
     done_before = np.concatenate([[-np.inf], np.maximum.accumulate(done)[:-1]])
     idle = done_before < arrival
-    long = np.array([q["prompt"] for q in first]) > sim.coster.graph_tokens
-    measured = np.median([[q["first"] - q["arrival"] for q in reqs] for reqs in repeats],
-                         axis=0) * 1e3
-    res = sim.run  # the simulator's requests are in arrival order too (stable sort)
+    long = np.asarray(run.inputs)[order] > sim.coster.graph_tokens
+    measured = np.median(times["first"] - times["arrival"], axis=0) * 1e3
+    res = sim.run
     predicted = (res.first_token - res.arrival) * 1e3
     served = res.first_token >= 0  # a request the simulator rejected has no TTFT
     groups = []

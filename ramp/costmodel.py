@@ -267,22 +267,27 @@ class WaveCostModel:
             raise InputError(locate(f"{where}: malformed ({exc})", data)) from None
 
 
+ERROR_MIN_CALLS = 3  # held-out calls behind each bucket's error, at least
+
+
 @dataclass(frozen=True)
 class ModelError:
     """How far the model's predictions are from measured times where a dispatch decision
     uses them, per batch-size bucket: ``error[i]`` is the mean relative error
     ``|pred / time - 1|`` of the configuration the model picks (its argmin) on calls with
-    ``tokens[i]`` tokens, each call predicted by a fit that did not see it
-    (leave-one-histogram-out). Out-of-sample on purpose: in-sample residuals of four
-    parameters fitted to ~50 calls understate the error a dispatch decision faces. At the
-    pick on purpose: the argmin of noisy predictions is the configuration whose prediction
-    erred lowest (the winner's curse), so the error over every configuration understates
-    it (on real DeepSeek-V2-Lite routing that mean let ``triton-tiles`` picks 12-16%
-    optimistic past the guard; docs/routing.md).
+    ``tokens[i]`` tokens (or, where fewer, the ``ERROR_MIN_CALLS`` calls nearest in
+    log2 T), never below those calls' error over every configuration, each call
+    predicted by a fit that did not see it (leave-one-histogram-out).
+    Out-of-sample on purpose: in-sample residuals of four parameters fitted to ~50 calls
+    understate the error a dispatch decision faces. At the pick on purpose: the argmin of
+    imperfect predictions is the configuration whose prediction erred lowest (the
+    winner's curse), so the error over every configuration understates it (on real
+    DeepSeek-V2-Lite routing that mean let ``triton-tiles`` picks 12-16% optimistic past
+    the guard; docs/routing.md).
 
     A guarded dispatcher (``ramp.dispatch.GuardedDispatcher``) leaves the static table
-    only for a predicted gain larger than this error allows. Profiles fitted before this
-    statistic carry ``loo_mean_relative_error`` (over every configuration), read alike.
+    only for a predicted gain larger than this error allows. A profile fitted before this
+    statistic carries ``loo_mean_relative_error`` (over every configuration), read alike.
     """
 
     tokens: tuple[int, ...]
@@ -313,24 +318,34 @@ class ModelError:
     def measure(cls, bank: KernelBank, problem: MoEProblem, num_sms: int, hists: np.ndarray,
                 times: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES) -> ModelError:
         """Leave-one-histogram-out error of the NNLS fit at its pick, per token count of
-        ``hists``."""
+        ``hists``: the mean over the bucket's calls, widened to the ``ERROR_MIN_CALLS``
+        calls nearest in log2(T) where it has fewer (an EP rank's local T differs on
+        every call, so a bucket often holds one), and at least the same calls' mean
+        error over every configuration (a lucky pick must not leave no margin). The
+        pick is among the configurations that can be held out on that call (more
+        samples than features); the dispatcher's also counts those with exactly as
+        many, which the shipped profiles do not have."""
         hists = np.atleast_2d(np.asarray(hists, dtype=np.int64))
         times = np.asarray(times, dtype=np.float64)
         feats = GeometryPlan(bank, problem, num_sms).geometry(hists).features(tuple(features))
         pred = loo_predictions(feats, times)
+        every = np.abs(pred / times - 1.0)  # NaN: not held out
         pick = np.where(np.isfinite(pred), pred, np.inf).argmin(axis=1)
-        rows = np.arange(len(pred))
-        rel = np.abs(pred[rows, pick] / times[rows, pick] - 1.0)  # NaN: nothing predicted
+        at_pick = every[np.arange(len(pred)), pick]
         # an EP rank's local view can hold fewer rows than top_k: bucket 1, as ``at`` reads
         tokens = np.maximum(hists.sum(axis=1) // problem.top_k, 1)
-        buckets = np.unique(tokens)
-        error = np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan
-                          for r in (rel[tokens == t] for t in buckets)])
-        keep = np.isfinite(error)
-        if not keep.any():
+        held = np.isfinite(at_pick)
+        if not held.any():
             raise InputError("model error: no configuration has enough samples to hold one out")
-        return cls(tuple(int(t) for t in buckets[keep]),
-                   tuple(min(float(e), 0.99) for e in error[keep]))
+        log_t = np.log2(tokens[held])
+        buckets = np.unique(tokens[held])
+        error = []
+        for t in buckets:
+            dist = np.abs(log_t - np.log2(t))
+            near = dist <= np.sort(dist)[min(ERROR_MIN_CALLS, dist.size) - 1]
+            floor = np.nanmean(every[held][near])
+            error.append(min(max(float(at_pick[held][near].mean()), float(floor)), 0.99))
+        return cls(tuple(int(t) for t in buckets), tuple(error))
 
     def to_dict(self) -> dict[str, Any]:
         return {"statistic": self.statistic, "tokens": list(self.tokens),

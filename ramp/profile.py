@@ -31,9 +31,10 @@ SCHEMA = "ramp-profile/1"
 POLICIES = ("static", "ramp", "ramp-unguarded")
 # Profiles fitted before the model error was stored carry none. The guard then assumes
 # this relative error for every prediction, so RaMP leaves the static table only for a
-# predicted gain above 2e/(1-e) = 10.5%: conservative on purpose, above the median (4.1%)
-# of the per-bucket out-of-sample errors measured on the shipped H100 Triton profiles
-# (docs/perf/dispatcher.md). Refit such a profile (`ramp fit`) to store its own.
+# predicted gain above 2e/(1-e) = 10.5%: about the median (4.9%) of the per-bucket errors
+# the shipped Triton profiles (H100 and H200) measure (``ModelError``; the older
+# all-configuration statistic read 4.1% on the H100 ones, docs/perf/dispatcher.md).
+# Refit such a profile (`ramp fit`) to store its own.
 DEFAULT_MODEL_ERROR = 0.05
 
 

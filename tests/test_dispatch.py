@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -257,5 +258,25 @@ def test_model_error_is_measured_at_the_pick(bank, problem, rng):
     error = ModelError.measure(bank, problem, 4, hists, times)
     feats = GeometryPlan(bank, problem, 4).geometry(hists).features(DEFAULT_FEATURES)
     over_all = np.nanmean(np.abs(loo_predictions(feats, times) / times - 1.0))
-    assert error.statistic == "loo_pick_relative_error"
     assert min(error.error) > 0.05 > 0.02 > over_all
+    assert error.statistic == "loo_pick_relative_error"
+
+
+def test_model_error_skips_calls_and_buckets_with_nothing_held_out(bank, problem, rng):
+    """Unmeasured configurations (NaN) and a bucket no configuration could be predicted
+    on neither warn nor fail: that bucket is left out (calls there take the nearest
+    kept one), and with nothing held out anywhere the error is refused."""
+    model = WaveCostModel(bank, problem, 4, rng.uniform(0.1, 10, (len(bank), 4)))
+    tokens = np.repeat([1, 8, 64, 256], 6)
+    hists = np.stack([rng.multinomial(t * problem.top_k, rng.dirichlet(np.full(8, 0.5)))
+                      for t in tokens])
+    times = model.predict(hists) * rng.lognormal(0, 0.05, (len(hists), len(bank)))
+    times[::5, 3] = np.nan  # some calls did not time one configuration
+    times[tokens == 256] = np.nan  # nor any on the largest bucket
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        error = ModelError.measure(bank, problem, 4, hists, times)
+    assert error.tokens == (1, 8, 64)
+    assert all(0.0 < e < 0.2 for e in error.error)
+    with pytest.raises(InputError, match="no configuration has enough samples"):
+        ModelError.measure(bank, problem, 4, hists, np.full_like(times, np.nan))
