@@ -225,6 +225,16 @@ def picks(profile: Profile, hists: np.ndarray, others: Sequence[Profile] = ()
     return ramp.choose_batch(hists), profile.dispatcher("static").choose_batch(hists)
 
 
+def unguarded_picks(profile: Profile, hists: np.ndarray, others: Sequence[Profile] = ()
+                    ) -> np.ndarray:
+    """The plain argmin of the same (combined) model: what the guard's margins cost, and
+    what they save, beside RaMP's default picks."""
+    hists = hists.astype(np.int64)
+    if others:
+        return profile.across_families(others).ramp.choose_batch(hists)
+    return profile.dispatcher("ramp-unguarded").choose_batch(hists)
+
+
 def configs_to_time(num_configs: int, must: np.ndarray, cap: int | None) -> list[int]:
     """Bank indices to time: all, or the dispatchers' picks plus evenly spaced others up
     to ``cap`` (the oracle is then the best of those only)."""
@@ -297,17 +307,18 @@ def time_view(problem: MoEProblem, family: str, configs: list, calls: Sequence[R
 
 
 def call_record(c: RealCall, times: np.ndarray, configs: Sequence[str],
-                families: Sequence[str], ramp_config: str, static_config: str
-                ) -> dict[str, Any]:
+                families: Sequence[str], ramp_config: str, static_config: str,
+                unguarded_config: str) -> dict[str, Any]:
     """One call of the JSON: what was timed (each configuration's family), every time,
-    the picks of RaMP and static."""
+    the picks of RaMP, static and the unguarded argmin."""
     return {"label": c.label, "recording": c.recording, "tokens": c.tokens, "view": c.view,
             "order": c.order, "layer": c.layer, "batch": c.batch, "rank": c.rank,
             "local_rows": int(c.hist.sum()), "local_tokens": int(c.ids.shape[0]),
             "active_experts": int(np.count_nonzero(c.hist)), "hist": c.hist.tolist(),
             "configs": list(configs), "families": list(families),
             "times_us": [None if not math.isfinite(x) else float(x) for x in times],
-            "ramp_config": ramp_config, "static_config": static_config}
+            "ramp_config": ramp_config, "static_config": static_config,
+            "ramp_unguarded_config": unguarded_config}
 
 
 def combined_bank(profile: Profile, others: Sequence[Profile]) -> list:
@@ -343,28 +354,32 @@ def repick(result: dict[str, Any]) -> dict[str, list[str]]:
         rows = [c for c in result["calls"] if c["view"] == view]
         profile = view_profile(prov["gpu"], model, prov["gemm"], view)
         others = view_profiles(profile, prov.get("extra_families") or [])
-        ramp_idx, static_idx = picks(profile, np.array([c["hist"] for c in rows]), others)
+        hists = np.array([c["hist"] for c in rows])
+        ramp_idx, static_idx = picks(profile, hists, others)
         combined = combined_bank(profile, others)
-        for c, r, st in zip(rows, ramp_idx, static_idx):
+        for c, r, st, u in zip(rows, ramp_idx, static_idx,
+                               unguarded_picks(profile, hists, others)):
             c["ramp_config"] = combined[r].name
             c["static_config"] = profile.model.bank.configs[st].name
+            c["ramp_unguarded_config"] = combined[u].name
         across[view] = [PROFILED, *(o.family for o in others)]
     return across
 
 
 def finish_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fill each call's ``ramp_us``, ``static_us``, ``oracle_us`` and ``oracle_config``
-    from its measured times (None where a pick was not measured)."""
+    """Fill each call's ``ramp_us``, ``static_us``, ``ramp_unguarded_us``, ``oracle_us``
+    and ``oracle_config`` from its measured times (None where a pick was not measured,
+    or, in files from before it, not made)."""
     for c in calls:
         times = np.array([np.nan if x is None else x for x in c["times_us"]], dtype=float)
         if not np.isfinite(times).any():
             raise InputError(f"call {c['label']} ({c['view']}): no configuration measured")
         col = {name: j for j, name in enumerate(c["configs"])}
-        picks = [col.get(c[f"{p}_config"], -1) for p in ("ramp", "static")]
+        picks = [col.get(c.get(f"{p}_config"), -1) for p in ("ramp", "static", "ramp_unguarded")]
         oracle = int(np.nanargmin(times))
         # A pick that was not timed (-1) reads the NaN appended after the last column.
         chosen = chosen_times(np.append(times, np.nan)[None, :], np.array([[*picks, oracle]]))
-        for name, t in zip(("ramp", "static", "oracle"), chosen[0]):
+        for name, t in zip(("ramp", "static", "ramp_unguarded", "oracle"), chosen[0]):
             c[f"{name}_us"] = float(t) if np.isfinite(t) else None
         c["oracle_config"] = c["configs"][oracle]
         families = np.array(call_families(c))
@@ -430,6 +445,10 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                   [c for c in ok if c["tokens"] == t], families)}
                      for t in np.unique(tokens)}
         g_ramp, g_oracle = geomean(static / ramp), geomean(static / oracle)
+        free = [(c["static_us"], c["ramp_unguarded_us"], c["oracle_us"], c["tokens"])
+                for c in ok if c.get("ramp_unguarded_us") is not None]
+        free_by_tokens = {t: geomean([s / u for s, u, _, tt in free if tt == t])
+                          for t in dict.fromkeys(f[3] for f in free)}
         tables = {name: [(t, c) for t, c in zip(tuned_table_us(ok, held_out, family), ok)
                          if t is not None]
                   for name, held_out, family in (
@@ -446,6 +465,13 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "ramp_vs_static_worst_tokens": None if worst is None
             else by_tokens[worst]["ramp_vs_static"],
             "worst_tokens": worst,
+            # the plain argmin of the same model, where the file has its picks
+            "ramp_unguarded_vs_static": geomean([s / u for s, u, _, _ in free])
+            if free else None,
+            "ramp_unguarded_mean_regret": float(np.mean([u / o - 1 for _, u, o, _ in free]))
+            if free else None,
+            "ramp_unguarded_vs_static_worst_tokens": min(free_by_tokens.values())
+            if free else None,
             "oracle_gain_captured": math.log(g_ramp) / math.log(g_oracle)
             if g_oracle is not None and g_oracle > 1 + 1e-9 else None,
             **{f"{name}_mean_regret": float(np.mean([t / c["oracle_us"] - 1 for t, c in got]))
@@ -479,7 +505,10 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
                      f"{_pct(s.get('tuned_table_other_recording_mean_regret'))}, "
                      f"{_f(s.get('ramp_vs_tuned_table_other_recording'))}x; of {PROFILED} "
                      f"only: {_pct(s.get(f'tuned_table_{PROFILED}_mean_regret'))}, "
-                     f"{_f(s.get(f'ramp_vs_tuned_table_{PROFILED}'))}x)")
+                     f"{_f(s.get(f'ramp_vs_tuned_table_{PROFILED}'))}x); unguarded: "
+                     f"{_f(s.get('ramp_unguarded_vs_static'))}x, regret "
+                     f"{_pct(s.get('ramp_unguarded_mean_regret'))}, worst T "
+                     f"{_f(s.get('ramp_unguarded_vs_static_worst_tokens'))}x")
         families = list(s.get("oracle_vs_static_by_family") or {})
         extra = families if len(families) > 1 else []  # one family: its oracle is the oracle
         lines.append(f"  {'T':>5} {'calls':>5} {'ramp/static':>11} {'oracle/static':>13}"
@@ -622,11 +651,12 @@ def measure(args: argparse.Namespace, command: str) -> Path:
         profile = view_profile(gpu, model, args.gemm, view)
         others = view_profiles(profile, extra)
         ramp_idx, static_idx = choices(profile, sel, others)
+        free = unguarded_picks(profile, np.stack([c.hist for c in sel]), others)
         own = len(profile.model.bank)
-        timed = configs_to_time(own, np.concatenate([ramp_idx[ramp_idx < own], static_idx]),
-                                args.max_configs)
+        must = np.concatenate([ramp_idx[ramp_idx < own], free[free < own], static_idx])
+        timed = configs_to_time(own, must, args.max_configs)
         combined = combined_bank(profile, others)
-        plan[view] = (sel, profile, ramp_idx, static_idx, timed, combined, others)
+        plan[view] = (sel, profile, (ramp_idx, static_idx, free), timed, combined, others)
     problem_of = {v: view_problem(model, args.gemm, v) for v in views}
     extra_configs = {f: get_family(f).configs(problem_of[views[0]].dtype_bytes) for f in extra}
     n_extra = sum(len(c) for c in extra_configs.values())
@@ -637,7 +667,7 @@ def measure(args: argparse.Namespace, command: str) -> Path:
           + f"); expected device time ~{est / 60:.1f} min", flush=True)
     t0 = time.monotonic()
     records, views_info, device = [], {}, None
-    for n, (view, (sel, profile, ramp_idx, static_idx, timed, combined, others)) in \
+    for n, (view, (sel, profile, (ramp_idx, static_idx, free), timed, combined, others)) in \
             enumerate(plan.items()):
         problem, bank = problem_of[view], profile.model.bank.configs
         progress = f"[{n + 1}/{len(plan)}] "
@@ -654,7 +684,8 @@ def measure(args: argparse.Namespace, command: str) -> Path:
             names += [c.name for c in configs]
             families += [family] * len(configs)
         records += [call_record(c, times[i], names, families, combined[ramp_idx[i]].name,
-                                bank[static_idx[i]].name) for i, c in enumerate(sel)]
+                                bank[static_idx[i]].name, combined[free[i]].name)
+                    for i, c in enumerate(sel)]
         views_info[view] = {"problem": problem.key, "profile": profile.key,
                             "ramp_families": [PROFILED, *(o.family for o in others)],
                             "placement": None if view == "full" else args.placement,

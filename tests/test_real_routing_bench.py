@@ -87,9 +87,11 @@ def _result(seed: int = 3):
     rng = np.random.default_rng(seed)
     times = profile.model.predict(hists) * rng.lognormal(0.0, 0.05, (len(calls), 196))
     ramp_idx, static_idx = rr.choices(profile, calls)
+    free = rr.unguarded_picks(profile, hists)
     names = [c.name for c in profile.model.bank.configs]
     records = [rr.call_record(c, times[i], names, ["triton"] * 196, names[ramp_idx[i]],
-                              names[static_idx[i]]) for i, c in enumerate(calls)]
+                              names[static_idx[i]], names[free[i]])
+               for i, c in enumerate(calls)]
     rr.finish_calls(records)
     return {"device": {"device": "test"}, "command": "test", "problem": profile.problem.key,
             "calls": records}, profile, hists, times
@@ -104,6 +106,9 @@ def test_summary_agrees_with_the_regret_evaluation():
     assert s["ramp_mean_regret"] == pytest.approx(report.mean_regret)
     assert s["ramp_vs_static"] == pytest.approx(report.speedup_geomean)
     assert s["static_mean_regret"] == pytest.approx(evaluate(static, hists, times).mean_regret)
+    free = evaluate(profile.dispatcher("ramp-unguarded"), hists, times, baseline=static)
+    assert s["ramp_unguarded_mean_regret"] == pytest.approx(free.mean_regret)
+    assert s["ramp_unguarded_vs_static"] == pytest.approx(free.speedup_geomean)
     assert s["oracle_vs_static"] >= max(s["ramp_vs_static"], 1.0)
     worst = s["by_tokens"][s["worst_tokens"]]["ramp_vs_static"]
     assert worst == s["ramp_vs_static_worst_tokens"] == min(
