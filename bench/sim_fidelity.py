@@ -16,7 +16,9 @@ analytic wave model otherwise; each row names its source), the largest CUDA-grap
 the routing of the run's weights: dummy weights without re-spread routers send every
 token to experts ``0 .. top_k-1`` (``collapsed_pool``), else the model's shipped routing
 trace (its synthetic default routing where none is shipped). The engine's
-``gpu_memory_utilization`` (``engine_config.engine_args``) sizes the simulated KV cache.
+``gpu_memory_utilization`` (``engine_config.engine_args``) sizes the simulated KV cache,
+unless the file says the KV cache the engine allocated (``kv_cache_tokens`` per mode,
+``bench.py`` since the thirteenth session): then that is the simulated capacity.
 Runs of ``bench.py --concurrent`` (two engines sharing one GPU, each with half its
 memory) are simulated as one engine alone on the GPU and flagged ``concurrent``: their
 measured times include the other engine's contention, which the simulator does not model.

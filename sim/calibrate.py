@@ -239,6 +239,7 @@ class EngineRun:
     # False: a dispatch run whose RaMP served no call (every layer fell back), so the
     # engine's kernel is what ran and what is simulated
     ramp_served: bool = True
+    kv_capacity: int | None = None  # the engine's KV cache, tokens (None: the memory model)
 
     def with_moe_costs(self, moe_costs: str, plans: Sequence[str] = ()) -> EngineRun:
         """This run with its MoE costed the ``moe_costs`` way (``MOE_COSTS``)."""
@@ -269,7 +270,8 @@ class EngineRun:
         return SimConfig(gpu=self.gpu, model=self.model, gpus=self.tp, mode="tp",
                          policies=(self.policy,),
                          engine=EngineConfig(self.max_batched_tokens, self.max_seqs,
-                                             cuda_graph_tokens=self.graph_tokens),
+                                             cuda_graph_tokens=self.graph_tokens,
+                                             kv_capacity=self.kv_capacity),
                          calibration=cal, profiles=tuple(profiles), plans=self.plans)
 
 
@@ -370,6 +372,12 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
     # dummy weights route every token to the same experts unless bench.py re-spread them
     collapsed = args.get("load_format") == "dummy" and not config.get("routers_respread")
     served = _ramp_served(data.get("ramp_calls"), f"{where} ramp_calls")
+    kv = data.get("kv_cache_tokens") or {}
+    if not isinstance(kv, dict) or not all(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+            for v in kv.values()):
+        raise InputError(f"{where}: field 'kv_cache_tokens' must map each mode to an int "
+                         ">= 1 or null")
     out = []
     for mode, repeats in by_mode.items():
         measured: dict[str, float] = {}
@@ -390,7 +398,7 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
             ints["max_num_seqs"], ints["max_num_batched_tokens"], measured,
             float(util) if isinstance(util, (int, float)) else None,
             bool(data.get("concurrent", False)), graph_tokens,
-            "collapsed" if collapsed else "trace", mode,
+            "collapsed" if collapsed else "trace", mode, kv_capacity=kv.get(mode),
             ramp_served=served or mode != "dispatch").with_moe_costs(moe_costs, plans))
     return out
 

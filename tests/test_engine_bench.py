@@ -68,8 +68,10 @@ def test_summarize_rebuilds_the_results_of_a_cut_run(tmp_path):
     lines = [{"event": "start", "command": "python3 bench/engine/bench.py ...",
               "date": "2026-12-01T18:40:00Z", "options": options,
               "device": {"device": "NVIDIA H200"}, "engine": {"name": "vllm", "version": "0.26.0"}},
-             {"event": "engine", "ramp_mode": "off", "info": {"max_num_seqs": 256}},
-             {"event": "engine", "ramp_mode": "dispatch", "info": {"max_num_seqs": 256}},
+             {"event": "engine", "ramp_mode": "off",
+              "info": {"max_num_seqs": 256, "kv_cache_tokens": 41_000}},
+             {"event": "engine", "ramp_mode": "dispatch",
+              "info": {"max_num_seqs": 256, "kv_cache_tokens": 40_500}},
              {"workload": "match", "ramp_mode": "off", "sequences": seq},
              {"workload": "match", "ramp_mode": "dispatch", "sequences": seq},
              {"workload": "decode-heavy", "warmup": True, "ramp_mode": "off",
@@ -91,6 +93,16 @@ def test_summarize_rebuilds_the_results_of_a_cut_run(tmp_path):
     assert res["paired_ratio_median"] == pytest.approx(108.0 / 102.0)  # the middle of 1.10, 0.90, 1.06
     assert res["tokens_match"] is True and res["ramp_calls"] is None
     assert res["engine"]["version"] == "0.26.0" and res["workload"]["input_len"] == 128
+    assert res["kv_cache_tokens"] == {"off": 41_000, "dispatch": 40_500}  # each engine's
+
+
+def test_kv_cache_tokens_read_from_the_engines_cache_config():
+    """vLLM's own count where it has one, else blocks x block size, else None."""
+    cache = eb.argparse.Namespace(kv_cache_size_tokens=None, num_gpu_blocks=100, block_size=16)
+    assert eb.kv_cache_tokens(cache) == 1600
+    cache.kv_cache_size_tokens = 1580
+    assert eb.kv_cache_tokens(cache) == 1580
+    assert eb.kv_cache_tokens(eb.argparse.Namespace()) is None
 
 
 def test_summarize_names_a_bad_line(tmp_path, capsys):

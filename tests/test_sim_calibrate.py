@@ -184,6 +184,7 @@ def test_results_file_validation(tmp_path, results_dir):
         (lambda d: d.update(ramp_calls={"eager": {"w13": 5}}), "ramp_calls: expected"),
         (lambda d: d["workload"].update(concurrency=32),
          "field 'concurrency' is 32: a closed-loop client"),
+        (lambda d: d.update(kv_cache_tokens={"off": 0}), "field 'kv_cache_tokens' must map"),
     ]
     for change, message in cases:
         data = json.loads(json.dumps(good))
@@ -192,6 +193,20 @@ def test_results_file_validation(tmp_path, results_dir):
         path.write_text(json.dumps(data))
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace("[", r"\[")):
             load_engine_results(path)
+
+
+def test_the_engines_kv_cache_is_the_simulated_capacity(tmp_path, results_dir):
+    """Where the results file says how many KV tokens each engine allocated, the run is
+    simulated with that capacity instead of the memory model's."""
+    source = results_dir / f"H200_{MODEL}_online.json"
+    data = json.loads(source.read_text())
+    data["kv_cache_tokens"] = {"off": 20_000}
+    path = tmp_path / "kv.json"
+    path.write_text(json.dumps(data))
+    (told,), (unsaid,) = load_engine_results(path), load_engine_results(source)
+    assert told.kv_capacity == 20_000 and unsaid.kv_capacity is None
+    modelled = simulate_run(unsaid, Calibration(), {}).run.kv_capacity
+    assert simulate_run(told, Calibration(), {}).run.kv_capacity == 20_000 != modelled
 
 
 def test_a_dispatch_run_that_ran_no_ramp_call_is_simulated_as_the_engine(tmp_path,

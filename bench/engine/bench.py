@@ -255,6 +255,16 @@ def spread_router(worker, seed: int, logit_std: float) -> int:
     return changed
 
 
+def kv_cache_tokens(cache: Any) -> int | None:
+    """The KV cache the engine core allocated, in tokens (vLLM 0.26 syncs it back to the
+    front end's cache config after start), so that the simulator replays the run with
+    the engine's capacity, not its own memory model's; None where it does not say."""
+    tokens = getattr(cache, "kv_cache_size_tokens", None)
+    if tokens is None and getattr(cache, "num_gpu_blocks", None):
+        tokens = cache.num_gpu_blocks * cache.block_size
+    return int(tokens) if tokens else None
+
+
 async def worker_main(args: argparse.Namespace) -> None:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -276,6 +286,7 @@ async def worker_main(args: argparse.Namespace) -> None:
             "max_num_seqs": sched.max_num_seqs,
             "max_num_batched_tokens": sched.max_num_batched_tokens,
             "cudagraph_capture_sizes": list(getattr(comp, "cudagraph_capture_sizes", []) or []),
+            "kv_cache_tokens": kv_cache_tokens(engine.vllm_config.cache_config),
             "engine_args": engine_args(args.model, args)}
     if args.router_logit_std:
         import cloudpickle
@@ -1036,6 +1047,8 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             "device": device, "engine": meta["engine"], "command": meta["command"],
             "date": meta["date"], "modes": modes, "concurrent": bool(args.concurrent),
             "engine_config": infos.get(base),
+            # each mode's engine (pooled logs: its last start's)
+            "kv_cache_tokens": {m: infos.get(m, {}).get("kv_cache_tokens") for m in modes},
             "runs": rows, "median_total_tok_per_s": med, "range_total_tok_per_s": spread,
             "ratio": same_calls_ratio(rows, base, other),
             "ratios": {m: same_calls_ratio(rows, base, m) for m in modes[1:]},
