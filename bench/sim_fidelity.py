@@ -44,7 +44,9 @@ calibrated: predicted / measured - 1), ``error_uncalibrated``, ``held_out_by``,
 ``trained_on``, ``routing``; a summary of mean absolute errors per metric; and
 ``ramp_gain``: per model and workload, dispatch / off throughput and off / dispatch TPOT
 p50, measured and predicted (calibrated); ``ttft_by_state``: per online run whose
-results file keeps each request's times, where the TTFT error sits (``ttft_by_state()``).
+results file keeps each request's times, where the TTFT error sits (``ttft_by_state()``);
+``decode_gaps``: per online run whose file pools its token gaps, their quantiles measured
+and predicted (``decode_gaps()``).
 CPU only.
 """
 
@@ -140,6 +142,7 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
     axis, folds = _folds(runs, across_models)
     rows: list[dict[str, Any]] = []
     ttft_states: list[dict[str, Any]] = []
+    token_gaps: list[dict[str, Any]] = []
     calibrations: dict[str, Any] = {}
     for (model, held), tested in folds.items():
         train = [r for r in runs if getattr(r, axis) != held and model in ("*", r.model)]
@@ -156,6 +159,10 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
             if states:
                 ttft_states.append({"source": run.source, "ramp_mode": run.ramp_mode,
                                     "model": run.model, "groups": states})
+            gaps = decode_gaps(run, calibrated) if calibrated else None
+            if gaps:
+                token_gaps.append({"source": run.source, "ramp_mode": run.ramp_mode,
+                                   "model": run.model, **gaps})
             source = " | ".join(lay.moe_source for lay in before.coster.layouts.values())
             for metric, measured in run.measured.items():
                 pred = after[metric] if after else None
@@ -184,13 +191,32 @@ def fidelity(runs: Sequence[EngineRun], base: Calibration = DEFAULT_CALIBRATION,
     return {"held_out_by": axis, "across_models": across_models,
             "base_calibration": dataclasses.asdict(base),
             "calibrations_by_fold": calibrations, "summary": summary,
-            "ramp_gain": ramp_gain(rows), "ttft_by_state": ttft_states, "rows": rows}
+            "ramp_gain": ramp_gain(rows), "ttft_by_state": ttft_states,
+            "decode_gaps": token_gaps, "rows": rows}
 
 
 @functools.lru_cache(maxsize=8)
 def measured_runs(source: str) -> list[dict[str, Any]]:
     """A results file's ``runs`` (read once for both of its modes)."""
     return json.loads(Path(source).read_text()).get("runs", [])
+
+
+def decode_gaps(run: EngineRun, sim: Simulated) -> dict[str, Any] | None:
+    """The gaps between a request's tokens, measured (``bench.py``'s pooled
+    ``itl_ms_quantiles``, median over the mode's repeats) against the calibrated
+    simulation's (every step's time once per request it decoded): which steps a TPOT
+    error comes from, decode-only ones (the low quantiles) or those that also prefill
+    (the high ones). None where the results file has no gaps for this run's mode."""
+    measured = [r["itl_ms_quantiles"] for r in measured_runs(run.source)
+                if r.get("ramp_mode") == run.ramp_mode and r.get("itl_ms_quantiles")]
+    res = sim.run
+    if not measured or not res.step_decode.any():
+        return None
+    quantiles = list(measured[0])
+    gaps = np.repeat(res.step_time, res.step_decode) * 1e3
+    return {"quantiles": [float(q) for q in quantiles],
+            "measured_ms": [float(np.median([m[q] for m in measured])) for q in quantiles],
+            "predicted_ms": [float(np.percentile(gaps, float(q))) for q in quantiles]}
 
 
 def ttft_by_state(run: EngineRun, sim: Simulated) -> list[dict[str, Any]] | None:
@@ -343,6 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  TTFT {Path(t['source']).name} {t['ramp_mode']}: " + "; ".join(
                 f"{g['state']} ({g['requests']}) measured {g['measured_ms_p50']:.0f} ms, "
                 f"predicted {g['predicted_ms_p50']:.0f}" for g in t["groups"]))
+        for t in part.get("decode_gaps", []):
+            print(f"  token gaps {Path(t['source']).name} {t['ramp_mode']} (quantile: "
+                  "measured / predicted ms): " + ", ".join(
+                      f"p{q:g} {m:.1f} / {p:.1f}" for q, m, p in
+                      zip(t["quantiles"], t["measured_ms"], t["predicted_ms"])))
         for g in part["ramp_gain"]:
             fmt = (lambda v: "-" if v is None else f"{v:.3f}x")  # noqa: E731
             print(f"  RaMP gain {g['source']}: throughput measured "

@@ -55,7 +55,9 @@ def _results_file(path: Path, model: str, workload: str, prompts: int, input_len
         "requests": [{"arrival": float(a), "sent": float(a), "first": float(f),
                       "done": float(d), "prompt": int(pr), "output": int(o)}
                      for a, f, d, pr, o in zip(res.arrival, res.first_token, res.finish,
-                                               res.prompt, res.output)]}
+                                               res.prompt, res.output)],
+        "itl_ms_quantiles": {str(q): float(np.percentile(
+            np.repeat(res.step_time, res.step_decode) * 1e3, q)) for q in (10, 50, 90)}}
     lengths = ({"input_len": input_len, "output_len": output_len} if arrivals is None else
                {"input_lens": [input_len] * prompts, "output_lens": [output_len] * prompts})
     data = {  # the schema of bench/engine/bench.py
@@ -166,6 +168,12 @@ def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
                                                 "busy, prompt > graph size"}
         for g in groups:
             assert abs(g["gap_ms_p50"]) < 0.5 * g["measured_ms_p50"]
+    gaps = {Path(t["source"]).name: t for t in result["decode_gaps"]}
+    assert set(gaps) == set(states)
+    for t in gaps.values():
+        assert t["quantiles"] == [10.0, 50.0, 90.0]
+        assert t["measured_ms"] == sorted(t["measured_ms"])  # quantiles rise
+        assert t["predicted_ms"][1] == pytest.approx(t["measured_ms"][1], rel=0.5)
     assert fidelity.main(["--dir", str(tmp_path / "empty")]) == 2
 
 
