@@ -465,7 +465,9 @@ def summarize(calls: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "ramp_vs_static_worst_tokens": None if worst is None
             else by_tokens[worst]["ramp_vs_static"],
             "worst_tokens": worst,
-            # the plain argmin of the same model, where the file has its picks
+            # the plain argmin of the same model, over the calls whose pick of it was
+            # timed (older files: none)
+            "ramp_unguarded_calls": len(free),
             "ramp_unguarded_vs_static": geomean([s / u for s, u, _, _ in free])
             if free else None,
             "ramp_unguarded_mean_regret": float(np.mean([u / o - 1 for _, u, o, _ in free]))

@@ -382,7 +382,8 @@ def test_calls_of_one_mode_pool_into_a_ratio(tmp_path, capsys):
         lines = [{"event": "start", "command": f"bench.py --modes {mode}",
                   "date": "2026-12-03", "options": options, "device": {"device": "NVIDIA H200"},
                   "engine": {"name": "vllm", "version": "0.26.0"}},
-                 {"event": "engine", "ramp_mode": mode, "info": {"max_num_seqs": 256}},
+                 {"event": "engine", "ramp_mode": mode,
+                  "info": {"max_num_seqs": 256, "kv_cache_tokens": len(mode)}},
                  {"workload": "match", "ramp_mode": mode, "sequences": seq},
                  *({"workload": "decode-heavy", "repeat": r, "ramp_mode": mode,
                     "total_tok_per_s": t} for r, t in enumerate(tps))]
@@ -398,6 +399,7 @@ def test_calls_of_one_mode_pool_into_a_ratio(tmp_path, capsys):
     res = eb.json.loads((tmp_path / "out" / "H200_mixtral-8x7b_decode-heavy.json").read_text())
     assert res["modes"] == ["off", "dispatch"]
     assert res["ratio"] == pytest.approx(103.0 / 100.0)
+    assert res["kv_cache_tokens"] == {"off": 3, "dispatch": 8}  # the later call's engine too
     assert res["paired_ratio_median"] is None and res["ratio_by_call"] == [None, None]
     assert res["tokens_match"] is True and res["token_check_across_calls"] is True
     assert res["ratio_across_calls"] is True and res["calls"] == 2

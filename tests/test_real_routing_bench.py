@@ -107,6 +107,7 @@ def test_summary_agrees_with_the_regret_evaluation():
     assert s["ramp_vs_static"] == pytest.approx(report.speedup_geomean)
     assert s["static_mean_regret"] == pytest.approx(evaluate(static, hists, times).mean_regret)
     free = evaluate(profile.dispatcher("ramp-unguarded"), hists, times, baseline=static)
+    assert s["ramp_unguarded_calls"] == len(hists)
     assert s["ramp_unguarded_mean_regret"] == pytest.approx(free.mean_regret)
     assert s["ramp_unguarded_vs_static"] == pytest.approx(free.speedup_geomean)
     assert s["oracle_vs_static"] >= max(s["ramp_vs_static"], 1.0)
@@ -195,6 +196,18 @@ def test_report_recomputes_summary_and_plot(tmp_path):
     plain.write_text(json.dumps(result))
     assert rr.main(["--report", str(plain)]) == 0
     assert json.loads(plain.read_text())["summary"] == again["summary"]
+
+
+def test_a_file_from_before_the_unguarded_picks_still_reports(tmp_path):
+    result, *_ = _result(seed=4)
+    for c in result["calls"]:
+        del c["ramp_unguarded_config"]
+    path = tmp_path / rr.output_name("w13")
+    path.write_text(json.dumps(result))
+    assert rr.main(["--report", str(path)]) == 0
+    s = json.loads(path.read_text())["summary"]["full"]
+    assert s["ramp_unguarded_calls"] == 0 and s["ramp_unguarded_vs_static"] is None
+    assert s["ramp_vs_static"] is not None
 
 
 def test_a_truncated_compressed_result_is_one_line_naming_the_file(tmp_path, capsys):

@@ -947,7 +947,9 @@ def pool_raw_logs(raws: list[Path], allowed: tuple[str, ...] = ()) -> RawLog:
     stats_calls = int(meta["stats"] is not None)
     logged = {call_key(meta)} if meta["stats"] is not None else set()
     for call, raw in enumerate(raws[1:], 1):
-        other, _, more_matches, more = read_raw_log(raw, call)
+        other, more_infos, more_matches, more = read_raw_log(raw, call)
+        for mode, info in more_infos.items():  # a mode the first call did not start
+            infos.setdefault(mode, info)
         meta["stats"] = add_stats(meta["stats"], other["stats"])
         stats_calls += other["stats"] is not None
         if other["stats"] is not None:
@@ -1047,7 +1049,8 @@ def write_results(meta: dict[str, Any], out: Path, runs, matches, infos,
             "device": device, "engine": meta["engine"], "command": meta["command"],
             "date": meta["date"], "modes": modes, "concurrent": bool(args.concurrent),
             "engine_config": infos.get(base),
-            # each mode's engine (pooled logs: its last start's)
+            # each mode's engine, as it first started (pooled logs: in the first log
+            # that started it)
             "kv_cache_tokens": {m: infos.get(m, {}).get("kv_cache_tokens") for m in modes},
             "runs": rows, "median_total_tok_per_s": med, "range_total_tok_per_s": spread,
             "ratio": same_calls_ratio(rows, base, other),
