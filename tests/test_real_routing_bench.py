@@ -202,7 +202,7 @@ def test_a_file_from_before_the_unguarded_picks_still_reports(tmp_path):
     result, *_ = _result(seed=4)
     for c in result["calls"]:
         del c["ramp_unguarded_config"]
-    path = tmp_path / rr.output_name("w13")
+    path = tmp_path / "real-routing-w13.json"
     path.write_text(json.dumps(result))
     assert rr.main(["--report", str(path)]) == 0
     s = json.loads(path.read_text())["summary"]["full"]
