@@ -337,14 +337,14 @@ class ModelError:
         held = np.isfinite(at_pick)
         if not held.any():
             raise InputError("model error: no configuration has enough samples to hold one out")
-        log_t = np.log2(tokens[held])
+        log_t, every, at_pick = np.log2(tokens[held]), every[held], at_pick[held]
         buckets = np.unique(tokens[held])
         error = []
         for t in buckets:
             dist = np.abs(log_t - np.log2(t))
             near = dist <= np.sort(dist)[min(ERROR_MIN_CALLS, dist.size) - 1]
-            floor = np.nanmean(every[held][near])
-            error.append(min(max(float(at_pick[held][near].mean()), float(floor)), 0.99))
+            floor = np.nanmean(every[near])
+            error.append(min(max(float(at_pick[near].mean()), float(floor)), 0.99))
         return cls(tuple(int(t) for t in buckets), tuple(error))
 
     def to_dict(self) -> dict[str, Any]:
