@@ -178,6 +178,7 @@ def profile(model_name, gemm, tp, ep, budget, out_dir, tokens, routings, seed, f
                    checkpoint=out / f"{stem}.measurements.json", progress=not no_progress)
     meas.provenance["command"] = " ".join(["ramp", *sys.argv[1:]])
     meas.provenance.update(timer_provenance(timer))
+    meas.save(out / f"{stem}.measurements.json")  # the checkpoint, with how it was made
     prof = fit_profile(meas, gpu.sms)
     path = prof.save(out / f"{stem}.json")
     click.echo(f"wrote {path} ({len(meas.labels)} histograms x {len(timer.bank)} configs, "
