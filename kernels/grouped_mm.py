@@ -25,7 +25,6 @@ from ramp.config import KernelConfig
 from ramp.errors import InputError
 from ramp.families import TimerOptions
 from ramp.kernels.cuda_timing import device_info, time_graph
-from ramp.kernels.routing import Routing
 from ramp.kernels.workload import make_weights, weight_copies
 from ramp.problem import MoEProblem
 
@@ -62,37 +61,15 @@ def pytorch_tile_choice(rows: int, num_experts: int, n: int) -> int:
     return 0 if rows // num_experts <= SMALL_ROWS or n <= SMALL_ROWS else 1
 
 
-def grouped_mm(a_sorted: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """[M, K] expert-sorted rows x w[E, N, K] -> [M, N]; ``counts`` [E] on the GPU."""
-    offs = torch.cumsum(counts, 0, dtype=torch.int32)
+def grouped_mm(a_sorted: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """[M, K] expert-sorted rows x w[E, N, K] -> [M, N]; ``offs`` [E] int32 on the GPU, the
+    inclusive cumulative row count per expert (rows past ``offs[-1]`` are not written)."""
     return torch._grouped_mm(a_sorted, w.transpose(1, 2), offs=offs)
 
 
-def grouped_mm_layer(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                     routing: Routing, out: torch.Tensor | None = None,
-                     local_only: bool = False) -> torch.Tensor:
-    """The whole MoE layer on ``torch._grouped_mm``: gather the expert-sorted rows, GEMM1,
-    SiLU(gate) * up, GEMM2, routing weight, scatter to slot order, top-k sum.
-
-    ``routing`` is RaMP's on-GPU counting sort (``ramp.kernels.routing.route``);
-    nothing is read on the host, so the layer is CUDA-graph capturable. ``local_only``:
-    the routing counts only some of the slots (expert parallelism), which sort last and
-    are zeroed before the sum.
-    """
-    slots = routing.sorted_slots.long()
-    offs = torch.cumsum(routing.counts, 0, dtype=torch.int32)
-    a_sorted = hidden.index_select(0, slots // routing.top_k)
-    gate_up = torch._grouped_mm(a_sorted, w13.transpose(1, 2), offs=offs)
-    inter = gate_up.shape[1] // 2
-    act = torch.nn.functional.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
-    down = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)
-    down.mul_(routing.topk_weights.index_select(0, slots).unsqueeze(1).to(down.dtype))
-    if local_only:  # rows past the local ones belong to other ranks' experts: unwritten
-        remote = torch.arange(slots.numel(), device=slots.device) >= offs[-1]
-        down.masked_fill_(remote.unsqueeze(1), 0)
-    rows = torch.empty_like(down).index_copy_(0, slots, down)
-    tokens = routing.num_tokens
-    return torch.sum(rows.view(tokens, routing.top_k, -1), dim=1, out=out)
+def expert_offsets(counts: torch.Tensor) -> torch.Tensor:
+    """``offs`` for ``grouped_mm`` from the expert histogram, on the device."""
+    return torch.cumsum(counts, 0, dtype=torch.int32)
 
 
 class GroupedMMTimer:
@@ -119,7 +96,7 @@ class GroupedMMTimer:
     def verify(self, hist: np.ndarray) -> float:
         """Relative error vs float32 per-expert matmuls."""
         a, counts = self.inputs(hist)
-        out = grouped_mm(a, self.weights[0], counts)
+        out = grouped_mm(a, self.weights[0], expert_offsets(counts))
         ref = torch.cat([a[s:s + n].float() @ self.weights[0][e].float().T for e, (s, n) in
                          enumerate(zip(np.cumsum(hist) - hist, hist)) if n > 0])
         return float((out.float() - ref).norm() / ref.norm())
@@ -131,7 +108,7 @@ class GroupedMMTimer:
         chosen = pytorch_tile_choice(int(np.sum(hist)), self.problem.num_experts,
                                      self.problem.n)
         times[chosen] = time_graph(
-            lambda i: grouped_mm(a, self.weights[i % len(self.weights)], counts))
+            lambda i: grouped_mm(a, self.weights[i % len(self.weights)], expert_offsets(counts)))
         return times
 
     def device_info(self) -> dict[str, Any]:

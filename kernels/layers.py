@@ -26,11 +26,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from ramp.config import KernelConfig
-from ramp.kernels.grouped_mm import grouped_mm_layer
-from ramp.kernels.routing import local_routing
+from ramp.kernels.grouped_mm import expert_offsets, grouped_mm
+from ramp.kernels.routing import Routing, local_routing, pow2
 from ramp.kernels.triton.configs import TMA
 from ramp.kernels.triton.fused_moe import FUSED_ROUTING_MAX_SLOTS, moe_gemm, moe_gemm_w13_routed
-from ramp.kernels.triton.moe_gemm import moe_top_k_sum_kernel
+from ramp.kernels.triton.moe_gemm import (
+    moe_gather_rows_kernel,
+    moe_silu_mul_kernel,
+    moe_top_k_sum_kernel,
+)
 from ramp.kernels.triton.poly import PolyGemm
 
 if TYPE_CHECKING:
@@ -82,10 +86,15 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
 TOP_K_SUM_BLOCK = 1024  # columns one CTA of the top-k sum adds
 
 
-def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None) -> torch.Tensor:
-    """Each token's ``top_k`` consecutive rows of ``rows`` [T*k, K] added into ``out``
-    [T, K] (a new tensor when None; any row stride, any float dtype): one kernel, a grid
-    of T x cdiv(K, 1024) that depends on T alone (capturable), float32 accumulation."""
+def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None,
+              sorted_rows: SortedRows | None = None) -> torch.Tensor:
+    """Each token's ``top_k`` rows of ``rows`` [T*k, K] added into ``out`` [T, K] (a new
+    tensor when None; any row stride, any float dtype): one kernel, a grid of
+    T x cdiv(K, 1024) that depends on T alone (capturable), float32 accumulation.
+
+    Without ``sorted_rows`` a token's rows are consecutive (slot order) and already
+    weighted; with it they are in expert order, unweighted, and the sum gathers and
+    weights them (``SortedRows``)."""
     tokens, width = rows.shape[0] // top_k, rows.shape[1]
     if rows.shape[0] != tokens * top_k:
         raise ValueError(f"top_k_sum: {rows.shape[0]} rows are not a multiple of top_k {top_k}")
@@ -94,11 +103,56 @@ def top_k_sum(rows: torch.Tensor, top_k: int, out: torch.Tensor | None) -> torch
     if out is None:
         out = rows.new_empty(tokens, width)
     dense = out if out.stride(1) == 1 else torch.empty_like(out, memory_format=torch.contiguous_format)
+    rows = rows.contiguous()
+    gather = (sorted_rows.row_of, sorted_rows.weights, sorted_rows.valid_rows) \
+        if sorted_rows is not None else (rows, rows, rows)
     if tokens:
         moe_top_k_sum_kernel[(tokens, -(-width // TOP_K_SUM_BLOCK))](
-            rows.contiguous(), dense, width, dense.stride(0), TOP_K=top_k,
-            BLOCK=TOP_K_SUM_BLOCK)
+            rows, dense, width, dense.stride(0), *gather, TOP_K=top_k,
+            BLOCK=TOP_K_SUM_BLOCK, GATHER=sorted_rows is not None)
     return out if dense is out else out.copy_(dense)
+
+
+@dataclass(frozen=True)
+class SortedRows:
+    """Where each slot's row sits when a GEMM leaves its rows in expert order: slot
+    ``t * k + j`` is row ``row_of[slot]`` and weighs ``weights[slot]``; rows from
+    ``valid_rows`` (a one-element device tensor) on are other ranks' and add nothing."""
+
+    row_of: torch.Tensor      # [T*k] int32, the inverse of the routing's sorted_slots
+    weights: torch.Tensor     # [T*k] float32, the routing weights in slot order
+    valid_rows: torch.Tensor  # [1] int32, the local rows (all T*k without expert parallelism)
+
+
+GATHER_ROWS = 16  # rows per CTA of the gather
+GATHER_COLS = 512  # columns per CTA of the gather
+SILU_MUL_ELEMENTS = 8192  # outputs per CTA of the SiLU*mul pass
+
+
+def gather_sorted(hidden: torch.Tensor, routing: Routing) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token rows in the routing's expert order [T*k, K] and each slot's row
+    (``row_of``), one launch whose grid depends on T alone."""
+    slots, width = routing.sorted_slots.numel(), hidden.shape[1]
+    rows = hidden.new_empty(slots, width)
+    row_of = torch.empty_like(routing.sorted_slots)
+    if slots:
+        grid = (-(-slots // GATHER_ROWS), -(-width // GATHER_COLS))
+        moe_gather_rows_kernel[grid](hidden, hidden.stride(0), routing.sorted_slots, rows,
+                                     row_of, slots, width, TOP_K=routing.top_k,
+                                     BLOCK_R=GATHER_ROWS, BLOCK_C=GATHER_COLS)
+    return rows, row_of
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up of w13's output [M, 2I] -> [M, I], one pass."""
+    rows, inter = gate_up.shape[0], gate_up.shape[1] // 2
+    out = gate_up.new_empty(rows, inter)
+    block_c = min(pow2(inter), 1024)
+    block_r = max(1, SILU_MUL_ELEMENTS // block_c)
+    if rows:
+        moe_silu_mul_kernel[(-(-rows // block_r), -(-inter // block_c))](
+            gate_up.contiguous(), out, rows, inter, BLOCK_R=block_r, BLOCK_C=block_c)
+    return out
 
 
 def _rows(hidden: torch.Tensor, count: int, width: int, local_only: bool) -> torch.Tensor:
@@ -167,10 +221,19 @@ def routed_layer(configs_at: ConfigsAt, num_sms: int) -> Layer:
 
 
 def grouped_mm_path(hidden, w13, w2, ids, weights, out=None, expert_map=None):
-    """``torch._grouped_mm`` on RaMP's on-GPU routing."""
+    """``torch._grouped_mm`` (``ramp.kernels.grouped_mm``) for both GEMMs on RaMP's
+    routing, with Triton glue around them: the gather into expert order (which also
+    inverts the permutation), SiLU*mul in one pass, and the top-k sum that gathers, weights
+    and adds each token's rows in one pass. The GEMMs read and write contiguous
+    expert-sorted rows; under expert parallelism the other ranks' slots sort last, past
+    the offsets, and are left out of the sum."""
     routing = local_routing(ids, weights, w13.shape[0], expert_map)
-    return grouped_mm_layer(hidden, w13, w2, routing, out,
-                            local_only=expert_map is not None)
+    offs = expert_offsets(routing.counts)
+    a_sorted, row_of = gather_sorted(hidden, routing)
+    act = silu_mul(grouped_mm(a_sorted, w13, offs))
+    down = grouped_mm(act, w2, offs)
+    return top_k_sum(down, routing.top_k, out,
+                     SortedRows(row_of, routing.topk_weights, offs[-1:]))
 
 
 class PathUnavailable(Exception):

@@ -44,3 +44,21 @@ def test_bad_report_and_options(tmp_path, capsys):
     assert err.count("\n") == 0 and "calls[1]" in err and "'vllm_whole'" in err
     assert lp.main(["--model", "deepseek-v2-lite"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_grouped_mm_stages_are_reported_where_measured(tmp_path, capsys):
+    """Files with the grouped_mm path's stages get its line and a third bar; its rest is
+    its whole minus its stages."""
+    data = _result()
+    for c in data["calls"]:
+        c["grouped_mm"] = {"route": 3.0, "gather": 1.0, "w13": 9.0 * c["tokens"],
+                           "silu_mul": 1.0, "w2": 5.0 * c["tokens"], "top_k_sum": 2.0}
+        c["grouped_mm_whole"] = 14.0 * c["tokens"] + 7.0 + 4.0
+        c["grouped_mm_torch_glue_whole"] = 30.0 * c["tokens"]
+    path = tmp_path / "gmm.json"
+    path.write_text(json.dumps(data))
+    assert lp.main(["--report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "grouped_mm   123.0 = 3.0 + 1.0 + 72.0 + 1.0 + 40.0 + 2.0 + 4.0   (torch glue 240.0)" \
+        in out
+    assert path.with_suffix(".png").stat().st_size > 10_000

@@ -309,6 +309,59 @@ def test_top_k_sum_matches_float32_sum(dtype, tokens, top_k, width, contiguous_o
         top_k_sum(torch.empty(top_k + 1, width, dtype=dtype, device=DEVICE), top_k + 2, None)
 
 
+@pytest.mark.parametrize("tokens,top_k,width,experts,local", [
+    (1, 1, 64, 4, 4),
+    (9, 6, 1100, 16, 16),   # column blocks of the gather and the sum partly masked
+    (37, 2, 96, 8, 3),      # expert parallelism: slots of experts 3.. are other ranks'
+    (0, 2, 64, 4, 4),       # an empty call launches nothing
+])
+def test_grouped_mm_glue_matches_float32(tokens, top_k, width, experts, local):
+    """The Triton glue around torch._grouped_mm: the gather into expert order and its
+    inverse, SiLU*mul, and the top-k sum that gathers and weights sorted rows, leaving
+    other ranks' rows (poisoned with NaN, as the GEMM never writes them) out."""
+    from ramp.kernels.layers import SortedRows, gather_sorted, silu_mul, top_k_sum
+    from ramp.kernels.routing import local_routing
+
+    dtype = torch.float16
+    seed = case_seed(f"glue-{tokens}-{top_k}-{width}-{experts}-{local}")
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(tokens, width, generator=gen).to(dtype).to(DEVICE)
+    weights, ids = torch.topk(torch.rand(tokens, experts, generator=gen), top_k)
+    expert_map = None
+    if local < experts:
+        expert_map = torch.full((experts,), -1, dtype=torch.int32)
+        expert_map[:local] = torch.arange(local, dtype=torch.int32)
+        expert_map = expert_map.to(DEVICE)
+    ids, weights = ids.to(torch.int32).to(DEVICE), weights.to(DEVICE)
+    routing = local_routing(ids, weights, local, expert_map)
+    rows, row_of = gather_sorted(hidden, routing)
+    slots = routing.sorted_slots.long().cpu()
+    assert torch.equal(row_of.long().cpu()[slots], torch.arange(tokens * top_k)), seed
+    assert torch.equal(rows.cpu(), hidden.cpu()[slots // top_k]), f"seed {seed}"
+
+    gate_up = torch.randn(tokens * top_k, 2 * width, generator=gen).to(dtype).to(DEVICE)
+    act = silu_mul(gate_up)
+    g, u = gate_up.float().cpu().chunk(2, dim=1)
+    assert act.shape == (tokens * top_k, width)
+    if tokens:
+        assert rel_err(act, torch.nn.functional.silu(g) * u) < 1e-2, f"seed {seed}"
+
+    valid = int(routing.counts.sum())
+    down = torch.randn(tokens * top_k, width, generator=gen).to(dtype)
+    down[valid:] = float("nan")  # never written by the GEMM under EP
+    out = torch.full((tokens, width), float("nan"), dtype=dtype, device=DEVICE)
+    got = top_k_sum(down.to(DEVICE), top_k, out,
+                    SortedRows(row_of, routing.topk_weights, routing.counts.sum().view(1)))
+    flat_ids = ids.long().cpu().reshape(-1)
+    is_local = (flat_ids < local).float()
+    in_slot_order = down.float()[row_of.long().cpu()].nan_to_num(0.0)
+    ref = (in_slot_order * (weights.cpu().reshape(-1) * is_local)[:, None]).view(
+        tokens, top_k, width).sum(dim=1)
+    assert got is out and not torch.isnan(got.float()).any(), f"seed {seed}: row unwritten"
+    if tokens:
+        assert rel_err(got, ref) < 1e-2, f"seed {seed}"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
 def test_split_routing_replays_in_a_cuda_graph():

@@ -83,22 +83,74 @@ def moe_route_scatter_kernel(
 
 
 @triton.jit
-def moe_top_k_sum_kernel(rows_ptr, out_ptr, width, out_stride, TOP_K: tl.constexpr,
-                         BLOCK: tl.constexpr):
-    """``out[t, c] = sum_j rows[t * TOP_K + j, c]``, summed in float32 and rounded once to
-    ``out``'s dtype (rows of ``out`` ``out_stride`` apart): one CTA per token and ``BLOCK``
-    columns. The finalize stage of the layer (the w2 rows already carry the
-    routing weights); torch.sum's reduction over the middle axis of [T, k, K] ran at about
-    half vLLM's ``moe_sum`` in a DeepSeek-V2-Lite prefill (28 vs 14 us a call)."""
+def moe_top_k_sum_kernel(rows_ptr, out_ptr, width, out_stride, row_of_ptr, weights_ptr,
+                         valid_rows_ptr, TOP_K: tl.constexpr, BLOCK: tl.constexpr,
+                         GATHER: tl.constexpr):
+    """The finalize stage: ``out[t, c] = sum_j rows[t * TOP_K + j, c]``, summed in float32
+    and rounded once to ``out``'s dtype (rows of ``out`` ``out_stride`` apart), one CTA per
+    token and ``BLOCK`` columns. torch.sum's reduction over the middle axis of [T, k, K]
+    ran at about half vLLM's ``moe_sum`` in a DeepSeek-V2-Lite prefill (28 vs 14 us a call).
+
+    ``GATHER``: the rows are expert-sorted and unweighted (a GEMM that cannot scatter,
+    ``torch._grouped_mm``): slot ``t * TOP_K + j`` sits at row ``row_of[slot]`` and adds
+    ``weights[slot]`` times it; rows at or past ``*valid_rows_ptr`` (other ranks' slots
+    under expert parallelism, never written) add nothing. One pass replaces the weighting,
+    the scatter back to slot order and the sum."""
     token = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < width
-    base = rows_ptr + token.to(tl.int64) * TOP_K * width
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        acc += tl.load(base + j * width + cols, mask=mask, other=0.0).to(tl.float32)
+    if GATHER:
+        valid_rows = tl.load(valid_rows_ptr)
+        for j in tl.static_range(TOP_K):
+            row = tl.load(row_of_ptr + token * TOP_K + j)
+            weight = tl.load(weights_ptr + token * TOP_K + j)
+            local = row < valid_rows
+            vals = tl.load(rows_ptr + row.to(tl.int64) * width + cols, mask=mask & local,
+                           other=0.0)
+            acc += tl.where(local, weight, 0.0) * vals.to(tl.float32)
+    else:
+        base = rows_ptr + token.to(tl.int64) * TOP_K * width
+        for j in tl.static_range(TOP_K):
+            acc += tl.load(base + j * width + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + token.to(tl.int64) * out_stride + cols,
              acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=['num_slots'])
+def moe_gather_rows_kernel(hidden_ptr, hidden_stride, sorted_slots_ptr, rows_ptr, row_of_ptr,
+                           num_slots, width, TOP_K: tl.constexpr, BLOCK_R: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
+    """``rows[p] = hidden[sorted_slots[p] // TOP_K]``: the token rows in expert order, for
+    a GEMM that reads its A operand contiguous (``torch._grouped_mm``). The first column
+    block also writes the inverse permutation ``row_of[sorted_slots[p]] = p``, which the
+    gathering top-k sum reads; one launch for what took four torch ops."""
+    pos = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    live = pos < num_slots
+    slot = tl.load(sorted_slots_ptr + pos, mask=live, other=0)
+    if tl.program_id(1) == 0:
+        tl.store(row_of_ptr + slot, pos, mask=live)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = live[:, None] & (cols < width)[None, :]
+    src = hidden_ptr + (slot // TOP_K).to(tl.int64)[:, None] * hidden_stride + cols[None, :]
+    dst = rows_ptr + pos.to(tl.int64)[:, None] * width + cols[None, :]
+    tl.store(dst, tl.load(src, mask=mask), mask=mask)
+
+
+@triton.jit(do_not_specialize=['num_rows'])
+def moe_silu_mul_kernel(gate_up_ptr, out_ptr, num_rows, inter, BLOCK_R: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """``out[r] = SiLU(gate_up[r, :inter]) * gate_up[r, inter:]`` in float32, rounded once:
+    one pass over w13's output where torch's silu and mul made three."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows < num_rows)[:, None] & (cols < inter)[None, :]
+    src = gate_up_ptr + rows.to(tl.int64)[:, None] * (2 * inter) + cols[None, :]
+    gate = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(src + inter, mask=mask, other=0.0).to(tl.float32)
+    act = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * inter + cols[None, :],
+             act.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
