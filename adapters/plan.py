@@ -699,7 +699,13 @@ def main(argv: list[str] | None = None) -> None:
                            "these models (--plan files, else the embedded ones), their "
                            "GPU times kept")
     ap.add_argument("--plan", action="append", default=[], type=Path,
-                    help="with --host-times: a plan file to use before the embedded one")
+                    help="with --host-times or --remeasure: a plan file to use before the "
+                         "embedded one")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="with --model and --tokens: measure only these sizes and write "
+                         "the embedded (or --plan) plan with them replaced, its other "
+                         "sizes kept (LayerPlan.with_remeasured; start --tokens one size "
+                         "below the first to change, so its bucket's start is timed)")
     ap.add_argument("--eager-graphs", action="store_true",
                     help="measure (and have the runtime run) RaMP's eager calls replayed "
                          "from per-size CUDA graphs (kernels.eager_graphs)")
@@ -714,6 +720,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="expert-parallel degree: time rank 0's local layer (contiguous "
                          "placement) with global routing and vLLM's expert map")
     args = ap.parse_args(argv)
+    if args.remeasure and not (args.model and args.tokens):
+        ap.error("--remeasure needs --model and --tokens")
     tokens = tuple(int(t) for t in args.tokens.split(",")) if args.tokens else TOKENS
     for details_path in args.from_details or ():
         plan, details = rederive(details_path)
@@ -729,6 +737,8 @@ def main(argv: list[str] | None = None) -> None:
         plan, details = measure(model, args.profile_dir, tokens,
                                 tuple(args.routings.split(";")), args.rounds, ep=args.ep,
                                 eager_graphs=args.eager_graphs)
+        if args.remeasure:
+            plan = host_plan(model, args.plan, args.ep).with_remeasured(plan)
         path = plan.save(Path(args.out) / f"{plan.key}.json")
         print(f"wrote {path}: in CUDA graphs {dict(zip(plan.tokens, plan.choices))}; eager "
               f"{dict(zip(plan.tokens, plan.eager_choices))}", flush=True)

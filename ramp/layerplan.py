@@ -245,6 +245,57 @@ class LayerPlan:
                 for r, per in self.interval_start_times_us_by_routing.items()},
             host_us={p: t for p, t in self.host_us.items() if p not in paths})
 
+    def with_remeasured(self, other: LayerPlan) -> LayerPlan:
+        """This plan with the sizes ``other`` measured replaced by ``other``'s
+        measurements (every per-size field; a path only one of them timed is null at the
+        other's sizes): re-measuring the sizes a new path can change costs a fraction of a
+        whole plan. Both must be of one layer, GPU, engine, margin and eager mode, with
+        the same routings, and ``other``'s sizes must be among this plan's."""
+        same = ("gpu", "problem", "engine", "ep", "margin", "eager_graphs")
+        for name in same:
+            if getattr(self, name) != getattr(other, name):
+                raise InputError(f"layer plan {self.key}: cannot take sizes of a plan with "
+                                 f"another {name} ({getattr(other, name)!r}, this plan's "
+                                 f"{getattr(self, name)!r})")
+        if set(self.times_us_by_routing) != set(other.times_us_by_routing):
+            raise InputError(f"layer plan {self.key}: the re-measured sizes have routings "
+                             f"{sorted(other.times_us_by_routing)}, this plan "
+                             f"{sorted(self.times_us_by_routing)}")
+        index = {t: i for i, t in enumerate(self.tokens)}
+        unknown = [t for t in other.tokens if t not in index]
+        if unknown:
+            raise InputError(f"layer plan {self.key}: sizes {unknown} are not among its "
+                             "measured token counts")
+        at = {index[t]: j for j, t in enumerate(other.tokens)}
+
+        def spliced(mine: tuple | None, theirs: tuple | None) -> tuple:
+            return tuple((theirs[at[i]] if theirs is not None else None) if i in at else
+                         (mine[i] if mine is not None else None)
+                         for i in range(len(self.tokens)))
+
+        def per_path(mine: dict, theirs: dict) -> dict:
+            return {k: spliced(mine.get(k), theirs.get(k)) for k in (*mine, *(
+                k for k in theirs if k not in mine))}
+
+        def per_routing(mine: dict, theirs: dict) -> dict:
+            return {r: per_path(mine.get(r, {}), theirs.get(r, {}))
+                    for r in (*mine, *(r for r in theirs if r not in mine))}
+
+        starts = spliced(self.interval_starts or None, other.interval_starts or None)
+        return replace(
+            self, times_us=per_path(self.times_us, other.times_us),
+            configs=per_path(self.configs, other.configs),
+            times_us_by_routing=per_routing(self.times_us_by_routing,
+                                            other.times_us_by_routing),
+            interval_starts=starts if any(s is not None for s in starts) else (),
+            interval_start_times_us_by_routing=per_routing(
+                self.interval_start_times_us_by_routing,
+                other.interval_start_times_us_by_routing),
+            host_us=per_path(self.host_us, other.host_us),
+            provenance={**self.provenance, "remeasured": [
+                *self.provenance.get("remeasured", []),
+                {"tokens": list(other.tokens), **other.provenance}]})
+
     def speedup(self) -> dict[int, float]:
         """Engine time / chosen path's time per measured token count, for calls in CUDA
         graphs (>= 1 by design)."""

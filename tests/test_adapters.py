@@ -461,6 +461,50 @@ def test_eager_calls_take_a_path_only_where_it_costs_the_host_no_more(tmp_path):
                   host_us={"triton": (1.0,)})
 
 
+def test_a_plan_takes_remeasured_sizes_and_keeps_the_others(tmp_path):
+    """Re-measuring the prefill sizes of a plan (a new path there) replaces exactly those
+    sizes' measurements; a path only the new sizes timed is null elsewhere and can be
+    chosen only there; a plan of another layer, routings or sizes is refused."""
+    plan = save_plan(tmp_path, {1: "engine"})
+    by = {"uniform": {"engine": (10.0, 10.0, 10.0, 10.0), "triton": (8.0, 8.0, 9.0, 9.9)}}
+    base = LayerPlan(plan.gpu, plan.problem, "e", (1, 8, 1024, 2048), by["uniform"],
+                     configs={"triton": (TRITON_CFG,) * 4}, times_us_by_routing=by,
+                     interval_starts=(None, None, 9, 1025),
+                     host_us={"engine": (90.0,) * 4, "triton": (50.0,) * 4},
+                     provenance={"command": "first"})
+    new_by = {"uniform": {"engine": (10.5, 10.0), "triton": (9.0, 9.5),
+                          "grouped_mm": (9.5, 7.0)}}
+    new = LayerPlan(plan.gpu, plan.problem, "e", (1024, 2048), new_by["uniform"],
+                    times_us_by_routing=new_by, interval_starts=(None, 1025),
+                    configs={"triton": (TRITON_CFG, TRITON_CFG)},
+                    host_us={"engine": (95.0, 95.0), "triton": (52.0, 52.0),
+                             "grouped_mm": (60.0, 60.0)}, provenance={"command": "second"})
+    merged = base.with_remeasured(new)
+    assert merged.tokens == base.tokens
+    assert merged.times_us["engine"] == (10.0, 10.0, 10.5, 10.0)
+    assert merged.times_us["grouped_mm"] == (None, None, 9.5, 7.0)
+    assert merged.host_us["grouped_mm"] == (None, None, 60.0, 60.0)
+    assert merged.times_us_by_routing["uniform"]["triton"] == (8.0, 8.0, 9.0, 9.5)
+    assert set(merged.configs) == {"triton"}
+    assert merged.interval_starts == (None, None, None, 1025)  # 1024's start not re-timed
+    assert merged.choices == ("triton", "triton", "triton", "grouped_mm")
+    assert merged.provenance["command"] == "first"
+    assert merged.provenance["remeasured"] == [{"tokens": [1024, 2048], "command": "second"}]
+    again = LayerPlan.from_dict(json.loads(json.dumps(merged.to_dict())), "x")
+    assert again == merged
+    with pytest.raises(InputError, match="sizes \\[4096\\] are not among"):
+        base.with_remeasured(LayerPlan(plan.gpu, plan.problem, "e", (4096,),
+                                       {"engine": (1.0,)},
+                                       times_us_by_routing={"uniform": {"engine": (1.0,)}}))
+    with pytest.raises(InputError, match="routings"):
+        base.with_remeasured(LayerPlan(plan.gpu, plan.problem, "e", (1024,),
+                                       {"engine": (1.0,)}))
+    with pytest.raises(InputError, match="another engine"):
+        base.with_remeasured(LayerPlan(plan.gpu, plan.problem, "other", (1024,),
+                                       {"engine": (1.0,)}, times_us_by_routing={
+                                           "uniform": {"engine": (1.0,)}}))
+
+
 def test_host_samples_hold_fewer_calls_where_the_gpu_would_keep_the_host_waiting():
     from ramp.adapters.plan import HOST_CALLS, HOST_GPU_BUDGET_US, host_calls
 

@@ -49,7 +49,7 @@ def test_old_runs_get_the_overload_verdict_from_their_requests():
 def test_eager_rows_take_the_shipped_plans_host_times_of_the_same_gpu_times():
     """The layer details of a full measurement carry no host times once ``--host-times``
     added them to the shipped plan: the eager check takes the shipped ones, and only for
-    the GPU times they were measured beside."""
+    the GPU times they were measured beside (the sizes re-measured since get none)."""
     import json
     from dataclasses import replace
 
@@ -60,6 +60,10 @@ def test_eager_rows_take_the_shipped_plans_host_times_of_the_same_gpu_times():
         json.loads((details / "H200_qwen3-30b-a3b_layer.json").read_text())["plan"], "test")
     shipped = er.with_shipped_host_times(plan)
     assert shipped.host_us and set(shipped.eager_choices) != {ENGINE}
+    embedded = er.find_layer_plan(plan.gpu, plan.problem, "vllm")
+    for i, t in enumerate(plan.tokens):
+        kept = all(embedded.times_us[p][i] == plan.times_us[p][i] for p in plan.times_us)
+        assert (shipped.host_us[ENGINE][i] is not None) == kept, t
     other = replace(plan, times_us={n: tuple(t * 1.01 if t else t for t in v)
                                     for n, v in plan.times_us.items()})
     assert er.with_shipped_host_times(other).host_us == {}

@@ -122,26 +122,39 @@ def plot(results: list[tuple[str, dict]], path: Path) -> Path:
 
 
 def with_shipped_host_times(plan: LayerPlan) -> LayerPlan:
-    """``plan`` with the host times of the shipped plan of the same GPU times, where it
-    has none: a full measurement's details carry none when ``--host-times`` added them to
-    the shipped plan later, and without them every eager call would be the engine's."""
+    """``plan`` with the host times of the shipped plan at the sizes whose GPU times it
+    shares, where it has none: a full measurement's details carry none when
+    ``--host-times`` added them to the shipped plan later, and without them every eager
+    call would be the engine's. Sizes the shipped plan re-measured since (``--remeasure``)
+    keep none: their host times were measured beside other GPU times."""
     shipped = find_layer_plan(plan.gpu, plan.problem, plan.engine.split()[0], ep=plan.ep)
-    if plan.host_us or shipped is None or shipped.times_us != plan.times_us:
+    if plan.host_us or shipped is None or shipped.tokens != plan.tokens or set(
+            shipped.times_us) != set(plan.times_us):
         return plan
-    return replace(plan, host_us=shipped.host_us, eager_graphs=shipped.eager_graphs)
+    same = [all(shipped.times_us[p][i] == plan.times_us[p][i] for p in plan.times_us)
+            for i in range(len(plan.tokens))]
+    if not any(same):
+        return plan
+    host = {p: tuple(t if same[i] else None for i, t in enumerate(v))
+            for p, v in shipped.host_us.items()}
+    return replace(plan, host_us=host, eager_graphs=shipped.eager_graphs)
 
 
 def shipped_vs_best(details: dict, eager: bool = False) -> list[tuple[int, str, float, str]]:
     """Per (T, routing): (T, routing, chosen path's time / best of engine and
     grouped_mm, the faster of those two), for calls in CUDA graphs or, with ``eager``,
     eager calls (the plan's choices under this RaMP's rule, re-derived from its times
-    and the shipped host times, ``with_shipped_host_times``)."""
+    and the shipped host times, ``with_shipped_host_times``; sizes without the engine's
+    host time are left out: no eager choice was measured there)."""
     plan = with_shipped_host_times(LayerPlan.from_dict(details["plan"], "layer plan details"))
     per_routing = plan.times_us_by_routing
+    engine_host = plan.host_us.get("engine", (None,) * len(plan.tokens))
     out = []
     for routing, times in per_routing.items():
         choices = plan.eager_choices if eager else plan.choices
         for i, (tokens, path) in enumerate(zip(plan.tokens, choices)):
+            if eager and engine_host[i] is None:
+                continue
             rivals = {p: times[p][i] for p in ("engine", "grouped_mm")
                       if p in times and times[p][i] is not None}
             rival = min(rivals, key=rivals.get)
