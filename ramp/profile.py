@@ -8,6 +8,7 @@ family version is refused with an error that names both sides.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -188,12 +189,19 @@ def find_profile(gpu: str, problem: MoEProblem, family: str | None = "triton"
 
     Families shipped: "triton" (the host-dispatched bank), "triton-poly" (the sync-free
     kernel's branches), "cute" (the CuTe DSL sm90 bank), "grouped_mm" (torch._grouped_mm
-    as a black box); None: any.
+    as a black box); None: any. Each call returns a freshly loaded profile (callers may
+    change its provenance); which file holds what is read once per process.
     """
-    for path in embedded_profile_paths():
-        profile = load_profile(path)
-        if profile.gpu == gpu and profile.problem == problem and (
-            family is None or profile.family == family
-        ):
-            return profile
+    for path, key in _embedded_keys():
+        if key[0] == gpu and key[1] == problem and family in (None, key[2]):
+            return load_profile(path)
     return None
+
+
+@functools.cache
+def _embedded_keys() -> tuple[tuple[Path, tuple[str, MoEProblem, str]], ...]:
+    """(path, (gpu, problem, family)) of every embedded profile: the simulator asks for
+    profiles per layer and policy, and loading all of them on every ask was most of a
+    replay's set-up time."""
+    return tuple((path, (p.gpu, p.problem, p.family))
+                 for path in embedded_profile_paths() for p in (load_profile(path),))
