@@ -250,7 +250,10 @@ class LayerPlan:
         measurements (every per-size field; a path only one of them timed is null at the
         other's sizes): re-measuring the sizes a new path can change costs a fraction of a
         whole plan. Both must be of one layer, GPU, engine, margin and eager mode, with
-        the same routings, and ``other``'s sizes must be among this plan's."""
+        the same routings, and ``other``'s sizes must be consecutive ones of this plan's.
+        A size whose bucket start ``other`` did not time (its first, which has no smaller
+        size there) keeps this plan's measurements where this plan timed that start:
+        re-measure from one size below the first to change."""
         same = ("gpu", "problem", "engine", "ep", "margin", "eager_graphs")
         for name in same:
             if getattr(self, name) != getattr(other, name):
@@ -266,7 +269,16 @@ class LayerPlan:
         if unknown:
             raise InputError(f"layer plan {self.key}: sizes {unknown} are not among its "
                              "measured token counts")
-        at = {index[t]: j for j, t in enumerate(other.tokens)}
+        first = index[other.tokens[0]]
+        if self.tokens[first:first + len(other.tokens)] != other.tokens:
+            raise InputError(f"layer plan {self.key}: the re-measured sizes "
+                             f"{list(other.tokens)} skip some of its sizes between them")
+
+        def start(plan: LayerPlan, i: int) -> int | None:
+            return plan.interval_starts[i] if plan.interval_starts else None
+
+        at = {index[t]: j for j, t in enumerate(other.tokens)
+              if start(other, j) is not None or start(self, index[t]) is None}
 
         def spliced(mine: tuple | None, theirs: tuple | None) -> tuple:
             return tuple((theirs[at[i]] if theirs is not None else None) if i in at else
@@ -294,7 +306,7 @@ class LayerPlan:
             host_us=per_path(self.host_us, other.host_us),
             provenance={**self.provenance, "remeasured": [
                 *self.provenance.get("remeasured", []),
-                {"tokens": list(other.tokens), **other.provenance}]})
+                {"tokens": [self.tokens[i] for i in sorted(at)], **other.provenance}]})
 
     def speedup(self) -> dict[int, float]:
         """Engine time / chosen path's time per measured token count, for calls in CUDA

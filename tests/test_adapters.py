@@ -361,8 +361,56 @@ def test_a_path_wrong_at_warm_up_leaves_the_shape_to_the_engine(tmp_path, monkey
         assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
     assert engine.calls == 2
     (reason, count), = runtime.stats.fallbacks.items()
-    assert "path triton at T=4 is wrong here: relative error" in reason and count == 2
+    assert "path triton at T=3 is wrong here: relative error" in reason and count == 2
     assert caplog.text.count("is wrong here") == 1
+
+
+def test_warm_up_runs_nothing_larger_than_the_first_call(tmp_path, monkeypatch):
+    """An engine sizes its KV cache from its first (profiling) step's peak memory, when
+    RaMP warms its paths up: only the buckets that step's size can reach are checked
+    then, none at a larger size; a larger bucket is checked on its first eager call, at
+    that call's size; inside a CUDA-graph capture an unchecked bucket takes the engine's
+    kernel for that call only."""
+    import ramp.adapters.runtime as rt
+    import ramp.kernels.layers as layers
+
+    save_profiles(tmp_path, plan={1: "engine"})
+    other = {"w13": KernelConfig("triton", 32, 32, 32).to_dict(), "w2": TRITON_CFG["w2"]}
+    plan = LayerPlan("H100-SXM", MoEProblem(EXPERTS, 2 * INTER, HIDDEN, TOP_K, "float16",
+                                            "w13"), f"{ENGINE_NAME} 1", (4, 32),
+                     {"engine": (10.0, 10.0), "triton": (1.0, 1.0)},
+                     configs={"triton": (TRITON_CFG, other)},
+                     host_us={"engine": (100.0, 100.0), "triton": (50.0, 50.0)})
+    plan.save(tmp_path / f"{plan.key}.json")
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+    checked = []
+    real = layers.reference_error
+
+    def spy(got, x, *args):
+        checked.append(x.shape[0])
+        return real(got, x, *args)
+
+    monkeypatch.setattr(layers, "reference_error", spy)
+    engine = Engine()
+
+    def call(tokens, seed):
+        x, w13, w2, ids, weights = make_layer(tokens, seed=seed)
+        out = runtime.fused_moe(x, w13, w2, ids, weights, engine)
+        if out != "engine result":
+            ref = reference(x, w13, w2, ids, weights)
+            assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
+        return out
+
+    call(3, 31)
+    assert checked == [3]  # bucket 4 at the call's own 3 tokens; bucket 32 not yet
+    monkeypatch.setattr(rt, "capturing_graph", lambda tensor: True)
+    assert call(20, 32) == "engine result" and engine.calls == 1
+    assert checked == [3] and any("not warmed up" in r for r in runtime.stats.fallbacks)
+    monkeypatch.setattr(rt, "capturing_graph", lambda tensor: False)
+    call(20, 33)
+    call(29, 34)
+    assert checked == [3, 20] and engine.calls == 1  # checked once, at its first size
 
 
 @pytest.mark.parametrize("path", ["triton", "triton-fused", "triton-tma", "grouped_mm",
@@ -462,40 +510,52 @@ def test_eager_calls_take_a_path_only_where_it_costs_the_host_no_more(tmp_path):
 
 
 def test_a_plan_takes_remeasured_sizes_and_keeps_the_others(tmp_path):
-    """Re-measuring the prefill sizes of a plan (a new path there) replaces exactly those
-    sizes' measurements; a path only the new sizes timed is null elsewhere and can be
-    chosen only there; a plan of another layer, routings or sizes is refused."""
+    """Re-measuring the prefill sizes of a plan (a new path there) replaces those sizes'
+    measurements; the first re-measured size, whose bucket start the new run could not
+    time, keeps the plan's own (its start's check is not lost); a path only the new
+    sizes timed is null elsewhere; a plan of another layer, routings or sizes is refused."""
     plan = save_plan(tmp_path, {1: "engine"})
     by = {"uniform": {"engine": (10.0, 10.0, 10.0, 10.0), "triton": (8.0, 8.0, 9.0, 9.9)}}
+    starts = {"uniform": {"engine": (None, None, 10.0, 10.0), "triton": (None, None, 12.0, 9.0)}}
     base = LayerPlan(plan.gpu, plan.problem, "e", (1, 8, 1024, 2048), by["uniform"],
                      configs={"triton": (TRITON_CFG,) * 4}, times_us_by_routing=by,
                      interval_starts=(None, None, 9, 1025),
+                     interval_start_times_us_by_routing=starts,
                      host_us={"engine": (90.0,) * 4, "triton": (50.0,) * 4},
                      provenance={"command": "first"})
+    assert base.choices == ("triton", "triton", "engine", "engine")  # 1024 loses at 9
     new_by = {"uniform": {"engine": (10.5, 10.0), "triton": (9.0, 9.5),
                           "grouped_mm": (9.5, 7.0)}}
     new = LayerPlan(plan.gpu, plan.problem, "e", (1024, 2048), new_by["uniform"],
                     times_us_by_routing=new_by, interval_starts=(None, 1025),
+                    interval_start_times_us_by_routing={"uniform": {
+                        "engine": (None, 10.0), "grouped_mm": (None, 8.0)}},
                     configs={"triton": (TRITON_CFG, TRITON_CFG)},
                     host_us={"engine": (95.0, 95.0), "triton": (52.0, 52.0),
                              "grouped_mm": (60.0, 60.0)}, provenance={"command": "second"})
     merged = base.with_remeasured(new)
     assert merged.tokens == base.tokens
-    assert merged.times_us["engine"] == (10.0, 10.0, 10.5, 10.0)
-    assert merged.times_us["grouped_mm"] == (None, None, 9.5, 7.0)
-    assert merged.host_us["grouped_mm"] == (None, None, 60.0, 60.0)
+    assert merged.times_us["engine"] == (10.0, 10.0, 10.0, 10.0)
+    assert merged.times_us["grouped_mm"] == (None, None, None, 7.0)
+    assert merged.host_us["grouped_mm"] == (None, None, None, 60.0)
     assert merged.times_us_by_routing["uniform"]["triton"] == (8.0, 8.0, 9.0, 9.5)
     assert set(merged.configs) == {"triton"}
-    assert merged.interval_starts == (None, None, None, 1025)  # 1024's start not re-timed
-    assert merged.choices == ("triton", "triton", "triton", "grouped_mm")
+    assert merged.interval_starts == (None, None, 9, 1025)
+    assert merged.interval_start_times_us_by_routing["uniform"]["triton"] == (
+        None, None, 12.0, None)
+    assert merged.choices == ("triton", "triton", "engine", "grouped_mm")
     assert merged.provenance["command"] == "first"
-    assert merged.provenance["remeasured"] == [{"tokens": [1024, 2048], "command": "second"}]
+    assert merged.provenance["remeasured"] == [{"tokens": [2048], "command": "second"}]
     again = LayerPlan.from_dict(json.loads(json.dumps(merged.to_dict())), "x")
     assert again == merged
     with pytest.raises(InputError, match="sizes \\[4096\\] are not among"):
         base.with_remeasured(LayerPlan(plan.gpu, plan.problem, "e", (4096,),
                                        {"engine": (1.0,)},
                                        times_us_by_routing={"uniform": {"engine": (1.0,)}}))
+    with pytest.raises(InputError, match="skip some of its sizes"):
+        base.with_remeasured(LayerPlan(plan.gpu, plan.problem, "e", (8, 2048),
+                                       {"engine": (1.0, 1.0)}, times_us_by_routing={
+                                           "uniform": {"engine": (1.0, 1.0)}}))
     with pytest.raises(InputError, match="routings"):
         base.with_remeasured(LayerPlan(plan.gpu, plan.problem, "e", (1024,),
                                        {"engine": (1.0,)}))
@@ -503,6 +563,16 @@ def test_a_plan_takes_remeasured_sizes_and_keeps_the_others(tmp_path):
         base.with_remeasured(LayerPlan(plan.gpu, plan.problem, "other", (1024,),
                                        {"engine": (1.0,)}, times_us_by_routing={
                                            "uniform": {"engine": (1.0,)}}))
+    # the plan tool refuses these before it spends GPU time on them
+    from ramp.adapters.plan import remeasurable
+
+    remeasurable(base, (1024, 2048), ("uniform",), False)
+    for tokens, routings, eager, match in (((8, 2048), ("uniform",), False, "consecutive"),
+                                           ((4096,), ("uniform",), False, "consecutive"),
+                                           ((1024,), ("zipf:s=1.2",), False, "--routings"),
+                                           ((1024,), ("uniform",), True, "--eager-graphs")):
+        with pytest.raises(InputError, match=match):
+            remeasurable(base, tokens, routings, eager)
 
 
 def test_host_samples_hold_fewer_calls_where_the_gpu_would_keep_the_host_waiting():
