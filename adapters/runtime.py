@@ -139,12 +139,15 @@ class _Layer:
     """RaMP's paths for one (shape, dtype, device) and the plan that picks one per T.
 
     ``paths`` maps a path name to a ``ramp.kernels.layers`` layer callable.
-    Every kernel a path can launch is compiled by ``_warm_up`` on the first (eager) call,
-    before the engine captures any CUDA graph."""
+    ``_warm_up`` compiles and checks every path of the buckets a call of the first
+    (eager) call's size or smaller can land in, before the engine captures any CUDA
+    graph; a larger bucket's paths on the first eager call there (``warmed``)."""
 
     key: str
     plan: LayerPlan
     paths: dict[str, LayerPath]
+    # (path, configuration) pairs compiled and checked against float32 (``_warm_up``)
+    warmed: set[tuple[str, str]] = field(default_factory=set)
     primed: set[tuple[str, int]] = field(default_factory=set)  # (path, T) run eagerly once
     # what eager calls run per path: the paths themselves, or (a plan measured so) the
     # paths with recurring sizes replayed from CUDA graphs (``kernels.eager_graphs``)
@@ -257,11 +260,14 @@ class RampMoERuntime:
             layer_paths = self._layer(hidden_states, w13, w2, topk_ids, topk_weights,
                                       global_num_experts, expert_map)
             tokens = hidden_states.shape[0]
-            capturing = hidden_states.is_cuda and torch.cuda.is_current_stream_capturing()
+            capturing = capturing_graph(hidden_states)
             variant = "plan" if capturing else self.eager_variant()
             path = (ENGINE if variant == "engine"
                     else layer_paths.plan.choose(tokens, eager=not capturing))
             self._count(layer_paths.key, path, capturing)
+            if path != ENGINE:
+                self._ensure_warm(layer_paths, path, tokens, capturing, hidden_states, w13,
+                                  w2, topk_ids, expert_map)
             if not capturing:
                 self._prime(layer_paths, path, tokens, hidden_states, w13, w2, topk_ids,
                             topk_weights, expert_map)
@@ -306,6 +312,33 @@ class RampMoERuntime:
             self._warn_once(f"RaMP: {problem}")
         return self._eager_variant
 
+    def _ensure_warm(self, layer: _Layer, path: str, tokens: int, capturing: bool,
+                     hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                     ids: torch.Tensor, expert_map: torch.Tensor | None) -> None:
+        """A call in a bucket larger than the first call's: its path is compiled and
+        checked now, on this eager call's size (the first call warmed only the buckets
+        it could reach, so that the warm-up never allocates more than the engine's first
+        step, from whose peak memory an engine sizes its KV cache). Inside a capture
+        nothing may compile: that call takes the engine's kernel (engines capture sizes
+        up to their first, profiling, step, all warmed). A failed check leaves the shape
+        to the engine."""
+        bucket = layer.plan.bucket(tokens)
+        if _what(layer.plan, path, bucket) in layer.warmed:
+            return
+        if capturing:
+            raise Unsupported(f"{layer.key}: RaMP {path} path at T={tokens} is not warmed "
+                              "up (its bucket is above the first call's size) and cannot "
+                              "compile inside a CUDA-graph capture: this graph keeps the "
+                              "engine kernel")
+        try:
+            _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map, tokens, bucket)
+        except Exception as exc:
+            reason = (f"{layer.key}: RaMP kernels failed at warm-up of T={tokens} "
+                      f"({type(exc).__name__}: {exc}); this shape stays on the engine "
+                      "kernel")
+            self._layers[_key(hidden, w13, ids, expert_map)] = reason
+            raise Unsupported(reason) from exc
+
     def _prime(self, layer: _Layer, eager_path: str, tokens: int, hidden: torch.Tensor,
                w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
                expert_map: torch.Tensor | None) -> None:
@@ -345,7 +378,7 @@ class RampMoERuntime:
         key = _key(hidden, w13, ids, expert_map)
         layer = self._layers.get(key)
         if layer is None:
-            if hidden.is_cuda and torch.cuda.is_current_stream_capturing():
+            if capturing_graph(hidden):
                 raise Unsupported(f"first call of {_describe(key)} is inside a CUDA-graph "
                                   "capture: RaMP needs one eager call first to compile its "
                                   "kernels, so the engine kernel was captured")
@@ -396,7 +429,7 @@ class RampMoERuntime:
             eager_paths = dict(paths)
         layer = _Layer(key, plan, paths, eager_paths=eager_paths)
         try:
-            _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map)
+            _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map, hidden.shape[0])
         except Exception as exc:
             raise Unsupported(f"{layer.key}: RaMP kernels failed at warm-up "
                               f"({type(exc).__name__}: {exc}); this shape stays on the "
@@ -647,35 +680,55 @@ def _plan_configs(plan: LayerPlan, path: str) -> Callable[[int], tuple[Any, Any,
     return lambda tokens: configs[plan.bucket(tokens)]
 
 
+def capturing_graph(tensor: torch.Tensor) -> bool:
+    """Whether this call is being captured into a CUDA graph (on ``tensor``'s stream)."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _what(plan: LayerPlan, path: str, bucket: int) -> tuple[str, str]:
+    """What a call of ``bucket`` on ``path`` runs: the path and its configuration there."""
+    return path, repr(plan.configs.get(path, [None] * len(plan.tokens))[bucket])
+
+
 def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-             top_k: int, expert_map: torch.Tensor | None) -> None:
-    """Run each path once per distinct configuration it serves, at a measured size of
-    its bucket on random routing, so every kernel compiles now (an eager call) and
-    never inside the engine's CUDA-graph capture; and check its result against the
-    layer in float32 (``WARM_UP_TOLERANCE``), so that a kernel that is wrong on this GPU,
-    driver or compiler raises here and the shape stays on the engine's kernel instead
-    of serving wrong tokens."""
-    from ramp.kernels.layers import reference_layer, relative_error
+             top_k: int, expert_map: torch.Tensor | None, tokens: int,
+             bucket: int | None = None) -> None:
+    """Run each path once per distinct configuration it serves, on random routing, so
+    every kernel compiles now (an eager call) and never inside the engine's CUDA-graph
+    capture; and check its result against the layer in float32 (``WARM_UP_TOLERANCE``),
+    so that a kernel that is wrong on this GPU, driver or compiler raises here and the
+    shape stays on the engine's kernel instead of serving wrong tokens.
+
+    Without ``bucket``: every bucket a call of at most ``tokens`` tokens (the first
+    call's) can land in, each at its measured size or at ``tokens`` where smaller, so no
+    path runs larger than the call it precedes; an engine's first call is its profiling
+    step (vLLM's: ``max_num_batched_tokens``), whose peak memory sizes the KV cache. With
+    ``bucket``: that bucket's paths, at ``tokens`` (a later eager call's size)."""
+    from ramp.kernels.layers import reference_error
 
     gen = torch.Generator(device=hidden.device).manual_seed(0)
-    done = set()
     plan = layer.plan
-    for i, tokens, path in [(i, t, p) for choices in (plan.choices, plan.eager_choices)
-                            for i, (t, p) in enumerate(zip(plan.tokens, choices))]:
-        what = (path, repr(layer.plan.configs.get(path, [None] * len(layer.plan.tokens))[i]))
-        if path == ENGINE or what in done:
-            continue
-        done.add(what)
-        x = torch.randn(tokens, hidden.shape[1], device=hidden.device, generator=gen)
-        experts = w13.shape[0] if expert_map is None else expert_map.numel()
-        scores = torch.rand(tokens, experts, device=hidden.device, generator=gen)
-        weights, ids = torch.topk(scores, top_k)
-        x, ids = x.to(hidden.dtype), ids.to(torch.int32)
-        got = layer.paths[path](x, w13, w2, ids, weights, None, expert_map)
-        err = relative_error(got, reference_layer(x, w13, w2, ids, weights, expert_map))
-        if not err <= WARM_UP_TOLERANCE:  # NaN fails too
-            raise ValueError(f"path {path} at T={tokens} is wrong here: relative error "
-                             f"{err:.3g} against float32 (tolerance {WARM_UP_TOLERANCE})")
+    if bucket is None:
+        sizes = [(i, min(t, tokens)) for i, t in enumerate(plan.tokens)
+                 if plan.bucket(min(t, tokens)) == i]
+    else:
+        sizes = [(bucket, tokens)]
+    for i, size in sizes:
+        for path in (plan.choices[i], plan.eager_choices[i]):
+            what = _what(plan, path, i)
+            if path == ENGINE or what in layer.warmed:
+                continue
+            x = torch.randn(size, hidden.shape[1], device=hidden.device, generator=gen)
+            experts = w13.shape[0] if expert_map is None else expert_map.numel()
+            scores = torch.rand(size, experts, device=hidden.device, generator=gen)
+            weights, ids = torch.topk(scores, top_k)
+            x, ids = x.to(hidden.dtype), ids.to(torch.int32)
+            got = layer.paths[path](x, w13, w2, ids, weights, None, expert_map)
+            err = reference_error(got, x, w13, w2, ids, weights, expert_map)
+            if not err <= WARM_UP_TOLERANCE:  # NaN fails too
+                raise ValueError(f"path {path} at T={size} is wrong here: relative error "
+                                 f"{err:.3g} against float32 (tolerance {WARM_UP_TOLERANCE})")
+            layer.warmed.add(what)
     if hidden.is_cuda:
         torch.cuda.synchronize(hidden.device)
 

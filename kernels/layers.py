@@ -83,6 +83,25 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
+REFERENCE_TOKENS = 1024  # tokens of the float32 reference computed at a time
+
+
+def reference_error(got: torch.Tensor, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                    ids: torch.Tensor, weights: torch.Tensor,
+                    expert_map: torch.Tensor | None = None) -> float:
+    """``relative_error(got, reference_layer(...))`` over the whole call, with the float32
+    reference made ``REFERENCE_TOKENS`` tokens at a time: a check inside a serving process
+    must not hold a float32 copy of a large call's activations (an engine sizes its KV
+    cache from the peak memory of its first step, when RaMP checks its paths)."""
+    diff = scale = 0.0
+    for start in range(0, x.shape[0], REFERENCE_TOKENS):
+        rows = slice(start, start + REFERENCE_TOKENS)
+        ref = reference_layer(x[rows], w13, w2, ids[rows], weights[rows], expert_map)
+        diff += float((got[rows].float() - ref).square().sum())
+        scale += float(ref.square().sum())
+    return (diff / scale) ** 0.5 if scale > 0 else diff ** 0.5
+
+
 TOP_K_SUM_BLOCK = 1024  # columns one CTA of the top-k sum adds
 
 
@@ -133,6 +152,8 @@ def gather_sorted(hidden: torch.Tensor, routing: Routing) -> tuple[torch.Tensor,
     """The token rows in the routing's expert order [T*k, K] and each slot's row
     (``row_of``), one launch whose grid depends on T alone."""
     slots, width = routing.sorted_slots.numel(), hidden.shape[1]
+    if hidden.stride(1) != 1:  # the kernel reads each row's columns contiguous
+        hidden = hidden.contiguous()
     rows = hidden.new_empty(slots, width)
     row_of = torch.empty_like(routing.sorted_slots)
     if slots:
