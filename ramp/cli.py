@@ -271,6 +271,42 @@ def fit(measurements, out) -> None:
                f"{100 * float(np.median([s.mape for s in stats])):.2f}%")
 
 
+@main.command("model-error")
+@click.argument("profile_path", type=FilePath(dir_okay=False))
+@click.argument("measurements", type=FilePath(dir_okay=False))
+@click.option("--out", required=True, type=FilePath(dir_okay=False),
+              help="the profile with the re-measured error (may be PROFILE_PATH itself)")
+def model_error(profile_path, measurements, out) -> None:
+    """Re-measure a profile's model error (what the guarded dispatcher trusts) from the
+    measurements it was fitted on, its fitted parameters and static table kept: for a
+    new error statistic, without the refit `ramp fit` would make."""
+    from ramp.costmodel import ModelError
+    from ramp.profile import load_profile
+    from ramp.profiler import Measurements
+
+    profile = load_profile(profile_path)
+    meas = Measurements.load(measurements)
+    if (meas.gpu, meas.problem, meas.family) != (profile.gpu, profile.problem,
+                                                 profile.family):
+        raise InputError(f"{measurements}: measured {meas.family} on {meas.gpu} for "
+                         f"{meas.problem.key}, the profile is {profile.key}")
+    column = {cfg: i for i, cfg in enumerate(meas.bank.configs)}
+    missing = [c.name for c in profile.model.bank.configs if c not in column]
+    if missing:
+        raise InputError(f"{measurements}: has no timings of the profile's configurations "
+                         f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    keep = [column[c] for c in profile.model.bank.configs]
+    model = profile.model
+    profile.model_error = ModelError.measure(model.bank, model.problem, model.num_sms,
+                                             meas.hists, meas.times[:, keep], model.features)
+    profile.provenance["model_error"] = (
+        f"{profile.model_error.statistic} measured from {measurements} by `ramp model-error` "
+        "(parameters unchanged)")
+    errors = profile.model_error.error
+    click.echo(f"wrote {profile.save(out)}: {profile.model_error.statistic} over "
+               f"{len(errors)} T buckets, {100 * min(errors):.1f}-{100 * max(errors):.1f}%")
+
+
 def _int_list(text: str, option: str) -> tuple[int, ...]:
     """A comma list of positive ints (ASCII digits), or BadParameter naming ``option``."""
     parts = [p.strip() for p in text.split(",")]

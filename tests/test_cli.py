@@ -79,3 +79,26 @@ def test_evaluate_and_fit_reproduce_results(tmp_path):
     measured = json.loads(Path(f"{raw}_grouped_mm.train.json").read_text())["provenance"]
     fitted = json.loads((tmp_path / "g.json").read_text())["provenance"]
     assert fitted["measured_by"] == measured["command"]  # the GPU command survives the refit
+
+
+def test_model_error_remeasures_the_error_and_keeps_the_fit(tmp_path):
+    """`ramp model-error` gives a shipped profile the error its training file measures
+    (the shipped ones were re-measured so: the same numbers), parameters untouched; a
+    training file of another problem is refused with one line."""
+    name = "H200_w13-E64-N2816-K2048-top6-bfloat16_triton-tiles"
+    shipped = RESULTS.parents[1] / "ramp" / "data" / "profiles" / f"{name}.json"
+    train = RESULTS / "raw" / "H200" / f"{name}.train.json"
+    stale = json.loads(shipped.read_text())
+    stale["model_error"]["error"] = [0.5] * len(stale["model_error"]["error"])
+    (tmp_path / "p.json").write_text(json.dumps(stale))
+    res = run("model-error", str(tmp_path / "p.json"), str(train), "--out",
+              str(tmp_path / "q.json"))
+    assert res.exit_code == 0, res.output
+    got, want = (json.loads(p.read_text()) for p in (tmp_path / "q.json", shipped))
+    assert got["model_error"] == want["model_error"]
+    assert got["model"] == want["model"] and got["static_table"] == want["static_table"]
+    other = RESULTS / "raw" / "H200" / "H200_w2-E64-N2048-K1408-top6-bfloat16_triton-tiles.train.json"
+    res = run("model-error", str(tmp_path / "p.json"), str(other), "--out",
+              str(tmp_path / "r.json"))
+    assert res.exit_code == 2 and res.output.strip().count("\n") == 0
+    assert "the profile is" in res.output
