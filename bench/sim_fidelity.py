@@ -70,6 +70,7 @@ from ramp.sim.calibrate import (
     FITTED,
     MODES,
     MOE_COSTS,
+    RUN_ROUTINGS,
     EngineRun,
     EquationsAt,
     Simulated,
@@ -298,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "attention)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
                         help="only this catalog model's runs (repeatable)")
+    parser.add_argument("--routing", choices=("all", *RUN_ROUTINGS), default="all",
+                        help="only the runs of this routing: 'trace' (spread routers or "
+                             "real weights, what serving sees) or 'collapsed' (dummy "
+                             "weights, every token on the same experts)")
     parser.add_argument("--across-models", action="store_true",
                         help="train each fold on every model's other workloads (default: "
                              "the held-out run's own model only)")
@@ -330,7 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model:
             wanted = {get_model(m).name for m in args.model}
             runs = [r for r in runs if r.model in wanted]
-            paths = [p for p in paths if any(r.source == str(p) for r in runs)]
+        if args.routing != "all":
+            runs = [r for r in runs if r.routing == args.routing]
+        paths = [p for p in paths if any(r.source == str(p) for r in runs)]
+        if not runs:
+            print(f"{args.dir}: no runs of the chosen models and routing", file=sys.stderr)
+            return 2
         result = {"moe_costs": args.moe_costs, "traces": [str(t) for t in args.trace],
                   **fidelity(runs, base, profiles=args.profile,
                              across_models=args.across_models,

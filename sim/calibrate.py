@@ -213,6 +213,11 @@ def trace_equations(path: str | Path, gpu: str, base: Calibration, policy: str =
 # --- engine results files --------------------------------------------------------------
 
 
+# what an engine run's routers did: "trace" (spread routers or real weights: the model's
+# shipped routing trace), "collapsed" (dummy weights: every token on experts 0..k-1)
+RUN_ROUTINGS = ("trace", "collapsed")
+
+
 @dataclass
 class EngineRun:
     """One (results file, ramp_mode) of a measured engine benchmark: what to simulate and
@@ -233,7 +238,7 @@ class EngineRun:
     gpu_memory_utilization: float | None = None  # the engine's, when the file says
     concurrent: bool = False  # two engines shared the GPU (bench.py --concurrent)
     graph_tokens: int | None = None  # largest CUDA-graph capture size (None: vLLM default)
-    routing: str = "trace"  # "collapsed": dummy weights, every token on experts 0..k-1
+    routing: str = "trace"  # one of RUN_ROUTINGS
     ramp_mode: str = "off"  # the engine's (``MODES``): what ``policy`` simulates
     plans: tuple[str, ...] = ()  # layer plan files for plan policies (default: embedded)
     # False: a dispatch run whose RaMP served no call (every layer fell back), so the

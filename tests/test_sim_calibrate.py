@@ -147,6 +147,10 @@ def test_fidelity_script_holds_out_each_workload(results_dir, tmp_path):
                           "--across-models", "--moe-costs", "model", "--no-alternative",
                           "--eager-host-fraction", "0.5"]) == 0
     result = json.loads(out.read_text())
+    # every run here had spread routing: none is left of the collapsed ones
+    assert fidelity.main(["--dir", str(results_dir), "--out", str(tmp_path / "none.json"),
+                          "--routing", "collapsed"]) == 2
+    assert not (tmp_path / "none.json").exists()
     assert result["held_out_by"] == "workload" and result["across_models"]
     assert result["base_calibration"]["eager_host_fraction"] == 0.5  # what it simulated with
     assert set(result["calibrations_by_fold"]) == {"prefill-heavy", "decode-heavy", "online"}
