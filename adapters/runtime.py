@@ -146,8 +146,10 @@ class _Layer:
     key: str
     plan: LayerPlan
     paths: dict[str, LayerPath]
-    # (path, configuration) pairs compiled and checked against float32 (``_warm_up``)
+    # (path, configuration) pairs compiled and checked against float32 (``_warm_up``),
+    # and the (path, bucket index) pairs known to run one of them (the per-call test)
     warmed: set[tuple[str, str]] = field(default_factory=set)
+    checked: set[tuple[str, int]] = field(default_factory=set)
     primed: set[tuple[str, int]] = field(default_factory=set)  # (path, T) run eagerly once
     # what eager calls run per path: the paths themselves, or (a plan measured so) the
     # paths with recurring sizes replayed from CUDA graphs (``kernels.eager_graphs``)
@@ -323,7 +325,10 @@ class RampMoERuntime:
         up to their first, profiling, step, all warmed). A failed check leaves the shape
         to the engine."""
         bucket = layer.plan.bucket(tokens)
-        if _what(layer.plan, path, bucket) in layer.warmed:
+        if (path, bucket) in layer.checked:
+            return
+        if _what(layer.plan, path, bucket) in layer.warmed:  # a configuration shared
+            layer.checked.add((path, bucket))
             return
         if capturing:
             raise Unsupported(f"{layer.key}: RaMP {path} path at T={tokens} is not warmed "
@@ -717,6 +722,7 @@ def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
         for path in (plan.choices[i], plan.eager_choices[i]):
             what = _what(plan, path, i)
             if path == ENGINE or what in layer.warmed:
+                layer.checked.add((path, i))
                 continue
             x = torch.randn(size, hidden.shape[1], device=hidden.device, generator=gen)
             experts = w13.shape[0] if expert_map is None else expert_map.numel()
@@ -729,6 +735,7 @@ def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
                 raise ValueError(f"path {path} at T={size} is wrong here: relative error "
                                  f"{err:.3g} against float32 (tolerance {WARM_UP_TOLERANCE})")
             layer.warmed.add(what)
+            layer.checked.add((path, i))
     if hidden.is_cuda:
         torch.cuda.synchronize(hidden.device)
 
