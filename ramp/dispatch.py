@@ -44,6 +44,13 @@ class Dispatcher(ABC):
         """Indices for histograms [H, E]; subclasses vectorise this."""
         return np.array([self.choose(h) for h in np.atleast_2d(hists)], dtype=np.int64)
 
+    def choose_predicted(self, hists: np.ndarray, model: WaveCostModel,
+                         pred: np.ndarray) -> np.ndarray:
+        """``choose_batch(hists)`` for a caller that already has ``model``'s predictions
+        ``pred`` [H, C] of them (the simulator prices every policy from one prediction):
+        a dispatcher that reads that model uses them instead of predicting again."""
+        return self.choose_batch(hists)
+
     def choose_view(self, view: EPView) -> np.ndarray:
         """Each rank's choice under expert parallelism, ``[..., ep]``: the rank's local
         histogram (``E/ep`` experts) and its local ``T*k`` decide, as on that GPU. The
@@ -119,6 +126,12 @@ class RampDispatcher(Dispatcher):
     def choose_batch(self, hists: np.ndarray) -> np.ndarray:
         return np.argmin(self.model.predict(np.atleast_2d(hists)), axis=1)
 
+    def choose_predicted(self, hists: np.ndarray, model: WaveCostModel,
+                         pred: np.ndarray) -> np.ndarray:
+        if model is not self.model:
+            return self.choose_batch(hists)
+        return np.argmin(pred, axis=1)
+
 
 class GuardedDispatcher(Dispatcher):
     """RaMP that leaves the static table only when the model is sure enough.
@@ -160,9 +173,14 @@ class GuardedDispatcher(Dispatcher):
 
     def choose_batch(self, hists: np.ndarray) -> np.ndarray:
         hists = np.atleast_2d(hists)
-        tokens = hists.sum(axis=1) // self.static.top_k
-        return self._pick(self.ramp.model.predict(hists), tokens,
-                          self.static.choose_tokens(tokens))
+        return self.choose_predicted(hists, self.ramp.model, self.ramp.model.predict(hists))
+
+    def choose_predicted(self, hists: np.ndarray, model: WaveCostModel,
+                         pred: np.ndarray) -> np.ndarray:
+        if model is not self.ramp.model:
+            return self.choose_batch(hists)
+        tokens = np.atleast_2d(hists).sum(axis=1) // self.static.top_k
+        return self._pick(pred, tokens, self.static.choose_tokens(tokens))
 
 
 class CrossFamilyDispatcher(GuardedDispatcher):

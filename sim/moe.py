@@ -46,8 +46,8 @@ class GemmCost:
         rows = np.arange(len(hists))
         out = {}
         for name, dispatcher in self.dispatchers.items():
-            out[name] = (pred.min(axis=1) if name == "ramp-unguarded"
-                         else pred[rows, dispatcher.choose_batch(hists)])
+            out[name] = (pred.min(axis=1) if name == "ramp-unguarded" else pred[
+                rows, dispatcher.choose_predicted(hists, self.profile.model, pred)])
         return out
 
 

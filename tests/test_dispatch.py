@@ -142,6 +142,15 @@ def test_guard_never_leaves_static_for_a_gain_inside_the_margin(bank, problem):
         assert (choice[moved] == pred.argmin(axis=1)[moved]).all()
         assert moved[gain > margin + 1e-9].all()
         assert [guard.choose(h) for h in hists] == choice.tolist()
+        # from the caller's own prediction of the same model: the same choice; of
+        # another model's, ignored
+        assert guard.choose_predicted(hists, model, pred).tolist() == choice.tolist()
+        assert guard.ramp.choose_predicted(hists, model, pred).tolist() == (
+            pred.argmin(axis=1).tolist())
+        other = WaveCostModel(bank, problem, 4, params[::-1].copy())
+        assert guard.choose_predicted(hists, other, other.predict(hists)).tolist() == (
+            choice.tolist())
+        assert static.choose_predicted(hists, model, pred).tolist() == fixed.tolist()
         moved_calls += int(moved.sum())
         kept_calls += int(((gain > 0) & ~moved).sum())
     assert moved_calls > 20 and kept_calls > 20  # both sides of the margin were exercised
