@@ -433,6 +433,9 @@ class RampMoERuntime:
         else:
             eager_paths = dict(paths)
         layer = _Layer(key, plan, paths, eager_paths=eager_paths)
+        # the process's peak allocation before the warm-up (never reset: an engine's
+        # memory profiling reads the same peak), to say how far the warm-up raised it
+        peak = torch.cuda.max_memory_allocated(hidden.device) if hidden.is_cuda else 0
         try:
             _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map, hidden.shape[0])
         except Exception as exc:
@@ -445,7 +448,12 @@ class RampMoERuntime:
         self.stats.plans[layer.key] = {
             "plan": plan.key, "measured": plan.provenance.get("date"),
             "host_measured": plan.provenance.get("host_measured", {}).get("date"),
-            "eager_graphs": plan.eager_graphs}
+            "eager_graphs": plan.eager_graphs,
+            # the first call's size and how much the warm-up then raised the peak memory
+            # an engine sizes its KV cache from (vLLM: its profiling step's peak)
+            "warm_up_tokens": int(hidden.shape[0]),
+            "warm_up_peak_rise_mib": round(max(0, (torch.cuda.max_memory_allocated(
+                hidden.device) if hidden.is_cuda else 0) - peak) / 2**20, 1)}
         return layer
 
     def _poly_models(self, gpu: str, problems: tuple[MoEProblem, MoEProblem],

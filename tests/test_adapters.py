@@ -462,6 +462,8 @@ def test_plan_hands_slower_buckets_to_the_engine(tmp_path):
     served = written["plans"]["H100-SXM/w13-E8-N64-K64-top2-float16"]
     assert served["plan"] == "H100-SXM_w13-E8-N64-K64-top2-float16_layer"
     assert served["eager_graphs"] is False and written["eager_graphs"] == {}
+    # the first call's size, and the warm-up's rise of the peak memory (none off a GPU)
+    assert served["warm_up_tokens"] == 2 and served["warm_up_peak_rise_mib"] == 0
 
 
 def test_layer_plan_choice_and_round_trip(tmp_path):
