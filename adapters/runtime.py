@@ -183,11 +183,17 @@ class RuntimeStats:
 class RampMoERuntime:
     """Routes an engine's fused-MoE calls by mode; see the module docstring."""
 
-    def __init__(self, config: RampConfig, *, engine: str = "", engine_version: str = ""
-                 ) -> None:
+    def __init__(self, config: RampConfig, *, engine: str = "", engine_version: str = "",
+                 warm_up_to_first_call: bool = False) -> None:
+        """``warm_up_to_first_call``: the first call's warm-up checks only the buckets a
+        call of its size can reach (larger ones on their first eager call), for an engine
+        that sizes its KV cache from its first step's peak memory (vLLM); else every
+        bucket at start-up (SGLang sizes its cache before any step, and a check in the
+        middle of serving would stall that request)."""
         self.config = config
         self.engine = engine
         self.engine_version = engine_version
+        self.warm_up_to_first_call = warm_up_to_first_call
         self._layers: dict[tuple[Any, ...], _Layer | str] = {}
         self._dir_files: tuple[list[Profile], list[LayerPlan]] | None = None
         self._logged: set[str] = set()
@@ -266,10 +272,11 @@ class RampMoERuntime:
             variant = "plan" if capturing else self.eager_variant()
             path = (ENGINE if variant == "engine"
                     else layer_paths.plan.choose(tokens, eager=not capturing))
+            # this call's path, and eagerly the graph's path too, which _prime runs
+            needed = {path} if capturing else {path, layer_paths.plan.choose(tokens)}
+            self._ensure_warm(layer_paths, needed - {ENGINE}, tokens, capturing,
+                              hidden_states, w13, w2, topk_ids, expert_map)
             self._count(layer_paths.key, path, capturing)
-            if path != ENGINE:
-                self._ensure_warm(layer_paths, path, tokens, capturing, hidden_states, w13,
-                                  w2, topk_ids, expert_map)
             if not capturing:
                 self._prime(layer_paths, path, tokens, hidden_states, w13, w2, topk_ids,
                             topk_weights, expert_map)
@@ -314,27 +321,32 @@ class RampMoERuntime:
             self._warn_once(f"RaMP: {problem}")
         return self._eager_variant
 
-    def _ensure_warm(self, layer: _Layer, path: str, tokens: int, capturing: bool,
+    def _ensure_warm(self, layer: _Layer, paths: set[str], tokens: int, capturing: bool,
                      hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      ids: torch.Tensor, expert_map: torch.Tensor | None) -> None:
-        """A call in a bucket larger than the first call's: its path is compiled and
-        checked now, on this eager call's size (the first call warmed only the buckets
-        it could reach, so that the warm-up never allocates more than the engine's first
-        step, from whose peak memory an engine sizes its KV cache). Inside a capture
-        nothing may compile: that call takes the engine's kernel (engines capture sizes
-        up to their first, profiling, step, all warmed). A failed check leaves the shape
-        to the engine."""
+        """A call in a bucket larger than the first call's (``warm_up_to_first_call``):
+        its ``paths`` are compiled and checked now, on this eager call's size (the first
+        call warmed only the buckets it could reach, so that the warm-up never allocates
+        more than the engine's first step, from whose peak memory vLLM sizes its KV
+        cache). Inside a capture nothing may compile: that call takes the engine's kernel
+        (engines capture sizes up to their first, profiling, step, all warmed). A failed
+        check leaves the shape to the engine."""
         bucket = layer.plan.bucket(tokens)
-        if (path, bucket) in layer.checked:
-            return
-        if _what(layer.plan, path, bucket) in layer.warmed:  # a configuration shared
-            layer.checked.add((path, bucket))
+        unchecked = []
+        for path in paths:
+            if (path, bucket) in layer.checked:
+                continue
+            if _what(layer.plan, path, bucket) in layer.warmed:  # a configuration shared
+                layer.checked.add((path, bucket))
+                continue
+            unchecked.append(path)
+        if not unchecked:
             return
         if capturing:
-            raise Unsupported(f"{layer.key}: RaMP {path} path at T={tokens} is not warmed "
-                              "up (its bucket is above the first call's size) and cannot "
-                              "compile inside a CUDA-graph capture: this graph keeps the "
-                              "engine kernel")
+            raise Unsupported(f"{layer.key}: RaMP {unchecked[0]} path at T={tokens} is not "
+                              "warmed up (its bucket is above the first call's size) and "
+                              "cannot compile inside a CUDA-graph capture: this graph "
+                              "keeps the engine kernel")
         try:
             _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map, tokens, bucket)
         except Exception as exc:
@@ -437,7 +449,8 @@ class RampMoERuntime:
         # memory profiling reads the same peak), to say how far the warm-up raised it
         peak = torch.cuda.max_memory_allocated(hidden.device) if hidden.is_cuda else 0
         try:
-            _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map, hidden.shape[0])
+            _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map,
+                     hidden.shape[0] if self.warm_up_to_first_call else None)
         except Exception as exc:
             raise Unsupported(f"{layer.key}: RaMP kernels failed at warm-up "
                               f"({type(exc).__name__}: {exc}); this shape stays on the "
@@ -704,7 +717,7 @@ def _what(plan: LayerPlan, path: str, bucket: int) -> tuple[str, str]:
 
 
 def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-             top_k: int, expert_map: torch.Tensor | None, tokens: int,
+             top_k: int, expert_map: torch.Tensor | None, tokens: int | None,
              bucket: int | None = None) -> None:
     """Run each path once per distinct configuration it serves, on random routing, so
     every kernel compiles now (an eager call) and never inside the engine's CUDA-graph
@@ -712,20 +725,24 @@ def _warm_up(layer: _Layer, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.T
     so that a kernel that is wrong on this GPU, driver or compiler raises here and the
     shape stays on the engine's kernel instead of serving wrong tokens.
 
-    Without ``bucket``: every bucket a call of at most ``tokens`` tokens (the first
-    call's) can land in, each at its measured size or at ``tokens`` where smaller, so no
-    path runs larger than the call it precedes; an engine's first call is its profiling
-    step (vLLM's: ``max_num_batched_tokens``), whose peak memory sizes the KV cache. With
-    ``bucket``: that bucket's paths, at ``tokens`` (a later eager call's size)."""
+    ``tokens`` None: every bucket at its measured size. Without ``bucket``: every bucket
+    a call of at most ``tokens`` tokens (the first call's) can land in, each at its
+    measured size or at ``tokens`` where smaller (at least one token), so no path runs
+    larger than the call it precedes; vLLM's first call is its profiling step
+    (``max_num_batched_tokens``), whose peak memory sizes the KV cache. With ``bucket``:
+    that bucket's paths, at ``tokens`` (a later eager call's size)."""
     from ramp.kernels.layers import reference_error
 
     gen = torch.Generator(device=hidden.device).manual_seed(0)
     plan = layer.plan
-    if bucket is None:
-        sizes = [(i, min(t, tokens)) for i, t in enumerate(plan.tokens)
-                 if plan.bucket(min(t, tokens)) == i]
+    if tokens is None:
+        sizes = list(enumerate(plan.tokens))
+    elif bucket is None:
+        reach = max(1, tokens)
+        sizes = [(i, min(t, reach)) for i, t in enumerate(plan.tokens)
+                 if plan.bucket(min(t, reach)) == i]
     else:
-        sizes = [(bucket, tokens)]
+        sizes = [(bucket, max(1, tokens))]
     for i, size in sizes:
         for path in (plan.choices[i], plan.eager_choices[i]):
             what = _what(plan, path, i)

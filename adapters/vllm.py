@@ -86,7 +86,9 @@ def enable(mode: str | None = None, *, trace_path: str | None = None,
                        "signature matches, so RaMP is enabled", engine_version,
                        TESTED_VERSIONS)
     disable()
-    runtime = RampMoERuntime(config, engine="vllm", engine_version=engine_version)
+    # vLLM sizes its KV cache from the peak memory of its first (profiling) step
+    runtime = RampMoERuntime(config, engine="vllm", engine_version=engine_version,
+                             warm_up_to_first_call=True)
     original = cls.apply
     cls.apply = _wrap(cls, original, runtime)
     _installed = (cls, original, runtime)

@@ -361,17 +361,15 @@ def test_a_path_wrong_at_warm_up_leaves_the_shape_to_the_engine(tmp_path, monkey
         assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
     assert engine.calls == 2
     (reason, count), = runtime.stats.fallbacks.items()
-    assert "path triton at T=3 is wrong here: relative error" in reason and count == 2
+    assert "path triton at T=4 is wrong here: relative error" in reason and count == 2
     assert caplog.text.count("is wrong here") == 1
 
 
-def test_warm_up_runs_nothing_larger_than_the_first_call(tmp_path, monkeypatch):
-    """An engine sizes its KV cache from its first (profiling) step's peak memory, when
-    RaMP warms its paths up: only the buckets that step's size can reach are checked
-    then, none at a larger size; a larger bucket is checked on its first eager call, at
-    that call's size; inside a CUDA-graph capture an unchecked bucket takes the engine's
-    kernel for that call only."""
-    import ramp.adapters.runtime as rt
+def _two_bucket_runtime(tmp_path, monkeypatch, eager_host_us=50.0, **flags):
+    """A runtime over a plan of T = 4 and 32, the Triton path in both with a different
+    configuration each (``eager_host_us``: its host time at 32; dearer than the engine's
+    there, the eager choice at 32 is the engine's and the graph's stays Triton), and the
+    sizes the float32 check ran at."""
     import ramp.kernels.layers as layers
 
     save_profiles(tmp_path, plan={1: "engine"})
@@ -380,10 +378,10 @@ def test_warm_up_runs_nothing_larger_than_the_first_call(tmp_path, monkeypatch):
                                             "w13"), f"{ENGINE_NAME} 1", (4, 32),
                      {"engine": (10.0, 10.0), "triton": (1.0, 1.0)},
                      configs={"triton": (TRITON_CFG, other)},
-                     host_us={"engine": (100.0, 100.0), "triton": (50.0, 50.0)})
+                     host_us={"engine": (100.0, 100.0), "triton": (50.0, eager_host_us)})
     plan.save(tmp_path / f"{plan.key}.json")
     runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
-                                        gpu="H100-SXM"), engine=ENGINE_NAME)
+                                        gpu="H100-SXM"), engine=ENGINE_NAME, **flags)
     checked = []
     real = layers.reference_error
 
@@ -392,25 +390,62 @@ def test_warm_up_runs_nothing_larger_than_the_first_call(tmp_path, monkeypatch):
         return real(got, x, *args)
 
     monkeypatch.setattr(layers, "reference_error", spy)
+    return runtime, checked
+
+
+def _call(runtime, engine, tokens, seed):
+    x, w13, w2, ids, weights = make_layer(tokens, seed=seed)
+    out = runtime.fused_moe(x, w13, w2, ids, weights, engine)
+    if tokens and out != "engine result":
+        ref = reference(x, w13, w2, ids, weights)
+        assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
+    return out
+
+
+def test_warm_up_runs_nothing_larger_than_the_first_call(tmp_path, monkeypatch):
+    """vLLM sizes its KV cache from its first (profiling) step's peak memory, when RaMP
+    warms its paths up: with ``warm_up_to_first_call`` only the buckets that step's size
+    can reach are checked then, none at a larger size; a larger bucket is checked on its
+    first eager call, at that call's size; inside a CUDA-graph capture an unchecked
+    bucket takes the engine's kernel for that call only (and is not counted as RaMP's)."""
+    import ramp.adapters.runtime as rt
+
+    runtime, checked = _two_bucket_runtime(tmp_path, monkeypatch, warm_up_to_first_call=True)
     engine = Engine()
-
-    def call(tokens, seed):
-        x, w13, w2, ids, weights = make_layer(tokens, seed=seed)
-        out = runtime.fused_moe(x, w13, w2, ids, weights, engine)
-        if out != "engine result":
-            ref = reference(x, w13, w2, ids, weights)
-            assert float((out.float().cpu() - ref).norm() / ref.norm()) < 1e-2
-        return out
-
-    call(3, 31)
+    _call(runtime, engine, 3, 31)
     assert checked == [3]  # bucket 4 at the call's own 3 tokens; bucket 32 not yet
     monkeypatch.setattr(rt, "capturing_graph", lambda tensor: True)
-    assert call(20, 32) == "engine result" and engine.calls == 1
+    assert _call(runtime, engine, 20, 32) == "engine result" and engine.calls == 1
     assert checked == [3] and any("not warmed up" in r for r in runtime.stats.fallbacks)
+    assert not runtime.stats.captured  # the graph kept the engine kernel
     monkeypatch.setattr(rt, "capturing_graph", lambda tensor: False)
-    call(20, 33)
-    call(29, 34)
+    _call(runtime, engine, 20, 33)
+    _call(runtime, engine, 29, 34)
     assert checked == [3, 20] and engine.calls == 1  # checked once, at its first size
+
+
+def test_warm_up_checks_the_graph_path_an_eager_call_primes(tmp_path, monkeypatch):
+    """An eager call whose own path is the engine's (its host time is dearer) still runs
+    the graph's path once before that size's capture (``_prime``): it is checked first.
+    A first call of no tokens checks at one token, never at none."""
+    runtime, checked = _two_bucket_runtime(tmp_path, monkeypatch, eager_host_us=500.0,
+                                           warm_up_to_first_call=True)
+    engine = Engine()
+    _call(runtime, engine, 0, 40)
+    assert checked == [1]
+    assert _call(runtime, engine, 20, 41) == "engine result"  # eager: the engine's path
+    assert checked == [1, 20]  # the Triton configuration of bucket 32, which it primed
+
+
+def test_warm_up_checks_every_bucket_at_start_up_by_default(tmp_path, monkeypatch):
+    """Without ``warm_up_to_first_call`` (SGLang sizes its KV cache before any step) the
+    first call checks every bucket at its measured size, and nothing later."""
+    runtime, checked = _two_bucket_runtime(tmp_path, monkeypatch)
+    engine = Engine()
+    _call(runtime, engine, 3, 42)
+    assert checked == [4, 32]
+    _call(runtime, engine, 20, 43)
+    assert checked == [4, 32] and engine.calls == 0
 
 
 @pytest.mark.parametrize("path", ["triton", "triton-fused", "triton-tma", "grouped_mm",
