@@ -29,7 +29,7 @@ PATHS = ("triton", "triton-fused", "triton-tma", "triton-poly", "cute", "grouped
 PLAN_TOKENS = (1, 64, 512, 8192)
 
 
-def forcing_runtime(tmp_path: Path, path: str, ep: int = 1) -> RampMoERuntime:
+def forcing_runtime(tmp_path: Path, path: str, ep: int = 1, **flags) -> RampMoERuntime:
     """A dispatch runtime whose layer plan picks ``path`` at every size (made-up times:
     the path 1 us, the engine 2 us), with this GPU's embedded profiles (under ``ep``: of
     the full layer's shape, used here for the local one)."""
@@ -54,7 +54,7 @@ def forcing_runtime(tmp_path: Path, path: str, ep: int = 1) -> RampMoERuntime:
                      ep=ep, host_us=host)
     plan.save(tmp_path / f"{plan.key}.json")
     return RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path)),
-                          engine="gpu-test")
+                          engine="gpu-test", **flags)
 
 
 def qwen_weights(seed: int = 0):
@@ -184,6 +184,27 @@ def test_every_path_matches_reference(tmp_path, path, tokens, skew):
     dispatch(runtime, x, w13, w2, ids, weights, out=out)
     assert bool(torch.isfinite(out).all())
     assert rel_err(out, reference(x, w13, w2, ids, weights)) < 2e-2
+
+
+def test_warm_up_bounded_to_the_first_call_keeps_the_peak_memory_low(tmp_path):
+    """vLLM sizes its KV cache from its first step's peak memory: warmed up to a first
+    call of 64 tokens, RaMP's paths raise the peak by little; warmed up at every bucket
+    (8,192 tokens the largest), by the hundreds of MiB a Qwen3 layer of that size needs."""
+    w13, w2 = qwen_weights()
+    rises = []
+    for bounded in (True, False):
+        (tmp_path / str(bounded)).mkdir()
+        runtime = forcing_runtime(tmp_path / str(bounded), "triton",
+                                  warm_up_to_first_call=bounded)
+        x = torch.randn(64, QWEN["hidden"], device="cuda").bfloat16()
+        ids, weights = routing(64, seed=5)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()  # a test's own process, not an engine's
+        dispatch(runtime, x, w13, w2, ids, weights)
+        (entry,) = runtime.stats.plans.values()
+        assert entry["warm_up_tokens"] == 64
+        rises.append(entry["warm_up_peak_rise_mib"])
+    assert rises[0] < 64 < 256 < rises[1], rises
 
 
 @pytest.mark.parametrize("path", PATHS)
