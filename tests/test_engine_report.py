@@ -81,3 +81,16 @@ def test_the_table_shows_every_labels_paired_ratio():
          "paired_ratios": {"dispatch": 1.05, "dispatch:launch": 0.97}}
     row = er.table([("f.json", d)]).splitlines()[-1]
     assert "paired per mode dispatch 1.050x, dispatch:launch 0.970x" in row
+
+
+def test_memory_table_shows_kv_per_mode_and_the_warm_up_rise():
+    """Files that record the KV cache get a row; RaMP's plans entries (a pooled file's
+    lists too) give the warm-up's first call and peak rise; files without them none."""
+    with_kv = {"kv_cache_tokens": {"off": 308720, "dispatch": 300640},
+               "ramp_plans": {"H200/w13": [{"plan": "p", "warm_up_tokens": 2048,
+                                            "warm_up_peak_rise_mib": 12.5}]}}
+    older = {"kv_cache_tokens": {"off": 1000, "dispatch": None}, "ramp_plans": None}
+    text = er.memory_table([("a.json", with_kv), ("b.json", older), ("c.json", {})])
+    assert "| `a.json` | off 308,720, dispatch 300,640 | T=2048, 12.5 MiB |" in text
+    assert "| `b.json` | off 1,000 | - |" in text and "c.json" not in text
+    assert er.memory_table([("c.json", {})]) == ""

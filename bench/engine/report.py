@@ -11,7 +11,8 @@ the noise is visible next to the medians.
 From the layer plans' details (``DIR/layer/*_layer.json``) it adds the kernel-level
 check of the shipped path: per T and routing, the whole-layer time of the path the plan
 chooses over the best of the engine's kernel and ``torch._grouped_mm`` (issue 12's
-bound: at most 1.02).
+bound: at most 1.02). Files that record it get each mode's KV cache and RaMP's warm-up
+peak-memory rise.
 """
 
 from __future__ import annotations
@@ -227,6 +228,25 @@ def paired_table(results: list[tuple[str, dict]]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def memory_table(results: list[tuple[str, dict]]) -> str:
+    """Per file that says so: each mode's KV cache (tokens) and, for RaMP's engine, the
+    first call's size and how far its warm-up raised the peak memory then (what vLLM
+    sizes the KV cache from)."""
+    lines = ["| file | KV cache tokens per mode | RaMP warm-up: first call T, peak rise MiB |",
+             "|---|---|---|"]
+    for name, d in results:
+        kv = {m: t for m, t in (d.get("kv_cache_tokens") or {}).items() if t}
+        if not kv:
+            continue
+        warm = sorted({(e.get("warm_up_tokens"), e.get("warm_up_peak_rise_mib"))
+                       for entries in (d.get("ramp_plans") or {}).values()
+                       for e in (entries if isinstance(entries, list) else [entries])
+                       if isinstance(e, dict) and "warm_up_tokens" in e})
+        lines.append(f"| `{name}` | " + ", ".join(f"{m} {t:,}" for m, t in kv.items())
+                     + " | " + ("; ".join(f"T={t}, {r} MiB" for t, r in warm) or "-") + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,10 +260,10 @@ def main() -> None:
     print(table(results))
     print()
     print(layer_table(directory))
-    paired = paired_table(results)
-    if paired:
-        print()
-        print(paired)
+    for extra in (paired_table(results), memory_table(results)):
+        if extra:
+            print()
+            print(extra)
     print(f"wrote {plot(results, Path(args.plot or directory / 'engine.png'))}")
 
 
