@@ -273,13 +273,13 @@ class RampMoERuntime:
             path = (ENGINE if variant == "engine"
                     else layer_paths.plan.choose(tokens, eager=not capturing))
             # this call's path, and eagerly the graph's path too, which _prime runs
-            needed = {path} if capturing else {path, layer_paths.plan.choose(tokens)}
-            self._ensure_warm(layer_paths, needed - {ENGINE}, tokens, capturing,
+            graphed = path if capturing else layer_paths.plan.choose(tokens)
+            self._ensure_warm(layer_paths, {path, graphed} - {ENGINE}, tokens, capturing,
                               hidden_states, w13, w2, topk_ids, expert_map)
             self._count(layer_paths.key, path, capturing)
             if not capturing:
-                self._prime(layer_paths, path, tokens, hidden_states, w13, w2, topk_ids,
-                            topk_weights, expert_map)
+                self._prime(layer_paths, path, graphed, tokens, hidden_states, w13, w2,
+                            topk_ids, topk_weights, expert_map)
             if path == ENGINE:
                 return fallback()
             # Catches what fails at launch (compilation, arguments, launch resources). A
@@ -294,10 +294,10 @@ class RampMoERuntime:
                 if scale not in (None, 1.0):
                     result.mul_(scale)
             except Exception as exc:
-                reason = (f"{layer_paths.key}: RaMP {path} path failed ({type(exc).__name__}: "
-                          f"{exc}); this shape stays on the engine kernel")
-                self._layers[_key(hidden_states, w13, topk_ids, expert_map)] = reason
-                raise Unsupported(reason) from exc
+                raise self._drop_shape(
+                    hidden_states, w13, topk_ids, expert_map,
+                    f"{layer_paths.key}: RaMP {path} path failed ({type(exc).__name__}: "
+                    f"{exc}); this shape stays on the engine kernel") from exc
             return result
         except Unsupported as exc:
             self.log_fallback(str(exc))
@@ -350,15 +350,15 @@ class RampMoERuntime:
         try:
             _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map, tokens, bucket)
         except Exception as exc:
-            reason = (f"{layer.key}: RaMP kernels failed at warm-up of T={tokens} "
-                      f"({type(exc).__name__}: {exc}); this shape stays on the engine "
-                      "kernel")
-            self._layers[_key(hidden, w13, ids, expert_map)] = reason
-            raise Unsupported(reason) from exc
+            raise self._drop_shape(
+                hidden, w13, ids, expert_map,
+                f"{layer.key}: RaMP kernels failed at warm-up of T={tokens} "
+                f"({type(exc).__name__}: {exc}); this shape stays on the engine kernel"
+            ) from exc
 
-    def _prime(self, layer: _Layer, eager_path: str, tokens: int, hidden: torch.Tensor,
-               w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-               expert_map: torch.Tensor | None) -> None:
+    def _prime(self, layer: _Layer, eager_path: str, graphed: str, tokens: int,
+               hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor,
+               weights: torch.Tensor, expert_map: torch.Tensor | None) -> None:
         """An eager call of a size whose CUDA graph would run another RaMP path than
         this call does (the eager choice weighs host cost): run the graph's path once
         too (its result unused), once per size up to ``PRIME_MAX_TOKENS``, so that what
@@ -366,8 +366,8 @@ class RampMoERuntime:
         eagerly first; anything left to compile or load inside a capture would break
         it). The kernels compile once whatever T (``do_not_specialize`` on the sizes),
         and the warm-up compiles each configuration: this covers what they miss. A
-        failure here leaves the shape to the engine."""
-        graphed = layer.plan.choose(tokens)
+        failure here leaves the shape to the engine. ``graphed``: the plan's choice for
+        this size inside a graph."""
         if (graphed in (ENGINE, eager_path) or tokens > PRIME_MAX_TOKENS
                 or (graphed, tokens) in layer.primed):
             return
@@ -375,11 +375,18 @@ class RampMoERuntime:
         try:
             layer.paths[graphed](hidden, w13, w2, ids, weights, None, expert_map)
         except Exception as exc:
-            reason = (f"{layer.key}: RaMP {graphed} path failed at T={tokens} before its "
-                      f"CUDA graph ({type(exc).__name__}: {exc}); this shape stays on the "
-                      "engine kernel")
-            self._layers[_key(hidden, w13, ids, expert_map)] = reason
-            raise Unsupported(reason) from exc
+            raise self._drop_shape(
+                hidden, w13, ids, expert_map,
+                f"{layer.key}: RaMP {graphed} path failed at T={tokens} before its CUDA "
+                f"graph ({type(exc).__name__}: {exc}); this shape stays on the engine kernel"
+            ) from exc
+
+    def _drop_shape(self, hidden: torch.Tensor, w13: torch.Tensor, ids: torch.Tensor,
+                    expert_map: torch.Tensor | None, reason: str) -> Unsupported:
+        """Leave this call's shape to the engine's kernel from now on, for ``reason``:
+        the error to raise (the caller logs it once and runs the engine)."""
+        self._layers[_key(hidden, w13, ids, expert_map)] = reason
+        return Unsupported(reason)
 
     def _count(self, key: str, path: str, capturing: bool) -> None:
         (self.stats.captured if capturing else self.stats.eager)[key, path] += 1
@@ -447,7 +454,7 @@ class RampMoERuntime:
         layer = _Layer(key, plan, paths, eager_paths=eager_paths)
         # the process's peak allocation before the warm-up (never reset: an engine's
         # memory profiling reads the same peak), to say how far the warm-up raised it
-        peak = torch.cuda.max_memory_allocated(hidden.device) if hidden.is_cuda else 0
+        peak = _peak_bytes(hidden)
         try:
             _warm_up(layer, hidden, w13, w2, ids.shape[1], expert_map,
                      hidden.shape[0] if self.warm_up_to_first_call else None)
@@ -465,8 +472,7 @@ class RampMoERuntime:
             # the first call's size and how much the warm-up then raised the peak memory
             # an engine sizes its KV cache from (vLLM: its profiling step's peak)
             "warm_up_tokens": int(hidden.shape[0]),
-            "warm_up_peak_rise_mib": round(max(0, (torch.cuda.max_memory_allocated(
-                hidden.device) if hidden.is_cuda else 0) - peak) / 2**20, 1)}
+            "warm_up_peak_rise_mib": round(max(0, _peak_bytes(hidden) - peak) / 2**20, 1)}
         return layer
 
     def _poly_models(self, gpu: str, problems: tuple[MoEProblem, MoEProblem],
@@ -704,6 +710,11 @@ def _plan_configs(plan: LayerPlan, path: str) -> Callable[[int], tuple[Any, Any,
         raise Unsupported(f"layer plan {plan.key} records {families} configurations for "
                           f"the {path} path")
     return lambda tokens: configs[plan.bucket(tokens)]
+
+
+def _peak_bytes(tensor: torch.Tensor) -> int:
+    """The process's peak allocation on ``tensor``'s GPU (0 off a GPU); read, never reset."""
+    return torch.cuda.max_memory_allocated(tensor.device) if tensor.is_cuda else 0
 
 
 def capturing_graph(tensor: torch.Tensor) -> bool:
