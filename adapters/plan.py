@@ -686,23 +686,6 @@ def host_plan(model: str, files: Sequence[Path], ep: int) -> LayerPlan:
     return plan
 
 
-def remeasurable(base: LayerPlan, tokens: tuple[int, ...], routings: tuple[str, ...],
-                 eager_graphs: bool) -> None:
-    """Refuse a ``--remeasure`` whose result ``base.with_remeasured`` would refuse, with
-    what to change (the layer, GPU and engine are checked there, from the measurement)."""
-    where = f"--remeasure of {base.key}"
-    if eager_graphs != base.eager_graphs:
-        raise InputError(f"{where}: the plan was measured {'with' if base.eager_graphs else 'without'} "
-                         "--eager-graphs; give the same")
-    if set(routings) != set(base.times_us_by_routing):
-        raise InputError(f"{where}: --routings must be the plan's "
-                         f"{';'.join(base.times_us_by_routing)}")
-    first = base.tokens.index(tokens[0]) if tokens[0] in base.tokens else -1
-    if first < 0 or base.tokens[first:first + len(tokens)] != tokens:
-        raise InputError(f"{where}: --tokens must be consecutive sizes of the plan's "
-                         f"{','.join(map(str, base.tokens))}")
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ramp.adapters.plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -755,7 +738,7 @@ def main(argv: list[str] | None = None) -> None:
         base = None
         if args.remeasure:  # refused before the GPU time is spent, not after
             base = host_plan(model, args.plan, args.ep)
-            remeasurable(base, tokens, routings, args.eager_graphs)
+            base.check_remeasure(tokens, routings, args.eager_graphs)
         plan, details = measure(model, args.profile_dir, tokens, routings, args.rounds,
                                 ep=args.ep, eager_graphs=args.eager_graphs)
         if args.details:

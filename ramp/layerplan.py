@@ -245,6 +245,33 @@ class LayerPlan:
                 for r, per in self.interval_start_times_us_by_routing.items()},
             host_us={p: t for p, t in self.host_us.items() if p not in paths})
 
+    def check_remeasure(self, tokens: tuple[int, ...], routings: tuple[str, ...],
+                        eager_graphs: bool) -> None:
+        """Refuse re-measured sizes ``with_remeasured`` cannot take, before or after they
+        are measured (``python -m ramp.adapters.plan --remeasure`` asks before spending
+        GPU time): the same eager mode and routings, consecutive sizes of this plan's."""
+        where = f"layer plan {self.key}"
+        if eager_graphs != self.eager_graphs:
+            raise InputError(f"{where}: cannot take sizes of a plan with another "
+                             f"eager_graphs ({eager_graphs!r}, this plan's "
+                             f"{self.eager_graphs!r}): re-measure "
+                             f"{'with' if self.eager_graphs else 'without'} --eager-graphs")
+        if set(routings) != set(self.times_us_by_routing):
+            raise InputError(f"{where}: the re-measured sizes have routings "
+                             f"{sorted(routings)}, this plan "
+                             f"{sorted(self.times_us_by_routing)} (--routings must be the "
+                             f"plan's {';'.join(self.times_us_by_routing)})")
+        consecutive = (f"--tokens must be consecutive sizes of the plan's "
+                       f"{','.join(map(str, self.tokens))}")
+        unknown = [t for t in tokens if t not in self.tokens]
+        if unknown:
+            raise InputError(f"{where}: sizes {unknown} are not among its measured token "
+                             f"counts ({consecutive})")
+        first = self.tokens.index(tokens[0])
+        if self.tokens[first:first + len(tokens)] != tuple(tokens):
+            raise InputError(f"{where}: the re-measured sizes {list(tokens)} skip some of "
+                             f"its sizes between them ({consecutive})")
+
     def with_remeasured(self, other: LayerPlan) -> LayerPlan:
         """This plan with the sizes ``other`` measured replaced by ``other``'s
         measurements (every per-size field; a path only one of them timed is null at the
@@ -254,25 +281,14 @@ class LayerPlan:
         A size whose bucket start ``other`` did not time (its first, which has no smaller
         size there) keeps this plan's measurements where this plan timed that start:
         re-measure from one size below the first to change."""
-        same = ("gpu", "problem", "engine", "ep", "margin", "eager_graphs")
-        for name in same:
+        for name in ("gpu", "problem", "engine", "ep", "margin"):
             if getattr(self, name) != getattr(other, name):
                 raise InputError(f"layer plan {self.key}: cannot take sizes of a plan with "
                                  f"another {name} ({getattr(other, name)!r}, this plan's "
                                  f"{getattr(self, name)!r})")
-        if set(self.times_us_by_routing) != set(other.times_us_by_routing):
-            raise InputError(f"layer plan {self.key}: the re-measured sizes have routings "
-                             f"{sorted(other.times_us_by_routing)}, this plan "
-                             f"{sorted(self.times_us_by_routing)}")
+        self.check_remeasure(other.tokens, tuple(other.times_us_by_routing),
+                             other.eager_graphs)
         index = {t: i for i, t in enumerate(self.tokens)}
-        unknown = [t for t in other.tokens if t not in index]
-        if unknown:
-            raise InputError(f"layer plan {self.key}: sizes {unknown} are not among its "
-                             "measured token counts")
-        first = index[other.tokens[0]]
-        if self.tokens[first:first + len(other.tokens)] != other.tokens:
-            raise InputError(f"layer plan {self.key}: the re-measured sizes "
-                             f"{list(other.tokens)} skip some of its sizes between them")
 
         def start(plan: LayerPlan, i: int) -> int | None:
             return plan.interval_starts[i] if plan.interval_starts else None

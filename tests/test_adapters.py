@@ -601,15 +601,13 @@ def test_a_plan_takes_remeasured_sizes_and_keeps_the_others(tmp_path):
                                        {"engine": (1.0,)}, times_us_by_routing={
                                            "uniform": {"engine": (1.0,)}}))
     # the plan tool refuses these before it spends GPU time on them
-    from ramp.adapters.plan import remeasurable
-
-    remeasurable(base, (1024, 2048), ("uniform",), False)
+    base.check_remeasure((1024, 2048), ("uniform",), False)
     for tokens, routings, eager, match in (((8, 2048), ("uniform",), False, "consecutive"),
                                            ((4096,), ("uniform",), False, "consecutive"),
                                            ((1024,), ("zipf:s=1.2",), False, "--routings"),
                                            ((1024,), ("uniform",), True, "--eager-graphs")):
         with pytest.raises(InputError, match=match):
-            remeasurable(base, tokens, routings, eager)
+            base.check_remeasure(tokens, routings, eager)
 
 
 def test_host_samples_hold_fewer_calls_where_the_gpu_would_keep_the_host_waiting():
