@@ -52,6 +52,7 @@ BLOCK = 1024
 ITERS = 4             # ids per counting CTA: ITERS * BLOCK
 CHUNK_STEPS = 64      # steps per host copy: bounds the pinned staging buffer
 SAFETY_STEPS = 4      # never read a slot the writer is this close to reusing
+CLOSE_JOIN_S = 10.0   # the longest close() waits for the writer thread
 MAX_HELD = 1024       # steps held back at most (about 2.5 MB per 100 steps at 48 x 128)
 _RELAXED = 2          # cudaStreamCaptureModeRelaxed
 
@@ -167,7 +168,8 @@ class TraceRecorder:
                  hold_seconds: float = 30.0, model: str | None = None, engine: str = "",
                  engine_version: str = "", start_thread: bool = True) -> None:
         if ring_steps <= 2 * SAFETY_STEPS:
-            raise InputError(f"ring_steps must be > {2 * SAFETY_STEPS}, got {ring_steps}")
+            raise InputError(f"ring_steps (RAMP_RING_STEPS) must be > {2 * SAFETY_STEPS}, "
+                             f"got {ring_steps}")
         self.path_template = path
         self.ring_steps = ring_steps
         self.poll_seconds = poll_seconds
@@ -192,7 +194,9 @@ class TraceRecorder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failed: str | None = None
+        self._failed: str | None = None        # why recording stopped
+        self._poll_failed: str | None = None   # ... when the poller itself failed
+        self._closed = False
         self._warned: set[str] = set()
 
     # --- hot path -------------------------------------------------------------------
@@ -316,7 +320,7 @@ class TraceRecorder:
             while not self._stop.wait(self.poll_seconds):
                 self.poll()
         except Exception as exc:  # the server must not go down because of recording
-            self._failed = f"{type(exc).__name__}: {exc}"
+            self._failed = self._poll_failed = f"{type(exc).__name__}: {exc}"
             logger.error("RaMP record stopped: %s", self._failed)
 
     def _copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -340,7 +344,7 @@ class TraceRecorder:
     def poll(self, final: bool = False) -> None:
         """Append every finished step to the trace. A step is finished once the next one
         has started; ``final`` (the engine is stopped) takes the last one too."""
-        if self._ring is None:
+        if self._ring is None or self._closed:
             return
         with self._lock:
             cursor = self._read_cursor()
@@ -411,20 +415,34 @@ class TraceRecorder:
                                       hists=hists, step_ms=step_ms))
         self.stats.recorded += 1
 
-    def close(self) -> None:
-        """Stop the poller and write what is left (call when the engine is idle)."""
+    def stop(self, reason: str) -> None:
+        """Stop recording now, from the hot path (no sync, no file access): ``observe``
+        returns at once from here on, the poller ends at its next wake-up; ``close``
+        still writes the trace read so far."""
+        self._failed = self._failed or reason
         self._stop.set()
-        self._failed = self._failed or "closed"
+
+    def close(self) -> None:
+        """Stop the poller and write what is left (call when the engine is idle); safe to
+        call twice. The device ring stays allocated: CUDA graphs the engine captured
+        keep counting into it when replayed."""
+        self.stop("closed")
         if self._thread is not None:
-            self._thread.join()
-        if self._ring is None:
+            self._thread.join(timeout=CLOSE_JOIN_S)
+            if self._thread.is_alive():  # a poll stuck in I/O: never hang the exit
+                logger.error("RaMP record: the writer thread did not stop within %.0f s; "
+                             "%s may miss its last steps", CLOSE_JOIN_S, self.path)
+                return
+        if self._ring is None or self._closed:
             return
-        if self._ring.is_cuda:
-            torch.cuda.synchronize(self._ring.device)
-        if self._failed == "closed":
-            self.poll(final=True)
-        self._writer.close()
-        self._ring = None
+        try:
+            if self._ring.is_cuda:
+                torch.cuda.synchronize(self._ring.device)
+            if self._poll_failed is None:  # what the ring holds is still good
+                self.poll(final=True)
+        finally:
+            self._closed = True
+            self._writer.close()
         logger.info("RaMP record: %s: %s", self.path, self.stats)
 
     def _warn_once(self, message: str) -> None:

@@ -25,6 +25,7 @@ RaMP. A shape that failed once is not retried.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -74,6 +75,9 @@ WARM_UP_TOLERANCE = 2e-2
 # capture graphs up to a few thousand tokens (vLLM's max_cudagraph_capture_size)
 PRIME_MAX_TOKENS = 8192
 LayerPath = Callable[..., torch.Tensor]
+# what a failed shape does from then on (the end of its log line)
+DROPPED = ("its eager calls and new CUDA graphs run the engine kernel (graphs captured "
+           "before keep theirs)")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,21 @@ class RampConfig:
         if self.mode not in MODES:
             raise InputError(f"RaMP mode {self.mode!r} is not one of {MODES} "
                              f"(set {ENV['mode']} or pass mode=)")
+        # checked here, once, so that no call of a serving engine meets a bad value
+        for name, fills in (("trace_path", {"rank": 0, "pid": 0}), ("stats_path", {"pid": 0})):
+            template = getattr(self, name)
+            try:
+                if template is not None:
+                    template.format(**fills)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise InputError(f"{ENV[name]}={template!r}: only "
+                                 f"{', '.join('{' + k + '}' for k in fills)} may be "
+                                 f"filled in ({type(exc).__name__}: {exc})") from None
+        if not self.poll_seconds > 0:
+            raise InputError(f"{ENV['poll_seconds']}={self.poll_seconds} must be > 0 "
+                             "(0 would busy-loop the recorder's thread)")
+        if not self.hold_seconds >= 0:
+            raise InputError(f"{ENV['hold_seconds']}={self.hold_seconds} must be >= 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any
@@ -124,6 +143,22 @@ class RampConfig:
                 os.environ.pop(ENV[f.name], None)
             else:
                 os.environ[ENV[f.name]] = str(value)
+
+
+def register_from_env(enable: Callable[[], Any], engine: str) -> None:
+    """An engine plugin's entry point: ``enable()`` when ``RAMP_MODE`` asks for RaMP.
+
+    Never raises: engines do not guard plugin calls, and a RaMP problem must not stop the
+    server. RaMP's own errors (a bad ``RAMP_*`` value, an engine version it does not
+    hook) are one log line; anything else is logged with its traceback. The engine then
+    runs as if RaMP were not installed."""
+    try:
+        if RampConfig.from_env().mode != "off":
+            enable()
+    except RampError as exc:
+        logger.error("RaMP not enabled in %s (%s); %s runs unchanged", engine, exc, engine)
+    except Exception:
+        logger.exception("RaMP not enabled in %s; %s runs unchanged", engine, engine)
 
 
 class EngineVersionError(RampError):
@@ -203,6 +238,11 @@ class RampMoERuntime:
         self._eager_graphs: list[tuple[str, Any]] = []  # (layer key, EagerGraphs), kept
         # when a layer is dropped after a failure, so its counts stay in the stats
         self.recorder: TraceRecorder | None = None
+        # layers RaMP stopped using, and a recorder that failed: CUDA graphs the engine
+        # captured may still launch their kernels on their buffers, so they live as long
+        # as the process (the recorder is closed, its trace written, at exit)
+        self._retired: list[_Layer] = []
+        self._stopped: list[TraceRecorder] = []
         if config.mode == "record":
             from ramp.adapters.recorder import TraceRecorder
 
@@ -258,6 +298,8 @@ class RampMoERuntime:
                     dtype=hidden_states.dtype)
             except Exception as exc:  # recording stops; serving goes on
                 logger.error("RaMP record stopped: %s: %s", type(exc).__name__, exc)
+                self.recorder.stop(f"{type(exc).__name__}: {exc}")
+                self._stopped.append(self.recorder)
                 self.recorder = None
             return fallback()
         if self.mode != "dispatch":
@@ -297,10 +339,17 @@ class RampMoERuntime:
                 raise self._drop_shape(
                     hidden_states, w13, topk_ids, expert_map,
                     f"{layer_paths.key}: RaMP {path} path failed ({type(exc).__name__}: "
-                    f"{exc}); this shape stays on the engine kernel") from exc
+                    f"{exc}); {DROPPED}") from exc
             return result
         except Unsupported as exc:
             self.log_fallback(str(exc))
+            return fallback()
+        except Exception as exc:  # a RaMP bug must not reach the engine's forward pass
+            reason = f"RaMP error ({type(exc).__name__}: {exc})"
+            # not retried; unless the call's tensors are not even a shape RaMP can key
+            with contextlib.suppress(Exception):
+                self._drop_shape(hidden_states, w13, topk_ids, expert_map, reason)
+            self.log_fallback(reason)
             return fallback()
 
     def eager_variant(self) -> str:
@@ -343,8 +392,10 @@ class RampMoERuntime:
         if not unchecked:
             return
         if capturing:
-            raise Unsupported(f"{layer.key}: RaMP {unchecked[0]} path at T={tokens} is not "
-                              "warmed up (its bucket is above the first call's size) and "
+            # named by its bucket, not T: one line per bucket, not per captured size
+            raise Unsupported(f"{layer.key}: RaMP {unchecked[0]} path in the bucket of "
+                              f"T={layer.plan.tokens[bucket]} is not warmed up (the bucket "
+                              "is above the first call's size) and "
                               "cannot compile inside a CUDA-graph capture: this graph "
                               "keeps the engine kernel")
         try:
@@ -353,7 +404,7 @@ class RampMoERuntime:
             raise self._drop_shape(
                 hidden, w13, ids, expert_map,
                 f"{layer.key}: RaMP kernels failed at warm-up of T={tokens} "
-                f"({type(exc).__name__}: {exc}); this shape stays on the engine kernel"
+                f"({type(exc).__name__}: {exc}); {DROPPED}"
             ) from exc
 
     def _prime(self, layer: _Layer, eager_path: str, graphed: str, tokens: int,
@@ -378,14 +429,19 @@ class RampMoERuntime:
             raise self._drop_shape(
                 hidden, w13, ids, expert_map,
                 f"{layer.key}: RaMP {graphed} path failed at T={tokens} before its CUDA "
-                f"graph ({type(exc).__name__}: {exc}); this shape stays on the engine kernel"
+                f"graph ({type(exc).__name__}: {exc}); {DROPPED}"
             ) from exc
 
     def _drop_shape(self, hidden: torch.Tensor, w13: torch.Tensor, ids: torch.Tensor,
                     expert_map: torch.Tensor | None, reason: str) -> Unsupported:
         """Leave this call's shape to the engine's kernel from now on, for ``reason``:
-        the error to raise (the caller logs it once and runs the engine)."""
-        self._layers[_key(hidden, w13, ids, expert_map)] = reason
+        the error to raise (the caller logs it once and runs the engine). CUDA graphs
+        captured before keep the RaMP kernels they captured, so the layer's buffers
+        (e.g. the sync-free kernel's device-side coefficients) stay alive."""
+        key = _key(hidden, w13, ids, expert_map)
+        if isinstance(self._layers.get(key), _Layer):
+            self._retired.append(self._layers[key])
+        self._layers[key] = reason
         return Unsupported(reason)
 
     def _count(self, key: str, path: str, capturing: bool) -> None:
@@ -553,19 +609,23 @@ class RampMoERuntime:
             logger.warning("%s", message)
 
     def write_stats(self) -> Path | None:
-        """Write ``RuntimeStats`` to ``stats_path`` (atomically: readers never see half)."""
-        if not self.config.stats_path:
+        """Write ``RuntimeStats`` to ``stats_path`` (atomically: readers never see half),
+        once this process saw a MoE call: an engine's front-end process, which runs none,
+        must not replace a worker's file when ``{pid}`` is not in the path. Never raises:
+        a file that cannot be written is logged once (no call fell back)."""
+        stats = self.stats
+        if not self.config.stats_path or not (stats.eager or stats.captured or stats.fallbacks):
             return None
         path = Path(self.config.stats_path.format(pid=os.getpid()))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({**self.stats.to_dict(),
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**stats.to_dict(),
                                        "eager_graphs": self._eager_graph_counts()},
                                       indent=1) + "\n")
             tmp.replace(path)
-        except OSError as exc:
-            self.log_fallback(f"stats not written to {path}: {exc}")
+        except Exception as exc:
+            self._warn_once(f"RaMP: stats not written to {path} ({type(exc).__name__}: {exc})")
             return None
         return path
 
@@ -581,9 +641,15 @@ class RampMoERuntime:
         return counts
 
     def close(self) -> None:
-        """Flush and close the trace (record mode), write the stats; safe to call twice."""
-        if self.recorder is not None:
-            self.recorder.close()
+        """Flush and close the trace (record mode), write the stats; safe to call twice.
+        Runs at exit too: nothing here may raise."""
+        for recorder in [self.recorder, *self._stopped]:
+            if recorder is None:
+                continue
+            try:
+                recorder.close()
+            except Exception as exc:
+                logger.error("RaMP record: trace not closed (%s: %s)", type(exc).__name__, exc)
         if self.mode == "dispatch":
             self.write_stats()
             served = sum(n for (_, p), n in self.stats.eager.items() if p != ENGINE)

@@ -42,7 +42,12 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from ramp.adapters.runtime import EngineVersionError, RampConfig, RampMoERuntime
+from ramp.adapters.runtime import (
+    EngineVersionError,
+    RampConfig,
+    RampMoERuntime,
+    register_from_env,
+)
 
 logger = logging.getLogger("ramp.adapters")
 
@@ -76,11 +81,7 @@ def register() -> None:
 
     Never raises: a RaMP problem is logged and SGLang runs as if RaMP were absent.
     """
-    try:
-        if RampConfig.from_env().mode != "off":
-            enable()
-    except Exception:
-        logger.exception("RaMP SGLang hook not enabled; SGLang runs unchanged")
+    register_from_env(enable, "SGLang")
 
 
 def enable(mode: str | None = None, *, trace_path: str | None = None,

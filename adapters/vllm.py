@@ -29,7 +29,12 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from ramp.adapters.runtime import EngineVersionError, RampConfig, RampMoERuntime
+from ramp.adapters.runtime import (
+    EngineVersionError,
+    RampConfig,
+    RampMoERuntime,
+    register_from_env,
+)
 
 logger = logging.getLogger("ramp.adapters")
 
@@ -45,6 +50,9 @@ APPLY_PARAMETERS = (
     "global_num_experts", "expert_map", "a1q_scale", "a2_scale", "workspace13",
     "workspace2", "expert_tokens_meta", "apply_router_weight_on_input",
 )
+# what the wrapper reads of each call (by name: vLLM passes them as keywords)
+CALL_ARGUMENTS = frozenset(APPLY_PARAMETERS) - {"self", "workspace13", "workspace2",
+                                                "expert_tokens_meta", "a2_scale"}
 # ApplyMoEActivationConfig fields and the values that mean plain SiLU(gate) * up.
 PLAIN_SILU = {"clamp_limit": None, "alpha": 1.0, "beta": 0.0, "activation_situ_beta": None,
               "activation_situ_linear_beta": None}
@@ -59,11 +67,7 @@ def register() -> None:
     Never raises: vLLM does not guard plugin calls, and a RaMP problem must not stop
     the server; it is logged and vLLM runs as if RaMP were not installed.
     """
-    try:
-        if RampConfig.from_env().mode != "off":
-            enable()
-    except Exception:
-        logger.exception("RaMP vLLM plugin not enabled; vLLM runs unchanged")
+    register_from_env(enable, "vLLM")
 
 
 def enable(mode: str | None = None, *, trace_path: str | None = None,
@@ -183,16 +187,27 @@ def _wrap(cls: type, original: Any, runtime: RampMoERuntime) -> Any:
 
     @functools.wraps(original)
     def apply(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = kwargs if not args else signature.bind(self, *args, **kwargs).arguments
-        reason = unsupported_reason(self, call)
-        if type(self) is not cls:
-            reason = f"vLLM {type(self).__name__} (a subclass of {cls.__name__})"
-        output = call["output"]
+        try:  # reading the call is RaMP's code too: a surprise there runs vLLM's kernel
+            if args or not kwargs.keys() >= CALL_ARGUMENTS:
+                bound = signature.bind(self, *args, **kwargs)
+                bound.apply_defaults()
+                call = bound.arguments
+            else:
+                call = kwargs
+            reason = unsupported_reason(self, call)
+            if type(self) is not cls:
+                reason = f"vLLM {type(self).__name__} (a subclass of {cls.__name__})"
+            tensors = [call[name] for name in ("hidden_states", "w1", "w2", "topk_ids",
+                                               "topk_weights")]
+            output, experts, expert_map = (call["output"], call["global_num_experts"],
+                                           call["expert_map"])
+        except Exception as exc:
+            runtime.log_fallback(f"vLLM {cls.__name__}.apply call not understood "
+                                 f"({type(exc).__name__}: {exc})")
+            return original(self, *args, **kwargs)
         result = runtime.fused_moe(
-            call["hidden_states"], call["w1"], call["w2"], call["topk_ids"],
-            call["topk_weights"], lambda: original(self, *args, **kwargs),
-            global_num_experts=call["global_num_experts"], unsupported=reason, out=output,
-            expert_map=call["expert_map"])
+            *tensors, lambda: original(self, *args, **kwargs), global_num_experts=experts,
+            unsupported=reason, out=output, expert_map=expert_map)
         return None if result is output else result
 
     return apply

@@ -121,6 +121,9 @@ class LayerPlan:
             self._check_times(f"host_us[{path!r}]", times)
         if not 0 <= self.margin < 1:
             raise InputError(f"layer plan: margin {self.margin} must be in [0, 1)")
+        if not isinstance(self.engine, str) or not self.engine.split():
+            raise InputError(f"layer plan: engine {self.engine!r} must name the engine it "
+                             "was measured in (e.g. 'vllm 0.26.0')")
         if isinstance(self.ep, bool) or not isinstance(self.ep, int) or not 1 <= self.ep <= 1024:
             raise InputError(f"layer plan: ep {self.ep!r} must be an int in 1..1024")
 
@@ -395,7 +398,7 @@ def find_layer_plan(gpu: str, problem: MoEProblem, engine: str,
     then embedded."""
     def matches(p: LayerPlan) -> bool:
         return ((p.gpu, p.problem, p.ep) == (gpu, problem, ep)
-                and p.engine.split()[0] == engine)
+                and p.engine.split()[:1] == [engine])
 
     for plan in extra:
         if matches(plan):

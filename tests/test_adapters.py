@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -141,6 +142,33 @@ def test_config_from_env_and_export(monkeypatch):
     monkeypatch.setenv("RAMP_RING_STEPS", "many")
     with pytest.raises(InputError, match="RAMP_RING_STEPS='many'"):
         RampConfig.from_env()
+
+
+@pytest.mark.parametrize("setting,message", [
+    (dict(stats_path="stats.rank{rank}.json"), "RAMP_STATS='stats.rank{rank}.json'"),
+    (dict(trace_path="t.{node}.jsonl"), "RAMP_TRACE='t.{node}.jsonl'"),
+    (dict(poll_seconds=0.0), "RAMP_POLL_SECONDS=0.0 must be > 0"),
+    (dict(hold_seconds=-1.0), "RAMP_HOLD_SECONDS=-1.0 must be >= 0"),
+])
+def test_bad_settings_are_refused_before_any_call(setting, message):
+    """A value that would fail inside a serving engine's forward pass (a stats path
+    template with a field only the trace path has) or busy-loop its recorder thread is an
+    error naming the variable when the configuration is made."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        RampConfig(mode="dispatch", **setting)
+
+
+def test_plugin_entry_points_log_one_line_and_never_raise(monkeypatch, caplog):
+    """A bad setting when the engine loads its plugins: one error line, no traceback,
+    and the engine goes on without RaMP."""
+    monkeypatch.setenv("RAMP_MODE", "dispatch")
+    monkeypatch.setenv("RAMP_STATS", "s.{rank}.json")
+    for adapter in (vllm_adapter, sglang_adapter):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="ramp.adapters"):
+            adapter.register()
+        assert len(caplog.records) == 1 and caplog.records[0].exc_info is None
+        assert "RAMP_STATS" in caplog.records[0].getMessage()
 
 
 # --- record ----------------------------------------------------------------------------
@@ -286,6 +314,31 @@ def test_record_leaves_out_inconsistent_steps(tmp_path):
     recorder.close()
     assert (recorder.stats.recorded, recorder.stats.invalid) == (2, 1)
     assert [s.step for s in read_steps(tmp_path / "t.jsonl")] == [0, 2]
+
+
+def test_a_failing_recorder_stops_keeps_its_ring_and_writes_its_trace_at_exit(tmp_path,
+                                                                             caplog):
+    """record mode: when observing a call fails the engine goes on, the recorder stops
+    (no further kernels) but stays alive, since captured graphs still count into its
+    ring, and closing the runtime writes the steps it read."""
+    path = tmp_path / "t.jsonl"
+    runtime = RampMoERuntime(RampConfig(mode="record", trace_path=str(path)))
+    recorder = runtime.recorder
+    recorder.start_thread = False
+    truth = run_steps(runtime, steps=4, layers=2, seed=11)
+    recorder.observe = lambda *a, **k: 1 / 0
+    x, w13, w2, ids, weights = make_layer(3, seed=12)
+    engine = Engine()
+    with caplog.at_level(logging.ERROR, logger="ramp.adapters"):
+        assert runtime.fused_moe(x, w13, w2, ids, weights, engine) == "engine result"
+    assert engine.calls == 1 and runtime.recorder is None
+    assert runtime._stopped == [recorder] and recorder._ring is not None
+    assert "RaMP record stopped: ZeroDivisionError" in caplog.text
+    runtime.close()
+    runtime.close()
+    assert recorder._ring is not None  # closed, still allocated
+    steps = list(read_steps(path))
+    assert steps and all(np.array_equal(s.hists, truth[s.step + 1]) for s in steps)
 
 
 def test_trace_header_names_the_catalog_model():
@@ -514,6 +567,8 @@ def test_layer_plan_choice_and_round_trip(tmp_path):
         LayerPlan(plan.gpu, plan.problem, "e", (1,), {"triton": (1.0,)})
     with pytest.raises(InputError, match="ascending"):
         LayerPlan(plan.gpu, plan.problem, "e", (8, 1), {"engine": (1.0, 1.0)})
+    with pytest.raises(InputError, match="must name the engine"):
+        LayerPlan(plan.gpu, plan.problem, " ", (1,), {"engine": (1.0,)})
 
 
 def test_eager_calls_take_a_path_only_where_it_costs_the_host_no_more(tmp_path):
@@ -869,6 +924,17 @@ def test_vllm_hook_runs_ramp_or_the_original(tmp_path):
     call["activation"] = "gelu"
     assert apply(TritonExperts(), out, *call.values()) is None  # positional binding too
     assert torch.all(out == 7.0)
+    # a call RaMP cannot read (an activation of a type it cannot compare): vLLM's runs
+
+    class Activation:
+        def __ne__(self, other):
+            raise RuntimeError("not comparable")
+
+    out.zero_()
+    call["activation"] = Activation()
+    assert apply(TritonExperts(), output=out, **call) is None
+    assert torch.all(out == 7.0)
+    assert any("call not understood" in r for r in runtime.stats.fallbacks)
 
 
 def test_sglang_hook_runs_ramp_in_place(tmp_path):
@@ -1086,9 +1152,72 @@ def test_kernel_failure_falls_back_and_is_not_retried(tmp_path, caplog):
     save_profiles(tmp_path, block_k=24)
     runtime = RampMoERuntime(RampConfig(mode="dispatch", gpu="H100-SXM",
                                         profile_dir=str(tmp_path)), engine=ENGINE_NAME)
+    built = []
+    build = runtime._build
+    runtime._build = lambda *a, **k: built.append(1) or build(*a, **k)
     calls, lines = fallbacks(runtime, caplog)
     assert calls == 2
     assert len(lines) == 1 and "RaMP kernels failed at warm-up" in lines[0]
+    assert built == [1]  # the second call found the shape dropped: nothing rebuilt
+    dropped = [v for v in runtime._layers.values() if isinstance(v, str)]
+    assert len(dropped) == 1 and "stays on the engine kernel" in dropped[0]
+
+
+def test_a_path_failing_after_serving_keeps_what_graphs_captured_alive(tmp_path, caplog):
+    """A shape that served calls, then whose path fails: the engine's kernel runs from
+    then on (logged once, not retried), and the layer's buffers, which CUDA graphs
+    captured earlier still read, are kept, not freed."""
+    runtime = dispatch_runtime(tmp_path)
+    x, w13, w2, ids, weights = make_layer(5, seed=8)
+    engine = Engine()
+    runtime.fused_moe(x, w13, w2, ids, weights, engine)
+    assert engine.calls == 0
+    (layer,) = runtime._layers.values()
+
+    def broken(*args):
+        raise RuntimeError("launch failed")
+
+    for paths in (layer.paths, layer.eager_paths):
+        paths.update(dict.fromkeys(paths, broken))
+    calls, lines = fallbacks(runtime, caplog)
+    assert calls == 2
+    assert len(lines) == 1 and "path failed (RuntimeError: launch failed)" in lines[0]
+    assert "graphs captured before keep theirs" in lines[0]
+    assert runtime._retired == [layer]
+
+
+def test_an_error_of_ramps_own_falls_back_and_is_not_retried(tmp_path, caplog):
+    """Whatever RaMP raises beyond its known reasons (here a bug in choosing a path)
+    never reaches the engine: the engine's kernel runs, the reason is logged once and
+    the shape is not tried again."""
+    runtime = dispatch_runtime(tmp_path)
+    runtime.eager_variant = lambda: 1 / 0
+    calls, lines = fallbacks(runtime, caplog)
+    assert calls == 2
+    assert len(lines) == 1 and "RaMP error (ZeroDivisionError" in lines[0]
+    assert sum(runtime.stats.fallbacks.values()) == 2
+
+
+def test_stats_are_written_only_by_a_process_that_saw_calls_and_never_raise(tmp_path,
+                                                                             caplog):
+    """An engine's front-end process (no MoE calls) writes no stats over a worker's; a
+    file that cannot be written is one warning, not a fallback, and never an error."""
+    path = tmp_path / "stats.json"
+    runtime = dispatch_runtime(tmp_path, stats_path=str(path))
+    runtime.close()
+    assert not path.exists()
+    layer = make_layer(5, seed=8)
+    runtime.fused_moe(*layer, Engine())
+    runtime.close()
+    assert json.loads(path.read_text())["eager"]
+    blocked = dispatch_runtime(tmp_path, stats_path=str(tmp_path / "file" / "s.json"))
+    (tmp_path / "file").write_text("a file where a folder should be")
+    blocked.fused_moe(*layer, Engine())
+    with caplog.at_level(logging.WARNING, logger="ramp.adapters"):
+        blocked.close()
+        blocked.close()
+    assert sum(blocked.stats.fallbacks.values()) == 0
+    assert sum("stats not written" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_off_mode_only_runs_the_engine(tmp_path):
