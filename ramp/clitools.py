@@ -101,6 +101,21 @@ def check_output_file(path: str | None, option: str) -> None:
         raise _bad_path(f"cannot write {path} ({os_reason(exc)})", option) from None
 
 
+def check_plot_file(path: str | None, option: str) -> None:
+    """``check_output_file`` for a plot, whose suffix must also be a format matplotlib
+    writes: found before a run, not after it."""
+    if not path:
+        return
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix[1:].lower()
+    if suffix not in formats:
+        raise _bad_path(f"{path}: a plot must end in one of "
+                        f"{', '.join('.' + f for f in sorted(formats))}", option)
+    check_output_file(path, option)
+
+
 def check_output_dir(path: str | None, option: str) -> None:
     """Like ``check_output_file`` for a directory that files will be written into."""
     if not path:

@@ -16,6 +16,7 @@ import numpy as np
 from ramp.config import KernelConfig
 from ramp.dispatch import OracleDispatcher, RampDispatcher
 from ramp.errors import InputError
+from ramp.plaindata import save_figure
 from ramp.profile import Profile
 from ramp.profiler import Measurements
 from ramp.regret import chosen_times, evaluate
@@ -271,7 +272,7 @@ def plot_evaluation(result: dict[str, Any], path: str | Path) -> Path:
                  f"K{result['problem']['k']} top{result['problem']['top_k']}")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -17,13 +17,14 @@ import functools
 import gzip
 import json
 import math
+import os
 import re
 import sys
 import types
 import typing
 import weakref
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,6 +157,29 @@ def read_text(path: str | Path, what: str) -> str:
             raise InputError(f"{path}: {what} is a corrupt or truncated gzip stream "
                              f"({exc})") from None
     return decode_utf8(data, str(path), what)
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], None], what: str) -> Path:
+    """Write ``path`` through ``write(tmp)`` on a temporary file beside it, renamed over
+    ``path`` once complete: a full disk or a failed write leaves an existing file as it
+    was (and no half file), reported as one ``InputError`` naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot write {what} ({os_reason(exc)})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """``fig.savefig`` through ``write_atomically`` (the format from the file's suffix)."""
+    fmt = Path(path).suffix[1:].lower() or None
+    return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt), "plot")
 
 
 def os_reason(exc: OSError | ValueError) -> str:

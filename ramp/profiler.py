@@ -8,6 +8,7 @@ interrupted run resumes where it stopped, and turns measurements into a ``Profil
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,6 +146,8 @@ class Measurements:
 
     @classmethod
     def load(cls, path: str | Path) -> Measurements:
+        """Read a measurements file; every field is checked (one ``InputError`` naming the
+        file, line and field), since a fit on malformed timings would be a bad profile."""
         path = Path(path)
         data = read_json(path, "measurements")
         if not isinstance(data, dict) or data.get("schema") != MEASUREMENTS_SCHEMA:
@@ -152,14 +155,48 @@ class Measurements:
         try:
             problem = MoEProblem.from_dict(data["problem"], where=f"{path}: problem")
             bank = KernelBank.from_list(data["configs"], where=f"{path}: configs")
-            times = np.array([[np.nan if v is None else v for v in row]
-                              for row in data["times_us"]], dtype=np.float64)
-            hists = np.array(data["hists"], dtype=np.int64).reshape(len(times), -1)
-            return cls(data["gpu"], problem, bank, data["family"], data["family_version"],
-                       hists, list(data["labels"]), times.reshape(len(hists), len(bank)),
-                       data.get("provenance", {}))
+            rows = _rows(path, data, "times_us", len(bank), float, allow_none=True)
+            times = np.array([[np.nan if v is None else v for v in row] for row in rows],
+                             dtype=np.float64)
+            hists = np.array(_rows(path, data, "hists", problem.num_experts, int,
+                                   count=len(rows)), dtype=np.int64).reshape(
+                len(rows), problem.num_experts)
+            labels = data["labels"]
+            if (not isinstance(labels, list) or len(labels) != len(rows)
+                    or not all(isinstance(lab, str) for lab in labels)):
+                raise InputError(locate(f"{path}: field 'labels' must be {len(rows)} "
+                                        "strings, one per histogram", data, "labels"))
+            names = {k: data[k] for k in ("gpu", "family", "family_version")}
+            for key, value in names.items():
+                if not isinstance(value, str) or not value:
+                    raise InputError(locate(f"{path}: field {key!r} must be a name", data, key))
+            return cls(names["gpu"], problem, bank, names["family"], names["family_version"],
+                       hists, labels, times, data.get("provenance", {}))
         except KeyError as exc:
             raise InputError(locate(f"{path}: missing field {exc}", data)) from None
+
+
+def _rows(path: Path, data: Any, key: str, width: int, kind: type, count: int | None = None,
+          allow_none: bool = False) -> list[list[Any]]:
+    """``data[key]``: a list (of ``count`` rows, if given) of ``width`` numbers each, finite
+    and > 0 for ``float``, >= 0 whole numbers for ``int``; ``None`` (a failed
+    configuration) where allowed."""
+    rows = data[key]
+    what = "times in microseconds (> 0) or null" if kind is float else "counts (>= 0)"
+    if not isinstance(rows, list) or not rows or (count is not None and len(rows) != count):
+        n = "a non-empty list" if count is None else f"{count} rows"
+        raise InputError(locate(f"{path}: field {key!r} must be {n} of {width} {what}",
+                                data, key))
+    for i, row in enumerate(rows):
+        ok = isinstance(row, list) and len(row) == width and all(
+            (v is None and allow_none) or (
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                and (v > 0 and math.isfinite(v) if kind is float
+                     else v >= 0 and float(v).is_integer()))
+            for v in row)
+        if not ok:
+            raise InputError(locate(f"{path}: {key}[{i}] must be {width} {what}", rows, i))
+    return rows
 
 
 def timer_provenance(timer: Timer) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 from ramp.errors import InputError
 from ramp.hardware import GPUSpec
 from ramp.histograms import inclusion_probabilities, sample_topk, zipf_popularity
+from ramp.plaindata import save_figure
 from ramp.problem import MoEProblem
 
 DEFAULT_TOKENS: tuple[int, ...] = tuple(2**i for i in range(15))  # 1 .. 16384
@@ -510,6 +511,6 @@ def plot_regions(report: RegionReport, path: str | Path) -> Path:
               loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out)
     plt.close(fig)
     return out

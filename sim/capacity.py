@@ -23,7 +23,7 @@ import numpy as np
 
 from ramp.errors import InputError
 from ramp.hardware import get_gpu
-from ramp.plaindata import locate, read_yaml
+from ramp.plaindata import locate, read_yaml, save_figure
 from ramp.sim.engine import ROUTERS, simulate
 from ramp.sim.metrics import SLO, request_latencies
 from ramp.sim.routing import RoutingPool
@@ -341,6 +341,6 @@ def plot_capacity(plan: CapacityPlan, path: str | Path) -> Path:
                  f"TTFT p99 <= {plan.slo.ttft_s:g} s, TPOT p99 <= {1e3 * plan.slo.tpot_s:g} ms"
                  f"\n{plan.workload}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path

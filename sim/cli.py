@@ -11,11 +11,19 @@ from typing import Any
 
 import click
 
-from ramp.clitools import ErrorGroup, FilePath, FiniteFloat, check_output_dir, check_output_file
+from ramp.clitools import (
+    ErrorGroup,
+    FilePath,
+    FiniteFloat,
+    check_output_dir,
+    check_output_file,
+    check_plot_file,
+    positive_ints,
+)
 from ramp.errors import InputError
 from ramp.expert_parallel import PLACEMENTS
 from ramp.histograms import MAX_TOKENS
-from ramp.plaindata import from_mapping, read_yaml
+from ramp.plaindata import from_mapping, read_yaml, write_atomically
 from ramp.sim.calibrate import MOE_COSTS
 from ramp.sim.costs import EAGER_STEPS, Calibration
 from ramp.sim.engine import MAX_BATCHED_TOKENS, MODES, EngineConfig, SwitchConfig
@@ -47,7 +55,8 @@ def main() -> None:
 
 def _write_json(path: str | None, data: dict[str, Any]) -> None:
     if path:
-        Path(path).write_text(json.dumps(data, indent=1, default=float) + "\n")
+        text = json.dumps(data, indent=1, default=float) + "\n"
+        write_atomically(path, lambda tmp: tmp.write_text(text), "JSON")
         click.echo(f"wrote {path}")
 
 
@@ -163,7 +172,7 @@ def whatif(scenario, jobs, json_out, plot_path, no_progress):
     check_output_file(json_out, "--json")
     if plot_path is None and json_out:
         plot_path = str(Path(json_out).with_suffix(".png"))
-    check_output_file(plot_path, "--plot")
+    check_plot_file(plot_path, "--plot")
     results = run_scenario(scenario, jobs, progress=not no_progress and sys.stderr.isatty())
     click.echo(format_results(results))
     _write_json(json_out, results)
@@ -229,19 +238,19 @@ def calibrate(sources, out_path, gpu, base_path, policy, moe_costs, profiles, pl
                                 "its synthetic default).")
 @click.option("--arrivals", help="Recorded arrivals (file or shipped name), time-scaled to "
                                  "each rate tried; default: Poisson with the lengths below.")
-@click.option("--duration", type=FiniteFloat(), default=60.0, show_default=True,
+@click.option("--duration", type=POSITIVE, default=60.0, show_default=True,
               help="Seconds of arrivals per trial (rate x duration requests).")
-@click.option("--prompt-mean", type=FiniteFloat(), default=1024, show_default=True)
-@click.option("--output-mean", type=FiniteFloat(), default=256, show_default=True)
-@click.option("--length-cv", type=FiniteFloat(), default=1.0, show_default=True,
+@click.option("--prompt-mean", type=POSITIVE, default=1024, show_default=True)
+@click.option("--output-mean", type=POSITIVE, default=256, show_default=True)
+@click.option("--length-cv", type=FiniteFloat(0), default=1.0, show_default=True,
               help="Coefficient of variation of the lognormal lengths (0: fixed).")
-@click.option("--slo-ttft", type=FiniteFloat(), default=2.0, show_default=True, help="TTFT p99, s.")
-@click.option("--slo-tpot", type=FiniteFloat(), default=0.05, show_default=True, help="TPOT p99, s.")
-@click.option("--rate", type=FiniteFloat(), help="Target req/s: answer how many GPUs it needs "
+@click.option("--slo-ttft", type=POSITIVE, default=2.0, show_default=True, help="TTFT p99, s.")
+@click.option("--slo-tpot", type=POSITIVE, default=0.05, show_default=True, help="TPOT p99, s.")
+@click.option("--rate", type=POSITIVE, help="Target req/s: answer how many GPUs it needs "
                                          "(and stop at the first GPU count that serves it).")
 @click.option("--gpu-counts", help="Comma-separated GPU counts (default: the replica size "
                                    "times 1, 2, 4, 8, 16 up to --max-gpus).")
-@click.option("--max-gpus", type=int, default=16, show_default=True)
+@click.option("--max-gpus", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--router", "routers", default="round-robin,least-outstanding",
               show_default=True, help="Comma-separated routers.")
 @click.option("--policy", type=click.Choice(SIM_POLICIES), default="static",
@@ -255,9 +264,9 @@ def calibrate(sources, out_path, gpu, base_path, policy, moe_costs, profiles, pl
               help="Layer plan JSON for the plan policies (repeatable; default: embedded).")
 @click.option("--max-batched-tokens", type=int, default=8192, show_default=True)
 @click.option("--max-seqs", type=int, default=256, show_default=True)
-@click.option("--tolerance", type=FiniteFloat(), default=0.02, show_default=True,
-              help="Relative precision of the max rate.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=POSITIVE, default=0.02, show_default=True,
+              help="Relative precision of the max rate (in (0, 1)).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--plot", "plot_path", default="capacity.png", show_default=True,
               type=FilePath(dir_okay=False))
 @click.option("--json", "json_out", type=FilePath(), help="Write the plan as JSON.")
@@ -267,6 +276,12 @@ def capacity(model_name, gpu, gpus, mode, routing, arrivals, duration, prompt_me
              tolerance, seed, plot_path, json_out):
     """Largest request rate within TTFT/TPOT p99 SLOs per GPU count, replicas behind a
     router, and cost per million output tokens."""
+    if tolerance >= 1:
+        raise click.BadParameter(f"{tolerance} must be below 1 (a relative precision)",
+                                 param_hint="'--tolerance'")
+    check_plot_file(plot_path, "--plot")
+    check_output_file(json_out, "--json")
+    counts_asked = positive_ints(gpu_counts, "--gpu-counts") if gpu_counts else None
     from ramp.sim.capacity import (
         Workload,
         default_prices_path,
@@ -290,7 +305,7 @@ def capacity(model_name, gpu, gpus, mode, routing, arrivals, duration, prompt_me
             1.0, 1, LengthDist(dist, prompt_mean, length_cv),
             LengthDist(dist, output_mean, length_cv)), duration_s=duration, seed=seed)
     size = build_layouts(config, resolve_model(model_name, pool.header))[0]
-    counts = ([int(c) for c in gpu_counts.split(",") if c.strip()] if gpu_counts else
+    counts = (counts_asked or
               [size * m for m in (1, 2, 4, 8, 16) if size * m <= max(max_gpus, size)])
     prices = load_prices(prices_path or default_prices_path())
     plan = plan_capacity(config, pool, workload, counts,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ramp.errors import InputError
+from ramp.plaindata import save_figure
 from ramp.queueing import queue_growth
 from ramp.sim.engine import RunResult
 
@@ -228,7 +229,7 @@ def plot_runs(runs: Sequence[RunResult], out_dir: str | Path, title: str = "",
                  "and max, batch means, queue and KV maxima", fontsize=10)
     fig.tight_layout()
     timeline = out / "timeline.png"
-    fig.savefig(timeline, dpi=120)
+    save_figure(fig, timeline)
     plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for run, label in zip(runs, labels):
@@ -252,7 +253,7 @@ def plot_runs(runs: Sequence[RunResult], out_dir: str | Path, title: str = "",
         fig.suptitle(title + " (dotted: p99)", fontsize=10)
     fig.tight_layout()
     cdf = out / "cdf.png"
-    fig.savefig(cdf, dpi=120)
+    save_figure(fig, cdf)
     plt.close(fig)
     return [timeline, cdf]
 
@@ -290,6 +291,6 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
         title += f" ({failed} failed point(s) not shown)"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -4,6 +4,7 @@ exit status 2, no traceback, and nothing already written lost."""
 import gzip
 import json
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -390,3 +391,64 @@ def test_write_trace_failure_keeps_the_existing_file(tmp_path):
                                                  ["decode"] * 2, 0))
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
         "t.jsonl"]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (("--tolerance", "0"), ("--tolerance", "must be > 0")),   # used to search forever
+    (("--tolerance", "5"), ("--tolerance", "below 1")),
+    (("--rate", "-5"), ("--rate",)),
+    (("--max-gpus", "0"), ("--max-gpus",)),
+    (("--gpu-counts", "1,x"), ("--gpu-counts", "'1,x'")),
+    (("--seed", "-1"), ("--seed",)),
+    (("--plot", "cap.txt"), ("--plot", "cap.txt", ".png")),
+])
+def test_capacity_refuses_nonsense_numbers_before_running(tmp_path, args, needles):
+    fails(sim_main, "capacity", "qwen3-30b-a3b", "--gpu", "H200", "--duration", "5",
+          "--json", tmp_path / "c.json", *args, needles=needles)
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_a_failed_write_keeps_the_old_file_whole(tmp_path):
+    """Outputs go through a temporary file renamed at the end: a write that fails (a
+    full disk, here a figure that cannot render) leaves the existing file as it was and
+    no half file, and is one error naming the file."""
+    from ramp.plaindata import write_atomically
+
+    out = tmp_path / "r.json"
+    out.write_text('{"kept": true}\n')
+
+    def half_then_full(tmp):
+        tmp.write_text('{"half')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(InputError, match=r"r\.json: cannot write JSON .*No space left"):
+        write_atomically(out, half_then_full, "JSON")
+    assert json.loads(out.read_text()) == {"kept": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+MEASURED = (Path(__file__).parents[1] / "bench/results/raw"
+            / "H100-SXM_w13-E8-N28672-K4096-top2-bfloat16_grouped_mm.train.json")
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (lambda d: d["times_us"][1].__setitem__(0, "fast"), ("times_us[1]",)),
+    (lambda d: d["times_us"][2].__setitem__(1, -3.0), ("times_us[2]", "> 0")),
+    (lambda d: d["times_us"].pop(), ("'hists'", "rows")),
+    (lambda d: d["times_us"][0].pop(), ("times_us[0]", "2 times")),
+    (lambda d: d["hists"][3].__setitem__(0, -1), ("hists[3]", ">= 0")),
+    (lambda d: d["hists"][0].pop(), ("hists[0]", "8 counts")),
+    (lambda d: d["labels"].pop(), ("'labels'",)),
+    (lambda d: d.__setitem__("times_us", {}), ("'times_us'",)),
+])
+def test_fit_names_the_bad_field_of_a_measurements_file(tmp_path, edit, needles):
+    """`ramp fit` on malformed timings: one line naming the file, line and field (it
+    used to crash in numpy, or fit a profile on negative times)."""
+    if not MEASURED.exists():
+        pytest.skip("shipped measurements not in this checkout")
+    data = json.loads(MEASURED.read_text())
+    edit(data)
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps(data, indent=1))
+    line = fails(ramp_main, "fit", bad, "--out", tmp_path / "p.json", needles=needles)
+    assert f"{bad}:" in line and not (tmp_path / "p.json").exists()
