@@ -53,6 +53,20 @@ def main() -> None:
     """Trace-driven MoE serving simulator: what RaMP dispatch gains end to end."""
 
 
+def _new_output(out: str, force: bool, inputs: tuple[str, ...] = ()) -> None:
+    """A converter's OUT: never one of its inputs, and an existing file only with
+    ``--force`` (what was there is not lost by a mistyped argument)."""
+    target = Path(out).resolve()
+    if any(Path(i).resolve() == target for i in inputs):
+        raise InputError(f"{out}: is also an input of this command; write elsewhere")
+    if target.exists() and not force:
+        raise InputError(f"{out}: exists; pass --force to replace it")
+    check_output_file(out, "OUT")
+
+
+FORCE = click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+
+
 def _write_json(path: str | None, data: dict[str, Any]) -> None:
     if path:
         text = json.dumps(data, indent=1, default=float) + "\n"
@@ -218,12 +232,14 @@ def calibrate(sources, out_path, gpu, base_path, policy, moe_costs, profiles, pl
     files (*.json, bench/results/engine schema) and traces whose steps carry step_ms."""
     from ramp.sim.calibrate import FITTED, calibrate_sources, calibration_yaml
 
+    if any(Path(src).resolve() == Path(out_path).resolve() for src in sources):
+        raise InputError(f"{out_path}: --out is also a source to fit; write elsewhere")
     base = _calibration(base_path)
     if eager_step:
         base = dataclasses.replace(base, eager_step=eager_step)
     cal = calibrate_sources(sources, gpu, base, policy, profiles, moe_costs, plans)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(calibration_yaml(cal, [str(s) for s in sources]))
+    text = calibration_yaml(cal, [str(s) for s in sources])
+    write_atomically(out_path, lambda tmp: tmp.write_text(text), "calibration")
     for name in FITTED:
         click.echo(f"{name}: {getattr(base, name):.4g} -> {getattr(cal, name):.4g}")
     click.echo(f"wrote {out_path}")
@@ -348,7 +364,7 @@ def trace() -> None:
 @click.option("--prefill-steps", type=STEPS, default=16, show_default=True)
 @click.option("--prefill-tokens", type=TOKENS, default=1024, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@FORCE
 def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps,
              prefill_tokens, seed, force):
     """Write a synthetic routing trace for a catalog MODEL_NAME."""
@@ -356,8 +372,7 @@ def generate(model_name, out, preset, decode_steps, decode_tokens, prefill_steps
     from ramp.trace import write_trace
     from ramp.traces.generators import DEFAULT_PRESET, serving_schedule, synthetic_trace
 
-    if Path(out).exists() and not force:
-        raise InputError(f"{out}: exists; pass --force to replace it")
+    _new_output(out, force)
     if decode_steps + prefill_steps == 0:
         raise click.BadParameter("no steps: --decode-steps and --prefill-steps are both 0",
                                  param_hint="'--decode-steps'")
@@ -421,12 +436,13 @@ def _echo_ep_views(steps, degrees) -> None:
 @trace.command()
 @click.argument("csv_path", type=FilePath(exists=True, dir_okay=False))
 @click.argument("out", type=FilePath(dir_okay=False))
-def azure(csv_path, out):
+@FORCE
+def azure(csv_path, out, force):
     """Convert an Azure LLM inference trace CSV to a RaMP arrivals file."""
     from ramp.trace import write_arrivals
     from ramp.traces.converters import AZURE_PROVENANCE, read_azure_csv
 
-    check_output_file(out, "OUT")
+    _new_output(out, force, (csv_path,))
     write_arrivals(out, read_azure_csv(csv_path), source=f"converted:azure:{Path(csv_path).name}",
                    meta=AZURE_PROVENANCE)
     click.echo(f"wrote {out}")
@@ -451,11 +467,13 @@ def _recording_options(func):
     return func
 
 
-def _convert_recording(origin, source, out, model_name, tokens, batching, seed, no_ids):
+def _convert_recording(origin, source, out, model_name, tokens, batching, seed, no_ids,
+                       force):
     from ramp.models import get_model
     from ramp.trace import write_trace
     from ramp.traces.real import read_recording, recording_header, routing_steps
 
+    _new_output(out, force, (source,))
     model = get_model(model_name)
     routing = read_recording(source, model)
     header = recording_header(model, origin, Path(source), tokens, batching, seed, routing)
@@ -468,6 +486,7 @@ def _convert_recording(origin, source, out, model_name, tokens, batching, seed, 
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("out", type=click.Path(dir_okay=False))
 @_recording_options
+@FORCE
 def esft(source, out, **options):
     """Convert ESFT expert scores (a directory of expert_weights_L.txt, one per MoE
     layer) to a trace."""
@@ -478,6 +497,7 @@ def esft(source, out, **options):
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
 @_recording_options
+@FORCE
 def npz(source, out, **options):
     """Convert a routing .npz (topk_ids [tokens, layers, top_k], seq_lens) to a trace."""
     _convert_recording("npz", source, out, **options)
@@ -489,12 +509,13 @@ def npz(source, out, **options):
 @click.option("--model", "model_name", required=True, help="Catalog model of the dump.")
 @click.option("--replicas", default=1, show_default=True,
               help="TP ranks that all counted the same tokens (stat dumps are summed)")
-def sglang(dumps, out, model_name, replicas):
+@FORCE
+def sglang(dumps, out, model_name, replicas, force):
     """Convert SGLang expert-distribution dumps (stat, per_pass or per_token .pt files,
     one per rank; needs torch) to a trace."""
     from ramp.traces.sglang_dump import convert_sglang_dump
 
-    check_output_file(out, "OUT")
+    _new_output(out, force, dumps)
     summary = convert_sglang_dump(dumps, out, model_name, replicas=replicas)
     click.echo(f"wrote {out}: {summary.steps} steps from {summary.mode} dumps")
 

@@ -452,3 +452,25 @@ def test_fit_names_the_bad_field_of_a_measurements_file(tmp_path, edit, needles)
     bad.write_text(json.dumps(data, indent=1))
     line = fails(ramp_main, "fit", bad, "--out", tmp_path / "p.json", needles=needles)
     assert f"{bad}:" in line and not (tmp_path / "p.json").exists()
+
+
+def test_converters_keep_an_existing_out_and_never_write_over_their_input(tmp_path):
+    """Like `trace generate`, every converter replaces an existing OUT only with --force,
+    and none takes one of its inputs as OUT (`trace azure a.csv a.csv` destroyed it)."""
+    csv = tmp_path / "azure.csv"
+    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                   "2023-11-16 18:15:46.0000000,3,4\n2023-11-16 18:15:47.0000000,5,6\n")
+    out = tmp_path / "a.jsonl"
+    out.write_text("kept\n")
+    fails(sim_main, "trace", "azure", csv, out, needles=("a.jsonl: exists", "--force"))
+    assert out.read_text() == "kept\n"
+    fails(sim_main, "trace", "azure", csv, csv, needles=("azure.csv: is also an input",))
+    assert csv.read_text().startswith("TIMESTAMP")
+    res = CliRunner().invoke(sim_main, ["trace", "azure", str(csv), str(out), "--force"])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().startswith('{"format"')
+    results = tmp_path / "r.json"
+    results.write_text("{}")
+    fails(sim_main, "calibrate", results, "--out", results,
+          needles=("--out is also a source",))
+    assert results.read_text() == "{}"

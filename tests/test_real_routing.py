@@ -91,7 +91,14 @@ def test_bad_esft_lines_name_file_line_and_field(tmp_path):
     with pytest.raises(InputError, match=r":1: field 'weights': 2 gate weights for 4"):
         read_esft(directory, 8, 2)
     (directory / "expert_weights_1.txt").write_text("1\t2\t3\t9\t\t0.1\t0.2\t0.3\t0.4\n")
-    with pytest.raises(InputError, match=r"expert ids in 0\.\.7"):
+    with pytest.raises(InputError, match=r"expert_weights_1.txt:1: field 'ids': expert id 9 "
+                                         r"is not in 0\.\.7"):
+        read_esft(directory, 8, 2)
+    (directory / "expert_weights_1.txt").write_bytes(b"1\t2\t\t0.1\t0.2\n1\t\xff\t\t0.1\t0.2\n")
+    with pytest.raises(InputError, match=r"expert_weights_1.txt:2.*UTF-8"):
+        read_esft(directory, 8, 2)
+    (directory / "expert_weights_1.txt").write_text("1\t1\t3\t4\t\t0.1\t0.2\t0.3\t0.4\n")
+    with pytest.raises(InputError, match=r"token 0 of layer 0 names an expert twice"):
         read_esft(directory, 8, 2)
     (directory / "expert_weights_1.txt").write_text("\t".join("123456") + "\t\t"
                                                     + "\t".join(["0.1"] * 6) + "\n")
@@ -106,6 +113,18 @@ def test_npz_without_seq_lens_is_refused(tmp_path):
     np.savez(tmp_path / "bad.npz", topk_ids=np.zeros((4, 2, 2), dtype=np.int8))
     with pytest.raises(InputError, match=r"bad.npz: missing array\(s\) \['seq_lens'\]"):
         read_routing_npz(tmp_path / "bad.npz", 8)
+    ids = np.array([[[0, 1]], [[65563, 2]]])  # an int16 cast would wrap 65563 to 27
+    np.savez(tmp_path / "big.npz", topk_ids=ids, seq_lens=np.array([2]))
+    with pytest.raises(InputError, match=r"big.npz: field 'topk_ids' must be whole expert"):
+        read_routing_npz(tmp_path / "big.npz", 64)
+    np.savez(tmp_path / "frac.npz", topk_ids=ids * 0 + 0.5, seq_lens=np.array([2]))
+    with pytest.raises(InputError, match=r"frac.npz: field 'topk_ids'.*dtype float64"):
+        read_routing_npz(tmp_path / "frac.npz", 64)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "big.npz").read_bytes()[:100])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    for name in ("cut.npz", "empty.npz"):
+        with pytest.raises(InputError, match=rf"{name}: not a readable \.npz"):
+            read_routing_npz(tmp_path / name, 64)
 
 
 def test_spearman_matches_scipy():

@@ -14,6 +14,7 @@ trace steps of T tokens, consecutive (phase ``prefill``) or drawn across sequenc
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from ramp.errors import InputError
 from ramp.models import MoEModel
+from ramp.plaindata import decode_utf8
 from ramp.tokenrouting import TokenRouting
 from ramp.trace import TraceHeader, TraceStep
 
@@ -29,12 +31,13 @@ ESFT_FILE = re.compile(r"expert_weights_(\d+)\.txt$")
 PHASE_OF = {"consecutive": "prefill", "shuffled": "decode"}
 
 
-def read_esft_layer(path: Path, top_k: int) -> list[np.ndarray]:
+def read_esft_layer(path: Path, top_k: int, num_experts: int) -> list[np.ndarray]:
     """One ESFT layer file: per sequence, its ``[tokens, top_k]`` expert ids."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    text = decode_utf8(data, str(path), "ESFT expert scores")
     seqs = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -52,6 +55,10 @@ def read_esft_layer(path: Path, top_k: int) -> list[np.ndarray]:
         if ids.size % top_k or ids.size == 0:
             raise InputError(f"{where}: field 'ids': {ids.size} ids is not a positive "
                              f"multiple of top_k={top_k}")
+        bad = ids[(ids < 0) | (ids >= num_experts)]
+        if bad.size:
+            raise InputError(f"{where}: field 'ids': expert id {int(bad[0])} is not in "
+                             f"0..{num_experts - 1}")
         if len(weights) != ids.size:
             raise InputError(f"{where}: field 'weights': {len(weights)} gate weights for "
                              f"{ids.size} expert ids")
@@ -75,7 +82,7 @@ def read_esft(source: str | Path, num_experts: int, top_k: int) -> TokenRouting:
         paths = [p for _, p in found]
     else:
         paths = [source]
-    per_layer = [read_esft_layer(p, top_k) for p in paths]
+    per_layer = [read_esft_layer(p, top_k, num_experts) for p in paths]
     lens = np.array([len(s) for s in per_layer[0]], dtype=np.int64)
     for path, seqs in zip(paths[1:], per_layer[1:]):
         other = np.array([len(s) for s in seqs], dtype=np.int64)
@@ -96,11 +103,20 @@ def read_routing_npz(path: str | Path, num_experts: int) -> TokenRouting:
             if missing:
                 raise InputError(f"{path}: missing array(s) {missing}")
             ids, lens = data["topk_ids"], data["seq_lens"]
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npz ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz ({type(exc).__name__}: "
+                         f"{exc or 'empty file'})") from None
     if ids.ndim != 3:
         raise InputError(f"{path}: field 'topk_ids' must be [tokens, layers, top_k], got "
                          f"shape {list(ids.shape)}")
+    # checked before the cast to int16, which would wrap an id >= 32768 into range
+    if ids.dtype.kind not in "iu" or (ids.size and (ids.min() < 0
+                                                   or ids.max() >= num_experts)):
+        raise InputError(f"{path}: field 'topk_ids' must be whole expert ids in "
+                         f"0..{num_experts - 1} (dtype {ids.dtype})")
+    if lens.dtype.kind not in "iu":
+        raise InputError(f"{path}: field 'seq_lens' must be whole token counts "
+                         f"(dtype {lens.dtype})")
     return _checked(TokenRouting, str(path), topk_ids=ids.transpose(1, 0, 2).astype(np.int16),
                     seq_lens=np.asarray(lens, dtype=np.int64), num_experts=num_experts)
 
