@@ -320,7 +320,7 @@ def capacity(model_name, gpu, gpus, mode, routing, arrivals, duration, prompt_me
         workload = Workload(SyntheticWorkload(
             1.0, 1, LengthDist(dist, prompt_mean, length_cv),
             LengthDist(dist, output_mean, length_cv)), duration_s=duration, seed=seed)
-    size = build_layouts(config, resolve_model(model_name, pool.header))[0]
+    size = build_layouts(config, resolve_model(model_name, pool.header, pool.where))[0]
     counts = (counts_asked or
               [size * m for m in (1, 2, 4, 8, 16) if size * m <= max(max_gpus, size)])
     prices = load_prices(prices_path or default_prices_path())

@@ -61,6 +61,7 @@ class RoutingPool:
         if not 1 <= samples <= MAX_SAMPLES:
             raise InputError(f"routing samples must be in 1..{MAX_SAMPLES}, got {samples}")
         self.header = header
+        self.where = where  # the trace file, for messages about its header
         self.top_k = header.top_k
         self.seed = seed
         by_class: dict[int, list[TraceStep]] = {PREFILL: [], DECODE: []}

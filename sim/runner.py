@@ -13,7 +13,7 @@ from ramp.errors import CapacityError, InputError
 from ramp.expert_parallel import PLACEMENTS
 from ramp.hardware import get_gpu
 from ramp.histograms import sample_histograms
-from ramp.models import MoEModel, get_model
+from ramp.models import MODELS, MoEModel, get_model
 from ramp.sim.costs import Calibration, Layout, StepCoster, build_layout
 from ramp.sim.engine import MODES, EngineConfig, RunResult, SwitchConfig, simulate
 from ramp.sim.metrics import SLO, format_table, speedup, summarize
@@ -153,9 +153,16 @@ def routing_for(model: str, seed: int = 0) -> RoutingPool:
     return synthetic_pool(get_model(name), seed=seed)
 
 
-def resolve_model(name: str | None, header: TraceHeader) -> MoEModel:
-    """The simulated model: ``name`` or the trace's, with the routing shape checked."""
-    model = get_model(name or header.model)
+def resolve_model(name: str | None, header: TraceHeader, where: str = "trace") -> MoEModel:
+    """The simulated model: ``name`` or the trace's (``where``: the trace file, named
+    when its header's model is not in the catalog), with the routing shape checked."""
+    try:
+        model = get_model(name or header.model)
+    except InputError:
+        if name is not None:
+            raise
+        raise InputError(f"{where}:1: header field 'model': {header.model!r} is not a "
+                         f"catalog model ({', '.join(MODELS)}); pass --model") from None
     trace_shape = (header.moe_layers, header.num_experts, header.top_k)
     if (model.moe_layers, model.num_experts, model.top_k) != trace_shape:
         raise InputError(f"model {model.name} routes (moe_layers, experts, top_k) = "
@@ -211,7 +218,7 @@ def prepare(config: SimConfig, pool: RoutingPool) -> StepCoster:
 
 def _prepare(config: SimConfig, pool: RoutingPool) -> tuple[StepCoster, str]:
     """The step coster and what ``build_layouts`` chose for the user."""
-    model = resolve_model(config.model, pool.header)
+    model = resolve_model(config.model, pool.header, pool.where)
     _, layouts, chosen = build_layouts(config, model)
     return StepCoster(get_gpu(config.gpu), model, pool, config.calibration, layouts,
                       config.ep_placement, config.engine.graph_tokens), chosen

@@ -474,3 +474,17 @@ def test_converters_keep_an_existing_out_and_never_write_over_their_input(tmp_pa
     fails(sim_main, "calibrate", results, "--out", results,
           needles=("--out is also a source",))
     assert results.read_text() == "{}"
+
+
+def test_a_trace_naming_an_unknown_model_is_named_with_its_file(tmp_path):
+    good = tmp_path / "g.jsonl"
+    res = CliRunner().invoke(sim_main, ["trace", "generate", "qwen3-30b-a3b", str(good),
+                                        "--decode-steps", "2", "--prefill-steps", "1"])
+    assert res.exit_code == 0, res.output
+    header, *steps = good.read_text().splitlines()
+    data = json.loads(header)
+    data["model"]["name"] = "gpt-moe-9000"
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join([json.dumps(data), *steps]) + "\n")
+    replay(trace, "--requests", 5, needles=("t.jsonl:1: header field 'model'",
+                                            "'gpt-moe-9000'", "--model"))
