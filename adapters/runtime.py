@@ -219,16 +219,22 @@ class RampMoERuntime:
     """Routes an engine's fused-MoE calls by mode; see the module docstring."""
 
     def __init__(self, config: RampConfig, *, engine: str = "", engine_version: str = "",
-                 warm_up_to_first_call: bool = False) -> None:
+                 warm_up_to_first_call: bool = False,
+                 captures_largest_first: bool = False) -> None:
         """``warm_up_to_first_call``: the first call's warm-up checks only the buckets a
         call of its size can reach (larger ones on their first eager call), for an engine
         that sizes its KV cache from its first step's peak memory (vLLM); else every
         bucket at start-up (SGLang sizes its cache before any step, and a check in the
-        middle of serving would stall that request)."""
+        middle of serving would stall that request). ``captures_largest_first``: the
+        engine captures its CUDA graphs once, largest size first (vLLM: so that smaller
+        graphs reuse the larger ones' memory pool), so no graph is ever captured above
+        the first captured size and eager calls larger than it need no priming."""
         self.config = config
         self.engine = engine
         self.engine_version = engine_version
         self.warm_up_to_first_call = warm_up_to_first_call
+        self.captures_largest_first = captures_largest_first
+        self._largest_capture = 0  # the largest T seen inside an engine's graph capture
         self._layers: dict[tuple[Any, ...], _Layer | str] = {}
         self._dir_files: tuple[list[Profile], list[LayerPlan]] | None = None
         self._logged: set[str] = set()
@@ -319,6 +325,8 @@ class RampMoERuntime:
             self._ensure_warm(layer_paths, {path, graphed} - {ENGINE}, tokens, capturing,
                               hidden_states, w13, w2, topk_ids, expert_map)
             self._count(layer_paths.key, path, capturing)
+            if capturing:
+                self._largest_capture = max(self._largest_capture, tokens)
             if not capturing:
                 self._prime(layer_paths, path, graphed, tokens, hidden_states, w13, w2,
                             topk_ids, topk_weights, expert_map)
@@ -420,7 +428,7 @@ class RampMoERuntime:
         failure here leaves the shape to the engine. ``graphed``: the plan's choice for
         this size inside a graph."""
         if (graphed in (ENGINE, eager_path) or tokens > PRIME_MAX_TOKENS
-                or (graphed, tokens) in layer.primed):
+                or (graphed, tokens) in layer.primed or tokens > self._prime_limit()):
             return
         layer.primed.add((graphed, tokens))
         try:
@@ -431,6 +439,14 @@ class RampMoERuntime:
                 f"{layer.key}: RaMP {graphed} path failed at T={tokens} before its CUDA "
                 f"graph ({type(exc).__name__}: {exc}); {DROPPED}"
             ) from exc
+
+    def _prime_limit(self) -> float:
+        """The largest eager size that a later CUDA graph may still capture: with an
+        engine that captures largest first, once it captured, its first capture's size
+        (every serving step above it stays eager); else no bound."""
+        if self.captures_largest_first and self._largest_capture:
+            return self._largest_capture
+        return float("inf")
 
     def _drop_shape(self, hidden: torch.Tensor, w13: torch.Tensor, ids: torch.Tensor,
                     expert_map: torch.Tensor | None, reason: str) -> Unsupported:

@@ -90,9 +90,10 @@ def enable(mode: str | None = None, *, trace_path: str | None = None,
                        "signature matches, so RaMP is enabled", engine_version,
                        TESTED_VERSIONS)
     disable()
-    # vLLM sizes its KV cache from the peak memory of its first (profiling) step
+    # vLLM sizes its KV cache from the peak memory of its first (profiling) step, and
+    # captures its graphs at start-up, the largest size first (GPUModelRunner.capture_model)
     runtime = RampMoERuntime(config, engine="vllm", engine_version=engine_version,
-                             warm_up_to_first_call=True)
+                             warm_up_to_first_call=True, captures_largest_first=True)
     original = cls.apply
     cls.apply = _wrap(cls, original, runtime)
     _installed = (cls, original, runtime)

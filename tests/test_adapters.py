@@ -750,6 +750,29 @@ def test_an_eager_call_on_another_path_primes_the_graphs_path(tmp_path):
     assert runtime.stats.eager == {("H100-SXM/w13-E8-N64-K64-top2-float16", "triton-fused"): 1}
 
 
+def test_an_engine_capturing_largest_first_primes_no_size_above_its_graphs(tmp_path,
+                                                                           monkeypatch):
+    """vLLM captures its graphs once, the largest size first: after its first capture no
+    graph is ever made of a larger size, so larger eager calls (chunked-prefill steps of
+    every size up to the token budget) do not run the graph's path a second time."""
+    import ramp.adapters.runtime as rt
+
+    timed_plan_runtime(
+        tmp_path, {"engine": (10.0, 10.0), "triton": (1.0, 1.0), "triton-fused": (2.0, 2.0)},
+        host_us={"engine": (100.0, 100.0), "triton": (200.0, 200.0),
+                 "triton-fused": (50.0, 50.0)})
+    runtime = RampMoERuntime(RampConfig(mode="dispatch", profile_dir=str(tmp_path),
+                                        gpu="H100-SXM"), engine=ENGINE_NAME,
+                             captures_largest_first=True)
+    engine = Engine()
+    for tokens, capturing in ((20, False), (8, True), (12, False), (6, False)):
+        monkeypatch.setattr(rt, "capturing_graph", lambda tensor, c=capturing: c)
+        _call(runtime, engine, tokens, tokens)
+    layer, = [v for v in runtime._layers.values() if not isinstance(v, str)]
+    # 20 before any capture (vLLM's warm-up of its largest graph); 12 > 8 never again
+    assert layer.primed == {("triton", 20), ("triton", 6)} and engine.calls == 0
+
+
 def test_a_path_failing_when_primed_leaves_the_shape_to_the_engine(tmp_path, caplog):
     """The eager run that compiles a graph size's path fails: the engine serves this
     and every later call of the shape, and the reason is logged once."""
