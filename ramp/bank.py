@@ -106,8 +106,8 @@ class KernelBank:
 
     @classmethod
     def from_list(cls, items: Sequence[dict[str, Any]], where: str = "configs") -> KernelBank:
-        if not isinstance(items, list):
-            raise InputError(f"{where}: expected a list of configurations")
+        if not isinstance(items, list) or not items:
+            raise InputError(f"{where}: expected a non-empty list of configurations")
         configs, occ, windows = [], [], []
         for i, item in enumerate(items):
             if not isinstance(item, dict):

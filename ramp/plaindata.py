@@ -429,6 +429,16 @@ def _located_loader() -> type:
         data = YamlMap()
         data.mark = _node_mark(node)
         yield data
+        seen = set()
+        for key_node, _ in node.value:  # YAML keeps the last of two equal keys: refuse
+            key = loader.construct_object(key_node)
+            if not isinstance(key, (str, int, float)) or key_node.tag.endswith(":merge"):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping",
+                    key_node.start_mark)
+            seen.add(key)
         data.update(loader.construct_mapping(node))  # also merges '<<' keys into node
         data.marks = {loader.construct_object(k): _node_mark(v) for k, v in node.value}
 

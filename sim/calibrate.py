@@ -51,7 +51,7 @@ import numpy as np
 from ramp.errors import InputError
 from ramp.hardware import get_gpu
 from ramp.models import get_model
-from ramp.plaindata import read_json
+from ramp.plaindata import locate, read_json
 from ramp.sim.costs import Calibration, Layout, StepCoster, graph_size
 from ramp.sim.engine import EngineConfig, RunResult, simulate
 from ramp.sim.metrics import request_latencies
@@ -354,6 +354,9 @@ def load_engine_results(path: str | Path, moe_costs: str = "model",
         raise InputError(f"{w_where}: field 'arrivals' must be null or {count} offsets "
                          ">= 0 (seconds)")
     runs = _field(data, "runs", list, where)
+    if not runs:
+        raise InputError(locate(f"{where}: field 'runs' is empty: no measured run to fit",
+                                data, "runs"))
     by_mode: dict[str, list[dict[str, Any]]] = {}
     for i, run in enumerate(runs):
         mode = _field(run, "ramp_mode", str, f"{where} runs[{i}]")

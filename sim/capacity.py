@@ -168,6 +168,10 @@ def load_prices(path: str | Path) -> PriceTable:
     """A price table YAML: ``currency: USD`` and ``per_gpu_hour: {GPU: price}``; errors
     name the line of the offending value."""
     data = read_yaml(path, "price table", mapping=True)
+    for key in data:
+        if key not in ("currency", "per_gpu_hour"):
+            raise InputError(locate(f"{path}: unknown field {key!r} (a price table has "
+                                    "'currency' and 'per_gpu_hour')", data, key))
     table = data.get("per_gpu_hour")
     if not isinstance(table, dict):
         raise InputError(locate(f"{path}: expected a mapping 'per_gpu_hour: {{GPU: price}}'",

@@ -488,3 +488,23 @@ def test_a_trace_naming_an_unknown_model_is_named_with_its_file(tmp_path):
     trace.write_text("\n".join([json.dumps(data), *steps]) + "\n")
     replay(trace, "--requests", 5, needles=("t.jsonl:1: header field 'model'",
                                             "'gpt-moe-9000'", "--model"))
+
+
+def test_empty_lists_unknown_price_fields_and_repeated_yaml_keys_are_named(tmp_path):
+    prices = tmp_path / "p.yaml"
+    prices.write_text("currency: USD\nper_gpu_hours:\n  H200: 3\nper_gpu_hour:\n  H200: 3.8\n")
+    cap = ("capacity", "qwen3-30b-a3b", "--gpu", "H200", "--prices", prices)
+    fails(sim_main, *cap, needles=("p.yaml:3", "unknown field 'per_gpu_hours'"))
+    prices.write_text("currency: USD\nper_gpu_hour:\n  H200: 3\n  H200: 3.8\n")
+    fails(sim_main, *cap, needles=("p.yaml:4", "'H200' is given twice"))
+    profile = profile_file(tmp_path, lambda d: d["model"].__setitem__("configs", []))
+    fails(ramp_main, "profile-info", profile,
+          needles=("p.json", "model.configs", "non-empty list"))
+    results = tmp_path / "r.json"
+    engine_results = Path(__file__).parents[1] / "bench/results/engine"
+    source = engine_results / "H200_deepseek-v2-lite_online.json"
+    if not source.exists():
+        return
+    results.write_text(json.dumps({**json.loads(source.read_text()), "runs": []}))
+    fails(sim_main, "calibrate", results, "--out", tmp_path / "c.yaml",
+          needles=("r.json:1:", "field 'runs' is empty"))
