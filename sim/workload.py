@@ -112,6 +112,8 @@ def resolve_path(name: str | Path, what: str) -> Path:
     if path.is_file():
         return path
     found = embedded_path(str(name))
+    if found is None and path.is_dir():
+        raise InputError(f"{what} {str(name)!r}: is a directory; give the {what} file in it")
     if found is None:
         raise InputError(f"{what} {str(name)!r}: no such file and no shipped {what} of that "
                          f"name; shipped: {', '.join(embedded_names()) or 'none'}")
