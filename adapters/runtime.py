@@ -41,6 +41,7 @@ import torch
 from ramp.adapters import eager_variant
 from ramp.errors import InputError, ProfileMismatchError, RampError
 from ramp.layerplan import ENGINE, LayerPlan, find_layer_plan, load_layer_plan
+from ramp.plaindata import write_atomically
 from ramp.problem import MoEProblem
 from ramp.profile import Profile, find_profile, load_profile
 
@@ -327,7 +328,7 @@ class RampMoERuntime:
             self._count(layer_paths.key, path, capturing)
             if capturing:
                 self._largest_capture = max(self._largest_capture, tokens)
-            if not capturing:
+            else:
                 self._prime(layer_paths, path, graphed, tokens, hidden_states, w13, w2,
                             topk_ids, topk_weights, expert_map)
             if path == ENGINE:
@@ -634,12 +635,9 @@ class RampMoERuntime:
             return None
         path = Path(self.config.stats_path.format(pid=os.getpid()))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**stats.to_dict(),
-                                       "eager_graphs": self._eager_graph_counts()},
-                                      indent=1) + "\n")
-            tmp.replace(path)
+            text = json.dumps({**stats.to_dict(), "eager_graphs": self._eager_graph_counts()},
+                              indent=1) + "\n"
+            write_atomically(path, lambda tmp: tmp.write_text(text), "stats")
         except Exception as exc:
             self._warn_once(f"RaMP: stats not written to {path} ({type(exc).__name__}: {exc})")
             return None

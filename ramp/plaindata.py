@@ -167,12 +167,16 @@ def write_atomically(path: str | Path, write: Callable[[Path], None], what: str)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # a stale one, should a writer append
         write(tmp)
         os.replace(tmp, path)
+    except InputError:  # what ``write`` refused to write (a step the reader would refuse)
+        raise
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot write {what} ({os_reason(exc)})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -48,9 +48,9 @@ class TokenRouting:
                              f"{list(ids.shape)}")
         if ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= self.num_experts:
             raise InputError(f"topk_ids must be expert ids in 0..{self.num_experts - 1}")
-        if ids.shape[2] > 1 and np.any(np.diff(np.sort(ids, axis=2), axis=2) == 0):
-            layer, token = (int(v) for v in np.argwhere(
-                np.diff(np.sort(ids, axis=2), axis=2) == 0)[0][:2])
+        repeated = np.argwhere(np.diff(np.sort(ids, axis=2), axis=2) == 0)
+        if repeated.size:
+            layer, token = (int(v) for v in repeated[0][:2])
             raise InputError(f"topk_ids: token {token} of layer {layer} names an expert "
                              "twice (a top-k has distinct experts)")
         if int(np.sum(self.seq_lens)) != ids.shape[1] or np.any(self.seq_lens <= 0):

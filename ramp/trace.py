@@ -37,7 +37,7 @@ from typing import IO, Any
 import numpy as np
 
 from ramp.errors import InputError, RampError
-from ramp.plaindata import GZIP_MAGIC, decode_utf8, os_reason, parse_json
+from ramp.plaindata import GZIP_MAGIC, decode_utf8, os_reason, parse_json, write_atomically
 from ramp.problem import DTYPE_BYTES, MAX_EXPERTS, validate_histogram
 
 TRACE_FORMAT = "ramp-trace/1"
@@ -509,23 +509,12 @@ def write_trace(path: str | Path, header: TraceHeader, steps: Iterable[TraceStep
     """Write a whole trace to a new file (replacing any), e.g. a generated one. The steps
     go to a temporary file renamed over ``path`` at the end, so a step that fails
     validation leaves an existing file as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
+    def write(tmp: Path) -> None:
         with TraceWriter(tmp, header) as writer:
             for step in steps:
                 writer.append(step)
-        os.replace(tmp, path)
-    except InputError:  # a step or arrival the reader would refuse
-        raise
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot write trace ({os_reason(exc)})") from None
-    finally:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
-    return path
+
+    return write_atomically(path, write, "trace")
 
 
 # --- request-arrival streams ------------------------------------------------------------
